@@ -1,0 +1,83 @@
+"""The agent: detect once, then three loops under one TaskGroup: sync, executor, log shipping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import msgspec
+
+from agent.client import CoordinatorClient
+from agent.config import AgentConfig
+from agent.detect import detect_inventory
+from agent.executor import Executor
+from agent.runtime.process import ProcessRuntime
+from agent.shipper import ship_loop
+from agent.state import SharedState
+from agent.sync import sync_loop
+from shared import tls
+from shared.wire import Inventory
+
+log = logging.getLogger("gpuctl.agent")
+
+EXEC_TICK_S = 0.2
+
+
+def detect(config: AgentConfig) -> Inventory:
+    """The host's inventory under the configured name. Raises BlocksError / ValueError on bad settings."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    inventory = detect_inventory(
+        state_dir=str(config.state_dir),
+        blocks=config.blocks,
+        simulate=config.simulate,
+        simulate_cpus=config.simulate_cpus,
+        simulate_memory_mib=config.simulate_memory_mib,
+    )
+    return msgspec.structs.replace(inventory, hostname=config.name)
+
+
+async def run_agent(config: AgentConfig, inventory: Inventory, state: SharedState | None = None) -> None:
+    """Run until cancelled (or until the coordinator refuses this agent: sync.Revoked)."""
+    state = state or SharedState()
+    executor = Executor(
+        config.state_dir,
+        ProcessRuntime(config.effective_run_as()),
+        inventory,
+        os.environ,
+        config.stop_grace_s,
+    )
+    executor.adopt()
+    ca, cert, key = config.tls_files()
+    client = CoordinatorClient(config.coordinator, tls.client_context(ca, cert, key))
+    log.info(
+        "agent %s: %d GPUs, %d blocks%s; coordinator %s",
+        config.name,
+        len(inventory.gpus),
+        len(inventory.blocks),
+        " (SIMULATED)" if inventory.simulated else "",
+        config.coordinator,
+    )
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(sync_loop(client, executor, inventory, state), name="sync")
+            tg.create_task(exec_loop(executor, state), name="executor")
+            tg.create_task(ship_loop(client, executor, state), name="logs")
+    finally:
+        await client.close()
+
+
+async def exec_loop(executor: Executor, state: SharedState) -> None:
+    """Reconcile on every desired-state change and on a short tick (to notice jobs that ended)."""
+    await state.synced_once.wait()  # before the first answer, nothing is known to be unwanted
+    while True:
+        state.desired_changed.clear()
+        if executor.step(state.desired, time.time()):
+            state.local_changed.set()
+            state.logs_written.set()
+        try:
+            async with asyncio.timeout(EXEC_TICK_S):
+                await state.desired_changed.wait()
+        except TimeoutError:
+            pass

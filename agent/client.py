@@ -1,0 +1,60 @@
+"""The agent's HTTPS client for the coordinator (mutual TLS). It never retries: the loops choose how, using
+`retryable()`."""
+
+from __future__ import annotations
+
+import ssl
+
+import aiohttp
+import msgspec
+
+from shared import constants as C
+from shared.wire import ErrorBody, LogAck, SyncRequest, SyncResponse
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"coordinator answered {status}: {message}")
+        self.status = status
+
+
+def retryable(exc: BaseException) -> bool:
+    """Worth trying again later: connection trouble, timeouts, 429 and 5xx. A 4xx is a verdict."""
+    if isinstance(exc, ApiError):
+        return exc.status == 429 or exc.status >= 500
+    return isinstance(exc, aiohttp.ClientError | TimeoutError | OSError)
+
+
+class CoordinatorClient:
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context, limit=8))
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def sync(self, request: SyncRequest, timeout_s: float) -> SyncResponse:
+        url = f"{self.base_url}{C.AGENT_PREFIX}/sync"
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with self.session.post(url, data=msgspec.json.encode(request), timeout=timeout) as resp:
+            body = await resp.read()
+            _raise_for(resp.status, body)
+            return msgspec.json.decode(body, type=SyncResponse)
+
+    async def post_log(self, alloc_id: str, offset: int, data: bytes) -> int:
+        url = f"{self.base_url}{C.AGENT_PREFIX}/allocations/{alloc_id}/logs"
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with self.session.post(url, params={"offset": str(offset)}, data=data, timeout=timeout) as resp:
+            body = await resp.read()
+            _raise_for(resp.status, body)
+            return msgspec.json.decode(body, type=LogAck).acked
+
+
+def _raise_for(status: int, body: bytes) -> None:
+    if status < 400:
+        return
+    try:
+        message = msgspec.json.decode(body, type=ErrorBody).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        message = body[:200].decode(errors="replace")
+    raise ApiError(status, message)

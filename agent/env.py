@@ -1,0 +1,58 @@
+"""The environment a job sees: its spec's variables, then the GPUCTL_* / DSTACK_* facts and the device
+variables that show it exactly the GPUs of its blocks (these win over the spec, so a job cannot widen them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shared.wire import AllocationSpec, Inventory
+
+_VISIBLE_VAR = {
+    "nvidia": "CUDA_VISIBLE_DEVICES",
+    "amd": "ROCR_VISIBLE_DEVICES",
+    "intel": "HABANA_VISIBLE_DEVICES",
+}
+_PASS_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def device_env(alloc: AllocationSpec, inventory: Inventory) -> dict[str, str]:
+    """One visibility variable per GPU vendor on the host; empty where the job has none of that vendor's."""
+    vendors = {g.index: g.vendor for g in inventory.gpus}
+    env: dict[str, str] = {}
+    for vendor in sorted(set(vendors.values())):
+        mine = [str(i) for i in alloc.gpus if vendors.get(i) == vendor]
+        env[_VISIBLE_VAR.get(vendor, f"{vendor.upper()}_VISIBLE_DEVICES")] = ",".join(mine)
+    if "CUDA_VISIBLE_DEVICES" in env:
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's indices then agree with NVML's
+    return env
+
+
+def job_env(
+    alloc: AllocationSpec, inventory: Inventory, agent_env: Mapping[str, str], work_dir: str
+) -> dict[str, str]:
+    env = {k: agent_env[k] for k in _PASS_THROUGH if k in agent_env}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env["HOME"] = work_dir
+    env.update(alloc.spec.env)
+    gpus_per_node = str(len(alloc.gpus))
+    facts = {
+        "JOB_ID": alloc.job_id,
+        "RUN_NAME": alloc.job_name,
+        "NODE_RANK": str(alloc.node_rank),
+        "NODES_NUM": str(alloc.nodes_num),
+        "MASTER_NODE_IP": alloc.master_addr or "127.0.0.1",
+        "NODES_IPS": alloc.master_addr or "127.0.0.1",
+        "GPUS_PER_NODE": gpus_per_node,
+        "GPUS_NUM": str(len(alloc.gpus) * alloc.nodes_num),
+    }
+    for name, value in facts.items():
+        env[f"GPUCTL_{name}"] = value
+        env[f"DSTACK_{name}"] = value
+    env["GPUCTL_JOB_NAME"] = alloc.job_name
+    env["GPUCTL_ALLOCATION_ID"] = alloc.id
+    env["GPUCTL_BLOCKS"] = ",".join(str(b) for b in alloc.blocks)
+    if inventory.simulated:
+        env["GPUCTL_SIMULATED"] = "1"
+    env.update(device_env(alloc, inventory))
+    return env

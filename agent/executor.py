@@ -1,0 +1,183 @@
+"""The one place that runs work: it applies the reconciler's actions through a runtime and watches what runs.
+
+Each allocation has a folder under `<state_dir>/allocs/<id>/` that is its journal: `alloc.json` (the desired
+spec), `output.log` (the log spool), `stop.json` (a stop was asked, and why), `shipped` (log bytes the
+coordinator acknowledged), and the runtime's own files. A restarted agent rebuilds everything from these.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import msgspec
+
+from agent.env import job_env
+from agent.reconcile import Forget, Local, ReportGone, Start, Stop, reconcile
+from agent.runtime.base import Observed, Runtime, RuntimeStartError
+from shared.states import AllocState
+from shared.wire import AllocationSpec, AllocationStatus, Inventory
+
+log = logging.getLogger("gpuctl.agent")
+
+
+@dataclass
+class LocalAlloc:
+    spec: AllocationSpec
+    dir: Path
+    started_at: float
+    observed: Observed = field(default_factory=lambda: Observed(AllocState.STARTING))
+    stop_reason: str = ""
+    stop_asked_at: float | None = None
+    acked: int = 0  # log bytes the coordinator holds
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "output.log"
+
+    def log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def status(self) -> AllocationStatus:
+        obs = self.observed
+        state = obs.state
+        if self.stop_asked_at is not None and state is AllocState.EXITED:
+            state = AllocState.STOPPED
+        return AllocationStatus(
+            id=self.spec.id,
+            state=state.value,
+            exit_code=obs.exit_code,
+            reason=self.stop_reason if state is AllocState.STOPPED else obs.reason,
+            log_size=self.log_size(),
+            started_at=self.started_at,
+            finished_at=obs.finished_at,
+        )
+
+
+class Executor:
+    def __init__(
+        self,
+        state_dir: Path,
+        runtime: Runtime,
+        inventory: Inventory,
+        agent_env: Mapping[str, str],
+        stop_grace_s: float,
+    ) -> None:
+        self.root = state_dir / "allocs"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.runtime = runtime
+        self.inventory = inventory
+        self.agent_env = dict(agent_env)
+        self.stop_grace_s = stop_grace_s
+        self.allocs: dict[str, LocalAlloc] = {}
+        self.gone: dict[str, AllocationStatus] = {}
+
+    def adopt(self) -> None:
+        """Re-adopt what an earlier agent process left: running jobs keep running, ended ones get reported."""
+        for path in sorted(self.root.iterdir()):
+            try:
+                spec = msgspec.json.decode((path / "alloc.json").read_bytes(), type=AllocationSpec)
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("ignoring %s: no readable alloc.json", path)
+                continue
+            local = LocalAlloc(spec, path, path.joinpath("alloc.json").stat().st_mtime)
+            if (path / "stop.json").exists():
+                stop = json.loads((path / "stop.json").read_text())
+                local.stop_reason, local.stop_asked_at = stop["reason"], stop["at"]
+            if (path / "shipped").exists():
+                local.acked = int((path / "shipped").read_text() or 0)
+            local.observed = self.runtime.observe(path)
+            self.allocs[spec.id] = local
+            log.info("re-adopted allocation %s (%s)", spec.id, local.observed.state)
+
+    def statuses(self) -> list[AllocationStatus]:
+        return [a.status() for a in self.allocs.values()] + list(self.gone.values())
+
+    def step(self, desired: Sequence[AllocationSpec], now: float) -> bool:
+        """Observe, enforce deadlines, reconcile, act. True if anything the coordinator should hear changed."""
+        before = self.statuses()
+        self._observe(now)
+        wanted = {a.id for a in desired}
+        self.gone = {k: v for k, v in self.gone.items() if k in wanted}
+        actual = {
+            a.spec.id: Local(
+                a.spec.id, a.observed.state, a.stop_asked_at is not None, a.acked >= a.log_size()
+            )
+            for a in self.allocs.values()
+        }
+        for action in reconcile(desired, actual):
+            if isinstance(action, Start):
+                self._start(action.alloc, now)
+            elif isinstance(action, Stop):
+                self._stop(self.allocs[action.alloc_id], action.reason, now)
+            elif isinstance(action, Forget):
+                self._forget(action.alloc_id)
+            elif isinstance(action, ReportGone):
+                self.gone[action.alloc_id] = AllocationStatus(
+                    id=action.alloc_id, state=AllocState.FAILED.value, reason="this host has no record of it"
+                )
+        return self._report_worthy(before) != self._report_worthy(self.statuses())
+
+    @staticmethod
+    def _report_worthy(statuses: list[AllocationStatus]) -> set[tuple[str, str, int | None]]:
+        return {(s.id, s.state, s.exit_code) for s in statuses}
+
+    def _observe(self, now: float) -> None:
+        for local in self.allocs.values():
+            if local.observed.state.terminal:
+                continue
+            local.observed = self.runtime.observe(local.dir)
+            if local.observed.state.terminal:
+                log.info("allocation %s ended: %s", local.spec.id, local.status().state)
+                continue
+            limit = local.spec.spec.max_duration_s
+            if limit is not None and now - local.started_at > limit and local.stop_asked_at is None:
+                self._stop(local, f"max_duration of {limit} s exceeded", now)
+            if local.stop_asked_at is not None and now - local.stop_asked_at > self.stop_grace_s:
+                self.runtime.signal_stop(local.dir, kill=True)
+
+    def _start(self, spec: AllocationSpec, now: float) -> None:
+        path = self.root / spec.id
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "alloc.json").write_bytes(msgspec.json.encode(spec))
+        local = LocalAlloc(spec, path, now)
+        self.allocs[spec.id] = local
+        env = job_env(spec, self.inventory, self.agent_env, str(path / "work"))
+        try:
+            self.runtime.start(spec, env, path, local.log_file)
+        except RuntimeStartError as exc:
+            local.observed = Observed(AllocState.FAILED, None, str(exc), time.time())
+            log.warning("allocation %s failed to start: %s", spec.id, exc)
+            return
+        local.observed = Observed(AllocState.RUNNING)
+        log.info("allocation %s of job %s started (gpus %s)", spec.id, spec.job_id, list(spec.gpus))
+
+    def _stop(self, local: LocalAlloc, reason: str, now: float) -> None:
+        """SIGTERM now; _observe sends SIGKILL once the grace period is over. Idempotent."""
+        if local.stop_asked_at is None:
+            local.stop_reason, local.stop_asked_at = reason, now
+            (local.dir / "stop.json").write_text(json.dumps({"reason": reason, "at": now}))
+            log.info("stopping allocation %s: %s", local.spec.id, reason)
+        self.runtime.signal_stop(local.dir, kill=False)
+
+    def _forget(self, alloc_id: str) -> None:
+        local = self.allocs.pop(alloc_id)
+        shutil.rmtree(local.dir, ignore_errors=True)
+        log.info("forgot allocation %s", alloc_id)
+
+    def record_acked(self, alloc_id: str, acked: int) -> None:
+        local = self.allocs.get(alloc_id)
+        if local is not None and acked != local.acked:
+            local.acked = acked
+            (local.dir / "shipped").write_text(str(acked))
+
+    def snapshot(self) -> list[LocalAlloc]:
+        return [replace(a) for a in self.allocs.values()]

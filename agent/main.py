@@ -1,0 +1,71 @@
+"""`gpuctl-agent`: the host daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from agent.agent import detect, run_agent
+from agent.blocks import BlocksError
+from agent.config import DEFAULT_CONFIG, ConfigError, load_config
+from agent.sync import Revoked
+
+
+@click.group()
+def main() -> None:
+    """The gpuctl host agent: detects this host's accelerators and runs the work the coordinator assigns."""
+
+
+@main.command()
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True
+)
+@click.option("--coordinator", help="The coordinator's https:// URL.")
+@click.option("--state-dir", type=click.Path(path_type=Path))
+@click.option("--name", help="This host's name (default: its hostname).")
+@click.option("--blocks", help="auto, or N blocks (N must divide the GPU count).")
+@click.option("--simulate", help="Declare simulated GPUs instead of detecting, e.g. 8xH100:80GB.")
+@click.option("-v", "--verbose", is_flag=True)
+def run(config_path: Path, verbose: bool, **overrides: object) -> None:
+    """Run the agent in the foreground (systemd runs this)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        config = load_config(config_path, overrides)
+        inventory = detect(config)
+    except (ConfigError, BlocksError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        asyncio.run(run_agent(config, inventory))
+    except* Revoked as group:
+        click.echo(f"gpuctl-agent: the coordinator refused this host: {group.exceptions[0]}", err=True)
+        sys.exit(3)
+    except* KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True
+)
+@click.option("--blocks", help="auto, or N blocks.")
+@click.option("--simulate", help="Declare simulated GPUs, e.g. 8xH100:80GB.")
+def detect_cmd(config_path: Path, **overrides: object) -> None:
+    """Print what this host has, cut into blocks, as JSON (no coordinator needed)."""
+    import msgspec
+
+    try:
+        config = load_config(config_path, {"coordinator": "-", **overrides})
+        inventory = detect(config)
+    except (ConfigError, BlocksError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(msgspec.json.format(msgspec.json.encode(inventory)).decode())
+
+
+detect_cmd.name = "detect"

@@ -1,0 +1,37 @@
+"""The runtime interface: how the agent starts, watches and stops one allocation's work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from shared.states import AllocState
+from shared.wire import AllocationSpec
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a runtime sees of one allocation right now."""
+
+    state: AllocState
+    exit_code: int | None = None
+    reason: str = ""
+    finished_at: float | None = None
+
+
+class Runtime(Protocol):
+    name: str
+
+    def start(self, alloc: AllocationSpec, env: dict[str, str], alloc_dir: Path, log_file: Path) -> None:
+        """Start the work. Output goes to `log_file` (append). Raises RuntimeStartError with a reason."""
+
+    def observe(self, alloc_dir: Path) -> Observed:
+        """The allocation's state, also for one started by an earlier agent process (re-adoption)."""
+
+    def signal_stop(self, alloc_dir: Path, kill: bool) -> None:
+        """SIGTERM (or SIGKILL when `kill`) to the allocation's processes. Idempotent."""
+
+
+class RuntimeStartError(RuntimeError):
+    pass

@@ -1,0 +1,100 @@
+"""The plain-process runtime: each job runs under a small supervisor (agent.runtime.shim) in a session of
+its own, as an unprivileged user when the agent runs as root, with its output appended to the log spool."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.runtime.base import Observed, RuntimeStartError
+from shared.states import AllocState
+from shared.wire import AllocationSpec
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def __init__(self, run_as: str | None) -> None:
+        self.run_as = run_as  # None: run as the agent's own user (allowed only when it is not root)
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, alloc: AllocationSpec, env: dict[str, str], alloc_dir: Path, log_file: Path) -> None:
+        work_dir = Path(env["HOME"])
+        work_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_as and os.geteuid() == 0:
+            import pwd
+
+            entry = pwd.getpwnam(self.run_as)
+            os.chown(work_dir, entry.pw_uid, entry.pw_gid)
+        script = "set -e\n" + "\n".join(alloc.spec.commands) + "\n"
+        argv = [sys.executable, _SHIM, str(alloc_dir / "exit.json"), self.run_as or ""]
+        argv += ["--", "/bin/sh", "-c", script]
+        try:
+            with open(log_file, "ab") as out:
+                proc = subprocess.Popen(
+                    argv,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=work_dir,
+                    env=env,
+                    start_new_session=True,  # outlives the agent; the agent re-adopts it after a restart
+                )
+        except OSError as exc:
+            raise RuntimeStartError(f"cannot start the job: {exc}") from exc
+        self._children[alloc.id] = proc  # reaped in observe(), so an ended shim leaves no zombie
+        (alloc_dir / "shim.pid").write_text(f"{proc.pid} {_start_time(proc.pid)}")
+
+    def observe(self, alloc_dir: Path) -> Observed:
+        child = self._children.get(alloc_dir.name)
+        if child is not None and child.poll() is not None:
+            del self._children[alloc_dir.name]
+        exit_file = alloc_dir / "exit.json"
+        if exit_file.exists():
+            record = json.loads(exit_file.read_text())
+            return Observed(AllocState.EXITED, record["exit_code"], "", record["finished_at"])
+        if _alive(alloc_dir / "shim.pid"):
+            return Observed(AllocState.RUNNING)
+        if exit_file.exists():  # it ended between the two checks
+            return self.observe(alloc_dir)
+        if not (alloc_dir / "shim.pid").exists():
+            return Observed(AllocState.FAILED, None, "the job never started")
+        return Observed(AllocState.FAILED, None, "the job's supervisor died without recording an exit status")
+
+    def signal_stop(self, alloc_dir: Path, kill: bool) -> None:
+        signum = signal.SIGKILL if kill else signal.SIGTERM
+        try:
+            os.killpg(int((alloc_dir / "child.pid").read_text()), signum)
+            return
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            pass
+        if _alive(alloc_dir / "shim.pid"):  # not yet forked: the shim passes SIGTERM on
+            try:
+                os.kill(int((alloc_dir / "shim.pid").read_text().split()[0]), signum)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+_SHIM = str(Path(__file__).with_name("shim.py"))  # run as a script: it needs nothing but the standard library
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot: with the pid, it names one process for ever."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[1].split()
+    return "" if fields[0] in ("Z", "X") else fields[19]  # an exited process (a zombie) is not alive
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        pid_text, started = pid_file.read_text().split()
+    except (FileNotFoundError, ValueError):
+        return False
+    return _start_time(int(pid_text)) == started

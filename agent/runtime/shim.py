@@ -1,0 +1,76 @@
+"""The supervisor of one plain-process job: `python -m agent.runtime.shim EXIT_FILE USER -- ARGV...`.
+
+It starts the job in a process group of its own (as USER when it runs as root), passes SIGTERM/SIGINT on to
+that group, and when the job ends writes its exit status to EXIT_FILE (atomically) and kills what the job left
+behind. It outlives the agent, so a restarted agent learns how a job ended without having been its parent.
+Imports stay minimal: this runs once per job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def _forward(child: subprocess.Popen[bytes]) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _write_exit(path: str, returncode: int) -> None:
+    code = 128 - returncode if returncode < 0 else returncode  # a shell's convention for "killed by signal"
+    record = {
+        "exit_code": code,
+        "signal": -returncode if returncode < 0 else None,
+        "finished_at": time.time(),
+    }
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    exit_file, user, sep, *command = argv
+    assert sep == "--" and command, "usage: shim EXIT_FILE USER -- ARGV..."
+    as_user = user if user and os.geteuid() == 0 else None
+    child = subprocess.Popen(
+        command,
+        process_group=0,
+        user=as_user,
+        group=None if as_user is None else _primary_group(as_user),
+        extra_groups=None if as_user is None else [],
+        stdin=subprocess.DEVNULL,
+    )
+    with open(os.path.join(os.path.dirname(exit_file), "child.pid"), "w") as f:
+        f.write(str(child.pid))
+    _forward(child)
+    returncode = child.wait()
+    try:
+        os.killpg(child.pid, signal.SIGKILL)  # like a container whose PID 1 ended: nothing lingers
+    except (ProcessLookupError, PermissionError):
+        pass
+    _write_exit(exit_file, returncode)
+    return 0
+
+
+def _primary_group(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

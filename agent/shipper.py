@@ -1,0 +1,57 @@
+"""The log shipper: sends each allocation's spool to the coordinator by byte offset, in bounded chunks.
+
+Idempotent by offset: a chunk sent twice lands once, and the coordinator's answer (the acknowledged size)
+is where the next chunk starts, also after a restart of either side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from agent.client import CoordinatorClient, retryable
+from agent.executor import Executor, LocalAlloc
+from agent.state import SharedState
+from shared import constants as C
+
+log = logging.getLogger("gpuctl.agent")
+
+SHIP_INTERVAL_S = 0.2
+
+
+async def ship_loop(client: CoordinatorClient, executor: Executor, state: SharedState) -> None:
+    while True:
+        state.logs_written.clear()
+        sent_any = False
+        for local in executor.snapshot():
+            try:
+                sent_any |= await _ship_one(client, executor, local)
+            except Exception as exc:
+                if not retryable(exc) and getattr(exc, "status", 0) != 404:
+                    raise
+                log.warning("log shipping for %s failed: %s", local.spec.id, exc)
+                await asyncio.sleep(1.0)
+        if not sent_any:
+            try:
+                async with asyncio.timeout(SHIP_INTERVAL_S):
+                    await state.logs_written.wait()
+            except TimeoutError:
+                pass
+
+
+async def _ship_one(client: CoordinatorClient, executor: Executor, local: LocalAlloc) -> bool:
+    """Send one chunk if there is unsent output. True if something was sent."""
+    size = local.log_size()
+    if size <= local.acked:
+        return False
+    data = _read_chunk(local, min(size - local.acked, C.LOG_CHUNK_MAX_BYTES))
+    acked = await client.post_log(local.spec.id, local.acked, data)
+    executor.record_acked(local.spec.id, acked)
+    return True
+
+
+def _read_chunk(local: LocalAlloc, max_bytes: int) -> bytes:
+    """A local read of at most one chunk: short enough to do on the event loop."""
+    with open(local.log_file, "rb") as f:
+        f.seek(local.acked)
+        return f.read(max_bytes)

@@ -1,0 +1,87 @@
+"""The sync loop: one long poll that reports actual state and receives desired state (the heartbeat too).
+
+A local change (a job ended) cuts the current poll short, so the coordinator hears it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from agent.client import CoordinatorClient, retryable
+from agent.executor import Executor
+from agent.state import SharedState
+from shared import constants as C
+from shared.wire import Inventory, SyncRequest, SyncResponse, generation_of
+
+log = logging.getLogger("gpuctl.agent")
+
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class Revoked(Exception):
+    """The coordinator refuses this agent for good (401/403): stop pulling work."""
+
+
+async def sync_loop(
+    client: CoordinatorClient, executor: Executor, inventory: Inventory, state: SharedState
+) -> None:
+    generation = generation_of(inventory)
+    poll_timeout_s, gap_s, backoff_s = C.POLL_TIMEOUT_S, C.SYNC_INTERVAL_S, BACKOFF_MIN_S
+    while True:
+        state.local_changed.clear()
+        request = SyncRequest(
+            agent_version=C.AGENT_VERSION,
+            inventory_generation=generation,
+            inventory=inventory if state.coordinator_generation != generation else None,
+            allocations=executor.statuses(),
+            desired_index=state.desired_index,
+        )
+        try:
+            response = await _poll(client, request, poll_timeout_s, state)
+        except Exception as exc:
+            if not retryable(exc):
+                state.last_error = str(exc)
+                log.error("sync refused: %s; this agent stops pulling work", exc)
+                raise Revoked(str(exc)) from exc
+            state.last_error = str(exc)
+            log.warning("sync failed (%s); retrying in %.1f s", exc, backoff_s)
+            await asyncio.sleep(backoff_s * random.uniform(0.8, 1.2))
+            backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+            continue
+        backoff_s = BACKOFF_MIN_S
+        if response is not None:
+            _apply(response, state)
+            poll_timeout_s, gap_s = response.poll_timeout_s, response.sync_interval_s
+        await asyncio.sleep(gap_s * random.uniform(0.8, 1.2))
+
+
+async def _poll(
+    client: CoordinatorClient, request: SyncRequest, poll_timeout_s: float, state: SharedState
+) -> SyncResponse | None:
+    """The long poll, or None if a local change came first (then the poll is abandoned)."""
+    poll = asyncio.create_task(client.sync(request, timeout_s=poll_timeout_s * 1.5 + 10))
+    changed = asyncio.create_task(state.local_changed.wait())
+    try:
+        done, _ = await asyncio.wait({poll, changed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (poll, changed):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    return poll.result() if poll in done else None
+
+
+def _apply(response: SyncResponse, state: SharedState) -> None:
+    state.last_error = ""
+    state.host_id = response.host_id
+    state.coordinator_generation = response.inventory_generation
+    if response.index != state.desired_index:
+        state.desired = response.allocations
+        state.desired_index = response.index
+        state.desired_changed.set()
+    state.synced_once.set()

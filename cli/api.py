@@ -1,0 +1,102 @@
+"""The CLI's client of the user API: small, synchronous, standard library HTTP over TLS with a bearer token."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import urllib.parse
+from dataclasses import dataclass
+from typing import TypeVar
+
+import msgspec
+
+from cli.config import CliConfig
+from shared import tls
+from shared.constants import API_PREFIX
+from shared.spec import TaskSpec
+from shared.wire import HostView, JobView, SubmitRequest
+
+T = TypeVar("T")
+
+
+class ApiError(Exception):
+    """An answer the user must see: one line."""
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    data: bytes
+    next_offset: int
+    complete: bool
+    status: str
+    exit_code: int | None
+
+
+class Api:
+    def __init__(self, config: CliConfig, timeout_s: float = 60.0) -> None:
+        self.config = config
+        parsed = urllib.parse.urlsplit(config.url)
+        if parsed.scheme != "https":
+            raise ApiError(f"url: the coordinator must be https://, got {config.url!r}")
+        self.host, self.port = parsed.hostname or "localhost", parsed.port or 443
+        self.timeout_s = timeout_s
+        self._ssl: ssl.SSLContext = tls.client_context(config.ca_file)
+
+    def _request(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self._ssl, timeout=self.timeout_s)
+        headers = {"Authorization": f"Bearer {self.config.token}", "Content-Type": "application/json"}
+        try:
+            conn.request(method, API_PREFIX + path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiError(f"cannot reach the coordinator at {self.config.url}: {exc}") from None
+        finally:
+            conn.close()
+
+    def _call(self, method: str, path: str, type_: type[T], body: object = None) -> T:
+        status, _, data = self._request(method, path, None if body is None else msgspec.json.encode(body))
+        _raise_for(status, data)
+        return msgspec.json.decode(data, type=type_)
+
+    def submit(self, spec: TaskSpec) -> JobView:
+        return self._call("POST", "/jobs", JobView, SubmitRequest(spec=spec))
+
+    def jobs(self, include_finished: bool) -> list[JobView]:
+        return self._call("GET", "/jobs" + ("?all=1" if include_finished else ""), list[JobView])
+
+    def job(self, ref: str) -> JobView:
+        return self._call("GET", f"/jobs/{urllib.parse.quote(ref, safe='')}", JobView)
+
+    def stop(self, ref: str) -> JobView:
+        return self._call("POST", f"/jobs/{urllib.parse.quote(ref, safe='')}/stop", JobView)
+
+    def hosts(self) -> list[HostView]:
+        return self._call("GET", "/hosts", list[HostView])
+
+    def logs(self, ref: str, offset: int, follow: bool) -> LogChunk:
+        query = urllib.parse.urlencode({"offset": offset, "follow": "1" if follow else "0"})
+        status, headers, data = self._request("GET", f"/jobs/{urllib.parse.quote(ref, safe='')}/logs?{query}")
+        _raise_for(status, data)
+        exit_code = headers.get("x-exit-code", "")
+        return LogChunk(
+            data=data,
+            next_offset=int(headers.get("x-next-offset", offset + len(data))),
+            complete=headers.get("x-complete") == "1",
+            status=headers.get("x-job-status", ""),
+            exit_code=int(exit_code) if exit_code.lstrip("-").isdigit() else None,
+        )
+
+
+def _raise_for(status: int, data: bytes) -> None:
+    if status < 400:
+        return
+    try:
+        message = json.loads(data).get("error", "")
+    except (ValueError, AttributeError):
+        message = data[:200].decode(errors="replace")
+    raise ApiError(message or f"the coordinator answered {status}")

@@ -1,0 +1,51 @@
+"""Where the CLI finds its coordinator: $GPUCTL_CONFIG, else $XDG_CONFIG_HOME/gpuctl/config.yaml."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from shared import tls
+
+
+@dataclass(frozen=True)
+class CliConfig:
+    url: str
+    token: str
+    ca_file: Path
+
+
+def config_path() -> Path:
+    if os.environ.get("GPUCTL_CONFIG"):
+        return Path(os.environ["GPUCTL_CONFIG"])
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "gpuctl" / "config.yaml"
+
+
+class NoConfig(Exception):
+    pass
+
+
+def load_cli_config() -> CliConfig:
+    path = config_path()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise NoConfig(f"no CLI config at {path}; start `gpuctl dev` or ask your admin for one") from None
+    except yaml.YAMLError as exc:
+        raise NoConfig(f"{path}: invalid YAML: {exc}".replace("\n", " ")) from None
+    missing = [k for k in ("url", "token", "ca_file") if not raw.get(k)]
+    if missing:
+        raise NoConfig(f"{path}: {missing[0]}: required")
+    return CliConfig(str(raw["url"]), str(raw["token"]), Path(raw["ca_file"]))
+
+
+def save_cli_config(config: CliConfig, path: Path | None = None) -> Path:
+    """Written 0600: it holds a bearer token."""
+    path = path or config_path()
+    text = yaml.safe_dump({"url": config.url, "token": config.token, "ca_file": str(config.ca_file)})
+    tls.write_private(path, text.encode())
+    return path

@@ -1,0 +1,89 @@
+"""`gpuctl dev`: a coordinator and an agent for this machine, in one process, with state in a user directory.
+
+It writes the CLI's config, so `gpuctl submit` works at once from another terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from pathlib import Path
+
+import click
+
+from agent.agent import detect, run_agent
+from agent.blocks import BlocksError
+from agent.config import AgentConfig
+from cli.config import CliConfig, save_cli_config
+from coordinator.pki import issue_agent_cert
+from coordinator.server import RunningCoordinator, ServerConfig, ensure_admin_token, start_coordinator
+from shared.constants import DEFAULT_PORT
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gpuctl" / "dev"
+
+
+async def start_dev(
+    state_dir: Path, port: int, simulate: str | None, blocks: str | int
+) -> tuple[RunningCoordinator, AgentConfig, CliConfig]:
+    """Start the coordinator, make the local agent's certificate, write the CLI config. Idempotent on disk."""
+    running = await start_coordinator(
+        ServerConfig(state_dir / "coordinator", "127.0.0.1", port, ("localhost", "127.0.0.1"))
+    )
+    token = ensure_admin_token(running.coordinator.store, state_dir / "coordinator" / "admin-token")
+    agent_dir = state_dir / "agent"
+    name = socket.gethostname()
+    cert, key = issue_agent_cert(running.pki, name, agent_dir / "pki")
+    agent = AgentConfig(
+        coordinator=running.url,
+        state_dir=agent_dir,
+        name=name,
+        blocks=blocks,
+        simulate=simulate,
+        ca_file=running.pki.ca_cert,
+        cert_file=cert,
+        key_file=key,
+    )
+    cli = CliConfig(running.url, token, running.pki.ca_cert)
+    return running, agent, cli
+
+
+@click.command()
+@click.option("--simulate-gpus", "simulate", help="Declare simulated GPUs, e.g. 8xH100:80GB (else: detect).")
+@click.option("--blocks", default="auto", show_default=True, help="auto, or N blocks.")
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option(
+    "--state-dir", type=click.Path(path_type=Path), default=None, help="Default: ~/.local/state/gpuctl/dev"
+)
+@click.option("-v", "--verbose", is_flag=True)
+def dev(simulate: str | None, blocks: str, port: int, state_dir: Path | None, verbose: bool) -> None:
+    """Run a coordinator and an agent for this machine, ready for `gpuctl submit`."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    state_dir = state_dir or default_state_dir()
+    try:
+        asyncio.run(_run(state_dir, port, simulate, int(blocks) if blocks.isdigit() else blocks))
+    except* KeyboardInterrupt:
+        pass
+    except* (BlocksError, ValueError, OSError) as group:
+        raise click.ClickException(str(group.exceptions[0])) from None
+
+
+async def _run(state_dir: Path, port: int, simulate: str | None, blocks: str | int) -> None:
+    running, agent, cli = await start_dev(state_dir, port, simulate, blocks)
+    try:
+        inventory = detect(agent)
+        path = save_cli_config(cli)
+        what = f"{len(inventory.gpus)} GPUs" + (" (SIMULATED)" if inventory.simulated else "")
+        click.echo(
+            f"gpuctl dev: coordinator {running.url}, agent {agent.name} with {what}, {len(inventory.blocks)} blocks"
+        )
+        click.echo(f"gpuctl dev: CLI config written to {path}; try: gpuctl submit -- echo hello")
+        await run_agent(agent, inventory)
+    finally:
+        await running.close()

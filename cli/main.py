@@ -1,0 +1,190 @@
+"""`gpuctl`: submit jobs, watch them, list hosts. Each command parses its flags and calls one function."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+import msgspec
+
+from cli.api import Api, ApiError
+from cli.config import NoConfig, load_cli_config
+from cli.render import hosts_table, jobs_table, print_table
+from shared.spec import GpuRequest, SpecError, TaskSpec, parse_gpu, parse_spec, validate_spec
+
+SAMPLE_POLL_S = 1.0
+
+
+def api() -> Api:
+    try:
+        return Api(load_cli_config())
+    except (NoConfig, ApiError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def main() -> None:
+    """gpuctl: run AI jobs on GPU hosts."""
+
+
+def build_spec(
+    file: Path | None, name: str | None, gpu: str | None, image: str | None, command: tuple[str, ...]
+) -> TaskSpec:
+    """The spec from a task file and/or flags; flags win. Raises SpecError naming the field."""
+    if file is None and not command:
+        raise SpecError("commands", "nothing to run: give -f FILE or a command after --", source="submit")
+    spec = (
+        parse_spec(file.read_text(), source=str(file), environ=os.environ) if file else TaskSpec(commands=())
+    )
+    changes: dict[str, object] = {}
+    if command:
+        # `submit -- echo hi` runs the words as one command; `submit 'a; b'` runs that shell text
+        changes["commands"] = (shlex.join(command),) if len(command) > 1 else command
+    if name:
+        changes["name"] = name
+    if image:
+        changes["image"] = image
+    if gpu:
+        changes["resources"] = msgspec.structs.replace(spec.resources, gpu=_flag_gpu(gpu))
+    return validate_spec(msgspec.structs.replace(spec, **changes))
+
+
+def _flag_gpu(text: str) -> GpuRequest | None:
+    try:
+        return parse_gpu(text)
+    except ValueError as exc:
+        raise SpecError("--gpu", str(exc), source="submit") from None
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option(
+    "-f", "--file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A task file (YAML)."
+)
+@click.option("--name", help="The job's name.")
+@click.option("--gpu", help="GPUs, dstack's grammar: H100:80GB:2, A10G,A100, amd:2, 1..8.")
+@click.option("--image", help="Run in this container image.")
+@click.option("-d", "--detach", is_flag=True, help="Print the job id and return at once.")
+@click.argument("command", nargs=-1)
+def submit(
+    file: Path | None,
+    name: str | None,
+    gpu: str | None,
+    image: str | None,
+    detach: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Submit a job. Without -d, follow its logs and exit with its exit code, like `docker run`."""
+    try:
+        spec = build_spec(file, name, gpu, image, command)
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from None
+    client = api()
+    try:
+        job = client.submit(spec)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(job.id if detach else f"job {job.id} ({job.name}) {job.status}")
+    if job.status == "pending":
+        click.echo(f"pending: {job.reason}", err=True)
+    if detach:
+        return
+    try:
+        sys.exit(follow_logs(client, job.id, show_pending=True))
+    except KeyboardInterrupt:
+        click.echo(f"\ndetached; the job keeps running: gpuctl logs -f {job.id}", err=True)
+        sys.exit(130)
+
+
+def follow_logs(client: Api, ref: str, show_pending: bool = False, follow: bool = True) -> int:
+    """Stream the job's log to stdout until it is complete; return the job's exit code (1 if it has none)."""
+    offset, last_reason = 0, None
+    out = sys.stdout.buffer
+    while True:
+        try:
+            chunk = client.logs(ref, offset, follow=follow)
+        except ApiError as exc:
+            raise click.ClickException(str(exc)) from None
+        if chunk.data:
+            out.write(chunk.data)
+            out.flush()
+        offset = chunk.next_offset
+        if chunk.complete or not follow:
+            if chunk.complete and chunk.status != "done":
+                click.echo(
+                    f"job {ref} {chunk.status}"
+                    + (f" (exit {chunk.exit_code})" if chunk.exit_code is not None else ""),
+                    err=True,
+                )
+            return chunk.exit_code if chunk.exit_code is not None else (0 if chunk.status == "done" else 1)
+        if show_pending and chunk.status == "pending":
+            job = client.job(ref)
+            if job.reason != last_reason:
+                click.echo(f"pending: {job.reason}", err=True)
+                last_reason = job.reason
+            time.sleep(SAMPLE_POLL_S)
+
+
+@main.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Include finished jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ps(show_all: bool, as_json: bool) -> None:
+    """List jobs (running and pending; -a for all)."""
+    try:
+        jobs = api().jobs(show_all)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(msgspec.json.encode(jobs).decode())
+    else:
+        print_table(jobs_table(jobs))
+
+
+@main.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
+@click.argument("job")
+def logs(follow: bool, job: str) -> None:
+    """Print a job's output."""
+    try:
+        follow_logs(api(), job, follow=follow)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.command()
+@click.argument("job")
+def stop(job: str) -> None:
+    """Stop a job: SIGTERM, then SIGKILL after the grace period."""
+    try:
+        view = api().stop(job)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"job {view.id} {'stopping' if view.status in ('assigned', 'pulling', 'running') else view.status}"
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def hosts(as_json: bool) -> None:
+    """List hosts, their resources and busy blocks."""
+    try:
+        views = api().hosts()
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(msgspec.json.encode(views).decode())
+    else:
+        print_table(hosts_table(views))
+
+
+def _register_dev() -> None:
+    from cli.dev import dev
+
+    main.add_command(dev)
+
+
+_register_dev()

@@ -1,0 +1,103 @@
+"""`gpuctl-coordinator`: the server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+import yaml
+
+from coordinator.pki import ensure_pki
+from coordinator.server import ServerConfig, ensure_admin_token, start_coordinator
+from coordinator.store import Store
+from shared.constants import DEFAULT_PORT
+
+DEFAULT_CONFIG = Path("/etc/gpuctl/coordinator.yaml")
+DEFAULT_STATE_DIR = Path("/var/lib/gpuctl-coordinator")
+
+
+def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str | None) -> ServerConfig:
+    raw: dict = {}
+    if config_path.exists():
+        try:
+            raw = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise click.ClickException(f"{config_path}: invalid YAML: {exc}".replace("\n", " ")) from None
+    known = {"state_dir", "port", "host", "server_names"}
+    unknown = set(raw) - known
+    if unknown:
+        raise click.ClickException(
+            f"{sorted(unknown)[0]}: unknown setting (known: {', '.join(sorted(known))})"
+        )
+    return ServerConfig(
+        state_dir=state_dir or Path(raw.get("state_dir", DEFAULT_STATE_DIR)),
+        host=host or raw.get("host", "0.0.0.0"),
+        port=port or int(raw.get("port", DEFAULT_PORT)),
+        server_names=tuple(raw.get("server_names", ())),
+    )
+
+
+_options = [
+    click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG),
+    click.option("--state-dir", type=click.Path(path_type=Path)),
+    click.option("--port", type=int),
+    click.option("--host", help="Address to listen on."),
+]
+
+
+def _with_options(f):  # type: ignore[no-untyped-def]
+    for option in reversed(_options):
+        f = option(f)
+    return f
+
+
+@click.group()
+def main() -> None:
+    """The gpuctl coordinator."""
+
+
+@main.command()
+@_with_options
+def init(config_path: Path, state_dir: Path | None, port: int | None, host: str | None) -> None:
+    """Create the CA, the server certificate and the admin token. Re-running changes nothing."""
+    config = _load(config_path, state_dir, port, host)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    paths = ensure_pki(config.state_dir, list(config.server_names) or _default_names())
+    store = Store(config.state_dir / "coordinator.db")
+    token = ensure_admin_token(store, config.state_dir / "admin-token")
+    store.close()
+    click.echo(f"CA certificate: {paths.ca_cert}")
+    click.echo(f"admin token:    {token}")
+
+
+def _default_names() -> list[str]:
+    from coordinator.pki import default_server_names
+
+    return default_server_names()
+
+
+@main.command()
+@_with_options
+@click.option("-v", "--verbose", is_flag=True)
+def run(config_path: Path, state_dir: Path | None, port: int | None, host: str | None, verbose: bool) -> None:
+    """Run the coordinator in the foreground (systemd runs this)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    config = _load(config_path, state_dir, port, host)
+
+    async def serve() -> None:
+        running = await start_coordinator(config)
+        ensure_admin_token(running.coordinator.store, config.state_dir / "admin-token")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await running.close()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass

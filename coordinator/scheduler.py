@@ -1,0 +1,218 @@
+"""Placement as a pure function: pending jobs and host capacity in, placements and reasons out.
+
+Order is priority (higher first), then FIFO. A job takes the smallest number of whole blocks whose resources
+satisfy its request (for CPU, memory and disk the minimum decides; the GPU count's maximum binds too, since a
+job must never see more GPUs than it asked for). Among hosts that fit, the tightest fit wins, which keeps
+large free sets intact for large jobs. Every job left pending gets one human reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from shared.spec import GpuRequest, Resources, TaskSpec
+from shared.wire import Block, GpuDevice, Inventory
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    host_id: str
+    name: str
+    inventory: Inventory
+    busy_blocks: frozenset[int] = frozenset()
+    ready: bool = True  # False: registered but unreachable or draining; counts for "could ever fit" only
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    job_id: str
+    spec: TaskSpec
+    seq: int  # submission order
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Placement:
+    job_id: str
+    host_id: str
+    blocks: tuple[int, ...]
+    gpus: tuple[int, ...]
+    cpus: tuple[int, ...]
+    memory_mib: int
+
+
+@dataclass
+class ScheduleResult:
+    placements: list[Placement] = field(default_factory=list)
+    pending: dict[str, str] = field(default_factory=dict)  # job id -> reason
+
+
+def schedule(jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity]) -> ScheduleResult:
+    """Place what fits now, in priority-then-FIFO order; give every other job its reason. Pure."""
+    free = {h.host_id: _free_blocks(h) for h in hosts if h.ready}
+    by_id = {h.host_id: h for h in hosts}
+    result = ScheduleResult()
+    for job in sorted(jobs, key=lambda j: (-j.priority, j.seq)):
+        fits = {h.host_id: fit(job.spec, h.inventory) for h in hosts}
+        candidates = []
+        for host_id, blocks in free.items():
+            need = fits[host_id]
+            if isinstance(need, int):
+                eligible = [b for b in blocks if _block_matches(b, by_id[host_id].inventory, job.spec)]
+                if len(eligible) >= need:
+                    candidates.append((len(eligible) - need, by_id[host_id].name, host_id, eligible[:need]))
+        if candidates:
+            _, _, host_id, chosen = min(candidates, key=lambda c: (c[0], c[1]))
+            for b in chosen:
+                free[host_id].remove(b)
+            result.placements.append(_placement(job.job_id, host_id, chosen, by_id[host_id].inventory))
+        else:
+            result.pending[job.job_id] = _pending_reason(job.spec, hosts, fits, free)
+    return result
+
+
+def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
+    """How many blocks of this host the job needs, or why it can never run here (a reason string)."""
+    if not inventory.blocks:
+        return "has no blocks"
+    runtime = "docker" if spec.image else "process"
+    if runtime not in inventory.runtimes:
+        return f"has no {runtime} runtime"
+    shape = inventory.blocks[0]
+    res = spec.resources
+    eligible = [b for b in inventory.blocks if _gpus_match(res.gpu, _devices(b, inventory))]
+    need = max(1, _gpu_blocks(res.gpu, len(shape.gpus)) if res.gpu else 0, *_share_blocks(res, shape))
+    if res.gpu and res.gpu.count.min and not eligible:
+        return _no_matching_gpu(res.gpu, inventory)
+    if res.gpu and res.gpu.count.max is not None and need * len(shape.gpus) > res.gpu.count.max:
+        return _block_granularity(res.gpu, len(shape.gpus), len(inventory.gpus))
+    if need > len(eligible):
+        return _too_small(res, need, eligible, shape, inventory)
+    return need
+
+
+def _gpu_blocks(gpu: GpuRequest, gpus_per_block: int) -> int:
+    wanted = int(gpu.count.min or 0)
+    if wanted == 0:
+        return 0
+    if gpus_per_block == 0:
+        return 10**9  # a host without GPUs can never give one; _too_small explains
+    return math.ceil(wanted / gpus_per_block)
+
+
+def _share_blocks(res: Resources, shape: Block) -> list[int]:
+    needs = []
+    for wanted, per_block in (
+        (res.cpu.min if res.cpu else None, len(shape.cpus)),
+        (res.memory_mib.min if res.memory_mib else None, shape.memory_mib),
+        (res.disk_mib.min if res.disk_mib else None, shape.disk_mib),
+    ):
+        if wanted:
+            needs.append(math.ceil(wanted / per_block) if per_block else 10**9)
+    return needs
+
+
+def _devices(block: Block, inventory: Inventory) -> list[GpuDevice]:
+    by_index = {g.index: g for g in inventory.gpus}
+    return [by_index[i] for i in block.gpus if i in by_index]
+
+
+def rounded_memory_mib(device: GpuDevice) -> int:
+    """Devices report a little less than their marketed size (an H100 80GB has 81559 MiB): match on whole GiB."""
+    return round(device.memory_mib / 1024) * 1024
+
+
+def _gpus_match(gpu: GpuRequest | None, devices: list[GpuDevice]) -> bool:
+    if gpu is None or not gpu.count.min:
+        return True
+    names = {n.lower() for n in gpu.names}
+    return bool(devices) and all(
+        (gpu.vendor is None or d.vendor == gpu.vendor)
+        and (not names or d.name.lower() in names)
+        and (gpu.memory_mib is None or gpu.memory_mib.contains(rounded_memory_mib(d)))
+        for d in devices
+    )
+
+
+def _block_matches(block_index: int, inventory: Inventory, spec: TaskSpec) -> bool:
+    block = inventory.blocks[block_index]
+    return _gpus_match(spec.resources.gpu, _devices(block, inventory))
+
+
+def _free_blocks(host: HostCapacity) -> list[int]:
+    return [b.index for b in host.inventory.blocks if b.index not in host.busy_blocks]
+
+
+def _placement(job_id: str, host_id: str, blocks: list[int], inventory: Inventory) -> Placement:
+    chosen = [inventory.blocks[b] for b in blocks]
+    return Placement(
+        job_id,
+        host_id,
+        tuple(blocks),
+        tuple(g for b in chosen for g in b.gpus),
+        tuple(c for b in chosen for c in b.cpus),
+        sum(b.memory_mib for b in chosen),
+    )
+
+
+def describe_gpus(inventory: Inventory) -> str:
+    """`8xH100 (80GB)`, or `4xA10G (24GB), 2xL4 (24GB)` on a mixed host, or `no GPU`."""
+    counts: dict[tuple[str, int], int] = {}
+    for g in inventory.gpus:
+        key = (g.name, rounded_memory_mib(g) // 1024)
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return "no GPU"
+    return ", ".join(f"{n}x{name} ({gib}GB)" for (name, gib), n in counts.items())
+
+
+def describe_request(gpu: GpuRequest | None) -> str:
+    if gpu is None:
+        return "no GPU"
+    lo, hi = gpu.count.min, gpu.count.max
+    count = f"{lo:g}" if lo == hi else f"{lo or 0:g}..{'' if hi is None else f'{hi:g}'}"
+    what = "/".join(gpu.names) or (gpu.vendor or "")
+    return f"{count} {what} GPU".replace("  ", " ")
+
+
+def _no_matching_gpu(gpu: GpuRequest, inventory: Inventory) -> str:
+    return f"has {describe_gpus(inventory)}, none matching {describe_request(gpu)}"
+
+
+def _block_granularity(gpu: GpuRequest, per_block: int, total: int) -> str:
+    wanted = describe_request(gpu)
+    if gpu.count.min and gpu.count.min > total:
+        return f"has {total} GPUs, job asks {wanted}s"
+    return f"is cut in blocks of {per_block} GPUs; {wanted}s is not a whole number of blocks"
+
+
+def _too_small(res: Resources, need: int, eligible: list[Block], shape: Block, inventory: Inventory) -> str:
+    if res.gpu and res.gpu.count.min and not shape.gpus:
+        return "has no GPU"
+    if res.gpu and res.gpu.count.min and need * len(shape.gpus) > len(eligible) * len(shape.gpus):
+        return f"has {len(eligible) * len(shape.gpus)} matching GPUs, job asks {describe_request(res.gpu)}s"
+    return f"has {len(eligible)} blocks of {len(shape.cpus)} CPU, {shape.memory_mib} MiB; job needs {need}"
+
+
+def _pending_reason(
+    spec: TaskSpec, hosts: Sequence[HostCapacity], fits: dict[str, int | str], free: dict[str, list[int]]
+) -> str:
+    if not hosts:
+        return "no hosts registered"
+    possible = {h: n for h, n in fits.items() if isinstance(n, int)}
+    if not possible:
+        parts = sorted({f"{h.name} {fits[h.host_id]}" for h in hosts})
+        more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
+        return "no host can ever fit this job: " + "; ".join(parts[:3]) + more
+    by_id = {h.host_id: h for h in hosts}
+    ready = [h for h in possible if h in free]
+    if not ready:
+        return "the hosts that fit this job are not ready: " + ", ".join(
+            sorted(by_id[h].name for h in possible)
+        )
+    need = min(possible[h] for h in ready)
+    largest = max(sum(1 for b in free[h] if _block_matches(b, by_id[h].inventory, spec)) for h in ready)
+    what = " ".join(spec.resources.gpu.names) + " " if spec.resources.gpu and spec.resources.gpu.names else ""
+    return f"no host with {need} free {what}blocks; largest free: {largest}"

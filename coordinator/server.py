@@ -1,0 +1,96 @@
+"""Start and stop a coordinator: store, CA, HTTP app and TLS listener, plus its housekeeping loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from coordinator.app import hash_token, make_app
+from coordinator.logstore import LogStore
+from coordinator.pki import PkiPaths, default_server_names, ensure_pki
+from coordinator.service import Coordinator, Settings
+from coordinator.store import Store
+from shared import tls
+
+log = logging.getLogger("gpuctl.coordinator")
+
+HOUSEKEEPING_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    server_names: tuple[str, ...] = ()
+    settings: Settings = field(default_factory=Settings)
+
+
+@dataclass
+class RunningCoordinator:
+    coordinator: Coordinator
+    runner: web.AppRunner
+    pki: PkiPaths
+    port: int
+    housekeeping: asyncio.Task[None]
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    async def close(self) -> None:
+        self.housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.housekeeping
+        await self.runner.cleanup()
+        self.coordinator.store.close()
+
+
+async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
+    """Open (or create) the state, then listen with TLS. Port 0 picks a free port."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    pki = ensure_pki(config.state_dir, list(config.server_names) or default_server_names())
+    store = Store(config.state_dir / "coordinator.db")
+    coordinator = Coordinator(store, LogStore(config.state_dir / "logs"), config.settings)
+    runner = web.AppRunner(
+        make_app(coordinator), access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        config.host,
+        config.port,
+        ssl_context=tls.server_context(pki.server_cert, pki.server_key, pki.ca_cert),
+    )
+    await site.start()
+    port = runner.addresses[0][1]
+    log.info("coordinator listening on https://%s:%d (state %s)", config.host, port, config.state_dir)
+    task = asyncio.create_task(_housekeeping(coordinator), name="coordinator-housekeeping")
+    return RunningCoordinator(coordinator, runner, pki, port, task)
+
+
+async def _housekeeping(coordinator: Coordinator) -> None:
+    """Re-run the scheduler now and then, so hosts that go away or come back change placements and reasons."""
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+        try:
+            coordinator.schedule_pass()
+        except Exception:
+            log.exception("scheduling pass failed")
+
+
+def ensure_admin_token(store: Store, token_file: Path) -> str:
+    """The admin token, created once and kept in a 0600 file (only its hash goes into the store)."""
+    if token_file.exists():
+        token = token_file.read_text().strip()
+    else:
+        token = "gpuctl_" + secrets.token_urlsafe(32)
+        tls.write_private(token_file, token.encode() + b"\n")
+    store.add_token(hash_token(token), "admin", "admin")
+    return token

@@ -1,0 +1,301 @@
+"""The coordinator's core: jobs in, desired state out, actual state folded back in.
+
+Level-triggered: each host has a desired-state index that goes up whenever what should run there changes.
+A sync answers at once when the agent's index is behind, else waits for a change or the poll timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from dataclasses import dataclass
+
+from coordinator.logstore import LogStore
+from coordinator.scheduler import HostCapacity, PendingJob, schedule
+from coordinator.store import AllocRow, HostRow, JobRow, Store
+from coordinator.waiters import Waiters
+from shared import constants as C
+from shared.spec import TaskSpec, validate_spec
+from shared.states import AllocState, JobState, job_state_for
+from shared.wire import (
+    AllocationSpec,
+    AllocationStatus,
+    HostView,
+    JobView,
+    SyncRequest,
+    SyncResponse,
+    generation_of,
+)
+
+log = logging.getLogger("gpuctl.coordinator")
+
+
+@dataclass(frozen=True)
+class Settings:
+    poll_timeout_s: float = C.POLL_TIMEOUT_S
+    sync_interval_s: float = C.SYNC_INTERVAL_S
+    log_chunk_max_bytes: int = C.LOG_CHUNK_MAX_BYTES
+    unreachable_after_s: float = C.HOST_UNREACHABLE_AFTER_S
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Ambiguous(LookupError):
+    pass
+
+
+class Coordinator:
+    def __init__(self, store: Store, logs: LogStore, settings: Settings | None = None) -> None:
+        self.store = store
+        self.logs = logs
+        self.settings = settings or Settings()
+        self.host_waiters = Waiters()  # key: host id
+        self.log_waiters = Waiters()  # key: job id
+        self.last_seen: dict[str, float] = {}
+
+    # --- user side ---------------------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec) -> JobRow:
+        """Accept a job (committed before the answer), then try to place it at once."""
+        spec = validate_spec(spec)
+        for _ in range(5):
+            job_id = secrets.token_hex(4)
+            if self.store.get_job(job_id) is None:
+                break
+        job = self.store.insert_job(
+            job_id, spec.name or f"job-{job_id[:4]}", spec, "waiting for the scheduler"
+        )
+        log.info("job %s submitted (%s)", job.id, job.name)
+        self.schedule_pass()
+        fresh = self.store.get_job(job.id)
+        assert fresh is not None
+        return fresh
+
+    def find_job(self, ref: str) -> JobRow:
+        jobs = self.store.find_jobs(ref)
+        exact = [j for j in jobs if j.id == ref]
+        if exact:
+            return exact[0]
+        by_name = [j for j in jobs if j.name == ref]
+        if by_name:
+            return by_name[0]  # the newest job of that name, as docker and dstack resolve names
+        if len(jobs) > 1:
+            raise Ambiguous(f"{ref!r} matches {len(jobs)} jobs: " + ", ".join(j.id for j in jobs[:5]))
+        if not jobs:
+            raise NotFound(f"no job {ref!r}")
+        return jobs[0]
+
+    def stop(self, job: JobRow) -> JobRow:
+        """Ask a job to stop. Idempotent: a finished job stays as it is."""
+        if job.status.terminal:
+            return job
+        alloc = self.store.latest_allocation(job.id)
+        with self.store.tx() as db:
+            self.store.request_stop(db, job.id)
+            if alloc is None or alloc.state.terminal:
+                self.store.set_job_state(db, job, JobState.STOPPED, "stopped before it started")
+            else:
+                self.store.set_desired(db, alloc.id, "stop")
+                self.store.bump_index(db, alloc.host_id)
+        if alloc is not None:
+            self.host_waiters.changed(alloc.host_id)
+        self.log_waiters.changed(job.id)
+        log.info("job %s stop requested", job.id)
+        fresh = self.store.get_job(job.id)
+        assert fresh is not None
+        return fresh
+
+    def job_view(self, job: JobRow) -> JobView:
+        alloc = self.store.latest_allocation(job.id)
+        host = self.store.get_host(alloc.host_id) if alloc else None
+        return JobView(
+            id=job.id,
+            name=job.name,
+            status=job.status.value,
+            reason=job.reason,
+            priority=job.priority,
+            submitted_at=job.submitted_at,
+            spec=job.spec,
+            host=host.name if host else None,
+            gpus=alloc.gpus if alloc else (),
+            blocks=alloc.blocks if alloc else (),
+            allocation_id=alloc.id if alloc else None,
+            exit_code=job.exit_code,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            stop_requested=job.stop_requested,
+        )
+
+    def host_views(self) -> list[HostView]:
+        busy: dict[str, int] = {}
+        for alloc in self.store.active_allocations():
+            busy[alloc.host_id] = busy.get(alloc.host_id, 0) + len(alloc.blocks)
+        return [
+            HostView(
+                id=h.id,
+                name=h.name,
+                status=self.host_status(h),
+                inventory=h.inventory,
+                busy_blocks=busy.get(h.id, 0),
+                total_blocks=len(h.inventory.blocks) if h.inventory else 0,
+                last_seen=self.last_seen.get(h.id, h.last_seen),
+                simulated=bool(h.inventory and h.inventory.simulated),
+            )
+            for h in self.store.list_hosts()
+        ]
+
+    def host_status(self, host: HostRow) -> str:
+        if host.status != "ready":
+            return host.status
+        seen = self.last_seen.get(host.id)
+        if seen is None or time.time() - seen > self.settings.unreachable_after_s:
+            return "unreachable"
+        return "ready"
+
+    def read_logs(self, job: JobRow, offset: int, max_bytes: int) -> tuple[bytes, bool]:
+        """Bytes of the job's log from `offset`, and whether the log is complete (the job ended and every
+        byte its agent reported has arrived)."""
+        alloc = self.store.latest_allocation(job.id)
+        if alloc is None:
+            return b"", job.status.terminal
+        data = self.logs.read(alloc.id, offset, max_bytes)
+        end = offset + len(data)
+        complete = job.status.terminal and (alloc.final_log_size is None or end >= alloc.final_log_size)
+        if job.status.terminal and alloc.final_log_size is None and not alloc.state.terminal:
+            complete = (
+                True  # the job ended without its agent (lost, stopped while pending): nothing more comes
+            )
+        return data, complete
+
+    # --- agent side --------------------------------------------------------------------------------
+
+    async def sync(self, host_id: str, req: SyncRequest) -> SyncResponse:
+        """Fold the agent's actual state in, then answer its desired state: at once if it changed since the
+        index the agent saw, else after the next change or the poll timeout. Safe to retry."""
+        host = self.store.ensure_host(host_id, req.inventory.hostname if req.inventory else host_id)
+        changed = self.host_status(host) != "ready"  # a host that (re)appears may take pending work
+        self.last_seen[host_id] = time.time()
+        if req.inventory is not None and generation_of(req.inventory) != host.generation:
+            self.store.set_inventory(host_id, req.inventory, generation_of(req.inventory))
+            log.info("host %s inventory generation %s", host_id, generation_of(req.inventory))
+            changed = True
+        changed |= self._fold_statuses(host_id, req.allocations)
+        if changed:
+            self.schedule_pass()
+        host = self.store.get_host(host_id)
+        assert host is not None
+        if host.desired_index <= req.desired_index:
+            timeout = self.settings.poll_timeout_s * (1 + random.uniform(-1, 1) * C.POLL_JITTER_FRACTION)
+            await self.host_waiters.wait(host_id, timeout)
+            self.last_seen[host_id] = time.time()
+            host = self.store.get_host(host_id)
+            assert host is not None
+        return self._desired(host)
+
+    def _desired(self, host: HostRow) -> SyncResponse:
+        allocations = []
+        for alloc in self.store.active_allocations(host.id):
+            job = self.store.get_job(alloc.job_id)
+            assert job is not None
+            allocations.append(
+                AllocationSpec(
+                    id=alloc.id,
+                    job_id=job.id,
+                    job_name=job.name,
+                    desired=alloc.desired,
+                    spec=job.spec,
+                    blocks=alloc.blocks,
+                    gpus=alloc.gpus,
+                    cpus=alloc.cpus,
+                    memory_mib=alloc.memory_mib,
+                )
+            )
+        return SyncResponse(
+            host_id=host.id,
+            index=host.desired_index,
+            allocations=allocations,
+            inventory_generation=host.generation,
+            poll_timeout_s=self.settings.poll_timeout_s,
+            sync_interval_s=self.settings.sync_interval_s,
+            log_chunk_max_bytes=self.settings.log_chunk_max_bytes,
+        )
+
+    def _fold_statuses(self, host_id: str, statuses: list[AllocationStatus]) -> bool:
+        """Record what the agent reports; True if an allocation ended (its blocks are free again)."""
+        freed = False
+        for status in statuses:
+            alloc = self.store.get_allocation(status.id)
+            if alloc is None or alloc.host_id != host_id or alloc.state.terminal:
+                continue  # unknown here: absent from the desired state, so the agent stops and forgets it
+            state = AllocState(status.state)
+            final = status.log_size if state.terminal else None
+            if (state, status.exit_code, final) == (alloc.state, alloc.exit_code, alloc.final_log_size):
+                continue
+            freed |= self._record(alloc, state, status, final)
+        return freed
+
+    def _record(
+        self, alloc: AllocRow, state: AllocState, status: AllocationStatus, final: int | None
+    ) -> bool:
+        job = self.store.get_job(alloc.job_id)
+        assert job is not None
+        job_state = job_state_for(state, status.exit_code, job.stop_requested)
+        reason = status.reason if job_state in (JobState.FAILED, JobState.PULLING) else ""
+        with self.store.tx() as db:
+            self.store.update_allocation(db, alloc.id, state, status.exit_code, status.reason, final)
+            if not job.status.terminal:
+                self.store.set_job_state(db, job, job_state, reason, status.exit_code)
+            if state.terminal:
+                self.store.bump_index(db, alloc.host_id)
+        log.info("allocation %s of job %s: %s (exit %s)", alloc.id, job.id, state, status.exit_code)
+        self.log_waiters.changed(job.id)
+        return state.terminal
+
+    def append_log(self, host_id: str, alloc_id: str, offset: int, data: bytes) -> int:
+        alloc = self.store.get_allocation(alloc_id)
+        if alloc is None or alloc.host_id != host_id:
+            raise NotFound(f"no allocation {alloc_id!r} on this host")
+        acked = self.logs.append(alloc_id, offset, data)
+        self.log_waiters.changed(alloc.job_id)
+        return acked
+
+    # --- scheduling --------------------------------------------------------------------------------
+
+    def schedule_pass(self) -> int:
+        """Place what fits and record a reason on every job that stays pending. Returns placements made."""
+        jobs = self.store.jobs_in(JobState.SUBMITTED, JobState.PENDING, JobState.RETRYING)
+        if not jobs:
+            return 0
+        result = schedule([PendingJob(j.id, j.spec, j.seq, j.priority) for j in jobs], self._capacity())
+        by_id = {j.id: j for j in jobs}
+        with self.store.tx() as db:
+            for p in result.placements:
+                alloc_id = "a-" + secrets.token_hex(6)
+                self.store.insert_allocation(
+                    db, alloc_id, p.job_id, p.host_id, p.blocks, p.gpus, p.cpus, p.memory_mib
+                )
+                self.store.set_job_state(db, by_id[p.job_id], JobState.ASSIGNED)
+                self.store.bump_index(db, p.host_id)
+            for job_id, reason in result.pending.items():
+                self.store.set_job_state(db, by_id[job_id], JobState.PENDING, reason)
+        for p in result.placements:
+            log.info("job %s placed on %s blocks %s", p.job_id, p.host_id, list(p.blocks))
+            self.host_waiters.changed(p.host_id)
+            self.log_waiters.changed(p.job_id)
+        return len(result.placements)
+
+    def _capacity(self) -> list[HostCapacity]:
+        busy: dict[str, set[int]] = {}
+        for alloc in self.store.active_allocations():
+            busy.setdefault(alloc.host_id, set()).update(alloc.blocks)
+        return [
+            HostCapacity(
+                h.id, h.name, h.inventory, frozenset(busy.get(h.id, ())), self.host_status(h) == "ready"
+            )
+            for h in self.store.list_hosts()
+            if h.inventory is not None
+        ]

@@ -1,0 +1,16 @@
+"""Constants both sides agree on. Units live in the names."""
+
+API_PREFIX = "/api/v1"
+AGENT_PREFIX = "/agent/v1"
+AGENT_VERSION = "0.1.0"
+
+DEFAULT_PORT = 8443
+POLL_TIMEOUT_S = 30.0  # how long the coordinator holds a sync long poll with nothing to say
+POLL_JITTER_FRACTION = 0.1  # every wait gets jitter, so a fleet never moves in step
+SYNC_INTERVAL_S = 0.25  # the shortest gap between two syncs of one agent (the server may raise it)
+LOG_CHUNK_MAX_BYTES = 256 * 1024
+LOG_FOLLOW_WAIT_S = 20.0  # how long a `logs -f` request waits for new bytes before answering empty
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+HOST_UNREACHABLE_AFTER_S = 90.0  # a host not seen for this long shows as unreachable
+AGENT_CERT_TTL_S = 7 * 24 * 3600
+STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this
