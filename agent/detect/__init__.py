@@ -1,0 +1,109 @@
+"""Detect what this host has (accelerators, CPU cores, memory, disk) and cut it into blocks.
+
+`detect_inventory` is the one entry point; the vendor detectors and the simulator sit behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agent.blocks import make_blocks
+from agent.detect.amd import detect_amd
+from agent.detect.host import HostFacts, detect_host
+from agent.detect.nvidia import detect_nvidia
+from agent.detect.result import DetectResult
+from agent.detect.simulate import parse_simulated_gpus
+from shared.wire import Block, Inventory
+
+__all__ = ["DetectResult", "HostFacts", "detect_inventory"]
+
+log = logging.getLogger(__name__)
+
+SIMULATED_CPUS_PER_GPU = 8
+SIMULATED_MEMORY_MIB_PER_GPU = 128 * 1024
+
+
+def detect_inventory(
+    *,
+    state_dir: str,
+    blocks: str | int,
+    simulate: str | None,
+    simulate_cpus: int | None = None,
+    simulate_memory_mib: int | None = None,
+    runtimes: tuple[str, ...] = ("process",),
+    nvml: Any = None,
+    amdsmi: Any = None,
+) -> Inventory:
+    """The host's inventory, cut into blocks.
+
+    With `simulate` the GPUs come from that spec alone (NVML and amdsmi are not consulted) and the CPU ids
+    and memory are declared: `simulate_cpus` ids (default 8 per GPU), `simulate_memory_mib` (default
+    128 GiB per GPU); hostname and disk stay real. Otherwise NVIDIA and AMD are detected on the real host.
+    Detector warnings go to `Inventory.warnings` and are logged at WARNING; info lines are logged at INFO
+    only. Raises BlocksError when `blocks` cannot cut this host, ValueError on a bad `simulate` spec.
+    """
+    real = detect_host(state_dir)
+    if simulate is not None:
+        gpus = parse_simulated_gpus(simulate)
+        host = _simulated_host(real, len(gpus), simulate_cpus, simulate_memory_mib)
+        found = DetectResult(gpus=gpus, info=(f"simulated host: {simulate} ({len(gpus)} GPUs)",))
+    else:
+        host = real
+        found = _detect_gpus(nvml, amdsmi)
+    cut = make_blocks(found.gpus, host.cpus, host.memory_mib, host.disk_mib, blocks)
+    warnings = found.warnings + _idle_cpu_warnings(host.cpus, cut)
+    for line in found.info:
+        log.info("%s", line)
+    for line in warnings:
+        log.warning("%s", line)
+    return Inventory(
+        hostname=host.hostname,
+        cpu_count=len(host.cpus),
+        memory_mib=host.memory_mib,
+        disk_mib=host.disk_mib,
+        gpus=found.gpus,
+        blocks=cut,
+        runtimes=runtimes,
+        simulated=simulate is not None,
+        warnings=warnings,
+    )
+
+
+def _simulated_host(real: HostFacts, gpu_count: int, cpus: int | None, memory_mib: int | None) -> HostFacts:
+    """A declared host: CPU ids 0..n-1 and declared memory; the real hostname and disk."""
+    cpu_count = cpus if cpus is not None else SIMULATED_CPUS_PER_GPU * gpu_count
+    if cpu_count < 1:
+        raise ValueError(f"simulate: CPU count must be at least 1, got {cpu_count}")
+    return HostFacts(
+        hostname=real.hostname,
+        cpus=tuple(range(cpu_count)),
+        memory_mib=memory_mib if memory_mib is not None else SIMULATED_MEMORY_MIB_PER_GPU * gpu_count,
+        disk_mib=real.disk_mib,
+    )
+
+
+def _detect_gpus(nvml: Any, amdsmi: Any) -> DetectResult:
+    """NVIDIA and AMD together. A host with both is not supported yet: the AMD GPUs are left out, loudly,
+    because their indices would collide with NVIDIA's in the blocks."""
+    nvidia = detect_nvidia(nvml)
+    amd = detect_amd(amdsmi)
+    warnings = nvidia.warnings + amd.warnings
+    gpus = nvidia.gpus + amd.gpus
+    if nvidia.gpus and amd.gpus:
+        gpus = nvidia.gpus
+        warnings += (
+            f"AMD: {len(amd.gpus)} GPUs left out: hosts with both NVIDIA and AMD GPUs are not supported yet",
+        )
+    return DetectResult(gpus=gpus, warnings=warnings, info=nvidia.info + amd.info)
+
+
+def _idle_cpu_warnings(cpus: tuple[int, ...], cut: tuple[Block, ...]) -> tuple[str, ...]:
+    """A warning when the blocks leave CPU cores unused (`auto` on a GPU host whose cores don't divide)."""
+    used = sum(len(block.cpus) for block in cut)
+    if used == len(cpus):
+        return ()
+    return (
+        f"blocks: {len(cpus) - used} of {len(cpus)} CPU cores belong to no block, because "
+        f"{len(cut)} blocks do not divide them; set blocks to a divisor of both counts to use them all",
+    )
