@@ -13,7 +13,7 @@ from agent.client import CoordinatorClient
 from agent.config import AgentConfig
 from agent.detect import detect_inventory
 from agent.executor import Executor
-from agent.runtime.process import ProcessRuntime
+from agent.runtime.process import ProcessRuntime, check_reachable
 from agent.shipper import ship_loop
 from agent.state import SharedState
 from agent.sync import sync_loop
@@ -41,13 +41,9 @@ def detect(config: AgentConfig) -> Inventory:
 async def run_agent(config: AgentConfig, inventory: Inventory, state: SharedState | None = None) -> None:
     """Run until cancelled (or until the coordinator refuses this agent: sync.Revoked)."""
     state = state or SharedState()
-    executor = Executor(
-        config.state_dir,
-        ProcessRuntime(config.effective_run_as()),
-        inventory,
-        os.environ,
-        config.stop_grace_s,
-    )
+    run_as = config.effective_run_as()
+    check_reachable(config.state_dir / "allocs", run_as)
+    executor = Executor(config.state_dir, ProcessRuntime(run_as), inventory, os.environ, config.stop_grace_s)
     executor.adopt()
     ca, cert, key = config.tls_files()
     client = CoordinatorClient(config.coordinator, tls.client_context(ca, cert, key))

@@ -13,6 +13,7 @@ from agent.agent import detect, run_agent
 from agent.blocks import BlocksError
 from agent.config import DEFAULT_CONFIG, ConfigError, load_config
 from agent.sync import Revoked
+from shared.errors import first_error
 
 
 @click.group()
@@ -43,11 +44,16 @@ def run(config_path: Path, verbose: bool, **overrides: object) -> None:
         raise click.ClickException(str(exc)) from None
     try:
         asyncio.run(run_agent(config, inventory))
-    except* Revoked as group:
-        click.echo(f"gpuctl-agent: the coordinator refused this host: {group.exceptions[0]}", err=True)
-        sys.exit(3)
-    except* KeyboardInterrupt:
+    except KeyboardInterrupt:
         pass
+    except Exception as exc:
+        error = first_error(exc)
+        if isinstance(error, Revoked):
+            click.echo(f"gpuctl-agent: the coordinator refused this host: {error}", err=True)
+            sys.exit(3)
+        if isinstance(error, ConfigError | OSError):
+            raise click.ClickException(str(error)) from None
+        raise
 
 
 @main.command()

@@ -66,14 +66,14 @@ async def _poll(
     poll = asyncio.create_task(client.sync(request, timeout_s=poll_timeout_s * 1.5 + 10))
     changed = asyncio.create_task(state.local_changed.wait())
     try:
-        done, _ = await asyncio.wait({poll, changed}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({poll, changed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (poll, changed):
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-    return poll.result() if poll in done else None
+    return None if poll.cancelled() else poll.result()
 
 
 def _apply(response: SyncResponse, state: SharedState) -> None:

@@ -15,14 +15,18 @@ import click
 
 from agent.agent import detect, run_agent
 from agent.blocks import BlocksError
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError
 from cli.config import CliConfig, save_cli_config
 from coordinator.pki import issue_agent_cert
 from coordinator.server import RunningCoordinator, ServerConfig, ensure_admin_token, start_coordinator
 from shared.constants import DEFAULT_PORT
+from shared.errors import first_error
 
 
 def default_state_dir() -> Path:
+    """A user directory; for root, one that the unprivileged job user can reach (jobs never run as root)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/gpuctl/dev")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "gpuctl" / "dev"
 
@@ -68,10 +72,13 @@ def dev(simulate: str | None, blocks: str, port: int, state_dir: Path | None, ve
     state_dir = state_dir or default_state_dir()
     try:
         asyncio.run(_run(state_dir, port, simulate, int(blocks) if blocks.isdigit() else blocks))
-    except* KeyboardInterrupt:
+    except KeyboardInterrupt:
         pass
-    except* (BlocksError, ValueError, OSError) as group:
-        raise click.ClickException(str(group.exceptions[0])) from None
+    except Exception as exc:
+        error = first_error(exc)
+        if isinstance(error, BlocksError | ConfigError | ValueError | OSError):
+            raise click.ClickException(str(error)) from None
+        raise
 
 
 async def _run(state_dir: Path, port: int, simulate: str | None, blocks: str | int) -> None:

@@ -23,6 +23,8 @@ from shared.wire import ErrorBody, LogAck, SubmitRequest, SyncRequest
 log = logging.getLogger("gpuctl.coordinator")
 
 COORDINATOR: web.AppKey[Coordinator] = web.AppKey("coordinator", Coordinator)
+HOST_ID: web.RequestKey[str] = web.RequestKey("host_id", str)  # the agent's certificate common name
+ROLE: web.RequestKey[str] = web.RequestKey("role", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -71,14 +73,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         der = _peer_der(request)
         if der is None:
             return error(401, "the agent API needs a client certificate of this coordinator's CA")
-        request["host_id"] = peer_identity(der)[0]
+        request[HOST_ID] = peer_identity(der)[0]
     elif path.startswith(C.API_PREFIX + "/"):
         header = request.headers.get("Authorization", "")
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         role = request.app[COORDINATOR].store.token_role(hash_token(token)) if token else None
         if role is None:
             return error(401, "missing or unknown API token (see `gpuctl dev` or ask an admin for a token)")
-        request["role"] = role
+        request[ROLE] = role
     elif path != "/healthz":
         return error(404, "not found")
     return await handler(request)
@@ -166,7 +168,7 @@ async def list_hosts(request: web.Request) -> web.Response:
 async def agent_sync(request: web.Request) -> web.Response:
     body = await _body(request, SyncRequest)
     assert isinstance(body, SyncRequest)
-    return json_response(await request.app[COORDINATOR].sync(request["host_id"], body))
+    return json_response(await request.app[COORDINATOR].sync(request[HOST_ID], body))
 
 
 async def agent_logs(request: web.Request) -> web.Response:
@@ -175,7 +177,7 @@ async def agent_logs(request: web.Request) -> web.Response:
     if len(data) > C.LOG_CHUNK_MAX_BYTES:
         return error(413, f"log chunk of {len(data)} bytes is over {C.LOG_CHUNK_MAX_BYTES}")
     coord = request.app[COORDINATOR]
-    acked = coord.append_log(request["host_id"], request.match_info["alloc_id"], offset, data)
+    acked = coord.append_log(request[HOST_ID], request.match_info["alloc_id"], offset, data)
     return json_response(LogAck(acked=acked))
 
 

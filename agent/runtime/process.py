@@ -79,6 +79,21 @@ class ProcessRuntime:
                 pass
 
 
+def check_reachable(root: Path, user: str | None) -> None:
+    """Jobs run as `user` in folders under `root`: every folder above must let others through (o+x).
+    Raises PermissionError with a one-line reason naming the folder."""
+    if user is None:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o711)
+    for folder in root.parents:
+        if not folder.stat().st_mode & 0o001:
+            raise PermissionError(
+                f"state_dir: jobs run as {user!r} but {folder} does not let other users through (mode "
+                f"{folder.stat().st_mode & 0o777:o}); use a state dir such as /var/lib/gpuctl-agent"
+            )
+
+
 _SHIM = str(Path(__file__).with_name("shim.py"))  # run as a script: it needs nothing but the standard library
 
 

@@ -1,0 +1,112 @@
+"""A real coordinator (real TLS, temporary SQLite) and real agents, in-process, for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.agent import detect, run_agent
+from agent.config import AgentConfig
+from cli.api import Api, LogChunk
+from cli.config import CliConfig
+from coordinator.pki import issue_agent_cert
+from coordinator.server import RunningCoordinator, ServerConfig, ensure_admin_token, start_coordinator
+from coordinator.service import Settings
+from shared.spec import TaskSpec, parse_spec
+from shared.wire import JobView
+
+FAST = Settings(poll_timeout_s=5.0, sync_interval_s=0.05, unreachable_after_s=30.0)
+
+
+def reachable_tmpdir() -> Path:
+    """A temporary folder that the unprivileged job user can enter (pytest's tmp_path is 0700 for root)."""
+    path = Path(tempfile.mkdtemp(prefix="gpuctl-test-"))
+    path.chmod(0o755)
+    return path
+
+
+@dataclass
+class Cluster:
+    root: Path
+    coordinator: RunningCoordinator
+    api: Api
+    agents: dict[str, asyncio.Task[None]]
+
+    def agent_config(self, name: str, simulate: str, blocks: str | int = "auto") -> AgentConfig:
+        pki = self.coordinator.pki
+        cert, key = issue_agent_cert(pki, name, self.root / name / "pki")
+        return AgentConfig(
+            coordinator=self.coordinator.url,
+            state_dir=self.root / name,
+            name=name,
+            blocks=blocks,
+            simulate=simulate,
+            ca_file=pki.ca_cert,
+            cert_file=cert,
+            key_file=key,
+            stop_grace_s=2.0,
+        )
+
+    def start_agent(self, name: str, simulate: str = "8xH100:80GB", blocks: str | int = "auto") -> AgentConfig:
+        config = self.agent_config(name, simulate, blocks)
+        self.agents[name] = asyncio.create_task(run_agent(config, detect(config)), name=f"agent-{name}")
+        return config
+
+    async def stop_agent(self, name: str) -> None:
+        task = self.agents.pop(name)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def submit(self, yaml_text: str) -> JobView:
+        spec = parse_spec(yaml_text, environ=os.environ)
+        return await asyncio.to_thread(self.api.submit, spec)
+
+    async def submit_spec(self, spec: TaskSpec) -> JobView:
+        return await asyncio.to_thread(self.api.submit, spec)
+
+    async def job(self, ref: str) -> JobView:
+        return await asyncio.to_thread(self.api.job, ref)
+
+    async def wait_for(self, ref: str, *states: str, timeout_s: float = 60.0) -> JobView:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                job = await self.job(ref)
+                if job.status in states:
+                    return job
+                await asyncio.sleep(0.1)
+
+    async def full_log(self, ref: str, timeout_s: float = 60.0) -> bytes:
+        """Follow the job's log to its end, as `gpuctl logs -f` does."""
+        out, offset = b"", 0
+        async with asyncio.timeout(timeout_s):
+            while True:
+                chunk: LogChunk = await asyncio.to_thread(self.api.logs, ref, offset, True)
+                out += chunk.data
+                offset = chunk.next_offset
+                if chunk.complete:
+                    return out
+
+
+@contextlib.asynccontextmanager
+async def cluster(settings: Settings = FAST) -> AsyncIterator[Cluster]:
+    root = reachable_tmpdir()
+    running = await start_coordinator(
+        ServerConfig(root / "coordinator", "127.0.0.1", 0, ("localhost", "127.0.0.1"), settings)
+    )
+    token = ensure_admin_token(running.coordinator.store, root / "coordinator" / "admin-token")
+    api = Api(CliConfig(running.url, token, running.pki.ca_cert), timeout_s=30.0)
+    c = Cluster(root, running, api, {})
+    try:
+        yield c
+    finally:
+        for name in list(c.agents):
+            await c.stop_agent(name)
+        await running.close()
+        shutil.rmtree(root, ignore_errors=True)
