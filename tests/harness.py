@@ -53,7 +53,9 @@ class Cluster:
             stop_grace_s=2.0,
         )
 
-    def start_agent(self, name: str, simulate: str = "8xH100:80GB", blocks: str | int = "auto") -> AgentConfig:
+    def start_agent(
+        self, name: str, simulate: str = "8xH100:80GB", blocks: str | int = "auto"
+    ) -> AgentConfig:
         config = self.agent_config(name, simulate, blocks)
         self.agents[name] = asyncio.create_task(run_agent(config, detect(config)), name=f"agent-{name}")
         return config
@@ -108,5 +110,5 @@ async def cluster(settings: Settings = FAST) -> AsyncIterator[Cluster]:
     finally:
         for name in list(c.agents):
             await c.stop_agent(name)
-        await running.close()
+        await c.coordinator.close()  # the one running now: a test may have restarted it
         shutil.rmtree(root, ignore_errors=True)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from agent.runtime.base import Observed, RuntimeStartError
+from agent.runtime.shim import start_time
 from shared.states import AllocState
 from shared.wire import AllocationSpec
 
@@ -20,7 +21,6 @@ class ProcessRuntime:
 
     def __init__(self, run_as: str | None) -> None:
         self.run_as = run_as  # None: run as the agent's own user (allowed only when it is not root)
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, alloc: AllocationSpec, env: dict[str, str], alloc_dir: Path, log_file: Path) -> None:
         work_dir = Path(env["HOME"])
@@ -46,13 +46,12 @@ class ProcessRuntime:
                 )
         except OSError as exc:
             raise RuntimeStartError(f"cannot start the job: {exc}") from exc
-        self._children[alloc.id] = proc  # reaped in observe(), so an ended shim leaves no zombie
-        (alloc_dir / "shim.pid").write_text(f"{proc.pid} {_start_time(proc.pid)}")
+        if proc.wait(timeout=30) != 0 or not (alloc_dir / "shim.pid").exists():
+            raise RuntimeStartError(
+                "the job's supervisor did not start; the allocation's output.log says why"
+            )
 
     def observe(self, alloc_dir: Path) -> Observed:
-        child = self._children.get(alloc_dir.name)
-        if child is not None and child.poll() is not None:
-            del self._children[alloc_dir.name]
         exit_file = alloc_dir / "exit.json"
         if exit_file.exists():
             record = json.loads(exit_file.read_text())
@@ -94,17 +93,7 @@ def check_reachable(root: Path, user: str | None) -> None:
             )
 
 
-_SHIM = str(Path(__file__).with_name("shim.py"))  # run as a script: it needs nothing but the standard library
-
-
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot: with the pid, it names one process for ever."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    fields = stat.rsplit(")", 1)[1].split()
-    return "" if fields[0] in ("Z", "X") else fields[19]  # an exited process (a zombie) is not alive
+_SHIM = str(Path(__file__).with_name("shim.py"))  # run as a script: it needs only the standard library
 
 
 def _alive(pid_file: Path) -> bool:
@@ -112,4 +101,4 @@ def _alive(pid_file: Path) -> bool:
         pid_text, started = pid_file.read_text().split()
     except (FileNotFoundError, ValueError):
         return False
-    return _start_time(int(pid_text)) == started
+    return start_time(int(pid_text)) == started

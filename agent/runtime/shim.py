@@ -1,6 +1,7 @@
-"""The supervisor of one plain-process job: `python -m agent.runtime.shim EXIT_FILE USER -- ARGV...`.
+"""The supervisor of one plain-process job: `python shim.py EXIT_FILE USER -- ARGV...`.
 
-It starts the job in a process group of its own (as USER when it runs as root), passes SIGTERM/SIGINT on to
+It detaches first (forks; the agent's direct child exits once the supervisor has written `shim.pid`), so the
+agent never has to reap it. It then starts the job in a process group of its own (as USER when it runs as root), passes SIGTERM/SIGINT on to
 that group, and when the job ends writes its exit status to EXIT_FILE (atomically) and kills what the job left
 behind. It outlives the agent, so a restarted agent learns how a job ended without having been its parent.
 Imports stay minimal: this runs once per job.
@@ -42,9 +43,36 @@ def _write_exit(path: str, returncode: int) -> None:
     os.replace(tmp, path)
 
 
+def start_time(pid: int | str) -> str:
+    """The process's start time in clock ticks since boot: with the pid, it names one process for ever.
+    Empty for a process that is gone or has exited (a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return ""
+    return "" if fields[0] in ("Z", "X") else fields[19]
+
+
+def _detach(pid_file: str) -> None:
+    """Fork; the parent exits once the child has written its pid file (so the caller can wait for it)."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    with open(pid_file + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {start_time('self')}")
+    os.replace(pid_file + ".tmp", pid_file)
+    os.write(write_end, b"1")
+    os.close(write_end)
+
+
 def main(argv: list[str]) -> int:
     exit_file, user, sep, *command = argv
     assert sep == "--" and command, "usage: shim EXIT_FILE USER -- ARGV..."
+    _detach(os.path.join(os.path.dirname(exit_file), "shim.pid"))
     as_user = user if user and os.geteuid() == 0 else None
     child = subprocess.Popen(
         command,
