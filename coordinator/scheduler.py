@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from shared.spec import GpuRequest, Resources, TaskSpec
+from shared.units import format_mib
 from shared.wire import Block, GpuDevice, Inventory
 
 
@@ -84,9 +85,11 @@ def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
     res = spec.resources
     eligible = [b for b in inventory.blocks if _gpus_match(res.gpu, _devices(b, inventory))]
     need = max(1, _gpu_blocks(res.gpu, len(shape.gpus)) if res.gpu else 0, *_share_blocks(res, shape))
-    if res.gpu and res.gpu.count.min and not eligible:
+    if res.gpu and not eligible:
         return _no_matching_gpu(res.gpu, inventory)
     if res.gpu and res.gpu.count.max is not None and need * len(shape.gpus) > res.gpu.count.max:
+        if max(1, _gpu_blocks(res.gpu, len(shape.gpus))) < need:  # CPU, memory or disk drive the block count
+            return _shares_bring_gpus(res.gpu, need, shape)
         return _block_granularity(res.gpu, len(shape.gpus), len(inventory.gpus))
     if need > len(eligible):
         return _too_small(res, need, eligible, shape, inventory)
@@ -125,10 +128,13 @@ def rounded_memory_mib(device: GpuDevice) -> int:
 
 
 def _gpus_match(gpu: GpuRequest | None, devices: list[GpuDevice]) -> bool:
-    if gpu is None or not gpu.count.min:
+    if gpu is None:
         return True
+    if not devices:
+        return not gpu.count.min
+    # Even an optional GPU (`H100:0..1`) must be the one asked for: the job sees every GPU of its blocks.
     names = {n.lower() for n in gpu.names}
-    return bool(devices) and all(
+    return all(
         (gpu.vendor is None or d.vendor == gpu.vendor)
         and (not names or d.name.lower() in names)
         and (gpu.memory_mib is None or gpu.memory_mib.contains(rounded_memory_mib(d)))
@@ -186,6 +192,17 @@ def _block_granularity(gpu: GpuRequest, per_block: int, total: int) -> str:
     if gpu.count.min and gpu.count.min > total:
         return f"has {total} GPUs, job asks {wanted}s"
     return f"is cut in blocks of {per_block} GPUs; {wanted}s is not a whole number of blocks"
+
+
+def _shares_bring_gpus(gpu: GpuRequest, need: int, shape: Block) -> str:
+    per_block = (
+        f"{len(shape.gpus)} GPU, {len(shape.cpus)} CPU, {format_mib(shape.memory_mib)} memory, "
+        f"{format_mib(shape.disk_mib)} disk"
+    )
+    return (
+        f"has blocks of {per_block}; the job's CPU, memory or disk minimum takes {need} blocks, "
+        f"which hold {need * len(shape.gpus)} GPUs, more than its {describe_request(gpu)}s"
+    )
 
 
 def _too_small(res: Resources, need: int, eligible: list[Block], shape: Block, inventory: Inventory) -> str:

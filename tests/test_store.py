@@ -1,0 +1,242 @@
+"""The coordinator's SQLite store (coordinator/store.py): schema, durability across a restart, transitions."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.blocks import make_blocks
+from coordinator.store import MIGRATIONS, JobRow, Store
+from shared.spec import parse_spec
+from shared.states import AllocState, InvalidTransition, JobState
+from shared.wire import GpuDevice, Inventory, generation_of
+
+SPEC_TEXT = """\
+type: task
+name: train
+image: nvcr.io/nvidia/pytorch:24.08-py3
+commands: [python train.py]
+env: {HF_HOME: /data/hf}
+resources: {gpu: H100:80GB:2, cpu: 8.., memory: 64GB..}
+priority: 50
+"""
+
+
+def inventory() -> Inventory:
+    gpus = tuple(
+        GpuDevice(index=i, vendor="nvidia", name="H100", memory_mib=81559, uuid=f"GPU-{i}") for i in range(8)
+    )
+    return Inventory(
+        hostname="dgx1",
+        cpu_count=64,
+        memory_mib=2048 * 1024,
+        disk_mib=8000 * 1024,
+        gpus=gpus,
+        blocks=make_blocks(gpus, range(64), 2048 * 1024, 8000 * 1024, "auto"),
+        runtimes=("process", "docker"),
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "coordinator.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    s = Store(db_path)
+    yield s
+    s.close()
+
+
+def move(store: Store, job_id: str, *states: JobState) -> JobRow:
+    """Walk a job through `states`, one committed transaction each, as the coordinator does."""
+    for state in states:
+        job = store.get_job(job_id)
+        assert job is not None
+        with store.tx() as db:
+            store.set_job_state(db, job, state)
+    job = store.get_job(job_id)
+    assert job is not None
+    return job
+
+
+# --- schema --------------------------------------------------------------------------------------------------
+
+
+def test_a_fresh_store_migrates_to_the_latest_version(store: Store) -> None:
+    assert store.schema_version == len(MIGRATIONS)
+    tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"hosts", "jobs", "allocations", "tokens"} <= tables
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reopening_runs_no_migration_twice(db_path: Path) -> None:
+    Store(db_path).close()
+
+    reopened = Store(db_path)  # a second CREATE TABLE would raise
+    try:
+        assert reopened.schema_version == len(MIGRATIONS)
+    finally:
+        reopened.close()
+
+
+def test_an_older_schema_is_migrated_forward(db_path: Path) -> None:
+    # A file at version 0 (as a first release would have left it, before any migration): all of them run.
+    sqlite3.connect(db_path).close()
+
+    store = Store(db_path)
+    try:
+        assert store.schema_version == len(MIGRATIONS)
+        assert store.list_jobs(include_finished=True) == []
+    finally:
+        store.close()
+
+
+# --- durability ----------------------------------------------------------------------------------------------
+
+
+def test_jobs_hosts_and_allocations_survive_a_restart(db_path: Path) -> None:
+    spec = parse_spec(SPEC_TEXT)
+    inv = inventory()
+    first = Store(db_path)
+    first.add_token("hash-1", "alice", "user")
+    first.ensure_host("host-1", "dgx1")
+    first.set_inventory("host-1", inv, generation_of(inv))
+    job = first.insert_job("j-0001", "train", spec, "")
+    with first.tx() as db:
+        first.insert_allocation(db, "a-1", job.id, "host-1", (0, 1), (0, 1), tuple(range(16)), 512 * 1024)
+        first.set_job_state(db, job, JobState.ASSIGNED)
+        first.bump_index(db, "host-1")
+    first.close()
+
+    store = Store(db_path)
+    try:
+        again = store.get_job("j-0001")
+        assert again is not None
+        assert again.spec == spec
+        assert (again.name, again.priority, again.status, again.seq) == (
+            "train",
+            50,
+            JobState.ASSIGNED,
+            job.seq,
+        )
+        host = store.get_host("host-1")
+        assert host is not None
+        assert host.inventory == inv
+        assert host.generation == generation_of(inv)
+        assert host.desired_index == 2
+        alloc = store.get_allocation("a-1")
+        assert alloc is not None
+        assert (alloc.job_id, alloc.host_id, alloc.blocks, alloc.gpus) == ("j-0001", "host-1", (0, 1), (0, 1))
+        assert alloc.cpus == tuple(range(16))
+        assert (alloc.desired, alloc.state) == ("run", AllocState.STARTING)
+        assert [a.id for a in store.active_allocations("host-1")] == ["a-1"]
+        assert store.token_role("hash-1") == "user"
+    finally:
+        store.close()
+
+
+def test_a_failed_transaction_leaves_nothing_behind(db_path: Path) -> None:
+    store = Store(db_path)
+    job = store.insert_job("j-0001", "train", parse_spec(SPEC_TEXT), "")
+    with pytest.raises(RuntimeError), store.tx() as db:
+        store.set_job_state(db, job, JobState.ASSIGNED)
+        raise RuntimeError("the coordinator crashed mid-way")
+    store.close()
+
+    store = Store(db_path)
+    try:
+        again = store.get_job("j-0001")
+        assert again is not None
+        assert again.status is JobState.SUBMITTED
+    finally:
+        store.close()
+
+
+# --- transitions ---------------------------------------------------------------------------------------------
+
+
+def test_a_job_walks_to_done_with_timestamps(store: Store) -> None:
+    store.insert_job("j-1", "train", parse_spec(SPEC_TEXT), "")
+
+    running = move(store, "j-1", JobState.PENDING, JobState.ASSIGNED, JobState.PULLING, JobState.RUNNING)
+    assert running.started_at is not None and running.finished_at is None
+
+    done = move(store, "j-1", JobState.DONE)
+    assert done.status is JobState.DONE
+    assert done.started_at == running.started_at
+    assert done.finished_at is not None
+
+
+def test_an_invalid_transition_is_refused_and_changes_nothing(store: Store) -> None:
+    store.insert_job("j-1", "train", parse_spec(SPEC_TEXT), "")
+    done = move(store, "j-1", JobState.ASSIGNED, JobState.RUNNING, JobState.DONE)
+
+    with pytest.raises(InvalidTransition), store.tx() as db:
+        store.set_job_state(db, done, JobState.RUNNING)
+
+    again = store.get_job("j-1")
+    assert again is not None
+    assert again.status is JobState.DONE
+    assert again.finished_at == done.finished_at
+
+
+def test_a_submitted_job_cannot_run_before_it_is_assigned(store: Store) -> None:
+    job = store.insert_job("j-1", "train", parse_spec(SPEC_TEXT), "")
+
+    with pytest.raises(InvalidTransition), store.tx() as db:
+        store.set_job_state(db, job, JobState.RUNNING)
+
+
+def test_a_pending_reason_can_change_while_pending(store: Store) -> None:
+    store.insert_job("j-1", "train", parse_spec(SPEC_TEXT), "")
+    pending = move(store, "j-1", JobState.PENDING)
+
+    with store.tx() as db:
+        store.set_job_state(db, pending, JobState.PENDING, "no host with 2 free H100 blocks; largest free: 1")
+
+    again = store.get_job("j-1")
+    assert again is not None
+    assert again.reason == "no host with 2 free H100 blocks; largest free: 1"
+
+
+# --- finding jobs --------------------------------------------------------------------------------------------
+
+
+def test_find_jobs_by_id_prefix_and_by_name(store: Store) -> None:
+    spec = parse_spec(SPEC_TEXT)
+    for job_id, name in [("j-abc1", "train"), ("j-abd2", "eval"), ("j-xyz3", "train")]:
+        store.insert_job(job_id, name, spec, "")
+
+    assert [j.id for j in store.find_jobs("j-ab")] == ["j-abd2", "j-abc1"]  # newest first
+    assert [j.id for j in store.find_jobs("j-abc1")] == ["j-abc1"]
+    assert [j.id for j in store.find_jobs("train")] == ["j-xyz3", "j-abc1"]
+    assert store.find_jobs("j-q") == []
+    assert store.find_jobs("tra") == []  # a name matches whole, not by prefix
+
+
+def test_find_jobs_treats_like_wildcards_literally(store: Store) -> None:
+    spec = parse_spec(SPEC_TEXT)
+    for job_id in ["ab_1", "abX1", "a%b", "aXYb", "a\\c"]:
+        store.insert_job(job_id, "train", spec, "")
+
+    assert [j.id for j in store.find_jobs("ab_")] == ["ab_1"]
+    assert [j.id for j in store.find_jobs("a%")] == ["a%b"]
+    assert store.find_jobs("%") == []
+    assert store.find_jobs("_") == []
+    assert [j.id for j in store.find_jobs("a\\")] == ["a\\c"]
+
+
+def test_list_jobs_hides_finished_ones_unless_asked(store: Store) -> None:
+    spec = parse_spec(SPEC_TEXT)
+    store.insert_job("j-1", "train", spec, "")
+    store.insert_job("j-2", "train", spec, "")
+    move(store, "j-1", JobState.ASSIGNED, JobState.FAILED)
+
+    assert [j.id for j in store.list_jobs(include_finished=False)] == ["j-2"]
+    assert [j.id for j in store.list_jobs(include_finished=True)] == ["j-2", "j-1"]
+    assert [j.id for j in store.jobs_in(JobState.SUBMITTED, JobState.PENDING)] == ["j-2"]
