@@ -52,26 +52,86 @@ class ScheduleResult:
 
 def schedule(jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity]) -> ScheduleResult:
     """Place what fits now, in priority-then-FIFO order; give every other job its reason. Pure."""
-    free = {h.host_id: _free_blocks(h) for h in hosts if h.ready}
-    by_id = {h.host_id: h for h in hosts}
+    state = _Pass(hosts)
     result = ScheduleResult()
+    stuck: dict[tuple[Resources, bool], list[PendingJob]] = {}
     for job in sorted(jobs, key=lambda j: (-j.priority, j.seq)):
-        fits = {h.host_id: fit(job.spec, h.inventory) for h in hosts}
-        candidates = []
-        for host_id, blocks in free.items():
-            need = fits[host_id]
-            if isinstance(need, int):
-                eligible = [b for b in blocks if _block_matches(b, by_id[host_id].inventory, job.spec)]
-                if len(eligible) >= need:
-                    candidates.append((len(eligible) - need, by_id[host_id].name, host_id, eligible[:need]))
-        if candidates:
-            _, _, host_id, chosen = min(candidates, key=lambda c: (c[0], c[1]))
-            for b in chosen:
-                free[host_id].remove(b)
-            result.placements.append(_placement(job.job_id, host_id, chosen, by_id[host_id].inventory))
+        key = (job.spec.resources, job.spec.image is None)
+        if key in stuck:  # free blocks only shrink during a pass: an identical request cannot fit either
+            stuck[key].append(job)
+            continue
+        placement = state.place(job)
+        if placement is None:
+            stuck[key] = [job]
         else:
-            result.pending[job.job_id] = _pending_reason(job.spec, hosts, fits, free)
+            result.placements.append(placement)
+    for same in stuck.values():
+        reason = state.reason(same[0].spec)  # after every placement of this pass: what the user will see
+        result.pending.update((job.job_id, reason) for job in same)
     return result
+
+
+class _Pass:
+    """The free blocks during one pass, with caches keyed by request: many queued jobs ask the same."""
+
+    def __init__(self, hosts: Sequence[HostCapacity]) -> None:
+        self.hosts = hosts
+        self.by_id = {h.host_id: h for h in hosts}
+        self.free = {h.host_id: _free_blocks(h) for h in hosts if h.ready}
+        self._fits: dict[tuple[Resources, bool], dict[str, int | str]] = {}
+        self._matching: dict[tuple[GpuRequest | None, str], frozenset[int]] = {}
+
+    def fits(self, spec: TaskSpec) -> dict[str, int | str]:
+        key = (spec.resources, spec.image is None)
+        if key not in self._fits:
+            self._fits[key] = {h.host_id: fit(spec, h.inventory) for h in self.hosts}
+        return self._fits[key]
+
+    def free_matching(self, spec: TaskSpec, host_id: str) -> list[int]:
+        key = (spec.resources.gpu, host_id)
+        if key not in self._matching:
+            inventory = self.by_id[host_id].inventory
+            self._matching[key] = frozenset(
+                b.index for b in inventory.blocks if _gpus_match(spec.resources.gpu, _devices(b, inventory))
+            )
+        matching = self._matching[key]
+        return [b for b in self.free[host_id] if b in matching]
+
+    def place(self, job: PendingJob) -> Placement | None:
+        """The tightest-fitting ready host's first free matching blocks, taken out of the free set."""
+        best: tuple[int, str, str, list[int]] | None = None
+        for host_id, need in self.fits(job.spec).items():
+            if not isinstance(need, int) or host_id not in self.free:
+                continue
+            eligible = self.free_matching(job.spec, host_id)
+            if len(eligible) >= need:
+                candidate = (len(eligible) - need, self.by_id[host_id].name, host_id, eligible[:need])
+                if best is None or candidate[:2] < best[:2]:
+                    best = candidate
+        if best is None:
+            return None
+        _, _, host_id, chosen = best
+        self.free[host_id] = [b for b in self.free[host_id] if b not in chosen]
+        return _placement(job.job_id, host_id, chosen, self.by_id[host_id].inventory)
+
+    def reason(self, spec: TaskSpec) -> str:
+        if not self.hosts:
+            return "no hosts registered"
+        fits = self.fits(spec)
+        possible = {h: n for h, n in fits.items() if isinstance(n, int)}
+        if not possible:
+            parts = sorted({f"{h.name} {fits[h.host_id]}" for h in self.hosts})
+            more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
+            return "no host can ever fit this job: " + "; ".join(parts[:3]) + more
+        ready = [h for h in possible if h in self.free]
+        if not ready:
+            names = ", ".join(sorted(self.by_id[h].name for h in possible))
+            return f"the hosts that fit this job are not ready: {names}"
+        need = min(possible[h] for h in ready)
+        largest = max(len(self.free_matching(spec, h)) for h in ready)
+        gpu = spec.resources.gpu
+        what = " ".join(gpu.names) + " " if gpu and gpu.names else ""
+        return f"no host with {need} free {what}blocks; largest free: {largest}"
 
 
 def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
@@ -142,11 +202,6 @@ def _gpus_match(gpu: GpuRequest | None, devices: list[GpuDevice]) -> bool:
     )
 
 
-def _block_matches(block_index: int, inventory: Inventory, spec: TaskSpec) -> bool:
-    block = inventory.blocks[block_index]
-    return _gpus_match(spec.resources.gpu, _devices(block, inventory))
-
-
 def _free_blocks(host: HostCapacity) -> list[int]:
     return [b.index for b in host.inventory.blocks if b.index not in host.busy_blocks]
 
@@ -180,7 +235,8 @@ def describe_request(gpu: GpuRequest | None) -> str:
     lo, hi = gpu.count.min, gpu.count.max
     count = f"{lo:g}" if lo == hi else f"{lo or 0:g}..{'' if hi is None else f'{hi:g}'}"
     what = "/".join(gpu.names) or (gpu.vendor or "")
-    return f"{count} {what} GPU".replace("  ", " ")
+    plural = "" if lo == hi == 1 else "s"
+    return f"{count} {what} GPU{plural}".replace("  ", " ")
 
 
 def _no_matching_gpu(gpu: GpuRequest, inventory: Inventory) -> str:
@@ -190,8 +246,8 @@ def _no_matching_gpu(gpu: GpuRequest, inventory: Inventory) -> str:
 def _block_granularity(gpu: GpuRequest, per_block: int, total: int) -> str:
     wanted = describe_request(gpu)
     if gpu.count.min and gpu.count.min > total:
-        return f"has {total} GPUs, job asks {wanted}s"
-    return f"is cut in blocks of {per_block} GPUs; {wanted}s is not a whole number of blocks"
+        return f"has {total} GPUs, job asks {wanted}"
+    return f"is cut in blocks of {per_block} GPUs; {wanted} is not a whole number of blocks"
 
 
 def _shares_bring_gpus(gpu: GpuRequest, need: int, shape: Block) -> str:
@@ -201,7 +257,7 @@ def _shares_bring_gpus(gpu: GpuRequest, need: int, shape: Block) -> str:
     )
     return (
         f"has blocks of {per_block}; the job's CPU, memory or disk minimum takes {need} blocks, "
-        f"which hold {need * len(shape.gpus)} GPUs, more than its {describe_request(gpu)}s"
+        f"which hold {need * len(shape.gpus)} GPUs, more than its {describe_request(gpu)}"
     )
 
 
@@ -209,27 +265,5 @@ def _too_small(res: Resources, need: int, eligible: list[Block], shape: Block, i
     if res.gpu and res.gpu.count.min and not shape.gpus:
         return "has no GPU"
     if res.gpu and res.gpu.count.min and need * len(shape.gpus) > len(eligible) * len(shape.gpus):
-        return f"has {len(eligible) * len(shape.gpus)} matching GPUs, job asks {describe_request(res.gpu)}s"
+        return f"has {len(eligible) * len(shape.gpus)} matching GPUs, job asks {describe_request(res.gpu)}"
     return f"has {len(eligible)} blocks of {len(shape.cpus)} CPU, {shape.memory_mib} MiB; job needs {need}"
-
-
-def _pending_reason(
-    spec: TaskSpec, hosts: Sequence[HostCapacity], fits: dict[str, int | str], free: dict[str, list[int]]
-) -> str:
-    if not hosts:
-        return "no hosts registered"
-    possible = {h: n for h, n in fits.items() if isinstance(n, int)}
-    if not possible:
-        parts = sorted({f"{h.name} {fits[h.host_id]}" for h in hosts})
-        more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
-        return "no host can ever fit this job: " + "; ".join(parts[:3]) + more
-    by_id = {h.host_id: h for h in hosts}
-    ready = [h for h in possible if h in free]
-    if not ready:
-        return "the hosts that fit this job are not ready: " + ", ".join(
-            sorted(by_id[h].name for h in possible)
-        )
-    need = min(possible[h] for h in ready)
-    largest = max(sum(1 for b in free[h] if _block_matches(b, by_id[h].inventory, spec)) for h in ready)
-    what = " ".join(spec.resources.gpu.names) + " " if spec.resources.gpu and spec.resources.gpu.names else ""
-    return f"no host with {need} free {what}blocks; largest free: {largest}"

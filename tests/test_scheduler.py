@@ -101,7 +101,7 @@ def test_placement_carries_the_blocks_devices_cpus_and_memory() -> None:
 def test_gpu_count_maximum_binds_with_blocks_of_two() -> None:
     # `gpu: 1` is exactly one GPU: a block of 2 would show the job a GPU it did not ask for.
     assert fit(job("j", "gpu: 1").spec, inventory(blocks=4)) == (
-        "is cut in blocks of 2 GPUs; 1 GPUs is not a whole number of blocks"
+        "is cut in blocks of 2 GPUs; 1 GPU is not a whole number of blocks"
     )
     result = schedule([job("exact", "gpu: 1"), job("range", "gpu: 1..2", seq=1)], [host(blocks=4)])
 
