@@ -24,6 +24,8 @@ class HostCapacity:
     inventory: Inventory
     busy_blocks: frozenset[int] = frozenset()
     ready: bool = True  # False: registered but unreachable or draining; counts for "could ever fit" only
+    fleet: str = "default"
+    projects: frozenset[str] | None = None  # the fleet is limited to these projects; None: open to all
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class PendingJob:
     spec: TaskSpec
     seq: int  # submission order
     priority: int = 0
+    project: str = "default"
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,9 @@ def schedule(jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity]) -> Sched
     """Place what fits now, in priority-then-FIFO order; give every other job its reason. Pure."""
     state = _Pass(hosts)
     result = ScheduleResult()
-    stuck: dict[tuple[Resources, bool], list[PendingJob]] = {}
+    stuck: dict[tuple[Resources, bool, tuple[str, ...], str], list[PendingJob]] = {}
     for job in sorted(jobs, key=lambda j: (-j.priority, j.seq)):
-        key = (job.spec.resources, job.spec.image is None)
+        key = (job.spec.resources, job.spec.image is None, job.spec.fleets, job.project)
         if key in stuck:  # free blocks only shrink during a pass: an identical request cannot fit either
             stuck[key].append(job)
             continue
@@ -66,7 +69,7 @@ def schedule(jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity]) -> Sched
         else:
             result.placements.append(placement)
     for same in stuck.values():
-        reason = state.reason(same[0].spec)  # after every placement of this pass: what the user will see
+        reason = state.reason(same[0])  # after every placement of this pass: what the user will see
         result.pending.update((job.job_id, reason) for job in same)
     return result
 
@@ -78,13 +81,16 @@ class _Pass:
         self.hosts = hosts
         self.by_id = {h.host_id: h for h in hosts}
         self.free = {h.host_id: _free_blocks(h) for h in hosts if h.ready}
-        self._fits: dict[tuple[Resources, bool], dict[str, int | str]] = {}
+        self._fits: dict[tuple[Resources, bool, tuple[str, ...], str], dict[str, int | str]] = {}
         self._matching: dict[tuple[GpuRequest | None, str], frozenset[int]] = {}
 
-    def fits(self, spec: TaskSpec) -> dict[str, int | str]:
-        key = (spec.resources, spec.image is None)
+    def fits(self, job: PendingJob) -> dict[str, int | str]:
+        spec = job.spec
+        key = (spec.resources, spec.image is None, spec.fleets, job.project)
         if key not in self._fits:
-            self._fits[key] = {h.host_id: fit(spec, h.inventory) for h in self.hosts}
+            self._fits[key] = {
+                h.host_id: admits(h, spec, job.project) or fit(spec, h.inventory) for h in self.hosts
+            }
         return self._fits[key]
 
     def free_matching(self, spec: TaskSpec, host_id: str) -> list[int]:
@@ -100,7 +106,7 @@ class _Pass:
     def place(self, job: PendingJob) -> Placement | None:
         """The tightest-fitting ready host's first free matching blocks, taken out of the free set."""
         best: tuple[int, str, str, list[int]] | None = None
-        for host_id, need in self.fits(job.spec).items():
+        for host_id, need in self.fits(job).items():
             if not isinstance(need, int) or host_id not in self.free:
                 continue
             eligible = self.free_matching(job.spec, host_id)
@@ -114,10 +120,11 @@ class _Pass:
         self.free[host_id] = [b for b in self.free[host_id] if b not in chosen]
         return _placement(job.job_id, host_id, chosen, self.by_id[host_id].inventory)
 
-    def reason(self, spec: TaskSpec) -> str:
+    def reason(self, job: PendingJob) -> str:
+        spec = job.spec
         if not self.hosts:
             return "no hosts registered"
-        fits = self.fits(spec)
+        fits = self.fits(job)
         possible = {h: n for h, n in fits.items() if isinstance(n, int)}
         if not possible:
             parts = sorted({f"{h.name} {fits[h.host_id]}" for h in self.hosts})
@@ -132,6 +139,15 @@ class _Pass:
         gpu = spec.resources.gpu
         what = " ".join(gpu.names) + " " if gpu and gpu.names else ""
         return f"no host with {need} free {what}blocks; largest free: {largest}"
+
+
+def admits(host: HostCapacity, spec: TaskSpec, project: str) -> str:
+    """Why the host's fleet is closed to this job, or "" if it is open to it."""
+    if spec.fleets and host.fleet not in spec.fleets:
+        return f"is in fleet {host.fleet}, not in {', '.join(spec.fleets)}"
+    if host.projects is not None and project not in host.projects:
+        return f"is in fleet {host.fleet}, which is limited to projects {', '.join(sorted(host.projects))}"
+    return ""
 
 
 def fit(spec: TaskSpec, inventory: Inventory) -> int | str:

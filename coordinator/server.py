@@ -11,7 +11,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from coordinator.app import hash_token, make_app
+from coordinator.accounts import hash_secret
+from coordinator.app import make_app
 from coordinator.logstore import LogStore
 from coordinator.pki import PkiPaths, default_server_names, ensure_pki
 from coordinator.service import Coordinator, Settings
@@ -57,7 +58,7 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     pki = ensure_pki(config.state_dir, list(config.server_names) or default_server_names())
     store = Store(config.state_dir / "coordinator.db")
-    coordinator = Coordinator(store, LogStore(config.state_dir / "logs"), config.settings)
+    coordinator = Coordinator(store, LogStore(config.state_dir / "logs"), pki.ca(), config.settings)
     runner = web.AppRunner(
         make_app(coordinator), access_log=None, shutdown_timeout=1.0, handler_cancellation=True
     )
@@ -92,5 +93,5 @@ def ensure_admin_token(store: Store, token_file: Path) -> str:
     else:
         token = "gpuctl_" + secrets.token_urlsafe(32)
         tls.write_private(token_file, token.encode() + b"\n")
-    store.add_token(hash_token(token), "admin", "admin")
+    store.add_token(hash_secret(token), "admin", "admin")
     return token

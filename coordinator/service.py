@@ -12,11 +12,13 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from coordinator.accounts import Accounts
 from coordinator.logstore import LogStore
 from coordinator.scheduler import HostCapacity, PendingJob, schedule
 from coordinator.store import AllocRow, HostRow, JobRow, Store
 from coordinator.waiters import Waiters
 from shared import constants as C
+from shared import tls
 from shared.spec import TaskSpec, validate_spec
 from shared.states import AllocState, JobState, job_state_for
 from shared.wire import (
@@ -38,6 +40,7 @@ class Settings:
     sync_interval_s: float = C.SYNC_INTERVAL_S
     log_chunk_max_bytes: int = C.LOG_CHUNK_MAX_BYTES
     unreachable_after_s: float = C.HOST_UNREACHABLE_AFTER_S
+    agent_cert_ttl_s: int = C.AGENT_CERT_TTL_S
 
 
 class NotFound(LookupError):
@@ -49,8 +52,12 @@ class Ambiguous(LookupError):
 
 
 class Coordinator:
-    def __init__(self, store: Store, logs: LogStore, settings: Settings | None = None) -> None:
+    def __init__(
+        self, store: Store, logs: LogStore, ca: tls.KeyPair, settings: Settings | None = None
+    ) -> None:
         self.store = store
+        self.ca = ca  # signs agent certificates (enrollment, renewal)
+        self.accounts = Accounts(store)
         self.logs = logs
         self.settings = settings or Settings()
         self.host_waiters = Waiters()  # key: host id
@@ -59,8 +66,8 @@ class Coordinator:
 
     # --- user side ---------------------------------------------------------------------------------
 
-    def submit(self, spec: TaskSpec) -> JobRow:
-        """Accept a job (committed before the answer), then try to place it at once."""
+    def submit(self, spec: TaskSpec, project: str = "default") -> JobRow:
+        """Accept a job of `project` (committed before the answer), then try to place it at once."""
         spec = validate_spec(spec)
         for _ in range(5):
             job_id = secrets.token_hex(4)
@@ -75,8 +82,9 @@ class Coordinator:
         assert fresh is not None
         return fresh
 
-    def find_job(self, ref: str) -> JobRow:
-        jobs = self.store.find_jobs(ref)
+    def find_job(self, ref: str, project: str | None = None) -> JobRow:
+        """By id, id prefix or name; only among `project`'s jobs if given (another project's job is not found)."""
+        jobs = self.store.find_jobs(ref, project)
         exact = [j for j in jobs if j.id == ref]
         if exact:
             return exact[0]
@@ -147,6 +155,33 @@ class Coordinator:
             )
             for h in self.store.list_hosts()
         ]
+
+    def find_host(self, ref: str) -> HostRow:
+        hosts = [h for h in self.store.list_hosts() if ref in (h.id, h.name)]
+        if not hosts:
+            raise NotFound(f"no host {ref!r}")
+        if len(hosts) > 1:
+            raise Ambiguous(
+                f"{ref!r} names {len(hosts)} hosts; use the id: " + ", ".join(h.id for h in hosts)
+            )
+        return hosts[0]
+
+    def remove_host(self, host: HostRow) -> HostRow:
+        """Revoke the host's certificates and take it out of scheduling; its jobs are lost. Idempotent."""
+        revoked = self.accounts.revoke_host(host.id)
+        with self.store.tx() as db:
+            self.store.set_host_status(db, host.id, "removed")
+            for alloc in self.store.active_allocations(host.id):
+                self.store.update_allocation(db, alloc.id, AllocState.FAILED, None, "host removed", None)
+                job = self.store.get_job(alloc.job_id)
+                if job is not None and not job.status.terminal:
+                    self.store.set_job_state(db, job, JobState.LOST, f"host {host.name} was removed")
+            self.store.bump_index(db, host.id)
+        self.host_waiters.changed(host.id)
+        log.warning("host %s (%s) removed; %d certificates revoked", host.name, host.id, revoked)
+        fresh = self.store.get_host(host.id)
+        assert fresh is not None
+        return fresh
 
     def host_status(self, host: HostRow) -> str:
         if host.status != "ready":
@@ -270,7 +305,8 @@ class Coordinator:
         jobs = self.store.jobs_in(JobState.SUBMITTED, JobState.PENDING, JobState.RETRYING)
         if not jobs:
             return 0
-        result = schedule([PendingJob(j.id, j.spec, j.seq, j.priority) for j in jobs], self._capacity())
+        pending = [PendingJob(j.id, j.spec, j.seq, j.priority, j.project) for j in jobs]
+        result = schedule(pending, self._capacity())
         by_id = {j.id: j for j in jobs}
         with self.store.tx() as db:
             for p in result.placements:

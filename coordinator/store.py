@@ -10,7 +10,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -71,6 +71,34 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 2: identity: projects, users (their tokens), join tokens, issued certificates, fleets
+    """
+    CREATE TABLE projects (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+    INSERT INTO projects(name, created_at) VALUES ('default', 0);
+    ALTER TABLE tokens ADD COLUMN project TEXT;
+    ALTER TABLE jobs ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX jobs_project ON jobs(project, seq);
+    CREATE TABLE join_tokens (
+        id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        fleet TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        uses_left INTEGER,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE certs (
+        serial TEXT PRIMARY KEY,
+        host_id TEXT NOT NULL,
+        not_after REAL NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX certs_host ON certs(host_id);
+    ALTER TABLE hosts ADD COLUMN fleet TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE hosts ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE fleets (name TEXT PRIMARY KEY, projects TEXT NOT NULL DEFAULT '[]', created_at REAL NOT NULL)
+    """,
 ]
 
 TERMINAL_ALLOC_STATES = tuple(s.value for s in AllocState if s.terminal)
@@ -90,6 +118,7 @@ class JobRow:
     submitted_at: float
     started_at: float | None
     finished_at: float | None
+    project: str = "default"
 
 
 @dataclass(frozen=True)
@@ -101,6 +130,8 @@ class HostRow:
     desired_index: int
     last_seen: float | None
     status: str
+    fleet: str = "default"
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -197,17 +228,25 @@ class Store:
         row = self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def find_jobs(self, ref: str) -> list[JobRow]:
-        """Jobs whose id starts with `ref` or whose name is `ref`, newest first."""
+    def find_jobs(self, ref: str, project: str | None = None) -> list[JobRow]:
+        """Jobs whose id starts with `ref` or whose name is `ref`, newest first; only `project`'s if given."""
+        pattern = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         rows = self.db.execute(
-            "SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\' OR name=? ORDER BY seq DESC LIMIT 20",
-            (ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%", ref),
+            "SELECT * FROM jobs WHERE (id LIKE ? ESCAPE '\\' OR name=?) AND (? IS NULL OR project=?)"
+            " ORDER BY seq DESC LIMIT 20",
+            (pattern, ref, project, project),
         ).fetchall()
         return [_job(r) for r in rows]
 
-    def list_jobs(self, include_finished: bool, limit: int = 1000) -> list[JobRow]:
-        where = "" if include_finished else "WHERE status NOT IN ('done','failed','stopped','lost')"
-        rows = self.db.execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+    def list_jobs(
+        self, include_finished: bool, limit: int = 1000, project: str | None = None
+    ) -> list[JobRow]:
+        where = "WHERE (? IS NULL OR project=?)"
+        if not include_finished:
+            where += " AND status NOT IN ('done','failed','stopped','lost')"
+        rows = self.db.execute(
+            f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (project, project, limit)
+        ).fetchall()
         return [_job(r) for r in rows]
 
     def jobs_in(self, *states: JobState) -> list[JobRow]:
@@ -265,6 +304,16 @@ class Store:
                 "UPDATE hosts SET inventory=?, generation=?, name=? WHERE id=?",
                 (msgspec.json.encode(inventory).decode(), generation, inventory.hostname, host_id),
             )
+
+    def set_membership(self, host_id: str, fleet: str, labels: dict[str, str]) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE hosts SET fleet=?, labels=? WHERE id=?",
+                (fleet, msgspec.json.encode(labels).decode(), host_id),
+            )
+
+    def set_host_status(self, db: sqlite3.Connection, host_id: str, status: str) -> None:
+        db.execute("UPDATE hosts SET status=? WHERE id=?", (status, host_id))
 
     def touch_host(self, host_id: str, seen_at: float) -> None:
         """Liveness; not worth an fsync, but cheap enough to keep in the store for `gpuctl hosts`."""
@@ -348,6 +397,7 @@ def _job(row: sqlite3.Row) -> JobRow:
         submitted_at=row["submitted_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        project=row["project"],
     )
 
 
@@ -361,6 +411,8 @@ def _host(row: sqlite3.Row) -> HostRow:
         desired_index=row["desired_index"],
         last_seen=row["last_seen"],
         status=row["status"],
+        fleet=row["fleet"],
+        labels=msgspec.json.decode(row["labels"], type=dict[str, str]),
     )
 
 

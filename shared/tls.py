@@ -118,6 +118,44 @@ def issue_client_cert(ca: KeyPair, host_id: str, ttl_s: int) -> KeyPair:
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_to_pem(key))
 
 
+def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:
+    """A certificate signing request; the key stays with the caller."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+class BadCsr(ValueError):
+    pass
+
+
+def sign_csr(ca: KeyPair, csr_pem: bytes, host_id: str, ttl_s: int) -> x509.Certificate:
+    """A clientAuth certificate for the CSR's key. The common name is `host_id`, whatever the CSR asked."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        raise BadCsr("csr: not a PEM certificate signing request") from None
+    if not csr.is_signature_valid:
+        raise BadCsr("csr: its signature does not match its key")
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise BadCsr("csr: the key must be ECDSA (P-256)")
+    return _sign(ca, public_key, host_id, dt.timedelta(seconds=ttl_s), ExtendedKeyUsageOID.CLIENT_AUTH, [])
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def cert_expiry(cert_pem_bytes: bytes) -> tuple[float, float]:
+    """(not before, not after) as Unix times."""
+    cert = x509.load_pem_x509_certificate(cert_pem_bytes)
+    return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+
+
 def ca_pin(ca_cert_pem: bytes) -> str:
     """`sha256:<hex>` of the CA's SubjectPublicKeyInfo, as kubeadm's discovery hash."""
     cert = x509.load_pem_x509_certificate(ca_cert_pem)

@@ -151,3 +151,61 @@ def generation_of(inventory: Inventory) -> str:
     import hashlib
 
     return hashlib.sha256(msgspec.json.encode(inventory)).hexdigest()[:16]
+
+
+# --- enrollment and identity ---------------------------------------------------------------------------
+
+
+class EnrollRequest(Wire):
+    token: str  # "<token id>.<secret>" from the join string
+    csr: str  # PEM; the agent made the key and keeps it
+    hostname: str
+
+
+class EnrollResponse(Wire):
+    host_id: str
+    certificate: str  # PEM
+    ca: str  # PEM
+
+
+class RenewRequest(Wire):
+    csr: str
+
+
+class RenewResponse(Wire):
+    certificate: str
+
+
+class TokenCreate(Wire):
+    fleet: str
+    ttl_s: int = 3600
+    uses: int | None = None
+    labels: dict[str, str] = {}
+
+
+class TokenCreated(Wire):
+    id: str
+    join_string: str
+    expires_at: float
+
+
+class ProjectCreate(Wire):
+    name: str
+
+
+class UserCreate(Wire):
+    name: str
+    project: str
+    role: str = "member"
+
+
+class UserCreated(Wire):
+    name: str
+    project: str
+    role: str
+    token: str
+
+
+class FleetLimit(Wire):
+    name: str
+    projects: list[str] = []

@@ -1,0 +1,91 @@
+"""The user API: jobs and hosts, each caller confined to its project (admins see all)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from coordinator.http import (
+    COORDINATOR,
+    PRINCIPAL,
+    body,
+    int_query,
+    json_response,
+    project_scope,
+    require_admin,
+)
+from shared import constants as C
+from shared.wire import SubmitRequest
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"ok": True})
+
+
+async def submit(request: web.Request) -> web.Response:
+    req = await body(request, SubmitRequest)
+    assert isinstance(req, SubmitRequest)
+    coord = request.app[COORDINATOR]
+    project = request[PRINCIPAL].project or "default"
+    return json_response(coord.job_view(coord.submit(req.spec, project)), 201)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR]
+    everything = request.query.get("all", "") in ("1", "true")
+    jobs = coord.store.list_jobs(everything, project=project_scope(request))
+    return json_response([coord.job_view(j) for j in jobs])
+
+
+async def get_job(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR]
+    return json_response(coord.job_view(coord.find_job(request.match_info["ref"], project_scope(request))))
+
+
+async def stop_job(request: web.Request) -> web.Response:
+    coord = request.app[COORDINATOR]
+    job = coord.find_job(request.match_info["ref"], project_scope(request))
+    return json_response(coord.job_view(coord.stop(job)))
+
+
+async def job_logs(request: web.Request) -> web.Response:
+    """Log bytes from `offset`; with `follow=1`, waits up to a while for new bytes. Headers say where to
+    continue (X-Next-Offset) and whether the log is complete (X-Complete: the job ended, all bytes here)."""
+    coord = request.app[COORDINATOR]
+    scope = project_scope(request)
+    job = coord.find_job(request.match_info["ref"], scope)
+    offset = int_query(request, "offset", 0)
+    max_bytes = min(int_query(request, "max_bytes", C.LOG_CHUNK_MAX_BYTES), C.LOG_CHUNK_MAX_BYTES)
+    data, complete = coord.read_logs(job, offset, max_bytes)
+    if not data and not complete and request.query.get("follow") in ("1", "true"):
+        await coord.log_waiters.wait(job.id, C.LOG_FOLLOW_WAIT_S)
+        job = coord.find_job(job.id, scope)
+        data, complete = coord.read_logs(job, offset, max_bytes)
+    headers = {
+        "X-Next-Offset": str(offset + len(data)),
+        "X-Complete": "1" if complete else "0",
+        "X-Job-Status": job.status.value,
+        "X-Exit-Code": "" if job.exit_code is None else str(job.exit_code),
+    }
+    return web.Response(body=data, headers=headers, content_type="application/octet-stream")
+
+
+async def list_hosts(request: web.Request) -> web.Response:
+    return json_response(request.app[COORDINATOR].host_views())
+
+
+async def remove_host(request: web.Request) -> web.Response:
+    require_admin(request)
+    coord = request.app[COORDINATOR]
+    host = coord.remove_host(coord.find_host(request.match_info["ref"]))
+    return json_response({"id": host.id, "name": host.name, "status": host.status})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post(f"{C.API_PREFIX}/jobs", submit)
+    app.router.add_get(f"{C.API_PREFIX}/jobs", list_jobs)
+    app.router.add_get(f"{C.API_PREFIX}/jobs/{{ref}}", get_job)
+    app.router.add_post(f"{C.API_PREFIX}/jobs/{{ref}}/stop", stop_job)
+    app.router.add_get(f"{C.API_PREFIX}/jobs/{{ref}}/logs", job_logs)
+    app.router.add_get(f"{C.API_PREFIX}/hosts", list_hosts)
+    app.router.add_post(f"{C.API_PREFIX}/hosts/{{ref}}/remove", remove_host)
