@@ -13,11 +13,13 @@ from agent.client import CoordinatorClient
 from agent.config import AgentConfig
 from agent.detect import detect_inventory
 from agent.executor import Executor
+from agent.identity import check_not_expired, join, renew_loop
 from agent.runtime.process import ProcessRuntime, check_reachable
 from agent.shipper import ship_loop
 from agent.state import SharedState
 from agent.sync import sync_loop
 from shared import tls
+from shared.join import parse_join_string
 from shared.wire import Inventory
 
 log = logging.getLogger("gpuctl.agent")
@@ -46,7 +48,11 @@ async def run_agent(config: AgentConfig, inventory: Inventory, state: SharedStat
     executor = Executor(config.state_dir, ProcessRuntime(run_as), inventory, os.environ, config.stop_grace_s)
     executor.adopt()
     ca, cert, key = config.tls_files()
-    client = CoordinatorClient(config.coordinator, tls.client_context(ca, cert, key))
+    if not cert.exists() and config.join:
+        await join(config.coordinator, parse_join_string(config.join), config.pki_dir, config.name)
+    check_not_expired(cert)
+    context = tls.client_context(ca, cert, key)
+    client = CoordinatorClient(config.coordinator, context)
     log.info(
         "agent %s: %d GPUs, %d blocks%s; coordinator %s",
         config.name,
@@ -57,9 +63,11 @@ async def run_agent(config: AgentConfig, inventory: Inventory, state: SharedStat
     )
     try:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(sync_loop(client, executor, inventory, state), name="sync")
+            tg.create_task(sync_loop(client, executor, inventory, state, cert), name="sync")
             tg.create_task(exec_loop(executor, state), name="executor")
             tg.create_task(ship_loop(client, executor, state), name="logs")
+            if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
+                tg.create_task(renew_loop(config.coordinator, context, config.pki_dir), name="renew")
     finally:
         await client.close()
 

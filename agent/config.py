@@ -38,6 +38,7 @@ class AgentConfig:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    join: str | None = None  # a join string: used once, when the agent has no certificate yet
 
     @property
     def pki_dir(self) -> Path:
@@ -76,6 +77,7 @@ _FIELDS = {
     "ca_file",
     "cert_file",
     "key_file",
+    "join",
 }
 
 
@@ -113,6 +115,7 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         simulate_cpus=raw.get("simulate_cpus"),
         simulate_memory_mib=memory_mib,
         run_as=raw.get("run_as"),
+        join=raw.get("join"),
         stop_grace_s=float(raw.get("stop_grace_s", STOP_GRACE_S)),
         **({"name": str(raw["name"])} if raw.get("name") else {}),
         **paths,

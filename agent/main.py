@@ -11,9 +11,12 @@ import click
 
 from agent.agent import detect, run_agent
 from agent.blocks import BlocksError
+from agent.client import ApiError
 from agent.config import DEFAULT_CONFIG, ConfigError, load_config
+from agent.identity import CertificateExpired, JoinError
 from agent.sync import Revoked
 from shared.errors import first_error
+from shared.join import parse_join_string
 
 
 @click.group()
@@ -21,24 +24,49 @@ def main() -> None:
     """The gpuctl host agent: detects this host's accelerators and runs the work the coordinator assigns."""
 
 
+_run_options = [
+    click.option(
+        "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True
+    ),
+    click.option("--coordinator", help="The coordinator's https:// URL."),
+    click.option("--state-dir", type=click.Path(path_type=Path)),
+    click.option("--name", help="This host's name (default: its hostname)."),
+    click.option("--blocks", help="auto, or N blocks (N must divide the GPU count)."),
+    click.option("--simulate", help="Declare simulated GPUs instead of detecting, e.g. 8xH100:80GB."),
+    click.option("-v", "--verbose", is_flag=True),
+]
+
+
+def run_options(f):  # type: ignore[no-untyped-def]
+    for option in reversed(_run_options):
+        f = option(f)
+    return f
+
+
 @main.command()
-@click.option(
-    "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True
-)
-@click.option("--coordinator", help="The coordinator's https:// URL.")
-@click.option("--state-dir", type=click.Path(path_type=Path))
-@click.option("--name", help="This host's name (default: its hostname).")
-@click.option("--blocks", help="auto, or N blocks (N must divide the GPU count).")
-@click.option("--simulate", help="Declare simulated GPUs instead of detecting, e.g. 8xH100:80GB.")
-@click.option("-v", "--verbose", is_flag=True)
+@run_options
 def run(config_path: Path, verbose: bool, **overrides: object) -> None:
     """Run the agent in the foreground (systemd runs this)."""
+    serve(config_path, verbose, overrides)
+
+
+@main.command("join")
+@click.argument("join_string")
+@run_options
+def join_cmd(join_string: str, config_path: Path, verbose: bool, **overrides: object) -> None:
+    """Join a coordinator with the string `gpuctl token create` printed, then run."""
+    serve(config_path, verbose, {**overrides, "join": join_string})
+
+
+def serve(config_path: Path, verbose: bool, overrides: dict[str, object]) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
         config = load_config(config_path, overrides)
+        if config.join:
+            parse_join_string(config.join)
         inventory = detect(config)
     except (ConfigError, BlocksError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -49,9 +77,11 @@ def run(config_path: Path, verbose: bool, **overrides: object) -> None:
     except Exception as exc:
         error = first_error(exc)
         if isinstance(error, Revoked):
-            click.echo(f"gpuctl-agent: the coordinator refused this host: {error}", err=True)
+            click.echo(
+                f"gpuctl-agent: the coordinator refused this host: {error}; no more work is pulled", err=True
+            )
             sys.exit(3)
-        if isinstance(error, ConfigError | OSError):
+        if isinstance(error, ConfigError | OSError | JoinError | CertificateExpired | ApiError):
             raise click.ClickException(str(error)) from None
         raise
 

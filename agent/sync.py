@@ -9,9 +9,11 @@ import asyncio
 import contextlib
 import logging
 import random
+from pathlib import Path
 
 from agent.client import CoordinatorClient, retryable
 from agent.executor import Executor
+from agent.identity import check_not_expired
 from agent.state import SharedState
 from shared import constants as C
 from shared.wire import Inventory, SyncRequest, SyncResponse, generation_of
@@ -27,7 +29,7 @@ class Revoked(Exception):
 
 
 async def sync_loop(
-    client: CoordinatorClient, executor: Executor, inventory: Inventory, state: SharedState
+    client: CoordinatorClient, executor: Executor, inventory: Inventory, state: SharedState, cert_file: Path
 ) -> None:
     generation = generation_of(inventory)
     poll_timeout_s, gap_s, backoff_s = C.POLL_TIMEOUT_S, C.SYNC_INTERVAL_S, BACKOFF_MIN_S
@@ -48,6 +50,7 @@ async def sync_loop(
                 log.error("sync refused: %s; this agent stops pulling work", exc)
                 raise Revoked(str(exc)) from exc
             state.last_error = str(exc)
+            check_not_expired(cert_file)  # a host offline past its certificate's life must join again
             log.warning("sync failed (%s); retrying in %.1f s", exc, backoff_s)
             await asyncio.sleep(backoff_s * random.uniform(0.8, 1.2))
             backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)

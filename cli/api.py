@@ -15,7 +15,17 @@ from cli.config import CliConfig
 from shared import tls
 from shared.constants import API_PREFIX
 from shared.spec import TaskSpec
-from shared.wire import HostView, JobView, SubmitRequest
+from shared.wire import (
+    FleetLimit,
+    HostView,
+    JobView,
+    ProjectCreate,
+    SubmitRequest,
+    TokenCreate,
+    TokenCreated,
+    UserCreate,
+    UserCreated,
+)
 
 T = TypeVar("T")
 
@@ -77,6 +87,27 @@ class Api:
 
     def hosts(self) -> list[HostView]:
         return self._call("GET", "/hosts", list[HostView])
+
+    def remove_host(self, ref: str) -> dict[str, str]:
+        return self._call("POST", f"/hosts/{urllib.parse.quote(ref, safe='')}/remove", dict[str, str])
+
+    def create_token(self, request: TokenCreate) -> TokenCreated:
+        return self._call("POST", "/tokens", TokenCreated, request)
+
+    def tokens(self) -> list[dict[str, object]]:
+        return self._call("GET", "/tokens", list[dict[str, object]])
+
+    def delete_token(self, token_id: str) -> None:
+        self._call("DELETE", f"/tokens/{urllib.parse.quote(token_id, safe='')}", dict[str, bool])
+
+    def create_project(self, name: str) -> None:
+        self._call("POST", "/projects", dict[str, str], ProjectCreate(name=name))
+
+    def create_user(self, request: UserCreate) -> UserCreated:
+        return self._call("POST", "/users", UserCreated, request)
+
+    def limit_fleet(self, request: FleetLimit) -> None:
+        self._call("POST", "/fleets", FleetLimit, request)
 
     def logs(self, ref: str, offset: int, follow: bool) -> LogChunk:
         query = urllib.parse.urlencode({"offset": offset, "follow": "1" if follow else "0"})

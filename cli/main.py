@@ -167,10 +167,13 @@ def stop(job: str) -> None:
     )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def hosts(as_json: bool) -> None:
-    """List hosts, their resources and busy blocks."""
+@click.pass_context
+def hosts(ctx: click.Context, as_json: bool) -> None:
+    """List hosts, their resources and busy blocks (or: hosts remove HOST)."""
+    if ctx.invoked_subcommand is not None:
+        return
     try:
         views = api().hosts()
     except ApiError as exc:
@@ -181,10 +184,23 @@ def hosts(as_json: bool) -> None:
         print_table(hosts_table(views))
 
 
-def _register_dev() -> None:
+@hosts.command("remove")
+@click.argument("host")
+def hosts_remove(host: str) -> None:
+    """Revoke the host's certificates: its next sync is refused and it stops pulling work."""
+    try:
+        removed = api().remove_host(host)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"host {removed['name']} ({removed['id']}) removed; its certificates are revoked")
+
+
+def _register() -> None:
+    from cli.admin import fleet, project, token, user
     from cli.dev import dev
 
-    main.add_command(dev)
+    for command in (dev, token, project, user, fleet):
+        main.add_command(command)
 
 
-_register_dev()
+_register()

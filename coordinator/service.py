@@ -73,9 +73,8 @@ class Coordinator:
             job_id = secrets.token_hex(4)
             if self.store.get_job(job_id) is None:
                 break
-        job = self.store.insert_job(
-            job_id, spec.name or f"job-{job_id[:4]}", spec, "waiting for the scheduler"
-        )
+        name = spec.name or f"job-{job_id[:4]}"
+        job = self.store.insert_job(job_id, name, spec, "waiting for the scheduler", project)
         log.info("job %s submitted (%s)", job.id, job.name)
         self.schedule_pass()
         fresh = self.store.get_job(job.id)
@@ -328,10 +327,17 @@ class Coordinator:
         busy: dict[str, set[int]] = {}
         for alloc in self.store.active_allocations():
             busy.setdefault(alloc.host_id, set()).update(alloc.blocks)
+        limits = self.accounts.fleet_projects()
         return [
             HostCapacity(
-                h.id, h.name, h.inventory, frozenset(busy.get(h.id, ())), self.host_status(h) == "ready"
+                h.id,
+                h.name,
+                h.inventory,
+                frozenset(busy.get(h.id, ())),
+                self.host_status(h) == "ready",
+                h.fleet,
+                limits.get(h.fleet),
             )
             for h in self.store.list_hosts()
-            if h.inventory is not None
+            if h.inventory is not None and h.status != "removed"
         ]

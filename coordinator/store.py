@@ -206,10 +206,13 @@ class Store:
 
     # --- jobs --------------------------------------------------------------------------------------
 
-    def insert_job(self, job_id: str, name: str, spec: TaskSpec, reason: str) -> JobRow:
+    def insert_job(
+        self, job_id: str, name: str, spec: TaskSpec, reason: str, project: str = "default"
+    ) -> JobRow:
         with self.tx() as db:
             db.execute(
-                "INSERT INTO jobs(id, name, spec, priority, status, reason, submitted_at) VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO jobs(id, name, spec, priority, status, reason, submitted_at, project)"
+                " VALUES (?,?,?,?,?,?,?,?)",
                 (
                     job_id,
                     name,
@@ -218,6 +221,7 @@ class Store:
                     "submitted",
                     reason,
                     time.time(),
+                    project,
                 ),
             )
         job = self.get_job(job_id)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _CA_TTL = dt.timedelta(days=3650)
+CLOCK_SKEW = dt.timedelta(minutes=5)  # certificates start this much before they are issued
 _SERVER_TTL = dt.timedelta(days=825)
 
 
@@ -52,7 +53,7 @@ def create_ca(common_name: str = "gpuctl CA") -> KeyPair:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_before(_now() - CLOCK_SKEW)
         .not_valid_after(_now() + _CA_TTL)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
@@ -86,7 +87,7 @@ def _sign(
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_before(_now() - CLOCK_SKEW)
         .not_valid_after(_now() + ttl)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)

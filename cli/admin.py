@@ -1,0 +1,126 @@
+"""Admin commands: join tokens for new hosts, projects, users, fleets limited to projects."""
+
+from __future__ import annotations
+
+import time
+
+import click
+import msgspec
+
+from cli.api import Api, ApiError
+from shared.units import parse_duration_s
+from shared.wire import FleetLimit, TokenCreate, UserCreate
+
+
+def _api() -> Api:
+    from cli.main import api
+
+    return api()
+
+
+def _labels(values: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected k=v, got {value!r}", param_hint="--labels")
+        labels[key] = val
+    return labels
+
+
+@click.group()
+def token() -> None:
+    """Join tokens: what a new host needs to join this coordinator."""
+
+
+@token.command("create")
+@click.option("--fleet", required=True, help="The fleet the host joins.")
+@click.option("--ttl", default="1h", show_default=True, help="How long the token can be used (30m, 1h, 7d).")
+@click.option("--uses", type=click.IntRange(min=1), help="How many hosts may use it (default: any number).")
+@click.option("--labels", multiple=True, help="k=v labels for the hosts that join with it (repeatable).")
+def token_create(fleet: str, ttl: str, uses: int | None, labels: tuple[str, ...]) -> None:
+    """Print one join string; on the new host: gpuctl-agent join JOIN_STRING --coordinator URL."""
+    try:
+        ttl_s = parse_duration_s(ttl)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ttl") from None
+    try:
+        created = _api().create_token(
+            TokenCreate(fleet=fleet, ttl_s=ttl_s, uses=uses, labels=_labels(labels))
+        )
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(created.join_string)
+    until = time.strftime("%Y-%m-%d %H:%M", time.localtime(created.expires_at))
+    click.echo(f"token {created.id} for fleet {fleet}, valid until {until}", err=True)
+
+
+@token.command("list")
+def token_list() -> None:
+    """List join tokens that are not deleted (secrets are never shown again)."""
+    try:
+        click.echo(msgspec.json.encode(_api().tokens()).decode())
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@token.command("delete")
+@click.argument("token_id")
+def token_delete(token_id: str) -> None:
+    """Delete a join token: no host can join with it any more."""
+    try:
+        _api().delete_token(token_id)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"token {token_id} deleted")
+
+
+@click.group()
+def project() -> None:
+    """Projects: every job belongs to one, and a member sees only its own project's jobs."""
+
+
+@project.command("create")
+@click.argument("name")
+def project_create(name: str) -> None:
+    try:
+        _api().create_project(name)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"project {name} created")
+
+
+@click.group()
+def user() -> None:
+    """Users and their API tokens."""
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--project", required=True)
+@click.option("--role", type=click.Choice(["member", "admin"]), default="member", show_default=True)
+def user_create(name: str, project: str, role: str) -> None:
+    """Create a user; prints their API token once (it is stored hashed)."""
+    try:
+        created = _api().create_user(UserCreate(name=name, project=project, role=role))
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(created.token)
+
+
+@click.group()
+def fleet() -> None:
+    """Fleets: groups of hosts, which may be limited to some projects."""
+
+
+@fleet.command("limit")
+@click.argument("name")
+@click.option(
+    "--project", "projects", multiple=True, help="A project allowed to use the fleet (repeatable; none: all)."
+)
+def fleet_limit(name: str, projects: tuple[str, ...]) -> None:
+    try:
+        _api().limit_fleet(FleetLimit(name=name, projects=list(projects)))
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"fleet {name}: " + (", ".join(projects) if projects else "open to every project"))
