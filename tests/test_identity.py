@@ -172,3 +172,17 @@ async def test_a_fleet_limited_to_a_project_takes_only_its_jobs() -> None:
         await asyncio.sleep(0.5)
         job = await c.submit("commands: [true]\nresources: {gpu: 1}")  # the admin submits to 'default'
         assert job.status == "pending" and "limited to projects research" in job.reason
+
+
+async def test_enrollment_attempts_are_rate_limited() -> None:
+    async with cluster() as c:
+        real = await new_token(c)
+        statuses = []
+        for n in range(15):
+            try:
+                await joined_agent(
+                    c, f"guess-{n}", JoinString(real.token_id, f"wrong-secret-{n:08d}", real.ca_pin)
+                )
+            except Exception as exc:
+                statuses.append(getattr(exc, "status", None))
+        assert statuses.count(403) >= 5 and 429 in statuses
