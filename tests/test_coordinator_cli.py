@@ -1,0 +1,39 @@
+"""`gpuctl-coordinator init`: creates the CA (key 0600), the server certificate and the admin token once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+INIT = [sys.executable, "-c", "from coordinator.main import main; main()", "init"]
+
+
+def test_init_creates_everything_once_and_rerunning_changes_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "coordinator.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nserver_names: [gpu-coord.example, 10.0.0.5]\n")
+    first = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=True)
+    pki = tmp_path / "state" / "pki"
+    files = {p.name: p.read_bytes() for p in pki.iterdir()}
+    assert (pki / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+    assert (pki / "server-key.pem").stat().st_mode & 0o777 == 0o600
+    token = first.stdout.split("admin token:")[1].strip()
+    assert token.startswith("gpuctl_")
+    server = x509.load_pem_x509_certificate(files["server.pem"])
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "gpu-coord.example" in sans.get_values_for_type(x509.DNSName)
+    second = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=True)
+    assert second.stdout == first.stdout
+    assert {p.name: p.read_bytes() for p in pki.iterdir()} == files
+
+
+def test_an_unknown_setting_is_one_line_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "coordinator.yaml"
+    config.write_text(f"state_dir: {tmp_path}\nprot: 8443\n")
+    run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "Error: prot: unknown setting (known: host, port, server_names, state_dir)"
+    ]
