@@ -107,7 +107,10 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         memory_mib = parse_memory_mib(memory) if memory is not None else None
     except ValueError as exc:
         raise ConfigError(f"simulate_memory: {exc}") from None
-    paths = {k: Path(raw[k]) for k in ("state_dir", "ca_file", "cert_file", "key_file") if raw.get(k)}
+
+    def path_of(key: str) -> Path | None:
+        return Path(raw[key]) if raw.get(key) else None
+
     return AgentConfig(
         coordinator=str(raw["coordinator"]),
         blocks=blocks,
@@ -117,6 +120,9 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         run_as=raw.get("run_as"),
         join=raw.get("join"),
         stop_grace_s=float(raw.get("stop_grace_s", STOP_GRACE_S)),
-        **({"name": str(raw["name"])} if raw.get("name") else {}),
-        **paths,
+        name=str(raw["name"]) if raw.get("name") else socket.gethostname(),
+        state_dir=path_of("state_dir") or DEFAULT_STATE_DIR,
+        ca_file=path_of("ca_file"),
+        cert_file=path_of("cert_file"),
+        key_file=path_of("key_file"),
     )

@@ -13,6 +13,7 @@ import random
 import ssl
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import msgspec
@@ -24,6 +25,7 @@ from shared.join import JoinString
 from shared.wire import EnrollRequest, EnrollResponse, ErrorBody, RenewRequest, RenewResponse
 
 log = logging.getLogger("gpuctl.agent")
+T = TypeVar("T")
 
 RENEW_AT_FRACTION = 2 / 3  # of the certificate's life
 MIN_RENEW_GAP_S = 1.0
@@ -79,7 +81,7 @@ async def join(url: str, join: JoinString, pki_dir: Path, hostname: str) -> str:
     return answer.host_id
 
 
-async def _post(url: str, context: ssl.SSLContext, path: str, request: object, type_: type) -> object:
+async def _post(url: str, context: ssl.SSLContext, path: str, request: object, type_: type[T]) -> T:
     target = f"{url.rstrip('/')}{C.AGENT_PREFIX}{path}"
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session,
@@ -134,7 +136,6 @@ async def renew_loop(url: str, context: ssl.SSLContext, pki_dir: Path) -> None:
             log.warning("certificate renewal failed (%s); trying again soon", exc)
             await asyncio.sleep(random.uniform(5, 15))
             continue
-        assert isinstance(answer, RenewResponse)
         tls.write_private(key_file, tls.key_to_pem(key))
         cert_file.write_text(answer.certificate)
         context.load_cert_chain(cert_file, key_file)

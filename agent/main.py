@@ -37,7 +37,7 @@ _run_options = [
 ]
 
 
-def run_options(f):  # type: ignore[no-untyped-def]
+def run_options(f):
     for option in reversed(_run_options):
         f = option(f)
     return f

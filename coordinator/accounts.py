@@ -127,8 +127,8 @@ class Accounts:
 
     def create_join_token(
         self, fleet: str, ttl_s: int, uses: int | None, labels: dict[str, str]
-    ) -> tuple[str, str]:
-        """(token id, secret). The secret is shown once and stored hashed."""
+    ) -> tuple[str, str, float]:
+        """(token id, secret, expires at). The secret is shown once and stored hashed."""
         check_name("fleet", fleet)
         if ttl_s <= 0:
             raise Invalid("ttl", "must be positive")

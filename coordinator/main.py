@@ -47,7 +47,7 @@ _options = [
 ]
 
 
-def _with_options(f):  # type: ignore[no-untyped-def]
+def _with_options(f):
     for option in reversed(_options):
         f = option(f)
     return f

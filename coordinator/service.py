@@ -220,15 +220,17 @@ class Coordinator:
         changed |= self._fold_statuses(host_id, req.allocations)
         if changed:
             self.schedule_pass()
-        host = self.store.get_host(host_id)
-        assert host is not None
-        if host.desired_index <= req.desired_index:
+        if self._host(host_id).desired_index <= req.desired_index:
             timeout = self.settings.poll_timeout_s * (1 + random.uniform(-1, 1) * C.POLL_JITTER_FRACTION)
             await self.host_waiters.wait(host_id, timeout)
             self.last_seen[host_id] = time.time()
-            host = self.store.get_host(host_id)
-            assert host is not None
-        return self._desired(host)
+        return self._desired(self._host(host_id))
+
+    def _host(self, host_id: str) -> HostRow:
+        host = self.store.get_host(host_id)
+        if host is None:
+            raise NotFound(f"no host {host_id!r}")
+        return host
 
     def _desired(self, host: HostRow) -> SyncResponse:
         allocations = []

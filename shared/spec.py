@@ -428,6 +428,7 @@ def _parse_text_list(
 
 def _parse_env(node: yaml.Node, path: str, environ: Mapping[str, str]) -> dict[str, str]:
     """`env` as a list of `NAME=value` / `NAME`, or a mapping `NAME: value` (null value: like bare `NAME`)."""
+    entries: list[tuple[str, str | None, yaml.Node]]
     if isinstance(node, yaml.MappingNode):
         entries = [
             (key, None if _is_null(value) else _text(value, _child(path, key)), value)
@@ -436,8 +437,8 @@ def _parse_env(node: yaml.Node, path: str, environ: Mapping[str, str]) -> dict[s
     elif isinstance(node, yaml.SequenceNode):
         entries = []
         for index, item in enumerate(node.value):
-            key, has_value, value = _text(item, f"{path}[{index}]").partition("=")
-            entries.append((key, value if has_value else None, item))
+            key, has_value, text = _text(item, f"{path}[{index}]").partition("=")
+            entries.append((key, text if has_value else None, item))
     else:
         _fail(node, path, f"expected a list of NAME=value or a mapping, got {_describe(node)}")
     env: dict[str, str] = {}
@@ -457,13 +458,12 @@ def _env_value(
         _check_env_key(key)
     if key in env:
         _fail(at, path, "duplicate variable")
-    if value is None:
-        value = environ.get(key)
-        if value is None:
-            _fail(at, path, f"not set in the environment; set it, or write {key}=value")
+    found = value if value is not None else environ.get(key)
+    if found is None:
+        _fail(at, path, f"not set in the environment; set it, or write {key}=value")
     with _at(at):
-        _check_env_entry(key, value)
-    return value
+        _check_env_entry(key, found)
+    return found
 
 
 def _parse_volumes(node: yaml.Node, path: str) -> tuple[str, ...]:

@@ -15,10 +15,14 @@ class Wire(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     """Base of every wire struct: unknown fields are ignored, so either side may be newer."""
 
 
+class FrozenWire(msgspec.Struct, kw_only=True, forbid_unknown_fields=False, frozen=True):
+    """A wire struct that is also a value (hashable): inventories and allocations."""
+
+
 # --- inventory: what a host has, as the agent detected it ---------------------------------------------
 
 
-class GpuDevice(Wire, frozen=True):
+class GpuDevice(FrozenWire, frozen=True):
     index: int  # the NVML / amdsmi index; CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA agree with it
     vendor: str  # "nvidia" | "amd" | "intel"
     name: str  # short product name: "H100", "A10G", "MI300X"
@@ -29,7 +33,7 @@ class GpuDevice(Wire, frozen=True):
     simulated: bool = False
 
 
-class Block(Wire, frozen=True):
+class Block(FrozenWire, frozen=True):
     """One equal share of a host: its GPUs (device indices), CPU core ids, memory and disk."""
 
     index: int
@@ -39,7 +43,7 @@ class Block(Wire, frozen=True):
     disk_mib: int
 
 
-class Inventory(Wire, frozen=True):
+class Inventory(FrozenWire, frozen=True):
     hostname: str
     cpu_count: int
     memory_mib: int
@@ -54,7 +58,7 @@ class Inventory(Wire, frozen=True):
 # --- sync: the one long poll -------------------------------------------------------------------------
 
 
-class AllocationSpec(Wire, frozen=True):
+class AllocationSpec(FrozenWire, frozen=True):
     """Desired state of one allocation on one host, chosen by the coordinator."""
 
     id: str
@@ -71,7 +75,7 @@ class AllocationSpec(Wire, frozen=True):
     master_addr: str = ""
 
 
-class AllocationStatus(Wire, frozen=True):
+class AllocationStatus(FrozenWire, frozen=True):
     """Actual state of one allocation, as the agent sees it."""
 
     id: str
