@@ -3,7 +3,9 @@
 Order is priority (higher first), then FIFO. A job takes the smallest number of whole blocks whose resources
 satisfy its request (for CPU, memory and disk the minimum decides; the GPU count's maximum binds too, since a
 job must never see more GPUs than it asked for). Among hosts that fit, the tightest fit wins, which keeps
-large free sets intact for large jobs. Every job left pending gets one human reason.
+large free sets intact for large jobs. On that host the job gets the closest free blocks: one NVLink/XGMI
+island, else one PCIe root, else one NUMA node, best fit first (coordinator/locality.py). Every job left
+pending gets one human reason.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from coordinator.locality import Levels, block_levels, choose_blocks
 from shared.spec import GpuRequest, Resources, TaskSpec
 from shared.units import format_mib
 from shared.wire import Block, GpuDevice, Inventory
@@ -80,6 +83,12 @@ class _Pass:
         self.free = {h.host_id: _free_blocks(h) for h in hosts if h.ready}
         self._fits: dict[tuple[Resources, bool], dict[str, int | str]] = {}
         self._matching: dict[tuple[GpuRequest | None, str], frozenset[int]] = {}
+        self._levels: dict[str, Levels] = {}
+
+    def levels(self, host_id: str) -> Levels:
+        if host_id not in self._levels:
+            self._levels[host_id] = block_levels(self.by_id[host_id].inventory)
+        return self._levels[host_id]
 
     def fits(self, spec: TaskSpec) -> dict[str, int | str]:
         key = (spec.resources, spec.image is None)
@@ -98,20 +107,22 @@ class _Pass:
         return [b for b in self.free[host_id] if b in matching]
 
     def place(self, job: PendingJob) -> Placement | None:
-        """The tightest-fitting ready host's first free matching blocks, taken out of the free set."""
-        best: tuple[int, str, str, list[int]] | None = None
+        """The tightest-fitting ready host's closest free matching blocks, taken out of the free set."""
+        best: tuple[int, str, str, list[int], int] | None = None
         for host_id, need in self.fits(job.spec).items():
             if not isinstance(need, int) or host_id not in self.free:
                 continue
             eligible = self.free_matching(job.spec, host_id)
             if len(eligible) >= need:
-                candidate = (len(eligible) - need, self.by_id[host_id].name, host_id, eligible[:need])
+                candidate = (len(eligible) - need, self.by_id[host_id].name, host_id, eligible, need)
                 if best is None or candidate[:2] < best[:2]:
                     best = candidate
         if best is None:
             return None
-        _, _, host_id, chosen = best
-        self.free[host_id] = [b for b in self.free[host_id] if b not in chosen]
+        _, _, host_id, eligible, need = best
+        chosen = choose_blocks(eligible, need, self.levels(host_id))
+        taken = set(chosen)
+        self.free[host_id] = [b for b in self.free[host_id] if b not in taken]
         return _placement(job.job_id, host_id, chosen, self.by_id[host_id].inventory)
 
     def reason(self, spec: TaskSpec) -> str:

@@ -16,8 +16,13 @@ from typing import Any
 
 import pynvml
 
+from agent.blocks import make_blocks
+from agent.detect.amd import detect_amd
+from agent.detect.gaudi import detect_gaudi
 from agent.detect.host import HostFacts, read_cpu_topology
+from agent.detect.nvidia import detect_nvidia
 from agent.detect.sysfs import parse_cpulist, sysfs_pci_address
+from shared.wire import Inventory
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NVLINK_STATE_ACTIVE = 1
@@ -251,4 +256,30 @@ def fixture_host(fixture: dict[str, Any], sysfs_root: str, hostname: str = "gpu-
         memory_mib=fixture["host"].get("memory_mib", 2_000_000),
         disk_mib=fixture["host"].get("disk_mib", 7_000_000),
         topology=read_cpu_topology(cpus, sysfs_root),
+    )
+
+
+def fixture_inventory(
+    tmp_path: Path, kind: str, name: str, blocks: str | int = "auto", hostname: str | None = None
+) -> Inventory:
+    """The inventory the agent would send from the fixture's host: the real detector over the fake library
+    and a fake sysfs under `tmp_path`, cut into blocks with the host's CPU topology; both runtimes."""
+    fixture = load(kind, name)
+    key = {"nvml": "pci_bus_id", "amdsmi": "bdf", "hlsmi": "bus_id"}[kind]
+    root = fake_sysfs(tmp_path / f"{name}-{blocks}-{hostname}", fixture, key)
+    if kind == "nvml":
+        gpus = detect_nvidia(fake_nvml(fixture), sysfs_root=root).gpus
+    elif kind == "amdsmi":
+        gpus = detect_amd(fake_amdsmi(fixture), sysfs_root=root).gpus
+    else:
+        gpus = detect_gaudi(fake_hl_smi(fixture), sysfs_root=root).gpus
+    host = fixture_host(fixture, root, hostname or name)
+    return Inventory(
+        hostname=host.hostname,
+        cpu_count=len(host.cpus),
+        memory_mib=host.memory_mib,
+        disk_mib=host.disk_mib,
+        gpus=gpus,
+        blocks=make_blocks(gpus, host.cpus, host.memory_mib, host.disk_mib, blocks, host.topology),
+        runtimes=("process", "docker"),
     )
