@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from coordinator.locality import Levels, block_levels, choose_blocks
-from shared.spec import GpuRequest, Resources, TaskSpec
+from shared.spec import GpuRequest, Range, Resources, TaskSpec
 from shared.units import format_mib
 from shared.wire import Block, GpuDevice, Inventory
 
@@ -194,8 +194,15 @@ def _devices(block: Block, inventory: Inventory) -> list[GpuDevice]:
 
 
 def rounded_memory_mib(device: GpuDevice) -> int:
-    """Devices report a little less than their marketed size (an H100 80GB has 81559 MiB): match on whole GiB."""
+    """Devices report a little less than their marketed size (an H100 80GB has 81559 MiB): whole GiB."""
     return round(device.memory_mib / 1024) * 1024
+
+
+def memory_matches(wanted: Range, device: GpuDevice) -> bool:
+    """Vendors market memory in GiB (an H100 80GB has 81559 MiB, 79.6 GiB) or in decimal GB (an A10G or L4
+    24GB has about 23030 MiB, 24.1 GB, 22.5 GiB): a device matches when either whole reading is in range."""
+    decimal_gb = round(device.memory_mib * 1024 * 1024 / 1e9)
+    return wanted.contains(rounded_memory_mib(device)) or wanted.contains(decimal_gb * 1024)
 
 
 def _gpus_match(gpu: GpuRequest | None, devices: list[GpuDevice]) -> bool:
@@ -208,9 +215,18 @@ def _gpus_match(gpu: GpuRequest | None, devices: list[GpuDevice]) -> bool:
     return all(
         (gpu.vendor is None or d.vendor == gpu.vendor)
         and (not names or d.name.lower() in names)
-        and (gpu.memory_mib is None or gpu.memory_mib.contains(rounded_memory_mib(d)))
+        and (gpu.memory_mib is None or memory_matches(gpu.memory_mib, d))
+        and (gpu.compute_capability is None or _capability_matches(gpu.compute_capability, d))
         for d in devices
     )
+
+
+def _capability_matches(wanted: Range, device: GpuDevice) -> bool:
+    """A device whose compute capability is unknown ("", an AMD or Gaudi device) never matches a range."""
+    try:
+        return wanted.contains(float(device.compute_capability))
+    except ValueError:
+        return False
 
 
 def _free_blocks(host: HostCapacity) -> list[int]:
@@ -247,7 +263,13 @@ def describe_request(gpu: GpuRequest | None) -> str:
     count = f"{lo:g}" if lo == hi else f"{lo or 0:g}..{'' if hi is None else f'{hi:g}'}"
     what = "/".join(gpu.names) or (gpu.vendor or "")
     plural = "" if lo == hi == 1 else "s"
-    return f"{count} {what} GPU{plural}".replace("  ", " ")
+    text = f"{count} {what} GPU{plural}".replace("  ", " ")
+    capability = gpu.compute_capability
+    if capability is not None:
+        low = "" if capability.min is None else f"{capability.min:.1f}"
+        high = "" if capability.max is None else f"{capability.max:.1f}"
+        text += f" with compute capability {low if low == high else f'{low}..{high}'}"
+    return text
 
 
 def _no_matching_gpu(gpu: GpuRequest, inventory: Inventory) -> str:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.blocks import CpuTopology, make_blocks
 from coordinator.locality import block_levels, choose_blocks
@@ -16,8 +18,8 @@ from shared.wire import Inventory
 from tests.fakes import fixture_inventory
 
 
-def gpu_job(job_id: str, gpus: int, seq: int = 0, extra: str = "") -> PendingJob:
-    spec = parse_spec(f"commands: [train]\nresources: {{gpu: {gpus}{extra}}}\n")
+def gpu_job(job_id: str, gpus: int | str, seq: int = 0) -> PendingJob:
+    spec = parse_spec(f"commands: [train]\nresources: {{gpu: '{gpus}'}}\n")
     return PendingJob(job_id, spec, seq)
 
 
@@ -107,3 +109,67 @@ def test_levels_of_a_block_split_across_sockets(tmp_path: Path) -> None:
     whole = fixture_inventory(tmp_path, "nvml", "a100_sxm4_2x4", blocks=1)
 
     assert block_levels(whole) == ({}, {}, {})
+
+
+# --- compute capability ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def a10g_and_h100(tmp_path_factory: pytest.TempPathFactory) -> tuple[Inventory, Inventory]:
+    root = tmp_path_factory.mktemp("sys")
+    return (
+        fixture_inventory(root, "nvml", "a10g_4_two_numa", hostname="a10g"),
+        fixture_inventory(root, "nvml", "h100_sxm_8", hostname="h100"),
+    )
+
+
+CAPABILITY_9 = ", compute_capability: 9.0.."
+
+
+def capability_job(job_id: str, count: str, seq: int) -> PendingJob:
+    spec = parse_spec(f"commands: [train]\nresources: {{gpu: {{count: {count}{CAPABILITY_9}}}}}\n")
+    return PendingJob(job_id, spec, seq)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    busy_a10g=st.frozensets(st.integers(0, 3)),
+    busy_h100=st.frozensets(st.integers(0, 7)),
+    counts=st.lists(st.sampled_from(["1", "2", "4", "1..4", "0..2", "1.."]), min_size=1, max_size=8),
+)
+def test_compute_capability_9_never_lands_on_an_a10g(
+    a10g_and_h100: tuple[Inventory, Inventory],
+    busy_a10g: frozenset[int],
+    busy_h100: frozenset[int],
+    counts: list[str],
+) -> None:
+    a10g, h100 = a10g_and_h100
+    hosts = [HostCapacity("a", "a10g", a10g, busy_a10g), HostCapacity("h", "h100", h100, busy_h100)]
+    jobs = [capability_job(f"j{i}", count, i) for i, count in enumerate(counts)]
+
+    result = schedule(jobs, hosts)
+
+    assert all(p.host_id == "h" for p in result.placements if p.gpus)
+    assert all(h100.gpus[g].compute_capability == "9.0" for p in result.placements for g in p.gpus)
+
+
+def test_compute_capability_on_an_a10g_fleet_says_why(a10g_and_h100: tuple[Inventory, Inventory]) -> None:
+    a10g, _ = a10g_and_h100
+    result = schedule([capability_job("j", "1", 0)], [HostCapacity("a", "a10g", a10g)])
+
+    assert result.pending == {
+        "j": "no host can ever fit this job: a10g has 4xA10G (22GB), none matching "
+        "1 nvidia GPU with compute capability 9.0.."
+    }
+    older = parse_spec("commands: [x]\nresources: {gpu: {compute_capability: 8.0..8.6, count: 2}}\n")
+    (placement,) = schedule([PendingJob("k", older, 0)], [HostCapacity("a", "a10g", a10g)]).placements
+    assert placement.gpus == (0, 1)
+
+
+def test_an_a10g_matches_its_marketed_24gb(a10g_and_h100: tuple[Inventory, Inventory]) -> None:
+    # 23028 MiB is 22.5 GiB but 24.1 GB, the size NVIDIA and AWS give; `gpu: 24GB` must find it.
+    a10g, h100 = a10g_and_h100
+    hosts = [HostCapacity("a", "a10g", a10g), HostCapacity("h", "h100", h100)]
+    result = schedule([gpu_job("j", "24GB:2")], hosts)
+
+    assert [(p.host_id, p.gpus) for p in result.placements] == [("a", (0, 1))]

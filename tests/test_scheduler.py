@@ -20,6 +20,7 @@ from shared.wire import GpuDevice, Inventory
 GIB = 1024
 # What the devices report (MiB), as NVML gives it: a little under the marketed size.
 REPORTED_MIB = {"H100": 81559, "A100": 40960, "L4": 23034}
+COMPUTE_CAPABILITY = {"H100": "9.0", "A100": "8.0", "L4": "8.9"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,13 @@ def inventory(
     models = ["H100"] * gpus if isinstance(gpus, int) else list(gpus)
     devices = tuple(
         layout.device(
-            i, len(models), vendor="nvidia", name=m, memory_mib=REPORTED_MIB[m], uuid=f"GPU-{name}-{i}"
+            i,
+            len(models),
+            vendor="nvidia",
+            name=m,
+            memory_mib=REPORTED_MIB[m],
+            uuid=f"GPU-{name}-{i}",
+            compute_capability=COMPUTE_CAPABILITY[m],
         )
         for i, m in enumerate(models)
     )
@@ -338,6 +345,9 @@ CPU_MIN = st.sampled_from((None, Range(2, None), Range(8, None), Range(40, None)
 MEMORY_MIN = st.sampled_from((None, Range(16 * GIB, None), Range(128 * GIB, None)))
 IMAGE = st.sampled_from((None, "busybox:latest"))
 PRIORITY = st.sampled_from((0, 50, 100))
+CAPABILITY = st.sampled_from(
+    (None, None, Range(9.0, None), Range(8.0, 8.9), Range(8.9, 8.9), Range(10.0, None))
+)
 LAYOUT = st.builds(
     Layout,
     island=st.sampled_from((0, 2, 4)),
@@ -391,7 +401,15 @@ def gpu_strategy(draw: st.DrawFn) -> GpuRequest | None:
     low = draw(st.integers(0, 9))
     high = draw(st.one_of(st.none(), st.integers(low, 16)))
     names = tuple(sorted(draw(st.sets(MODEL, max_size=2))))
-    return GpuRequest(count=Range(low, high), names=names, memory_mib=draw(GPU_MEMORY))
+    capability = draw(CAPABILITY)
+    vendor = "nvidia" if capability is not None else None
+    return GpuRequest(
+        count=Range(low, high),
+        vendor=vendor,
+        names=names,
+        memory_mib=draw(GPU_MEMORY),
+        compute_capability=capability,
+    )
 
 
 GPU_REQUEST = gpu_strategy()
@@ -411,13 +429,15 @@ def jobs_strategy(draw: st.DrawFn) -> list[PendingJob]:
 
 
 def _device_ok(gpu: GpuRequest, device: GpuDevice) -> bool:
-    """The request's model and memory constraints on one device (memory compared on whole GiB)."""
+    """The request's model, memory and compute capability on one device (memory on whole GiB or GB)."""
     names = {n.lower() for n in gpu.names}
-    memory_gib = round(device.memory_mib / 1024)
+    readings_gib = (round(device.memory_mib / 1024), round(device.memory_mib * 2**20 / 10**9))  # GiB or GB
+    capability = gpu.compute_capability
     return (
         (gpu.vendor is None or device.vendor == gpu.vendor)
         and (not names or device.name.lower() in names)
-        and (gpu.memory_mib is None or gpu.memory_mib.contains(memory_gib * 1024))
+        and (gpu.memory_mib is None or any(gpu.memory_mib.contains(g * 1024) for g in readings_gib))
+        and (capability is None or capability.contains(float(device.compute_capability)))
     )
 
 
