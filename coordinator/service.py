@@ -56,6 +56,9 @@ class Coordinator:
         self.host_waiters = Waiters()  # key: host id
         self.log_waiters = Waiters()  # key: job id
         self.last_seen: dict[str, float] = {}
+        # Hosts whose agent runs an inventory generation not stored here (it sent none): nothing is placed
+        # on them until it arrives. In memory, like liveness: the next sync says it again.
+        self.unseen_generation: set[str] = set()
 
     # --- user side ---------------------------------------------------------------------------------
 
@@ -183,18 +186,38 @@ class Coordinator:
             self.store.set_inventory(host_id, req.inventory, generation_of(req.inventory))
             log.info("host %s inventory generation %s", host_id, generation_of(req.inventory))
             changed = True
+        unseen = self._note_generation(host_id, req, host.generation)
         changed |= self._fold_statuses(host_id, req.allocations)
         if changed:
             self.schedule_pass()
         host = self.store.get_host(host_id)
         assert host is not None
-        if host.desired_index <= req.desired_index:
+        if host.desired_index <= req.desired_index and not unseen:  # unseen: ask for the inventory now
             timeout = self.settings.poll_timeout_s * (1 + random.uniform(-1, 1) * C.POLL_JITTER_FRACTION)
             await self.host_waiters.wait(host_id, timeout)
             self.last_seen[host_id] = time.time()
             host = self.store.get_host(host_id)
             assert host is not None
         return self._desired(host)
+
+    def _note_generation(self, host_id: str, req: SyncRequest, stored: str) -> bool:
+        """Whether the agent runs an inventory generation this coordinator has not stored (it sent no
+        inventory, believing we had it: a restored database, say). Such a host takes no new placements
+        until its inventory arrives; the answer carries our generation, so the agent sends it at once."""
+        unseen = req.inventory is None and req.inventory_generation != stored
+        if unseen and host_id not in self.unseen_generation:
+            log.warning(
+                "host %s runs inventory generation %s, not %r stored here; placing nothing there until it "
+                "sends it",
+                host_id,
+                req.inventory_generation,
+                stored,
+            )
+        if unseen:
+            self.unseen_generation.add(host_id)
+        else:
+            self.unseen_generation.discard(host_id)
+        return unseen
 
     def _desired(self, host: HostRow) -> SyncResponse:
         allocations = []
@@ -294,7 +317,11 @@ class Coordinator:
             busy.setdefault(alloc.host_id, set()).update(alloc.blocks)
         return [
             HostCapacity(
-                h.id, h.name, h.inventory, frozenset(busy.get(h.id, ())), self.host_status(h) == "ready"
+                h.id,
+                h.name,
+                h.inventory,
+                frozenset(busy.get(h.id, ())),
+                self.host_status(h) == "ready" and h.id not in self.unseen_generation,
             )
             for h in self.store.list_hosts()
             if h.inventory is not None
