@@ -15,7 +15,7 @@ from cli.config import CliConfig
 from shared import tls
 from shared.constants import API_PREFIX
 from shared.spec import TaskSpec
-from shared.wire import HostView, JobView, SubmitRequest
+from shared.wire import HostDetail, HostView, JobView, SubmitRequest
 
 T = TypeVar("T")
 
@@ -77,6 +77,9 @@ class Api:
 
     def hosts(self) -> list[HostView]:
         return self._call("GET", "/hosts", list[HostView])
+
+    def host_detail(self, ref: str) -> HostDetail:
+        return self._call("GET", f"/hosts/{urllib.parse.quote(ref, safe='')}", HostDetail)
 
     def logs(self, ref: str, offset: int, follow: bool) -> LogChunk:
         query = urllib.parse.urlencode({"offset": offset, "follow": "1" if follow else "0"})

@@ -13,6 +13,7 @@ import msgspec
 
 from cli.api import Api, ApiError
 from cli.config import NoConfig, load_cli_config
+from cli.host_detail import host_detail
 from cli.render import hosts_table, jobs_table, print_table
 from shared.spec import GpuRequest, SpecError, TaskSpec, parse_gpu, parse_spec, validate_spec
 
@@ -169,16 +170,29 @@ def stop(job: str) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def hosts(as_json: bool) -> None:
-    """List hosts, their resources and busy blocks."""
+@click.option("-v", "--verbose", is_flag=True, help="Every device, block, job holding it, and the topology.")
+@click.argument("host", required=False)
+def hosts(as_json: bool, verbose: bool, host: str | None) -> None:
+    """List hosts, their resources and busy blocks; with HOST or -v, each host in full."""
     try:
-        views = api().hosts()
+        client = api()
+        views = [] if host is not None else client.hosts()
+        if host is not None:
+            details = [client.host_detail(host)]
+        else:
+            details = [client.host_detail(v.id) for v in views] if verbose else []
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(msgspec.json.encode(views).decode())
+    if host is None and not verbose:
+        if as_json:
+            click.echo(msgspec.json.encode(views).decode())
+        else:
+            print_table(hosts_table(views))
+    elif as_json:
+        click.echo(msgspec.json.encode(details[0] if host is not None else details).decode())
     else:
-        print_table(hosts_table(views))
+        for detail in details:
+            print_table(host_detail(detail))
 
 
 def _register_dev() -> None:

@@ -162,6 +162,10 @@ async def list_hosts(request: web.Request) -> web.Response:
     return json_response(request.app[COORDINATOR].host_views())
 
 
+async def get_host(request: web.Request) -> web.Response:
+    return json_response(request.app[COORDINATOR].host_detail(request.match_info["ref"]))
+
+
 # --- agent API ------------------------------------------------------------------------------------------
 
 
@@ -193,6 +197,7 @@ def make_app(coordinator: Coordinator) -> web.Application:
     app.router.add_post(f"{C.API_PREFIX}/jobs/{{ref}}/stop", stop_job)
     app.router.add_get(f"{C.API_PREFIX}/jobs/{{ref}}/logs", job_logs)
     app.router.add_get(f"{C.API_PREFIX}/hosts", list_hosts)
+    app.router.add_get(f"{C.API_PREFIX}/hosts/{{ref}}", get_host)
     app.router.add_post(f"{C.AGENT_PREFIX}/sync", agent_sync)
     app.router.add_post(f"{C.AGENT_PREFIX}/allocations/{{alloc_id}}/logs", agent_logs)
     return app

@@ -22,6 +22,8 @@ from shared.states import AllocState, JobState, job_state_for
 from shared.wire import (
     AllocationSpec,
     AllocationStatus,
+    HostAllocationView,
+    HostDetail,
     HostView,
     JobView,
     SyncRequest,
@@ -137,19 +139,43 @@ class Coordinator:
         busy: dict[str, int] = {}
         for alloc in self.store.active_allocations():
             busy[alloc.host_id] = busy.get(alloc.host_id, 0) + len(alloc.blocks)
-        return [
-            HostView(
-                id=h.id,
-                name=h.name,
-                status=self.host_status(h),
-                inventory=h.inventory,
-                busy_blocks=busy.get(h.id, 0),
-                total_blocks=len(h.inventory.blocks) if h.inventory else 0,
-                last_seen=self.last_seen.get(h.id, h.last_seen),
-                simulated=bool(h.inventory and h.inventory.simulated),
+        return [self._host_view(h, busy.get(h.id, 0)) for h in self.store.list_hosts()]
+
+    def host_detail(self, ref: str) -> HostDetail:
+        """One host by name (or id), with the allocations that hold its blocks. Raises NotFound."""
+        hosts = self.store.list_hosts()
+        found = [h for h in hosts if h.name == ref] or [h for h in hosts if h.id == ref]
+        if not found:
+            raise NotFound(f"no host {ref!r}")
+        host = found[0]
+        allocations = []
+        for alloc in self.store.active_allocations(host.id):
+            job = self.store.get_job(alloc.job_id)
+            allocations.append(
+                HostAllocationView(
+                    allocation_id=alloc.id,
+                    job_id=alloc.job_id,
+                    job_name=job.name if job else "",
+                    status=alloc.state.value,
+                    blocks=alloc.blocks,
+                    gpus=alloc.gpus,
+                    cpus=alloc.cpus,
+                )
             )
-            for h in self.store.list_hosts()
-        ]
+        view = self._host_view(host, sum(len(a.blocks) for a in allocations))
+        return HostDetail(host=view, allocations=allocations)
+
+    def _host_view(self, h: HostRow, busy_blocks: int) -> HostView:
+        return HostView(
+            id=h.id,
+            name=h.name,
+            status=self.host_status(h),
+            inventory=h.inventory,
+            busy_blocks=busy_blocks,
+            total_blocks=len(h.inventory.blocks) if h.inventory else 0,
+            last_seen=self.last_seen.get(h.id, h.last_seen),
+            simulated=bool(h.inventory and h.inventory.simulated),
+        )
 
     def host_status(self, host: HostRow) -> str:
         if host.status != "ready":

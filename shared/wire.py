@@ -168,6 +168,25 @@ class HostView(Wire):
     simulated: bool
 
 
+class HostAllocationView(Wire):
+    """One allocation that holds blocks of a host, for `gpuctl hosts -v`."""
+
+    allocation_id: str
+    job_id: str
+    job_name: str
+    status: str  # the allocation's state: pending, pulling, running, ...
+    blocks: tuple[int, ...]
+    gpus: tuple[int, ...] = ()
+    cpus: tuple[int, ...] = ()
+
+
+class HostDetail(Wire):
+    """`GET /api/v1/hosts/{name}`: the host as listed, plus which allocations hold which blocks."""
+
+    host: HostView
+    allocations: list[HostAllocationView] = []
+
+
 class ErrorBody(Wire):
     error: str
     field: str = ""
