@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 
 from agent.blocks import CpuTopology, make_blocks
@@ -349,3 +350,23 @@ def test_blocks_spill_over_when_a_node_runs_out_of_cores() -> None:
         ((2,), (6, 7), None),
         ((3,), (4, 5), 1),
     ]
+
+
+def test_the_agent_prints_metrics_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import agent.detect
+    from agent.main import main
+
+    fixture = load("nvml", "a10g_4")
+    monkeypatch.setattr(
+        agent.detect,
+        "read_metrics",
+        lambda: read_metrics(fake_nvml(fixture), fake_amdsmi({}), fake_hl_smi({"devices": []})),
+    )
+
+    run = CliRunner().invoke(main, ["metrics"])
+
+    assert run.exit_code == 0, run.output
+    readings = msgspec.json.decode(run.output, type=list[GpuMetrics])
+    assert [r.temperature_c for r in readings] == [24.0] * 4
