@@ -6,7 +6,7 @@ together, the CLI to draw the matrix that `nvidia-smi topo -m` users know. Pure 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable
 from enum import IntEnum
 from typing import TypeVar
 
@@ -82,11 +82,3 @@ def common(values: Iterable[T | None]) -> T | None:
             return None
         found = value
     return found
-
-
-def group_sizes(keys: Mapping[int, Hashable]) -> dict[Hashable, int]:
-    """How many members each key has."""
-    sizes: dict[Hashable, int] = {}
-    for key in keys.values():
-        sizes[key] = sizes.get(key, 0) + 1
-    return sizes
