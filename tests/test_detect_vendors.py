@@ -370,3 +370,17 @@ def test_the_agent_prints_metrics_as_json(monkeypatch: pytest.MonkeyPatch) -> No
     assert run.exit_code == 0, run.output
     readings = msgspec.json.decode(run.output, type=list[GpuMetrics])
     assert [r.temperature_c for r in readings] == [24.0] * 4
+
+
+def test_gpus_linked_only_through_a_mig_gpu_are_not_peers() -> None:
+    # GPUs 0 and 2 have NVLinks to GPU 1 only; MIG leaves GPU 1 out. Its address is a GPU's, not an NVSwitch's.
+    fixture = load("nvml", "a100_sxm4_2x4")
+    middle = fixture["devices"][1]
+    middle["mig_mode"] = [1, 1]
+    fixture["devices"][0]["nvlinks"] = {middle["pci_bus_id"]: 4}
+    fixture["devices"][2]["nvlinks"] = {middle["pci_bus_id"]: 4}
+    del fixture["devices"][3]["nvlinks"]
+
+    gpus = detect_inventory_gpus(fake_nvml(fixture))
+
+    assert [(g.index, g.links) for g in gpus[:3]] == [(0, ()), (2, ()), (3, ())]

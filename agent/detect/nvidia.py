@@ -114,7 +114,7 @@ def _enumerate(nvml: Any, sysfs_root: str) -> DetectResult:
         remotes[index] = nvlink_remotes(nvml, handle)
     linked = tuple(
         msgspec.structs.replace(g, links=peers)
-        for g, peers in zip(gpus, nvlink_peers(gpus, remotes), strict=True)
+        for g, peers in zip(gpus, nvlink_peers(gpus, remotes, elsewhere), strict=True)
     )
     info = (f"NVIDIA: driver {driver}, CUDA {cuda or 'unknown'}, {len(gpus)} GPUs",)
     return DetectResult(gpus=linked, warnings=tuple(warnings), info=info)
