@@ -384,3 +384,11 @@ def test_gpus_linked_only_through_a_mig_gpu_are_not_peers() -> None:
     gpus = detect_inventory_gpus(fake_nvml(fixture))
 
     assert [(g.index, g.links) for g in gpus[:3]] == [(0, ()), (2, ()), (3, ())]
+
+
+def test_simulated_nvidia_models_know_their_compute_capability() -> None:
+    from agent.detect.simulate import parse_simulated_gpus
+
+    gpus = parse_simulated_gpus("1xH100,1xA10G,1xMI300X,1xFuture9:10GB")
+
+    assert [g.compute_capability for g in gpus] == ["9.0", "8.6", "", ""]
