@@ -1,11 +1,14 @@
-"""The agent: detect once, then three loops under one TaskGroup: sync, executor, log shipping."""
+"""The agent: detect, then four loops under one TaskGroup: sync, executor, log shipping, re-detection."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import time
+from collections.abc import Callable, Iterator
 
 import msgspec
 
@@ -14,6 +17,7 @@ from agent.config import AgentConfig
 from agent.detect import detect_inventory
 from agent.executor import Executor
 from agent.identity import check_not_expired, join, renew_loop
+from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
 from agent.runtime.process import ProcessRuntime, check_reachable
 from agent.shipper import ship_loop
 from agent.state import SharedState
@@ -40,9 +44,21 @@ def detect(config: AgentConfig) -> Inventory:
     return msgspec.structs.replace(inventory, hostname=config.name)
 
 
-async def run_agent(config: AgentConfig, inventory: Inventory, state: SharedState | None = None) -> None:
-    """Run until cancelled (or until the coordinator refuses this agent: sync.Revoked)."""
+async def run_agent(
+    config: AgentConfig,
+    inventory: Inventory,
+    state: SharedState | None = None,
+    *,
+    redetect: Detect | None = None,
+    redetect_interval_s: float = REDETECT_INTERVAL_S,
+) -> None:
+    """Run until cancelled (or until the coordinator refuses this agent: sync.Revoked).
+
+    Devices are detected again on SIGHUP and every `redetect_interval_s` with `redetect` (by default the
+    same detection that produced `inventory`); a changed inventory is sent to the coordinator.
+    """
     state = state or SharedState()
+    state.inventory = inventory
     run_as = config.effective_run_as()
     check_reachable(config.state_dir / "allocs", run_as)
     executor = Executor(config.state_dir, ProcessRuntime(run_as), inventory, os.environ, config.stop_grace_s)
@@ -61,15 +77,40 @@ async def run_agent(config: AgentConfig, inventory: Inventory, state: SharedStat
         " (SIMULATED)" if inventory.simulated else "",
         config.coordinator,
     )
+
+    def adopt(fresh: Inventory) -> None:
+        executor.inventory = fresh  # new jobs see the devices as they are now
+
     try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(sync_loop(client, executor, inventory, state, cert), name="sync")
-            tg.create_task(exec_loop(executor, state), name="executor")
-            tg.create_task(ship_loop(client, executor, state), name="logs")
-            if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
-                tg.create_task(renew_loop(config.coordinator, context, config.pki_dir), name="renew")
+        with _on_signal(signal.SIGHUP, state.redetect_requested.set):
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(sync_loop(client, executor, inventory, state, cert), name="sync")
+                tg.create_task(exec_loop(executor, state), name="executor")
+                tg.create_task(ship_loop(client, executor, state), name="logs")
+                tg.create_task(
+                    redetect_loop(redetect or (lambda: detect(config)), state, redetect_interval_s, adopt),
+                    name="redetect",
+                )
+                if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
+                    tg.create_task(renew_loop(config.coordinator, context, config.pki_dir), name="renew")
     finally:
         await client.close()
+
+
+@contextlib.contextmanager
+def _on_signal(signum: int, callback: Callable[[], None]) -> Iterator[None]:
+    """`callback` on the running loop whenever `signum` arrives, while in the block; nothing where no
+    handler can be installed (not the main thread, a platform without signals)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signum, callback)
+    except (NotImplementedError, RuntimeError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signum)
 
 
 async def exec_loop(executor: Executor, state: SharedState) -> None:

@@ -105,3 +105,13 @@ def detect_cmd(config_path: Path, **overrides: object) -> None:
 
 
 detect_cmd.name = "detect"
+
+
+@main.command()
+def metrics() -> None:
+    """Print a live reading of every accelerator (utilization, memory used, temperature, power) as JSON."""
+    import msgspec
+
+    from agent.detect import read_metrics
+
+    click.echo(msgspec.json.format(msgspec.json.encode(read_metrics())).decode())

@@ -1,11 +1,11 @@
-"""What the agent's loops share: the latest desired state and the wake-ups between loops."""
+"""What the agent's loops share: the latest desired state, the current inventory, and the wake-ups between loops."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
 
-from shared.wire import AllocationSpec
+from shared.wire import AllocationSpec, Inventory
 
 
 @dataclass
@@ -15,7 +15,9 @@ class SharedState:
     coordinator_generation: str = ""
     host_id: str = ""
     last_error: str = ""
+    inventory: Inventory | None = None  # the latest detected; replaced whole by re-detection, never mutated
     synced_once: asyncio.Event = field(default_factory=asyncio.Event)
     desired_changed: asyncio.Event = field(default_factory=asyncio.Event)  # sync → executor
-    local_changed: asyncio.Event = field(default_factory=asyncio.Event)  # executor → sync
+    local_changed: asyncio.Event = field(default_factory=asyncio.Event)  # executor, re-detection → sync
     logs_written: asyncio.Event = field(default_factory=asyncio.Event)  # executor → shipper
+    redetect_requested: asyncio.Event = field(default_factory=asyncio.Event)  # SIGHUP → re-detection

@@ -31,10 +31,15 @@ class Revoked(Exception):
 async def sync_loop(
     client: CoordinatorClient, executor: Executor, inventory: Inventory, state: SharedState, cert_file: Path
 ) -> None:
-    generation = generation_of(inventory)
+    """Sync until cancelled or refused. The inventory sent is `state.inventory` (set to `inventory` if
+    empty), read afresh for every request, so a re-detected inventory goes out with the next sync."""
+    if state.inventory is None:
+        state.inventory = inventory
     poll_timeout_s, gap_s, backoff_s = C.POLL_TIMEOUT_S, C.SYNC_INTERVAL_S, BACKOFF_MIN_S
     while True:
         state.local_changed.clear()
+        inventory = state.inventory
+        generation = generation_of(inventory)
         request = SyncRequest(
             agent_version=C.AGENT_VERSION,
             inventory_generation=generation,

@@ -17,6 +17,7 @@ from shared.constants import API_PREFIX
 from shared.spec import TaskSpec
 from shared.wire import (
     FleetLimit,
+    HostDetail,
     HostView,
     JobView,
     ProjectCreate,
@@ -108,6 +109,9 @@ class Api:
 
     def limit_fleet(self, request: FleetLimit) -> None:
         self._call("POST", "/fleets", FleetLimit, request)
+
+    def host_detail(self, ref: str) -> HostDetail:
+        return self._call("GET", f"/hosts/{urllib.parse.quote(ref, safe='')}", HostDetail)
 
     def logs(self, ref: str, offset: int, follow: bool) -> LogChunk:
         query = urllib.parse.urlencode({"offset": offset, "follow": "1" if follow else "0"})

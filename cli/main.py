@@ -6,17 +6,21 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import msgspec
 
 from cli.api import Api, ApiError
 from cli.config import NoConfig, load_cli_config
+from cli.host_detail import host_detail
 from cli.render import hosts_table, jobs_table, print_table
 from shared.spec import GpuRequest, SpecError, TaskSpec, parse_gpu, parse_spec, validate_spec
 
 SAMPLE_POLL_S = 1.0
+T = TypeVar("T")
 
 
 def api() -> Api:
@@ -167,32 +171,49 @@ def stop(job: str) -> None:
     )
 
 
-@main.group(invoke_without_command=True)
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def hosts(ctx: click.Context, as_json: bool) -> None:
-    """List hosts, their resources and busy blocks (or: hosts remove HOST)."""
-    if ctx.invoked_subcommand is not None:
+@click.option("-v", "--verbose", is_flag=True, help="Every device, block, job holding it, and the topology.")
+@click.argument("words", nargs=-1, metavar="[HOST | remove HOST]")
+def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
+    """List hosts, their resources and busy blocks; with HOST or -v, each host in full.
+
+    `gpuctl hosts remove HOST` revokes the host's certificates: its next sync is refused and it stops
+    pulling work."""
+    if words[:1] == ("remove",):
+        if len(words) != 2:
+            raise click.UsageError("usage: gpuctl hosts remove HOST")
+        removed = _call(lambda client: client.remove_host(words[1]))
+        click.echo(f"host {removed['name']} ({removed['id']}) removed; its certificates are revoked")
         return
-    try:
-        views = api().hosts()
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
+    if len(words) > 1:
+        raise click.UsageError("give at most one HOST (or: remove HOST)")
+    host = words[0] if words else None
+    if host is None and not verbose:
+        views = _call(lambda client: client.hosts())
+        if as_json:
+            click.echo(msgspec.json.encode(views).decode())
+        else:
+            print_table(hosts_table(views))
+        return
+    details = _call(
+        lambda client: (
+            [client.host_detail(host)] if host else [client.host_detail(v.id) for v in client.hosts()]
+        )
+    )
     if as_json:
-        click.echo(msgspec.json.encode(views).decode())
+        click.echo(msgspec.json.encode(details[0] if host is not None else details).decode())
     else:
-        print_table(hosts_table(views))
+        for detail in details:
+            print_table(host_detail(detail))
 
 
-@hosts.command("remove")
-@click.argument("host")
-def hosts_remove(host: str) -> None:
-    """Revoke the host's certificates: its next sync is refused and it stops pulling work."""
+def _call(call: Callable[[Api], T]) -> T:
+    """One API call with the configured client; an error the coordinator or the network gives is one line."""
     try:
-        removed = api().remove_host(host)
+        return call(api())
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"host {removed['name']} ({removed['id']}) removed; its certificates are revoked")
 
 
 def _register() -> None:

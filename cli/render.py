@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from coordinator.scheduler import describe_gpus, describe_request
@@ -64,5 +64,5 @@ def hosts_table(hosts: list[HostView]) -> Table:
     return table
 
 
-def print_table(table: Table) -> None:
+def print_table(table: RenderableType) -> None:
     Console(soft_wrap=False, width=200).print(table)

@@ -73,6 +73,10 @@ async def list_hosts(request: web.Request) -> web.Response:
     return json_response(request.app[COORDINATOR].host_views())
 
 
+async def get_host(request: web.Request) -> web.Response:
+    return json_response(request.app[COORDINATOR].host_detail(request.match_info["ref"]))
+
+
 async def remove_host(request: web.Request) -> web.Response:
     require_admin(request)
     coord = request.app[COORDINATOR]
@@ -88,4 +92,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{C.API_PREFIX}/jobs/{{ref}}/stop", stop_job)
     app.router.add_get(f"{C.API_PREFIX}/jobs/{{ref}}/logs", job_logs)
     app.router.add_get(f"{C.API_PREFIX}/hosts", list_hosts)
+    app.router.add_get(f"{C.API_PREFIX}/hosts/{{ref}}", get_host)
     app.router.add_post(f"{C.API_PREFIX}/hosts/{{ref}}/remove", remove_host)

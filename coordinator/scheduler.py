@@ -3,7 +3,9 @@
 Order is priority (higher first), then FIFO. A job takes the smallest number of whole blocks whose resources
 satisfy its request (for CPU, memory and disk the minimum decides; the GPU count's maximum binds too, since a
 job must never see more GPUs than it asked for). Among hosts that fit, the tightest fit wins, which keeps
-large free sets intact for large jobs. Every job left pending gets one human reason.
+large free sets intact for large jobs. On that host the job gets the closest free blocks: one NVLink/XGMI
+island, else one PCIe root, else one NUMA node, best fit first (coordinator/locality.py). Every job left
+pending gets one human reason.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from shared.spec import GpuRequest, Resources, TaskSpec
+from coordinator.locality import Levels, block_levels, choose_blocks
+from shared.spec import GpuRequest, Range, Resources, TaskSpec
 from shared.units import format_mib
 from shared.wire import Block, GpuDevice, Inventory
 
@@ -83,6 +86,12 @@ class _Pass:
         self.free = {h.host_id: _free_blocks(h) for h in hosts if h.ready}
         self._fits: dict[tuple[Resources, bool, tuple[str, ...], str], dict[str, int | str]] = {}
         self._matching: dict[tuple[GpuRequest | None, str], frozenset[int]] = {}
+        self._levels: dict[str, Levels] = {}
+
+    def levels(self, host_id: str) -> Levels:
+        if host_id not in self._levels:
+            self._levels[host_id] = block_levels(self.by_id[host_id].inventory)
+        return self._levels[host_id]
 
     def fits(self, job: PendingJob) -> dict[str, int | str]:
         spec = job.spec
@@ -104,20 +113,22 @@ class _Pass:
         return [b for b in self.free[host_id] if b in matching]
 
     def place(self, job: PendingJob) -> Placement | None:
-        """The tightest-fitting ready host's first free matching blocks, taken out of the free set."""
-        best: tuple[int, str, str, list[int]] | None = None
+        """The tightest-fitting ready host's closest free matching blocks, taken out of the free set."""
+        best: tuple[int, str, str, list[int], int] | None = None
         for host_id, need in self.fits(job).items():
             if not isinstance(need, int) or host_id not in self.free:
                 continue
             eligible = self.free_matching(job.spec, host_id)
             if len(eligible) >= need:
-                candidate = (len(eligible) - need, self.by_id[host_id].name, host_id, eligible[:need])
+                candidate = (len(eligible) - need, self.by_id[host_id].name, host_id, eligible, need)
                 if best is None or candidate[:2] < best[:2]:
                     best = candidate
         if best is None:
             return None
-        _, _, host_id, chosen = best
-        self.free[host_id] = [b for b in self.free[host_id] if b not in chosen]
+        _, _, host_id, eligible, need = best
+        chosen = choose_blocks(eligible, need, self.levels(host_id))
+        taken = set(chosen)
+        self.free[host_id] = [b for b in self.free[host_id] if b not in taken]
         return _placement(job.job_id, host_id, chosen, self.by_id[host_id].inventory)
 
     def reason(self, job: PendingJob) -> str:
@@ -199,8 +210,15 @@ def _devices(block: Block, inventory: Inventory) -> list[GpuDevice]:
 
 
 def rounded_memory_mib(device: GpuDevice) -> int:
-    """Devices report a little less than their marketed size (an H100 80GB has 81559 MiB): match on whole GiB."""
+    """Devices report a little less than their marketed size (an H100 80GB has 81559 MiB): whole GiB."""
     return round(device.memory_mib / 1024) * 1024
+
+
+def memory_matches(wanted: Range, device: GpuDevice) -> bool:
+    """Vendors market memory in GiB (an H100 80GB has 81559 MiB, 79.6 GiB) or in decimal GB (an A10G or L4
+    24GB has about 23030 MiB, 24.1 GB, 22.5 GiB): a device matches when either whole reading is in range."""
+    decimal_gb = round(device.memory_mib * 1024 * 1024 / 1e9)
+    return wanted.contains(rounded_memory_mib(device)) or wanted.contains(decimal_gb * 1024)
 
 
 def _gpus_match(gpu: GpuRequest | None, devices: list[GpuDevice]) -> bool:
@@ -213,9 +231,18 @@ def _gpus_match(gpu: GpuRequest | None, devices: list[GpuDevice]) -> bool:
     return all(
         (gpu.vendor is None or d.vendor == gpu.vendor)
         and (not names or d.name.lower() in names)
-        and (gpu.memory_mib is None or gpu.memory_mib.contains(rounded_memory_mib(d)))
+        and (gpu.memory_mib is None or memory_matches(gpu.memory_mib, d))
+        and (gpu.compute_capability is None or _capability_matches(gpu.compute_capability, d))
         for d in devices
     )
+
+
+def _capability_matches(wanted: Range, device: GpuDevice) -> bool:
+    """A device whose compute capability is unknown ("", an AMD or Gaudi device) never matches a range."""
+    try:
+        return wanted.contains(float(device.compute_capability))
+    except ValueError:
+        return False
 
 
 def _free_blocks(host: HostCapacity) -> list[int]:
@@ -252,7 +279,13 @@ def describe_request(gpu: GpuRequest | None) -> str:
     count = f"{lo:g}" if lo == hi else f"{lo or 0:g}..{'' if hi is None else f'{hi:g}'}"
     what = "/".join(gpu.names) or (gpu.vendor or "")
     plural = "" if lo == hi == 1 else "s"
-    return f"{count} {what} GPU{plural}".replace("  ", " ")
+    text = f"{count} {what} GPU{plural}".replace("  ", " ")
+    capability = gpu.compute_capability
+    if capability is not None:
+        low = "" if capability.min is None else f"{capability.min:.1f}"
+        high = "" if capability.max is None else f"{capability.max:.1f}"
+        text += f" with compute capability {low if low == high else f'{low}..{high}'}"
+    return text
 
 
 def _no_matching_gpu(gpu: GpuRequest, inventory: Inventory) -> str:

@@ -24,6 +24,8 @@ from shared.states import AllocState, JobState, job_state_for
 from shared.wire import (
     AllocationSpec,
     AllocationStatus,
+    HostAllocationView,
+    HostDetail,
     HostView,
     JobView,
     SyncRequest,
@@ -63,6 +65,9 @@ class Coordinator:
         self.host_waiters = Waiters()  # key: host id
         self.log_waiters = Waiters()  # key: job id
         self.last_seen: dict[str, float] = {}
+        # Hosts whose agent runs an inventory generation not stored here (it sent none): nothing is placed
+        # on them until it arrives. In memory, like liveness: the next sync says it again.
+        self.unseen_generation: set[str] = set()
 
     # --- user side ---------------------------------------------------------------------------------
 
@@ -141,19 +146,39 @@ class Coordinator:
         busy: dict[str, int] = {}
         for alloc in self.store.active_allocations():
             busy[alloc.host_id] = busy.get(alloc.host_id, 0) + len(alloc.blocks)
-        return [
-            HostView(
-                id=h.id,
-                name=h.name,
-                status=self.host_status(h),
-                inventory=h.inventory,
-                busy_blocks=busy.get(h.id, 0),
-                total_blocks=len(h.inventory.blocks) if h.inventory else 0,
-                last_seen=self.last_seen.get(h.id, h.last_seen),
-                simulated=bool(h.inventory and h.inventory.simulated),
+        return [self._host_view(h, busy.get(h.id, 0)) for h in self.store.list_hosts()]
+
+    def host_detail(self, ref: str) -> HostDetail:
+        """One host by name or id, with the allocations that hold its blocks. Raises NotFound, Ambiguous."""
+        host = self.find_host(ref)
+        allocations = []
+        for alloc in self.store.active_allocations(host.id):
+            job = self.store.get_job(alloc.job_id)
+            allocations.append(
+                HostAllocationView(
+                    allocation_id=alloc.id,
+                    job_id=alloc.job_id,
+                    job_name=job.name if job else "",
+                    status=alloc.state.value,
+                    blocks=alloc.blocks,
+                    gpus=alloc.gpus,
+                    cpus=alloc.cpus,
+                )
             )
-            for h in self.store.list_hosts()
-        ]
+        view = self._host_view(host, sum(len(a.blocks) for a in allocations))
+        return HostDetail(host=view, allocations=allocations)
+
+    def _host_view(self, h: HostRow, busy_blocks: int) -> HostView:
+        return HostView(
+            id=h.id,
+            name=h.name,
+            status=self.host_status(h),
+            inventory=h.inventory,
+            busy_blocks=busy_blocks,
+            total_blocks=len(h.inventory.blocks) if h.inventory else 0,
+            last_seen=self.last_seen.get(h.id, h.last_seen),
+            simulated=bool(h.inventory and h.inventory.simulated),
+        )
 
     def find_host(self, ref: str) -> HostRow:
         hosts = [h for h in self.store.list_hosts() if ref in (h.id, h.name)]
@@ -217,10 +242,12 @@ class Coordinator:
             self.store.set_inventory(host_id, req.inventory, generation_of(req.inventory))
             log.info("host %s inventory generation %s", host_id, generation_of(req.inventory))
             changed = True
+        unseen = self._note_generation(host_id, req, host.generation)
         changed |= self._fold_statuses(host_id, req.allocations)
         if changed:
             self.schedule_pass()
-        if self._host(host_id).desired_index <= req.desired_index:
+        host = self._host(host_id)
+        if host.desired_index <= req.desired_index and not unseen:  # unseen: ask for the inventory now
             timeout = self.settings.poll_timeout_s * (1 + random.uniform(-1, 1) * C.POLL_JITTER_FRACTION)
             await self.host_waiters.wait(host_id, timeout)
             self.last_seen[host_id] = time.time()
@@ -231,6 +258,25 @@ class Coordinator:
         if host is None:
             raise NotFound(f"no host {host_id!r}")
         return host
+
+    def _note_generation(self, host_id: str, req: SyncRequest, stored: str) -> bool:
+        """Whether the agent runs an inventory generation this coordinator has not stored (it sent no
+        inventory, believing we had it: a restored database, say). Such a host takes no new placements
+        until its inventory arrives; the answer carries our generation, so the agent sends it at once."""
+        unseen = req.inventory is None and req.inventory_generation != stored
+        if unseen and host_id not in self.unseen_generation:
+            log.warning(
+                "host %s runs inventory generation %s, not %r stored here; placing nothing there until it "
+                "sends it",
+                host_id,
+                req.inventory_generation,
+                stored,
+            )
+        if unseen:
+            self.unseen_generation.add(host_id)
+        else:
+            self.unseen_generation.discard(host_id)
+        return unseen
 
     def _desired(self, host: HostRow) -> SyncResponse:
         allocations = []
@@ -336,7 +382,7 @@ class Coordinator:
                 h.name,
                 h.inventory,
                 frozenset(busy.get(h.id, ())),
-                self.host_status(h) == "ready",
+                self.host_status(h) == "ready" and h.id not in self.unseen_generation,
                 h.fleet,
                 limits.get(h.fleet),
             )

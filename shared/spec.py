@@ -31,15 +31,17 @@ class Range(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class GpuRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """dstack's `vendor:name(s):memory:count` grammar, parsed.
+    """dstack's `vendor:name(s):memory:count` grammar, parsed, plus DRA-style attributes of the mapping form.
 
-    `memory_mib` is per GPU. `count` defaults to exactly 1 when a gpu is named without a count.
+    `memory_mib` is per GPU. `count` defaults to exactly 1 when a gpu is named without a count. A
+    `compute_capability` range implies NVIDIA (only NVIDIA GPUs have one).
     """
 
     count: Range = Range(1, 1)
     vendor: str | None = None  # "nvidia" | "amd" | "intel"
     names: tuple[str, ...] = ()  # ("A10G", "A100"): any of them; empty means any model
     memory_mib: Range | None = None
+    compute_capability: Range | None = None  # NVIDIA's CUDA compute capability, `8.0..` → Range(8.0, None)
 
 
 class Resources(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -142,6 +144,9 @@ _COUNT_EXPECTED = "a GPU count like 2, 1..8 or 2.."
 _CPU_EXPECTED = "a number of cores like 8, 2..8 or 4.."
 _SIZE_RANGE_EXPECTED = "a size like 64GB or a range like 24GB..80GB or 64GB.."
 _SIZE_EXPECTED = "a size like 16GB or 512MB"
+_CAPABILITY_EXPECTED = "a compute capability like 8.0, 8.0.. or 8.0..9.0"
+_CAPABILITY_RE = re.compile(r"\d{1,2}(\.\d)?", re.ASCII)
+MAX_COMPUTE_CAPABILITY = 99.9
 _DURATION_EXPECTED = "a duration like 2h, 30m or 1h30m, or off"
 
 
@@ -616,9 +621,11 @@ def _parse_gpu_node(node: yaml.Node, path: str) -> GpuRequest | None:
 
 
 def _gpu_mapping(node: yaml.Node, path: str) -> GpuRequest:
-    """dstack's `{name: [H100, A100], vendor: nvidia, memory: 40GB.., count: 2}`; total_memory is ignored."""
+    """dstack's `{name: [H100, A100], vendor: nvidia, memory: 40GB.., count: 2}` (total_memory is ignored),
+    and the DRA-style `compute_capability: 8.0..`, which implies vendor nvidia."""
     parts: dict[str, Any] = {}
-    for key, value in _fields(node, path, ("name", "vendor", "memory", "count", "total_memory")):
+    keys = ("name", "vendor", "memory", "count", "total_memory", "compute_capability")
+    for key, value in _fields(node, path, keys):
         sub_path = f"{path}.{key}"
         if key == "total_memory" or _is_null(value):
             continue
@@ -628,13 +635,26 @@ def _gpu_mapping(node: yaml.Node, path: str) -> GpuRequest:
             parts["vendor"] = _gpu_vendor_text(_text(value, sub_path), value, sub_path)
         elif key == "memory":
             parts["memory_mib"] = _range_text(value, sub_path, parse_memory_mib, _SIZE_RANGE_EXPECTED)
+        elif key == "compute_capability":
+            parts["compute_capability"] = _range_text(
+                value, sub_path, _parse_capability, _CAPABILITY_EXPECTED
+            )
         else:
             parts["count"] = _range_text(value, sub_path, _parse_int, _COUNT_EXPECTED)
     try:
         parts["vendor"] = _gpu_vendor(parts.get("vendor"), parts.get("names", ()))
     except ValueError as error:
         _fail(node, path, str(error))
+    if "compute_capability" in parts and parts["vendor"] is None:
+        parts["vendor"] = "nvidia"
     return GpuRequest(**parts)
+
+
+def _parse_capability(text: str) -> float:
+    """`"8.6"` → 8.6, `"9"` → 9.0; ValueError unless it is `MAJOR[.MINOR]` with a one-digit minor."""
+    if not _CAPABILITY_RE.fullmatch(text):
+        raise ValueError(f"expected a compute capability, got {text!r}")
+    return float(text)
 
 
 def _gpu_names(node: yaml.Node, path: str) -> Iterator[str]:
@@ -878,6 +898,20 @@ def _check_gpu(gpu: GpuRequest, path: str) -> None:
     _check_range(path, gpu.count, what="count ", whole=True)
     if gpu.memory_mib is not None:
         _check_range(path, gpu.memory_mib, what="memory ", show=_show_mib)
+    if gpu.compute_capability is not None:
+        _check_capability(gpu, path)
+
+
+def _check_capability(gpu: GpuRequest, path: str) -> None:
+    assert gpu.compute_capability is not None
+    if gpu.vendor not in (None, "nvidia"):
+        raise SpecError(path, f"compute_capability applies to NVIDIA GPUs only, not {gpu.vendor}")
+    _check_range(path, gpu.compute_capability, what="compute_capability ", show=lambda v: f"{v:.1f}")
+    for side in (gpu.compute_capability.min, gpu.compute_capability.max):
+        if side is not None and side > MAX_COMPUTE_CAPABILITY:
+            raise SpecError(
+                path, f"compute_capability must be at most {MAX_COMPUTE_CAPABILITY}, got {side:.1f}"
+            )
 
 
 def _check_range(

@@ -23,14 +23,40 @@ class FrozenWire(msgspec.Struct, kw_only=True, forbid_unknown_fields=False, froz
 
 
 class GpuDevice(FrozenWire, frozen=True):
-    index: int  # the NVML / amdsmi index; CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA agree with it
+    """One accelerator, with typed attributes in the manner of a Kubernetes DRA ResourceSlice device.
+
+    Empty strings and empty tuples mean "not known on this host" (an older agent, a vendor without that notion).
+    """
+
+    index: int  # the NVML / amdsmi / hl-smi index; CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA agree with it
     vendor: str  # "nvidia" | "amd" | "intel"
-    name: str  # short product name: "H100", "A10G", "MI300X"
+    name: str  # short product name: "H100", "A10G", "MI300X", "GAUDI2"
     memory_mib: int
     uuid: str = ""
     pci_bus_id: str = ""
     numa_node: int | None = None
     simulated: bool = False
+    compute_capability: str = ""  # NVIDIA's CUDA compute capability, "9.0"
+    architecture: str = ""  # AMD's gfx target, "gfx942"
+    serial: str = ""
+    driver_version: str = ""
+    cuda_version: str = ""  # the newest CUDA the NVIDIA driver supports, "12.4"
+    render_node: str = ""  # AMD: the DRM render node of this GPU, "/dev/dri/renderD128"
+    pcie_root: str = ""  # the PCIe host bridge above the device, as sysfs names it: "pci0000:15"
+    links: tuple[
+        int, ...
+    ] = ()  # indices of the devices this one reaches over NVLink / XGMI (NVSwitch included)
+
+
+class GpuMetrics(FrozenWire, frozen=True):
+    """A live reading of one device; separate from the inventory, so it never changes the generation.
+    None means the device or its library does not report that value."""
+
+    index: int
+    utilization_pct: float | None = None
+    memory_used_mib: int | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
 
 
 class Block(FrozenWire, frozen=True):
@@ -41,6 +67,7 @@ class Block(FrozenWire, frozen=True):
     cpus: tuple[int, ...]
     memory_mib: int
     disk_mib: int
+    numa_node: int | None = None  # the NUMA node its GPUs and CPU cores share, when they share one
 
 
 class Inventory(FrozenWire, frozen=True):
@@ -143,6 +170,25 @@ class HostView(Wire):
     total_blocks: int
     last_seen: float | None
     simulated: bool
+
+
+class HostAllocationView(Wire):
+    """One allocation that holds blocks of a host, for `gpuctl hosts -v`."""
+
+    allocation_id: str
+    job_id: str
+    job_name: str
+    status: str  # the allocation's state: pending, pulling, running, ...
+    blocks: tuple[int, ...]
+    gpus: tuple[int, ...] = ()
+    cpus: tuple[int, ...] = ()
+
+
+class HostDetail(Wire):
+    """`GET /api/v1/hosts/{name}`: the host as listed, plus which allocations hold which blocks."""
+
+    host: HostView
+    allocations: list[HostAllocationView] = []
 
 
 class ErrorBody(Wire):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.blocks import BlocksError, make_blocks, parse_blocks
+from agent.blocks import BlocksError, CpuTopology, make_blocks, parse_blocks
 from shared.wire import Block, GpuDevice
 
 GIB_MIB = 1024
@@ -178,3 +178,104 @@ def test_auto_gives_one_block_per_gpu_whenever_there_are_enough_cores(gpu_count:
 
     assert [b.gpus for b in blocks] == [(i,) for i in range(gpu_count)]
     assert {len(b.cpus) for b in blocks} == {cpu_count // gpu_count}
+
+
+# --- topology: NUMA-local cores, whole physical cores, neighbours together ---------------------------------
+
+TWO_SOCKETS = CpuTopology(
+    numa_of={c: 0 if c % 32 < 16 else 1 for c in range(64)},  # node 0: 0-15,32-47; node 1: 16-31,48-63
+    core_of={c: c % 32 for c in range(64)},  # hyperthread siblings c and c+32
+)
+
+
+def placed_gpus(numa: list[int | None], links: dict[int, tuple[int, ...]] | None = None) -> list[GpuDevice]:
+    return [
+        GpuDevice(
+            index=i,
+            vendor="nvidia",
+            name="A10G",
+            memory_mib=23028,
+            numa_node=node,
+            links=(links or {}).get(i, ()),
+        )
+        for i, node in enumerate(numa)
+    ]
+
+
+def test_cores_come_from_the_gpus_numa_node_whole_cores_first() -> None:
+    blocks = make_blocks(placed_gpus([0, 0, 1, 1]), range(64), 4000, 400, "auto", TWO_SOCKETS)
+
+    assert [(b.gpus, b.cpus, b.numa_node) for b in blocks] == [
+        ((0,), (*range(0, 8), *range(32, 40)), 0),
+        ((1,), (*range(8, 16), *range(40, 48)), 0),
+        ((2,), (*range(16, 24), *range(48, 56)), 1),
+        ((3,), (*range(24, 32), *range(56, 64)), 1),
+    ]
+
+
+def test_interleaved_numa_nodes_still_get_local_cores() -> None:
+    # GPUs alternate sockets by index: blocks keep index order but each takes its own socket's cores.
+    blocks = make_blocks(placed_gpus([0, 1, 0, 1]), range(64), 4000, 400, "auto", TWO_SOCKETS)
+
+    assert [b.numa_node for b in blocks] == [0, 1, 0, 1]
+    assert all({TWO_SOCKETS.numa_of[c] for c in b.cpus} == {b.numa_node} for b in blocks)
+
+
+def test_blocks_of_two_pair_gpus_of_one_island_even_when_indices_interleave() -> None:
+    links = {0: (2,), 2: (0,), 1: (3,), 3: (1,)}  # NVLink bridges 0-2 and 1-3
+    blocks = make_blocks(placed_gpus([None] * 4, links), range(8), 4000, 400, 2)
+
+    assert [b.gpus for b in blocks] == [(0, 2), (1, 3)]
+
+
+@st.composite
+def topologies(draw: st.DrawFn) -> tuple[list[GpuDevice], list[int], int, CpuTopology]:
+    """A host with GPUs on random NUMA nodes (or unknown), random islands, CPU ids on random nodes with random
+    sibling pairs, and a block count that divides the GPUs and CPUs."""
+    gpu_count, cpu_ids, n = draw(hosts())
+    nodes = st.one_of(st.none(), st.integers(0, 3))
+    numa = [draw(nodes) for _ in range(gpu_count)]
+    island = [draw(st.integers(0, 2)) for _ in range(gpu_count)]
+    links = {
+        i: tuple(j for j in range(gpu_count) if j != i and island[j] == island[i] > 0)
+        for i in range(gpu_count)
+    }
+    numa_of = {c: draw(st.integers(0, 3)) for c in cpu_ids if draw(st.booleans())}
+    core_of = {c: draw(st.sampled_from(cpu_ids)) for c in cpu_ids if draw(st.booleans())}
+    return placed_gpus(numa, links), cpu_ids, n, CpuTopology(numa_of=numa_of, core_of=core_of)
+
+
+@given(topologies())
+def test_topology_never_breaks_the_partition(
+    host: tuple[list[GpuDevice], list[int], int, CpuTopology],
+) -> None:
+    devices, cpu_ids, n, topology = host
+
+    blocks = make_blocks(devices, cpu_ids, 1000, 100, n, topology)
+
+    all_gpus = sorted(g for b in blocks for g in b.gpus)
+    all_cpus = [c for b in blocks for c in b.cpus]
+    assert all_gpus == list(range(len(devices)))
+    assert sorted(all_cpus) == sorted(cpu_ids) and len(set(all_cpus)) == len(all_cpus)
+    assert len({len(b.gpus) for b in blocks}) == 1 and len({len(b.cpus) for b in blocks}) == 1
+    assert [b.index for b in blocks] == list(range(n))
+    assert [b.gpus[:1] for b in blocks] == sorted(b.gpus[:1] for b in blocks)
+    for b in blocks:
+        if b.numa_node is not None and b.gpus:
+            assert {devices[g].numa_node for g in b.gpus} == {b.numa_node}
+            if topology.numa_of:
+                assert {topology.numa_of.get(c) for c in b.cpus} == {b.numa_node}
+
+
+@given(st.integers(1, 4), st.integers(1, 8), st.sampled_from([1, 2]))
+def test_when_each_node_has_room_every_block_is_numa_local(nodes: int, gpus_per_node: int, smt: int) -> None:
+    cores_per_gpu = 4
+    devices = placed_gpus([i // gpus_per_node for i in range(nodes * gpus_per_node)])
+    cpus_per_node = gpus_per_node * cores_per_gpu * smt
+    topology = CpuTopology(numa_of={c: c // cpus_per_node for c in range(nodes * cpus_per_node)})
+
+    blocks = make_blocks(devices, range(nodes * cpus_per_node), 1000, 100, "auto", topology)
+
+    for b in blocks:
+        assert b.numa_node == devices[b.gpus[0]].numa_node
+        assert {topology.numa_of[c] for c in b.cpus} == {b.numa_node}

@@ -132,3 +132,25 @@ def test_without_a_config_the_cli_says_what_to_do(tmp_path: Path) -> None:
     env = dict(os.environ, GPUCTL_CONFIG=str(tmp_path / "none.yaml"))
     run = gpuctl(env, "ps")
     assert run.returncode == 1 and "gpuctl dev" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_hosts_verbose_shows_devices_blocks_jobs_and_topology(dev: dict[str, str]) -> None:
+    (host,) = json.loads(gpuctl(dev, "hosts", "--json").stdout)
+    job_id = gpuctl(dev, "submit", "-d", "--gpu", "2", "--", "sleep", "300").stdout.strip()
+    try:
+        page = gpuctl(dev, "hosts", "-v").stdout
+        one = gpuctl(dev, "hosts", host["name"]).stdout
+        assert page.split("\n", 1)[1] == one.split("\n", 1)[1]  # the same page, past the "seen" time
+        assert "devices" in page and "blocks" in page and "topology" in page and "[SIMULATED]" in page
+        assert any(job_id in line and line.split()[1] == "0-1" for line in page.splitlines())
+        detail = json.loads(gpuctl(dev, "hosts", "--json", host["name"]).stdout)
+        assert [a["job_id"] for a in detail["allocations"]] == [job_id]
+        missing = gpuctl(dev, "hosts", "no-such-host")
+        assert missing.returncode == 1 and "no host 'no-such-host'" in missing.stderr
+    finally:
+        gpuctl(dev, "stop", job_id)
+
+
+def test_hosts_remove_of_an_unknown_host_is_one_line(dev: dict[str, str]) -> None:
+    run = gpuctl(dev, "hosts", "remove", "no-such-host")
+    assert run.returncode == 1 and run.stderr.strip() == "Error: no host 'no-such-host'"

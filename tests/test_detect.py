@@ -5,12 +5,9 @@ The fakes raise the real `pynvml.NVMLError` classes, so the detectors' except cl
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import msgspec
 import pynvml
@@ -27,113 +24,18 @@ from agent.detect.nvidia import detect_nvidia, normalize_nvidia_name
 from agent.detect.simulate import parse_simulated_gpus
 from agent.detect.sysfs import read_numa_node, sysfs_pci_address
 from shared.wire import GpuDevice, Inventory
+from tests.fakes import (
+    AmdSmiLibraryException,
+    fake_amdsmi,
+    fake_nvml,
+    fake_sysfs,
+    load,
+    no_nvml_calls,
+    nvml_error,
+)
 
-FIXTURES = Path(__file__).parent / "fixtures"
 NO_NVIDIA = "NVIDIA: NVML library not found; no NVIDIA GPUs"
 NO_AMD = "AMD: amdsmi not available; no AMD GPUs"
-
-
-def load(kind: str, name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / kind / f"{name}.json").read_text())
-
-
-# --- fakes ---------------------------------------------------------------------------------------------
-
-
-def nvml_error(name: str) -> pynvml.NVMLError:
-    return pynvml.NVMLError(getattr(pynvml, f"NVML_ERROR_{name}"))
-
-
-def fake_nvml(fixture: dict[str, Any]) -> SimpleNamespace:
-    """A stand-in for the `pynvml` module answering from fixture data; `calls` records what was called."""
-    devices = fixture.get("devices", [])
-    encode = (lambda s: s.encode()) if fixture.get("strings_as_bytes") else (lambda s: s)
-    calls: list[str] = []
-
-    def device(handle: int) -> dict[str, Any]:
-        if devices[handle].get("error"):
-            raise nvml_error(devices[handle]["error"])
-        return devices[handle]
-
-    def init() -> None:
-        calls.append("init")
-        if fixture.get("init_error"):
-            raise nvml_error(fixture["init_error"])
-
-    def mig_mode(handle: int) -> list[int]:
-        if device(handle)["mig_mode"] is None:
-            raise nvml_error("NOT_SUPPORTED")
-        return list(device(handle)["mig_mode"])
-
-    return SimpleNamespace(
-        calls=calls,
-        NVMLError=pynvml.NVMLError,
-        NVMLError_NotSupported=pynvml.NVMLError_NotSupported,
-        nvmlInit=init,
-        nvmlShutdown=lambda: calls.append("shutdown"),
-        nvmlSystemGetDriverVersion=lambda: encode(fixture["driver_version"]),
-        nvmlDeviceGetCount=lambda: len(devices),
-        nvmlDeviceGetHandleByIndex=lambda index: index,
-        nvmlDeviceGetName=lambda h: encode(device(h)["name"]),
-        nvmlDeviceGetUUID=lambda h: encode(device(h)["uuid"]),
-        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(
-            total=device(h)["memory_total_bytes"], free=0, used=0
-        ),
-        nvmlDeviceGetPciInfo=lambda h: SimpleNamespace(busId=encode(device(h)["pci_bus_id"])),
-        nvmlDeviceGetMigMode=mig_mode,
-    )
-
-
-class AmdSmiException(Exception):
-    """Stands for `amdsmi.AmdSmiException`, the base of everything amdsmi raises."""
-
-
-class AmdSmiLibraryException(AmdSmiException):
-    pass
-
-
-def fake_amdsmi(fixture: dict[str, Any], init_error: str | None = None) -> SimpleNamespace:
-    """A stand-in for the `amdsmi` module answering from fixture data; `calls` records init/shutdown."""
-    devices = fixture.get("devices", [])
-    calls: list[str] = []
-
-    def init() -> None:
-        calls.append("init")
-        if init_error:
-            raise AmdSmiLibraryException(init_error)
-
-    return SimpleNamespace(
-        calls=calls,
-        AmdSmiException=AmdSmiException,
-        amdsmi_init=init,
-        amdsmi_shut_down=lambda: calls.append("shutdown"),
-        amdsmi_get_processor_handles=lambda: list(range(len(devices))),
-        amdsmi_get_gpu_asic_info=lambda h: {
-            "market_name": devices[h]["market_name"],
-            "device_id": devices[h]["device_id"],
-            "vendor_id": "0x1002",
-        },
-        amdsmi_get_gpu_vram_info=lambda h: {"vram_type": 16, "vram_size": devices[h]["vram_size_mb"]},
-        amdsmi_get_gpu_device_uuid=lambda h: devices[h]["uuid"],
-        amdsmi_get_gpu_device_bdf=lambda h: devices[h]["bdf"],
-    )
-
-
-def fake_sysfs(root: Path, fixture: dict[str, Any], key: str) -> str:
-    """Write `bus/pci/devices/<address>/numa_node` for every fixture device; returns the sysfs root."""
-    for device in fixture["devices"]:
-        address = sysfs_pci_address(device[key])
-        assert address is not None
-        (root / "bus" / "pci" / "devices" / address).mkdir(parents=True)
-        (root / "bus" / "pci" / "devices" / address / "numa_node").write_text(f"{device['numa_node']}\n")
-    return str(root)
-
-
-def no_nvml_calls() -> SimpleNamespace:
-    def refuse(*args: object) -> None:
-        raise AssertionError("NVML must not be consulted")
-
-    return SimpleNamespace(NVMLError=pynvml.NVMLError, nvmlInit=refuse)
 
 
 # --- NVIDIA ----------------------------------------------------------------------------------------------
@@ -167,7 +69,7 @@ def test_eight_h100_sxm(tmp_path: Path) -> None:
     result = detect_nvidia(nvml, sysfs_root=fake_sysfs(tmp_path, fixture, "pci_bus_id"))
 
     assert result.warnings == ()
-    assert result.info == ("NVIDIA: driver 550.90.07, 8 GPUs",)
+    assert result.info == ("NVIDIA: driver 550.90.07, CUDA 12.4, 8 GPUs",)
     assert [g.index for g in result.gpus] == list(range(8))
     assert {(g.vendor, g.name, g.memory_mib, g.simulated) for g in result.gpus} == {
         ("nvidia", "H100", 81559, False)
@@ -190,7 +92,7 @@ def test_four_a10g_from_a_binding_that_returns_bytes(tmp_path: Path) -> None:
     result = detect_nvidia(fake_nvml(fixture), sysfs_root=fake_sysfs(tmp_path, fixture, "pci_bus_id"))
 
     assert result.warnings == ()
-    assert result.info == ("NVIDIA: driver 535.183.01, 4 GPUs",)
+    assert result.info == ("NVIDIA: driver 535.183.01, CUDA 12.2, 4 GPUs",)
     assert [(g.index, g.name, g.memory_mib) for g in result.gpus] == [(i, "A10G", 23028) for i in range(4)]
     assert result.gpus[3].pci_bus_id == "00000000:00:1E.0"
     assert result.gpus[0].uuid == "GPU-3f1b0c2e-8d4a-11ee-9a6b-0242ac120002"
@@ -465,7 +367,7 @@ def test_detect_host_reads_this_machine(tmp_path: Path) -> None:
 @pytest.fixture
 def host_64_cores(monkeypatch: pytest.MonkeyPatch) -> HostFacts:
     facts = HostFacts(hostname="gpu-node-7", cpus=tuple(range(64)), memory_mib=2_000_000, disk_mib=7_000_000)
-    monkeypatch.setattr(agent.detect, "detect_host", lambda state_dir: facts)
+    monkeypatch.setattr(agent.detect, "detect_host", lambda state_dir, sysfs_root: facts)
     return facts
 
 
@@ -527,7 +429,7 @@ def test_h100_inventory(host_64_cores: HostFacts, caplog: pytest.LogCaptureFixtu
         ((6, 7), 48, 16, 500_000, 1_750_000),
     ]
     assert inventory.warnings == ()
-    assert "NVIDIA: driver 550.90.07, 8 GPUs" in caplog.messages
+    assert "NVIDIA: driver 550.90.07, CUDA 12.4, 8 GPUs" in caplog.messages
     assert "AMD: 0 GPUs" in caplog.messages
     assert msgspec.json.decode(msgspec.json.encode(inventory), type=Inventory) == inventory
 
@@ -612,13 +514,13 @@ def test_nvidia_and_amd_on_one_host_keeps_nvidia(host_64_cores: HostFacts) -> No
 
     assert {g.vendor for g in inventory.gpus} == {"nvidia"}
     assert inventory.warnings == (
-        "AMD: 8 GPUs left out: hosts with both NVIDIA and AMD GPUs are not supported yet",
+        "AMD: 8 GPUs left out: hosts with both NVIDIA and AMD accelerators are not supported yet",
     )
 
 
 def test_spare_cores_under_auto_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     facts = HostFacts(hostname="odd", cpus=tuple(range(12)), memory_mib=1000, disk_mib=1000)
-    monkeypatch.setattr(agent.detect, "detect_host", lambda state_dir: facts)
+    monkeypatch.setattr(agent.detect, "detect_host", lambda state_dir, sysfs_root: facts)
 
     inventory = detect_inventory(
         state_dir="/unused",

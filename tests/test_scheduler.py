@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.blocks import make_blocks
+from agent.blocks import CpuTopology, make_blocks
 from coordinator.scheduler import HostCapacity, PendingJob, Placement, ScheduleResult, fit, schedule
 from shared.spec import GpuRequest, Range, Resources, TaskSpec, parse_spec, validate_spec
 from shared.wire import GpuDevice, Inventory
@@ -19,6 +20,36 @@ from shared.wire import GpuDevice, Inventory
 GIB = 1024
 # What the devices report (MiB), as NVML gives it: a little under the marketed size.
 REPORTED_MIB = {"H100": 81559, "A100": 40960, "L4": 23034}
+COMPUTE_CAPABILITY = {"H100": "9.0", "A100": "8.0", "L4": "8.9"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a test host is wired. NVLink islands of `island` GPUs (0: no NVLink), in index order or
+    `interleaved` (GPU i in island i % islands); PCIe host bridges shared by `per_root` GPUs (0: unknown);
+    with `numa`, two NUMA nodes holding the first and second half of the GPUs and of the CPU ids."""
+
+    island: int = 0
+    interleaved: bool = False
+    per_root: int = 0
+    numa: bool = False
+
+    def device(self, index: int, count: int, **attrs: Any) -> GpuDevice:
+        islands = count // self.island if self.island else 0
+        key = (lambda i: i % islands) if self.interleaved else (lambda i: i // self.island)
+        links = tuple(j for j in range(count) if j != index and key(j) == key(index)) if self.island else ()
+        return GpuDevice(
+            index=index,
+            links=links,
+            pcie_root=f"pci0000:{index // self.per_root:02x}" if self.per_root else "",
+            numa_node=index * 2 // count if self.numa else None,
+            **attrs,
+        )
+
+    def cpu_topology(self, cpu_count: int) -> CpuTopology:
+        if not self.numa or cpu_count < 2:
+            return CpuTopology()
+        return CpuTopology(numa_of={c: c * 2 // cpu_count for c in range(cpu_count)})
 
 
 def inventory(
@@ -29,21 +60,33 @@ def inventory(
     memory_gib: int = 2048,
     disk_gib: int = 8000,
     runtimes: tuple[str, ...] = ("process", "docker"),
+    layout: Layout = Layout(),
 ) -> Inventory:
     """A host as the agent would report it: `gpus` is a count of H100s or a list of model names."""
     models = ["H100"] * gpus if isinstance(gpus, int) else list(gpus)
     devices = tuple(
-        GpuDevice(index=i, vendor="nvidia", name=m, memory_mib=REPORTED_MIB[m], uuid=f"GPU-{name}-{i}")
+        layout.device(
+            i,
+            len(models),
+            vendor="nvidia",
+            name=m,
+            memory_mib=REPORTED_MIB[m],
+            uuid=f"GPU-{name}-{i}",
+            compute_capability=COMPUTE_CAPABILITY[m],
+        )
         for i, m in enumerate(models)
     )
     cpu_count = cpus if cpus is not None else 8 * max(len(devices), 1)
+    cut = make_blocks(
+        devices, range(cpu_count), memory_gib * GIB, disk_gib * GIB, blocks, layout.cpu_topology(cpu_count)
+    )
     return Inventory(
         hostname=name,
         cpu_count=cpu_count,
         memory_mib=memory_gib * GIB,
         disk_mib=disk_gib * GIB,
         gpus=devices,
-        blocks=make_blocks(devices, range(cpu_count), memory_gib * GIB, disk_gib * GIB, blocks),
+        blocks=cut,
         runtimes=runtimes,
     )
 
@@ -302,6 +345,23 @@ CPU_MIN = st.sampled_from((None, Range(2, None), Range(8, None), Range(40, None)
 MEMORY_MIN = st.sampled_from((None, Range(16 * GIB, None), Range(128 * GIB, None)))
 IMAGE = st.sampled_from((None, "busybox:latest"))
 PRIORITY = st.sampled_from((0, 50, 100))
+CAPABILITY = st.sampled_from(
+    (None, None, Range(9.0, None), Range(8.0, 8.9), Range(8.9, 8.9), Range(10.0, None))
+)
+LAYOUT = st.builds(
+    Layout,
+    island=st.sampled_from((0, 2, 4)),
+    interleaved=st.booleans(),
+    per_root=st.sampled_from((0, 1, 2)),
+    numa=st.booleans(),
+)
+
+
+def _layout(layout: Layout, gpu_count: int) -> Layout:
+    """The drawn layout, without NVLink islands when their size does not divide the GPU count."""
+    if layout.island and gpu_count % layout.island:
+        return Layout(per_root=layout.per_root, numa=layout.numa)
+    return layout
 
 
 @st.composite
@@ -325,6 +385,7 @@ def hosts_strategy(draw: st.DrawFn) -> list[HostCapacity]:
             memory_gib=cpus * draw(MEMORY_GIB_PER_CORE),
             disk_gib=draw(DISK_GIB),
             runtimes=draw(RUNTIMES),
+            layout=_layout(draw(LAYOUT), gpu_count),
         )
         mask = draw(BIT_MASK)
         busy = frozenset(b.index for b in inv.blocks if mask >> b.index & 1)
@@ -340,7 +401,15 @@ def gpu_strategy(draw: st.DrawFn) -> GpuRequest | None:
     low = draw(st.integers(0, 9))
     high = draw(st.one_of(st.none(), st.integers(low, 16)))
     names = tuple(sorted(draw(st.sets(MODEL, max_size=2))))
-    return GpuRequest(count=Range(low, high), names=names, memory_mib=draw(GPU_MEMORY))
+    capability = draw(CAPABILITY)
+    vendor = "nvidia" if capability is not None else None
+    return GpuRequest(
+        count=Range(low, high),
+        vendor=vendor,
+        names=names,
+        memory_mib=draw(GPU_MEMORY),
+        compute_capability=capability,
+    )
 
 
 GPU_REQUEST = gpu_strategy()
@@ -360,13 +429,15 @@ def jobs_strategy(draw: st.DrawFn) -> list[PendingJob]:
 
 
 def _device_ok(gpu: GpuRequest, device: GpuDevice) -> bool:
-    """The request's model and memory constraints on one device (memory compared on whole GiB)."""
+    """The request's model, memory and compute capability on one device (memory on whole GiB or GB)."""
     names = {n.lower() for n in gpu.names}
-    memory_gib = round(device.memory_mib / 1024)
+    readings_gib = (round(device.memory_mib / 1024), round(device.memory_mib * 2**20 / 10**9))  # GiB or GB
+    capability = gpu.compute_capability
     return (
         (gpu.vendor is None or device.vendor == gpu.vendor)
         and (not names or device.name.lower() in names)
-        and (gpu.memory_mib is None or gpu.memory_mib.contains(memory_gib * 1024))
+        and (gpu.memory_mib is None or any(gpu.memory_mib.contains(g * 1024) for g in readings_gib))
+        and (capability is None or capability.contains(float(device.compute_capability)))
     )
 
 
@@ -489,6 +560,53 @@ def check_no_idle_capacity(result: ScheduleResult, hosts: list[HostCapacity], jo
                 assert not _could_take(j.spec, h.inventory, free), (h.name, result.pending[j.job_id])
 
 
+def _closeness(inv: Inventory) -> list[dict[int, object]]:
+    """Written apart from the scheduler: each block's NVLink island (the GPU's set of itself and its links,
+    which the test layouts make cliques), PCIe root and NUMA node, where all its GPUs share one."""
+    by_index = {g.index: g for g in inv.gpus}
+    levels: list[dict[int, object]] = [{}, {}, {}]
+    for b in inv.blocks:
+        devices = [by_index[g] for g in b.gpus]
+        for level, key in zip(
+            levels,
+            (
+                lambda d: frozenset((d.index, *d.links)) if d.links else None,
+                lambda d: d.pcie_root or None,
+                lambda d: d.numa_node,
+            ),
+            strict=True,
+        ):
+            keys = {key(d) for d in devices}
+            if devices and len(keys) == 1 and None not in keys:
+                level[b.index] = keys.pop()
+    return levels
+
+
+def check_closest_blocks(result: ScheduleResult, hosts: list[HostCapacity], jobs: list[PendingJob]) -> None:
+    """(f): replaying the pass, at the first level (NVLink island, PCIe root, NUMA node) where some group of
+    the host's free matching blocks can hold the job, the job's blocks all come from one such group, and
+    from the one with the fewest free blocks (best fit)."""
+    by_id = {h.host_id: h for h in hosts}
+    specs = {j.job_id: j.spec for j in jobs}
+    used: dict[str, set[int]] = {h.host_id: set(h.busy_blocks) for h in hosts}
+    for p in result.placements:
+        inv, k = by_id[p.host_id].inventory, len(p.blocks)
+        free = [b.index for b in inv.blocks if b.index not in used[p.host_id]]
+        eligible = [b for b in free if _satisfies_devices(specs[p.job_id], inv, b)]
+        for level in _closeness(inv):
+            groups: dict[object, set[int]] = {}
+            for b in eligible:
+                if b in level:
+                    groups.setdefault(level[b], set()).add(b)
+            fitting = [g for g in groups.values() if len(g) >= k]
+            if fitting:
+                (home,) = [g for g in fitting if set(p.blocks) <= g] or [set()]
+                assert home, (p, fitting)
+                assert len(home) == min(len(g) for g in fitting), (p, fitting)
+                break
+        used[p.host_id].update(p.blocks)
+
+
 @settings(max_examples=400, deadline=None)
 @given(hosts=hosts_strategy(), jobs=jobs_strategy())
 def test_schedule_properties(hosts: list[HostCapacity], jobs: list[PendingJob]) -> None:
@@ -499,6 +617,7 @@ def test_schedule_properties(hosts: list[HostCapacity], jobs: list[PendingJob]) 
     check_placements_satisfy_jobs(result, hosts, jobs)
     check_never_means_never(result, hosts, jobs)
     check_no_idle_capacity(result, hosts, jobs)
+    check_closest_blocks(result, hosts, jobs)
 
 
 @settings(max_examples=150, deadline=None)

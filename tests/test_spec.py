@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import msgspec
@@ -758,3 +759,74 @@ def test_fuzz_structured_values(fields: dict[str, object], resources: object, co
     if resources is not None:
         document["resources"] = resources
     parses_or_spec_error(yaml.safe_dump(document, allow_unicode=True))
+
+
+# --- compute capability (DRA-style attribute of the mapping form) ------------------------------------------
+
+
+def test_gpu_mapping_with_compute_capability() -> None:
+    gpu = gpu_of("{vendor: nvidia, name: [H100, A100], memory: 40GB.., compute_capability: 8.0.., count: 2}")
+
+    assert gpu == GpuRequest(Range(2, 2), "nvidia", ("H100", "A100"), Range(40 * GIB, None), Range(8.0, None))
+
+
+@pytest.mark.parametrize(
+    ("text", "capability"),
+    [
+        ("9.0", Range(9.0, 9.0)),
+        ("9", Range(9.0, 9.0)),
+        ("8.0..8.9", Range(8.0, 8.9)),
+        ("..8.6", Range(None, 8.6)),
+    ],
+)
+def test_compute_capability_forms_imply_nvidia(text: str, capability: Range) -> None:
+    gpu = gpu_of(f"{{compute_capability: {text}}}")
+
+    assert gpu is not None and (gpu.vendor, gpu.compute_capability) == ("nvidia", capability)
+
+
+@pytest.mark.parametrize(
+    ("gpu_yaml", "message"),
+    [
+        (
+            "{compute_capability: x}",
+            "spec.yaml:3: resources.gpu.compute_capability: expected a compute capability like 8.0, 8.0.. or 8.0..9.0, got 'x'",
+        ),
+        (
+            "{compute_capability: 8.10}",
+            "spec.yaml:3: resources.gpu.compute_capability: expected a compute capability like 8.0, 8.0.. or 8.0..9.0, got '8.10'",
+        ),
+        (
+            "{name: MI300X, compute_capability: 9.0..}",
+            "spec.yaml:3: resources.gpu: compute_capability applies to NVIDIA GPUs only, not amd",
+        ),
+        (
+            "{vendor: intel, compute_capability: 9.0..}",
+            "spec.yaml:3: resources.gpu: compute_capability applies to NVIDIA GPUs only, not intel",
+        ),
+        (
+            "{compute_capability: 9.0..8.0}",
+            "spec.yaml:3: resources.gpu: compute_capability range 9.0..8.0 is empty: min is greater than max",
+        ),
+    ],
+)
+def test_bad_compute_capability(gpu_yaml: str, message: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        gpu_of(gpu_yaml)
+
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("gpu", "fragment"),
+    [
+        (GpuRequest(vendor="amd", compute_capability=Range(9.0, None)), "NVIDIA GPUs only, not amd"),
+        (GpuRequest(compute_capability=Range(-1.0, None)), "must not be negative"),
+        (GpuRequest(compute_capability=Range(120.0, None)), "at most 99.9, got 120.0"),
+    ],
+)
+def test_compute_capability_from_json_is_validated(gpu: GpuRequest, fragment: str) -> None:
+    spec = TaskSpec(commands=("true",), resources=Resources(gpu=gpu))
+
+    with pytest.raises(SpecError, match=re.escape(fragment)):
+        validate_spec(spec)

@@ -10,13 +10,16 @@ from typing import Any
 
 from agent.blocks import make_blocks
 from agent.detect.amd import detect_amd
-from agent.detect.host import HostFacts, detect_host
+from agent.detect.gaudi import Runner, detect_gaudi
+from agent.detect.host import HostFacts, detect_host, simulated_topology
+from agent.detect.metrics import read_metrics
 from agent.detect.nvidia import detect_nvidia
 from agent.detect.result import DetectResult
 from agent.detect.simulate import parse_simulated_gpus
+from agent.detect.sysfs import SYSFS_ROOT
 from shared.wire import Block, Inventory
 
-__all__ = ["DetectResult", "HostFacts", "detect_inventory"]
+__all__ = ["DetectResult", "HostFacts", "detect_inventory", "read_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +37,28 @@ def detect_inventory(
     runtimes: tuple[str, ...] = ("process",),
     nvml: Any = None,
     amdsmi: Any = None,
+    hl_smi: Runner | None = None,
+    sysfs_root: str = SYSFS_ROOT,
 ) -> Inventory:
     """The host's inventory, cut into blocks.
 
-    With `simulate` the GPUs come from that spec alone (NVML and amdsmi are not consulted) and the CPU ids
-    and memory are declared: `simulate_cpus` ids (default 8 per GPU), `simulate_memory_mib` (default
-    128 GiB per GPU); hostname and disk stay real. Otherwise NVIDIA and AMD are detected on the real host.
+    With `simulate` the GPUs come from that spec alone (no vendor library or tool is consulted) and the
+    CPU ids and memory are declared: `simulate_cpus` ids (default 8 per GPU) on two NUMA nodes,
+    `simulate_memory_mib` (default 128 GiB per GPU); hostname and disk stay real. Otherwise NVIDIA (NVML),
+    AMD (amdsmi) and Intel Gaudi (hl-smi) are detected on the real host, with sysfs under `sysfs_root`.
     Detector warnings go to `Inventory.warnings` and are logged at WARNING; info lines are logged at INFO
     only. Raises BlocksError when `blocks` cannot cut this host, ValueError on a bad `simulate` spec.
+    Safe to call again (re-detection); not concurrently with itself.
     """
-    real = detect_host(state_dir)
+    real = detect_host(state_dir, sysfs_root)
     if simulate is not None:
         gpus = parse_simulated_gpus(simulate)
         host = _simulated_host(real, len(gpus), simulate_cpus, simulate_memory_mib)
         found = DetectResult(gpus=gpus, info=(f"simulated host: {simulate} ({len(gpus)} GPUs)",))
     else:
         host = real
-        found = _detect_gpus(nvml, amdsmi)
-    cut = make_blocks(found.gpus, host.cpus, host.memory_mib, host.disk_mib, blocks)
+        found = _detect_gpus(nvml, amdsmi, hl_smi, sysfs_root)
+    cut = make_blocks(found.gpus, host.cpus, host.memory_mib, host.disk_mib, blocks, host.topology)
     warnings = found.warnings + _idle_cpu_warnings(host.cpus, cut)
     for line in found.info:
         log.info("%s", line)
@@ -80,22 +87,32 @@ def _simulated_host(real: HostFacts, gpu_count: int, cpus: int | None, memory_mi
         cpus=tuple(range(cpu_count)),
         memory_mib=memory_mib if memory_mib is not None else SIMULATED_MEMORY_MIB_PER_GPU * gpu_count,
         disk_mib=real.disk_mib,
+        topology=simulated_topology(cpu_count),
     )
 
 
-def _detect_gpus(nvml: Any, amdsmi: Any) -> DetectResult:
-    """NVIDIA and AMD together. A host with both is not supported yet: the AMD GPUs are left out, loudly,
-    because their indices would collide with NVIDIA's in the blocks."""
-    nvidia = detect_nvidia(nvml)
-    amd = detect_amd(amdsmi)
-    warnings = nvidia.warnings + amd.warnings
-    gpus = nvidia.gpus + amd.gpus
-    if nvidia.gpus and amd.gpus:
-        gpus = nvidia.gpus
+def _detect_gpus(nvml: Any, amdsmi: Any, hl_smi: Runner | None, sysfs_root: str) -> DetectResult:
+    """Every vendor's accelerators. A host with more than one vendor's is not supported yet: the first
+    vendor with devices (NVIDIA, then AMD, then Intel Gaudi) is kept and the others are left out, loudly,
+    because their indices would collide in the blocks. Integrated GPUs never count (the AMD detector drops
+    them), so an APU's Radeon graphics does not hide an NVIDIA card."""
+    found = [
+        ("NVIDIA", detect_nvidia(nvml, sysfs_root=sysfs_root)),
+        ("AMD", detect_amd(amdsmi, sysfs_root=sysfs_root)),
+        ("Intel Gaudi", detect_gaudi(hl_smi, sysfs_root=sysfs_root)),
+    ]
+    warnings = tuple(w for _, result in found for w in result.warnings)
+    info = tuple(line for _, result in found for line in result.info)
+    with_devices = [(vendor, result) for vendor, result in found if result.gpus]
+    if not with_devices:
+        return DetectResult(warnings=warnings, info=info)
+    kept_vendor, kept = with_devices[0]
+    for vendor, result in with_devices[1:]:
         warnings += (
-            f"AMD: {len(amd.gpus)} GPUs left out: hosts with both NVIDIA and AMD GPUs are not supported yet",
+            f"{vendor}: {len(result.gpus)} GPUs left out: hosts with both {kept_vendor} and {vendor} "
+            "accelerators are not supported yet",
         )
-    return DetectResult(gpus=gpus, warnings=warnings, info=nvidia.info + amd.info)
+    return DetectResult(gpus=kept.gpus, warnings=warnings, info=info)
 
 
 def _idle_cpu_warnings(cpus: tuple[int, ...], cut: tuple[Block, ...]) -> tuple[str, ...]:

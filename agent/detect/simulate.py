@@ -39,6 +39,27 @@ KNOWN_MEMORY_GIB: dict[str, int] = {
     "GAUDI3": 128,
 }
 
+# CUDA compute capability of well-known NVIDIA models, so simulated hosts answer `compute_capability` requests.
+KNOWN_COMPUTE_CAPABILITY: dict[str, str] = {
+    "H100": "9.0",
+    "H200": "9.0",
+    "H800": "9.0",
+    "GH200": "9.0",
+    "B200": "10.0",
+    "A100": "8.0",
+    "A800": "8.0",
+    "A10G": "8.6",
+    "A10": "8.6",
+    "A40": "8.6",
+    "RTXA6000": "8.6",
+    "L4": "8.9",
+    "L40": "8.9",
+    "L40S": "8.9",
+    "RTX4090": "8.9",
+    "T4": "7.5",
+    "V100": "7.0",
+}
+
 _GROUP = re.compile(r"(?P<count>\d+)[xX](?P<model>[A-Za-z][A-Za-z0-9_.-]*)(?::(?P<memory>.+))?")
 _MEMORY = re.compile(r"(?P<amount>\d+)\s*(?P<unit>GB|GIB|G|MB|MIB|M|TB|TIB|T)", re.IGNORECASE)
 _MIB_PER_UNIT = {"M": 1, "G": 1024, "T": 1024 * 1024}
@@ -52,7 +73,8 @@ def parse_simulated_gpus(spec: str) -> tuple[GpuDevice, ...]:
 
     MEMORY is a number with a unit (`80GB`, `24576MB`; GB means GiB, as GPU vendors mean it); without it
     the model must be one of `KNOWN_MEMORY_GIB`. Devices are spread over two NUMA nodes, first half on
-    node 0. Raises `ValueError` with a one-line message on any malformed part. Pure.
+    node 0; well-known NVIDIA models get their compute capability. Raises `ValueError` with a one-line
+    message on any malformed part. Pure.
     """
     groups = [_parse_group(part.strip()) for part in spec.split(",")]
     models = [(model, memory_mib) for count, model, memory_mib in groups for _ in range(count)]
@@ -118,4 +140,5 @@ def _simulated_device(index: int, total: int, model: str, memory_mib: int) -> Gp
         pci_bus_id=f"{domain:08X}:{0x18 + bus:02X}:00.0",
         numa_node=index * 2 // total,
         simulated=True,
+        compute_capability=KNOWN_COMPUTE_CAPABILITY.get(model, "") if vendor == "nvidia" else "",
     )

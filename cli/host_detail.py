@@ -1,0 +1,141 @@
+"""`gpuctl hosts -v HOST`: every device and its attributes, every block and the job holding it, and the
+topology as the matrix `nvidia-smi topo -m` users know. Pure rendering; `--json` bypasses it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from cli.render import ago
+from shared.topology import relation_word
+from shared.units import format_mib
+from shared.wire import GpuDevice, HostAllocationView, HostDetail, Inventory
+
+LEGEND = (
+    "NV = NVLink (direct or through an NVSwitch), XGMI = AMD Infinity Fabric, PHB = same PCIe host bridge, "
+    "NODE = same NUMA node, SYS = across NUMA nodes or unknown"
+)
+
+
+def host_detail(detail: HostDetail) -> RenderableType:
+    """The whole page for one host."""
+    inv = detail.host.inventory
+    parts: list[RenderableType] = [_heading(detail)]
+    if inv is None:
+        parts.append(Text("no inventory yet: the agent has not synced"))
+        return Group(*parts)
+    parts.append(Text(_facts(inv)))
+    parts += [Text(f"warning: {w}", style="bold yellow") for w in inv.warnings]
+    if inv.gpus:
+        parts += [_title("devices"), devices_table(inv.gpus)]
+    parts += [_title("blocks"), blocks_table(inv, detail.allocations)]
+    if len(inv.gpus) > 1:
+        parts += [_title("topology"), topology_table(inv.gpus), Text(LEGEND, style="dim")]
+    return Group(*parts)
+
+
+def _title(text: str) -> Text:
+    return Text(f"\n{text}", style="bold underline")
+
+
+def _heading(detail: HostDetail) -> Text:
+    host = detail.host
+    words = [
+        host.name,
+        host.status,
+        f"{host.busy_blocks}/{host.total_blocks} blocks busy",
+        f"seen {ago(host.last_seen)}",
+    ]
+    if host.simulated:
+        words.append("[SIMULATED]")
+    return Text("  ".join(words), style="bold")
+
+
+def _facts(inv: Inventory) -> str:
+    return (
+        f"{inv.cpu_count} CPU, {_size(inv.memory_mib)} memory, {_size(inv.disk_mib)} disk; "
+        f"runtimes: {', '.join(inv.runtimes)}"
+    )
+
+
+def devices_table(gpus: Iterable[GpuDevice]) -> Table:
+    table = _table("GPU", "NAME", "MEMORY", "CC / ARCH", "DRIVER", "CUDA", "PCI BUS ID", "NUMA", "PCIE ROOT")
+    for column in ("LINKS", "RENDER NODE", "SERIAL", "UUID"):
+        table.add_column(column, overflow="fold")
+    for g in gpus:
+        table.add_row(
+            str(g.index),
+            g.name,
+            _size(g.memory_mib),
+            g.compute_capability or g.architecture or "-",
+            g.driver_version or "-",
+            g.cuda_version or "-",
+            g.pci_bus_id or "-",
+            "-" if g.numa_node is None else str(g.numa_node),
+            g.pcie_root or "-",
+            id_list(g.links) or "-",
+            g.render_node or "-",
+            g.serial or "-",
+            g.uuid or "-",
+        )
+    return table
+
+
+def blocks_table(inv: Inventory, allocations: Iterable[HostAllocationView]) -> Table:
+    holder = {b: a for a in allocations for b in a.blocks}
+    table = _table("BLOCK", "GPUS", "CPUS", "MEMORY", "DISK", "NUMA", "JOB")
+    for block in inv.blocks:
+        table.add_row(
+            str(block.index),
+            id_list(block.gpus) or "-",
+            id_list(block.cpus),
+            _size(block.memory_mib),
+            _size(block.disk_mib),
+            "-" if block.numa_node is None else str(block.numa_node),
+            _holder(holder.get(block.index)),
+        )
+    return table
+
+
+def topology_table(gpus: tuple[GpuDevice, ...]) -> Table:
+    """The matrix: one row and one column per GPU, then each GPU's NUMA node."""
+    table = _table("", *(f"GPU{g.index}" for g in gpus), "NUMA")
+    for a in gpus:
+        cells = [relation_word(a, b) for b in gpus]
+        table.add_row(f"GPU{a.index}", *cells, "-" if a.numa_node is None else str(a.numa_node))
+    return table
+
+
+def id_list(ids: Iterable[int]) -> str:
+    """`(0, 1, 2, 3, 8, 10, 11)` → `"0-3,8,10-11"`, the kernel's CPU list format. Pure."""
+    runs: list[list[int]] = []
+    for i in sorted(set(ids)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
+
+
+def _holder(alloc: HostAllocationView | None) -> str:
+    if alloc is None:
+        return "-"
+    return f"{alloc.job_id} ({alloc.job_name}) {alloc.status}"
+
+
+def _size(mib: int) -> str:
+    """`81920` → `80GB`; other sizes to a tenth of a GB: `81559` → `79.6GB`, `196592` → `192GB`."""
+    exact = format_mib(mib)
+    if exact.endswith("MB") and mib >= 1024:
+        return f"{mib / 1024:.1f}".rstrip("0").rstrip(".") + "GB"
+    return exact
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table

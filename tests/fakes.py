@@ -1,0 +1,285 @@
+"""Fakes at the hardware boundary only: `pynvml`, `amdsmi`, `hl-smi` and sysfs, replaying fixture data.
+
+The fixtures in tests/fixtures are modelled on real machines (published `nvidia-smi -q`, `nvidia-smi topo -m`,
+`amd-smi static` / `amd-smi topology` and `hl-smi -Q` outputs); each says which in its `description`.
+The NVML fake raises the real `pynvml.NVMLError` classes, so the detectors' except clauses run for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pynvml
+
+from agent.blocks import make_blocks
+from agent.detect.amd import detect_amd
+from agent.detect.gaudi import detect_gaudi
+from agent.detect.host import HostFacts, read_cpu_topology
+from agent.detect.nvidia import detect_nvidia
+from agent.detect.sysfs import parse_cpulist, sysfs_pci_address
+from shared.wire import Inventory
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NVLINK_STATE_ACTIVE = 1
+
+
+def load(kind: str, name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / kind / f"{name}.json").read_text())
+
+
+def nvml_error(name: str) -> pynvml.NVMLError:
+    return pynvml.NVMLError(getattr(pynvml, f"NVML_ERROR_{name}"))
+
+
+# --- NVML ----------------------------------------------------------------------------------------------
+
+
+def _nvlinks(device: dict[str, Any]) -> list[str] | None:
+    """The far end of each NVLink of a fixture device, one entry per link; None for a GPU without NVLink.
+    Fixtures write `{far end bus id: link count}`."""
+    if "nvlinks" not in device:
+        return None
+    return [far for far, count in device["nvlinks"].items() for _ in range(count)]
+
+
+def fake_nvml(fixture: dict[str, Any]) -> SimpleNamespace:
+    """A stand-in for the `pynvml` module answering from fixture data; `calls` records init/shutdown."""
+    devices = fixture.get("devices", [])
+    encode = (lambda s: s.encode()) if fixture.get("strings_as_bytes") else (lambda s: s)
+    calls: list[str] = []
+
+    def device(handle: int) -> dict[str, Any]:
+        if devices[handle].get("error"):
+            raise nvml_error(devices[handle]["error"])
+        return devices[handle]
+
+    def attribute(handle: int, key: str) -> Any:
+        value = device(handle).get(key)
+        if value is None:
+            raise nvml_error("NOT_SUPPORTED")
+        return value
+
+    def init() -> None:
+        calls.append("init")
+        if fixture.get("init_error"):
+            raise nvml_error(fixture["init_error"])
+
+    def cuda_version() -> int:
+        if "cuda_driver_version" not in fixture:
+            raise nvml_error("FUNCTION_NOT_FOUND")
+        return int(fixture["cuda_driver_version"])
+
+    def nvlink_state(handle: int, link: int) -> int:
+        links = _nvlinks(device(handle))
+        if links is None:
+            raise nvml_error("NOT_SUPPORTED")
+        if link >= len(links):
+            raise nvml_error("INVALID_ARGUMENT")
+        return NVLINK_STATE_ACTIVE
+
+    def nvlink_remote(handle: int, link: int) -> SimpleNamespace:
+        links = _nvlinks(device(handle)) or []
+        return SimpleNamespace(busId=encode(links[link]))
+
+    def metric(handle: int, key: str) -> Any:
+        return attribute(handle, "metrics")[key]
+
+    return SimpleNamespace(
+        calls=calls,
+        NVMLError=pynvml.NVMLError,
+        NVMLError_NotSupported=pynvml.NVMLError_NotSupported,
+        nvmlInit=init,
+        nvmlShutdown=lambda: calls.append("shutdown"),
+        nvmlSystemGetDriverVersion=lambda: encode(fixture["driver_version"]),
+        nvmlSystemGetCudaDriverVersion_v2=cuda_version,
+        nvmlDeviceGetCount=lambda: len(devices),
+        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetName=lambda h: encode(device(h)["name"]),
+        nvmlDeviceGetUUID=lambda h: encode(device(h)["uuid"]),
+        nvmlDeviceGetSerial=lambda h: encode(attribute(h, "serial")),
+        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(
+            total=device(h)["memory_total_bytes"],
+            used=device(h).get("metrics", {}).get("memory_used_bytes", 0),
+            free=0,
+        ),
+        nvmlDeviceGetPciInfo=lambda h: SimpleNamespace(busId=encode(device(h)["pci_bus_id"])),
+        nvmlDeviceGetMigMode=lambda h: list(attribute(h, "mig_mode")),
+        nvmlDeviceGetCudaComputeCapability=lambda h: tuple(attribute(h, "compute_capability")),
+        nvmlDeviceGetNvLinkState=nvlink_state,
+        nvmlDeviceGetNvLinkRemotePciInfo=nvlink_remote,
+        nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=metric(h, "utilization_pct"), memory=0),
+        nvmlDeviceGetTemperature=lambda h, sensor: metric(h, "temperature_c"),
+        nvmlDeviceGetPowerUsage=lambda h: metric(h, "power_mw"),
+    )
+
+
+def no_nvml_calls() -> SimpleNamespace:
+    def refuse(*args: object) -> None:
+        raise AssertionError("NVML must not be consulted")
+
+    return SimpleNamespace(NVMLError=pynvml.NVMLError, nvmlInit=refuse)
+
+
+# --- amdsmi --------------------------------------------------------------------------------------------
+
+
+class AmdSmiException(Exception):
+    """Stands for `amdsmi.AmdSmiException`, the base of everything amdsmi raises."""
+
+
+class AmdSmiLibraryException(AmdSmiException):
+    pass
+
+
+AMDSMI_LINK_TYPE_PCIE, AMDSMI_LINK_TYPE_XGMI = 1, 2  # amdsmi_link_type_t, ROCm 6.x
+
+
+def fake_amdsmi(fixture: dict[str, Any], init_error: str | None = None) -> SimpleNamespace:
+    """A stand-in for the `amdsmi` module answering from fixture data; `calls` records init/shutdown."""
+    devices = fixture.get("devices", [])
+    calls: list[str] = []
+    xgmi_all = fixture.get("links", {}).get("pairs") == "all"
+
+    def init() -> None:
+        calls.append("init")
+        if init_error:
+            raise AmdSmiLibraryException(init_error)
+
+    def link_type(first: int, second: int) -> dict[str, int]:
+        if xgmi_all:
+            return {"hops": 1, "type": AMDSMI_LINK_TYPE_XGMI}
+        return {"hops": 2, "type": AMDSMI_LINK_TYPE_PCIE}
+
+    def metric(h: int, key: str) -> Any:
+        return devices[h].get("metrics", {}).get(key, "N/A")
+
+    return SimpleNamespace(
+        calls=calls,
+        AmdSmiException=AmdSmiException,
+        AmdSmiLinkType=SimpleNamespace(AMDSMI_LINK_TYPE_PCIE=1, AMDSMI_LINK_TYPE_XGMI=AMDSMI_LINK_TYPE_XGMI),
+        AmdSmiTemperatureType=SimpleNamespace(EDGE=0, HOTSPOT=1),
+        AmdSmiTemperatureMetric=SimpleNamespace(CURRENT=0),
+        amdsmi_init=init,
+        amdsmi_shut_down=lambda: calls.append("shutdown"),
+        amdsmi_get_processor_handles=lambda: list(range(len(devices))),
+        amdsmi_get_gpu_asic_info=lambda h: {
+            "market_name": devices[h]["market_name"],
+            "device_id": devices[h]["device_id"],
+            "vendor_id": "0x1002",
+            "asic_serial": "N/A",
+            "target_graphics_version": devices[h].get("target_graphics_version", "N/A"),
+        },
+        amdsmi_get_gpu_vram_info=lambda h: {"vram_type": 16, "vram_size": devices[h]["vram_size_mb"]},
+        amdsmi_get_gpu_device_uuid=lambda h: devices[h]["uuid"],
+        amdsmi_get_gpu_device_bdf=lambda h: devices[h]["bdf"],
+        amdsmi_get_gpu_driver_info=lambda h: {
+            "driver_name": "amdgpu",
+            "driver_version": devices[h].get("driver_version", "N/A"),
+        },
+        amdsmi_get_gpu_board_info=lambda h: {"product_serial": devices[h].get("product_serial", "N/A")},
+        amdsmi_topo_get_link_type=link_type,
+        amdsmi_get_gpu_activity=lambda h: {"gfx_activity": metric(h, "gfx_activity")},
+        amdsmi_get_gpu_vram_usage=lambda h: {"vram_used": metric(h, "vram_used_mb")},
+        amdsmi_get_temp_metric=lambda h, kind, which: metric(h, "hotspot_c"),
+        amdsmi_get_power_info=lambda h: {"current_socket_power": metric(h, "socket_power_w")},
+    )
+
+
+# --- hl-smi --------------------------------------------------------------------------------------------
+
+
+def fake_hl_smi(fixture: dict[str, Any], status: int = 0, stderr: str = "") -> Any:
+    """A `Runner` that prints what `hl-smi -Q <fields> -f csv` printed for the fixture's devices; `argv`
+    records the command lines it was given."""
+    units = fixture.get("units", {})
+    seen: list[Sequence[str]] = []
+
+    def run(argv: Sequence[str]) -> tuple[int, str, str]:
+        seen.append(list(argv))
+        fields = argv[argv.index("-Q") + 1].split(",")
+        header = ", ".join(f"{f} [{units[f]}]" if f in units else f for f in fields)
+        rows = [", ".join(device[f] for f in fields) for device in fixture["devices"]]
+        return status, "\n".join([header, *rows]) + "\n", stderr
+
+    run.argv = seen  # type: ignore[attr-defined]
+    return run
+
+
+# --- sysfs and the host --------------------------------------------------------------------------------
+
+
+def fake_sysfs(root: Path, fixture: dict[str, Any], key: str) -> str:
+    """A sysfs tree for the fixture: each device at `devices/<pcie_root>/<address>` (numa_node, drm render
+    node) linked from `bus/pci/devices/<address>`, and the host's NUMA nodes' CPU lists with hyperthread
+    siblings. Returns the root, to pass as `sysfs_root`."""
+    for device in fixture["devices"]:
+        address = sysfs_pci_address(device[key])
+        assert address is not None
+        links = root / "bus" / "pci" / "devices"
+        links.mkdir(parents=True, exist_ok=True)
+        where = root / "devices" / device.get("pcie_root", "platform") / address
+        where.mkdir(parents=True)
+        (where / "numa_node").write_text(f"{device['numa_node']}\n")
+        if "render_minor" in device:
+            (where / "drm" / f"renderD{device['render_minor']}").mkdir(parents=True)
+            (where / "drm" / f"card{device['render_minor'] - 128}").mkdir()
+        os.symlink(os.path.relpath(where, links), links / address)
+    _fake_cpus(root, fixture.get("host", {}))
+    return str(root)
+
+
+def _fake_cpus(root: Path, host: dict[str, Any]) -> None:
+    offset = host.get("smt_sibling_offset")
+    for node, cpulist in host.get("numa_cpulists", {}).items():
+        (root / "devices" / "system" / "node" / f"node{node}").mkdir(parents=True)
+        (root / "devices" / "system" / "node" / f"node{node}" / "cpulist").write_text(cpulist + "\n")
+        for cpu in parse_cpulist(cpulist):
+            first = cpu % offset if offset else cpu
+            siblings = f"{first},{first + offset}" if offset else f"{cpu}"
+            topology = root / "devices" / "system" / "cpu" / f"cpu{cpu}" / "topology"
+            topology.mkdir(parents=True)
+            (topology / "thread_siblings_list").write_text(siblings + "\n")
+
+
+def fixture_host(fixture: dict[str, Any], sysfs_root: str, hostname: str = "gpu-node-7") -> HostFacts:
+    """The host facts `detect_host` would read on the fixture's machine: its CPU ids (from the NUMA
+    CPU lists) and their topology read back through the real sysfs parsers; 2 TB memory, 7 TB disk."""
+    cpus = tuple(sorted(c for text in fixture["host"]["numa_cpulists"].values() for c in parse_cpulist(text)))
+    return HostFacts(
+        hostname=hostname,
+        cpus=cpus,
+        memory_mib=fixture["host"].get("memory_mib", 2_000_000),
+        disk_mib=fixture["host"].get("disk_mib", 7_000_000),
+        topology=read_cpu_topology(cpus, sysfs_root),
+    )
+
+
+def fixture_inventory(
+    tmp_path: Path, kind: str, name: str, blocks: str | int = "auto", hostname: str | None = None
+) -> Inventory:
+    """The inventory the agent would send from the fixture's host: the real detector over the fake library
+    and a fake sysfs under `tmp_path`, cut into blocks with the host's CPU topology; both runtimes."""
+    fixture = load(kind, name)
+    key = {"nvml": "pci_bus_id", "amdsmi": "bdf", "hlsmi": "bus_id"}[kind]
+    root = fake_sysfs(tmp_path / f"{name}-{blocks}-{hostname}", fixture, key)
+    if kind == "nvml":
+        gpus = detect_nvidia(fake_nvml(fixture), sysfs_root=root).gpus
+    elif kind == "amdsmi":
+        gpus = detect_amd(fake_amdsmi(fixture), sysfs_root=root).gpus
+    else:
+        gpus = detect_gaudi(fake_hl_smi(fixture), sysfs_root=root).gpus
+    host = fixture_host(fixture, root, hostname or name)
+    return Inventory(
+        hostname=host.hostname,
+        cpu_count=len(host.cpus),
+        memory_mib=host.memory_mib,
+        disk_mib=host.disk_mib,
+        gpus=gpus,
+        blocks=make_blocks(gpus, host.cpus, host.memory_mib, host.disk_mib, blocks, host.topology),
+        runtimes=("process", "docker"),
+    )
