@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from shared.spec import GpuRequest, Resources, TaskSpec
 from shared.units import format_mib
+from shared.volumes import first_volume_refusal
 from shared.wire import Block, GpuDevice, Inventory
 
 
@@ -54,9 +55,9 @@ def schedule(jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity]) -> Sched
     """Place what fits now, in priority-then-FIFO order; give every other job its reason. Pure."""
     state = _Pass(hosts)
     result = ScheduleResult()
-    stuck: dict[tuple[Resources, bool], list[PendingJob]] = {}
+    stuck: dict[_FitKey, list[PendingJob]] = {}
     for job in sorted(jobs, key=lambda j: (-j.priority, j.seq)):
-        key = (job.spec.resources, job.spec.image is None)
+        key = _fit_key(job.spec)
         if key in stuck:  # free blocks only shrink during a pass: an identical request cannot fit either
             stuck[key].append(job)
             continue
@@ -78,11 +79,11 @@ class _Pass:
         self.hosts = hosts
         self.by_id = {h.host_id: h for h in hosts}
         self.free = {h.host_id: _free_blocks(h) for h in hosts if h.ready}
-        self._fits: dict[tuple[Resources, bool], dict[str, int | str]] = {}
+        self._fits: dict[_FitKey, dict[str, int | str]] = {}
         self._matching: dict[tuple[GpuRequest | None, str], frozenset[int]] = {}
 
     def fits(self, spec: TaskSpec) -> dict[str, int | str]:
-        key = (spec.resources, spec.image is None)
+        key = _fit_key(spec)
         if key not in self._fits:
             self._fits[key] = {h.host_id: fit(spec, h.inventory) for h in self.hosts}
         return self._fits[key]
@@ -141,6 +142,9 @@ def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
     runtime = "docker" if spec.image else "process"
     if runtime not in inventory.runtimes:
         return f"has no {runtime} runtime"
+    refusal = _policy_refusal(spec, inventory)
+    if refusal:
+        return refusal
     shape = inventory.blocks[0]
     res = spec.resources
     eligible = [b for b in inventory.blocks if _gpus_match(res.gpu, _devices(b, inventory))]
@@ -154,6 +158,24 @@ def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
     if need > len(eligible):
         return _too_small(res, need, eligible, shape, inventory)
     return need
+
+
+_FitKey = tuple[Resources, bool, tuple[str, ...], bool]
+
+
+def _fit_key(spec: TaskSpec) -> _FitKey:
+    """Everything of a spec that `fit` reads: jobs with equal keys fit (or not) on the same hosts."""
+    return (spec.resources, spec.image is None, spec.volumes, spec.privileged)
+
+
+def _policy_refusal(spec: TaskSpec, inventory: Inventory) -> str | None:
+    """What the host's agent config forbids a container job (host paths outside its allowed prefixes,
+    privileged). A plain-process job mounts nothing, so its volumes are not checked."""
+    if not spec.image:
+        return None
+    if spec.privileged and not inventory.privileged_allowed:
+        return "does not allow privileged containers"
+    return first_volume_refusal(spec.volumes, inventory.volume_prefixes)
 
 
 def _gpu_blocks(gpu: GpuRequest, gpus_per_block: int) -> int:
