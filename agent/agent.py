@@ -43,7 +43,9 @@ async def run_agent(config: AgentConfig, inventory: Inventory, state: SharedStat
     state = state or SharedState()
     run_as = config.effective_run_as()
     check_reachable(config.state_dir / "allocs", run_as)
-    executor = Executor(config.state_dir, ProcessRuntime(run_as), inventory, os.environ, config.stop_grace_s)
+    executor = Executor(
+        config.state_dir, {"process": ProcessRuntime(run_as)}, inventory, os.environ, config.stop_grace_s
+    )
     executor.adopt()
     ca, cert, key = config.tls_files()
     client = CoordinatorClient(config.coordinator, tls.client_context(ca, cert, key))
@@ -61,6 +63,7 @@ async def run_agent(config: AgentConfig, inventory: Inventory, state: SharedStat
             tg.create_task(exec_loop(executor, state), name="executor")
             tg.create_task(ship_loop(client, executor, state), name="logs")
     finally:
+        executor.close()
         await client.close()
 
 

@@ -233,8 +233,9 @@ class Coordinator:
                 continue  # unknown here: absent from the desired state, so the agent stops and forgets it
             state = AllocState(status.state)
             final = status.log_size if state.terminal else None
-            if (state, status.exit_code, final) == (alloc.state, alloc.exit_code, alloc.final_log_size):
-                continue
+            reported = (state, status.exit_code, final, status.reason)
+            if reported == (alloc.state, alloc.exit_code, alloc.final_log_size, alloc.reason):
+                continue  # the same again; a new reason alone ("pulling 35%" → "pulling 60%") is news
             freed |= self._record(alloc, state, status, final)
         return freed
 
