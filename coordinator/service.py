@@ -245,7 +245,7 @@ class Coordinator:
         job = self.store.get_job(alloc.job_id)
         assert job is not None
         job_state = job_state_for(state, status.exit_code, job.stop_requested)
-        reason = status.reason if job_state in (JobState.FAILED, JobState.PULLING) else ""
+        reason = status.reason if job_state in (JobState.FAILED, JobState.PULLING, JobState.STOPPED) else ""
         with self.store.tx() as db:
             self.store.update_allocation(db, alloc.id, state, status.exit_code, status.reason, final)
             if not job.status.terminal:
