@@ -129,6 +129,15 @@ def stop_dockerd(process: subprocess.Popen[bytes], client: docker.DockerClient |
         process.wait()
 
 
+def unmount_under(root: Path) -> None:
+    """dockerd leaves mounts (its network namespace) in its exec root; take them away before deleting it."""
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts]
+    for point in reversed(points):
+        if point.startswith(f"{root}/"):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
 def _tail(path: Path, max_chars: int = 400) -> str:
     try:
         return " ".join(path.read_text(errors="replace")[-max_chars:].split())
@@ -159,4 +168,5 @@ def docker_engine_fixture() -> Iterator[Engine]:
         yield Engine(f"unix://{root}/docker.sock", client, IMAGE, root)
     finally:
         stop_dockerd(process, client)
+        unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)

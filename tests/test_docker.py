@@ -6,14 +6,27 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from agent.config import DockerConfig
-from agent.runtime.container import LABEL_JOB
+from agent.env import job_env
+from agent.runtime.container import LABEL_JOB, create_kwargs
+from agent.runtime.devices import gpu_grant
+from shared.spec import parse_spec
+from shared.wire import AllocationSpec, GpuDevice, Inventory
 from tests.docker_engine import Engine
 from tests.harness import Cluster, cluster
 
 MIB = 1024 * 1024
+
+
+async def wait_for_host(c: Cluster, name: str, timeout_s: float = 30) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if any(h.name == name and h.inventory for h in await asyncio.to_thread(c.api.hosts)):
+                return
+            await asyncio.sleep(0.1)
 
 
 def start_docker_agent(c: Cluster, engine: Engine, name: str, memory: str = "256MB", **docker: Any) -> None:
@@ -74,3 +87,129 @@ async def test_the_container_gets_exactly_its_blocks_share(docker_engine: Engine
         assert (await c.job(job.id)).status == "done", log
         seen = dict(re.findall(r"^(\w+)=(\S+)$", log, re.M))
         assert seen == {"memory": str(192 * MIB), "cpus": "0", "pids": "321", "shm": str(48 * 1024)}, log
+
+
+STOPPABLE = "  - echo up\n  - sleep 300\n"
+DEAF = "  - trap '' TERM\n  - echo up\n  - sleep 300\n"  # an ignored signal stays ignored in sleep too
+
+
+async def wait_for_output(c: Cluster, job_id: str, text: bytes, timeout_s: float = 30) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if text in (await asyncio.to_thread(c.api.logs, job_id, 0, False)).data:
+                return
+            await asyncio.sleep(0.1)
+
+
+async def stopped_after_s(c: Cluster, job_id: str) -> float:
+    """Stop the job once it runs (and printed `up`); how long it took to be stopped."""
+    await wait_for_output(c, job_id, b"up\n")
+    started = time.monotonic()
+    await asyncio.to_thread(c.api.stop, job_id)
+    await c.wait_for(job_id, "stopped", timeout_s=30)
+    return time.monotonic() - started
+
+
+async def test_stop_sends_sigterm_then_sigkill_after_the_jobs_stop_duration(docker_engine: Engine) -> None:
+    async with cluster() as c:
+        start_docker_agent(c, docker_engine, "dock-c")
+        start_docker_agent(c, docker_engine, "dock-d")
+        head = f"image: {docker_engine.image}\n"
+        polite = await c.submit(head + "stop_duration: 30s\ncommands:\n" + STOPPABLE)
+        deaf = await c.submit(head + "stop_duration: 1s\ncommands:\n" + DEAF)
+        polite_s, deaf_s = await asyncio.gather(stopped_after_s(c, polite.id), stopped_after_s(c, deaf.id))
+        assert polite_s < 10, "SIGTERM should have ended it long before its 30 s grace"
+        assert (await c.job(polite.id)).exit_code == 128 + 15
+        assert 1 <= deaf_s < 10, "SIGKILL should have come 1 s (its stop_duration) after SIGTERM"
+        assert (await c.job(deaf.id)).exit_code == 128 + 9
+
+
+async def test_max_duration_is_enforced_by_the_agent(docker_engine: Engine) -> None:
+    async with cluster() as c:
+        start_docker_agent(c, docker_engine, "dock-e")
+        started = time.monotonic()
+        job = await c.submit(
+            f"image: {docker_engine.image}\nmax_duration: 2s\nstop_duration: 1s\ncommands:\n" + DEAF
+        )
+        final = await c.wait_for(job.id, "stopped", timeout_s=30)
+        assert 2 <= time.monotonic() - started < 15
+        assert final.reason == "max_duration of 2 s exceeded"
+        assert (await c.full_log(job.id)) == b"up\n"
+
+
+async def test_an_oom_killed_container_fails_with_out_of_memory(docker_engine: Engine) -> None:
+    async with cluster() as c:
+        start_docker_agent(c, docker_engine, "dock-f", memory="64MB")
+        job = await c.submit(
+            f"image: {docker_engine.image}\ncommands:\n"
+            "  - echo before\n"
+            "  - dd if=/dev/zero of=/dev/null bs=256M count=1\n"  # a 256 MiB buffer in a 64 MiB container
+            "  - echo never\n"
+        )
+        final = await c.wait_for(job.id, "failed", timeout_s=30)
+        assert (final.reason, final.exit_code) == ("out of memory", 128 + 9)
+        assert (await c.full_log(job.id)).startswith(b"before\n")
+
+
+async def test_volumes_mount_only_under_the_hosts_prefixes(docker_engine: Engine) -> None:
+    async with cluster() as c:
+        allowed = c.root / "datasets"
+        allowed.mkdir()
+        start_docker_agent(c, docker_engine, "dock-g", volume_prefixes=(str(allowed),))
+        await wait_for_host(c, "dock-g")
+        head = f"image: {docker_engine.image}\n"
+        refused = await c.submit(head + "volumes: [/etc:/host-etc]\ncommands: [cat /host-etc/hostname]\n")
+        assert refused.status == "pending"
+        assert "dock-g cannot mount /etc:/host-etc: /etc is not under an allowed prefix" in refused.reason
+        mounted = await c.submit(head + f"volumes: [{allowed}/run1:/data]\ncommands: [echo hi > /data/out]\n")
+        assert (await c.wait_for(mounted.id, "done", "failed")).status == "done"
+        assert (allowed / "run1" / "out").read_text() == "hi\n"
+        assert (await c.job(refused.id)).status == "pending"
+        assert not containers_of(docker_engine, refused.id), "a refused job must never get a container"
+
+
+async def test_an_image_that_cannot_be_pulled_fails_with_the_reason(docker_engine: Engine) -> None:
+    async with cluster() as c:
+        start_docker_agent(c, docker_engine, "dock-h", registry_mirror="127.0.0.1:9")  # nothing listens
+        job = await c.submit("image: gpuctl-test/absent:1\ncommands: [true]\n")
+        final = await c.wait_for(job.id, "failed", timeout_s=60)
+        assert final.reason.startswith("cannot pull image 127.0.0.1:9/gpuctl-test/absent:1: "), final.reason
+        assert "\n" not in final.reason
+
+
+def test_the_engine_records_the_nvidia_device_request_and_limits(
+    docker_engine: Engine, tmp_path: Path
+) -> None:
+    """This engine has no NVIDIA runtime, so starting would fail ("could not select device driver"): the
+    container is created the way the runtime creates it, and checked in its inspect data, not started."""
+    gpus = tuple(GpuDevice(i, "nvidia", "H100", 81559, uuid=f"GPU-{i}-uuid") for i in range(4))
+    inventory = Inventory("h", 8, 65536, 100000, gpus, ())
+    task = parse_spec(
+        f"image: {docker_engine.image}\nresources: {{gpu: 2, shm_size: 1GB}}\ncommands: [nvidia-smi]"
+    )
+    spec = AllocationSpec("a-inspect", "j-inspect", "job", "run", task, (1,), (2, 3), (0,), 512)
+    grant = gpu_grant(spec, inventory)
+    env = job_env(spec, inventory, {}, str(tmp_path))
+    kwargs = create_kwargs(spec, env, grant, docker_engine.image, "h", tmp_path, 100)
+    container = docker_engine.client.containers.create(**kwargs)
+    try:
+        config = docker_engine.client.api.inspect_container(container.id)
+    finally:
+        container.remove(force=True)
+    host = config["HostConfig"]
+    assert host["DeviceRequests"] == [
+        {
+            "Driver": "nvidia",
+            "Count": 0,
+            "DeviceIDs": ["GPU-2-uuid", "GPU-3-uuid"],
+            "Capabilities": [["gpu"]],
+            "Options": {},
+        }
+    ]
+    assert (host["CpusetCpus"], host["Memory"], host["MemorySwap"]) == ("0", 512 * MIB, 512 * MIB)
+    assert (host["ShmSize"], host["PidsLimit"], host["Privileged"]) == (1024 * MIB, 100, False)
+    assert (host["NetworkMode"], host["Init"], host["LogConfig"]["Type"]) == ("host", True, "json-file")
+    env_inside = dict(item.split("=", 1) for item in config["Config"]["Env"])
+    assert env_inside["CUDA_VISIBLE_DEVICES"] == "0,1"  # the two granted GPUs, as the container numbers them
+    assert env_inside["NVIDIA_VISIBLE_DEVICES"] == "GPU-2-uuid,GPU-3-uuid"
+    assert config["Config"]["Labels"]["gpuctl.allocation"] == "a-inspect"

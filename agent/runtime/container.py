@@ -52,7 +52,9 @@ def create_kwargs(
     """Keyword arguments for `client.containers.create`. Pure; the caller has checked the host's policy
     (volumes, privileged) already."""
     spec = alloc.spec
-    script = "set -e\n" + "\n".join(spec.commands) + "\n"
+    # One stream, as for plain processes: the engine reads stdout and stderr through two pipes and would
+    # lose their relative order.
+    script = "exec 2>&1\nset -e\n" + "\n".join(spec.commands) + "\n"
     memory = f"{alloc.memory_mib}m"
     kwargs: dict[str, Any] = {
         "image": image,
