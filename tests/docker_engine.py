@@ -117,8 +117,8 @@ def stop_dockerd(process: subprocess.Popen[bytes], client: docker.DockerClient |
     """Remove every container (so dockerd has nothing to wait for), then stop it: SIGTERM, then SIGKILL."""
     if client is not None:
         try:
-            for container in client.containers.list(all=True):
-                container.remove(force=True)
+            for container in client.api.containers(all=True):
+                client.api.remove_container(container["Id"], force=True)
         finally:
             client.close()
     process.send_signal(signal.SIGTERM)

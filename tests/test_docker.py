@@ -41,7 +41,7 @@ def start_docker_agent(c: Cluster, engine: Engine, name: str, memory: str = "256
 
 
 def containers_of(engine: Engine, job_id: str) -> list[Any]:
-    return engine.client.containers.list(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
+    return engine.client.api.containers(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
 
 
 async def test_a_container_job_prints_its_output_and_keeps_its_exit_code(docker_engine: Engine) -> None:

@@ -107,18 +107,18 @@ class DockerRuntime:
     def sweep(self, known_alloc_ids: Collection[str]) -> None:
         """Remove this host's containers whose allocation the agent has no record of (its state folder was
         lost, or the container outlived its journal). Blocking; call at start-up."""
-        try:
-            containers = self.host.client.containers.list(
+        try:  # the plain listing: the SDK's list() inspects each one and races with removals
+            listed = self.host.client.api.containers(
                 all=True, filters={"label": f"{LABEL_HOST}={self.host.name}"}
             )
         except ENGINE_ERRORS as exc:
             log.warning("cannot list this host's containers: %s", reason(exc))
             return
-        for container in containers:
-            alloc_id = container.labels.get(LABEL_ALLOC, "")
+        for entry in listed:
+            alloc_id = (entry.get("Labels") or {}).get(LABEL_ALLOC, "")
             if alloc_id not in known_alloc_ids:
-                log.info("removing container %s of unknown allocation %s", container.name, alloc_id)
-                _logged(lambda name=container.name: self._remove(name))
+                log.info("removing container %s of unknown allocation %r", entry["Id"][:12], alloc_id)
+                _logged(lambda ident=entry["Id"]: self._remove(ident))
 
     def close(self) -> None:
         """The agent is stopping: stop following output; containers keep running for the next agent."""
