@@ -15,7 +15,8 @@ from agent.runtime.container import LABEL_JOB, create_kwargs
 from agent.runtime.devices import gpu_grant
 from shared.spec import parse_spec
 from shared.wire import AllocationSpec, GpuDevice, Inventory
-from tests.docker_engine import Engine
+from tests.docker_engine import Engine, busybox_rootfs, busybox_static
+from tests.fake_registry import fake_registry, image_from_rootfs
 from tests.harness import Cluster, cluster
 
 MIB = 1024 * 1024
@@ -213,3 +214,36 @@ def test_the_engine_records_the_nvidia_device_request_and_limits(
     assert env_inside["CUDA_VISIBLE_DEVICES"] == "0,1"  # the two granted GPUs, as the container numbers them
     assert env_inside["NVIDIA_VISIBLE_DEVICES"] == "GPU-2-uuid,GPU-3-uuid"
     assert config["Config"]["Labels"]["gpuctl.allocation"] == "a-inspect"
+
+
+async def test_an_absent_image_is_pulled_through_the_mirror_with_progress_in_the_jobs_status(
+    docker_engine: Engine,
+) -> None:
+    image = image_from_rootfs(busybox_rootfs(busybox_static()))
+    async with cluster() as c:
+        with fake_registry(image, "puller", "s3cret", layer_seconds=3.0) as mirror:
+            auth = {"registry_username": "puller", "registry_password": "s3cret"}
+            start_docker_agent(c, docker_engine, "dock-p", registry_mirror=mirror, **auth)
+            job = await c.submit("image: team/tool:7\ncommands: ['echo pulled and ran']\n")
+            seen = await statuses_until_done(c, job.id)
+            assert seen[-1] == ("done", ""), seen
+            pulling = [r for s, r in seen if s == "pulling" and re.fullmatch(r"pulling \d+%", r)]
+            percents = [int(r.split()[1].rstrip("%")) for r in pulling]
+            assert percents and percents == sorted(percents) and percents[0] < 100, seen
+            assert await c.full_log(job.id) == b"pulled and ran\n"
+        # The mirror is gone: the image is on the host now, so the next job does not pull (if-not-present).
+        again = await c.submit("image: team/tool:7\ncommands: ['echo again']\n")
+        assert (await statuses_until_done(c, again.id))[-1] == ("done", "")
+    docker_engine.client.images.remove(f"{mirror}/team/tool:7", force=True)
+
+
+async def statuses_until_done(c: Cluster, job_id: str) -> list[tuple[str, str]]:
+    """Every (status, reason) the job showed, polled as `gpuctl ps` would, until it ended."""
+    seen: list[tuple[str, str]] = []
+    async with asyncio.timeout(60):
+        while not seen or seen[-1][0] not in ("done", "failed", "stopped"):
+            view = await c.job(job_id)
+            if not seen or seen[-1] != (view.status, view.reason):
+                seen.append((view.status, view.reason))
+            await asyncio.sleep(0.05)
+    return seen
