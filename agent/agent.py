@@ -77,7 +77,9 @@ def make_runtimes(config: AgentConfig, inventory: Inventory, run_as: str | None)
         except EngineUnavailable as exc:
             log.warning("%s; jobs with an image will fail here until the agent restarts", exc)
         else:
-            runtimes["docker"] = DockerRuntime(client, inventory, config.docker, config.name)
+            runtimes["docker"] = DockerRuntime(
+                client, inventory, config.docker, config.name, config.state_dir
+            )
     return runtimes
 
 

@@ -37,6 +37,7 @@ class DockerConfig:
     allow_privileged: bool = False
     volume_prefixes: tuple[str, ...] = ()  # host paths under these may be mounted; none by default
     pids_limit: int = DEFAULT_PIDS_LIMIT
+    image_dir: Path | None = None  # image archives (.tar) loaded before any pull; None: <state_dir>/images
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ _DOCKER_FIELDS = {
     "allow_privileged",
     "volume_prefixes",
     "pids_limit",
+    "image_dir",
 }
 
 
@@ -174,6 +176,7 @@ def parse_docker_config(raw: Any, socket_shorthand: Any = None) -> DockerConfig:
         allow_privileged=raw.get("allow_privileged", False),
         volume_prefixes=tuple(prefixes),
         pids_limit=pids_limit,
+        image_dir=Path(raw["image_dir"]) if raw.get("image_dir") else None,
     )
 
 

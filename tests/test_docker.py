@@ -247,3 +247,23 @@ async def statuses_until_done(c: Cluster, job_id: str) -> list[tuple[str, str]]:
                 seen.append((view.status, view.reason))
             await asyncio.sleep(0.05)
     return seen
+
+
+async def test_an_image_archive_dropped_on_the_host_runs_without_any_registry(docker_engine: Engine) -> None:
+    client = docker_engine.client
+    client.images.get(docker_engine.image).tag("gpuctl-test/dropped", "2")
+    archive = b"".join(client.api.get_image("gpuctl-test/dropped:2"))  # what `docker save` writes
+    client.images.remove("gpuctl-test/dropped:2")
+    async with cluster() as c:
+        drop = c.root / "dock-i" / "images"
+        drop.mkdir(parents=True)
+        (drop / "dropped.tar").write_bytes(archive)
+        start_docker_agent(c, docker_engine, "dock-i")  # no mirror: a pull could only fail
+        job = await c.submit("image: gpuctl-test/dropped:2\ncommands: ['echo from the archive']\n")
+        assert (await statuses_until_done(c, job.id))[-1] == ("done", "")
+        assert await c.full_log(job.id) == b"from the archive\n"
+        missing = await c.submit("image: gpuctl-test/nowhere:1\ncommands: [true]\n")
+        failed = await c.wait_for(missing.id, "failed", timeout_s=60)
+        assert failed.reason.startswith("cannot pull image gpuctl-test/nowhere:1: ")
+        assert failed.reason.endswith("drop its archive into the agent's docker.image_dir)")
+    client.images.remove("gpuctl-test/dropped:2")

@@ -54,6 +54,7 @@ class Host:
     pids_limit: int
     closing: threading.Event
     signal_async: Callable[[Callable[[], None]], None]  # runs a short engine call off the event loop
+    load_archives: Callable[[], list[str]]  # loads new image archives from the drop folder
 
 
 def read_exit(alloc_dir: Path) -> Observed | None:
@@ -131,7 +132,12 @@ class ContainerRun:
     def _create(self) -> Container:
         launch = json.loads((self.dir / "launch.json").read_text())
         image = ensure_image(
-            self.host.client, launch["image"], self.host.registry, self._report_pull, self._cancelled
+            self.host.client,
+            launch["image"],
+            self.host.registry,
+            self._report_pull,
+            self._cancelled,
+            self.host.load_archives,
         )
         if self._cancelled():
             raise PullCancelled()

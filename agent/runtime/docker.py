@@ -27,6 +27,7 @@ from agent.runtime.container_run import ContainerRun, Host, read_exit
 from agent.runtime.devices import DeviceError, gpu_grant
 from agent.runtime.engine import ENGINE_ERRORS, reason
 from agent.runtime.image import Registry
+from agent.runtime.image_folder import ImageFolder
 from shared.states import AllocState
 from shared.volumes import first_volume_refusal, parse_volume, under_prefix
 from shared.wire import AllocationSpec, Inventory
@@ -40,10 +41,18 @@ class DockerRuntime:
     name = "docker"
 
     def __init__(
-        self, client: docker.DockerClient, inventory: Inventory, config: DockerConfig, host: str
+        self,
+        client: docker.DockerClient,
+        inventory: Inventory,
+        config: DockerConfig,
+        host: str,
+        state_dir: Path,
     ) -> None:
         self.config = config
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docker-signal")
+        self.images = ImageFolder(
+            client, config.image_dir or state_dir / "images", state_dir / "images-loaded.json"
+        )
         self.host = Host(
             client=client,
             inventory=inventory,
@@ -52,9 +61,11 @@ class DockerRuntime:
             pids_limit=config.pids_limit,
             closing=threading.Event(),
             signal_async=self._submit,
+            load_archives=self.images.load_new,
         )
         self._runs: dict[str, ContainerRun] = {}
         self._lock = threading.Lock()
+        self._submit(self.images.load_new)  # at start-up, off the agent's loop
 
     # --- the Runtime interface -----------------------------------------------------------------------
 
@@ -158,7 +169,7 @@ class DockerRuntime:
                 run.start()
         return run
 
-    def _submit(self, call: Callable[[], None]) -> None:
+    def _submit(self, call: Callable[[], object]) -> None:
         if not self.host.closing.is_set():
             self._pool.submit(_logged, call)
 
@@ -169,7 +180,7 @@ class DockerRuntime:
             pass
 
 
-def _logged(call: Callable[[], None]) -> None:
+def _logged(call: Callable[[], object]) -> None:
     try:
         call()
     except ENGINE_ERRORS as exc:

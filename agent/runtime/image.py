@@ -91,16 +91,22 @@ def ensure_image(
     registry: Registry,
     report: Callable[[str], None],
     cancelled: Callable[[], bool],
+    load_archives: Callable[[], object] = list,
 ) -> str:
-    """The local reference to create the container from, pulling it first if it is not on the host.
+    """The local reference to create the container from, pulling it first if it is not on the host (nor in
+    an archive that `load_archives` loads).
 
     Reports "pulling", then "pulling N%", through `report`. Raises ImageError (one line) when the image
     cannot be had, PullCancelled when `cancelled()` turns true during the pull. Blocking: run it in a thread.
     """
     ref = mirror_reference(image, registry.mirror)
-    for candidate in dict.fromkeys((image, ref)):
-        if _present(client, candidate):
-            return candidate
+    candidates = list(dict.fromkeys((image, ref)))
+    for attempt in range(2):
+        for candidate in candidates:
+            if _present(client, candidate):
+                return candidate
+        if attempt == 0:
+            load_archives()  # it may also wait for a load that started earlier and brings this image
     report("pulling")
     progress = PullProgress()
     try:
@@ -110,12 +116,21 @@ def ensure_image(
             if progress.feed(event):
                 report(f"pulling {progress.percent}%")
     except ImageError as exc:
-        raise ImageError(f"cannot pull image {ref}: {exc}") from None
+        raise ImageError(f"cannot pull image {ref}: {exc}{_hint(registry)}") from None
     except ENGINE_ERRORS as exc:
-        raise ImageError(f"cannot pull image {ref}: {reason(exc)}") from None
+        raise ImageError(f"cannot pull image {ref}: {reason(exc)}{_hint(registry)}") from None
     if not _present(client, ref):
         raise ImageError(f"cannot pull image {ref}: the engine finished the pull without it")
     return ref
+
+
+def _hint(registry: Registry) -> str:
+    if registry.mirror:
+        return ""
+    return (
+        " (no registry mirror is configured: load the image on the host,"
+        " or drop its archive into the agent's docker.image_dir)"
+    )
 
 
 def _pull_events(client: docker.DockerClient, ref: str, registry: Registry) -> Iterator[dict[str, Any]]:
