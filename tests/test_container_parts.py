@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config
+from agent.config import ConfigError, DockerConfig, load_config
 from agent.env import job_env
 from agent.runtime.container import create_kwargs
 from agent.runtime.container_run import exit_of
 from agent.runtime.devices import DeviceError, gpu_grant, render_node
+from agent.runtime.docker import container_refusal
 from agent.runtime.image import ImageError, PullProgress, mirror_reference
 from shared.spec import TaskSpec
 from shared.states import AllocState
@@ -136,7 +137,7 @@ def test_pull_progress_counts_downloaded_bytes_and_never_goes_back() -> None:
 def test_how_a_container_ended(state: dict[str, object], expected: tuple[AllocState, int, str]) -> None:
     ended = exit_of({**state, "FinishedAt": "2023-11-14T22:13:20.123456789Z"})
     assert (ended.state, ended.exit_code, ended.reason) == expected
-    assert ended.finished_at == 1_700_000_000.0
+    assert ended.finished_at == pytest.approx(1_700_000_000.123456789)
 
 
 def test_docker_settings_in_the_agent_config(tmp_path: Path) -> None:
@@ -166,3 +167,26 @@ def test_docker_settings_in_the_agent_config(tmp_path: Path) -> None:
         path.write_text(f"coordinator: https://c\n{bad}\n")
         with pytest.raises(ConfigError, match=says):
             load_config(path, {})
+
+
+def test_the_host_refuses_a_symlink_that_leads_out_of_its_prefixes(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "etc").symlink_to("/etc")
+    config = DockerConfig(volume_prefixes=(str(tmp_path / "data"),))
+    spec = TaskSpec(commands=("true",), image="busybox", volumes=(f"{tmp_path}/data/etc:/x",))
+    assert container_refusal(spec, config) == (
+        f"cannot mount {tmp_path}/data/etc:/x: it leads to /etc, which is not under an allowed prefix"
+    )
+    assert container_refusal(TaskSpec(commands=("true",), volumes=(f"{tmp_path}/data:/x",)), config) is None
+    privileged = TaskSpec(commands=("true",), privileged=True)
+    assert "does not allow privileged" in (container_refusal(privileged, config) or "")
+
+
+def test_gaudi_goes_through_habana_visible_devices_with_the_hosts_numbering() -> None:
+    """Habana's container runtime reads the variable and exposes those host devices."""
+    gaudi = host(*(GpuDevice(i, "intel", "Gaudi2", 98304) for i in range(4)))
+    spec = alloc((2, 3))
+    grant = gpu_grant(spec, gaudi)
+    kwargs = create_kwargs(spec, job_env(spec, gaudi, {}, "/w"), grant, "img", "h", Path("/w"), 100)
+    assert kwargs["environment"]["HABANA_VISIBLE_DEVICES"] == "2,3"
+    assert "device_requests" not in kwargs and "devices" not in kwargs

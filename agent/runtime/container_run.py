@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from docker.models.containers import Container
 
 from agent.runtime.base import Observed
 from agent.runtime.container import container_name, create_kwargs
-from agent.runtime.container_logs import LogCursor, copy_messages
+from agent.runtime.container_logs import NS_PER_S, LogCursor, copy_messages, parse_timestamp_ns
 from agent.runtime.devices import DeviceError, gpu_grant
 from agent.runtime.engine import ENGINE_ERRORS, reason
 from agent.runtime.image import ImageError, PullCancelled, Registry, ensure_image
@@ -111,7 +110,8 @@ class ContainerRun:
                 self.signal(kill=False)
             self._follow(container)
         except PullCancelled:
-            self._record(Observed(AllocState.STOPPED, None, "stopped while its image was pulled"))
+            if not self.host.closing.is_set():  # an agent that stops leaves the pull to the next one
+                self._record(Observed(AllocState.STOPPED, None, "stopped while its image was pulled"))
         except (ImageError, DeviceError) as exc:
             self._record(Observed(AllocState.FAILED, None, str(exc)))
         except ENGINE_ERRORS as exc:
@@ -242,10 +242,9 @@ def _kill(container: Container, signal_name: str) -> None:
 
 
 def _finished_at(text: str) -> float | None:
-    if not text or text.startswith("0001-"):
+    if not text or text.startswith("0001-"):  # the engine's zero time: it never finished
         return None
-    whole = text.split(".")[0].rstrip("Z")
-    return datetime.fromisoformat(whole + "+00:00").timestamp()
+    return parse_timestamp_ns(text) / NS_PER_S
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,7 @@ from agent.runtime.devices import DeviceError, gpu_grant
 from agent.runtime.engine import ENGINE_ERRORS, reason
 from agent.runtime.image import Registry
 from agent.runtime.image_folder import ImageFolder
+from shared.spec import TaskSpec
 from shared.states import AllocState
 from shared.volumes import first_volume_refusal, parse_volume, under_prefix
 from shared.wire import AllocationSpec, Inventory
@@ -74,7 +76,7 @@ class DockerRuntime:
         then `running`). Raises RuntimeStartError with a one-line reason for a job this host refuses."""
         if not alloc.spec.image:
             raise RuntimeStartError("the Docker runtime needs an image")
-        refusal = self.refusal(alloc)
+        refusal = container_refusal(alloc.spec, self.config)
         if refusal:
             raise RuntimeStartError(refusal)
         try:
@@ -137,27 +139,11 @@ class DockerRuntime:
         runs = list(self._runs.values())
         for run in runs:
             run.close()
+        deadline = time.monotonic() + JOIN_TIMEOUT_S  # a thread in a pull may not wake: do not wait on each
         for run in runs:
-            run.thread.join(JOIN_TIMEOUT_S)
+            run.thread.join(max(0.0, deadline - time.monotonic()))
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.host.client.close()
-
-    # --- policy ----------------------------------------------------------------------------------------
-
-    def refusal(self, alloc: AllocationSpec) -> str | None:
-        """Why this host will not run the allocation's container (the scheduler checked the same before
-        placing it; this also resolves symlinks, which only the host can). None when it may run."""
-        spec = alloc.spec
-        if spec.privileged and not self.config.allow_privileged:
-            return "this host does not allow privileged containers (agent config docker.allow_privileged)"
-        refusal = first_volume_refusal(spec.volumes, self.config.volume_prefixes)
-        if refusal:
-            return refusal
-        for text in spec.volumes:
-            real = os.path.realpath(parse_volume(text).host_path)
-            if not under_prefix(real, self.config.volume_prefixes):
-                return f"cannot mount {text}: it leads to {real}, which is not under an allowed prefix"
-        return None
 
     # --- internals ---------------------------------------------------------------------------------------
 
@@ -173,11 +159,26 @@ class DockerRuntime:
         if not self.host.closing.is_set():
             self._pool.submit(_logged, call)
 
-    def _remove(self, name: str) -> None:
+    def _remove(self, name_or_id: str) -> None:
         try:
-            self.host.client.containers.get(name).remove(force=True)
+            self.host.client.api.remove_container(name_or_id, force=True)
         except docker.errors.NotFound:
             pass
+
+
+def container_refusal(spec: TaskSpec, config: DockerConfig) -> str | None:
+    """Why this host will not run the job's container, or None. The scheduler checked the same before
+    placing it; the host also resolves symlinks, which only it can see."""
+    if spec.privileged and not config.allow_privileged:
+        return "this host does not allow privileged containers (agent config docker.allow_privileged)"
+    refusal = first_volume_refusal(spec.volumes, config.volume_prefixes)
+    if refusal:
+        return refusal
+    for text in spec.volumes:
+        real = os.path.realpath(parse_volume(text).host_path)
+        if not under_prefix(real, config.volume_prefixes):
+            return f"cannot mount {text}: it leads to {real}, which is not under an allowed prefix"
+    return None
 
 
 def _logged(call: Callable[[], object]) -> None:
