@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import docker
 import pytest
@@ -37,7 +38,7 @@ class Engine:
     root: Path
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Fail under CI, skip elsewhere: the tests that need a real engine must not pass silently in CI."""
     message = f"needs a Docker engine: {reason}"
     if os.environ.get("CI", "").lower() == "true":

@@ -4,6 +4,7 @@ progress, how a container ended, and the agent's docker settings."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,7 +111,7 @@ def test_a_mirror_replaces_the_registry_and_keeps_the_path(
 def test_pull_progress_counts_downloaded_bytes_and_never_goes_back() -> None:
     progress = PullProgress()
     seen = []
-    for event in [
+    events: list[dict[str, Any]] = [
         {"status": "Pulling from library/x", "id": "1"},
         {"status": "Pulling fs layer", "id": "a"},
         {"status": "Downloading", "id": "a", "progressDetail": {"current": 35, "total": 100}},
@@ -118,7 +119,8 @@ def test_pull_progress_counts_downloaded_bytes_and_never_goes_back() -> None:
         {"status": "Download complete", "id": "a"},
         {"status": "Downloading", "id": "b", "progressDetail": {"current": 300, "total": 300}},
         {"status": "Pull complete", "id": "b"},
-    ]:
+    ]
+    for event in events:
         if progress.feed(event):
             seen.append(progress.percent)
     assert seen == [35, 100]

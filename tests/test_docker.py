@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config import DockerConfig
+from agent.agent import detect
+from agent.config import AgentConfig, DockerConfig
 from agent.env import job_env
 from agent.runtime.container import LABEL_JOB, create_kwargs
 from agent.runtime.devices import gpu_grant
@@ -267,3 +268,19 @@ async def test_an_image_archive_dropped_on_the_host_runs_without_any_registry(do
         assert failed.reason.startswith("cannot pull image gpuctl-test/nowhere:1: ")
         assert failed.reason.endswith("drop its archive into the agent's docker.image_dir)")
     client.images.remove("gpuctl-test/dropped:2")
+
+
+def test_a_host_advertises_docker_only_when_the_engine_answers(docker_engine: Engine, tmp_path: Path) -> None:
+    def inventory(socket: str) -> Inventory:
+        config = AgentConfig(
+            coordinator="-", state_dir=tmp_path, name="h", simulate="1xL4", docker=DockerConfig(socket)
+        )
+        return detect(config)
+
+    assert inventory(docker_engine.socket).runtimes == ("process", "docker")
+    missing = inventory(f"unix://{tmp_path}/nothing.sock")
+    assert missing.runtimes == ("process",)
+    assert missing.warnings == (
+        f"Docker engine at unix://{tmp_path}/nothing.sock: [Errno 2] No such file or directory; "
+        "jobs with an image are not placed here",
+    )

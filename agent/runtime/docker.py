@@ -10,6 +10,7 @@ from the spool's cursor.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -131,7 +132,7 @@ class DockerRuntime:
             alloc_id = (entry.get("Labels") or {}).get(LABEL_ALLOC, "")
             if alloc_id not in known_alloc_ids:
                 log.info("removing container %s of unknown allocation %r", entry["Id"][:12], alloc_id)
-                _logged(lambda ident=entry["Id"]: self._remove(ident))
+                _logged(functools.partial(self._remove, entry["Id"]))
 
     def close(self) -> None:
         """The agent is stopping: stop following output; containers keep running for the next agent."""
