@@ -54,7 +54,7 @@ class DockerRuntime:
         self.config = config
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docker-signal")
         self.images = ImageFolder(
-            client, config.image_dir or state_dir / "images", state_dir / "images-loaded.json"
+            config.socket, config.image_dir or state_dir / "images", state_dir / "images-loaded.json"
         )
         self.host = Host(
             client=client,

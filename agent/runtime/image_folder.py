@@ -12,14 +12,16 @@ from pathlib import Path
 
 import docker
 
-from agent.runtime.engine import ENGINE_ERRORS, reason
+from agent.runtime.engine import ENGINE_ERRORS, EngineUnavailable, connect, reason
 
 log = logging.getLogger("gpuctl.agent")
 
+LOAD_TIMEOUT_S = 3600.0  # a multi-GB archive; the engine answers only once it has read the whole file
+
 
 class ImageFolder:
-    def __init__(self, client: docker.DockerClient, folder: Path, record: Path) -> None:
-        self.client = client
+    def __init__(self, socket_url: str, folder: Path, record: Path) -> None:
+        self.socket_url = socket_url  # loads get a client of their own, with a timeout fit for them
         self.folder = folder
         self.record = record  # archive name -> "size:mtime_ns" of the version loaded
         self._lock = threading.Lock()
@@ -33,21 +35,29 @@ class ImageFolder:
             except FileNotFoundError:
                 return []
             done = self._loaded()
+            versions = {a: f"{a.stat().st_size}:{a.stat().st_mtime_ns}" for a in archives}
+            new = [a for a in archives if done.get(a.name) != versions[a]]
+            if not new:
+                return []
+            try:
+                client = connect(self.socket_url, timeout_s=LOAD_TIMEOUT_S)
+            except EngineUnavailable as exc:
+                log.warning("cannot load image archives: %s", exc)
+                return []
             names: list[str] = []
-            for archive in archives:
-                stat = archive.stat()
-                version = f"{stat.st_size}:{stat.st_mtime_ns}"
-                if done.get(archive.name) == version:
-                    continue
-                names += self._load(archive)
-                done[archive.name] = version
-                self._save(done)
+            try:
+                for archive in new:
+                    names += self._load(client, archive)
+                    done[archive.name] = versions[archive]
+                    self._save(done)
+            finally:
+                client.close()
             return names
 
-    def _load(self, archive: Path) -> list[str]:
+    def _load(self, client: docker.DockerClient, archive: Path) -> list[str]:
         try:
             with open(archive, "rb") as data:
-                images = self.client.images.load(data)
+                images = client.images.load(data)
         except ENGINE_ERRORS as exc:
             log.warning("cannot load image archive %s: %s", archive, reason(exc))
             return []
