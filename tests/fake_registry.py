@@ -65,7 +65,6 @@ def image_from_rootfs(rootfs_tar: bytes) -> Image:
 def fake_registry(image: Image, username: str, password: str, layer_seconds: float) -> Iterator[str]:
     """Serve `image` under every name and tag on 127.0.0.1; yields "127.0.0.1:PORT"."""
     expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-    pulls: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
@@ -89,7 +88,6 @@ def fake_registry(image: Image, username: str, password: str, layer_seconds: flo
             if self.path == "/v2/":
                 self.send(b"{}", "application/json", send_body)
             elif manifest:
-                pulls.append(manifest.group(1))
                 self.send(image.manifest, MANIFEST_TYPE, send_body, digest(image.manifest))
             elif blob and blob.group(1) in image.blobs:
                 data = image.blobs[blob.group(1)]

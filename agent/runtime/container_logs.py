@@ -112,9 +112,9 @@ def copy_messages(frames: Iterable[bytes], spool: Path, cursor_file: Path) -> Lo
     with open(spool, "ab", buffering=0) as out:
         try:
             for frame in frames:
-                data = keep.feed(*split_message(frame))
-                if data:
-                    out.write(data)
+                data = memoryview(keep.feed(*split_message(frame)))
+                while data:  # an unbuffered write may take only part; the cursor must never run ahead
+                    data = data[out.write(data) or 0 :]
                 if keep.cursor != cursor and time.monotonic() - saved_at >= CURSOR_SAVE_INTERVAL_S:
                     cursor = LogCursor(**asdict(keep.cursor))
                     cursor.save(cursor_file)
