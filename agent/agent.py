@@ -13,11 +13,14 @@ from collections.abc import Callable, Iterator
 import msgspec
 
 from agent.client import CoordinatorClient
-from agent.config import AgentConfig
+from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, DockerConfig
 from agent.detect import detect_inventory
 from agent.executor import Executor
 from agent.identity import check_not_expired, join, renew_loop
 from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
+from agent.runtime.base import Runtime
+from agent.runtime.docker import DockerRuntime
+from agent.runtime.engine import PROBE_TIMEOUT_S, EngineUnavailable, connect
 from agent.runtime.process import ProcessRuntime, check_reachable
 from agent.shipper import ship_loop
 from agent.state import SharedState
@@ -32,16 +35,58 @@ EXEC_TICK_S = 0.2
 
 
 def detect(config: AgentConfig) -> Inventory:
-    """The host's inventory under the configured name. Raises BlocksError / ValueError on bad settings."""
+    """The host's inventory under the configured name, with the runtimes it has ("docker" only when the
+    engine answers) and its container policy. Raises BlocksError / ValueError on bad settings."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    docker_problem = probe_docker(config.docker)
     inventory = detect_inventory(
         state_dir=str(config.state_dir),
         blocks=config.blocks,
         simulate=config.simulate,
         simulate_cpus=config.simulate_cpus,
         simulate_memory_mib=config.simulate_memory_mib,
+        runtimes=("process",) if docker_problem is not None else ("process", "docker"),
     )
-    return msgspec.structs.replace(inventory, hostname=config.name)
+    return msgspec.structs.replace(
+        inventory,
+        hostname=config.name,
+        volume_prefixes=config.docker.volume_prefixes,
+        privileged_allowed=config.docker.allow_privileged,
+        warnings=inventory.warnings + _docker_warning(config.docker, docker_problem),
+    )
+
+
+def probe_docker(docker: DockerConfig) -> str | None:
+    """None when the Docker engine answers at the configured socket, else why not (one line)."""
+    try:
+        connect(docker.socket, timeout_s=PROBE_TIMEOUT_S).close()
+    except EngineUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def _docker_warning(docker: DockerConfig, problem: str | None) -> tuple[str, ...]:
+    """A host warning (shown by `gpuctl hosts`) when an engine seems meant to be there but does not answer."""
+    if problem is None:
+        return ()
+    meant = docker.socket != DEFAULT_DOCKER_SOCKET or os.path.exists(docker.socket.removeprefix("unix://"))
+    log.info("no Docker runtime: %s", problem)
+    return (f"{problem}; jobs with an image are not placed here",) if meant else ()
+
+
+def make_runtimes(config: AgentConfig, inventory: Inventory, run_as: str | None) -> dict[str, Runtime]:
+    """The plain-process runtime, and Docker when the inventory says the engine answered."""
+    runtimes: dict[str, Runtime] = {"process": ProcessRuntime(run_as)}
+    if "docker" in inventory.runtimes:
+        try:
+            client = connect(config.docker.socket)
+        except EngineUnavailable as exc:
+            log.warning("%s; jobs with an image will fail here until the agent restarts", exc)
+        else:
+            runtimes["docker"] = DockerRuntime(
+                client, inventory, config.docker, config.name, config.state_dir
+            )
+    return runtimes
 
 
 async def run_agent(
@@ -61,14 +106,20 @@ async def run_agent(
     state.inventory = inventory
     run_as = config.effective_run_as()
     check_reachable(config.state_dir / "allocs", run_as)
-    executor = Executor(config.state_dir, ProcessRuntime(run_as), inventory, os.environ, config.stop_grace_s)
-    executor.adopt()
-    ca, cert, key = config.tls_files()
-    if not cert.exists() and config.join:
-        await join(config.coordinator, parse_join_string(config.join), config.pki_dir, config.name)
-    check_not_expired(cert)
-    context = tls.client_context(ca, cert, key)
-    client = CoordinatorClient(config.coordinator, context)
+    executor = Executor(
+        config.state_dir, make_runtimes(config, inventory, run_as), inventory, os.environ, config.stop_grace_s
+    )
+    try:
+        executor.adopt()
+        ca, cert, key = config.tls_files()
+        if not cert.exists() and config.join:
+            await join(config.coordinator, parse_join_string(config.join), config.pki_dir, config.name)
+        check_not_expired(cert)
+        context = tls.client_context(ca, cert, key)
+        client = CoordinatorClient(config.coordinator, context)
+    except BaseException:
+        executor.close()
+        raise
     log.info(
         "agent %s: %d GPUs, %d blocks%s; coordinator %s",
         config.name,
@@ -94,6 +145,7 @@ async def run_agent(
                 if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
                     tg.create_task(renew_loop(config.coordinator, context, config.pki_dir), name="renew")
     finally:
+        executor.close()
         await client.close()
 
 

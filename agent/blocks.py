@@ -38,7 +38,7 @@ def parse_blocks(value: object) -> str | int:
         text = value.strip().lower()
         if text == AUTO:
             return AUTO
-        if text.isdigit() and int(text) >= 1:
+        if text.isascii() and text.isdigit() and int(text) >= 1:
             return int(text)
     elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value

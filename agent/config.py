@@ -16,12 +16,28 @@ from shared.constants import STOP_GRACE_S
 from shared.units import parse_memory_mib
 
 DEFAULT_CONFIG = Path("/etc/gpuctl/agent.yaml")
+DEFAULT_DOCKER_SOCKET = "unix:///var/run/docker.sock"
+DEFAULT_PIDS_LIMIT = 32768  # per container; data loaders start many threads, and every thread is a pid
 DEFAULT_STATE_DIR = Path("/var/lib/gpuctl-agent")
 UNPRIVILEGED_DEFAULT_USER = "nobody"
 
 
 class ConfigError(ValueError):
     """One line naming the field."""
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    """The `docker:` section (or the top-level `docker_socket` shorthand)."""
+
+    socket: str = DEFAULT_DOCKER_SOCKET  # unix:// URL of the engine's API
+    registry_mirror: str | None = None  # host[:port][/prefix]: every pull goes there (air-gapped sites)
+    registry_username: str | None = None  # credentials for the mirror
+    registry_password: str | None = None
+    allow_privileged: bool = False
+    volume_prefixes: tuple[str, ...] = ()  # host paths under these may be mounted; none by default
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    image_dir: Path | None = None  # image archives (.tar) loaded before any pull; None: <state_dir>/images
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,7 @@ class AgentConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     join: str | None = None  # a join string: used once, when the agent has no certificate yet
+    docker: DockerConfig = field(default_factory=DockerConfig)
 
     @property
     def pki_dir(self) -> Path:
@@ -78,6 +95,17 @@ _FIELDS = {
     "cert_file",
     "key_file",
     "join",
+    "docker_socket",
+    "docker",
+}
+_DOCKER_FIELDS = {
+    "socket",
+    "registry_mirror",
+    "registry_auth",
+    "allow_privileged",
+    "volume_prefixes",
+    "pids_limit",
+    "image_dir",
 }
 
 
@@ -125,4 +153,48 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         ca_file=path_of("ca_file"),
         cert_file=path_of("cert_file"),
         key_file=path_of("key_file"),
+        docker=parse_docker_config(raw.get("docker") or {}, raw.get("docker_socket")),
     )
+
+
+def parse_docker_config(raw: Any, socket_shorthand: Any = None) -> DockerConfig:
+    """The `docker:` mapping. Raises ConfigError naming the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError("docker: expected a mapping of settings")
+    unknown = set(raw) - _DOCKER_FIELDS
+    if unknown:
+        raise ConfigError(
+            f"docker.{sorted(unknown)[0]}: unknown setting (known: {', '.join(sorted(_DOCKER_FIELDS))})"
+        )
+    auth = raw.get("registry_auth") or {}
+    if not isinstance(auth, dict) or set(auth) - {"username", "password"}:
+        raise ConfigError("docker.registry_auth: expected a mapping with username and password")
+    prefixes = raw.get("volume_prefixes") or []
+    if not isinstance(prefixes, list) or not all(isinstance(p, str) and p.startswith("/") for p in prefixes):
+        raise ConfigError("docker.volume_prefixes: expected a list of absolute host paths")
+    pids_limit = raw.get("pids_limit", DEFAULT_PIDS_LIMIT)
+    if isinstance(pids_limit, bool) or not isinstance(pids_limit, int) or pids_limit < 1:
+        raise ConfigError(f"docker.pids_limit: expected a positive integer, got {pids_limit!r}")
+    if not isinstance(raw.get("allow_privileged", False), bool):
+        raise ConfigError("docker.allow_privileged: expected true or false")
+    return DockerConfig(
+        socket=docker_socket_url(raw.get("socket") or socket_shorthand or DEFAULT_DOCKER_SOCKET),
+        registry_mirror=str(raw["registry_mirror"]).rstrip("/") if raw.get("registry_mirror") else None,
+        registry_username=auth.get("username"),
+        registry_password=auth.get("password"),
+        allow_privileged=raw.get("allow_privileged", False),
+        volume_prefixes=tuple(prefixes),
+        pids_limit=pids_limit,
+        image_dir=Path(raw["image_dir"]) if raw.get("image_dir") else None,
+    )
+
+
+def docker_socket_url(value: Any) -> str:
+    """`/run/docker.sock` or `unix:///run/docker.sock` as a unix:// URL. Only local sockets: a TCP engine
+    without TLS would hand root on this host to anyone who can reach the port."""
+    text = str(value)
+    if text.startswith("/"):
+        return "unix://" + text
+    if text.startswith("unix:///"):
+        return text
+    raise ConfigError(f"docker.socket: expected a unix socket path like /var/run/docker.sock, got {text!r}")

@@ -66,14 +66,14 @@ class Executor:
     def __init__(
         self,
         state_dir: Path,
-        runtime: Runtime,
+        runtimes: Mapping[str, Runtime],
         inventory: Inventory,
         agent_env: Mapping[str, str],
         stop_grace_s: float,
     ) -> None:
         self.root = state_dir / "allocs"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.runtime = runtime
+        self.runtimes = dict(runtimes)  # by name: "process", and "docker" where the engine answers
         self.inventory = inventory
         self.agent_env = dict(agent_env)
         self.stop_grace_s = stop_grace_s
@@ -94,9 +94,19 @@ class Executor:
                 local.stop_reason, local.stop_asked_at = stop["reason"], stop["at"]
             if (path / "shipped").exists():
                 local.acked = int((path / "shipped").read_text() or 0)
-            local.observed = self.runtime.observe(path)
+            local.observed = self._observe_one(local)
             self.allocs[spec.id] = local
             log.info("re-adopted allocation %s (%s)", spec.id, local.observed.state)
+        for runtime in self.runtimes.values():
+            runtime.sweep(set(self.allocs))
+
+    def runtime_for(self, spec: AllocationSpec) -> Runtime | None:
+        """Docker for a job with an image, plain processes otherwise; None when this host lacks it."""
+        return self.runtimes.get("docker" if spec.spec.image else "process")
+
+    def close(self) -> None:
+        for runtime in self.runtimes.values():
+            runtime.close()
 
     def statuses(self) -> list[AllocationStatus]:
         return [a.status() for a in self.allocs.values()] + list(self.gone.values())
@@ -127,22 +137,38 @@ class Executor:
         return self._report_worthy(before) != self._report_worthy(self.statuses())
 
     @staticmethod
-    def _report_worthy(statuses: list[AllocationStatus]) -> set[tuple[str, str, int | None]]:
-        return {(s.id, s.state, s.exit_code) for s in statuses}
+    def _report_worthy(statuses: list[AllocationStatus]) -> set[tuple[str, str, int | None, str]]:
+        return {(s.id, s.state, s.exit_code, s.reason) for s in statuses}  # a reason: "pulling 35%"
 
     def _observe(self, now: float) -> None:
         for local in self.allocs.values():
             if local.observed.state.terminal:
                 continue
-            local.observed = self.runtime.observe(local.dir)
+            local.observed = self._observe_one(local)
             if local.observed.state.terminal:
                 log.info("allocation %s ended: %s", local.spec.id, local.status().state)
                 continue
             limit = local.spec.spec.max_duration_s
             if limit is not None and now - local.started_at > limit and local.stop_asked_at is None:
                 self._stop(local, f"max_duration of {limit} s exceeded", now)
-            if local.stop_asked_at is not None and now - local.stop_asked_at > self.stop_grace_s:
-                self.runtime.signal_stop(local.dir, kill=True)
+            if local.stop_asked_at is not None and now - local.stop_asked_at > self._grace_s(local):
+                self._signal(local, kill=True)
+
+    def _observe_one(self, local: LocalAlloc) -> Observed:
+        runtime = self.runtime_for(local.spec)
+        if runtime is None:
+            return Observed(AllocState.FAILED, None, "this host has no Docker engine now", time.time())
+        return runtime.observe(local.dir)
+
+    def _grace_s(self, local: LocalAlloc) -> float:
+        """The job's stop_duration, else the agent's default: SIGTERM, then SIGKILL after this."""
+        own = local.spec.spec.stop_duration_s
+        return self.stop_grace_s if own is None else float(own)
+
+    def _signal(self, local: LocalAlloc, kill: bool) -> None:
+        runtime = self.runtime_for(local.spec)
+        if runtime is not None:
+            runtime.signal_stop(local.dir, kill)
 
     def _start(self, spec: AllocationSpec, now: float) -> None:
         path = self.root / spec.id
@@ -151,14 +177,23 @@ class Executor:
         local = LocalAlloc(spec, path, now)
         self.allocs[spec.id] = local
         env = job_env(spec, self.inventory, self.agent_env, str(path / "work"))
+        runtime = self.runtime_for(spec)
         try:
-            self.runtime.start(spec, env, path, local.log_file)
+            if runtime is None:
+                raise RuntimeStartError("this host has no Docker engine for a job with an image")
+            runtime.start(spec, env, path, local.log_file)
         except RuntimeStartError as exc:
             local.observed = Observed(AllocState.FAILED, None, str(exc), time.time())
             log.warning("allocation %s failed to start: %s", spec.id, exc)
             return
-        local.observed = Observed(AllocState.RUNNING)
-        log.info("allocation %s of job %s started (gpus %s)", spec.id, spec.job_id, list(spec.gpus))
+        local.observed = runtime.observe(path)  # a container may be pulling its image first
+        log.info(
+            "allocation %s of job %s started by %s (gpus %s)",
+            spec.id,
+            spec.job_id,
+            runtime.name,
+            list(spec.gpus),
+        )
 
     def _stop(self, local: LocalAlloc, reason: str, now: float) -> None:
         """SIGTERM now; _observe sends SIGKILL once the grace period is over. Idempotent."""
@@ -166,10 +201,13 @@ class Executor:
             local.stop_reason, local.stop_asked_at = reason, now
             (local.dir / "stop.json").write_text(json.dumps({"reason": reason, "at": now}))
             log.info("stopping allocation %s: %s", local.spec.id, reason)
-        self.runtime.signal_stop(local.dir, kill=False)
+        self._signal(local, kill=False)
 
     def _forget(self, alloc_id: str) -> None:
         local = self.allocs.pop(alloc_id)
+        runtime = self.runtime_for(local.spec)
+        if runtime is not None:
+            runtime.release(local.dir)
         shutil.rmtree(local.dir, ignore_errors=True)
         log.info("forgot allocation %s", alloc_id)
 

@@ -123,7 +123,9 @@ class Api:
             next_offset=int(headers.get("x-next-offset", offset + len(data))),
             complete=headers.get("x-complete") == "1",
             status=headers.get("x-job-status", ""),
-            exit_code=int(exit_code) if exit_code.lstrip("-").isdigit() else None,
+            exit_code=int(exit_code)
+            if exit_code.lstrip("-").isascii() and exit_code.lstrip("-").isdigit()
+            else None,
         )
 
 

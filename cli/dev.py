@@ -71,7 +71,9 @@ def dev(simulate: str | None, blocks: str, port: int, state_dir: Path | None, ve
     )
     state_dir = state_dir or default_state_dir()
     try:
-        asyncio.run(_run(state_dir, port, simulate, int(blocks) if blocks.isdigit() else blocks))
+        asyncio.run(
+            _run(state_dir, port, simulate, int(blocks) if blocks.isascii() and blocks.isdigit() else blocks)
+        )
     except KeyboardInterrupt:
         pass
     except Exception as exc:

@@ -16,7 +16,7 @@ import msgspec
 from cli.api import Api, ApiError
 from cli.config import NoConfig, load_cli_config
 from cli.host_detail import host_detail
-from cli.render import hosts_table, jobs_table, print_table
+from cli.render import hosts_table, jobs_table, print_table, waiting_line
 from shared.spec import GpuRequest, SpecError, TaskSpec, parse_gpu, parse_spec, validate_spec
 
 SAMPLE_POLL_S = 1.0
@@ -124,10 +124,10 @@ def follow_logs(client: Api, ref: str, show_pending: bool = False, follow: bool 
                     err=True,
                 )
             return chunk.exit_code if chunk.exit_code is not None else (0 if chunk.status == "done" else 1)
-        if show_pending and chunk.status == "pending":
+        if show_pending and chunk.status in ("pending", "pulling"):
             job = client.job(ref)
             if job.reason != last_reason:
-                click.echo(f"pending: {job.reason}", err=True)
+                click.echo(waiting_line(job), err=True)
                 last_reason = job.reason
             time.sleep(SAMPLE_POLL_S)
 

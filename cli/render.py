@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from rich.console import Console, RenderableType
@@ -27,6 +28,23 @@ def job_status(job: JobView) -> str:
     if job.status in ("done", "failed") and job.exit_code is not None:
         return f"{job.status} ({job.exit_code})"
     return job.status
+
+
+PROGRESS_BAR_CHARS = 20
+
+
+def waiting_line(job: JobView) -> str:
+    """What `submit` prints while a job waits: its pending reason, or its image pull as a progress bar
+    (`pulling nvcr.io/nvidia/pytorch:24.08-py3 [#######.............] 35%`)."""
+    if job.status != "pulling":
+        return f"{job.status}: {job.reason}"
+    image = job.spec.image or "image"
+    match = re.fullmatch(r"pulling (\d+)%", job.reason)
+    if not match:
+        return f"pulling {image}"
+    percent = min(100, int(match.group(1)))
+    done = percent * PROGRESS_BAR_CHARS // 100
+    return f"pulling {image} [{'#' * done}{'.' * (PROGRESS_BAR_CHARS - done)}] {percent}%"
 
 
 def jobs_table(jobs: list[JobView]) -> Table:

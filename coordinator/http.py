@@ -38,7 +38,7 @@ def int_query(request: web.Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is true, int() refuses it
         raise HTTPError(400, f"{name}: expected a non-negative integer", name)
     return int(raw)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from coordinator.locality import Levels, block_levels, choose_blocks
 from shared.spec import GpuRequest, Range, Resources, TaskSpec
 from shared.units import format_mib
+from shared.volumes import first_volume_refusal
 from shared.wire import Block, GpuDevice, Inventory
 
 
@@ -60,9 +61,9 @@ def schedule(jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity]) -> Sched
     """Place what fits now, in priority-then-FIFO order; give every other job its reason. Pure."""
     state = _Pass(hosts)
     result = ScheduleResult()
-    stuck: dict[tuple[Resources, bool, tuple[str, ...], str], list[PendingJob]] = {}
+    stuck: dict[_FitKey, list[PendingJob]] = {}
     for job in sorted(jobs, key=lambda j: (-j.priority, j.seq)):
-        key = (job.spec.resources, job.spec.image is None, job.spec.fleets, job.project)
+        key = _fit_key(job)
         if key in stuck:  # free blocks only shrink during a pass: an identical request cannot fit either
             stuck[key].append(job)
             continue
@@ -84,7 +85,7 @@ class _Pass:
         self.hosts = hosts
         self.by_id = {h.host_id: h for h in hosts}
         self.free = {h.host_id: _free_blocks(h) for h in hosts if h.ready}
-        self._fits: dict[tuple[Resources, bool, tuple[str, ...], str], dict[str, int | str]] = {}
+        self._fits: dict[_FitKey, dict[str, int | str]] = {}
         self._matching: dict[tuple[GpuRequest | None, str], frozenset[int]] = {}
         self._levels: dict[str, Levels] = {}
 
@@ -95,7 +96,7 @@ class _Pass:
 
     def fits(self, job: PendingJob) -> dict[str, int | str]:
         spec = job.spec
-        key = (spec.resources, spec.image is None, spec.fleets, job.project)
+        key = _fit_key(job)
         if key not in self._fits:
             self._fits[key] = {
                 h.host_id: admits(h, spec, job.project) or fit(spec, h.inventory) for h in self.hosts
@@ -168,6 +169,9 @@ def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
     runtime = "docker" if spec.image else "process"
     if runtime not in inventory.runtimes:
         return f"has no {runtime} runtime"
+    refusal = _policy_refusal(spec, inventory)
+    if refusal:
+        return refusal
     shape = inventory.blocks[0]
     res = spec.resources
     eligible = [b for b in inventory.blocks if _gpus_match(res.gpu, _devices(b, inventory))]
@@ -181,6 +185,25 @@ def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
     if need > len(eligible):
         return _too_small(res, need, eligible, shape, inventory)
     return need
+
+
+_FitKey = tuple[Resources, bool, tuple[str, ...], bool, tuple[str, ...], str]
+
+
+def _fit_key(job: PendingJob) -> _FitKey:
+    """Everything of a job that `fit` and `admits` read: jobs with equal keys fit (or not) on the same hosts."""
+    spec = job.spec
+    return (spec.resources, spec.image is None, spec.volumes, spec.privileged, spec.fleets, job.project)
+
+
+def _policy_refusal(spec: TaskSpec, inventory: Inventory) -> str | None:
+    """What the host's agent config forbids a container job (host paths outside its allowed prefixes,
+    privileged). A plain-process job mounts nothing, so its volumes are not checked."""
+    if not spec.image:
+        return None
+    if spec.privileged and not inventory.privileged_allowed:
+        return "does not allow privileged containers"
+    return first_volume_refusal(spec.volumes, inventory.volume_prefixes)
 
 
 def _gpu_blocks(gpu: GpuRequest, gpus_per_block: int) -> int:

@@ -315,8 +315,9 @@ class Coordinator:
                 continue  # unknown here: absent from the desired state, so the agent stops and forgets it
             state = AllocState(status.state)
             final = status.log_size if state.terminal else None
-            if (state, status.exit_code, final) == (alloc.state, alloc.exit_code, alloc.final_log_size):
-                continue
+            reported = (state, status.exit_code, final, status.reason)
+            if reported == (alloc.state, alloc.exit_code, alloc.final_log_size, alloc.reason):
+                continue  # the same again; a new reason alone ("pulling 35%" → "pulling 60%") is news
             freed |= self._record(alloc, state, status, final)
         return freed
 
@@ -326,7 +327,7 @@ class Coordinator:
         job = self.store.get_job(alloc.job_id)
         assert job is not None
         job_state = job_state_for(state, status.exit_code, job.stop_requested)
-        reason = status.reason if job_state in (JobState.FAILED, JobState.PULLING) else ""
+        reason = status.reason if job_state in (JobState.FAILED, JobState.PULLING, JobState.STOPPED) else ""
         with self.store.tx() as db:
             self.store.update_allocation(db, alloc.id, state, status.exit_code, status.reason, final)
             if not job.status.terminal:

@@ -65,6 +65,8 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_duration_s: int | None = None
     priority: int = 0
     fleets: tuple[str, ...] = ()
+    stop_duration_s: int | None = None  # SIGTERM, then SIGKILL after this; None: the agent's default (10 s)
+    privileged: bool = False  # containers only; a host runs it only if its agent config allows it
 
 
 class SpecError(ValueError):
@@ -96,6 +98,7 @@ MAX_LIST_ITEMS = 1000  # commands, volumes, fleets
 MAX_GPU_NAMES = 32
 MAX_RANGE_VALUE = 2**53  # cores, GPUs, MiB: far beyond any machine, and exact as a float
 MAX_DURATION_S = 10 * 366 * 86400
+MAX_STOP_DURATION_S = 3600  # a host's blocks stay taken while a job stops: an hour is already generous
 
 # dstack task fields we accept and ignore for now.
 IGNORED_FIELDS = frozenset(
@@ -108,10 +111,8 @@ IGNORED_FIELDS = frozenset(
         "regions",
         "idle_duration",
         "utilization_policy",
-        "stop_duration",
         "files",
         "registry_auth",
-        "privileged",
         "shell",
         "schedule",
     }
@@ -189,6 +190,7 @@ def validate_spec(spec: TaskSpec) -> TaskSpec:
     _check_max_duration(spec.max_duration_s)
     _check_priority(spec.priority)
     _check_fleets(spec.fleets)
+    _check_stop_duration(spec.stop_duration_s)
     gpu = spec.resources.gpu
     if gpu is not None and gpu.count.max == 0:
         return msgspec.structs.replace(spec, resources=msgspec.structs.replace(spec.resources, gpu=None))
@@ -390,6 +392,8 @@ def _top_level_parsers(environ: Mapping[str, str]) -> dict[str, tuple[str, _Pars
         "max_duration": ("max_duration_s", _checked(_parse_max_duration, _check_max_duration)),
         "priority": ("priority", _checked(_integer, _check_priority)),
         "fleets": ("fleets", _parse_fleets),
+        "stop_duration": ("stop_duration_s", _checked(_parse_stop_duration, _check_stop_duration)),
+        "privileged": ("privileged", _parse_bool),
     }
 
 
@@ -506,6 +510,22 @@ def _parse_max_duration(node: yaml.Node, path: str) -> int | None:
         return parse_duration_s(value)
     except ValueError:
         _fail(node, path, f"expected {_DURATION_EXPECTED}, got {_describe(node)}")
+
+
+def _parse_stop_duration(node: yaml.Node, path: str) -> int:
+    """The grace period between SIGTERM and SIGKILL, in seconds (`0` kills at once)."""
+    value = _scalar_value(node, path)
+    try:
+        return parse_duration_s(value)
+    except ValueError:
+        _fail(node, path, f"expected a duration like 30s or 5m, got {_describe(node)}")
+
+
+def _parse_bool(node: yaml.Node, path: str) -> bool:
+    value = _scalar_value(node, path)
+    if not isinstance(value, bool):
+        _fail(node, path, f"expected true or false, got {_describe(node)}")
+    return value
 
 
 # --- resources -----------------------------------------------------------------------------------------------
@@ -840,6 +860,11 @@ def _check_working_dir(working_dir: str) -> None:
 def _check_max_duration(max_duration_s: int | None) -> None:
     if max_duration_s is not None and not 1 <= max_duration_s <= MAX_DURATION_S:
         raise SpecError("max_duration", f"must be between 1s and 10 years, or off, got {max_duration_s}s")
+
+
+def _check_stop_duration(stop_duration_s: int | None) -> None:
+    if stop_duration_s is not None and not 0 <= stop_duration_s <= MAX_STOP_DURATION_S:
+        raise SpecError("stop_duration", f"must be between 0s and 1h, got {stop_duration_s}s")
 
 
 def _check_priority(priority: int) -> None:

@@ -80,6 +80,8 @@ class Inventory(FrozenWire, frozen=True):
     runtimes: tuple[str, ...] = ("process",)
     simulated: bool = False
     warnings: tuple[str, ...] = ()
+    volume_prefixes: tuple[str, ...] = ()  # host paths under these may be mounted into containers
+    privileged_allowed: bool = False  # the agent's config lets jobs ask for privileged containers
 
 
 # --- sync: the one long poll -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.agent import detect, run_agent
 from agent.config import AgentConfig
@@ -38,7 +39,10 @@ class Cluster:
     api: Api
     agents: dict[str, asyncio.Task[None]]
 
-    def agent_config(self, name: str, simulate: str, blocks: str | int = "auto") -> AgentConfig:
+    def agent_config(
+        self, name: str, simulate: str | None, blocks: str | int = "auto", **extra: Any
+    ) -> AgentConfig:
+        """`extra`: more AgentConfig fields (docker=DockerConfig(...), simulate_cpus=1, ...)."""
         pki = self.coordinator.pki
         cert, key = issue_agent_cert(pki, name, self.root / name / "pki")
         return AgentConfig(
@@ -51,12 +55,13 @@ class Cluster:
             cert_file=cert,
             key_file=key,
             stop_grace_s=2.0,
+            **extra,
         )
 
     def start_agent(
-        self, name: str, simulate: str = "8xH100:80GB", blocks: str | int = "auto"
+        self, name: str, simulate: str | None = "8xH100:80GB", blocks: str | int = "auto", **extra: Any
     ) -> AgentConfig:
-        config = self.agent_config(name, simulate, blocks)
+        config = self.agent_config(name, simulate, blocks, **extra)
         self.agents[name] = asyncio.create_task(run_agent(config, detect(config)), name=f"agent-{name}")
         return config
 

@@ -233,6 +233,8 @@ def test_full_dstack_task() -> None:
         max_duration_s=5400,
         priority=50,
         fleets=("h100-fleet", "spare"),
+        stop_duration_s=300,
+        privileged=True,
     )
 
 
@@ -393,6 +395,16 @@ def test_env_bare_name_missing_from_environ() -> None:
 # --- other fields --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("value", "expected_s"), [("30s", 30), ("0", 0), ("5m", 300), ("1h", 3600)])
+def test_stop_duration(value: str, expected_s: int) -> None:
+    assert parse(f"commands: [x]\nstop_duration: {value}\n").stop_duration_s == expected_s
+
+
+def test_stop_duration_and_privileged_default_to_the_hosts_choice() -> None:
+    spec = parse("commands: [x]\n")
+    assert (spec.stop_duration_s, spec.privileged) == (None, False)
+
+
 @pytest.mark.parametrize(
     ("value", "expected_s"),
     [("2h", 7200), ("30m", 1800), ("1d", 86400), ("90", 90), ("off", None), ("false", None), ("'off'", None)],
@@ -524,6 +536,9 @@ BAD_SPECS = [
     ("commands: [x]\nmax_duration: soon\n", "spec.yaml:2: max_duration: expected a duration"),
     ("commands: [x]\nmax_duration: true\n", "spec.yaml:2: max_duration: expected a duration"),
     ("commands: [x]\nmax_duration: 0\n", "spec.yaml:2: max_duration: must be between"),
+    ("commands: [x]\nstop_duration: soon\n", "spec.yaml:2: stop_duration: expected a duration like 30s"),
+    ("commands: [x]\nstop_duration: 2h\n", "spec.yaml:2: stop_duration: must be between 0s and 1h"),
+    ("commands: [x]\nprivileged: yes please\n", "spec.yaml:2: privileged: expected true or false"),
     (
         "commands: [x]\nvolumes:\n  - /a:/b\n  - /only-one-side\n",
         "spec.yaml:4: volumes[1]: expected /host/path:/container/path",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +22,9 @@ class Observed:
 
 
 class Runtime(Protocol):
+    """Every call returns promptly (it runs on the agent's event loop); slow work happens in the background
+    and shows through `observe`."""
+
     name: str
 
     def start(self, alloc: AllocationSpec, env: dict[str, str], alloc_dir: Path, log_file: Path) -> None:
@@ -31,6 +35,15 @@ class Runtime(Protocol):
 
     def signal_stop(self, alloc_dir: Path, kill: bool) -> None:
         """SIGTERM (or SIGKILL when `kill`) to the allocation's processes. Idempotent."""
+
+    def release(self, alloc_dir: Path) -> None:
+        """Free what the ended allocation still holds (its container) before its folder goes. Idempotent."""
+
+    def sweep(self, known_alloc_ids: Collection[str]) -> None:
+        """At start-up: remove this host's work that belongs to no allocation in the journal."""
+
+    def close(self) -> None:
+        """The agent is stopping; running work keeps running, to be re-adopted by the next agent."""
 
 
 class RuntimeStartError(RuntimeError):

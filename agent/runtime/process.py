@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from agent.runtime.base import Observed, RuntimeStartError
@@ -76,6 +77,15 @@ class ProcessRuntime:
                 os.kill(int((alloc_dir / "shim.pid").read_text().split()[0]), signum)
             except (ProcessLookupError, ValueError):
                 pass
+
+    def release(self, alloc_dir: Path) -> None:
+        pass  # the shim has exited; nothing outlives the allocation's folder
+
+    def sweep(self, known_alloc_ids: Collection[str]) -> None:
+        pass  # a job's supervisor lives only in its allocation's folder
+
+    def close(self) -> None:
+        pass  # supervisors are detached: they outlive the agent by design
 
 
 def check_reachable(root: Path, user: str | None) -> None:

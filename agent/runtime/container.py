@@ -1,0 +1,97 @@
+"""The container an allocation runs in, as the arguments of `containers.create`: a pure function of the
+allocation, its environment, the host's GPUs and the agent's Docker settings.
+
+The container is labelled with its allocation, job and host (a restarted agent finds it by label), runs
+the job's commands under `/bin/sh -c` behind a small init (docker-init, which passes SIGTERM to the whole
+process group), on the host's network (multi-node NCCL needs it, as in dstack), and gets exactly the share
+of the host its blocks hold: their CPUs, their memory (no swap), `shm_size`, a pids limit, their GPUs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from docker.types import DeviceRequest, LogConfig
+
+from agent.runtime.devices import DeviceGrant
+from shared.volumes import parse_volume
+from shared.wire import AllocationSpec
+
+LABEL_ALLOC = "gpuctl.allocation"
+LABEL_JOB = "gpuctl.job"
+LABEL_HOST = "gpuctl.host"
+WORK_DIR = "/workflow"  # dstack's working directory in the container; the allocation's work folder
+HOST_ONLY_VARS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")  # the image's own values fit it better
+
+
+def container_name(alloc_id: str) -> str:
+    """Deterministic, so creating twice (an agent that died mid-way) conflicts instead of running twice."""
+    return f"gpuctl-{alloc_id}"
+
+
+def container_env(env: Mapping[str, str], alloc: AllocationSpec, grant: DeviceGrant) -> dict[str, str]:
+    """The job's environment as the container sees it: the host's PATH and HOME stay out (unless the spec
+    sets them), the GPU variables are the container's own numbering."""
+    out = {k: v for k, v in env.items() if k not in HOST_ONLY_VARS or k in alloc.spec.env}
+    out.update(grant.env)
+    out["TINI_KILL_PROCESS_GROUP"] = "1"  # docker-init sends SIGTERM to the commands, not only to sh
+    return out
+
+
+def create_kwargs(
+    alloc: AllocationSpec,
+    env: Mapping[str, str],
+    grant: DeviceGrant,
+    image: str,
+    host: str,
+    work_dir: Path,
+    pids_limit: int,
+) -> dict[str, Any]:
+    """Keyword arguments for `client.containers.create`. Pure; the caller has checked the host's policy
+    (volumes, privileged) already."""
+    spec = alloc.spec
+    # One stream, as for plain processes: the engine reads stdout and stderr through two pipes and would
+    # lose their relative order.
+    script = "exec 2>&1\nset -e\n" + "\n".join(spec.commands) + "\n"
+    memory = f"{alloc.memory_mib}m"
+    kwargs: dict[str, Any] = {
+        "image": image,
+        "name": container_name(alloc.id),
+        "entrypoint": ["/bin/sh", "-c", script],
+        "command": [],
+        "environment": container_env(env, alloc, grant),
+        "labels": {LABEL_ALLOC: alloc.id, LABEL_JOB: alloc.job_id, LABEL_HOST: host},
+        "working_dir": spec.working_dir or WORK_DIR,
+        "volumes": _binds(spec.volumes, work_dir),
+        "network_mode": "host",
+        "init": True,
+        "mem_limit": memory,
+        "memswap_limit": memory,
+        "pids_limit": pids_limit,
+        "privileged": spec.privileged,
+        "log_config": LogConfig(type=LogConfig.types.JSON),  # the copier reads it back; journald could not
+        "detach": True,
+    }
+    if alloc.cpus:
+        kwargs["cpuset_cpus"] = ",".join(str(c) for c in alloc.cpus)
+    if spec.resources.shm_size_mib:
+        kwargs["shm_size"] = f"{spec.resources.shm_size_mib}m"
+    if grant.nvidia_uuids:
+        kwargs["device_requests"] = [
+            DeviceRequest(driver="nvidia", device_ids=list(grant.nvidia_uuids), capabilities=[["gpu"]])
+        ]
+    if grant.device_nodes:
+        kwargs["devices"] = [f"{node}:{node}:rwm" for node in grant.device_nodes]
+    if grant.group_ids:
+        kwargs["group_add"] = [str(gid) for gid in grant.group_ids]
+    return kwargs
+
+
+def _binds(volumes: tuple[str, ...], work_dir: Path) -> list[str]:
+    binds = [f"{work_dir}:{WORK_DIR}:rw"]
+    for text in volumes:
+        volume = parse_volume(text)
+        binds.append(f"{volume.host_path}:{volume.container_path}:rw")
+    return binds
