@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.agent import detect, run_agent
 from agent.config import AgentConfig
+from agent.runtime.process import ProcessRuntime
 from cli.api import Api, LogChunk
 from cli.config import CliConfig
 from coordinator.pki import issue_agent_cert
@@ -116,4 +117,12 @@ async def cluster(settings: Settings = FAST) -> AsyncIterator[Cluster]:
         for name in list(c.agents):
             await c.stop_agent(name)
         await c.coordinator.close()  # the one running now: a test may have restarted it
+        kill_leftover_jobs(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def kill_leftover_jobs(root: Path) -> None:
+    """Jobs outlive their agent by design (it re-adopts them); a test must not leave them behind."""
+    runtime = ProcessRuntime(None)
+    for alloc_dir in root.glob("*/allocs/*"):
+        runtime.signal_stop(alloc_dir, kill=True)
