@@ -7,15 +7,9 @@ import time
 import click
 import msgspec
 
-from cli.api import Api, ApiError
+from cli.session import call
 from shared.units import parse_duration_s
 from shared.wire import FleetLimit, TokenCreate, UserCreate
-
-
-def _api() -> Api:
-    from cli.main import api
-
-    return api()
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -44,12 +38,8 @@ def token_create(fleet: str, ttl: str, uses: int | None, labels: tuple[str, ...]
         ttl_s = parse_duration_s(ttl)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--ttl") from None
-    try:
-        created = _api().create_token(
-            TokenCreate(fleet=fleet, ttl_s=ttl_s, uses=uses, labels=_labels(labels))
-        )
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
+    request = TokenCreate(fleet=fleet, ttl_s=ttl_s, uses=uses, labels=_labels(labels))
+    created = call(lambda client: client.create_token(request))
     click.echo(created.join_string)
     until = time.strftime("%Y-%m-%d %H:%M", time.localtime(created.expires_at))
     click.echo(f"token {created.id} for fleet {fleet}, valid until {until}", err=True)
@@ -58,20 +48,14 @@ def token_create(fleet: str, ttl: str, uses: int | None, labels: tuple[str, ...]
 @token.command("list")
 def token_list() -> None:
     """List join tokens that are not deleted (secrets are never shown again)."""
-    try:
-        click.echo(msgspec.json.encode(_api().tokens()).decode())
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
+    click.echo(msgspec.json.encode(call(lambda client: client.tokens())).decode())
 
 
 @token.command("delete")
 @click.argument("token_id")
 def token_delete(token_id: str) -> None:
     """Delete a join token: no host can join with it any more."""
-    try:
-        _api().delete_token(token_id)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
+    call(lambda client: client.delete_token(token_id))
     click.echo(f"token {token_id} deleted")
 
 
@@ -83,10 +67,7 @@ def project() -> None:
 @project.command("create")
 @click.argument("name")
 def project_create(name: str) -> None:
-    try:
-        _api().create_project(name)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
+    call(lambda client: client.create_project(name))
     click.echo(f"project {name} created")
 
 
@@ -101,10 +82,7 @@ def user() -> None:
 @click.option("--role", type=click.Choice(["member", "admin"]), default="member", show_default=True)
 def user_create(name: str, project: str, role: str) -> None:
     """Create a user; prints their API token once (it is stored hashed)."""
-    try:
-        created = _api().create_user(UserCreate(name=name, project=project, role=role))
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
+    created = call(lambda client: client.create_user(UserCreate(name=name, project=project, role=role)))
     click.echo(created.token)
 
 
@@ -119,8 +97,5 @@ def fleet() -> None:
     "--project", "projects", multiple=True, help="A project allowed to use the fleet (repeatable; none: all)."
 )
 def fleet_limit(name: str, projects: tuple[str, ...]) -> None:
-    try:
-        _api().limit_fleet(FleetLimit(name=name, projects=list(projects)))
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
+    call(lambda client: client.limit_fleet(FleetLimit(name=name, projects=list(projects))))
     click.echo(f"fleet {name}: " + (", ".join(projects) if projects else "open to every project"))

@@ -6,28 +6,18 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import click
 import msgspec
 
 from cli.api import Api, ApiError
-from cli.config import NoConfig, load_cli_config
 from cli.host_detail import host_detail
 from cli.render import hosts_table, jobs_table, print_table, waiting_line
+from cli.session import api, call
 from shared.spec import GpuRequest, SpecError, TaskSpec, parse_gpu, parse_spec, validate_spec
 
 SAMPLE_POLL_S = 1.0
-T = TypeVar("T")
-
-
-def api() -> Api:
-    try:
-        return Api(load_cli_config())
-    except (NoConfig, ApiError) as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
@@ -137,10 +127,7 @@ def follow_logs(client: Api, ref: str, show_pending: bool = False, follow: bool 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def ps(show_all: bool, as_json: bool) -> None:
     """List jobs (running and pending; -a for all)."""
-    try:
-        jobs = api().jobs(show_all)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
+    jobs = call(lambda client: client.jobs(show_all))
     if as_json:
         click.echo(msgspec.json.encode(jobs).decode())
     else:
@@ -162,10 +149,7 @@ def logs(follow: bool, job: str) -> None:
 @click.argument("job")
 def stop(job: str) -> None:
     """Stop a job: SIGTERM, then SIGKILL after the grace period."""
-    try:
-        view = api().stop(job)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
+    view = call(lambda client: client.stop(job))
     click.echo(
         f"job {view.id} {'stopping' if view.status in ('assigned', 'pulling', 'running') else view.status}"
     )
@@ -183,20 +167,20 @@ def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
     if words[:1] == ("remove",):
         if len(words) != 2:
             raise click.UsageError("usage: gpuctl hosts remove HOST")
-        removed = _call(lambda client: client.remove_host(words[1]))
+        removed = call(lambda client: client.remove_host(words[1]))
         click.echo(f"host {removed['name']} ({removed['id']}) removed; its certificates are revoked")
         return
     if len(words) > 1:
         raise click.UsageError("give at most one HOST (or: remove HOST)")
     host = words[0] if words else None
     if host is None and not verbose:
-        views = _call(lambda client: client.hosts())
+        views = call(lambda client: client.hosts())
         if as_json:
             click.echo(msgspec.json.encode(views).decode())
         else:
             print_table(hosts_table(views))
         return
-    details = _call(
+    details = call(
         lambda client: (
             [client.host_detail(host)] if host else [client.host_detail(v.id) for v in client.hosts()]
         )
@@ -206,14 +190,6 @@ def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
     else:
         for detail in details:
             print_table(host_detail(detail))
-
-
-def _call(call: Callable[[Api], T]) -> T:
-    """One API call with the configured client; an error the coordinator or the network gives is one line."""
-    try:
-        return call(api())
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _register() -> None:
