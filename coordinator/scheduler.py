@@ -284,11 +284,19 @@ def _placement(job_id: str, host_id: str, blocks: list[int], inventory: Inventor
     )
 
 
+def marketed_gb(memory_mib: int) -> int:
+    """The size a GPU is sold as. Vendors count in GiB (H100: 81559 MiB, sold as 80GB) or in decimal GB
+    (A10G: 23028 MiB, sold as 24GB); sold sizes are multiples of 8, so prefer the count that is one."""
+    gib = round(memory_mib / 1024)
+    gb = round(memory_mib * 1.048576 / 1000)
+    return gb if gib % 8 and not gb % 8 else gib
+
+
 def describe_gpus(inventory: Inventory) -> str:
     """`8xH100 (80GB)`, or `4xA10G (24GB), 2xL4 (24GB)` on a mixed host, or `no GPU`."""
     counts: dict[tuple[str, int], int] = {}
     for g in inventory.gpus:
-        key = (g.name, rounded_memory_mib(g) // 1024)
+        key = (g.name, marketed_gb(g.memory_mib))
         counts[key] = counts.get(key, 0) + 1
     if not counts:
         return "no GPU"
@@ -312,6 +320,8 @@ def describe_request(gpu: GpuRequest | None) -> str:
 
 
 def _no_matching_gpu(gpu: GpuRequest, inventory: Inventory) -> str:
+    if not inventory.gpus:
+        return f"has no GPU, job asks {describe_request(gpu)}"
     return f"has {describe_gpus(inventory)}, none matching {describe_request(gpu)}"
 
 

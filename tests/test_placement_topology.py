@@ -158,7 +158,7 @@ def test_compute_capability_on_an_a10g_fleet_says_why(a10g_and_h100: tuple[Inven
     result = schedule([capability_job("j", "1", 0)], [HostCapacity("a", "a10g", a10g)])
 
     assert result.pending == {
-        "j": "no host can ever fit this job: a10g has 4xA10G (22GB), none matching "
+        "j": "no host can ever fit this job: a10g has 4xA10G (24GB), none matching "
         "1 nvidia GPU with compute capability 9.0.."
     }
     older = parse_spec("commands: [x]\nresources: {gpu: {compute_capability: 8.0..8.6, count: 2}}\n")
