@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,7 @@ import msgspec
 from agent.env import job_env
 from agent.reconcile import Forget, Local, ReportGone, Start, Stop, reconcile
 from agent.runtime.base import Observed, Runtime, RuntimeStartError
+from shared.files import write_atomic
 from shared.states import AllocState
 from shared.wire import AllocationSpec, AllocationStatus, Inventory
 
@@ -89,11 +91,14 @@ class Executor:
                 log.warning("ignoring %s: no readable alloc.json", path)
                 continue
             local = LocalAlloc(spec, path, path.joinpath("alloc.json").stat().st_mtime)
-            if (path / "stop.json").exists():
-                stop = json.loads((path / "stop.json").read_text())
-                local.stop_reason, local.stop_asked_at = stop["reason"], stop["at"]
-            if (path / "shipped").exists():
-                local.acked = int((path / "shipped").read_text() or 0)
+            try:
+                if (path / "stop.json").exists():
+                    stop = json.loads((path / "stop.json").read_text())
+                    local.stop_reason, local.stop_asked_at = stop["reason"], stop["at"]
+                if (path / "shipped").exists():
+                    local.acked = int((path / "shipped").read_text() or 0)
+            except (ValueError, KeyError, TypeError) as exc:  # a torn write: resend logs, keep going
+                log.warning("allocation %s: unreadable journal file (%s)", spec.id, exc)
             local.observed = self._observe_one(local)
             self.allocs[spec.id] = local
             log.info("re-adopted allocation %s (%s)", spec.id, local.observed.state)
@@ -157,7 +162,9 @@ class Executor:
     def _observe_one(self, local: LocalAlloc) -> Observed:
         runtime = self.runtime_for(local.spec)
         if runtime is None:
-            return Observed(AllocState.FAILED, None, "this host has no Docker engine now", time.time())
+            # The engine is away (restarting, slow to start): its container may well run on, holding its
+            # GPUs. Failing it would free them for another job; keep what we knew and look again later.
+            return local.observed
         return runtime.observe(local.dir)
 
     def _grace_s(self, local: LocalAlloc) -> float:
@@ -172,17 +179,17 @@ class Executor:
 
     def _start(self, spec: AllocationSpec, now: float) -> None:
         path = self.root / spec.id
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "alloc.json").write_bytes(msgspec.json.encode(spec))
         local = LocalAlloc(spec, path, now)
         self.allocs[spec.id] = local
         env = job_env(spec, self.inventory, self.agent_env, str(path / "work"))
         runtime = self.runtime_for(spec)
         try:
+            path.mkdir(parents=True, exist_ok=True)
+            write_atomic(path / "alloc.json", msgspec.json.encode(spec))
             if runtime is None:
                 raise RuntimeStartError("this host has no Docker engine for a job with an image")
             runtime.start(spec, env, path, local.log_file)
-        except RuntimeStartError as exc:
+        except (RuntimeStartError, OSError, subprocess.SubprocessError) as exc:  # a full disk fails one job
             local.observed = Observed(AllocState.FAILED, None, str(exc), time.time())
             log.warning("allocation %s failed to start: %s", spec.id, exc)
             return
@@ -199,7 +206,7 @@ class Executor:
         """SIGTERM now; _observe sends SIGKILL once the grace period is over. Idempotent."""
         if local.stop_asked_at is None:
             local.stop_reason, local.stop_asked_at = reason, now
-            (local.dir / "stop.json").write_text(json.dumps({"reason": reason, "at": now}))
+            write_atomic(local.dir / "stop.json", json.dumps({"reason": reason, "at": now}).encode())
             log.info("stopping allocation %s: %s", local.spec.id, reason)
         self._signal(local, kill=False)
 
@@ -215,7 +222,7 @@ class Executor:
         local = self.allocs.get(alloc_id)
         if local is not None and acked != local.acked:
             local.acked = acked
-            (local.dir / "shipped").write_text(str(acked))
+            write_atomic(local.dir / "shipped", str(acked).encode())
 
     def snapshot(self) -> list[LocalAlloc]:
         return [replace(a) for a in self.allocs.values()]

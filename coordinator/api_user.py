@@ -74,7 +74,8 @@ async def list_hosts(request: web.Request) -> web.Response:
 
 
 async def get_host(request: web.Request) -> web.Response:
-    return json_response(request.app[COORDINATOR].host_detail(request.match_info["ref"]))
+    coord = request.app[COORDINATOR]
+    return json_response(coord.host_detail(request.match_info["ref"], project_scope(request)))
 
 
 async def remove_host(request: web.Request) -> web.Response:

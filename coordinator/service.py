@@ -148,17 +148,19 @@ class Coordinator:
             busy[alloc.host_id] = busy.get(alloc.host_id, 0) + len(alloc.blocks)
         return [self._host_view(h, busy.get(h.id, 0)) for h in self.store.list_hosts()]
 
-    def host_detail(self, ref: str) -> HostDetail:
-        """One host by name or id, with the allocations that hold its blocks. Raises NotFound, Ambiguous."""
+    def host_detail(self, ref: str, project: str | None = None) -> HostDetail:
+        """One host by name or id, with the allocations that hold its blocks; jobs of projects other than
+        `project` (if given) show as busy blocks without their id or name. Raises NotFound, Ambiguous."""
         host = self.find_host(ref)
         allocations = []
         for alloc in self.store.active_allocations(host.id):
             job = self.store.get_job(alloc.job_id)
+            visible = job is not None and (project is None or job.project == project)
             allocations.append(
                 HostAllocationView(
-                    allocation_id=alloc.id,
-                    job_id=alloc.job_id,
-                    job_name=job.name if job else "",
+                    allocation_id=alloc.id if visible else "",
+                    job_id=alloc.job_id if visible else "",
+                    job_name=job.name if job and visible else "(another project)",
                     status=alloc.state.value,
                     blocks=alloc.blocks,
                     gpus=alloc.gpus,
@@ -224,10 +226,9 @@ class Coordinator:
         data = self.logs.read(alloc.id, offset, max_bytes)
         end = offset + len(data)
         complete = job.status.terminal and (alloc.final_log_size is None or end >= alloc.final_log_size)
-        if job.status.terminal and alloc.final_log_size is None and not alloc.state.terminal:
-            complete = (
-                True  # the job ended without its agent (lost, stopped while pending): nothing more comes
-            )
+        host = self.store.get_host(alloc.host_id)
+        if job.status.terminal and host is not None and host.status == "removed":
+            complete = True  # a removed host ships nothing more: what arrived is all there is
         return data, complete
 
     # --- agent side --------------------------------------------------------------------------------
@@ -313,7 +314,13 @@ class Coordinator:
             alloc = self.store.get_allocation(status.id)
             if alloc is None or alloc.host_id != host_id or alloc.state.terminal:
                 continue  # unknown here: absent from the desired state, so the agent stops and forgets it
-            state = AllocState(status.state)
+            try:
+                state = AllocState(status.state)
+            except ValueError:
+                log.warning(
+                    "host %s reports allocation %s in unknown state %r", host_id, alloc.id, status.state
+                )
+                continue
             final = status.log_size if state.terminal else None
             reported = (state, status.exit_code, final, status.reason)
             if reported == (alloc.state, alloc.exit_code, alloc.final_log_size, alloc.reason):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shared.files import write_atomic
 
 _CA_TTL = dt.timedelta(days=3650)
 CLOCK_SKEW = dt.timedelta(minutes=5)  # certificates start this much before they are issued
@@ -175,13 +176,9 @@ def peer_identity(der: bytes) -> tuple[str, int]:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file created 0600 from the start (never world-readable, not even briefly)."""
+    """Write a secret file created 0600 from the start (never world-readable, not even briefly), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o600)
 
 
 def server_context(cert_file: Path, key_file: Path, ca_file: Path) -> ssl.SSLContext:

@@ -78,3 +78,20 @@ async def test_stop_ends_a_running_job() -> None:
         stopped = await c.wait_for(job.id, "stopped", timeout_s=20)
         assert stopped.exit_code is not None
         assert (await c.full_log(job.id)).startswith(b"up\n")
+
+
+async def test_the_jobs_environment_never_reaches_its_supervisor() -> None:
+    """The supervisor may run as root: a job's PYTHONPATH must not make it import the job's code."""
+    async with cluster() as c:
+        c.start_agent("host-e", "1xL4")
+        trap = c.root / "trap"
+        trap.mkdir(mode=0o777)
+        trap.chmod(0o777)
+        marker = trap / "imported"
+        (trap / "json.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(9)\n")
+        job = await c.submit(
+            f"commands: ['echo ran with $PYTHONPATH']\nresources: {{gpu: 1}}\nenv: {{PYTHONPATH: {trap}}}"
+        )
+        assert await c.full_log(job.id) == f"ran with {trap}\n".encode()
+        assert (await c.job(job.id)).status == "done"
+        assert not marker.exists()

@@ -169,7 +169,7 @@ commands:
   - pip install -r requirements.txt
   - torchrun --nproc-per-node $DSTACK_GPUS_PER_NODE train.py
 ports: [8080]
-nodes: 2
+nodes: 1
 resources:
   gpu: H100:80GB:8
   cpu: 32..
@@ -227,7 +227,7 @@ def test_full_dstack_task() -> None:
             disk_mib=Range(TIB, None),
             shm_size_mib=16 * GIB,
         ),
-        nodes=2,
+        nodes=1,
         volumes=("/mnt/data:/data", "/mnt/cache:/root/.cache"),
         working_dir="/workflow",
         max_duration_s=5400,
@@ -449,6 +449,7 @@ BAD_SPECS = [
     ("commands: [x]\npriority: 101\n", "spec.yaml:2: priority: must be between 0 and 100"),
     ("commands: [x]\npriority: -1\n", "spec.yaml:2: priority: must be between 0 and 100"),
     ("commands: [x]\nnodes: 0\n", "spec.yaml:2: nodes: must be between 1"),
+    ("commands: [x]\nnodes: 2\n", "spec.yaml:2: nodes: multi-node jobs are not supported yet"),
     ("commands: [x]\nnodes: [1]\n", "spec.yaml:2: nodes: expected a single value, got a list"),
     ("type: service\ncommands: [x]\n", "spec.yaml:1: type: only 'task' is supported"),
     ("name: My_Task\ncommands: [x]\n", "spec.yaml:1: name: expected lowercase letters"),

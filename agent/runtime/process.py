@@ -11,8 +11,10 @@ import sys
 from collections.abc import Collection
 from pathlib import Path
 
+from agent.env import DEFAULT_PATH
 from agent.runtime.base import Observed, RuntimeStartError
 from agent.runtime.shim import start_time
+from shared import tls
 from shared.states import AllocState
 from shared.wire import AllocationSpec
 
@@ -32,7 +34,10 @@ class ProcessRuntime:
             entry = pwd.getpwnam(self.run_as)
             os.chown(work_dir, entry.pw_uid, entry.pw_gid)
         script = "set -e\n" + "\n".join(alloc.spec.commands) + "\n"
-        argv = [sys.executable, _SHIM, str(alloc_dir / "exit.json"), self.run_as or ""]
+        # The supervisor may run as root: it gets an isolated interpreter (-I ignores PYTHON* variables) and a
+        # fixed environment; the job's own environment (PYTHONPATH, LD_PRELOAD, ...) reaches only the job.
+        tls.write_private(alloc_dir / "env.json", json.dumps(env).encode())
+        argv = [sys.executable, "-I", _SHIM, str(alloc_dir / "exit.json"), self.run_as or ""]
         argv += ["--", "/bin/sh", "-c", script]
         try:
             with open(log_file, "ab") as out:
@@ -42,12 +47,16 @@ class ProcessRuntime:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     cwd=work_dir,
-                    env=env,
+                    env={"PATH": DEFAULT_PATH},
                     start_new_session=True,  # outlives the agent; the agent re-adopts it after a restart
                 )
         except OSError as exc:
             raise RuntimeStartError(f"cannot start the job: {exc}") from exc
-        if proc.wait(timeout=30) != 0 or not (alloc_dir / "shim.pid").exists():
+        try:
+            started = proc.wait(timeout=30) == 0
+        except subprocess.TimeoutExpired:
+            started = False
+        if not started or not (alloc_dir / "shim.pid").exists():
             raise RuntimeStartError(
                 "the job's supervisor did not start; the allocation's output.log says why"
             )

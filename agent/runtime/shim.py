@@ -16,16 +16,25 @@ import subprocess
 import sys
 import time
 
+_pending: list[int] = []  # signals that came before the job existed
+_child: list[subprocess.Popen[bytes]] = []
+
+
+def _handler(signum: int, _frame: object) -> None:
+    """Pass SIGTERM/SIGINT on to the job's process group; remember it if the job is not started yet."""
+    if not _child:
+        _pending.append(signum)
+        return
+    try:
+        os.killpg(_child[0].pid, signum)
+    except ProcessLookupError:
+        pass
+
 
 def _forward(child: subprocess.Popen[bytes]) -> None:
-    def handler(signum: int, _frame: object) -> None:
-        try:
-            os.killpg(child.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    _child.append(child)
+    for signum in _pending:
+        _handler(signum, None)
 
 
 def _write_exit(path: str, returncode: int) -> None:
@@ -70,8 +79,12 @@ def _detach(pid_file: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, _handler)  # first of all: a stop must never kill the supervisor itself
+    signal.signal(signal.SIGINT, _handler)
     exit_file, user, sep, *command = argv
     assert sep == "--" and command, "usage: shim EXIT_FILE USER -- ARGV..."
+    with open(os.path.join(os.path.dirname(exit_file), "env.json")) as f:
+        job_env = json.load(f)
     _detach(os.path.join(os.path.dirname(exit_file), "shim.pid"))
     as_user = user if user and os.geteuid() == 0 else None
     child = subprocess.Popen(
@@ -81,6 +94,7 @@ def main(argv: list[str]) -> int:
         group=None if as_user is None else _primary_group(as_user),
         extra_groups=None if as_user is None else [],
         stdin=subprocess.DEVNULL,
+        env=job_env,
     )
     with open(os.path.join(os.path.dirname(exit_file), "child.pid"), "w") as f:
         f.write(str(child.pid))
