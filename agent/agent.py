@@ -16,7 +16,7 @@ from agent.client import CoordinatorClient
 from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, DockerConfig
 from agent.detect import detect_inventory
 from agent.executor import Executor
-from agent.identity import check_not_expired, join, renew_loop
+from agent.identity import check_not_expired, finish_pending_pair, join, renew_loop
 from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
 from agent.runtime.base import Runtime
 from agent.runtime.docker import DockerRuntime
@@ -112,6 +112,7 @@ async def run_agent(
     try:
         executor.adopt()
         ca, cert, key = config.tls_files()
+        finish_pending_pair(config.pki_dir)
         if not cert.exists() and config.join:
             await join(config.coordinator, parse_join_string(config.join), config.pki_dir, config.name)
         check_not_expired(cert)
@@ -130,7 +131,9 @@ async def run_agent(
     )
 
     def adopt(fresh: Inventory) -> None:
-        executor.inventory = fresh  # new jobs see the devices as they are now
+        executor.inventory = fresh  # new jobs see the devices as they are now, in every runtime
+        for runtime in executor.runtimes.values():
+            runtime.set_inventory(fresh)
 
     try:
         with _on_signal(signal.SIGHUP, state.redetect_requested.set):

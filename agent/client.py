@@ -38,7 +38,7 @@ class CoordinatorClient:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with self.session.post(url, data=msgspec.json.encode(request), timeout=timeout) as resp:
             body = await resp.read()
-            _raise_for(resp.status, body)
+            raise_for_status(resp.status, body)
             return msgspec.json.decode(body, type=SyncResponse)
 
     async def post_log(self, alloc_id: str, offset: int, data: bytes) -> int:
@@ -46,11 +46,12 @@ class CoordinatorClient:
         timeout = aiohttp.ClientTimeout(total=60)
         async with self.session.post(url, params={"offset": str(offset)}, data=data, timeout=timeout) as resp:
             body = await resp.read()
-            _raise_for(resp.status, body)
+            raise_for_status(resp.status, body)
             return msgspec.json.decode(body, type=LogAck).acked
 
 
-def _raise_for(status: int, body: bytes) -> None:
+def raise_for_status(status: int, body: bytes) -> None:
+    """Raise ApiError with the coordinator's one-line message for a 4xx or 5xx answer."""
     if status < 400:
         return
     try:

@@ -18,11 +18,11 @@ from typing import TypeVar
 import aiohttp
 import msgspec
 
-from agent.client import ApiError, retryable
+from agent.client import raise_for_status, retryable
 from shared import constants as C
 from shared import tls
 from shared.join import JoinString
-from shared.wire import EnrollRequest, EnrollResponse, ErrorBody, RenewRequest, RenewResponse
+from shared.wire import EnrollRequest, EnrollResponse, RenewRequest, RenewResponse
 
 log = logging.getLogger("gpuctl.agent")
 T = TypeVar("T")
@@ -90,13 +90,27 @@ async def _post(url: str, context: ssl.SSLContext, path: str, request: object, t
         ) as resp,
     ):
         data = await resp.read()
-    if resp.status >= 400:
-        try:
-            message = msgspec.json.decode(data, type=ErrorBody).error
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            message = data[:200].decode(errors="replace")
-        raise ApiError(resp.status, message)
+    raise_for_status(resp.status, data)
     return msgspec.json.decode(data, type=type_)
+
+
+def install_pair(pki_dir: Path, key_pem: bytes, cert_pem: bytes) -> None:
+    """Replace the agent's key and certificate so that a crash at any point leaves a matching pair: both are
+    staged as `.new` files first, and `finish_pending_pair` completes an install a crash cut short."""
+    tls.write_private(pki_dir / "agent-key.pem.new", key_pem)
+    tls.write_private(pki_dir / "agent.pem.new", cert_pem)
+    finish_pending_pair(pki_dir)
+
+
+def finish_pending_pair(pki_dir: Path) -> None:
+    """Idempotent; run at start. Moves a fully staged pair into place (key first, certificate last)."""
+    staged_key, staged_cert = pki_dir / "agent-key.pem.new", pki_dir / "agent.pem.new"
+    if staged_cert.exists():
+        if staged_key.exists():
+            staged_key.replace(pki_dir / "agent-key.pem")
+        staged_cert.replace(pki_dir / "agent.pem")
+    elif staged_key.exists():  # the certificate never got staged: the old pair is still whole
+        staged_key.unlink()
 
 
 def check_not_expired(cert_file: Path, now: float | None = None) -> float:
@@ -136,8 +150,7 @@ async def renew_loop(url: str, context: ssl.SSLContext, pki_dir: Path) -> None:
             log.warning("certificate renewal failed (%s); trying again soon", exc)
             await asyncio.sleep(random.uniform(5, 15))
             continue
-        tls.write_private(key_file, tls.key_to_pem(key))
-        cert_file.write_text(answer.certificate)
+        install_pair(pki_dir, tls.key_to_pem(key), answer.certificate.encode())
         context.load_cert_chain(cert_file, key_file)
         log.info(
             "certificate renewed; valid until %s", time.ctime(tls.cert_expiry(cert_file.read_bytes())[1])

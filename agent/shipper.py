@@ -12,7 +12,6 @@ import logging
 from agent.client import CoordinatorClient, retryable
 from agent.executor import Executor, LocalAlloc
 from agent.state import SharedState
-from shared import constants as C
 
 log = logging.getLogger("gpuctl.agent")
 
@@ -25,7 +24,7 @@ async def ship_loop(client: CoordinatorClient, executor: Executor, state: Shared
         sent_any = False
         for local in executor.snapshot():
             try:
-                sent_any |= await _ship_one(client, executor, local)
+                sent_any |= await _ship_one(client, executor, local, state.log_chunk_max_bytes)
             except Exception as exc:
                 if not retryable(exc) and getattr(exc, "status", 0) != 404:
                     raise
@@ -39,12 +38,14 @@ async def ship_loop(client: CoordinatorClient, executor: Executor, state: Shared
                 pass
 
 
-async def _ship_one(client: CoordinatorClient, executor: Executor, local: LocalAlloc) -> bool:
+async def _ship_one(
+    client: CoordinatorClient, executor: Executor, local: LocalAlloc, chunk_bytes: int
+) -> bool:
     """Send one chunk if there is unsent output. True if something was sent."""
     size = local.log_size()
     if size <= local.acked:
         return False
-    data = _read_chunk(local, min(size - local.acked, C.LOG_CHUNK_MAX_BYTES))
+    data = _read_chunk(local, min(size - local.acked, chunk_bytes))
     acked = await client.post_log(local.spec.id, local.acked, data)
     executor.record_acked(local.spec.id, acked)
     return True

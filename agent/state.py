@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from shared.constants import LOG_CHUNK_MAX_BYTES
 from shared.wire import AllocationSpec, Inventory
 
 
@@ -15,6 +16,7 @@ class SharedState:
     coordinator_generation: str = ""
     host_id: str = ""
     last_error: str = ""
+    log_chunk_max_bytes: int = LOG_CHUNK_MAX_BYTES  # the coordinator's answer may lower it
     inventory: Inventory | None = None  # the latest detected; replaced whole by re-detection, never mutated
     synced_once: asyncio.Event = field(default_factory=asyncio.Event)
     desired_changed: asyncio.Event = field(default_factory=asyncio.Event)  # sync → executor

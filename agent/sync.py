@@ -88,6 +88,7 @@ def _apply(response: SyncResponse, state: SharedState) -> None:
     state.last_error = ""
     state.host_id = response.host_id
     state.coordinator_generation = response.inventory_generation
+    state.log_chunk_max_bytes = max(1024, min(response.log_chunk_max_bytes, C.LOG_CHUNK_MAX_BYTES))
     if response.index != state.desired_index:
         state.desired = response.allocations
         state.desired_index = response.index

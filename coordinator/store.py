@@ -247,7 +247,7 @@ class Store:
     ) -> list[JobRow]:
         where = "WHERE (? IS NULL OR project=?)"
         if not include_finished:
-            where += " AND status NOT IN ('done','failed','stopped','lost')"
+            where += f" AND status NOT IN ({', '.join(repr(s.value) for s in JobState if s.terminal)})"
         rows = self.db.execute(
             f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ?", (project, project, limit)
         ).fetchall()
@@ -318,10 +318,6 @@ class Store:
 
     def set_host_status(self, db: sqlite3.Connection, host_id: str, status: str) -> None:
         db.execute("UPDATE hosts SET status=? WHERE id=?", (status, host_id))
-
-    def touch_host(self, host_id: str, seen_at: float) -> None:
-        """Liveness; not worth an fsync, but cheap enough to keep in the store for `gpuctl hosts`."""
-        self.db.execute("UPDATE hosts SET last_seen=? WHERE id=?", (seen_at, host_id))
 
     def bump_index(self, db: sqlite3.Connection, host_id: str) -> None:
         db.execute("UPDATE hosts SET desired_index=desired_index+1 WHERE id=?", (host_id,))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from shared.states import AllocState
-from shared.wire import AllocationSpec
+from shared.wire import AllocationSpec, Inventory
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class Runtime(Protocol):
 
     def sweep(self, known_alloc_ids: Collection[str]) -> None:
         """At start-up: remove this host's work that belongs to no allocation in the journal."""
+
+    def set_inventory(self, inventory: Inventory) -> None:
+        """Re-detection found new devices: work started from now on uses them (running work keeps its own)."""
 
     def close(self) -> None:
         """The agent is stopping; running work keeps running, to be re-adopted by the next agent."""

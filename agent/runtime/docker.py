@@ -10,6 +10,7 @@ from the spool's cursor.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -133,6 +134,10 @@ class DockerRuntime:
             if alloc_id not in known_alloc_ids:
                 log.info("removing container %s of unknown allocation %r", entry["Id"][:12], alloc_id)
                 _logged(functools.partial(self._remove, entry["Id"]))
+
+    def set_inventory(self, inventory: Inventory) -> None:
+        """New containers get their GPUs by the devices as they are now; existing ones keep theirs."""
+        self.host = dataclasses.replace(self.host, inventory=inventory)
 
     def close(self) -> None:
         """The agent is stopping: stop following output; containers keep running for the next agent."""

@@ -16,7 +16,7 @@ from agent.runtime.base import Observed, RuntimeStartError
 from agent.runtime.shim import start_time
 from shared import tls
 from shared.states import AllocState
-from shared.wire import AllocationSpec
+from shared.wire import AllocationSpec, Inventory
 
 
 class ProcessRuntime:
@@ -92,6 +92,9 @@ class ProcessRuntime:
 
     def sweep(self, known_alloc_ids: Collection[str]) -> None:
         pass  # a job's supervisor lives only in its allocation's folder
+
+    def set_inventory(self, inventory: Inventory) -> None:
+        pass  # the job's environment (its devices) comes from the executor
 
     def close(self) -> None:
         pass  # supervisors are detached: they outlive the agent by design
