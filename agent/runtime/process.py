@@ -30,7 +30,7 @@ class ProcessRuntime:
             import pwd
 
             entry = pwd.getpwnam(self.run_as)
-            os.chown(work_dir, entry.pw_uid, entry.pw_gid)
+            _chown_tree(work_dir, entry.pw_uid, entry.pw_gid)  # `files:` unpacked there are the job's own
         script = "set -e\n" + "\n".join(alloc.spec.commands) + "\n"
         argv = [sys.executable, _SHIM, str(alloc_dir / "exit.json"), self.run_as or ""]
         argv += ["--", "/bin/sh", "-c", script]
@@ -104,6 +104,13 @@ def check_reachable(root: Path, user: str | None) -> None:
 
 
 _SHIM = str(Path(__file__).with_name("shim.py"))  # run as a script: it needs only the standard library
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for folder, dirs, names in os.walk(root):
+        for name in dirs + names:
+            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
 
 
 def _alive(pid_file: Path) -> bool:
