@@ -16,6 +16,7 @@ from agent.client import CoordinatorClient
 from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, DockerConfig
 from agent.detect import detect_inventory
 from agent.executor import Executor
+from agent.files import FilePrep
 from agent.identity import check_not_expired, finish_pending_pair, join, renew_loop
 from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
 from agent.runtime.base import Runtime
@@ -139,7 +140,7 @@ async def run_agent(
         with _on_signal(signal.SIGHUP, state.redetect_requested.set):
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(sync_loop(client, executor, inventory, state, cert), name="sync")
-                tg.create_task(exec_loop(executor, state), name="executor")
+                tg.create_task(exec_loop(executor, state, client), name="executor")
                 tg.create_task(ship_loop(client, executor, state), name="logs")
                 tg.create_task(
                     redetect_loop(redetect or (lambda: detect(config)), state, redetect_interval_s, adopt),
@@ -168,16 +169,22 @@ def _on_signal(signum: int, callback: Callable[[], None]) -> Iterator[None]:
         loop.remove_signal_handler(signum)
 
 
-async def exec_loop(executor: Executor, state: SharedState) -> None:
-    """Reconcile on every desired-state change and on a short tick (to notice jobs that ended)."""
+async def exec_loop(executor: Executor, state: SharedState, client: CoordinatorClient) -> None:
+    """Reconcile on every desired-state change and on a short tick (to notice jobs that ended). An
+    allocation with `files:` reaches the reconciler once its files are fetched and unpacked (or failed)."""
+    prep = executor.file_prep = FilePrep(client, executor.root.parent, state.desired_changed.set)
     await state.synced_once.wait()  # before the first answer, nothing is known to be unwanted
-    while True:
-        state.desired_changed.clear()
-        if executor.step(state.desired, time.time()):
-            state.local_changed.set()
-            state.logs_written.set()
-        try:
-            async with asyncio.timeout(EXEC_TICK_S):
-                await state.desired_changed.wait()
-        except TimeoutError:
-            pass
+    try:
+        while True:
+            state.desired_changed.clear()
+            ready = prep.prepare(state.desired, set(executor.allocs))
+            if executor.step(ready, time.time()):
+                state.local_changed.set()
+                state.logs_written.set()
+            try:
+                async with asyncio.timeout(EXEC_TICK_S):
+                    await state.desired_changed.wait()
+            except TimeoutError:
+                pass
+    finally:
+        prep.close()

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import ssl
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -48,6 +52,33 @@ class CoordinatorClient:
             body = await resp.read()
             raise_for_status(resp.status, body)
             return msgspec.json.decode(body, type=LogAck).acked
+
+    async def fetch_files(self, archive_id: str, dest: Path) -> None:
+        """Download a files archive to `dest` (atomically: a temporary file, then a rename), checking that
+        its bytes hash to `archive_id` and stay within the size limit. Raises ApiError, aiohttp errors,
+        or ValueError (a wrong or oversize answer)."""
+        url = f"{self.base_url}{C.AGENT_PREFIX}/files/{archive_id}"
+        timeout = aiohttp.ClientTimeout(total=600, sock_read=60)
+        temp = dest.with_name(dest.name + ".part")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        try:
+            async with self.session.get(url, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    raise_for_status(resp.status, await resp.read())
+                with temp.open("wb") as f:
+                    async for chunk in resp.content.iter_chunked(C.FILES_CHUNK_BYTES):
+                        size += len(chunk)
+                        if size > C.MAX_FILES_ARCHIVE_BYTES:
+                            raise ValueError(f"the archive is over {C.MAX_FILES_ARCHIVE_BYTES} bytes")
+                        digest.update(chunk)
+                        f.write(chunk)
+            if digest.hexdigest() != archive_id:
+                raise ValueError("the bytes received do not match the archive's id")
+            os.replace(temp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
 
 
 def raise_for_status(status: int, body: bytes) -> None:

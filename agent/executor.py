@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 
 from agent.env import job_env
+from agent.files import FilePrep
 from agent.reconcile import Forget, Local, ReportGone, Start, Stop, reconcile
 from agent.runtime.base import Observed, Runtime, RuntimeStartError
 from shared.files import write_atomic
@@ -81,6 +82,7 @@ class Executor:
         self.stop_grace_s = stop_grace_s
         self.allocs: dict[str, LocalAlloc] = {}
         self.gone: dict[str, AllocationStatus] = {}
+        self.file_prep: FilePrep | None = None  # set once a coordinator client exists; stages `files:`
 
     def adopt(self) -> None:
         """Re-adopt what an earlier agent process left: running jobs keep running, ended ones get reported."""
@@ -188,6 +190,7 @@ class Executor:
             write_atomic(path / "alloc.json", msgspec.json.encode(spec))
             if runtime is None:
                 raise RuntimeStartError("this host has no Docker engine for a job with an image")
+            self._place_files(spec, path / "work")
             runtime.start(spec, env, path, local.log_file)
         except (RuntimeStartError, OSError, subprocess.SubprocessError) as exc:  # a full disk fails one job
             local.observed = Observed(AllocState.FAILED, None, str(exc), time.time())
@@ -201,6 +204,18 @@ class Executor:
             runtime.name,
             list(spec.gpus),
         )
+
+    def _place_files(self, spec: AllocationSpec, work_dir: Path) -> None:
+        """Move the job's unpacked `files:` in as its working directory. Raises RuntimeStartError."""
+        archive_id = spec.spec.files_archive
+        if archive_id is None:
+            return
+        prep = self.file_prep
+        staged = prep.staged(spec.id) if prep is not None else None
+        if prep is None or staged is None or not staged.is_dir():
+            reason = prep.errors.get(spec.id) if prep is not None else None
+            raise RuntimeStartError(reason or f"files: cannot fetch archive {archive_id[:12]}: not fetched")
+        staged.rename(work_dir)  # the same file system: the state dir
 
     def _stop(self, local: LocalAlloc, reason: str, now: float) -> None:
         """SIGTERM now; _observe sends SIGKILL once the grace period is over. Idempotent."""

@@ -55,10 +55,10 @@ class Api:
         self._ssl: ssl.SSLContext = tls.client_context(config.ca_file)
 
     def _request(
-        self, method: str, path: str, body: bytes | None = None
+        self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"
     ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPSConnection(self.host, self.port, context=self._ssl, timeout=self.timeout_s)
-        headers = {"Authorization": f"Bearer {self.config.token}", "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {self.config.token}", "Content-Type": content_type}
         try:
             conn.request(method, API_PREFIX + path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -76,6 +76,12 @@ class Api:
 
     def submit(self, spec: TaskSpec) -> JobView:
         return self._call("POST", "/jobs", JobView, SubmitRequest(spec=spec))
+
+    def upload_files(self, archive: bytes) -> str:
+        """Store a files archive on the coordinator; answers its id (idempotent: the sha256 of the bytes)."""
+        status, _, data = self._request("POST", "/files", archive, "application/gzip")
+        _raise_for(status, data)
+        return msgspec.json.decode(data, type=dict[str, str])["id"]
 
     def jobs(self, include_finished: bool) -> list[JobView]:
         return self._call("GET", "/jobs" + ("?all=1" if include_finished else ""), list[JobView])

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import msgspec
 
 from cli.api import Api, ApiError
+from cli.files import pack
 from cli.host_detail import host_detail
 from cli.render import hosts_table, jobs_table, print_table, waiting_line
 from cli.session import api, call
-from shared.spec import GpuRequest, SpecError, TaskSpec, parse_gpu, parse_spec, validate_spec
+from shared.spec import (
+    GpuRequest,
+    SpecError,
+    TaskFile,
+    TaskSpec,
+    parse_gpu,
+    parse_task,
+    validate_spec,
+)
 
 SAMPLE_POLL_S = 1.0
 
@@ -25,15 +36,36 @@ def main() -> None:
     """gpuctl: run AI jobs on GPU hosts."""
 
 
+@dataclass(frozen=True)
+class Submission:
+    spec: TaskSpec  # without its files_archive yet
+    files: tuple[tuple[str, str], ...]  # (local path, path in the working directory)
+    files_base: Path  # what relative local paths are relative to
+
+
 def build_spec(
-    file: Path | None, name: str | None, gpu: str | None, image: str | None, command: tuple[str, ...]
-) -> TaskSpec:
-    """The spec from a task file and/or flags; flags win. Raises SpecError naming the field."""
+    file: Path | None,
+    name: str | None,
+    gpu: str | None,
+    image: str | None,
+    command: tuple[str, ...],
+    files: tuple[str, ...] = (),
+) -> Submission:
+    """The spec from a task file and/or flags; flags win. `--files` entries (`.`, `src/`, `a:b`) replace
+    the file's `files:` and are relative to the current folder; the file's are relative to its folder.
+    Raises SpecError naming the field."""
     if file is None and not command:
         raise SpecError("commands", "nothing to run: give -f FILE or a command after --", source="submit")
-    spec = (
-        parse_spec(file.read_text(), source=str(file), environ=os.environ) if file else TaskSpec(commands=())
+    task = (
+        parse_task(file.read_text(), source=str(file), environ=os.environ)
+        if file
+        else TaskFile(TaskSpec(commands=()))
     )
+    spec, base = task.spec, file.parent if file else Path.cwd()
+    pairs = task.files
+    if files:
+        flags = "files:\n" + "".join(f"  - {json.dumps(entry)}\n" for entry in files)
+        pairs, base = parse_task("commands: [x]\n" + flags, source="--files").files, Path.cwd()
     changes: dict[str, object] = {}
     if command:
         # `submit -- echo hi` runs the words as one command; `submit 'a; b'` runs that shell text
@@ -44,7 +76,16 @@ def build_spec(
         changes["image"] = image
     if gpu:
         changes["resources"] = msgspec.structs.replace(spec.resources, gpu=_flag_gpu(gpu))
-    return validate_spec(msgspec.structs.replace(spec, **changes))
+    return Submission(validate_spec(msgspec.structs.replace(spec, **changes)), pairs, base)
+
+
+def upload_files(client: Api, submission: Submission) -> TaskSpec:
+    """The spec to submit: with the id of its packed and uploaded files, if it has any."""
+    if not submission.files:
+        return submission.spec
+    archive = pack(submission.files, submission.files_base)
+    archive_id = client.upload_files(archive)
+    return msgspec.structs.replace(submission.spec, files_archive=archive_id)
 
 
 def _flag_gpu(text: str) -> GpuRequest | None:
@@ -62,6 +103,12 @@ def _flag_gpu(text: str) -> GpuRequest | None:
 @click.option("--gpu", help="GPUs, dstack's grammar: H100:80GB:2, A10G,A100, amd:2, 1..8.")
 @click.option("--image", help="Run in this container image.")
 @click.option("-d", "--detach", is_flag=True, help="Print the job id and return at once.")
+@click.option(
+    "--files",
+    "files",
+    multiple=True,
+    help="Copy into the job's working directory (repeatable): `.` (honours .gitignore), `src/`, `a.py:b.py`.",
+)
 @click.argument("command", nargs=-1)
 def submit(
     file: Path | None,
@@ -69,16 +116,19 @@ def submit(
     gpu: str | None,
     image: str | None,
     detach: bool,
+    files: tuple[str, ...],
     command: tuple[str, ...],
 ) -> None:
     """Submit a job. Without -d, follow its logs and exit with its exit code, like `docker run`."""
     try:
-        spec = build_spec(file, name, gpu, image, command)
+        submission = build_spec(file, name, gpu, image, command, files)
     except SpecError as exc:
         raise click.ClickException(str(exc)) from None
     client = api()
     try:
-        job = client.submit(spec)
+        job = client.submit(upload_files(client, submission))
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from None
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(job.id if detach else f"job {job.id} ({job.name}) {job.status}")

@@ -64,6 +64,16 @@ async def agent_logs(request: web.Request) -> web.Response:
     return json_response(LogAck(acked=acked))
 
 
+async def agent_files(request: web.Request) -> web.StreamResponse:
+    """A job's files archive by id. Any enrolled host may fetch any archive: ids are content hashes that
+    only the specs of allocations carry, and hosts run every project's work anyway."""
+    files = request.app[COORDINATOR].files
+    archive_id = request.match_info["archive_id"]
+    if not files.has(archive_id):
+        raise HTTPError(404, f"no files archive {archive_id[:64]!r}")
+    return web.FileResponse(files.path(archive_id), headers={"Content-Type": "application/gzip"})
+
+
 def add_routes(app: web.Application) -> None:
     app[ENROLL_LIMIT] = RateLimiter()
     app.router.add_get(f"{C.AGENT_PREFIX}/ca", ca)
@@ -71,3 +81,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{C.AGENT_PREFIX}/renew", agent_renew)
     app.router.add_post(f"{C.AGENT_PREFIX}/sync", agent_sync)
     app.router.add_post(f"{C.AGENT_PREFIX}/allocations/{{alloc_id}}/logs", agent_logs)
+    app.router.add_get(f"{C.AGENT_PREFIX}/files/{{archive_id}}", agent_files)

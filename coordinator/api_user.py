@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from coordinator.filestore import TooLarge
 from coordinator.http import (
     COORDINATOR,
     PRINCIPAL,
+    HTTPError,
     body,
     int_query,
     json_response,
@@ -27,6 +29,22 @@ async def submit(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     project = request[PRINCIPAL].project or "default"
     return json_response(coord.job_view(coord.submit(req.spec, project)), 201)
+
+
+async def upload_files(request: web.Request) -> web.Response:
+    """A job's files as a tar.gz (the body, read in chunks: past the app's body limit, up to its own).
+    Idempotent: the id is the sha256 of the bytes. Answers {"id": ...} once the archive is on disk."""
+    limit = C.MAX_FILES_ARCHIVE_BYTES
+    too_large = f"files: the archive is over the coordinator's limit of {limit // (1024 * 1024)} MiB"
+    if (request.content_length or 0) > limit:
+        raise HTTPError(413, too_large, "files")
+    try:
+        archive_id = await request.app[COORDINATOR].files.put(
+            request.content.iter_chunked(C.FILES_CHUNK_BYTES), limit
+        )
+    except TooLarge:
+        raise HTTPError(413, too_large, "files") from None
+    return json_response({"id": archive_id}, 201)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -88,6 +106,7 @@ async def remove_host(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_post(f"{C.API_PREFIX}/jobs", submit)
+    app.router.add_post(f"{C.API_PREFIX}/files", upload_files)
     app.router.add_get(f"{C.API_PREFIX}/jobs", list_jobs)
     app.router.add_get(f"{C.API_PREFIX}/jobs/{{ref}}", get_job)
     app.router.add_post(f"{C.API_PREFIX}/jobs/{{ref}}/stop", stop_job)

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from coordinator.accounts import hash_secret
 from coordinator.app import make_app
+from coordinator.filestore import FileStore
 from coordinator.logstore import LogStore
 from coordinator.pki import PkiPaths, default_server_names, ensure_pki
 from coordinator.service import Coordinator, Settings
@@ -58,7 +59,13 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     pki = ensure_pki(config.state_dir, list(config.server_names) or default_server_names())
     store = Store(config.state_dir / "coordinator.db")
-    coordinator = Coordinator(store, LogStore(config.state_dir / "logs"), pki.ca(), config.settings)
+    coordinator = Coordinator(
+        store,
+        LogStore(config.state_dir / "logs"),
+        pki.ca(),
+        config.settings,
+        files=FileStore(config.state_dir / "files"),
+    )
     runner = web.AppRunner(
         make_app(coordinator), access_log=None, shutdown_timeout=1.0, handler_cancellation=True
     )

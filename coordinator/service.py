@@ -13,13 +13,14 @@ import time
 from dataclasses import dataclass
 
 from coordinator.accounts import Accounts
+from coordinator.filestore import FileStore
 from coordinator.logstore import LogStore
 from coordinator.scheduler import HostCapacity, PendingJob, schedule
 from coordinator.store import AllocRow, HostRow, JobRow, Store
 from coordinator.waiters import Waiters
 from shared import constants as C
 from shared import tls
-from shared.spec import TaskSpec, validate_spec
+from shared.spec import SpecError, TaskSpec, validate_spec
 from shared.states import AllocState, JobState, job_state_for
 from shared.wire import (
     AllocationSpec,
@@ -55,12 +56,19 @@ class Ambiguous(LookupError):
 
 class Coordinator:
     def __init__(
-        self, store: Store, logs: LogStore, ca: tls.KeyPair, settings: Settings | None = None
+        self,
+        store: Store,
+        logs: LogStore,
+        ca: tls.KeyPair,
+        settings: Settings | None = None,
+        *,
+        files: FileStore | None = None,
     ) -> None:
         self.store = store
         self.ca = ca  # signs agent certificates (enrollment, renewal)
         self.accounts = Accounts(store)
         self.logs = logs
+        self.files = files or FileStore(logs.root.parent / "files")  # job archives, beside the logs
         self.settings = settings or Settings()
         self.host_waiters = Waiters()  # key: host id
         self.log_waiters = Waiters()  # key: job id
@@ -74,6 +82,10 @@ class Coordinator:
     def submit(self, spec: TaskSpec, project: str = "default") -> JobRow:
         """Accept a job of `project` (committed before the answer), then try to place it at once."""
         spec = validate_spec(spec)
+        if spec.files_archive is not None and not self.files.has(spec.files_archive):
+            raise SpecError(
+                "files", f"archive {spec.files_archive[:12]} is not on the coordinator; upload it first"
+            )
         for _ in range(5):
             job_id = secrets.token_hex(4)
             if self.store.get_job(job_id) is None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import difflib
 import math
+import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import msgspec
@@ -67,6 +69,19 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fleets: tuple[str, ...] = ()
     stop_duration_s: int | None = None  # SIGTERM, then SIGKILL after this; None: the agent's default (10 s)
     privileged: bool = False  # containers only; a host runs it only if its agent config allows it
+    # sha256 (hex) of a tar.gz the coordinator stores, unpacked into the working directory before the
+    # commands start; the local paths it was packed from never leave the CLI (see `TaskFile.files`)
+    files_archive: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    """A parsed task file: the wire spec, and what only the CLI needs. `files` holds (local path, path
+    relative to the working directory) pairs, in order; local paths are as written (relative ones are
+    resolved by the CLI against the task file's folder)."""
+
+    spec: TaskSpec
+    files: tuple[tuple[str, str], ...] = ()
 
 
 class SpecError(ValueError):
@@ -94,7 +109,11 @@ MAX_ENV_ENTRIES = 1000
 MAX_ENV_VALUE_BYTES = 64 * 1024
 MAX_IMAGE_CHARS = 512
 MAX_PATH_BYTES = 4096  # working_dir, each side of a volume, a fleet name
-MAX_LIST_ITEMS = 1000  # commands, volumes, fleets
+MAX_LIST_ITEMS = 1000  # commands, volumes, fleets, files
+WORKFLOW_DIR = (
+    "/workflow"  # dstack's working directory: an absolute `files` path under it is relative to ours
+)
+_ARCHIVE_ID_RE = re.compile(r"[0-9a-f]{64}")
 MAX_GPU_NAMES = 32
 MAX_RANGE_VALUE = 2**53  # cores, GPUs, MiB: far beyond any machine, and exact as a float
 MAX_DURATION_S = 10 * 366 * 86400
@@ -111,7 +130,6 @@ IGNORED_FIELDS = frozenset(
         "regions",
         "idle_duration",
         "utilization_policy",
-        "files",
         "registry_auth",
         "shell",
         "schedule",
@@ -162,9 +180,14 @@ def parse_spec(text: str, *, source: str = "spec", environ: Mapping[str, str] | 
     takes its value from `environ`; `environ=None` means an empty environment (callers pass `os.environ`).
     The result has already passed `validate_spec`.
     """
+    return parse_task(text, source=source, environ=environ).spec
+
+
+def parse_task(text: str, *, source: str = "spec", environ: Mapping[str, str] | None = None) -> TaskFile:
+    """`parse_spec`, keeping what only the CLI needs: the `files` to pack (see `TaskFile`)."""
     try:
         root = _compose(text)
-        return _build_spec(root, {} if environ is None else environ)
+        return _build_task(root, {} if environ is None else environ)
     except SpecError as error:
         raise SpecError(error.field, error.message, error.line, source) from None
 
@@ -191,6 +214,7 @@ def validate_spec(spec: TaskSpec) -> TaskSpec:
     _check_priority(spec.priority)
     _check_fleets(spec.fleets)
     _check_stop_duration(spec.stop_duration_s)
+    _check_files_archive(spec.files_archive)
     gpu = spec.resources.gpu
     if gpu is not None and gpu.count.max == 0:
         return msgspec.structs.replace(spec, resources=msgspec.structs.replace(spec.resources, gpu=None))
@@ -360,21 +384,25 @@ def _unknown_field_message(key: str, known: list[str]) -> str:
 _Parser = Callable[[yaml.Node, str], Any]
 
 
-def _build_spec(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskSpec:
+def _build_task(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskFile:
     """Walk the top-level mapping, parse each field at its node, and validate the whole."""
     if root is None or _is_null(root):
         raise SpecError("", "empty spec; expected a mapping with at least 'commands'", 1)
     parsers = _top_level_parsers(environ)
     fields: dict[str, Any] = {}
-    for key, value_node in _fields(root, "", parsers.keys() | IGNORED_FIELDS):
+    files: tuple[tuple[str, str], ...] = ()
+    for key, value_node in _fields(root, "", parsers.keys() | IGNORED_FIELDS | {"files"}):
         if key in IGNORED_FIELDS or _is_null(value_node):
+            continue
+        if key == "files":
+            files = _parse_files(value_node, key)
             continue
         attribute, parse = parsers[key]
         fields[attribute] = parse(value_node, key)
     if "commands" not in fields:
         _fail(root, "commands", "missing; a task needs at least one command")
     with _at(root):
-        return validate_spec(TaskSpec(**fields))
+        return TaskFile(validate_spec(TaskSpec(**fields)), files)
 
 
 def _top_level_parsers(environ: Mapping[str, str]) -> dict[str, tuple[str, _Parser]]:
@@ -499,6 +527,51 @@ def _volume_mapping(node: yaml.Node, path: str) -> str:
         _fail(node, path, "expected a mapping with path and one of instance_path or name")
     source = _text(fields[sources[0]], f"{path}.{sources[0]}")
     return f"{source}:{_text(fields['path'], f'{path}.path')}"
+
+
+def _parse_files(node: yaml.Node, path: str) -> tuple[tuple[str, str], ...]:
+    """dstack's `files`: `local`, `local:path`, or `{local_path, path}`; each becomes (local, path relative
+    to the working directory). Without a path, a relative local path lands at the same relative place and
+    any other (absolute, `~`, `..`) at its base name."""
+    pairs = []
+    items = _items(node, path)
+    if len(items) > MAX_LIST_ITEMS:
+        _fail(node, path, f"too many entries: {len(items)}, at most {MAX_LIST_ITEMS}")
+    for index, item in enumerate(items):
+        item_path = f"{path}[{index}]"
+        if isinstance(item, yaml.MappingNode):
+            fields = dict(_fields(item, item_path, ("local_path", "path")))
+            if "local_path" not in fields:
+                _fail(item, item_path, "expected a mapping with local_path and optionally path")
+            local = _text(fields["local_path"], f"{item_path}.local_path")
+            remote = _text(fields["path"], f"{item_path}.path") if "path" in fields else None
+        else:
+            local, colon, after = _text(item, item_path).partition(":")
+            remote = after if colon else None
+        with _at(item):
+            pairs.append(_file_pair(item_path, local, remote))
+    return tuple(pairs)
+
+
+def _file_pair(path: str, local: str, remote: str | None) -> tuple[str, str]:
+    """(local, normalized path relative to the working directory); raises SpecError without a line."""
+    _check_text(path, local, MAX_PATH_BYTES, allow_empty=False)
+    if remote is None:
+        normal = posixpath.normpath(local)
+        inside = not normal.startswith(("/", "~")) and normal != ".." and not normal.startswith("../")
+        remote = normal if inside else posixpath.basename(normal.rstrip("/")) or normal
+    _check_text(path, remote, MAX_PATH_BYTES, allow_empty=False)
+    normal = posixpath.normpath(remote)
+    if normal == WORKFLOW_DIR or normal.startswith(WORKFLOW_DIR + "/"):
+        normal = posixpath.relpath(normal, WORKFLOW_DIR)
+    if normal.startswith("/"):
+        raise SpecError(
+            path,
+            f"the path must be relative to the working directory (or under {WORKFLOW_DIR}), got {_quote(remote)}",
+        )
+    if normal == ".." or normal.startswith("../"):
+        raise SpecError(path, f"the path must stay inside the working directory, got {_quote(remote)}")
+    return local, normal
 
 
 def _parse_max_duration(node: yaml.Node, path: str) -> int | None:
@@ -857,6 +930,13 @@ def _check_volumes(volumes: tuple[str, ...]) -> None:
 
 def _check_working_dir(working_dir: str) -> None:
     _check_text("working_dir", working_dir, MAX_PATH_BYTES, allow_empty=False)
+
+
+def _check_files_archive(archive: str | None) -> None:
+    if archive is not None and not _ARCHIVE_ID_RE.fullmatch(archive):
+        raise SpecError(
+            "files", f"the archive id must be 64 lowercase hex digits (a sha256), got {_quote(archive)}"
+        )
 
 
 def _check_max_duration(max_duration_s: int | None) -> None:

@@ -32,7 +32,7 @@ class ProcessRuntime:
             import pwd
 
             entry = pwd.getpwnam(self.run_as)
-            os.chown(work_dir, entry.pw_uid, entry.pw_gid)
+            _chown_tree(work_dir, entry.pw_uid, entry.pw_gid)  # `files:` unpacked there are the job's own
         script = "set -e\n" + "\n".join(alloc.spec.commands) + "\n"
         # The supervisor may run as root: it gets an isolated interpreter (-I ignores PYTHON* variables) and a
         # fixed environment; the job's own environment (PYTHONPATH, LD_PRELOAD, ...) reaches only the job.
@@ -116,6 +116,13 @@ def check_reachable(root: Path, user: str | None) -> None:
 
 
 _SHIM = str(Path(__file__).with_name("shim.py"))  # run as a script: it needs only the standard library
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for folder, dirs, names in os.walk(root):
+        for name in dirs + names:
+            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
 
 
 def _alive(pid_file: Path) -> bool:

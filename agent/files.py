@@ -1,0 +1,133 @@
+"""A job's `files:`: fetched from the coordinator over mTLS and unpacked, before the job starts.
+
+The executor loop asks `FilePrep.prepare(desired)` for the allocations that may start now: one with an
+archive is held back while a background task fetches the archive (verified against its sha256 id, cached
+under `<state_dir>/files/`) and unpacks it into a staging folder. `Executor._start` then moves the staged
+folder into place as the job's working directory, or fails the allocation with the reason recorded here.
+
+Unpacking is safe against a hostile archive: `tarfile`'s "data" filter refuses absolute paths, `..`,
+links that point outside, devices and set-uid bits, and the whole is bounded in size before a byte lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tarfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from agent.client import CoordinatorClient, retryable
+from shared.wire import AllocationSpec
+
+log = logging.getLogger("gpuctl.agent")
+
+MAX_UNPACKED_BYTES = 16 * 1024 * 1024 * 1024  # a gzip bomb stops here, before anything is written
+FETCH_ATTEMPTS = 3
+FETCH_RETRY_S = 1.0
+
+
+class FilesError(Exception):
+    """Why an allocation's files could not be put in place (one line, starting with `files:`)."""
+
+
+def unpack(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> None:
+    """Unpack a tar.gz into `dest` (created) with tarfile's "data" filter. Raises FilesError; `dest` may
+    then hold part of the archive (the caller throws it away)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            total = sum(m.size for m in members if m.isfile())
+            if total > max_bytes:
+                raise FilesError(f"files: the archive unpacks to {total} bytes, over {max_bytes}")
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise FilesError(f"files: cannot unpack the archive: {exc}") from None
+
+
+class FilePrep:
+    """Fetch and unpack the files of allocations about to start. Not thread-safe: one event loop."""
+
+    def __init__(self, client: CoordinatorClient, state_dir: Path, wake: Callable[[], None]) -> None:
+        self.client = client
+        self.cache = state_dir / "files"
+        self.staging = self.cache / "staged"
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.wake = wake  # called when a fetch ends, so the executor loop looks again at once
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # by allocation id
+        self.errors: dict[str, str] = {}  # by allocation id: why its files are not there
+
+    def staged(self, alloc_id: str) -> Path:
+        return self.staging / alloc_id
+
+    def prepare(self, desired: Sequence[AllocationSpec], started: set[str]) -> list[AllocationSpec]:
+        """The desired allocations that may go to the reconciler now: all but those whose files are still
+        being fetched. Starts a fetch for each new one with an archive; forgets what is no longer wanted."""
+        ready = []
+        wanted = {a.id for a in desired}
+        for alloc in desired:
+            archive_id = alloc.spec.files_archive
+            waiting = alloc.id not in started and alloc.desired == "run" and archive_id is not None
+            if not waiting or alloc.id in self.errors or self.staged(alloc.id).exists():
+                ready.append(alloc)
+            elif alloc.id not in self.tasks:
+                assert archive_id is not None
+                self.tasks[alloc.id] = asyncio.create_task(
+                    self._prepare_one(alloc.id, archive_id), name=f"files-{alloc.id}"
+                )
+        for alloc_id in list(self.tasks):
+            if alloc_id not in wanted:
+                self.tasks.pop(alloc_id).cancel()
+        self.errors = {k: v for k, v in self.errors.items() if k in wanted}
+        self._prune({a.spec.files_archive for a in desired if a.id not in started}, wanted)
+        return ready
+
+    def close(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+
+    async def _prepare_one(self, alloc_id: str, archive_id: str) -> None:
+        staged = self.staged(alloc_id)
+        try:
+            archive = await self._fetch(archive_id)
+            partial = staged.with_name(staged.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            await asyncio.to_thread(unpack, archive, partial)
+            partial.rename(staged)
+            log.info("allocation %s: files %s unpacked", alloc_id, archive_id[:12])
+        except FilesError as exc:
+            self.errors[alloc_id] = str(exc)
+            log.warning("allocation %s: %s", alloc_id, exc)
+        finally:
+            self.tasks.pop(alloc_id, None)
+            self.wake()
+
+    async def _fetch(self, archive_id: str) -> Path:
+        """The archive in the cache, fetched if absent; retries connection trouble a few times."""
+        path = self.cache / f"{archive_id}.tar.gz"
+        if path.exists():
+            return path
+        for attempt in range(1, FETCH_ATTEMPTS + 1):
+            try:
+                await self.client.fetch_files(archive_id, path)
+                return path
+            except Exception as exc:  # any failure fails the allocation, with its reason
+                if attempt < FETCH_ATTEMPTS and retryable(exc):
+                    await asyncio.sleep(FETCH_RETRY_S * attempt)
+                    continue
+                raise FilesError(f"files: cannot fetch archive {archive_id[:12]}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _prune(self, archive_ids: set[str | None], wanted: set[str]) -> None:
+        """Drop cached archives and staged folders that no waiting allocation needs any more."""
+        for path in self.cache.glob("*.tar.gz"):
+            if path.name.removesuffix(".tar.gz") not in archive_ids:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        for path in self.staging.iterdir():
+            alloc_id = path.name.removesuffix(".partial")
+            if alloc_id not in wanted and alloc_id not in self.tasks:
+                shutil.rmtree(path, ignore_errors=True)
