@@ -147,8 +147,11 @@ async def renew_loop(url: str, context: ssl.SSLContext, pki_dir: Path) -> None:
         except Exception as exc:
             if not retryable(exc):
                 raise
-            log.warning("certificate renewal failed (%s); trying again soon", exc)
-            await asyncio.sleep(random.uniform(5, 15))
+            left_s = tls.cert_expiry(cert_file.read_bytes())[1] - time.time()
+            log.warning(
+                "certificate renewal failed (%s); %.0f s of validity left, trying again soon", exc, left_s
+            )
+            await asyncio.sleep(random.uniform(0.5, 1.0) * min(15.0, max(1.0, left_s / 4)))
             continue
         install_pair(pki_dir, tls.key_to_pem(key), answer.certificate.encode())
         context.load_cert_chain(cert_file, key_file)
