@@ -21,7 +21,7 @@ from coordinator.waiters import Waiters
 from shared import constants as C
 from shared import tls
 from shared.spec import SpecError, TaskSpec, validate_spec
-from shared.states import AllocState, JobState, job_state_for
+from shared.states import JOB_TRANSITIONS, AllocState, JobState, job_state_for
 from shared.wire import (
     AllocationSpec,
     AllocationStatus,
@@ -349,7 +349,9 @@ class Coordinator:
         reason = status.reason if job_state in (JobState.FAILED, JobState.PULLING, JobState.STOPPED) else ""
         with self.store.tx() as db:
             self.store.update_allocation(db, alloc.id, state, status.exit_code, status.reason, final)
-            if not job.status.terminal:
+            # Actual state may step back (a re-adopting agent says "starting" for a job we know runs); a job
+            # only moves forward, so such a report updates the allocation and leaves the job as it is.
+            if job_state in JOB_TRANSITIONS[job.status]:
                 self.store.set_job_state(db, job, job_state, reason, status.exit_code)
             if state.terminal:
                 self.store.bump_index(db, alloc.host_id)

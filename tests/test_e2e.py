@@ -95,3 +95,26 @@ async def test_the_jobs_environment_never_reaches_its_supervisor() -> None:
         assert await c.full_log(job.id) == f"ran with {trap}\n".encode()
         assert (await c.job(job.id)).status == "done"
         assert not marker.exists()
+
+
+async def test_a_report_that_steps_back_never_moves_a_job_backwards() -> None:
+    """A re-adopting agent may say 'starting' for a job the coordinator knows is running."""
+    from shared.wire import AllocationStatus, SyncRequest
+
+    async with cluster() as c:
+        c.start_agent("host-b", "1xL4")
+        job = await c.submit("commands: ['sleep 300']\nresources: {gpu: 1}")
+        running = await c.wait_for(job.id, "running")
+        await c.stop_agent("host-b")
+        assert running.allocation_id is not None
+        coord = c.coordinator.coordinator
+        hosts = coord.store.list_hosts()
+        back = SyncRequest(
+            agent_version="x",
+            inventory_generation=hosts[0].generation,
+            allocations=[AllocationStatus(id=running.allocation_id, state="starting")],
+            desired_index=0,
+        )
+        answer = await coord.sync(hosts[0].id, back)
+        assert [a.id for a in answer.allocations] == [running.allocation_id]
+        assert (await c.job(job.id)).status == "running"
