@@ -238,9 +238,9 @@ class Coordinator:
         data = self.logs.read(alloc.id, offset, max_bytes)
         end = offset + len(data)
         complete = job.status.terminal and (alloc.final_log_size is None or end >= alloc.final_log_size)
-        host = self.store.get_host(alloc.host_id)
-        if job.status.terminal and host is not None and host.status == "removed":
-            complete = True  # a removed host ships nothing more: what arrived is all there is
+        if job.status.terminal and not complete:  # only then is the host worth a look: this runs per poll
+            host = self.store.get_host(alloc.host_id)
+            complete = host is not None and host.status == "removed"  # a removed host ships nothing more
         return data, complete
 
     # --- agent side --------------------------------------------------------------------------------

@@ -200,10 +200,6 @@ class Store:
                 (token_hash, name, role, time.time()),
             )
 
-    def token_role(self, token_hash: str) -> str | None:
-        row = self.db.execute("SELECT role FROM tokens WHERE hash=?", (token_hash,)).fetchone()
-        return row["role"] if row else None
-
     # --- jobs --------------------------------------------------------------------------------------
 
     def insert_job(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.blocks import make_blocks
+from coordinator.accounts import Accounts, hash_secret
 from coordinator.store import MIGRATIONS, JobRow, Store
 from shared.spec import parse_spec
 from shared.states import AllocState, InvalidTransition, JobState
@@ -103,7 +104,7 @@ def test_jobs_hosts_and_allocations_survive_a_restart(db_path: Path) -> None:
     spec = parse_spec(SPEC_TEXT)
     inv = inventory()
     first = Store(db_path)
-    first.add_token("hash-1", "alice", "user")
+    first.add_token(hash_secret("token-1"), "alice", "user")
     first.ensure_host("host-1", "dgx1")
     first.set_inventory("host-1", inv, generation_of(inv))
     job = first.insert_job("j-0001", "train", spec, "")
@@ -135,7 +136,8 @@ def test_jobs_hosts_and_allocations_survive_a_restart(db_path: Path) -> None:
         assert alloc.cpus == tuple(range(16))
         assert (alloc.desired, alloc.state) == ("run", AllocState.STARTING)
         assert [a.id for a in store.active_allocations("host-1")] == ["a-1"]
-        assert store.token_role("hash-1") == "user"
+        principal = Accounts(store).authenticate("token-1")
+        assert principal is not None and (principal.name, principal.role) == ("alice", "user")
     finally:
         store.close()
 
