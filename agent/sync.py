@@ -6,7 +6,6 @@ A local change (a job ended) cuts the current poll short, so the coordinator hea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from pathlib import Path
@@ -16,6 +15,7 @@ from agent.executor import Executor
 from agent.identity import check_not_expired
 from agent.state import SharedState
 from shared import constants as C
+from shared.aio import cancel_and_wait
 from shared.wire import Inventory, SyncRequest, SyncResponse, generation_of
 
 log = logging.getLogger("gpuctl.agent")
@@ -76,11 +76,7 @@ async def _poll(
     try:
         await asyncio.wait({poll, changed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (poll, changed):
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(poll, changed)
     return None if poll.cancelled() else poll.result()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from coordinator.pki import PkiPaths, default_server_names, ensure_pki
 from coordinator.service import Coordinator, Settings
 from coordinator.store import Store
 from shared import tls
+from shared.aio import cancel_and_wait
 
 log = logging.getLogger("gpuctl.coordinator")
 
@@ -47,9 +47,7 @@ class RunningCoordinator:
         return f"https://localhost:{self.port}"
 
     async def close(self) -> None:
-        self.housekeeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.housekeeping
+        await cancel_and_wait(self.housekeeping)
         await self.runner.cleanup()
         self.coordinator.store.close()
 

@@ -20,6 +20,7 @@ from cli.config import CliConfig
 from coordinator.pki import issue_agent_cert
 from coordinator.server import RunningCoordinator, ServerConfig, ensure_admin_token, start_coordinator
 from coordinator.service import Settings
+from shared.aio import cancel_and_wait
 from shared.spec import TaskSpec, parse_spec
 from shared.wire import JobView
 
@@ -68,9 +69,9 @@ class Cluster:
 
     async def stop_agent(self, name: str) -> None:
         task = self.agents.pop(name)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
+        if not task.cancelled() and (error := task.exception()) is not None:  # it had died: the test fails
+            raise error
 
     async def submit(self, yaml_text: str) -> JobView:
         spec = parse_spec(yaml_text, environ=os.environ)
