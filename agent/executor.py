@@ -187,7 +187,7 @@ class Executor:
         runtime = self.runtime_for(spec)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            write_atomic(path / "alloc.json", msgspec.json.encode(spec))
+            write_atomic(path / "alloc.json", msgspec.json.encode(spec), mode=0o600)  # env, registry password
             if runtime is None:
                 raise RuntimeStartError("this host has no Docker engine for a job with an image")
             self._place_files(spec, path / "work")

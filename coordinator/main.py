@@ -63,7 +63,7 @@ def main() -> None:
 def init(config_path: Path, state_dir: Path | None, port: int | None, host: str | None) -> None:
     """Create the CA, the server certificate and the admin token. Re-running changes nothing."""
     config = _load(config_path, state_dir, port, host)
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its database holds jobs' secrets
     paths = ensure_pki(config.state_dir, list(config.server_names) or _default_names())
     store = Store(config.state_dir / "coordinator.db")
     token = ensure_admin_token(store, config.state_dir / "admin-token")

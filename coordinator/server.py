@@ -54,7 +54,7 @@ class RunningCoordinator:
 
 async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
     """Open (or create) the state, then listen with TLS. Port 0 picks a free port."""
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its database holds jobs' secrets
     pki = ensure_pki(config.state_dir, list(config.server_names) or default_server_names())
     store = Store(config.state_dir / "coordinator.db")
     coordinator = Coordinator(

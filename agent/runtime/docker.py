@@ -31,6 +31,7 @@ from agent.runtime.devices import DeviceError, gpu_grant
 from agent.runtime.engine import ENGINE_ERRORS, reason
 from agent.runtime.image import Registry
 from agent.runtime.image_folder import ImageFolder
+from shared.files import write_atomic
 from shared.spec import TaskSpec
 from shared.states import AllocState
 from shared.volumes import first_volume_refusal, parse_volume, under_prefix
@@ -85,7 +86,8 @@ class DockerRuntime:
             gpu_grant(alloc, self.host.inventory)
         except (DeviceError, OSError) as exc:
             raise RuntimeStartError(f"cannot give the job its GPUs: {exc}") from None
-        (alloc_dir / "launch.json").write_bytes(msgspec.json.encode({"image": alloc.spec.image, "env": env}))
+        launch = msgspec.json.encode({"image": alloc.spec.image, "env": env})
+        write_atomic(alloc_dir / "launch.json", launch, mode=0o600)  # the env may hold secrets
         self._run_for(alloc, alloc_dir)
 
     def observe(self, alloc_dir: Path) -> Observed:
