@@ -20,7 +20,7 @@ from coordinator.store import AllocRow, HostRow, JobRow, Store
 from coordinator.waiters import Waiters
 from shared import constants as C
 from shared import tls
-from shared.spec import SpecError, TaskSpec, validate_spec
+from shared.spec import SpecError, TaskSpec, redacted, validate_spec
 from shared.states import JOB_TRANSITIONS, AllocState, JobState, job_state_for
 from shared.wire import (
     AllocationSpec,
@@ -143,7 +143,7 @@ class Coordinator:
             reason=job.reason,
             priority=job.priority,
             submitted_at=job.submitted_at,
-            spec=job.spec,
+            spec=redacted(job.spec),  # the registry password goes to the agent only
             host=host.name if host else None,
             gpus=alloc.gpus if alloc else (),
             blocks=alloc.blocks if alloc else (),

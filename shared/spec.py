@@ -54,6 +54,14 @@ class Resources(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shm_size_mib: int | None = None
 
 
+class RegistryAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Credentials for pulling the job's image. Only the agent that runs the job sees the password: every
+    view of the job shows it as `REDACTED` (see `redacted`)."""
+
+    username: str
+    password: str
+
+
 class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     commands: tuple[str, ...]
     type: str = "task"
@@ -72,6 +80,7 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # sha256 (hex) of a tar.gz the coordinator stores, unpacked into the working directory before the
     # commands start; the local paths it was packed from never leave the CLI (see `TaskFile.files`)
     files_archive: str | None = None
+    registry_auth: RegistryAuth | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,9 @@ _ARCHIVE_ID_RE = re.compile(r"[0-9a-f]{64}")
 MAX_GPU_NAMES = 32
 MAX_RANGE_VALUE = 2**53  # cores, GPUs, MiB: far beyond any machine, and exact as a float
 MAX_DURATION_S = 10 * 366 * 86400
+MAX_CREDENTIAL_BYTES = 8 * 1024  # a registry token (a JWT, an NGC key) fits many times over
+REDACTED = "<redacted>"
+_INTERPOLATION_RE = re.compile(r"\$\{\{\s*([^}]*?)\s*\}\}")
 MAX_STOP_DURATION_S = 3600  # a host's blocks stay taken while a job stops: an hour is already generous
 
 # dstack task fields we accept and ignore for now.
@@ -130,7 +142,6 @@ IGNORED_FIELDS = frozenset(
         "regions",
         "idle_duration",
         "utilization_policy",
-        "registry_auth",
         "shell",
         "schedule",
     }
@@ -215,10 +226,20 @@ def validate_spec(spec: TaskSpec) -> TaskSpec:
     _check_fleets(spec.fleets)
     _check_stop_duration(spec.stop_duration_s)
     _check_files_archive(spec.files_archive)
+    _check_registry_auth(spec.registry_auth, spec.image)
     gpu = spec.resources.gpu
     if gpu is not None and gpu.count.max == 0:
         return msgspec.structs.replace(spec, resources=msgspec.structs.replace(spec.resources, gpu=None))
     return spec
+
+
+def redacted(spec: TaskSpec) -> TaskSpec:
+    """`spec` as users may see it: the registry password hidden."""
+    if spec.registry_auth is None:
+        return spec
+    return msgspec.structs.replace(
+        spec, registry_auth=msgspec.structs.replace(spec.registry_auth, password=REDACTED)
+    )
 
 
 def parse_gpu(text: str) -> GpuRequest | None:
@@ -391,16 +412,21 @@ def _build_task(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskFile:
     parsers = _top_level_parsers(environ)
     fields: dict[str, Any] = {}
     files: tuple[tuple[str, str], ...] = ()
-    for key, value_node in _fields(root, "", parsers.keys() | IGNORED_FIELDS | {"files"}):
+    auth_node = None
+    for key, value_node in _fields(root, "", parsers.keys() | IGNORED_FIELDS | {"files", "registry_auth"}):
         if key in IGNORED_FIELDS or _is_null(value_node):
             continue
         if key == "files":
             files = _parse_files(value_node, key)
-            continue
-        attribute, parse = parsers[key]
-        fields[attribute] = parse(value_node, key)
+        elif key == "registry_auth":
+            auth_node = value_node  # it may refer to `env`, which may come later
+        else:
+            attribute, parse = parsers[key]
+            fields[attribute] = parse(value_node, key)
     if "commands" not in fields:
         _fail(root, "commands", "missing; a task needs at least one command")
+    if auth_node is not None:
+        fields["registry_auth"] = _parse_registry_auth(auth_node, "registry_auth", fields.get("env", {}))
     with _at(root):
         return TaskFile(validate_spec(TaskSpec(**fields)), files)
 
@@ -501,6 +527,47 @@ def _env_value(
     with _at(at):
         _check_env_entry(key, found)
     return found
+
+
+def _parse_registry_auth(node: yaml.Node, path: str, env: Mapping[str, str]) -> RegistryAuth:
+    """`{username, password}`; each may use `${{ env.NAME }}` for a value of the task's `env` (where a bare
+    `NAME` takes it from the submitter's environment), so that the secret need not be in the file."""
+    fields = dict(_fields(node, path, ("username", "password")))
+    values = {}
+    for key in ("username", "password"):
+        at, key_path = fields.get(key), _child(path, key)
+        if at is None:
+            _fail(node, key_path, "missing; registry_auth needs a username and a password")
+        values[key] = _interpolate(_text(at, key_path), at, key_path, env)
+        with _at(at):
+            _check_credential(key_path, values[key])
+    return RegistryAuth(**values)
+
+
+def _interpolate(text: str, node: yaml.Node, path: str, env: Mapping[str, str]) -> str:
+    """Replace each `${{ env.NAME }}` in `text` with `env[NAME]`."""
+
+    def value(match: re.Match[str]) -> str:
+        context, dot, name = match.group(1).partition(".")
+        if context == "env" and dot and name in env:
+            return env[name]
+        if context == "env" and dot:
+            _fail(
+                node,
+                path,
+                f"{match.group(0)}: {name!r} is not in env; add it there (a bare {name} takes "
+                "it from your environment)",
+            )
+        if context == "secrets":
+            _fail(
+                node,
+                path,
+                f"{match.group(0)}: there is no secret store; put the value in env (a bare NAME "
+                "takes it from your environment) and write ${{ env.NAME }}",
+            )
+        _fail(node, path, f"{_quote(match.group(0))}: only ${{{{ env.NAME }}}} can be used here")
+
+    return _INTERPOLATION_RE.sub(value, text)
 
 
 def _parse_volumes(node: yaml.Node, path: str) -> tuple[str, ...]:
@@ -937,6 +1004,21 @@ def _check_files_archive(archive: str | None) -> None:
         raise SpecError(
             "files", f"the archive id must be 64 lowercase hex digits (a sha256), got {_quote(archive)}"
         )
+
+
+def _check_registry_auth(auth: RegistryAuth | None, image: str | None) -> None:
+    if auth is None:
+        return
+    if image is None:
+        raise SpecError(
+            "registry_auth", "only a job with an image pulls one; add image or drop registry_auth"
+        )
+    _check_credential("registry_auth.username", auth.username)
+    _check_credential("registry_auth.password", auth.password)
+
+
+def _check_credential(path: str, value: str) -> None:
+    _check_text(path, value, MAX_CREDENTIAL_BYTES, allow_empty=False)
 
 
 def _check_max_duration(max_duration_s: int | None) -> None:

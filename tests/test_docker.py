@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from agent.agent import detect
 from agent.config import AgentConfig, DockerConfig
 from agent.env import job_env
 from agent.runtime.container import LABEL_JOB, create_kwargs
 from agent.runtime.devices import gpu_grant
-from shared.spec import parse_spec
+from shared.spec import REDACTED, RegistryAuth, parse_spec
 from shared.wire import AllocationSpec, GpuDevice, Inventory
 from tests.docker_engine import Engine, busybox_rootfs, busybox_static
 from tests.fake_registry import fake_registry, image_from_rootfs
@@ -236,6 +238,34 @@ async def test_an_absent_image_is_pulled_through_the_mirror_with_progress_in_the
         again = await c.submit("image: team/tool:7\ncommands: ['echo again']\n")
         assert (await statuses_until_done(c, again.id))[-1] == ("done", "")
     docker_engine.client.images.remove(f"{mirror}/team/tool:7", force=True)
+
+
+async def test_a_jobs_own_registry_auth_pulls_its_image_and_no_view_shows_the_password(
+    docker_engine: Engine,
+) -> None:
+    image = image_from_rootfs(busybox_rootfs(busybox_static()))
+    async with cluster() as c:
+        with fake_registry(image, "puller", "s3cret", layer_seconds=0.0) as mirror:
+            start_docker_agent(c, docker_engine, "dock-r", registry_mirror=mirror)  # it has no credentials
+            anonymous = await c.submit("image: team/private:1\ncommands: [true]\n")
+            failed = await c.wait_for(anonymous.id, "failed", timeout_s=60)
+            assert failed.reason.startswith(f"cannot pull image {mirror}/team/private:1: "), failed.reason
+            job = await c.submit(
+                "image: team/private:1\ncommands: ['echo with my key', 'sleep 1']\nenv: [KEY=s3cret]\n"
+                "registry_auth: {username: puller, password: '${{ env.KEY }}'}\n"
+            )
+            running = await c.wait_for(job.id, "running", timeout_s=60)
+            assert running.allocation_id is not None
+            journal = c.root / "dock-r" / "allocs" / running.allocation_id
+            modes = {name: (journal / name).stat().st_mode & 0o777 for name in ("alloc.json", "launch.json")}
+            assert modes == {"alloc.json": 0o600, "launch.json": 0o600}  # they hold the password and the env
+            assert (await statuses_until_done(c, job.id))[-1] == ("done", "")
+            assert await c.full_log(job.id) == b"with my key\n"
+            view = await c.job(job.id)
+            assert view.spec.registry_auth == RegistryAuth("puller", REDACTED)
+            listed = await asyncio.to_thread(c.api.jobs, True)
+            assert b'"password":"s3cret"' not in msgspec.json.encode([view, *listed])
+    docker_engine.client.images.remove(f"{mirror}/team/private:1", force=True)
 
 
 async def statuses_until_done(c: Cluster, job_id: str) -> list[tuple[str, str]]:

@@ -12,13 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.spec import (
+    REDACTED,
     GpuRequest,
     Range,
+    RegistryAuth,
     Resources,
     SpecError,
     TaskSpec,
     parse_gpu,
     parse_spec,
+    redacted,
     validate_spec,
 )
 from shared.units import format_duration_s, format_mib, parse_duration_s, parse_memory_mib
@@ -198,8 +201,8 @@ utilization_policy:
 stop_duration: 5m
 files: [.:/workflow]
 registry_auth:
-  username: me
-  password: ${{ secrets.TOKEN }}
+  username: $oauthtoken
+  password: ${{ env.HF_TOKEN }}
 privileged: true
 shell: bash
 schedule:
@@ -235,6 +238,7 @@ def test_full_dstack_task() -> None:
         fleets=("h100-fleet", "spare"),
         stop_duration_s=300,
         privileged=True,
+        registry_auth=RegistryAuth("$oauthtoken", "hf_secret"),
     )
 
 
@@ -846,3 +850,49 @@ def test_compute_capability_from_json_is_validated(gpu: GpuRequest, fragment: st
 
     with pytest.raises(SpecError, match=re.escape(fragment)):
         validate_spec(spec)
+
+
+def test_registry_auth_takes_its_secret_from_env_where_a_bare_name_reads_the_submitters_environment() -> None:
+    text = (
+        "image: nvcr.io/nvidia/pytorch:24.01-py3\ncommands: [x]\n"
+        "registry_auth: {username: '$oauthtoken', password: 'key-${{ env.NGC_KEY }}'}\nenv: [NGC_KEY]\n"
+    )
+    spec = parse(text, environ={"NGC_KEY": "s3cret"})
+    assert spec.registry_auth == RegistryAuth("$oauthtoken", "key-s3cret")
+    assert redacted(spec).registry_auth == RegistryAuth("$oauthtoken", REDACTED)
+    assert redacted(spec).env == spec.env and redacted(TaskSpec(commands=("x",))) == TaskSpec(commands=("x",))
+
+
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        (
+            "{username: u}",
+            "spec.yaml:3: registry_auth.password: missing; registry_auth needs a username and a password",
+        ),
+        (
+            "{username: u, password: p, token: t}",
+            "spec.yaml:3: registry_auth.token: unknown field; expected one of",
+        ),
+        (
+            "{username: u, password: '${{ env.NOPE }}'}",
+            "registry_auth.password: ${{ env.NOPE }}: 'NOPE' is not in env",
+        ),
+        (
+            "{username: u, password: '${{ secrets.K }}'}",
+            "registry_auth.password: ${{ secrets.K }}: there is no secret",
+        ),
+        ("{username: u, password: '${{ run.id }}'}", "only ${{ env.NAME }} can be used here"),
+        ("{username: '', password: p}", "spec.yaml:3: registry_auth.username: must not be empty"),
+        ("[u, p]", "spec.yaml:3: registry_auth: expected a mapping, got a list"),
+    ],
+)
+def test_registry_auth_errors_name_the_field(auth: str, message: str) -> None:
+    with pytest.raises(SpecError) as error:
+        parse(f"image: x\ncommands: [x]\nregistry_auth: {auth}\n")
+    assert message in str(error.value)
+
+
+def test_registry_auth_without_an_image_is_refused() -> None:
+    with pytest.raises(SpecError, match="registry_auth: only a job with an image pulls one"):
+        parse("commands: [x]\nregistry_auth: {username: u, password: p}\n")

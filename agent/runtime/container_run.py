@@ -134,7 +134,7 @@ class ContainerRun:
         image = ensure_image(
             self.host.client,
             launch["image"],
-            self.host.registry,
+            self.host.registry.for_job(self.alloc.spec.registry_auth),
             self._report_pull,
             self._cancelled,
             self.host.load_archives,

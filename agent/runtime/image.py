@@ -16,6 +16,7 @@ import docker
 import docker.errors
 
 from agent.runtime.engine import ENGINE_ERRORS, reason
+from shared.spec import RegistryAuth
 
 DOCKER_HUB = "docker.io"
 
@@ -78,6 +79,12 @@ class Registry:
     mirror: str | None = None
     username: str | None = None
     password: str | None = None
+
+    def for_job(self, auth: RegistryAuth | None) -> Registry:
+        """The job's own credentials, when it gives some, in place of the agent's (same mirror)."""
+        if auth is None:
+            return self
+        return Registry(self.mirror, auth.username, auth.password)
 
     def auth(self) -> dict[str, str] | None:
         if self.username is None:
