@@ -40,6 +40,25 @@ class FileStore:
         except ValueError:
             return False
 
+    def prune(self, keep: set[str], older_than: float) -> list[str]:
+        """Delete archives not in `keep` whose files are older than `older_than` (a timestamp), and upload
+        leftovers of a crash; answers the ids deleted."""
+        removed = []
+        for path in self.root.iterdir():
+            archive_id = path.name.removesuffix(".tar.gz")
+            if path.name.startswith(".upload-"):
+                archive_id = ""
+            elif (
+                not (path.name.endswith(".tar.gz") and ARCHIVE_ID_RE.match(archive_id)) or archive_id in keep
+            ):
+                continue  # not ours, or still needed
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < older_than:
+                    path.unlink()
+                    if archive_id:
+                        removed.append(archive_id)
+        return removed
+
     async def put(self, chunks: AsyncIterable[bytes], max_bytes: int) -> str:
         """Store the bytes of `chunks`; answer their id. Raises TooLarge past `max_bytes` (nothing stored)."""
         digest, size = hashlib.sha256(), 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from shared.aio import cancel_and_wait
 log = logging.getLogger("gpuctl.coordinator")
 
 HOUSEKEEPING_INTERVAL_S = 5.0
+PRUNE_EVERY_BEATS = 60  # file archives: every 5 minutes
 
 
 @dataclass(frozen=True)
@@ -82,13 +84,16 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
 
 
 async def _housekeeping(coordinator: Coordinator) -> None:
-    """Re-run the scheduler now and then, so hosts that go away or come back change placements and reasons."""
-    while True:
+    """Re-run the scheduler now and then, so hosts that go away or come back change placements and reasons;
+    less often, delete the file archives that no live job needs."""
+    for beat in itertools.count():
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
         try:
             coordinator.schedule_pass()
+            if beat % PRUNE_EVERY_BEATS == 0:
+                coordinator.prune_files()
         except Exception:
-            log.exception("scheduling pass failed")
+            log.exception("housekeeping failed")
 
 
 def ensure_admin_token(store: Store, token_file: Path) -> str:

@@ -44,6 +44,7 @@ class Settings:
     log_chunk_max_bytes: int = C.LOG_CHUNK_MAX_BYTES
     unreachable_after_s: float = C.HOST_UNREACHABLE_AFTER_S
     agent_cert_ttl_s: int = C.AGENT_CERT_TTL_S
+    files_keep_s: float = C.FILES_KEEP_S
 
 
 class NotFound(LookupError):
@@ -366,6 +367,17 @@ class Coordinator:
         acked = self.logs.append(alloc_id, offset, data)
         self.log_waiters.changed(alloc.job_id)
         return acked
+
+    def prune_files(self, now: float | None = None) -> list[str]:
+        """Delete the uploaded archives that no job still to start or running names, once they are older
+        than `files_keep_s` (an upload comes just before its submit; uploading again renews it). Runs with
+        no await, so no submit can slip in between the look-up and the delete. Answers the ids deleted."""
+        live = self.store.jobs_in(*(state for state in JobState if not state.terminal))
+        keep = {job.spec.files_archive for job in live if job.spec.files_archive}
+        removed = self.files.prune(keep, (now or time.time()) - self.settings.files_keep_s)
+        if removed:
+            log.info("deleted %d files archive(s) no live job needs", len(removed))
+        return removed
 
     # --- scheduling --------------------------------------------------------------------------------
 

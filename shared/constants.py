@@ -15,4 +15,5 @@ MAX_FILES_ARCHIVE_BYTES = 64 * 1024 * 1024  # a job's `files:` as a tar.gz; read
 FILES_CHUNK_BYTES = 256 * 1024
 HOST_UNREACHABLE_AFTER_S = 90.0  # a host not seen for this long shows as unreachable
 AGENT_CERT_TTL_S = 7 * 24 * 3600
+FILES_KEEP_S = 3600.0  # an uploaded archive that no live job names is deleted after this
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this
