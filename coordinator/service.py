@@ -35,6 +35,7 @@ from shared.wire import (
 )
 
 log = logging.getLogger("gpuctl.coordinator")
+LAST_SEEN_STORE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ class Coordinator:
         self.settings = settings or Settings()
         self.host_waiters = Waiters()  # key: host id
         self.log_waiters = Waiters()  # key: job id
-        self.last_seen: dict[str, float] = {}
+        self.last_seen: dict[str, float] = {}  # by host id: its agent's latest request
+        self._last_seen_stored: dict[str, float] = {}
         # Hosts whose agent runs an inventory generation not stored here (it sent none): nothing is placed
         # on them until it arrives. In memory, like liveness: the next sync says it again.
         self.unseen_generation: set[str] = set()
@@ -251,7 +253,7 @@ class Coordinator:
         index the agent saw, else after the next change or the poll timeout. Safe to retry."""
         host = self.store.ensure_host(host_id, req.inventory.hostname if req.inventory else host_id)
         changed = self.host_status(host) != "ready"  # a host that (re)appears may take pending work
-        self.last_seen[host_id] = time.time()
+        self._seen(host)
         if req.inventory is not None and generation_of(req.inventory) != host.generation:
             self.store.set_inventory(host_id, req.inventory, generation_of(req.inventory))
             log.info("host %s inventory generation %s", host_id, generation_of(req.inventory))
@@ -264,8 +266,17 @@ class Coordinator:
         if host.desired_index <= req.desired_index and not unseen:  # unseen: ask for the inventory now
             timeout = self.settings.poll_timeout_s * (1 + random.uniform(-1, 1) * C.POLL_JITTER_FRACTION)
             await self.host_waiters.wait(host_id, timeout)
-            self.last_seen[host_id] = time.time()
+            self._seen(host)
         return self._desired(self._host(host_id))
+
+    def _seen(self, host: HostRow) -> None:
+        """Note that the host's agent is there: in memory on every request, in the store (for `hosts` after
+        a coordinator restart) at most once a minute, so a poll is not a disk write."""
+        now = time.time()
+        self.last_seen[host.id] = now
+        if now - self._last_seen_stored.get(host.id, host.last_seen or 0.0) >= LAST_SEEN_STORE_S:
+            self.store.set_last_seen(host.id, now)
+            self._last_seen_stored[host.id] = now
 
     def _host(self, host_id: str) -> HostRow:
         host = self.store.get_host(host_id)

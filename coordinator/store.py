@@ -305,6 +305,10 @@ class Store:
                 (msgspec.json.encode(inventory).decode(), generation, inventory.hostname, host_id),
             )
 
+    def set_last_seen(self, host_id: str, when: float) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE hosts SET last_seen=? WHERE id=?", (when, host_id))
+
     def set_membership(self, host_id: str, fleet: str, labels: dict[str, str]) -> None:
         with self.tx() as db:
             db.execute(

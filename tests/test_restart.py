@@ -98,3 +98,5 @@ async def test_restarted_coordinator_keeps_jobs_and_acknowledged_logs() -> None:
         assert (await c.job(done.id)).status == "done"
         assert await c.full_log(done.id) == before == "".join(f"{n}\n" for n in range(1, 1001)).encode()
         assert (await c.job(pending.id)).status == "pending"
+        [host] = await asyncio.to_thread(c.api.hosts)
+        assert (host.status, host.last_seen is not None) == ("unreachable", True)  # when it was last there
