@@ -62,6 +62,15 @@ def choose_blocks(free: Sequence[int], k: int, levels: Levels) -> list[int]:
     return _spill(free, k, levels)
 
 
+def closeness(blocks: Sequence[int], k: int, levels: Levels) -> int:
+    """How close `k` of `blocks` can be: the first level (0 = island) with a group of `k` of them, or
+    `len(levels)` when none has. Pure."""
+    for depth, level in enumerate(levels):
+        if any(len(group) >= k for group in _groups(blocks, level)):
+            return depth
+    return len(levels)
+
+
 def _fragmentation(free: Sequence[int], others: Levels) -> Callable[[list[int]], tuple[int, ...]]:
     """Order of preference among groups that can hold a job: fewest free blocks first; among equals, the
     one whose first block sits in the smallest free group at the other levels (taking from an already

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from coordinator.locality import Levels, block_levels, choose_blocks
+from coordinator.locality import Levels, block_levels, choose_blocks, closeness
 from shared.spec import GpuRequest, Range, Resources, TaskSpec
 from shared.units import format_mib
 from shared.volumes import first_volume_refusal
@@ -103,34 +103,50 @@ class _Pass:
             }
         return self._fits[key]
 
-    def free_matching(self, spec: TaskSpec, host_id: str) -> list[int]:
+    def matching(self, spec: TaskSpec, host_id: str) -> frozenset[int]:
+        """The host's blocks whose GPUs the job's request accepts, busy or free."""
         key = (spec.resources.gpu, host_id)
         if key not in self._matching:
             inventory = self.by_id[host_id].inventory
             self._matching[key] = frozenset(
                 b.index for b in inventory.blocks if _gpus_match(spec.resources.gpu, _devices(b, inventory))
             )
-        matching = self._matching[key]
+        return self._matching[key]
+
+    def free_matching(self, spec: TaskSpec, host_id: str) -> list[int]:
+        matching = self.matching(spec, host_id)
         return [b for b in self.free[host_id] if b in matching]
 
     def place(self, job: PendingJob) -> Placement | None:
-        """The tightest-fitting ready host's closest free matching blocks, taken out of the free set."""
-        best: tuple[int, str, str, list[int], int] | None = None
+        """The tightest-fitting ready host's closest free matching blocks, taken out of the free set. A host
+        whose free blocks would split the job wider than the host's topology allows (two NVLink islands
+        where one could hold it) is passed over for the next tightest one that keeps it together."""
+        candidates: list[_Candidate] = []
         for host_id, need in self.fits(job).items():
             if not isinstance(need, int) or host_id not in self.free:
                 continue
             eligible = self.free_matching(job.spec, host_id)
             if len(eligible) >= need:
-                candidate = (len(eligible) - need, self.by_id[host_id].name, host_id, eligible, need)
-                if best is None or candidate[:2] < best[:2]:
-                    best = candidate
-        if best is None:
+                candidates.append((len(eligible) - need, self.by_id[host_id].name, host_id, eligible, need))
+        if not candidates:
             return None
+        best = min(candidates, key=lambda c: c[:2])
+        if best[4] > 1 and self._split(job.spec, best):
+            together = (c for c in sorted(candidates, key=lambda c: c[:2]) if not self._split(job.spec, c))
+            best = next(together, best)
         _, _, host_id, eligible, need = best
         chosen = choose_blocks(eligible, need, self.levels(host_id))
         taken = set(chosen)
         self.free[host_id] = [b for b in self.free[host_id] if b not in taken]
         return _placement(job.job_id, host_id, chosen, self.by_id[host_id].inventory)
+
+    def _split(self, spec: TaskSpec, candidate: _Candidate) -> bool:
+        """Whether the host's free blocks hold the job less closely than its blocks could, all free."""
+        _, _, host_id, eligible, need = candidate
+        levels = self.levels(host_id)
+        return closeness(eligible, need, levels) > closeness(
+            sorted(self.matching(spec, host_id)), need, levels
+        )
 
     def reason(self, job: PendingJob) -> str:
         spec = job.spec
@@ -187,6 +203,7 @@ def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
     return need
 
 
+_Candidate = tuple[int, str, str, list[int], int]  # (free blocks to spare, name, host id, free blocks, need)
 _FitKey = tuple[Resources, bool, tuple[str, ...], bool, tuple[str, ...], str]
 
 

@@ -173,3 +173,17 @@ def test_an_a10g_matches_its_marketed_24gb(a10g_and_h100: tuple[Inventory, Inven
     result = schedule([gpu_job("j", "24GB:2")], hosts)
 
     assert [(p.host_id, p.gpus) for p in result.placements] == [("a", (0, 1))]
+
+
+def test_a_job_goes_to_a_looser_host_rather_than_be_split_across_islands(islands: Inventory) -> None:
+    split = HostCapacity("split", "a-split", islands, frozenset({0, 4, 5}))  # free: 3 + 2, spare 1
+    whole = HostCapacity("whole", "b-whole", islands, frozenset())  # free: 4 + 4, spare 4
+    result = schedule([gpu_job("four", 4)], [split, whole])
+    assert [(p.host_id, p.gpus) for p in result.placements] == [("whole", (0, 1, 2, 3))]
+    # A job one island of the tighter host holds goes there, as before.
+    broken = HostCapacity("split", "a-split", islands, frozenset({0, 1}))  # free: 2 + 4, spare 3
+    result = schedule([gpu_job("three", 3)], [broken, whole])
+    assert [(p.host_id, p.gpus) for p in result.placements] == [("split", (4, 5, 6))]
+    # With no host that keeps it together, the tightest one takes it, as closely as it can.
+    result = schedule([gpu_job("four", 4)], [split])
+    assert [(p.host_id, p.gpus) for p in result.placements] == [("split", (1, 2, 3, 6))]
