@@ -24,6 +24,7 @@ from shared import tls
 from tests.harness import FAST, reachable_tmpdir
 
 EXAMPLES_PER_GROUP = 2600  # four groups: over 10,000 inputs in all
+pytestmark = pytest.mark.timeout(360)  # thousands of TLS requests: minutes on a loaded 2-core machine
 
 VALID_SUBMIT = {"spec": {"commands": ["echo hi"], "resources": {"gpu": {"count": {"min": 1, "max": 1}}}}}
 VALID_SYNC = {"agent_version": "0.1.0", "inventory_generation": "x", "allocations": [], "desired_index": 0}
