@@ -1,0 +1,139 @@
+"""cli/gitignore.py: git's .gitignore rules, case by case."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.gitignore import ignored, parse
+
+# --- the matcher, case by case -----------------------------------------------------------------------------
+
+
+def verdict(gitignores: dict[str, str], path: str, is_dir: bool = False) -> bool:
+    """Whether `path` is ignored, given .gitignore texts by folder ('' for the top): the rule sets of the
+    folders containing `path`, outermost first, as the walk passes them."""
+    folders = sorted(
+        (f for f in gitignores if f == "" or path.startswith(f + "/")), key=lambda f: f.count("/")
+    )
+    return ignored(path, is_dir, [parse(gitignores[f].encode(), f) for f in folders])
+
+
+FILE, DIR = False, True
+
+CASES = [
+    # lines: comments, blanks, escapes, trailing spaces
+    ("# a\n", "# a", FILE, False),
+    ("\\#a\n", "#a", FILE, True),
+    ("\\!a\n", "!a", FILE, True),
+    ("!a\n", "!a", FILE, False),
+    ("\n   \n\n", "a", FILE, False),
+    ("a  \n", "a", FILE, True),
+    ("a\\ \n", "a ", FILE, True),
+    ("a\\ \n", "a", FILE, False),
+    ("a\\  \n", "a ", FILE, True),
+    ("a\\\n", "a\\", FILE, False),  # a trailing lone backslash never matches
+    ("a\r\nb", "b", FILE, True),  # CRLF, and a last line without a newline
+    ("\ufeffa\n", "a", FILE, True),  # a UTF-8 byte order mark
+    (" a\n", "a", FILE, False),  # leading spaces are kept
+    # negation: the last matching line decides
+    ("*.log\n!keep.log\n", "keep.log", FILE, False),
+    ("*.log\n!keep.log\n", "x.log", FILE, True),
+    ("!keep.log\n*.log\n", "keep.log", FILE, True),
+    ("d/\n!d/\n", "d", DIR, False),
+    # a trailing '/' matches folders only
+    ("build/\n", "build", DIR, True),
+    ("build/\n", "build", FILE, False),
+    ("build/\n", "src/build", DIR, True),
+    ("a/b/\n", "a/b", DIR, True),
+    ("a/b/\n", "a/b", FILE, False),
+    # a '/' at the start or in the middle anchors; none matches at any depth
+    ("a\n", "x/y/a", FILE, True),
+    ("/a\n", "a", FILE, True),
+    ("/a\n", "x/a", FILE, False),
+    ("a/b\n", "a/b", FILE, True),
+    ("a/b\n", "x/a/b", FILE, False),
+    ("//a\n", "a", FILE, False),  # only one leading '/' is dropped
+    # *, ?, [...] and escapes; none crosses a '/'
+    ("*.py\n", "x/y.py", FILE, True),
+    ("a/*.py\n", "a/b.py", FILE, True),
+    ("a/*.py\n", "a/b/c.py", FILE, False),
+    ("a?c\n", "abc", FILE, True),
+    ("a?c\n", "ac", FILE, False),
+    ("a?b/c\n", "a/b/c", FILE, False),
+    ("?\n", "é", FILE, False),  # '?' is one byte, and é is two in UTF-8
+    ("??\n", "é", FILE, True),
+    ("a\\*\n", "a*", FILE, True),
+    ("a\\*\n", "ab", FILE, False),
+    ("[ab].txt\n", "b.txt", FILE, True),
+    ("[ab].txt\n", "c.txt", FILE, False),
+    ("[!ab].txt\n", "c.txt", FILE, True),
+    ("[^ab].txt\n", "a.txt", FILE, False),
+    ("[a-c]x\n", "bx", FILE, True),
+    ("[a-c]x\n", "dx", FILE, False),
+    ("[]]x\n", "]x", FILE, True),
+    ("[!]]x\n", "]x", FILE, False),
+    ("[a\\]]x\n", "]x", FILE, True),
+    ("[[:digit:]]x\n", "7x", FILE, True),
+    ("[[:digit:]]x\n", "ax", FILE, False),
+    ("[[:space:]]x\n", " x", FILE, True),
+    ("[[:]x\n", ":x", FILE, True),  # no ':]' closes it: a plain '['
+    ("[[:nope:]]x\n", "nx", FILE, False),  # an unknown class never matches
+    ("[ab\n", "[ab", FILE, False),  # an unclosed class never matches
+    ("a[/]b\n", "a/b", FILE, False),
+    ("a[!x]b\n", "a/b", FILE, False),
+    # ** as a whole segment spans folders; otherwise it is one *
+    ("**/a\n", "a", FILE, True),
+    ("**/a\n", "x/y/a", FILE, True),
+    ("**/a/b\n", "x/a/b", FILE, True),
+    ("**/a/b\n", "x/a/c/b", FILE, False),
+    ("a/**\n", "a/x/y", FILE, True),
+    ("a/**\n", "a", DIR, False),
+    ("a/**/b\n", "a/b", FILE, True),
+    ("a/**/b\n", "a/x/y/b", FILE, True),
+    ("a/**/b\n", "x/a/b", FILE, False),
+    ("a/**/\n", "a/x/y", DIR, True),
+    ("a/**/\n", "a/x/y", FILE, False),
+    ("x/**b\n", "x/a/b", FILE, False),
+    ("x/**b\n", "x/ab", FILE, True),
+    ("x/c/a**b\n", "x/c/az/yb", FILE, False),
+    ("x/a**/y\n", "x/ab/c/y", FILE, True),  # git's quirk: its literal start is matched apart
+    ("x/a**/y\n", "x/ay", FILE, True),
+    ("x/?a**/y\n", "x/zab/c/y", FILE, False),  # ... but only right after it
+]
+
+
+@pytest.mark.parametrize(("text", "path", "is_dir", "expected"), CASES)
+def test_one_gitignore(text: str, path: str, is_dir: bool, expected: bool) -> None:
+    assert verdict({"": text}, path, is_dir) is expected
+
+
+@pytest.mark.parametrize(
+    ("gitignores", "path", "expected"),
+    [
+        ({"": "*.log\n", "sub": "!keep.log\n"}, "sub/keep.log", False),
+        ({"": "*.log\n", "sub": "!keep.log\n"}, "keep.log", True),
+        ({"": "*.log\n", "sub": "!keep.log\n"}, "sub/deeper/keep.log", False),
+        ({"": "!x\n", "sub": "x\n"}, "sub/x", True),
+        (
+            {"": "x\n", "sub": "y\n"},
+            "sub/x",
+            True,
+        ),  # a deeper file without a match leaves it to the one above
+        ({"sub": "/a\n"}, "sub/a", True),
+        ({"sub": "/a\n"}, "sub/b/a", False),
+        ({"sub": "b/c\n"}, "sub/b/c", True),
+        ({"sub": "b/c\n"}, "b/c", False),
+        ({"a": "x\n", "a/b": "!x\n"}, "a/b/x", False),
+        ({"a": "!x\n", "a/b": "x\n"}, "a/b/x", True),
+    ],
+)
+def test_nested_gitignores_apply_below_their_folder_and_the_deepest_decides(
+    gitignores: dict[str, str], path: str, expected: bool
+) -> None:
+    assert verdict(gitignores, path) is expected
+
+
+def test_rules_apply_only_below_their_folder() -> None:
+    assert not ignored("a", False, [parse(b"a\n", "sub")])
+    assert not ignored("subx/a", False, [parse(b"a\n", "sub")])
+    assert ignored("sub/a", False, [parse(b"a\n", "sub")])
