@@ -1,9 +1,14 @@
-"""cli/gitignore.py: git's .gitignore rules, case by case."""
+"""cli/gitignore.py: git's .gitignore rules, case by case; and pack() walking with them."""
 
 from __future__ import annotations
 
+import io
+import tarfile
+from pathlib import Path
+
 import pytest
 
+from cli.files import pack
 from cli.gitignore import ignored, parse
 
 # --- the matcher, case by case -----------------------------------------------------------------------------
@@ -137,3 +142,44 @@ def test_rules_apply_only_below_their_folder() -> None:
     assert not ignored("a", False, [parse(b"a\n", "sub")])
     assert not ignored("subx/a", False, [parse(b"a\n", "sub")])
     assert ignored("sub/a", False, [parse(b"a\n", "sub")])
+
+
+# --- pack() walks with them --------------------------------------------------------------------------------
+
+
+def packed_files(root: Path) -> set[str]:
+    """The regular files pack() puts in the archive of `root`, relative to it."""
+    with tarfile.open(fileobj=io.BytesIO(pack([(".", ".")], root)), mode="r:gz") as tar:
+        return {m.name for m in tar.getmembers() if m.isfile()}
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_pack_applies_nested_gitignores_and_never_reincludes_below_an_ignored_folder(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            ".gitignore": "*.log\nout/\n!out/keep\n",
+            "a.log": "",
+            "out/keep": "",
+            "src/.gitignore": "!keep.log\n/gen\n",
+            "src/keep.log": "",
+            "src/gen": "",
+            "src/sub/gen": "",
+        },
+    )
+    assert packed_files(tmp_path) == {".gitignore", "src/.gitignore", "src/keep.log", "src/sub/gen"}
+
+
+def test_pack_treats_links_as_git_does(tmp_path: Path) -> None:
+    """A link to a folder is no folder for `name/`, and a .gitignore that is a link is not followed."""
+    write(tmp_path, {".gitignore": "link/\n", "real/f": "", "rules": "*\n", "sub/f": ""})
+    (tmp_path / "link").symlink_to("real")
+    (tmp_path / "sub" / ".gitignore").symlink_to("../rules")
+    with tarfile.open(fileobj=io.BytesIO(pack([(".", ".")], tmp_path)), mode="r:gz") as tar:
+        assert {m.name for m in tar.getmembers() if m.issym()} == {"link", "sub/.gitignore"}
+    assert packed_files(tmp_path) == {".gitignore", "real/f", "rules", "sub/f"}
