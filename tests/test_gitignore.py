@@ -1,12 +1,19 @@
-"""cli/gitignore.py: git's .gitignore rules, case by case; and pack() walking with them."""
+"""cli/gitignore.py: git's .gitignore rules, case by case and against the real git; and pack() walking
+with them."""
 
 from __future__ import annotations
 
 import io
+import os
+import posixpath
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cli.files import pack
 from cli.gitignore import ignored, parse
@@ -183,3 +190,92 @@ def test_pack_treats_links_as_git_does(tmp_path: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(pack([(".", ".")], tmp_path)), mode="r:gz") as tar:
         assert {m.name for m in tar.getmembers() if m.issym()} == {"link", "sub/.gitignore"}
     assert packed_files(tmp_path) == {".gitignore", "real/f", "rules", "sub/f"}
+
+
+# --- against the real git ----------------------------------------------------------------------------------
+
+NAMES = ("a", "b", "ab", "a.log", "#a", "!b", "a ")
+SEGMENTS = (
+    *("a", "b", "ab", "\\#a", "\\!b", "a\\ ", "a\\*"),
+    *("*", "a?", "a*", "*b", "*.log", "[ab]", "[!a]*", "[^b]?", "[a-b]", "**", "a**"),
+)
+GIT_ENV = {
+    **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},  # not a hook's GIT_DIR, say
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+@st.composite
+def patterns(draw: st.DrawFn) -> str:
+    """A line from a small grammar: one to three segments joined by '/' (one most often), maybe a '/' at
+    either end, maybe negated, maybe with trailing spaces."""
+    count = draw(st.sampled_from([1, 1, 2, 3]))
+    text = "/".join(draw(st.lists(st.sampled_from(SEGMENTS), min_size=count, max_size=count)))
+    leading, trailing = draw(st.sampled_from(["", "", "/"])), draw(st.sampled_from(["", "", "/"]))
+    negated, spaces = draw(st.sampled_from(["", "!"])), draw(st.sampled_from(["", "", "  "]))
+    return negated + leading + text + trailing + spaces
+
+
+lines = st.one_of(patterns(), st.sampled_from(["", "#a", "  "]))
+
+
+@st.composite
+def projects(draw: st.DrawFn) -> dict[str, bytes]:
+    """A small folder: files at up to three levels from NAMES, and .gitignore files in some of its
+    folders (the top more often than not), by path."""
+    files: dict[str, bytes] = {}
+    folders = {""}
+    for parts in draw(
+        st.lists(st.lists(st.sampled_from(NAMES), min_size=1, max_size=3), min_size=1, max_size=12)
+    ):
+        parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        path = "/".join(parts)
+        if path not in folders and not any(p in files for p in parents):
+            files[path] = b"x"
+            folders.update(parents)
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    with_rules = draw(st.lists(st.sampled_from(sorted(folders)), min_size=1, max_size=3, unique=True))
+    for folder in (
+        dict.fromkeys(["", *with_rules]) if draw(st.sampled_from([True, True, False])) else with_rules
+    ):
+        text = "".join(line + newline for line in draw(st.lists(lines, min_size=1, max_size=5)))
+        files[posixpath.join(folder, ".gitignore")] = text.encode()
+    return files
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One git repository for every example: `git init` costs more than the rest of one together."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    root = tmp_path_factory.mktemp("repo")
+    subprocess.run(["git", "init", "-q"], cwd=root, env=GIT_ENV, check=True)
+    return root
+
+
+def untracked_by_git(root: Path) -> set[str]:
+    listed = subprocess.run(
+        ["git", "-c", "core.excludesFile=/dev/null", "ls-files", "--others", "--exclude-standard", "-z"],
+        cwd=root,
+        env=GIT_ENV,
+        check=True,
+        capture_output=True,
+    ).stdout
+    return {os.fsdecode(path) for path in listed.split(b"\0") if path}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(project=projects())
+def test_pack_leaves_out_what_git_ignores(repo: Path, project: dict[str, bytes]) -> None:
+    """The regular files packed are those git lists as untracked and not ignored (files only: git lists
+    no folders; both skip `.git`), with no ignore rules but the project's own .gitignore files."""
+    for entry in repo.iterdir():
+        if entry.is_dir() and entry.name != ".git":
+            shutil.rmtree(entry)
+        elif entry.is_file():
+            entry.unlink()
+    for path, content in project.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_bytes(content)
+    assert packed_files(repo) == untracked_by_git(repo)
