@@ -1,19 +1,23 @@
 """Packing a job's `files:` into a tar.gz in memory, bounded, for the coordinator to store.
 
-A directory is packed whole except `.git/` and what its top-level `.gitignore` names (plain `fnmatch`
-patterns: `*.pt`, `data/`, `/build`; no `!` negation, no nested .gitignore files). Symbolic links are
-kept as links (the agent refuses any that would escape the working directory).
+A directory is packed whole except `.git` and what git would ignore in it (see cli/gitignore.py): its
+`.gitignore` and those of its subfolders, each applying below its own folder. Only `.gitignore` files
+inside the packed directory count, not those of folders above it, `.git/info/exclude` or a global
+excludes file, so a job gets the same files wherever it is submitted from. Symbolic links are kept as
+links (the agent refuses any that would escape the working directory); like git, they never count as
+folders for a pattern ending in '/', and a `.gitignore` that is one is not followed.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import os
+import posixpath
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from cli import gitignore
 from shared import constants as C
 from shared.spec import SpecError
 
@@ -53,23 +57,44 @@ def pack(pairs: Iterable[tuple[str, str]], base: Path, max_bytes: int = C.MAX_FI
             if not source.exists() and not source.is_symlink():
                 raise SpecError("files", f"no such file or directory: {str(source)!r}", source="submit")
             if source.is_dir() and not source.is_symlink():
-                _add_dir(tar, source, remote, _ignore_patterns(source))
+                _add_dir(tar, source, remote)
             else:
                 tar.add(source, arcname=remote, recursive=False, filter=_anonymous)
     return bytes(sink.buffer)
 
 
-def _add_dir(tar: tarfile.TarFile, root: Path, remote: str, patterns: list[str]) -> None:
+def _add_dir(tar: tarfile.TarFile, root: Path, remote: str) -> None:
+    """Add `root` and what is not ignored below it; an ignored folder is not walked, so nothing in it can
+    be re-included (git's rule too)."""
     tar.add(root, arcname=remote, recursive=False, filter=_anonymous)
+    stacks: dict[str, tuple[gitignore.RuleSet, ...]] = {}
     for folder, dirs, names in os.walk(root):
         relative = Path(folder).relative_to(root)
-        dirs[:] = sorted(d for d in dirs if not ignored((relative / d).as_posix(), True, patterns))
-        for name in sorted(dirs) + sorted(names):
-            path = relative / name
-            if name in names and ignored(path.as_posix(), False, patterns):
-                continue
+        base = relative.as_posix() if relative != Path() else ""
+        stack = (stacks[posixpath.dirname(base)] if base else ()) + _rules_in(Path(folder), base)
+        stacks[base] = stack
+        dirs[:] = sorted(d for d in dirs if not _skipped(base, d, not Path(folder, d).is_symlink(), stack))
+        for name in dirs + sorted(n for n in names if not _skipped(base, n, False, stack)):
+            path = posixpath.join(base, name)
             arcname = os.path.normpath(os.path.join(remote, path))
             tar.add(root / path, arcname=arcname, recursive=False, filter=_anonymous)
+
+
+def _rules_in(folder: Path, base: str) -> tuple[gitignore.RuleSet, ...]:
+    """The rules of `folder`'s .gitignore (`base` is the folder relative to the packed one), as a stack
+    entry; none when it has none, or when it is a symbolic link, which git does not follow."""
+    path = folder / ".gitignore"
+    if path.is_symlink():
+        return ()
+    try:
+        return (gitignore.parse(path.read_bytes(), base),)
+    except OSError:
+        return ()
+
+
+def _skipped(base: str, name: str, is_dir: bool, stack: tuple[gitignore.RuleSet, ...]) -> bool:
+    """Whether the entry `name` of folder `base` stays out: `.git`, or what the .gitignore files say."""
+    return name in ALWAYS_SKIPPED or gitignore.ignored(posixpath.join(base, name), is_dir, stack)
 
 
 def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -77,31 +102,3 @@ def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
-
-
-def _ignore_patterns(root: Path) -> list[str]:
-    try:
-        lines = (root / ".gitignore").read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith(("#", "!"))]
-
-
-def ignored(relative: str, is_dir: bool, patterns: list[str]) -> bool:
-    """Whether a path (relative to the packed folder, with '/') is skipped: `.git`, or a .gitignore pattern.
-    A pattern with a '/' (other than at its end) matches the whole path from the top; one without matches
-    any path's last part; a trailing '/' matches folders only."""
-    name = relative.rsplit("/", 1)[-1]
-    if name in ALWAYS_SKIPPED:
-        return True
-    for pattern in patterns:
-        folder_only = pattern.endswith("/")
-        pattern = pattern.rstrip("/")
-        if folder_only and not is_dir:
-            continue
-        if "/" in pattern:
-            if fnmatch.fnmatchcase(relative, pattern.lstrip("/")):
-                return True
-        elif fnmatch.fnmatchcase(name, pattern):
-            return True
-    return False
