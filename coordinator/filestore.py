@@ -45,17 +45,17 @@ class FileStore:
         leftovers of a crash; answers the ids deleted."""
         removed = []
         for path in self.root.iterdir():
-            archive_id = path.name.removesuffix(".tar.gz")
             if path.name.startswith(".upload-"):
-                archive_id = ""
-            elif (
-                not (path.name.endswith(".tar.gz") and ARCHIVE_ID_RE.match(archive_id)) or archive_id in keep
-            ):
-                continue  # not ours, or still needed
+                archive_id = None  # a crash cut this upload short
+            else:
+                archive_id = path.name.removesuffix(".tar.gz")
+                is_archive = path.name.endswith(".tar.gz") and ARCHIVE_ID_RE.match(archive_id)
+                if not is_archive or archive_id in keep:
+                    continue
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_mtime < older_than:
                     path.unlink()
-                    if archive_id:
+                    if archive_id is not None:
                         removed.append(archive_id)
         return removed
 

@@ -132,8 +132,8 @@ class _Pass:
             return None
         best = min(candidates, key=lambda c: c[:2])
         if best[4] > 1 and self._split(job.spec, best):
-            together = (c for c in sorted(candidates, key=lambda c: c[:2]) if not self._split(job.spec, c))
-            best = next(together, best)
+            ranked = sorted(candidates, key=lambda c: c[:2])
+            best = next((c for c in ranked if c is not best and not self._split(job.spec, c)), best)
         _, _, host_id, eligible, need = best
         chosen = choose_blocks(eligible, need, self.levels(host_id))
         taken = set(chosen)

@@ -20,7 +20,7 @@ from agent.detect.host import read_cpu_topology, simulated_topology
 from agent.detect.metrics import read_amd_metrics, read_metrics, read_nvidia_metrics
 from agent.detect.nvidia import cuda_version_text, nvlink_peers
 from agent.detect.sysfs import parse_cpulist, read_pcie_root, read_render_node
-from shared.wire import GpuDevice, GpuMetrics
+from shared.wire import GpuDevice, GpuMetrics, Inventory
 from tests.fakes import fake_amdsmi, fake_hl_smi, fake_nvml, fake_sysfs, load
 
 GAUDI_FAILED = "Intel Gaudi: hl-smi failed: {} — accelerators on this host are not usable until it is fixed"
@@ -261,26 +261,22 @@ def test_read_metrics_takes_every_vendor() -> None:
 def test_metrics_never_change_the_inventory(tmp_path: Path) -> None:
     # Live readings live apart: two detections of a busy host give the same inventory (and generation).
     fixture = load("nvml", "h100_sxm_8")
-    first = detect_inventory(
-        state_dir=str(tmp_path),
-        blocks=1,
-        simulate=None,
-        nvml=fake_nvml(fixture),
-        amdsmi=fake_amdsmi({}),
-        hl_smi=fake_hl_smi({"devices": []}),
-        sysfs_root=str(tmp_path),
-    )
+
+    def detect() -> Inventory:
+        return detect_inventory(
+            state_dir=str(tmp_path),
+            blocks=1,
+            simulate=None,
+            nvml=fake_nvml(fixture),
+            amdsmi=fake_amdsmi({}),
+            hl_smi=fake_hl_smi({"devices": []}),
+            sysfs_root=str(tmp_path),
+        )
+
+    first = detect()
     for device in fixture["devices"]:
         device["metrics"]["utilization_pct"] = 100
-    second = detect_inventory(
-        state_dir=str(tmp_path),
-        blocks=1,
-        simulate=None,
-        nvml=fake_nvml(fixture),
-        amdsmi=fake_amdsmi({}),
-        hl_smi=fake_hl_smi({"devices": []}),
-        sysfs_root=str(tmp_path),
-    )
+    second = detect()
 
     assert first == second
 
