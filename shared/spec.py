@@ -62,8 +62,19 @@ class RegistryAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     password: str
 
 
+class Repo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A remote git repository that the agent clones (through its proxy) before the commands run. A local
+    repository never travels as a `Repo`: the CLI packs it into the job's files archive, like `files:`."""
+
+    url: str
+    branch: str | None = None  # None: the remote's default branch
+    hash: str | None = None  # a commit to check out after the clone
+    path: str = "."  # where, relative to the working directory
+
+
 class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    commands: tuple[str, ...]
+    # Empty only for a job with an image: it runs the image's own entrypoint and command (as dstack does).
+    commands: tuple[str, ...] = ()
     type: str = "task"
     name: str | None = None
     image: str | None = None
@@ -81,6 +92,15 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # commands start; the local paths it was packed from never leave the CLI (see `TaskFile.files`)
     files_archive: str | None = None
     registry_auth: RegistryAuth | None = None
+    # The shell that runs `commands`: "sh", "bash" or an absolute path; None: /bin/sh
+    shell: str | None = None
+    # dstack's `python: "3.11"`: the coordinator sets `image` from its `python_image` setting at submit
+    python: str | None = None
+    repos: tuple[Repo, ...] = ()  # remote repositories only (see `Repo`)
+    # sha256 (hex) of a tar.gz whose member paths are absolute paths in the container with the leading "/"
+    # dropped (`files: [~/.ssh/id_rsa:/root/.ssh/id_rsa]`); copied into the container before it starts.
+    # Containers only: a plain-process job with one is refused.
+    root_files_archive: str | None = None
 
 
 @dataclass(frozen=True)
