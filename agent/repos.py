@@ -10,8 +10,11 @@ a private repository needs them in its URL. It goes through the proxy of the age
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import posixpath
 import re
+import signal
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -105,6 +108,7 @@ async def _git(args: list[str], cwd: Path, env: Mapping[str, str], timeout_s: fl
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # git runs helpers (git-remote-https): a kill must reach them too
         )
     except FileNotFoundError:
         raise RepoError("repos: this host has no git; install it or drop repos") from None
@@ -115,7 +119,8 @@ async def _git(args: list[str], cwd: Path, env: Mapping[str, str], timeout_s: fl
         return f"no answer in {timeout_s:g} s"
     finally:
         if proc.returncode is None:  # timed out, or the allocation is no longer wanted
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
     if proc.returncode == 0:
         return None
