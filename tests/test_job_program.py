@@ -15,10 +15,12 @@ from agent.env import job_env
 from agent.runtime.base import Observed
 from agent.runtime.docker import DockerRuntime
 from agent.runtime.engine import connect
+from coordinator.service import Settings
 from shared.spec import TaskSpec
 from shared.wire import AllocationSpec, Inventory
-from tests.docker_engine import Engine
-from tests.harness import cluster
+from tests.docker_engine import Engine, busybox_rootfs, busybox_static
+from tests.fake_registry import fake_registry, image_from_rootfs
+from tests.harness import FAST, cluster
 from tests.test_docker import start_docker_agent
 
 SHOW_SHELL = ("echo $0", "false", "echo never")  # set -e: the job ends at `false`, with its exit code
@@ -111,3 +113,19 @@ def test_a_container_without_commands_runs_the_images_entrypoint_and_cmd(
     assert (
         "entry from-cmd in /tmp for j-program" in run_container(docker_engine, elsewhere, tmp_path / "b")[1]
     )
+
+
+async def test_a_python_job_pulls_the_image_its_version_names_through_the_mirror(
+    docker_engine: Engine,
+) -> None:
+    image = image_from_rootfs(busybox_rootfs(busybox_static()))
+    settings = Settings(**{**FAST.__dict__, "python_image": "lang/python:{version}-slim"})
+    async with cluster(settings) as c:
+        with fake_registry(image, "puller", "s3cret", layer_seconds=0.0) as mirror:
+            auth = {"registry_username": "puller", "registry_password": "s3cret"}
+            start_docker_agent(c, docker_engine, "python-p", registry_mirror=mirror, **auth)
+            job = await c.submit_spec(TaskSpec(commands=("echo in the python image",), python="3.11"))
+            assert (job.spec.image, job.spec.python) == ("lang/python:3.11-slim", "3.11")
+            assert (await c.full_log(job.id)).decode() == "in the python image\n"
+            assert (await c.job(job.id)).status == "done"
+    docker_engine.client.images.remove(f"{mirror}/lang/python:3.11-slim", force=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import socket
 import subprocess
 import threading
@@ -65,12 +66,8 @@ async def test_repos_are_cloned_into_the_working_directory_before_the_commands(
         job = await c.submit_spec(spec)
         log = (await c.full_log(job.id)).decode()
         assert (await c.job(job.id)).status == "done", log
-    user = (
-        "nobody"
-        if os.geteuid() == 0
-        else subprocess.run(["id", "-un"], capture_output=True, text=True).stdout
-    )
-    assert log.split() == ["two", "dev", "one", "1", first, user.strip(), user.strip()]
+    user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name  # the job's own user
+    assert log.split() == ["two", "dev", "one", "1", first, user, user]
 
 
 async def test_a_failed_clone_fails_the_job_with_gits_reason(upstream: tuple[Path, str]) -> None:
