@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from agent.env import job_env
-from agent.files import FilePrep
+from agent.files import ROOT_FILES, FilePrep, has_inputs
 from agent.reconcile import Forget, Local, ReportGone, Start, Stop, reconcile
 from agent.runtime.base import Observed, Runtime, RuntimeStartError
 from shared.files import write_atomic
@@ -206,16 +206,19 @@ class Executor:
         )
 
     def _place_files(self, spec: AllocationSpec, work_dir: Path) -> None:
-        """Move the job's unpacked `files:` in as its working directory. Raises RuntimeStartError."""
-        archive_id = spec.spec.files_archive
-        if archive_id is None:
+        """Move the job's staged inputs in: its repos and `files:` as its working directory, its files at
+        absolute paths beside it (see agent.files). Raises RuntimeStartError."""
+        if not has_inputs(spec.spec):
             return
         prep = self.file_prep
         staged = prep.staged(spec.id) if prep is not None else None
         if prep is None or staged is None or not staged.is_dir():
             reason = prep.errors.get(spec.id) if prep is not None else None
-            raise RuntimeStartError(reason or f"files: cannot fetch archive {archive_id[:12]}: not fetched")
-        staged.rename(work_dir)  # the same file system: the state dir
+            raise RuntimeStartError(reason or "files: the job's files and repos were not fetched")
+        (staged / "work").rename(work_dir)  # the same file system: the state dir
+        if (staged / ROOT_FILES).exists():
+            (staged / ROOT_FILES).rename(work_dir.parent / ROOT_FILES)
+        shutil.rmtree(staged, ignore_errors=True)
 
     def _stop(self, local: LocalAlloc, reason: str, now: float) -> None:
         """SIGTERM now; _observe sends SIGKILL once the grace period is over. Idempotent."""

@@ -11,7 +11,9 @@ import yaml
 
 from coordinator.pki import ensure_pki
 from coordinator.server import ServerConfig, ensure_admin_token, start_coordinator
+from coordinator.service import Settings
 from coordinator.store import Store
+from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE
 from shared.constants import DEFAULT_PORT
 
 DEFAULT_CONFIG = Path("/etc/gpuctl/coordinator.yaml")
@@ -25,7 +27,7 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
             raw = yaml.safe_load(config_path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise click.ClickException(f"{config_path}: invalid YAML: {exc}".replace("\n", " ")) from None
-    known = {"state_dir", "port", "host", "server_names"}
+    known = {"state_dir", "port", "host", "server_names", "python_image"}
     unknown = set(raw) - known
     if unknown:
         raise click.ClickException(
@@ -36,7 +38,17 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
         host=host or raw.get("host", "0.0.0.0"),
         port=port or int(raw.get("port", DEFAULT_PORT)),
         server_names=tuple(raw.get("server_names", ())),
+        settings=Settings(python_image=_python_image(raw.get("python_image", DEFAULT_PYTHON_IMAGE))),
     )
+
+
+def _python_image(value: object) -> str:
+    """The `python_image` setting: an image reference in which `{version}` stands for the job's `python:`."""
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise click.ClickException(
+            f"python_image: expected an image like python:{{version}}-slim, got {value!r}"
+        )
+    return value
 
 
 _options = [

@@ -17,6 +17,7 @@ from coordinator.filestore import FileStore
 from coordinator.logstore import LogStore
 from coordinator.scheduler import HostCapacity, PendingJob, schedule
 from coordinator.store import AllocRow, HostRow, JobRow, Store
+from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE, apply_submit_rules, archive_ids
 from coordinator.waiters import Waiters
 from shared import constants as C
 from shared import tls
@@ -46,6 +47,7 @@ class Settings:
     unreachable_after_s: float = C.HOST_UNREACHABLE_AFTER_S
     agent_cert_ttl_s: int = C.AGENT_CERT_TTL_S
     files_keep_s: float = C.FILES_KEEP_S
+    python_image: str = DEFAULT_PYTHON_IMAGE  # the image of a `python: "3.11"` job; `{version}` is replaced
 
 
 class NotFound(LookupError):
@@ -84,11 +86,12 @@ class Coordinator:
 
     def submit(self, spec: TaskSpec, project: str = "default") -> JobRow:
         """Accept a job of `project` (committed before the answer), then try to place it at once."""
-        spec = validate_spec(spec)
-        if spec.files_archive is not None and not self.files.has(spec.files_archive):
-            raise SpecError(
-                "files", f"archive {spec.files_archive[:12]} is not on the coordinator; upload it first"
-            )
+        spec = validate_spec(apply_submit_rules(spec, self.settings.python_image))
+        for archive_id in archive_ids(spec):
+            if not self.files.has(archive_id):
+                raise SpecError(
+                    "files", f"archive {archive_id[:12]} is not on the coordinator; upload it first"
+                )
         for _ in range(5):
             job_id = secrets.token_hex(4)
             if self.store.get_job(job_id) is None:
@@ -384,7 +387,7 @@ class Coordinator:
         than `files_keep_s` (an upload comes just before its submit; uploading again renews it). Runs with
         no await, so no submit can slip in between the look-up and the delete. Answers the ids deleted."""
         live = self.store.jobs_in(*(state for state in JobState if not state.terminal))
-        keep = {job.spec.files_archive for job in live if job.spec.files_archive}
+        keep = {archive_id for job in live for archive_id in archive_ids(job.spec)}
         removed = self.files.prune(keep, (now or time.time()) - self.settings.files_keep_s)
         if removed:
             log.info("deleted %d files archive(s) no live job needs", len(removed))

@@ -35,5 +35,5 @@ def test_an_unknown_setting_is_one_line_naming_it(tmp_path: Path) -> None:
     run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
-        "Error: prot: unknown setting (known: host, port, server_names, state_dir)"
+        "Error: prot: unknown setting (known: host, port, python_image, server_names, state_dir)"
     ]

@@ -2,7 +2,8 @@
 allocation, its environment, the host's GPUs and the agent's Docker settings.
 
 The container is labelled with its allocation, job and host (a restarted agent finds it by label), runs
-the job's commands under `/bin/sh -c` behind a small init (docker-init, which passes SIGTERM to the whole
+the job's commands under its shell (`/bin/sh -c` by default), or else the image's own entrypoint and cmd,
+behind a small init (docker-init, which passes SIGTERM to the whole
 process group), on the host's network (multi-node NCCL needs it, as in dstack), and gets exactly the share
 of the host its blocks hold: their CPUs, their memory (no swap), `shm_size`, a pids limit, their GPUs.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 from docker.types import DeviceRequest, LogConfig
 
+from agent.runtime.commands import job_script, shell_path
 from agent.runtime.devices import DeviceGrant
 from shared.volumes import parse_volume
 from shared.wire import AllocationSpec
@@ -52,18 +54,13 @@ def create_kwargs(
     """Keyword arguments for `client.containers.create`. Pure; the caller has checked the host's policy
     (volumes, privileged) already."""
     spec = alloc.spec
-    # One stream, as for plain processes: the engine reads stdout and stderr through two pipes and would
-    # lose their relative order.
-    script = "exec 2>&1\nset -e\n" + "\n".join(spec.commands) + "\n"
     memory = f"{alloc.memory_mib}m"
     kwargs: dict[str, Any] = {
         "image": image,
         "name": container_name(alloc.id),
-        "entrypoint": ["/bin/sh", "-c", script],
-        "command": [],
+        **_program(spec.commands, spec.shell, spec.working_dir),
         "environment": container_env(env, alloc, grant),
         "labels": {LABEL_ALLOC: alloc.id, LABEL_JOB: alloc.job_id, LABEL_HOST: host},
-        "working_dir": spec.working_dir or WORK_DIR,
         "volumes": _binds(spec.volumes, work_dir),
         "network_mode": "host",
         "init": True,
@@ -87,6 +84,20 @@ def create_kwargs(
     if grant.group_ids:
         kwargs["group_add"] = [str(gid) for gid in grant.group_ids]
     return kwargs
+
+
+def _program(commands: tuple[str, ...], shell: str | None, working_dir: str | None) -> dict[str, Any]:
+    """What the container runs, and where. Commands run under the job's shell in `/workflow` (or
+    `working_dir`), as one stream: the engine reads stdout and stderr through two pipes and would lose their
+    relative order. Without commands the image's own entrypoint and cmd run, in the image's own working
+    directory unless `working_dir` is set (its two streams then stay apart; both reach the log)."""
+    if not commands:
+        return {"working_dir": working_dir} if working_dir else {}
+    return {
+        "entrypoint": [shell_path(shell), "-c", job_script(commands, merge_stderr=True)],
+        "command": [],
+        "working_dir": working_dir or WORK_DIR,
+    }
 
 
 def _binds(volumes: tuple[str, ...], work_dir: Path) -> list[str]:

@@ -25,6 +25,7 @@ import docker.errors
 import msgspec
 from docker.models.containers import Container
 
+from agent.files import ROOT_FILES
 from agent.runtime.base import Observed
 from agent.runtime.container import container_name, create_kwargs
 from agent.runtime.container_logs import NS_PER_S, LogCursor, copy_messages, parse_timestamp_ns
@@ -54,6 +55,10 @@ class Host:
     closing: threading.Event
     signal_async: Callable[[Callable[[], None]], None]  # runs a short engine call off the event loop
     load_archives: Callable[[], list[str]]  # loads new image archives from the drop folder
+
+
+class RootFilesError(Exception):
+    """The engine refused the job's files at absolute paths (one line, starting with `files:`)."""
 
 
 def read_exit(alloc_dir: Path) -> Observed | None:
@@ -103,6 +108,7 @@ class ContainerRun:
             if container.status == "created":
                 if self.stop_requested:
                     return self._record(Observed(AllocState.STOPPED, None, "stopped before it started"))
+                self._put_root_files(container)
                 container.start()
             self._container = container
             self.observed = Observed(AllocState.RUNNING)
@@ -112,7 +118,7 @@ class ContainerRun:
         except PullCancelled:
             if not self.host.closing.is_set():  # an agent that stops leaves the pull to the next one
                 self._record(Observed(AllocState.STOPPED, None, "stopped while its image was pulled"))
-        except (ImageError, DeviceError) as exc:
+        except (ImageError, DeviceError, RootFilesError) as exc:
             self._record(Observed(AllocState.FAILED, None, str(exc)))
         except ENGINE_ERRORS as exc:
             if not self.host.closing.is_set():
@@ -151,6 +157,20 @@ class ContainerRun:
         _write_json(self.dir / "container.json", {"id": container.id})
         log.info("allocation %s: container %s created from %s", self.alloc.id, container.short_id, image)
         return container
+
+    def _put_root_files(self, container: Container) -> None:
+        """Copy the job's files at absolute paths into the created container (see agent.files). Before every
+        start of a container that never ran, so again after an agent restart: the same bytes, idempotent."""
+        path = self.dir / ROOT_FILES
+        if not path.exists():
+            return
+        try:
+            with path.open("rb") as data:
+                container.put_archive("/", data)
+        except docker.errors.APIError as exc:
+            raise RootFilesError(
+                f"files: cannot copy the files at absolute paths in: {reason(exc)}"
+            ) from None
 
     def _follow(self, container: Container) -> None:
         """Copy output until the container has ended and every line is in the spool; then record the end."""

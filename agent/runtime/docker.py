@@ -25,6 +25,7 @@ import msgspec
 
 from agent.config import DockerConfig
 from agent.runtime.base import Observed, RuntimeStartError
+from agent.runtime.commands import shell_path
 from agent.runtime.container import LABEL_ALLOC, LABEL_HOST, container_name
 from agent.runtime.container_run import ContainerRun, Host, read_exit
 from agent.runtime.devices import DeviceError, gpu_grant
@@ -82,6 +83,7 @@ class DockerRuntime:
         refusal = container_refusal(alloc.spec, self.config)
         if refusal:
             raise RuntimeStartError(refusal)
+        shell_path(alloc.spec.shell)  # an unknown shell fails here, with its reason, not in the thread
         try:
             gpu_grant(alloc, self.host.inventory)
         except (DeviceError, OSError) as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agent.env import DEFAULT_PATH
 from agent.runtime.base import Observed, RuntimeStartError
+from agent.runtime.commands import job_script, shell_path
 from agent.runtime.shim import start_time
 from shared import tls
 from shared.states import AllocState
@@ -33,12 +34,12 @@ class ProcessRuntime:
 
             entry = pwd.getpwnam(self.run_as)
             _chown_tree(work_dir, entry.pw_uid, entry.pw_gid)  # `files:` unpacked there are the job's own
-        script = "set -e\n" + "\n".join(alloc.spec.commands) + "\n"
+        shell, script = shell_path(alloc.spec.shell), job_script(alloc.spec.commands)
         # The supervisor may run as root: it gets an isolated interpreter (-I ignores PYTHON* variables) and a
         # fixed environment; the job's own environment (PYTHONPATH, LD_PRELOAD, ...) reaches only the job.
         tls.write_private(alloc_dir / "env.json", json.dumps(env).encode())
         argv = [sys.executable, "-I", _SHIM, str(alloc_dir / "exit.json"), self.run_as or ""]
-        argv += ["--", "/bin/sh", "-c", script]
+        argv += ["--", shell, "-c", script]
         try:
             with open(log_file, "ab") as out:
                 proc = subprocess.Popen(
