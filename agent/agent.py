@@ -108,7 +108,7 @@ async def run_agent(
     run_as = config.effective_run_as()
     check_reachable(config.state_dir / "allocs", run_as)
     executor = Executor(
-        config.state_dir, make_runtimes(config, inventory, run_as), inventory, os.environ, config.stop_grace_s
+        config.state_dir, make_runtimes(config, inventory, run_as), inventory, config.stop_grace_s
     )
     try:
         executor.adopt()

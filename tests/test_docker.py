@@ -193,7 +193,7 @@ def test_the_engine_records_the_nvidia_device_request_and_limits(
     )
     spec = AllocationSpec("a-inspect", "j-inspect", "job", "run", task, (1,), (2, 3), (0,), 512)
     grant = gpu_grant(spec, inventory)
-    env = job_env(spec, inventory, {}, str(tmp_path))
+    env = job_env(spec, inventory, str(tmp_path))
     kwargs = create_kwargs(spec, env, grant, docker_engine.image, "h", tmp_path, 100)
     container = docker_engine.client.containers.create(**kwargs)
     try:
