@@ -25,6 +25,8 @@ def device_env(alloc: AllocationSpec, inventory: Inventory) -> dict[str, str]:
         env[_VISIBLE_VAR.get(vendor, f"{vendor.upper()}_VISIBLE_DEVICES")] = ",".join(mine)
     if "CUDA_VISIBLE_DEVICES" in env:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's indices then agree with NVML's
+        if not env["CUDA_VISIBLE_DEVICES"]:
+            env["NVIDIA_VISIBLE_DEVICES"] = "void"  # the NVIDIA runtime's "none", for what the job starts
     return env
 
 
