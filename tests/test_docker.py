@@ -63,7 +63,7 @@ async def test_a_container_job_prints_its_output_and_keeps_its_exit_code(docker_
         final = await c.job(job.id)
         assert (final.status, final.exit_code) == ("failed", 3)
         lines = log.splitlines()
-        assert lines[0] == f"job {job.id} {job.id} gpus=0 in /workflow"
+        assert lines[0] == f"job {job.id} {job.id} gpus= in /workflow"  # it asked for no GPU
         assert lines[1:501] == [f"line {n}" for n in range(1, 501)]
         assert lines[501:] == ["to stderr"]
         # Ended, every byte shipped: the agent forgets the allocation and removes its container.
