@@ -18,6 +18,7 @@ from agent.detect import detect_inventory
 from agent.executor import Executor
 from agent.files import FilePrep
 from agent.identity import check_not_expired, finish_pending_pair, join, renew_loop
+from agent.lock import hold_state_dir
 from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
 from agent.runtime.base import Runtime
 from agent.runtime.docker import DockerRuntime
@@ -101,14 +102,25 @@ async def run_agent(
     """Run until cancelled (or until the coordinator refuses this agent: sync.Revoked).
 
     Devices are detected again on SIGHUP and every `redetect_interval_s` with `redetect` (by default the
-    same detection that produced `inventory`); a changed inventory is sent to the coordinator.
+    same detection that produced `inventory`); a changed inventory is sent to the coordinator. Holds the
+    state dir's lock throughout: raises StateDirBusy at once while another agent uses it.
     """
-    state = state or SharedState()
+    with hold_state_dir(config.state_dir):
+        await _run_agent(config, inventory, state or SharedState(), redetect, redetect_interval_s)
+
+
+async def _run_agent(
+    config: AgentConfig,
+    inventory: Inventory,
+    state: SharedState,
+    redetect: Detect | None,
+    redetect_interval_s: float,
+) -> None:
     state.inventory = inventory
     run_as = config.effective_run_as()
     check_reachable(config.state_dir / "allocs", run_as)
     executor = Executor(
-        config.state_dir, make_runtimes(config, inventory, run_as), inventory, os.environ, config.stop_grace_s
+        config.state_dir, make_runtimes(config, inventory, run_as), inventory, config.stop_grace_s
     )
     try:
         executor.adopt()

@@ -55,8 +55,10 @@ def make_blocks(
 ) -> tuple[Block, ...]:
     """Cut the host into equal blocks, numbered from 0 in the order of their lowest GPU index.
 
-    `auto` is one block per GPU, or one per CPU core on a host without GPUs. An explicit N must divide the
-    GPU count and the CPU count, else BlocksError. Memory and disk are floor-divided.
+    `auto` is one block per GPU, or one per CPU core on a host without GPUs; it never refuses: on a host
+    with fewer CPU ids than GPUs (a VM with passed-through GPUs) each block gets one CPU id, shared with
+    other blocks. An explicit N must divide the GPU count and the CPU count, else BlocksError. Memory and
+    disk are floor-divided.
 
     GPUs that share an NVLink / XGMI island, then a NUMA node, then a PCIe root go to the same block (on
     ordinary hosts that is index order). Each block takes its CPU ids from the NUMA node of its GPUs while
@@ -69,7 +71,10 @@ def make_blocks(
     by_index = {g.index: g for g in gpus}
     gpu_sets = _cut_gpus(gpus, count)
     wanted = [common(by_index[i].numa_node for i in gpu_set) for gpu_set in gpu_sets]
-    cpu_sets = _cut_cpus(cpus, len(cpus) // count, wanted, topology)
+    if count > len(cpus):
+        cpu_sets = _share_cpus(cpus, wanted, topology)
+    else:
+        cpu_sets = _cut_cpus(cpus, len(cpus) // count, wanted, topology)
     return tuple(
         Block(
             index=i,
@@ -116,6 +121,21 @@ def _cut_cpus(
     return [tuple(sorted(t if t is not None else _take_anywhere(pools, per_block))) for t in taken]
 
 
+def _share_cpus(
+    cpus: Sequence[int], wanted: Sequence[int | None], topology: CpuTopology
+) -> list[tuple[int, ...]]:
+    """One CPU id per block, for more blocks than CPU ids: from the block's `wanted` NUMA node where it has
+    any, the least shared one first (ties: the lowest id), so blocks spread evenly over the cores."""
+    uses = dict.fromkeys(sorted(cpus), 0)
+    sets: list[tuple[int, ...]] = []
+    for node in wanted:
+        local = [c for c in uses if node is not None and topology.numa_of.get(c, UNKNOWN_NODE) == node]
+        cpu = min(local or uses, key=lambda c: (uses[c], c))
+        uses[cpu] += 1
+        sets.append((cpu,))
+    return sets
+
+
 def _take(pool: list[int], n: int) -> list[int]:
     chosen = pool[:n]
     del pool[:n]
@@ -149,11 +169,6 @@ def _block_count(gpu_count: int, cpu_count: int, blocks: str | int) -> int:
     if cpu_count == 0:
         raise BlocksError("blocks: this host has no usable CPU cores")
     if blocks == AUTO:
-        if gpu_count > cpu_count:
-            raise BlocksError(
-                f"blocks: auto needs a CPU core per GPU, but this host has {gpu_count} GPUs and "
-                f"{cpu_count} CPU cores; use a divisor of both ({_divisors(gpu_count, cpu_count)})"
-            )
         return gpu_count or cpu_count
     assert isinstance(blocks, int)
     if gpu_count and gpu_count % blocks:

@@ -1,9 +1,9 @@
-"""The environment a job sees: its spec's variables, then the GPUCTL_* / DSTACK_* facts and the device
-variables that show it exactly the GPUs of its blocks (these win over the spec, so a job cannot widen them)."""
+"""The environment a job sees: a standard PATH, HOME and LANG, its spec's variables, then the GPUCTL_* /
+DSTACK_* facts and the device variables that show it exactly the GPUs of its blocks (these win over the
+spec, so a job cannot widen them). Nothing comes from the agent's own environment: its PATH may point into
+root's home, and its secrets are none of the job's business."""
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 from shared.wire import AllocationSpec, Inventory
 
@@ -12,8 +12,8 @@ _VISIBLE_VAR = {
     "amd": "ROCR_VISIBLE_DEVICES",
     "intel": "HABANA_VISIBLE_DEVICES",
 }
-_PASS_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_LANG = "C.UTF-8"  # present in every glibc since 2.35 and in Debian's for longer
 
 
 def device_env(alloc: AllocationSpec, inventory: Inventory) -> dict[str, str]:
@@ -25,15 +25,15 @@ def device_env(alloc: AllocationSpec, inventory: Inventory) -> dict[str, str]:
         env[_VISIBLE_VAR.get(vendor, f"{vendor.upper()}_VISIBLE_DEVICES")] = ",".join(mine)
     if "CUDA_VISIBLE_DEVICES" in env:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's indices then agree with NVML's
+        if not env["CUDA_VISIBLE_DEVICES"]:
+            env["NVIDIA_VISIBLE_DEVICES"] = "void"  # the NVIDIA runtime's "none", for what the job starts
     return env
 
 
-def job_env(
-    alloc: AllocationSpec, inventory: Inventory, agent_env: Mapping[str, str], work_dir: str
-) -> dict[str, str]:
-    env = {k: agent_env[k] for k in _PASS_THROUGH if k in agent_env}
-    env.setdefault("PATH", DEFAULT_PATH)
-    env["HOME"] = work_dir
+def job_env(alloc: AllocationSpec, inventory: Inventory, work_dir: str) -> dict[str, str]:
+    """The job's environment, the same for every runtime (a container drops PATH, HOME and LANG for its
+    image's own unless the spec sets them). Pure."""
+    env = {"PATH": DEFAULT_PATH, "HOME": work_dir, "LANG": DEFAULT_LANG}
     env.update(alloc.spec.env)
     gpus_per_node = str(len(alloc.gpus))
     facts = {

@@ -71,14 +71,12 @@ class Executor:
         state_dir: Path,
         runtimes: Mapping[str, Runtime],
         inventory: Inventory,
-        agent_env: Mapping[str, str],
         stop_grace_s: float,
     ) -> None:
         self.root = state_dir / "allocs"
         self.root.mkdir(parents=True, exist_ok=True)
         self.runtimes = dict(runtimes)  # by name: "process", and "docker" where the engine answers
         self.inventory = inventory
-        self.agent_env = dict(agent_env)
         self.stop_grace_s = stop_grace_s
         self.allocs: dict[str, LocalAlloc] = {}
         self.gone: dict[str, AllocationStatus] = {}
@@ -183,7 +181,7 @@ class Executor:
         path = self.root / spec.id
         local = LocalAlloc(spec, path, now)
         self.allocs[spec.id] = local
-        env = job_env(spec, self.inventory, self.agent_env, str(path / "work"))
+        env = job_env(spec, self.inventory, str(path / "work"))
         runtime = self.runtime_for(spec)
         try:
             path.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,9 @@
 
 Order is priority (higher first), then FIFO. A job takes the smallest number of whole blocks whose resources
 satisfy its request (for CPU, memory and disk the minimum decides; the GPU count's maximum binds too, since a
-job must never see more GPUs than it asked for). Among hosts that fit, the tightest fit wins, which keeps
-large free sets intact for large jobs. On that host the job gets the closest free blocks: one NVLink/XGMI
+job must never see more GPUs than it asked for). Among hosts that fit, a job that asks for no GPU prefers
+hosts without GPUs; then the tightest fit wins, which keeps large free sets intact for large jobs. A job that
+asks for no GPU takes its blocks' CPU, memory and disk but none of their GPUs. On that host the job gets the closest free blocks: one NVLink/XGMI
 island, else one PCIe root, else one NUMA node, best fit first (coordinator/locality.py). Every job left
 pending gets one human reason.
 """
@@ -118,7 +119,8 @@ class _Pass:
         return [b for b in self.free[host_id] if b in matching]
 
     def place(self, job: PendingJob) -> Placement | None:
-        """The tightest-fitting ready host's closest free matching blocks, taken out of the free set. A host
+        """The tightest-fitting ready host's closest free matching blocks, taken out of the free set (for a
+        job that asks for no GPU, hosts without GPUs first). A host
         whose free blocks would split the job wider than the host's topology allows (two NVLink islands
         where one could hold it) is passed over for the next tightest one that keeps it together."""
         candidates: list[_Candidate] = []
@@ -127,22 +129,29 @@ class _Pass:
                 continue
             eligible = self.free_matching(job.spec, host_id)
             if len(eligible) >= need:
-                candidates.append((len(eligible) - need, self.by_id[host_id].name, host_id, eligible, need))
+                rank = (self._gpus_wasted(job.spec, host_id), len(eligible) - need, self.by_id[host_id].name)
+                candidates.append((rank, host_id, eligible, need))
         if not candidates:
             return None
-        best = min(candidates, key=lambda c: c[:2])
-        if best[4] > 1 and self._split(job.spec, best):
-            ranked = sorted(candidates, key=lambda c: c[:2])
+        best = min(candidates, key=lambda c: c[0])
+        if best[3] > 1 and self._split(job.spec, best):
+            ranked = sorted(candidates, key=lambda c: c[0])
             best = next((c for c in ranked if c is not best and not self._split(job.spec, c)), best)
-        _, _, host_id, eligible, need = best
+        _, host_id, eligible, need = best
         chosen = choose_blocks(eligible, need, self.levels(host_id))
         taken = set(chosen)
         self.free[host_id] = [b for b in self.free[host_id] if b not in taken]
-        return _placement(job.job_id, host_id, chosen, self.by_id[host_id].inventory)
+        inventory = self.by_id[host_id].inventory
+        with_gpus = job.spec.resources.gpu is not None
+        return _placement(job.job_id, host_id, chosen, inventory, with_gpus=with_gpus)
+
+    def _gpus_wasted(self, spec: TaskSpec, host_id: str) -> int:
+        """1 when a job that asks for no GPU would take blocks of a GPU host (their GPUs then sit idle)."""
+        return int(spec.resources.gpu is None and bool(self.by_id[host_id].inventory.gpus))
 
     def _split(self, spec: TaskSpec, candidate: _Candidate) -> bool:
         """Whether the host's free blocks hold the job less closely than its blocks could, all free."""
-        _, _, host_id, eligible, need = candidate
+        _, host_id, eligible, need = candidate
         levels = self.levels(host_id)
         return closeness(eligible, need, levels) > closeness(
             sorted(self.matching(spec, host_id)), need, levels
@@ -203,7 +212,8 @@ def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
     return need
 
 
-_Candidate = tuple[int, str, str, list[int], int]  # (free blocks to spare, name, host id, free blocks, need)
+# ((GPUs wasted, free blocks to spare, name), host id, free blocks, need); the first part ranks hosts
+_Candidate = tuple[tuple[int, int, str], str, list[int], int]
 _FitKey = tuple[Resources, bool, tuple[str, ...], bool, tuple[str, ...], str]
 
 
@@ -289,13 +299,16 @@ def _free_blocks(host: HostCapacity) -> list[int]:
     return [b.index for b in host.inventory.blocks if b.index not in host.busy_blocks]
 
 
-def _placement(job_id: str, host_id: str, blocks: list[int], inventory: Inventory) -> Placement:
+def _placement(
+    job_id: str, host_id: str, blocks: list[int], inventory: Inventory, *, with_gpus: bool
+) -> Placement:
+    """The blocks' devices, CPU ids and memory; no GPU at all for a job that asks for none."""
     chosen = [inventory.blocks[b] for b in blocks]
     return Placement(
         job_id,
         host_id,
         tuple(blocks),
-        tuple(g for b in chosen for g in b.gpus),
+        tuple(g for b in chosen for g in b.gpus) if with_gpus else (),
         tuple(c for b in chosen for c in b.cpus),
         sum(b.memory_mib for b in chosen),
     )

@@ -114,9 +114,27 @@ def test_auto_on_a_gpu_host_leaves_spare_cores_out() -> None:
     assert [b.cpus for b in blocks] == [(i,) for i in range(8)]
 
 
-def test_auto_with_fewer_cores_than_gpus_is_refused() -> None:
-    with pytest.raises(BlocksError, match=r"auto needs a CPU core per GPU.*\(1, 2, 4\)"):
-        make_blocks(gpus(8), range(4), 8000, 800, "auto")
+def test_auto_with_fewer_cores_than_gpus_shares_the_cores() -> None:
+    blocks = make_blocks(gpus(8), range(3), 8000, 800, "auto")
+
+    assert [b.gpus for b in blocks] == [(i,) for i in range(8)]
+    assert [b.cpus for b in blocks] == [(0,), (1,), (2,), (0,), (1,), (2,), (0,), (1,)]
+    assert {(b.memory_mib, b.disk_mib) for b in blocks} == {(1000, 100)}
+
+
+def test_shared_cores_stay_on_the_gpus_numa_node() -> None:
+    topology = CpuTopology(numa_of={0: 0, 1: 1})
+    devices = placed_gpus([0, 0, 1, 1])
+
+    blocks = make_blocks(devices, (0, 1), 4000, 400, "auto", topology)
+
+    assert [b.cpus for b in blocks] == [(0,), (0,), (1,), (1,)]
+    assert [b.numa_node for b in blocks] == [0, 0, 1, 1]
+
+
+def test_an_explicit_n_with_fewer_cores_than_blocks_is_still_refused() -> None:
+    with pytest.raises(BlocksError, match=r"blocks: 8 does not divide the 4 CPU cores .*\(1, 2, 4\)"):
+        make_blocks(gpus(8), range(4), 8000, 800, 8)
 
 
 def test_a_host_without_cpus_is_refused() -> None:

@@ -70,7 +70,7 @@ def test_an_amd_gpu_without_a_render_node_is_refused_with_its_address(tmp_path: 
 
 def test_create_kwargs_carry_the_blocks_share_and_nothing_of_the_hosts_shell() -> None:
     spec = alloc((3,), volumes=("/mnt/data:/data",), env={"HOME": "/root"})
-    env = job_env(spec, host(*NVIDIA), {"PATH": "/host/bin", "LANG": "C"}, "/state/a-1/work")
+    env = job_env(spec, host(*NVIDIA), "/state/a-1/work")
     assert env["CUDA_VISIBLE_DEVICES"] == "3"  # the host's numbering, right for a plain process
     kwargs = create_kwargs(
         spec, env, gpu_grant(spec, host(*NVIDIA)), "busybox", "h", Path("/state/a-1/work"), 100
@@ -189,6 +189,6 @@ def test_gaudi_goes_through_habana_visible_devices_with_the_hosts_numbering() ->
     gaudi = host(*(GpuDevice(i, "intel", "Gaudi2", 98304) for i in range(4)))
     spec = alloc((2, 3))
     grant = gpu_grant(spec, gaudi)
-    kwargs = create_kwargs(spec, job_env(spec, gaudi, {}, "/w"), grant, "img", "h", Path("/w"), 100)
+    kwargs = create_kwargs(spec, job_env(spec, gaudi, "/w"), grant, "img", "h", Path("/w"), 100)
     assert kwargs["environment"]["HABANA_VISIBLE_DEVICES"] == "2,3"
     assert "device_requests" not in kwargs and "devices" not in kwargs

@@ -536,6 +536,25 @@ def test_spare_cores_under_auto_are_reported(monkeypatch: pytest.MonkeyPatch) ->
     )
 
 
+def test_shared_cores_under_auto_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    facts = HostFacts(hostname="vm", cpus=(0, 1), memory_mib=1000, disk_mib=1000)
+    monkeypatch.setattr(agent.detect, "detect_host", lambda state_dir, sysfs_root: facts)
+
+    inventory = detect_inventory(
+        state_dir="/unused",
+        blocks="auto",
+        simulate=None,
+        nvml=fake_nvml(load("nvml", "h100_sxm_8")),
+        amdsmi=fake_amdsmi({}),
+    )
+
+    assert [b.cpus for b in inventory.blocks] == [(0,), (1,)] * 4
+    assert inventory.warnings == (
+        "blocks: this host has 2 CPU cores for 8 GPUs, so its 8 blocks share cores (one each); "
+        "jobs on different blocks may compete for the same core",
+    )
+
+
 def test_blocks_error_propagates(host_64_cores: HostFacts) -> None:
     with pytest.raises(BlocksError, match="blocks: 3 does not divide the 8 GPUs"):
         detect_inventory(

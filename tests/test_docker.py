@@ -63,7 +63,7 @@ async def test_a_container_job_prints_its_output_and_keeps_its_exit_code(docker_
         final = await c.job(job.id)
         assert (final.status, final.exit_code) == ("failed", 3)
         lines = log.splitlines()
-        assert lines[0] == f"job {job.id} {job.id} gpus=0 in /workflow"
+        assert lines[0] == f"job {job.id} {job.id} gpus= in /workflow"  # it asked for no GPU
         assert lines[1:501] == [f"line {n}" for n in range(1, 501)]
         assert lines[501:] == ["to stderr"]
         # Ended, every byte shipped: the agent forgets the allocation and removes its container.
@@ -193,7 +193,7 @@ def test_the_engine_records_the_nvidia_device_request_and_limits(
     )
     spec = AllocationSpec("a-inspect", "j-inspect", "job", "run", task, (1,), (2, 3), (0,), 512)
     grant = gpu_grant(spec, inventory)
-    env = job_env(spec, inventory, {}, str(tmp_path))
+    env = job_env(spec, inventory, str(tmp_path))
     kwargs = create_kwargs(spec, env, grant, docker_engine.image, "h", tmp_path, 100)
     container = docker_engine.client.containers.create(**kwargs)
     try:

@@ -259,6 +259,28 @@ def test_an_optional_gpu_must_still_be_the_model_asked_for() -> None:
     assert (placement.host_id, placement.gpus) == ("id-cpu-only", ())
 
 
+def test_a_job_that_asks_for_no_gpu_takes_its_blocks_share_but_none_of_their_gpus() -> None:
+    h = host(blocks=4)  # blocks of 2 GPUs, 16 cores, 512 GiB
+
+    placement = only_placement(schedule([job("j", "cpu: 4")], [h]), "j")
+
+    (block,) = [h.inventory.blocks[b] for b in placement.blocks]
+    assert placement.gpus == ()
+    assert (placement.cpus, placement.memory_mib) == (block.cpus, block.memory_mib)
+
+
+def test_a_job_that_asks_for_no_gpu_prefers_a_host_without_gpus_over_a_tighter_one() -> None:
+    tight_gpu_host = host("dgx", busy=range(7))  # one free block
+    cpu_host = host("cpu", gpus=0, cpus=8)  # eight free blocks
+    hosts = [tight_gpu_host, cpu_host]
+
+    assert only_placement(schedule([job("j", "cpu: 1")], hosts), "j").host_id == "id-cpu"
+    assert only_placement(schedule([job("j", "gpu: 1")], hosts), "j").host_id == "id-dgx"
+    # Among GPU hosts alone, the tightest fit still wins.
+    roomy_gpu_host = host("roomy")
+    assert only_placement(schedule([job("j")], [roomy_gpu_host, tight_gpu_host]), "j").host_id == "id-dgx"
+
+
 def test_cpu_or_memory_that_takes_too_many_gpus_is_the_reason_given() -> None:
     # 8 cores per block: 16 cores take 2 blocks, so 2 GPUs, for a job that asks exactly 1.
     reason = schedule([job("j", "gpu: 1, cpu: 16..")], [host("dgx1")]).pending["j"]
@@ -517,7 +539,8 @@ def check_placements_satisfy_jobs(
     specs = {j.job_id: j.spec for j in jobs}
     for p in result.placements:
         spec, inv = specs[p.job_id], by_id[p.host_id].inventory
-        assert p.gpus == tuple(g for b in p.blocks for g in inv.blocks[b].gpus)
+        blocks_gpus = tuple(g for b in p.blocks for g in inv.blocks[b].gpus)
+        assert p.gpus == (blocks_gpus if spec.resources.gpu is not None else ())
         gpu = spec.resources.gpu
         if gpu is not None:
             assert gpu.count.min is None or gpu.count.min <= len(p.gpus)

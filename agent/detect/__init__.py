@@ -116,10 +116,16 @@ def _detect_gpus(nvml: Any, amdsmi: Any, hl_smi: Runner | None, sysfs_root: str)
 
 
 def _idle_cpu_warnings(cpus: tuple[int, ...], cut: tuple[Block, ...]) -> tuple[str, ...]:
-    """A warning when the blocks leave CPU cores unused (`auto` on a GPU host whose cores don't divide)."""
+    """A warning when the blocks leave CPU cores unused (`auto` on a GPU host whose cores don't divide), or
+    share them (`auto` on a host with fewer cores than GPUs)."""
     used = sum(len(block.cpus) for block in cut)
     if used == len(cpus):
         return ()
+    if used > len(cpus):
+        return (
+            f"blocks: this host has {len(cpus)} CPU cores for {len(cut)} GPUs, so its {len(cut)} blocks "
+            "share cores (one each); jobs on different blocks may compete for the same core",
+        )
     return (
         f"blocks: {len(cpus) - used} of {len(cpus)} CPU cores belong to no block, because "
         f"{len(cut)} blocks do not divide them; set blocks to a divisor of both counts to use them all",

@@ -26,6 +26,7 @@ import msgspec
 from docker.models.containers import Container
 
 from agent.files import ROOT_FILES
+from agent.machine import on_this_machine, this_machine
 from agent.runtime.base import Observed
 from agent.runtime.container import container_name, create_kwargs
 from agent.runtime.container_logs import NS_PER_S, LogCursor, copy_messages, parse_timestamp_ns
@@ -150,8 +151,9 @@ class ContainerRun:
         grant = gpu_grant(self.alloc, self.host.inventory)
         work_dir = self.dir / "work"
         work_dir.mkdir(exist_ok=True)
+        on_machine = on_this_machine(self.alloc, this_machine())  # a simulated host's cores are shared
         kwargs = create_kwargs(
-            self.alloc, launch["env"], grant, image, self.host.name, work_dir, self.host.pids_limit
+            on_machine, launch["env"], grant, image, self.host.name, work_dir, self.host.pids_limit
         )
         container = self.host.client.containers.create(**kwargs)
         _write_json(self.dir / "container.json", {"id": container.id})

@@ -1,5 +1,8 @@
 """The plain-process runtime: each job runs under a small supervisor (agent.runtime.shim) in a session of
-its own, as an unprivileged user when the agent runs as root, with its output appended to the log spool."""
+its own, as an unprivileged user when the agent runs as root, with its output appended to the log spool.
+
+A job gets a clean login-like environment (the executor's job env plus USER, LOGNAME and SHELL; nothing of
+the agent's own) and runs pinned to its blocks' CPU cores, as mapped onto this machine (agent.machine)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from agent.env import DEFAULT_PATH
+from agent.machine import kernel_cpus, this_machine
 from agent.runtime.base import Observed, RuntimeStartError
 from agent.runtime.commands import job_script, shell_path
 from agent.runtime.shim import start_time
@@ -34,6 +38,8 @@ class ProcessRuntime:
 
             entry = pwd.getpwnam(self.run_as)
             _chown_tree(work_dir, entry.pw_uid, entry.pw_gid)  # `files:` unpacked there are the job's own
+        env = {**login_env(self._job_user()), **env}
+        write_cpus(alloc_dir, alloc.cpus)
         shell, script = shell_path(alloc.spec.shell), job_script(alloc.spec.commands)
         # The supervisor may run as root: it gets an isolated interpreter (-I ignores PYTHON* variables) and a
         # fixed environment; the job's own environment (PYTHONPATH, LD_PRELOAD, ...) reaches only the job.
@@ -61,6 +67,17 @@ class ProcessRuntime:
             raise RuntimeStartError(
                 "the job's supervisor did not start; the allocation's output.log says why"
             )
+
+    def _job_user(self) -> str:
+        """The user the job runs as: `run_as` under a root agent, else the agent's own user."""
+        if self.run_as and os.geteuid() == 0:
+            return self.run_as
+        import pwd
+
+        try:
+            return pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:  # a uid without a passwd entry (a container's arbitrary uid)
+            return str(os.geteuid())
 
     def observe(self, alloc_dir: Path) -> Observed:
         exit_file = alloc_dir / "exit.json"
@@ -99,6 +116,18 @@ class ProcessRuntime:
 
     def close(self) -> None:
         pass  # supervisors are detached: they outlive the agent by design
+
+
+def login_env(user: str) -> dict[str, str]:
+    """What a login would set that the job env does not: who the job runs as, and its shell. Pure."""
+    return {"USER": user, "LOGNAME": user, "SHELL": "/bin/sh"}
+
+
+def write_cpus(alloc_dir: Path, declared: Collection[int]) -> None:
+    """The CPU ids the supervisor pins the job to (file `cpus`): its blocks' cores on this machine."""
+    if declared:
+        cpus = kernel_cpus(sorted(declared), this_machine().cpus)
+        (alloc_dir / "cpus").write_text(",".join(str(c) for c in cpus))
 
 
 def check_reachable(root: Path, user: str | None) -> None:

@@ -85,6 +85,7 @@ def main(argv: list[str]) -> int:
     assert sep == "--" and command, "usage: shim EXIT_FILE USER -- ARGV..."
     with open(os.path.join(os.path.dirname(exit_file), "env.json")) as f:
         job_env = json.load(f)
+    _pin(os.path.join(os.path.dirname(exit_file), "cpus"))
     _detach(os.path.join(os.path.dirname(exit_file), "shim.pid"))
     as_user = user if user and os.geteuid() == 0 else None
     child = subprocess.Popen(
@@ -106,6 +107,17 @@ def main(argv: list[str]) -> int:
         pass
     _write_exit(exit_file, returncode)
     return 0
+
+
+def _pin(cpus_file: str) -> None:
+    """Pin this supervisor, and so the job it starts, to the CPU ids in `cpus_file` (`0,1`), if there is one.
+    Before detaching: a refusal fails the start, and says why in the log."""
+    try:
+        with open(cpus_file) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return
+    os.sched_setaffinity(0, {int(cpu) for cpu in text.split(",")})
 
 
 def _primary_group(user: str) -> int:

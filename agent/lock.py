@@ -1,0 +1,41 @@
+"""One agent per state dir: two agents on one journal would each remove the other's allocations.
+
+The agent holds an exclusive `flock` on `<state_dir>/agent.lock` for its whole life, with its pid written in
+the file. The kernel drops the lock when the process ends, however it ends, so a stale file never blocks a
+restart. The descriptor is close-on-exec: jobs, whose supervisors outlive the agent, never inherit it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK_FILE = "agent.lock"
+
+
+class StateDirBusy(OSError):
+    """Another live agent holds the state dir; the message names its pid and says what to do."""
+
+
+@contextlib.contextmanager
+def hold_state_dir(state_dir: Path) -> Iterator[None]:
+    """Hold the state dir's lock while in the block. Raises StateDirBusy at once if another process (or
+    another holder in this one) has it. Not reentrant."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise StateDirBusy(
+                f"another gpuctl-agent (pid {holder}) is using {state_dir}; stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
