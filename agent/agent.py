@@ -184,9 +184,8 @@ def _on_signal(signum: int, callback: Callable[[], None]) -> Iterator[None]:
 async def exec_loop(executor: Executor, state: SharedState, client: CoordinatorClient) -> None:
     """Reconcile on every desired-state change and on a short tick (to notice jobs that ended). An
     allocation with `files:` reaches the reconciler once its files are fetched and unpacked (or failed)."""
-    prep = executor.file_prep = FilePrep(
-        client, executor.root.parent, state.desired_changed.set, executor.agent_env
-    )
+    # git (for repos) alone sees the agent's own environment, for its proxy variables; jobs never do
+    prep = executor.file_prep = FilePrep(client, executor.root.parent, state.desired_changed.set, os.environ)
     await state.synced_once.wait()  # before the first answer, nothing is known to be unwanted
     try:
         while True:
