@@ -91,7 +91,7 @@ def run_container(engine: Engine, spec: TaskSpec, state_dir: Path) -> tuple[Obse
     alloc_dir.mkdir(parents=True)
     try:
         runtime.start(
-            alloc, job_env(alloc, inventory, {}, str(alloc_dir / "work")), alloc_dir, alloc_dir / "output.log"
+            alloc, job_env(alloc, inventory, str(alloc_dir / "work")), alloc_dir, alloc_dir / "output.log"
         )
         deadline = time.monotonic() + 60
         while not (observed := runtime.observe(alloc_dir)).state.terminal:
