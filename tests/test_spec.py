@@ -1,4 +1,4 @@
-"""Tests for shared/units.py and the task-spec parser in shared/spec.py."""
+"""Tests for shared/units.py and the task-spec parser in shared/spec/."""
 
 from __future__ import annotations
 

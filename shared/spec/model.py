@@ -1,0 +1,110 @@
+"""The structs of a task spec (also its wire form) and the error every problem raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+
+class Range(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An inclusive range; None on a side means unbounded. `Range(2, 2)` is exactly 2."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+class GpuRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """dstack's `vendor:name(s):memory:count` grammar, parsed, plus DRA-style attributes of the mapping form.
+
+    `memory_mib` is per GPU. `count` defaults to exactly 1 when a gpu is named without a count. A
+    `compute_capability` range implies NVIDIA (only NVIDIA GPUs have one).
+    """
+
+    count: Range = Range(1, 1)
+    vendor: str | None = None  # "nvidia" | "amd" | "intel"
+    names: tuple[str, ...] = ()  # ("A10G", "A100"): any of them; empty means any model
+    memory_mib: Range | None = None
+    compute_capability: Range | None = None  # NVIDIA's CUDA compute capability, `8.0..` → Range(8.0, None)
+
+
+class Resources(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    gpu: GpuRequest | None = None  # None: the job asks for no GPU
+    cpu: Range | None = None  # cores
+    memory_mib: Range | None = None
+    disk_mib: Range | None = None
+    shm_size_mib: int | None = None
+
+
+class RegistryAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Credentials for pulling the job's image. Only the agent that runs the job sees the password: every
+    view of the job shows it as `REDACTED` (see `redacted`)."""
+
+    username: str
+    password: str
+
+
+class Repo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A remote git repository that the agent clones (through its proxy) before the commands run. A local
+    repository never travels as a `Repo`: the CLI packs it into the job's files archive, like `files:`."""
+
+    url: str
+    branch: str | None = None  # None: the remote's default branch
+    hash: str | None = None  # a commit to check out after the clone
+    path: str = "."  # where, relative to the working directory
+
+
+class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Empty only for a job with an image: it runs the image's own entrypoint and command (as dstack does).
+    commands: tuple[str, ...] = ()
+    type: str = "task"
+    name: str | None = None
+    image: str | None = None
+    env: dict[str, str] = {}
+    resources: Resources = Resources()
+    nodes: int = 1
+    volumes: tuple[str, ...] = ()
+    working_dir: str | None = None
+    max_duration_s: int | None = None
+    priority: int = 0
+    fleets: tuple[str, ...] = ()
+    stop_duration_s: int | None = None  # SIGTERM, then SIGKILL after this; None: the agent's default (10 s)
+    privileged: bool = False  # containers only; a host runs it only if its agent config allows it
+    # sha256 (hex) of a tar.gz the coordinator stores, unpacked into the working directory before the
+    # commands start; the local paths it was packed from never leave the CLI (see `TaskFile.files`)
+    files_archive: str | None = None
+    registry_auth: RegistryAuth | None = None
+    # The shell that runs `commands`: "sh", "bash" or an absolute path; None: /bin/sh
+    shell: str | None = None
+    # dstack's `python: "3.11"`: the coordinator sets `image` from its `python_image` setting at submit
+    python: str | None = None
+    repos: tuple[Repo, ...] = ()  # remote repositories only (see `Repo`)
+    # sha256 (hex) of a tar.gz whose member paths are absolute paths in the container with the leading "/"
+    # dropped (`files: [~/.ssh/id_rsa:/root/.ssh/id_rsa]`); copied into the container before it starts.
+    # Containers only: a plain-process job with one is refused.
+    root_files_archive: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    """A parsed task file: the wire spec, and what only the CLI needs. `files` holds (local path, path
+    relative to the working directory) pairs, in order; local paths are as written (relative ones are
+    resolved by the CLI against the task file's folder)."""
+
+    spec: TaskSpec
+    files: tuple[tuple[str, str], ...] = ()
+
+
+class SpecError(ValueError):
+    """A spec the user must fix. `str()` is one line: `<source>:<line>: <field>: <what is wrong>`."""
+
+    def __init__(self, field: str, message: str, line: int | None = None, source: str = "spec") -> None:
+        self.field = field
+        self.message = message
+        self.line = line
+        self.source = source
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
