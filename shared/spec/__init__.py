@@ -9,13 +9,12 @@ fields), `resources` (resources and the GPU grammar), `inputs` (env, files, regi
 both the parser and `validate_spec` apply), with `nodes`, `limits` and `gpu_names` beneath them.
 """
 
-from shared.spec.checks import redacted, validate_spec
 from shared.spec.document import parse_spec, parse_task
+from shared.spec.fields import TASK_FIELD_GROUPS, FieldGroup
 from shared.spec.limits import (
     ENV_KEY_RE,
     GPU_NAME_RE,
     GPU_VENDORS,
-    IGNORED_FIELDS,
     MAX_COMMAND_BYTES,
     MAX_COMPUTE_CAPABILITY,
     MAX_CREDENTIAL_BYTES,
@@ -37,12 +36,14 @@ from shared.spec.limits import (
 )
 from shared.spec.model import GpuRequest, Range, RegistryAuth, Repo, Resources, SpecError, TaskFile, TaskSpec
 from shared.spec.resources import parse_gpu
+from shared.spec.validate import ROOT_FILES_NEED_IMAGE, redacted, validate_spec
 
 __all__ = [
     "ENV_KEY_RE",
     "GPU_NAME_RE",
     "GPU_VENDORS",
-    "IGNORED_FIELDS",
+    "TASK_FIELD_GROUPS",
+    "FieldGroup",
     "MAX_COMMAND_BYTES",
     "MAX_COMPUTE_CAPABILITY",
     "MAX_CREDENTIAL_BYTES",
@@ -60,6 +61,7 @@ __all__ = [
     "MIN_PRIORITY",
     "NAME_RE",
     "REDACTED",
+    "ROOT_FILES_NEED_IMAGE",
     "WORKFLOW_DIR",
     "GpuRequest",
     "Range",

@@ -4,10 +4,10 @@ without a line (the parser adds it)."""
 from __future__ import annotations
 
 import math
+import posixpath
+import re
 from collections.abc import Callable
 from typing import Any
-
-import msgspec
 
 from shared.spec.gpu_names import _gpu_name, _gpu_vendor
 from shared.spec.limits import (
@@ -30,50 +30,18 @@ from shared.spec.limits import (
     MAX_STOP_DURATION_S,
     MIN_PRIORITY,
     NAME_RE,
-    REDACTED,
 )
-from shared.spec.model import GpuRequest, Range, RegistryAuth, Resources, SpecError, TaskSpec
+from shared.spec.model import GpuRequest, Range, RegistryAuth, Repo, Resources, SpecError
 from shared.spec.nodes import _child, _quote
 from shared.units import format_mib
 
-
-def validate_spec(spec: TaskSpec) -> TaskSpec:
-    """Check a `TaskSpec` decoded from JSON (types already checked by msgspec) against the rules `parse_spec`
-    enforces; returns it normalized (a GPU request for exactly 0 GPUs becomes `gpu=None`).
-
-    Raises `SpecError` naming the field, without a line.
-    """
-    _check_type(spec.type)
-    if spec.name is not None:
-        _check_name(spec.name)
-    if spec.image is not None:
-        _check_image(spec.image)
-    _check_commands(spec.commands)
-    _check_env(spec.env)
-    _check_resources(spec.resources)
-    _check_nodes(spec.nodes)
-    _check_volumes(spec.volumes)
-    if spec.working_dir is not None:
-        _check_working_dir(spec.working_dir)
-    _check_max_duration(spec.max_duration_s)
-    _check_priority(spec.priority)
-    _check_fleets(spec.fleets)
-    _check_stop_duration(spec.stop_duration_s)
-    _check_files_archive(spec.files_archive)
-    _check_registry_auth(spec.registry_auth, spec.image)
-    gpu = spec.resources.gpu
-    if gpu is not None and gpu.count.max == 0:
-        return msgspec.structs.replace(spec, resources=msgspec.structs.replace(spec.resources, gpu=None))
-    return spec
-
-
-def redacted(spec: TaskSpec) -> TaskSpec:
-    """`spec` as users may see it: the registry password hidden."""
-    if spec.registry_auth is None:
-        return spec
-    return msgspec.structs.replace(
-        spec, registry_auth=msgspec.structs.replace(spec.registry_auth, password=REDACTED)
-    )
+_PYTHON_RE = re.compile(r"3\.\d{1,2}", re.ASCII)
+_URL_RE = re.compile(r"(https?|ssh)://[A-Za-z0-9._~%@:\[\]-]+(/\S*)?", re.ASCII)
+_SCP_URL_RE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._-]*@[A-Za-z0-9.-]+:[^\s-]\S*", re.ASCII
+)  # git@host:org/repo.git
+_BRANCH_RE = re.compile(r"[A-Za-z0-9._+][A-Za-z0-9._+/-]{0,254}", re.ASCII)
+_HASH_RE = re.compile(r"[0-9a-fA-F]{4,64}", re.ASCII)
 
 
 def _check_text(path: str, value: str, max_bytes: int, *, allow_empty: bool = True) -> None:
@@ -122,8 +90,7 @@ def _check_command(index: int, command: str) -> None:
 
 
 def _check_commands(commands: tuple[str, ...]) -> None:
-    if not commands:
-        raise SpecError("commands", "must not be empty; a task needs at least one command")
+    """Each command; none at all is a task that runs its image's own entrypoint (see `_check_work`)."""
     _check_count("commands", commands, MAX_LIST_ITEMS)
     for index, command in enumerate(commands):
         _check_command(index, command)
@@ -175,10 +142,55 @@ def _check_working_dir(working_dir: str) -> None:
     _check_text("working_dir", working_dir, MAX_PATH_BYTES, allow_empty=False)
 
 
-def _check_files_archive(archive: str | None) -> None:
+def _check_files_archive(archive: str | None, field: str = "files") -> None:
     if archive is not None and not _ARCHIVE_ID_RE.fullmatch(archive):
         raise SpecError(
-            "files", f"the archive id must be 64 lowercase hex digits (a sha256), got {_quote(archive)}"
+            field, f"the archive id must be 64 lowercase hex digits (a sha256), got {_quote(archive)}"
+        )
+
+
+def _check_shell(shell: str) -> None:
+    _check_text("shell", shell, MAX_PATH_BYTES, allow_empty=False)
+    if shell not in ("sh", "bash") and not (shell.startswith("/") and not any(c.isspace() for c in shell)):
+        raise SpecError(
+            "shell", f"expected sh, bash or an absolute path like /usr/bin/zsh, got {_quote(shell)}"
+        )
+
+
+def _check_python(python: str) -> None:
+    if not _PYTHON_RE.fullmatch(python):
+        raise SpecError("python", f"expected a Python version like 3.11, got {_quote(python)}")
+
+
+def _check_repos(repos: tuple[Repo, ...]) -> None:
+    _check_count("repos", repos, MAX_LIST_ITEMS)
+    for index, repo in enumerate(repos):
+        _check_repo(f"repos[{index}]", repo)
+
+
+def _check_repo(path: str, repo: Repo) -> None:
+    """A remote repository the agent clones: a git URL that cannot pass for an option, plain branch and
+    commit text, and a path inside the working directory."""
+    _check_text(f"{path}.url", repo.url, MAX_PATH_BYTES, allow_empty=False)
+    if not (_URL_RE.fullmatch(repo.url) or _SCP_URL_RE.fullmatch(repo.url)):
+        raise SpecError(
+            f"{path}.url",
+            f"expected a git URL (https://, http://, ssh:// or git@host:path), got {_quote(repo.url)}",
+        )
+    if repo.branch is not None and (not _BRANCH_RE.fullmatch(repo.branch) or ".." in repo.branch):
+        raise SpecError(
+            f"{path}.branch", f"expected a branch name like main or release/1.2, got {_quote(repo.branch)}"
+        )
+    if repo.hash is not None and not _HASH_RE.fullmatch(repo.hash):
+        raise SpecError(
+            f"{path}.hash", f"expected a commit hash (4 to 64 hex digits), got {_quote(repo.hash)}"
+        )
+    _check_text(f"{path}.path", repo.path, MAX_PATH_BYTES, allow_empty=False)
+    normal = posixpath.normpath(repo.path)
+    if normal.startswith("/") or normal == ".." or normal.startswith("../") or normal != repo.path:
+        raise SpecError(
+            f"{path}.path",
+            f"expected a normalized path inside the working directory, got {_quote(repo.path)}",
         )
 
 

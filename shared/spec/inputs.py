@@ -1,17 +1,16 @@
-"""What a task brings along: its environment, its files and its registry credentials."""
+"""What a task brings along besides its files: its environment and its registry credentials."""
 
 from __future__ import annotations
 
-import posixpath
 import re
 from collections.abc import Mapping
 
 import yaml
 
-from shared.spec.checks import _check_credential, _check_env, _check_env_entry, _check_env_key, _check_text
-from shared.spec.limits import _INTERPOLATION_RE, MAX_LIST_ITEMS, MAX_PATH_BYTES, WORKFLOW_DIR
-from shared.spec.model import RegistryAuth, SpecError
-from shared.spec.nodes import _at, _child, _describe, _fail, _fields, _is_null, _items, _quote, _text
+from shared.spec.checks import _check_credential, _check_env, _check_env_entry, _check_env_key
+from shared.spec.limits import _INTERPOLATION_RE
+from shared.spec.model import RegistryAuth
+from shared.spec.nodes import _at, _child, _describe, _fail, _fields, _is_null, _quote, _text
 
 
 def _parse_env(node: yaml.Node, path: str, environ: Mapping[str, str]) -> dict[str, str]:
@@ -93,48 +92,3 @@ def _interpolate(text: str, node: yaml.Node, path: str, env: Mapping[str, str]) 
         _fail(node, path, f"{_quote(match.group(0))}: only ${{{{ env.NAME }}}} can be used here")
 
     return _INTERPOLATION_RE.sub(value, text)
-
-
-def _parse_files(node: yaml.Node, path: str) -> tuple[tuple[str, str], ...]:
-    """dstack's `files`: `local`, `local:path`, or `{local_path, path}`; each becomes (local, path relative
-    to the working directory). Without a path, a relative local path lands at the same relative place and
-    any other (absolute, `~`, `..`) at its base name."""
-    pairs = []
-    items = _items(node, path)
-    if len(items) > MAX_LIST_ITEMS:
-        _fail(node, path, f"too many entries: {len(items)}, at most {MAX_LIST_ITEMS}")
-    for index, item in enumerate(items):
-        item_path = f"{path}[{index}]"
-        if isinstance(item, yaml.MappingNode):
-            fields = dict(_fields(item, item_path, ("local_path", "path")))
-            if "local_path" not in fields:
-                _fail(item, item_path, "expected a mapping with local_path and optionally path")
-            local = _text(fields["local_path"], f"{item_path}.local_path")
-            remote = _text(fields["path"], f"{item_path}.path") if "path" in fields else None
-        else:
-            local, colon, after = _text(item, item_path).partition(":")
-            remote = after if colon else None
-        with _at(item):
-            pairs.append(_file_pair(item_path, local, remote))
-    return tuple(pairs)
-
-
-def _file_pair(path: str, local: str, remote: str | None) -> tuple[str, str]:
-    """(local, normalized path relative to the working directory); raises SpecError without a line."""
-    _check_text(path, local, MAX_PATH_BYTES, allow_empty=False)
-    if remote is None:
-        normal = posixpath.normpath(local)
-        inside = not normal.startswith(("/", "~")) and normal != ".." and not normal.startswith("../")
-        remote = normal if inside else posixpath.basename(normal.rstrip("/")) or normal
-    _check_text(path, remote, MAX_PATH_BYTES, allow_empty=False)
-    normal = posixpath.normpath(remote)
-    if normal == WORKFLOW_DIR or normal.startswith(WORKFLOW_DIR + "/"):
-        normal = posixpath.relpath(normal, WORKFLOW_DIR)
-    if normal.startswith("/"):
-        raise SpecError(
-            path,
-            f"the path must be relative to the working directory (or under {WORKFLOW_DIR}), got {_quote(remote)}",
-        )
-    if normal == ".." or normal.startswith("../"):
-        raise SpecError(path, f"the path must stay inside the working directory, got {_quote(remote)}")
-    return local, normal

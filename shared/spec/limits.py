@@ -28,22 +28,6 @@ MAX_CREDENTIAL_BYTES = 8 * 1024  # a registry token (a JWT, an NGC key) fits man
 REDACTED = "<redacted>"
 _INTERPOLATION_RE = re.compile(r"\$\{\{\s*([^}]*?)\s*\}\}")
 
-# dstack task fields we accept and ignore for now.
-IGNORED_FIELDS = frozenset(
-    {
-        "retry",
-        "python",
-        "ports",
-        "spot_policy",
-        "backends",
-        "regions",
-        "idle_duration",
-        "utilization_policy",
-        "shell",
-        "schedule",
-    }
-)
-
 _UNSUPPORTED_GPU_VENDORS = ("tpu", "google")
 _TPU_NAME_RE = re.compile(r"v\d[a-z]*-\d+", re.IGNORECASE)  # v5litepod-8, v2-8
 _COUNT_TOKEN_RE = re.compile(r"[+-]?\d*\.\.[+-]?\d*|[+-]?\d+", re.ASCII)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import msgspec
@@ -91,20 +93,73 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 @dataclass(frozen=True)
 class TaskFile:
     """A parsed task file: the wire spec, and what only the CLI needs. `files` holds (local path, path
-    relative to the working directory) pairs, in order; local paths are as written (relative ones are
-    resolved by the CLI against the task file's folder)."""
+    relative to the working directory) pairs, in order, local repositories included; `root_files` holds
+    (local path, absolute path in the container) pairs, for a job with an image. Local paths are as written
+    (relative ones are resolved by the CLI against the task file's folder, `~` is expanded). `warnings`
+    are one line each: fields accepted but without effect here (dstack's cloud-only ones)."""
 
     spec: TaskSpec
     files: tuple[tuple[str, str], ...] = ()
+    root_files: tuple[tuple[str, str], ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 class SpecError(ValueError):
-    """A spec the user must fix. `str()` is one line: `<source>:<line>: <field>: <what is wrong>`."""
+    """A spec the user must fix. `str()` is one line per problem: `<source>:<line>: <field>: <what>`.
+
+    One problem has `errors == (self,)`; `SpecError.of` joins several found in one pass (sorted by line,
+    `field`/`message`/`line` those of the first), so a user fixes them all at once.
+    """
 
     def __init__(self, field: str, message: str, line: int | None = None, source: str = "spec") -> None:
         self.field = field
         self.message = message
         self.line = line
         self.source = source
+        self.errors: tuple[SpecError, ...] = (self,)
         where = f"{source}:{line}" if line is not None else source
         super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+    @classmethod
+    def of(cls, errors: Iterable[SpecError]) -> SpecError:
+        """One error carrying `errors` (each flattened, duplicates dropped); ValueError if there are none."""
+        found: list[SpecError] = []
+        for error in errors:
+            found += [e for e in error.errors if str(e) not in map(str, found)]
+        if not found:
+            raise ValueError("no errors to join")
+        found.sort(key=lambda e: -1 if e.line is None else e.line)
+        if len(found) == 1:
+            return found[0]
+        first = found[0]
+        joined = cls(first.field, first.message, first.line, first.source)
+        joined.errors = tuple(found)
+        joined.args = ("\n".join(str(e) for e in found),)
+        return joined
+
+    def where(self, line: int | None = None, source: str | None = None) -> SpecError:
+        """The same problem(s), with `line` filled in where none was known and/or another `source`."""
+        copies = [
+            SpecError(e.field, e.message, e.line if e.line is not None else line, source or e.source)
+            for e in self.errors
+        ]
+        return SpecError.of(copies)
+
+
+class Problems:
+    """Problems collected while a walk goes on past them: `with problems.collect(): ...` records a
+    SpecError raised in the block and continues after it; `raise_any()` raises them all as one."""
+
+    def __init__(self) -> None:
+        self.found: list[SpecError] = []
+
+    @contextmanager
+    def collect(self) -> Iterator[None]:
+        try:
+            yield
+        except SpecError as error:
+            self.found.append(error)
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise SpecError.of(self.found)

@@ -49,9 +49,9 @@ def _at(node: yaml.Node) -> Iterator[None]:
     try:
         yield
     except SpecError as error:
-        if error.line is not None:
+        if all(e.line is not None for e in error.errors):
             raise
-        raise SpecError(error.field, error.message, _line(node)) from None
+        raise error.where(_line(node)) from None
 
 
 def _one_line(text: str) -> str:
@@ -117,6 +117,14 @@ def _items(node: yaml.Node, path: str) -> list[yaml.Node]:
 def _fields(node: yaml.Node, path: str, known: Iterable[str] | None) -> Iterator[tuple[str, yaml.Node]]:
     """(key, value node) of a mapping node, in order; rejects duplicates and, unless `known` is None, keys not
     in `known` (suggesting the closest known key)."""
+    for key_node, key, value_node in _entries(node, path):
+        if known is not None and key not in known:
+            _fail(key_node, _child(path, key), _unknown_field_message(key, sorted(known)))
+        yield key, value_node
+
+
+def _entries(node: yaml.Node, path: str) -> Iterator[tuple[yaml.Node, str, yaml.Node]]:
+    """(key node, key, value node) of a mapping node, in order; rejects duplicate and non-string keys."""
     if not isinstance(node, yaml.MappingNode):
         _fail(node, path, f"expected a mapping, got {_describe(node)}")
     seen: set[str] = set()
@@ -127,9 +135,7 @@ def _fields(node: yaml.Node, path: str, known: Iterable[str] | None) -> Iterator
         if key in seen:
             _fail(key_node, _child(path, key), "duplicate field")
         seen.add(key)
-        if known is not None and key not in known:
-            _fail(key_node, _child(path, key), _unknown_field_message(key, sorted(known)))
-        yield key, value_node
+        yield key_node, key, value_node
 
 
 def _unknown_field_message(key: str, known: list[str]) -> str:

@@ -31,11 +31,13 @@ from shared.spec.limits import (
     _UNSUPPORTED_GPU_VENDORS,
     GPU_VENDORS,
 )
-from shared.spec.model import GpuRequest, Range, Resources, SpecError
+from shared.spec.model import GpuRequest, Problems, Range, Resources, SpecError
 from shared.spec.nodes import (
     _at,
     _checked,
+    _child,
     _describe,
+    _entries,
     _fail,
     _fields,
     _is_null,
@@ -43,11 +45,13 @@ from shared.spec.nodes import (
     _Parser,
     _quote,
     _text,
+    _unknown_field_message,
 )
 from shared.units import parse_memory_mib
 
 
 def _parse_resources(node: yaml.Node, path: str) -> Resources:
+    """Each resource at its node; a problem in one does not stop the others from being read."""
     parsers: dict[str, tuple[str, _Parser]] = {
         "gpu": ("gpu", _parse_gpu_node),
         "cpu": ("cpu", _parse_cpu),
@@ -56,10 +60,16 @@ def _parse_resources(node: yaml.Node, path: str) -> Resources:
         "shm_size": ("shm_size_mib", _checked(_parse_size, _check_shm_size)),
     }
     fields: dict[str, Any] = {}
-    for key, value_node in _fields(node, path, parsers.keys()):
-        if not _is_null(value_node):
-            attribute, parse = parsers[key]
-            fields[attribute] = parse(value_node, f"{path}.{key}")
+    problems = Problems()
+    with problems.collect():
+        for key_node, key, value_node in _entries(node, path):
+            with problems.collect():
+                if key not in parsers:
+                    _fail(key_node, _child(path, key), _unknown_field_message(key, sorted(parsers)))
+                if not _is_null(value_node):
+                    attribute, parse = parsers[key]
+                    fields[attribute] = parse(value_node, f"{path}.{key}")
+    problems.raise_any()
     return Resources(**fields)
 
 
@@ -200,9 +210,7 @@ def _gpu_mapping(node: yaml.Node, path: str) -> GpuRequest:
         elif key == "memory":
             parts["memory_mib"] = _range_text(value, sub_path, parse_memory_mib, _SIZE_RANGE_EXPECTED)
         elif key == "compute_capability":
-            parts["compute_capability"] = _range_text(
-                value, sub_path, _parse_capability, _CAPABILITY_EXPECTED
-            )
+            parts["compute_capability"] = _capability_range(value, sub_path)
         else:
             parts["count"] = _range_text(value, sub_path, _parse_int, _COUNT_EXPECTED)
     try:
@@ -212,6 +220,12 @@ def _gpu_mapping(node: yaml.Node, path: str) -> GpuRequest:
     if "compute_capability" in parts and parts["vendor"] is None:
         parts["vendor"] = "nvidia"
     return GpuRequest(**parts)
+
+
+def _capability_range(node: yaml.Node, path: str) -> Range:
+    """As dstack means it: a bare `8.0` is a minimum (8.0 and newer); a range keeps its bounds."""
+    capability = _range_text(node, path, _parse_capability, _CAPABILITY_EXPECTED)
+    return capability if ".." in node.value else Range(capability.min, None)
 
 
 def _parse_capability(text: str) -> float:
