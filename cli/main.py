@@ -19,6 +19,7 @@ from cli.host_detail import host_detail
 from cli.render import hosts_table, jobs_table, print_table, waiting_line
 from cli.session import api, call
 from shared.spec import (
+    ROOT_FILES_NEED_IMAGE,
     GpuRequest,
     SpecError,
     TaskFile,
@@ -38,9 +39,10 @@ def main() -> None:
 
 @dataclass(frozen=True)
 class Submission:
-    spec: TaskSpec  # without its files_archive yet
+    spec: TaskSpec  # without its files_archive and root_files_archive yet
     files: tuple[tuple[str, str], ...]  # (local path, path in the working directory)
     files_base: Path  # what relative local paths are relative to
+    root_files: tuple[tuple[str, str], ...] = ()  # (local path, absolute path in the container)
 
 
 def build_spec(
@@ -53,7 +55,8 @@ def build_spec(
 ) -> Submission:
     """The spec from a task file and/or flags; flags win. `--files` entries (`.`, `src/`, `a:b`) replace
     the file's `files:` and are relative to the current folder; the file's are relative to its folder.
-    Raises SpecError naming the field."""
+    Prints the task file's warnings (fields without effect here) to stderr. Raises SpecError naming the
+    field."""
     if file is None and not command:
         raise SpecError("commands", "nothing to run: give -f FILE or a command after --", source="submit")
     task = (
@@ -61,11 +64,15 @@ def build_spec(
         if file
         else TaskFile(TaskSpec(commands=()))
     )
+    for warning in task.warnings:
+        click.echo(f"warning: {warning}", err=True)
     spec, base = task.spec, file.parent if file else Path.cwd()
-    pairs = task.files
+    pairs, root_pairs = task.files, task.root_files
     if files:
-        flags = "files:\n" + "".join(f"  - {json.dumps(entry)}\n" for entry in files)
-        pairs, base = parse_task("commands: [x]\n" + flags, source="--files").files, Path.cwd()
+        # parsed as for a container, so that absolute targets are read; the final spec decides below
+        flags = "image: x\nfiles:\n" + "".join(f"  - {json.dumps(entry)}\n" for entry in files)
+        flagged = parse_task(flags, source="--files")
+        pairs, root_pairs, base = flagged.files, flagged.root_files, Path.cwd()
     changes: dict[str, object] = {}
     if command:
         # `submit -- echo hi` runs the words as one command; `submit 'a; b'` runs that shell text
@@ -76,16 +83,23 @@ def build_spec(
         changes["image"] = image
     if gpu:
         changes["resources"] = msgspec.structs.replace(spec.resources, gpu=_flag_gpu(gpu))
-    return Submission(validate_spec(msgspec.structs.replace(spec, **changes)), pairs, base)
+    spec = validate_spec(msgspec.structs.replace(spec, **changes))
+    if root_pairs and spec.image is None and spec.python is None:
+        raise SpecError("files", ROOT_FILES_NEED_IMAGE, source="submit")
+    return Submission(spec, pairs, base, root_pairs)
 
 
 def upload_files(client: Api, submission: Submission) -> TaskSpec:
-    """The spec to submit: with the id of its packed and uploaded files, if it has any."""
-    if not submission.files:
-        return submission.spec
-    archive = pack(submission.files, submission.files_base)
-    archive_id = client.upload_files(archive)
-    return msgspec.structs.replace(submission.spec, files_archive=archive_id)
+    """The spec to submit: with the ids of its packed and uploaded files, if it has any. Files for absolute
+    paths in the container go in an archive of their own, whose members are those paths without the
+    leading "/"."""
+    changes = {}
+    if submission.files:
+        changes["files_archive"] = client.upload_files(pack(submission.files, submission.files_base))
+    if submission.root_files:
+        pairs = [(local, target.lstrip("/")) for local, target in submission.root_files]
+        changes["root_files_archive"] = client.upload_files(pack(pairs, submission.files_base))
+    return msgspec.structs.replace(submission.spec, **changes)
 
 
 def _flag_gpu(text: str) -> GpuRequest | None:

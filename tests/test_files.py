@@ -36,7 +36,7 @@ def test_files_take_dstack_forms_and_land_relative_to_the_working_dir() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("files: [a:/root/x]", "t.yaml:2: files[0]: the path must be relative to the working directory"),
+        ("files: [a:/root/x]", "t.yaml:2: files: an absolute path needs a container (image:)"),
         ("files: [a:../b]", "t.yaml:2: files[0]: the path must stay inside the working directory"),
         ("files:\n  - {path: x}", "t.yaml:3: files[0]: expected a mapping with local_path"),
         ("files:\n  - {local_path: a, dest: x}", "t.yaml:3: files[0].dest: unknown field"),

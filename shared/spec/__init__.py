@@ -1,0 +1,79 @@
+"""The task spec: the YAML a user submits, compatible with dstack's task files.
+
+`parse_spec` turns YAML text into a `TaskSpec`; every error is a `SpecError` whose one-line message names the
+field and the YAML line. The structs are also the wire form of a spec (the CLI parses, the coordinator
+re-validates the decoded JSON with `validate_spec`).
+
+The modules follow the grammar: `model` (the structs and `SpecError`), `document` (the file and its top-level
+fields), `resources` (resources and the GPU grammar), `inputs` (env, files, registry_auth), `checks` (the rules
+both the parser and `validate_spec` apply), with `nodes`, `limits` and `gpu_names` beneath them.
+"""
+
+from shared.spec.document import parse_spec, parse_task
+from shared.spec.fields import TASK_FIELD_GROUPS, FieldGroup
+from shared.spec.limits import (
+    ENV_KEY_RE,
+    GPU_NAME_RE,
+    GPU_VENDORS,
+    MAX_COMMAND_BYTES,
+    MAX_COMPUTE_CAPABILITY,
+    MAX_CREDENTIAL_BYTES,
+    MAX_DURATION_S,
+    MAX_ENV_ENTRIES,
+    MAX_ENV_VALUE_BYTES,
+    MAX_GPU_NAMES,
+    MAX_IMAGE_CHARS,
+    MAX_LIST_ITEMS,
+    MAX_NODES,
+    MAX_PATH_BYTES,
+    MAX_PRIORITY,
+    MAX_RANGE_VALUE,
+    MAX_STOP_DURATION_S,
+    MIN_PRIORITY,
+    NAME_RE,
+    REDACTED,
+    WORKFLOW_DIR,
+)
+from shared.spec.model import GpuRequest, Range, RegistryAuth, Repo, Resources, SpecError, TaskFile, TaskSpec
+from shared.spec.resources import parse_gpu
+from shared.spec.validate import ROOT_FILES_NEED_IMAGE, redacted, validate_spec
+
+__all__ = [
+    "ENV_KEY_RE",
+    "GPU_NAME_RE",
+    "GPU_VENDORS",
+    "TASK_FIELD_GROUPS",
+    "FieldGroup",
+    "MAX_COMMAND_BYTES",
+    "MAX_COMPUTE_CAPABILITY",
+    "MAX_CREDENTIAL_BYTES",
+    "MAX_DURATION_S",
+    "MAX_ENV_ENTRIES",
+    "MAX_ENV_VALUE_BYTES",
+    "MAX_GPU_NAMES",
+    "MAX_IMAGE_CHARS",
+    "MAX_LIST_ITEMS",
+    "MAX_NODES",
+    "MAX_PATH_BYTES",
+    "MAX_PRIORITY",
+    "MAX_RANGE_VALUE",
+    "MAX_STOP_DURATION_S",
+    "MIN_PRIORITY",
+    "NAME_RE",
+    "REDACTED",
+    "ROOT_FILES_NEED_IMAGE",
+    "WORKFLOW_DIR",
+    "GpuRequest",
+    "Range",
+    "RegistryAuth",
+    "Repo",
+    "Resources",
+    "SpecError",
+    "TaskFile",
+    "TaskSpec",
+    "parse_gpu",
+    "parse_spec",
+    "parse_task",
+    "redacted",
+    "validate_spec",
+]

@@ -1,0 +1,193 @@
+"""The task file as a whole: parse its YAML, walk the top-level fields, validate the result.
+
+The walk goes on past a field in error, so that one run of the parser reports every problem it can find
+(`SpecError.errors`); rules that tie fields together run only on fields that parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from shared.spec.checks import (
+    _check_image,
+    _check_max_duration,
+    _check_name,
+    _check_nodes,
+    _check_priority,
+    _check_python,
+    _check_shell,
+    _check_stop_duration,
+    _check_type,
+    _check_working_dir,
+)
+from shared.spec.copies import Copy, _parse_files, _parse_repos
+from shared.spec.fields import REFUSED_ADVICE, REFUSED_DEFAULTS, TASK_FIELD_GROUPS, FieldGroup, warnings
+from shared.spec.fields import unknown_field_message as _unknown_top_level
+from shared.spec.inputs import _parse_env, _parse_registry_auth
+from shared.spec.model import Problems, SpecError, TaskFile, TaskSpec
+from shared.spec.nodes import (
+    _at,
+    _checked,
+    _child,
+    _compose,
+    _entries,
+    _fail,
+    _integer,
+    _is_null,
+    _line,
+    _Parser,
+    _scalar_value,
+    _text,
+)
+from shared.spec.resources import _parse_resources
+from shared.spec.validate import NO_WORK, PYTHON_WITH_IMAGE, ROOT_FILES_NEED_IMAGE, validate_spec
+from shared.spec.values import (
+    _parse_bool,
+    _parse_commands,
+    _parse_fleets,
+    _parse_max_duration,
+    _parse_stop_duration,
+    _parse_volumes,
+)
+
+
+def parse_spec(text: str, *, source: str = "spec", environ: Mapping[str, str] | None = None) -> TaskSpec:
+    """Parse and validate a dstack-compatible task file.
+
+    Every problem raises `SpecError` with a one-line message `<source>:<line>: <field>: <what>`, where
+    `<field>` is the dotted path (`resources.gpu`, `env.HF_TOKEN`, `commands[2]`); several problems found
+    in one pass come together, one line each. A bare `NAME` in `env` takes its value from `environ`;
+    `environ=None` means an empty environment (callers pass `os.environ`). The result has already passed
+    `validate_spec`.
+    """
+    return parse_task(text, source=source, environ=environ).spec
+
+
+def parse_task(text: str, *, source: str = "spec", environ: Mapping[str, str] | None = None) -> TaskFile:
+    """`parse_spec`, keeping what only the CLI needs: the files to pack and the warnings to show (see
+    `TaskFile`)."""
+    try:
+        root = _compose(text)
+        return _build_task(root, {} if environ is None else environ)
+    except SpecError as error:
+        raise error.where(source=source) from None
+
+
+def _build_task(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskFile:
+    """Walk the top-level mapping, parse each field at its node, and validate the whole."""
+    if root is None or _is_null(root):
+        raise SpecError("", "empty spec; expected a mapping with at least 'commands'", 1)
+    problems = Problems()
+    nodes = _top_level_nodes(root, problems)
+    fields = _parse_fields(nodes, environ, problems)
+    copies: list[Copy] = []
+    if "files" in nodes and not _is_null(nodes["files"]):
+        with problems.collect():
+            copies += _parse_files(nodes["files"], "files", problems)
+    if "repos" in nodes and not _is_null(nodes["repos"]):
+        with problems.collect():
+            fields["repos"], local_repos = _parse_repos(nodes["repos"], "repos", problems)
+            copies += local_repos
+    env_failed = "env" in nodes and not _is_null(nodes["env"]) and "env" not in fields
+    if "registry_auth" in nodes and not _is_null(nodes["registry_auth"]) and not env_failed:
+        with problems.collect():  # after the walk: it may refer to `env`, which may come later
+            fields["registry_auth"] = _parse_registry_auth(
+                nodes["registry_auth"], "registry_auth", fields.get("env", {})
+            )
+    _check_together(root, nodes, fields, copies, problems)
+    problems.raise_any()
+    with _at(root):
+        spec = validate_spec(TaskSpec(**fields))
+    files = tuple((c.local, c.target) for c in copies if not c.target.startswith("/"))
+    root_files = tuple((c.local, c.target) for c in copies if c.target.startswith("/"))
+    return TaskFile(spec, files, root_files, warnings(nodes))
+
+
+def _top_level_nodes(root: yaml.Node, problems: Problems) -> dict[str, yaml.Node]:
+    """The value node of each known top-level field, in order; an unknown field is a problem."""
+    nodes = {}
+    with problems.collect():
+        for key_node, key, value_node in _entries(root, ""):
+            if key in TASK_FIELD_GROUPS:
+                nodes[key] = value_node
+            else:
+                problems.found.append(SpecError(_child("", key), _unknown_top_level(key), _line(key_node)))
+    return nodes
+
+
+def _parse_fields(
+    nodes: dict[str, yaml.Node], environ: Mapping[str, str], problems: Problems
+) -> dict[str, Any]:
+    """TaskSpec fields from the top-level fields that map onto one; refused fields are checked here."""
+    parsers = _top_level_parsers(environ)
+    fields: dict[str, Any] = {}
+    for key, node in nodes.items():
+        with problems.collect():
+            if TASK_FIELD_GROUPS[key] is FieldGroup.REFUSED:
+                _check_refused(key, node)
+            elif key in parsers and not _is_null(node):
+                attribute, parse = parsers[key]
+                fields[attribute] = parse(node, key)
+    return fields
+
+
+def _top_level_parsers(environ: Mapping[str, str]) -> dict[str, tuple[str, _Parser]]:
+    """YAML key -> (TaskSpec field, parser of the value node)."""
+    return {
+        "type": ("type", _checked(_text, _check_type)),
+        "name": ("name", _checked(_text, _check_name)),
+        "image": ("image", _checked(_text, _check_image)),
+        "commands": ("commands", _parse_commands),
+        "env": ("env", lambda node, path: _parse_env(node, path, environ)),
+        "resources": ("resources", _parse_resources),
+        "nodes": ("nodes", _checked(_integer, _check_nodes)),
+        "volumes": ("volumes", _parse_volumes),
+        "working_dir": ("working_dir", _checked(_text, _check_working_dir)),
+        "max_duration": ("max_duration_s", _checked(_parse_max_duration, _check_max_duration)),
+        "priority": ("priority", _checked(_integer, _check_priority)),
+        "fleets": ("fleets", _parse_fleets),
+        "stop_duration": ("stop_duration_s", _checked(_parse_stop_duration, _check_stop_duration)),
+        "privileged": ("privileged", _parse_bool),
+        "shell": ("shell", _checked(_text, _check_shell)),
+        "python": ("python", _checked(_text, _check_python)),
+    }
+
+
+def _check_refused(key: str, node: yaml.Node) -> None:
+    """A refused field passes only with a value that asks for nothing: null, empty, or its default (false,
+    for most)."""
+    if isinstance(node, yaml.SequenceNode | yaml.MappingNode):
+        if not node.value:
+            return
+    else:
+        value = _scalar_value(node, key)
+        if value is None or value is REFUSED_DEFAULTS.get(key, False):  # `is`: 0 is no false here
+            return
+    _fail(node, key, REFUSED_ADVICE[key])
+
+
+def _check_together(
+    root: yaml.Node,
+    nodes: dict[str, yaml.Node],
+    fields: dict[str, Any],
+    copies: list[Copy],
+    problems: Problems,
+) -> None:
+    """The rules that tie fields together, at the line of the field to change. They run only when the
+    fields they read parsed: a field in error is already reported, and a guess about it would mislead."""
+    if problems.found:
+        return
+    commands = nodes.get("commands")
+    if not fields.get("commands") and "image" not in fields:
+        if commands is None or _is_null(commands):
+            problems.found.append(SpecError("commands", f"missing; {NO_WORK}", _line(root)))
+        else:
+            problems.found.append(SpecError("commands", f"must not be empty; {NO_WORK}", _line(commands)))
+    if "python" in fields and "image" in fields:
+        problems.found.append(SpecError("python", PYTHON_WITH_IMAGE, _line(nodes["python"])))
+    absolute = [c for c in copies if c.target.startswith("/")]
+    if absolute and "image" not in fields and "python" not in fields:
+        problems.found.append(SpecError(absolute[0].field, ROOT_FILES_NEED_IMAGE, absolute[0].line))
