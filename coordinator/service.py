@@ -86,7 +86,7 @@ class Coordinator:
 
     def submit(self, spec: TaskSpec, project: str = "default") -> JobRow:
         """Accept a job of `project` (committed before the answer), then try to place it at once."""
-        spec = validate_spec(apply_submit_rules(spec, self.settings.python_image))
+        spec = apply_submit_rules(validate_spec(spec), self.settings.python_image)
         for archive_id in archive_ids(spec):
             if not self.files.has(archive_id):
                 raise SpecError(
