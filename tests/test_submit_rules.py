@@ -59,7 +59,9 @@ async def test_what_a_job_cannot_have_is_refused_with_the_field() -> None:
             field: (400, field) for field in cases
         }
         assert "python and image cannot be used together" in answers["python"][1]["error"]
-        assert answers["files"][1]["error"].startswith("spec: files: an absolute path needs a container (image:)")
+        assert answers["files"][1]["error"].startswith(
+            "spec: files: an absolute path needs a container (image:)"
+        )
         bad = await asyncio.to_thread(post_job, c, TaskSpec(commands=("true",), python="3.11; rm -rf /"))
         assert bad[0] == 400 and bad[1]["field"] == "python"
         assert await asyncio.to_thread(c.api.jobs, True) == []  # nothing refused was stored
