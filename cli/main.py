@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
@@ -31,7 +32,24 @@ from shared.spec import (
 SAMPLE_POLL_S = 1.0
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """Commands whose module is imported only when they run (or when help lists them): `gpuctl dev` starts
+    a coordinator and an agent, and their imports must not slow every other command down."""
+
+    lazy: dict[str, str] = {"dev": "cli.dev:dev"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module, _, attr = self.lazy[cmd_name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup)
 def main() -> None:
     """gpuctl: run AI jobs on GPU hosts."""
 
@@ -244,10 +262,13 @@ def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
 
 def _register() -> None:
     from cli.admin import fleet, project, token, user
-    from cli.dev import dev
 
-    for command in (dev, token, project, user, fleet):
+    for command in (token, project, user, fleet):
         main.add_command(command)
 
 
 _register()
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ import time
 from rich.console import Console, RenderableType
 from rich.table import Table
 
-from coordinator.scheduler import describe_gpus, describe_request
+from shared.describe import describe_gpus, describe_request
 from shared.wire import HostView, JobView
 
 
