@@ -17,7 +17,7 @@ import msgspec
 from cli.api import Api, ApiError
 from cli.files import pack
 from cli.host_detail import host_detail
-from cli.render import hosts_table, jobs_table, print_table, waiting_line
+from cli.render import hosts_table, jobs_table, print_table, terminal, waiting_line
 from cli.session import api, call
 from shared.spec import (
     GpuRequest,
@@ -256,8 +256,9 @@ def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
     if as_json:
         click.echo(msgspec.json.encode(details[0] if host is not None else details).decode())
     else:
+        console = terminal()
         for detail in details:
-            print_table(host_detail(detail))
+            console.print(host_detail(detail, console.width))
 
 
 def _register() -> None:
