@@ -255,8 +255,9 @@ def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
 
 def _register() -> None:
     from cli.admin import fleet, project, token, user
+    from cli.login import login_command
 
-    for command in (token, project, user, fleet, completion):
+    for command in (login_command, token, project, user, fleet, completion):
         main.add_command(command)
 
 
