@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def parse_docker_config(raw: Any, socket_shorthand: Any = None) -> DockerConfig:
     if not isinstance(raw.get("allow_privileged", False), bool):
         raise ConfigError("docker.allow_privileged: expected true or false")
     return DockerConfig(
-        socket=docker_socket_url(raw.get("socket") or socket_shorthand or DEFAULT_DOCKER_SOCKET),
+        socket=docker_socket_url(raw.get("socket") or socket_shorthand or default_docker_socket()),
         registry_mirror=str(raw["registry_mirror"]).rstrip("/") if raw.get("registry_mirror") else None,
         registry_username=auth.get("username"),
         registry_password=auth.get("password"),
@@ -187,6 +188,21 @@ def parse_docker_config(raw: Any, socket_shorthand: Any = None) -> DockerConfig:
         pids_limit=pids_limit,
         image_dir=Path(raw["image_dir"]) if raw.get("image_dir") else None,
     )
+
+
+def default_docker_socket(environ: Mapping[str, str] = os.environ) -> str:
+    """The engine when no config names one: `DOCKER_HOST` when set, as the docker CLI and SDK do, else the
+    default socket. Raises ConfigError for a DOCKER_HOST that is not a local unix socket."""
+    value = environ.get("DOCKER_HOST", "")
+    if not value:
+        return DEFAULT_DOCKER_SOCKET
+    try:
+        return docker_socket_url(value)
+    except ConfigError:
+        raise ConfigError(
+            f"DOCKER_HOST={value}: only a local engine's unix socket is used (unix:///path); "
+            "unset it or name the socket (docker.socket, or gpuctl dev --docker-socket PATH)"
+        ) from None
 
 
 def docker_socket_url(value: Any) -> str:

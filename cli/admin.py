@@ -8,6 +8,7 @@ import click
 import msgspec
 
 from cli.session import call
+from shared.join import parse_join_string
 from shared.units import parse_duration_s
 from shared.wire import FleetLimit, TokenCreate, UserCreate
 
@@ -43,6 +44,8 @@ def token_create(fleet: str, ttl: str, uses: int | None, labels: tuple[str, ...]
     click.echo(created.join_string)
     until = time.strftime("%Y-%m-%d %H:%M", time.localtime(created.expires_at))
     click.echo(f"token {created.id} for fleet {fleet}, valid until {until}", err=True)
+    pin = parse_join_string(created.join_string).ca_pin
+    click.echo(f"CA pin: {pin} (for `gpuctl login URL --token TOKEN --ca-pin {pin}`)", err=True)
 
 
 @token.command("list")

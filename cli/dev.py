@@ -15,7 +15,8 @@ import click
 
 from agent.agent import detect, run_agent
 from agent.blocks import BlocksError
-from agent.config import AgentConfig, ConfigError
+from agent.config import AgentConfig, ConfigError, DockerConfig, default_docker_socket, docker_socket_url
+from agent.runtime.engine import ENGINE_ERRORS, PROBE_TIMEOUT_S, EngineUnavailable, connect
 from cli.config import CliConfig, save_cli_config
 from coordinator.pki import issue_agent_cert
 from coordinator.server import RunningCoordinator, ServerConfig, ensure_admin_token, start_coordinator
@@ -31,8 +32,28 @@ def default_state_dir() -> Path:
     return Path(base) / "gpuctl" / "dev"
 
 
+def _docker_socket(flag: str | None) -> str:
+    """`--docker-socket` when given, else DOCKER_HOST, else the default socket. Raises ConfigError."""
+    return docker_socket_url(flag) if flag else default_docker_socket()
+
+
+def engine_line(socket_url: str) -> str:
+    """Which Docker engine the agent uses, with its version, or why it has none (one line)."""
+    try:
+        client = connect(socket_url, timeout_s=PROBE_TIMEOUT_S)
+    except EngineUnavailable as exc:
+        return f"docker: none ({exc}); jobs with image: will not be placed here"
+    try:
+        version = str(client.version().get("Version", "unknown version"))
+    except ENGINE_ERRORS:
+        version = "unknown version"
+    finally:
+        client.close()
+    return f"docker: {socket_url} (Docker {version})"
+
+
 async def start_dev(
-    state_dir: Path, port: int, simulate: str | None, blocks: str | int
+    state_dir: Path, port: int, simulate: str | None, blocks: str | int, socket_url: str
 ) -> tuple[RunningCoordinator, AgentConfig, CliConfig]:
     """Start the coordinator, make the local agent's certificate, write the CLI config. Idempotent on disk."""
     running = await start_coordinator(
@@ -51,6 +72,7 @@ async def start_dev(
         ca_file=running.pki.ca_cert,
         cert_file=cert,
         key_file=key,
+        docker=DockerConfig(socket=socket_url),
     )
     cli = CliConfig(running.url, token, running.pki.ca_cert)
     return running, agent, cli
@@ -63,16 +85,33 @@ async def start_dev(
 @click.option(
     "--state-dir", type=click.Path(path_type=Path), default=None, help="Default: ~/.local/state/gpuctl/dev"
 )
+@click.option(
+    "--docker-socket", help="The Docker engine's unix socket (default: $DOCKER_HOST, else the usual one)."
+)
 @click.option("-v", "--verbose", is_flag=True)
-def dev(simulate: str | None, blocks: str, port: int, state_dir: Path | None, verbose: bool) -> None:
+def dev(
+    simulate: str | None,
+    blocks: str,
+    port: int,
+    state_dir: Path | None,
+    docker_socket: str | None,
+    verbose: bool,
+) -> None:
     """Run a coordinator and an agent for this machine, ready for `gpuctl submit`."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
     state_dir = state_dir or default_state_dir()
     try:
+        socket_url = _docker_socket(docker_socket)
         asyncio.run(
-            _run(state_dir, port, simulate, int(blocks) if blocks.isascii() and blocks.isdigit() else blocks)
+            _run(
+                state_dir,
+                port,
+                simulate,
+                int(blocks) if blocks.isascii() and blocks.isdigit() else blocks,
+                socket_url,
+            )
         )
     except KeyboardInterrupt:
         pass
@@ -83,8 +122,8 @@ def dev(simulate: str | None, blocks: str, port: int, state_dir: Path | None, ve
         raise
 
 
-async def _run(state_dir: Path, port: int, simulate: str | None, blocks: str | int) -> None:
-    running, agent, cli = await start_dev(state_dir, port, simulate, blocks)
+async def _run(state_dir: Path, port: int, simulate: str | None, blocks: str | int, socket_url: str) -> None:
+    running, agent, cli = await start_dev(state_dir, port, simulate, blocks, socket_url)
     try:
         inventory = detect(agent)
         path = save_cli_config(cli)
@@ -92,6 +131,7 @@ async def _run(state_dir: Path, port: int, simulate: str | None, blocks: str | i
         click.echo(
             f"gpuctl dev: coordinator {running.url}, agent {agent.name} with {what}, {len(inventory.blocks)} blocks"
         )
+        click.echo(f"gpuctl dev: {engine_line(socket_url)}")
         click.echo(f"gpuctl dev: CLI config written to {path}; try: gpuctl submit -- echo hello")
         await run_agent(agent, inventory)
     finally:

@@ -9,7 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.render import ago
+from cli.render import ago, clean, plain
 from shared.topology import relation_word
 from shared.units import format_mib
 from shared.wire import GpuDevice, HostAllocationView, HostDetail, Inventory
@@ -20,17 +20,18 @@ LEGEND = (
 )
 
 
-def host_detail(detail: HostDetail) -> RenderableType:
-    """The whole page for one host."""
+def host_detail(detail: HostDetail, width: int = 200) -> RenderableType:
+    """The whole page for one host, `width` columns wide at most (a narrow terminal gets the devices
+    table in parts)."""
     inv = detail.host.inventory
     parts: list[RenderableType] = [_heading(detail)]
     if inv is None:
         parts.append(Text("no inventory yet: the agent has not synced"))
         return Group(*parts)
-    parts.append(Text(_facts(inv)))
-    parts += [Text(f"warning: {w}", style="bold yellow") for w in inv.warnings]
+    parts.append(plain(_facts(inv)))
+    parts += [Text(f"warning: {clean(w)}", style="bold yellow") for w in inv.warnings]
     if inv.gpus:
-        parts += [_title("devices"), devices_table(inv.gpus)]
+        parts += [_title("devices"), *devices_tables(inv.gpus, width)]
     parts += [_title("blocks"), blocks_table(inv, detail.allocations)]
     if len(inv.gpus) > 1:
         parts += [_title("topology"), topology_table(inv.gpus), Text(LEGEND, style="dim")]
@@ -51,7 +52,7 @@ def _heading(detail: HostDetail) -> Text:
     ]
     if host.simulated:
         words.append("[SIMULATED]")
-    return Text("  ".join(words), style="bold")
+    return Text(clean("  ".join(words)), style="bold")
 
 
 def _facts(inv: Inventory) -> str:
@@ -61,27 +62,54 @@ def _facts(inv: Inventory) -> str:
     )
 
 
-def devices_table(gpus: Iterable[GpuDevice]) -> Table:
-    table = _table("GPU", "NAME", "MEMORY", "CC / ARCH", "DRIVER", "CUDA", "PCI BUS ID", "NUMA", "PCIE ROOT")
-    for column in ("LINKS", "RENDER NODE", "SERIAL", "UUID"):
-        table.add_column(column, overflow="fold")
-    for g in gpus:
-        table.add_row(
-            str(g.index),
-            g.name,
-            _size(g.memory_mib),
-            g.compute_capability or g.architecture or "-",
-            g.driver_version or "-",
-            g.cuda_version or "-",
-            g.pci_bus_id or "-",
-            "-" if g.numa_node is None else str(g.numa_node),
-            g.pcie_root or "-",
-            id_list(g.links) or "-",
-            g.render_node or "-",
-            g.serial or "-",
-            g.uuid or "-",
-        )
+DEVICE_COLUMNS = (
+    "GPU", "NAME", "MEMORY", "CC / ARCH", "DRIVER", "CUDA", "PCI BUS ID", "NUMA", "PCIE ROOT", "LINKS",
+    "RENDER NODE", "SERIAL", "UUID",
+)  # fmt: skip
+# Where a narrow terminal cuts the devices table: what it is, where it sits, who it is (each with GPU first).
+DEVICE_PARTS = ((1, 6), (6, 11), (11, 13))
+
+
+def devices_tables(gpus: Iterable[GpuDevice], width: int) -> list[Table]:
+    """One table of every device attribute, or, when that is wider than `width`, the same in parts."""
+    rows = [_device_row(g) for g in gpus]
+    if _natural_width([DEVICE_COLUMNS, *rows]) <= width:
+        return [_filled(DEVICE_COLUMNS, rows)]
+    return [
+        _filled((DEVICE_COLUMNS[0], *DEVICE_COLUMNS[a:b]), [(r[0], *r[a:b]) for r in rows])
+        for a, b in DEVICE_PARTS
+    ]
+
+
+def _natural_width(rows: list[tuple[str, ...]]) -> int:
+    """The width of a table of these cells when nothing wraps: the widest cell of each column, one space
+    either side between columns."""
+    return sum(max(len(row[i]) for row in rows) for i in range(len(rows[0]))) + 2 * (len(rows[0]) - 1)
+
+
+def _filled(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    table = _table(*columns)
+    for row in rows:
+        table.add_row(*map(plain, row))
     return table
+
+
+def _device_row(g: GpuDevice) -> tuple[str, ...]:
+    return (
+        str(g.index),
+        g.name,
+        _size(g.memory_mib),
+        g.compute_capability or g.architecture or "-",
+        g.driver_version or "-",
+        g.cuda_version or "-",
+        g.pci_bus_id or "-",
+        "-" if g.numa_node is None else str(g.numa_node),
+        g.pcie_root or "-",
+        id_list(g.links) or "-",
+        g.render_node or "-",
+        g.serial or "-",
+        g.uuid or "-",
+    )
 
 
 def blocks_table(inv: Inventory, allocations: Iterable[HostAllocationView]) -> Table:
@@ -120,10 +148,10 @@ def id_list(ids: Iterable[int]) -> str:
     return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
 
 
-def _holder(alloc: HostAllocationView | None) -> str:
+def _holder(alloc: HostAllocationView | None) -> Text:
     if alloc is None:
-        return "-"
-    return f"{alloc.job_id} ({alloc.job_name}) {alloc.status}"
+        return Text("-")
+    return plain(f"{alloc.job_id} ({alloc.job_name}) {alloc.status}")
 
 
 def _size(mib: int) -> str:

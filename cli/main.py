@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +15,11 @@ import msgspec
 
 from cli.api import Api, ApiError
 from cli.files import pack
+from cli.follow import follow_logs
 from cli.host_detail import host_detail
-from cli.render import hosts_table, jobs_table, print_table, waiting_line
+from cli.render import hosts_table, jobs_table, print_table, terminal, waiting_line
 from cli.session import api, call
+from cli.shell import completion, print_version
 from shared.spec import (
     ROOT_FILES_NEED_IMAGE,
     GpuRequest,
@@ -29,10 +31,33 @@ from shared.spec import (
     validate_spec,
 )
 
-SAMPLE_POLL_S = 1.0
+
+class LazyGroup(click.Group):
+    """Commands whose module is imported only when they run (or when help lists them): `gpuctl dev` starts
+    a coordinator and an agent, and their imports must not slow every other command down."""
+
+    lazy: dict[str, str] = {"dev": "cli.dev:dev"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module, _, attr = self.lazy[cmd_name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
 
 
-@click.group()
+@click.group(cls=LazyGroup)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=print_version,
+    help="Print gpuctl's version and exit.",
+)
 def main() -> None:
     """gpuctl: run AI jobs on GPU hosts."""
 
@@ -117,6 +142,7 @@ def _flag_gpu(text: str) -> GpuRequest | None:
 @click.option("--gpu", help="GPUs, dstack's grammar: H100:80GB:2, A10G,A100, amd:2, 1..8.")
 @click.option("--image", help="Run in this container image.")
 @click.option("-d", "--detach", is_flag=True, help="Print the job id and return at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON and return at once.")
 @click.option(
     "--files",
     "files",
@@ -130,6 +156,7 @@ def submit(
     gpu: str | None,
     image: str | None,
     detach: bool,
+    as_json: bool,
     files: tuple[str, ...],
     command: tuple[str, ...],
 ) -> None:
@@ -145,45 +172,19 @@ def submit(
         raise click.ClickException(str(exc)) from None
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(msgspec.json.encode(job).decode())
+        return
     click.echo(job.id if detach else f"job {job.id} ({job.name}) {job.status}")
     if job.status == "pending":
-        click.echo(f"pending: {job.reason}", err=True)
+        click.echo(waiting_line(job), err=True)
     if detach:
         return
     try:
-        sys.exit(follow_logs(client, job.id, show_pending=True))
+        sys.exit(follow_logs(client, job.id, shown_reason=job.reason if job.status == "pending" else None))
     except KeyboardInterrupt:
         click.echo(f"\ndetached; the job keeps running: gpuctl logs -f {job.id}", err=True)
         sys.exit(130)
-
-
-def follow_logs(client: Api, ref: str, show_pending: bool = False, follow: bool = True) -> int:
-    """Stream the job's log to stdout until it is complete; return the job's exit code (1 if it has none)."""
-    offset, last_reason = 0, None
-    out = sys.stdout.buffer
-    while True:
-        try:
-            chunk = client.logs(ref, offset, follow=follow)
-        except ApiError as exc:
-            raise click.ClickException(str(exc)) from None
-        if chunk.data:
-            out.write(chunk.data)
-            out.flush()
-        offset = chunk.next_offset
-        if chunk.complete or not follow:
-            if chunk.complete and chunk.status != "done":
-                click.echo(
-                    f"job {ref} {chunk.status}"
-                    + (f" (exit {chunk.exit_code})" if chunk.exit_code is not None else ""),
-                    err=True,
-                )
-            return chunk.exit_code if chunk.exit_code is not None else (0 if chunk.status == "done" else 1)
-        if show_pending and chunk.status in ("pending", "pulling"):
-            job = client.job(ref)
-            if job.reason != last_reason:
-                click.echo(waiting_line(job), err=True)
-                last_reason = job.reason
-            time.sleep(SAMPLE_POLL_S)
 
 
 @main.command()
@@ -199,21 +200,30 @@ def ps(show_all: bool, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing until the job ends; exit with its exit code."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per chunk: offset, text, status, ...")
 @click.argument("job")
-def logs(follow: bool, job: str) -> None:
-    """Print a job's output."""
+def logs(follow: bool, as_json: bool, job: str) -> None:
+    """Print a job's output; with -f, say why it waits while it is pending (on stderr)."""
     try:
-        follow_logs(api(), job, follow=follow)
+        code = follow_logs(api(), job, follow=follow, as_json=as_json)
     except KeyboardInterrupt:
         sys.exit(130)
+    if follow:
+        sys.exit(code)
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the stopped job as JSON.")
 @click.argument("job")
-def stop(job: str) -> None:
+def stop(as_json: bool, job: str) -> None:
     """Stop a job: SIGTERM, then SIGKILL after the grace period."""
     view = call(lambda client: client.stop(job))
+    if as_json:
+        click.echo(msgspec.json.encode(view).decode())
+        return
     click.echo(
         f"job {view.id} {'stopping' if view.status in ('assigned', 'pulling', 'running') else view.status}"
     )
@@ -252,16 +262,21 @@ def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
     if as_json:
         click.echo(msgspec.json.encode(details[0] if host is not None else details).decode())
     else:
+        console = terminal()
         for detail in details:
-            print_table(host_detail(detail))
+            console.print(host_detail(detail, console.width))
 
 
 def _register() -> None:
     from cli.admin import fleet, project, token, user
-    from cli.dev import dev
+    from cli.login import login_command
 
-    for command in (dev, token, project, user, fleet):
+    for command in (login_command, token, project, user, fleet, completion):
         main.add_command(command)
 
 
 _register()
+
+
+if __name__ == "__main__":
+    main()

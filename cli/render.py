@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
 from rich.console import Console, RenderableType
 from rich.table import Table
+from rich.text import Text
 
-from coordinator.scheduler import describe_gpus, describe_request
+from shared.describe import describe_gpus, describe_request
 from shared.wire import HostView, JobView
+
+# Escape sequences whole (CSI `ESC [ ... m`, OSC `ESC ] ... BEL`, two-character ones), then any other C0 or C1
+# control, DEL included: what a user, an agent or a driver wrote must not move the cursor or recolour a terminal.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+PIPE_WIDTH = 200  # output that goes to a pipe or a file, without COLUMNS, is not folded to a made-up width
+
+
+def clean(text: str) -> str:
+    """User-supplied text made safe to print: escape sequences and control characters removed, line
+    breaks and tabs as spaces. Pure."""
+    text = _CONTROLS.sub("", _ESCAPES.sub("", text))
+    return text.replace("\t", " ").replace("\n", " ")
+
+
+def plain(text: str) -> Text:
+    """A table cell or line of user-supplied text: cleaned, and never read as rich markup (`[/]` is text)."""
+    return Text(clean(text))
+
+
+def terminal() -> Console:
+    """The terminal's width (rich reads the terminal, or COLUMNS); output to a pipe keeps whole lines."""
+    console = Console(soft_wrap=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        return Console(soft_wrap=False, width=PIPE_WIDTH)
+    return console
 
 
 def ago(ts: float | None, now: float | None = None) -> str:
@@ -37,8 +65,8 @@ def waiting_line(job: JobView) -> str:
     """What `submit` prints while a job waits: its pending reason, or its image pull as a progress bar
     (`pulling nvcr.io/nvidia/pytorch:24.08-py3 [#######.............] 35%`)."""
     if job.status != "pulling":
-        return f"{job.status}: {job.reason}"
-    image = job.spec.image or "image"
+        return f"{job.status}: {clean(job.reason)}"
+    image = clean(job.spec.image or "image")
     match = re.fullmatch(r"pulling (\d+)%", job.reason)
     if not match:
         return f"pulling {image}"
@@ -47,22 +75,46 @@ def waiting_line(job: JobView) -> str:
     return f"pulling {image} [{'#' * done}{'.' * (PROGRESS_BAR_CHARS - done)}] {percent}%"
 
 
-def jobs_table(jobs: list[JobView]) -> Table:
+def _table(*columns: str, whole: tuple[str, ...]) -> Table:
+    """Columns named in `whole` (ids, states, times: short, and read or copied whole) never wrap; the others
+    wrap at spaces, and fold a word longer than the column, so the table fits the terminal's width."""
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "STATUS", "HOST", "GPU", "SUBMITTED", "REASON"):
-        table.add_column(column, overflow="fold")
+    for column in columns:
+        if column in whole:
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, overflow="fold")
+    return table
+
+
+def jobs_table(jobs: list[JobView]) -> Table:
+    table = _table(
+        "ID", "NAME", "STATUS", "HOST", "GPU", "SUBMITTED", "REASON", whole=("ID", "STATUS", "SUBMITTED")
+    )
     for job in jobs:
         gpus = ",".join(map(str, job.gpus)) if job.gpus else describe_request(job.spec.resources.gpu)
         table.add_row(
-            job.id, job.name, job_status(job), job.host or "-", gpus, ago(job.submitted_at), job.reason or ""
+            job.id,
+            plain(job.name),
+            job_status(job),
+            plain(job.host or "-"),
+            plain(gpus),
+            ago(job.submitted_at),
+            plain(job.reason or ""),
         )
     return table
 
 
 def hosts_table(hosts: list[HostView]) -> Table:
-    table = Table(box=None, header_style="bold")
-    for column in ("NAME", "STATUS", "RESOURCES", "BLOCKS", "LAST SEEN", "WARNINGS"):
-        table.add_column(column, overflow="fold")
+    table = _table(
+        "NAME",
+        "STATUS",
+        "RESOURCES",
+        "BLOCKS",
+        "LAST SEEN",
+        "WARNINGS",
+        whole=("STATUS", "BLOCKS", "LAST SEEN"),
+    )
     for host in hosts:
         inv = host.inventory
         resources = "-"
@@ -72,15 +124,15 @@ def hosts_table(hosts: list[HostView]) -> Table:
                 resources += " [SIMULATED]"
         warnings = "; ".join(inv.warnings) if inv else ""
         table.add_row(
-            host.name,
+            plain(host.name),
             host.status,
-            resources,
+            plain(resources),
             f"{host.busy_blocks}/{host.total_blocks} busy",
             ago(host.last_seen),
-            warnings,
+            plain(warnings),
         )
     return table
 
 
 def print_table(table: RenderableType) -> None:
-    Console(soft_wrap=False, width=200).print(table)
+    terminal().print(table)

@@ -14,6 +14,7 @@ from coordinator.server import ServerConfig, ensure_admin_token, start_coordinat
 from coordinator.service import Settings
 from coordinator.store import Store
 from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE
+from shared import tls
 from shared.constants import DEFAULT_PORT
 
 DEFAULT_CONFIG = Path("/etc/gpuctl/coordinator.yaml")
@@ -76,12 +77,24 @@ def init(config_path: Path, state_dir: Path | None, port: int | None, host: str 
     """Create the CA, the server certificate and the admin token. Re-running changes nothing."""
     config = _load(config_path, state_dir, port, host)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its database holds jobs' secrets
-    paths = ensure_pki(config.state_dir, list(config.server_names) or _default_names())
+    names = list(config.server_names) or _default_names()
+    paths = ensure_pki(config.state_dir, names)
     store = Store(config.state_dir / "coordinator.db")
     token = ensure_admin_token(store, config.state_dir / "admin-token")
     store.close()
+    pin = tls.ca_pin(paths.ca_cert.read_bytes())
     click.echo(f"CA certificate: {paths.ca_cert}")
+    click.echo(f"CA pin:         {pin}")
     click.echo(f"admin token:    {token}")
+    click.echo("on a user's machine (after `gpuctl-coordinator run`):")
+    click.echo(f"  gpuctl login {_url(names, config.port)} --token {token} --ca-pin {pin}")
+
+
+def _url(server_names: list[str], port: int) -> str:
+    """The URL a user's machine would dial: the first server name that is not this machine's loopback."""
+    remote = [n for n in server_names if n not in ("localhost", "127.0.0.1", "::1")]
+    name = (remote or server_names)[0]
+    return f"https://{f'[{name}]' if ':' in name else name}:{port}"
 
 
 def _default_names() -> list[str]:

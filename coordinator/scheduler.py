@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from coordinator.locality import Levels, block_levels, choose_blocks, closeness
+from shared.describe import describe_gpus, describe_request, rounded_memory_mib
 from shared.spec import GpuRequest, Range, Resources, TaskSpec
 from shared.units import format_mib
 from shared.volumes import first_volume_refusal
@@ -259,11 +260,6 @@ def _devices(block: Block, inventory: Inventory) -> list[GpuDevice]:
     return [by_index[i] for i in block.gpus if i in by_index]
 
 
-def rounded_memory_mib(device: GpuDevice) -> int:
-    """Devices report a little less than their marketed size (an H100 80GB has 81559 MiB): whole GiB."""
-    return round(device.memory_mib / 1024) * 1024
-
-
 def memory_matches(wanted: Range, device: GpuDevice) -> bool:
     """Vendors market memory in GiB (an H100 80GB has 81559 MiB, 79.6 GiB) or in decimal GB (an A10G or L4
     24GB has about 23030 MiB, 24.1 GB, 22.5 GiB): a device matches when either whole reading is in range."""
@@ -312,41 +308,6 @@ def _placement(
         tuple(c for b in chosen for c in b.cpus),
         sum(b.memory_mib for b in chosen),
     )
-
-
-def marketed_gb(memory_mib: int) -> int:
-    """The size a GPU is sold as. Vendors count in GiB (H100: 81559 MiB, sold as 80GB) or in decimal GB
-    (A10G: 23028 MiB, sold as 24GB); sold sizes are multiples of 8, so prefer the count that is one."""
-    gib = round(memory_mib / 1024)
-    gb = round(memory_mib * 1.048576 / 1000)
-    return gb if gib % 8 and not gb % 8 else gib
-
-
-def describe_gpus(inventory: Inventory) -> str:
-    """`8xH100 (80GB)`, or `4xA10G (24GB), 2xL4 (24GB)` on a mixed host, or `no GPU`."""
-    counts: dict[tuple[str, int], int] = {}
-    for g in inventory.gpus:
-        key = (g.name, marketed_gb(g.memory_mib))
-        counts[key] = counts.get(key, 0) + 1
-    if not counts:
-        return "no GPU"
-    return ", ".join(f"{n}x{name} ({gib}GB)" for (name, gib), n in counts.items())
-
-
-def describe_request(gpu: GpuRequest | None) -> str:
-    if gpu is None:
-        return "no GPU"
-    lo, hi = gpu.count.min, gpu.count.max
-    count = f"{lo:g}" if lo == hi else f"{lo or 0:g}..{'' if hi is None else f'{hi:g}'}"
-    what = "/".join(gpu.names) or (gpu.vendor or "")
-    plural = "" if lo == hi == 1 else "s"
-    text = f"{count} {what} GPU{plural}".replace("  ", " ")
-    capability = gpu.compute_capability
-    if capability is not None:
-        low = "" if capability.min is None else f"{capability.min:.1f}"
-        high = "" if capability.max is None else f"{capability.max:.1f}"
-        text += f" with compute capability {low if low == high else f'{low}..{high}'}"
-    return text
 
 
 def _no_matching_gpu(gpu: GpuRequest, inventory: Inventory) -> str:

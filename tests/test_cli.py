@@ -29,7 +29,9 @@ def gpuctl(env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess
 def dev() -> Iterator[dict[str, str]]:
     """`gpuctl dev` with 8 simulated H100s cut in blocks of 2, on a free port; yields the CLI's environment."""
     root = reachable_tmpdir()
-    env = dict(os.environ, GPUCTL_CONFIG=str(root / "config.yaml"))
+    env = dict(
+        os.environ, GPUCTL_CONFIG=str(root / "config.yaml"), DOCKER_HOST=f"unix://{root}/no-docker.sock"
+    )
     log = open(root / "dev.log", "wb")  # noqa: SIM115 - open for the life of the server
     server = subprocess.Popen(
         [
@@ -154,3 +156,10 @@ def test_hosts_verbose_shows_devices_blocks_jobs_and_topology(dev: dict[str, str
 def test_hosts_remove_of_an_unknown_host_is_one_line(dev: dict[str, str]) -> None:
     run = gpuctl(dev, "hosts", "remove", "no-such-host")
     assert run.returncode == 1 and run.stderr.strip() == "Error: no host 'no-such-host'"
+
+
+def test_dev_says_which_docker_engine_it_uses_from_docker_host(dev: dict[str, str]) -> None:
+    log = (Path(dev["GPUCTL_CONFIG"]).parent / "dev.log").read_text()
+    line = next(line for line in log.splitlines() if "docker: " in line)
+    assert f"docker: none (Docker engine at {dev['DOCKER_HOST']}: " in line
+    assert line.endswith("; jobs with image: will not be placed here")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from shared import tls
+
 INIT = [sys.executable, "-c", "from coordinator.main import main; main()", "init"]
 
 
@@ -19,7 +21,7 @@ def test_init_creates_everything_once_and_rerunning_changes_nothing(tmp_path: Pa
     files = {p.name: p.read_bytes() for p in pki.iterdir()}
     assert (pki / "ca-key.pem").stat().st_mode & 0o777 == 0o600
     assert (pki / "server-key.pem").stat().st_mode & 0o777 == 0o600
-    token = first.stdout.split("admin token:")[1].strip()
+    token = first.stdout.split("admin token:")[1].split()[0]
     assert token.startswith("gpuctl_")
     server = x509.load_pem_x509_certificate(files["server.pem"])
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -37,3 +39,15 @@ def test_an_unknown_setting_is_one_line_naming_it(tmp_path: Path) -> None:
     assert run.stderr.strip().splitlines() == [
         "Error: prot: unknown setting (known: host, port, python_image, server_names, state_dir)"
     ]
+
+
+def test_init_prints_the_ca_pin_and_a_ready_login_line(tmp_path: Path) -> None:
+    config = tmp_path / "coordinator.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\nserver_names: [localhost, gpu-coord.example]\nport: 9443\n"
+    )
+    run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=True)
+    pin = tls.ca_pin((tmp_path / "state" / "pki" / "ca.pem").read_bytes())
+    token = run.stdout.split("admin token:")[1].split()[0]
+    assert f"CA pin:         {pin}\n" in run.stdout
+    assert f"  gpuctl login https://gpu-coord.example:9443 --token {token} --ca-pin {pin}\n" in run.stdout

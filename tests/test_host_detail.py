@@ -7,6 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from rich.console import Console
 
@@ -150,3 +151,26 @@ async def test_the_api_says_which_job_holds_which_blocks() -> None:
         with pytest.raises(ApiError, match="no host 'nope'"):
             await asyncio.to_thread(c.api.host_detail, "nope")
         await asyncio.to_thread(c.api.stop, job.id)
+
+
+def test_a_page_fits_an_80_column_terminal(tmp_path: Path) -> None:
+    inventory = fixture_inventory(tmp_path, "nvml", "h100_sxm_8", hostname="gpu-node-7")
+    job = HostAllocationView("a-1", "j0b1d", "train-a-rather-long-job-name", "running", (0, 1), (0, 1))
+    console = Console(width=80, record=True, soft_wrap=False)
+
+    console.print(host_detail(HostDetail(view(inventory, busy=2), [job]), console.width))
+
+    page = console.export_text()
+    assert max(map(len, page.splitlines())) <= 80
+    assert "GPU-" in page and "00000000:3A:00.0" in page  # uuids and bus ids whole, in a part of their own
+
+
+def test_names_and_warnings_print_as_text(tmp_path: Path) -> None:
+    inventory = fixture_inventory(tmp_path, "nvml", "h100_sxm_8", hostname="[/]")
+    inventory = msgspec.structs.replace(inventory, warnings=("\x1b[31mred[/] [bold]x",))
+    job = HostAllocationView("a-1", "j0b1d", "[/]\x1b]0;title\x07", "running", (0, 1), (0, 1))
+
+    page = text(host_detail(HostDetail(view(inventory, busy=2), [job])))
+
+    assert "warning: red[/] [bold]x" in page and "j0b1d ([/]) running" in page
+    assert "\x1b" not in page and "\x07" not in page

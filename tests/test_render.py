@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
-from cli.render import waiting_line
+from rich.console import Console
+
+from cli.render import clean, hosts_table, jobs_table, waiting_line
 from shared.spec import TaskSpec
-from shared.wire import JobView
+from shared.wire import HostView, JobView
 
 
 def view(status: str, reason: str, image: str | None = "nvcr.io/nvidia/pytorch:24.08-py3") -> JobView:
@@ -28,3 +30,39 @@ def test_a_pending_job_shows_its_reason() -> None:
         waiting_line(view("pending", "no host with 2 free blocks", None))
         == "pending: no host with 2 free blocks"
     )
+
+
+def printed(renderable: object, width: int = 200) -> str:
+    console = Console(width=width, record=True, soft_wrap=False)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_user_text_prints_as_text_without_escapes() -> None:
+    job = view(
+        "pending", "no host can ever fit this job: h1 is in fleet default, not in [/]\x1b[31mred", None
+    )
+    host = HostView("id", "[/]\x1b[2Jnode", "ready", None, 0, 0, None, False)
+
+    page = printed(jobs_table([job])) + printed(hosts_table([host]))
+
+    assert "not in [/]red" in page and "[/]node" in page
+    assert "\x1b" not in page
+    assert (
+        waiting_line(job) == "pending: no host can ever fit this job: h1 is in fleet default, not in [/]red"
+    )
+
+
+def test_controls_are_removed_and_line_breaks_become_spaces() -> None:
+    assert clean("a\x1b[1;31mb\x1b]8;;http://x\x1b\\c\x07d\x9be\tf\ng\x00") == "abcde f g"
+
+
+def test_tables_fold_to_the_terminal_width() -> None:
+    long_reason = "no host can ever fit this job: " + "; ".join(
+        f"host-{i} has no docker runtime" for i in range(9)
+    )
+    job = view("pending", long_reason, None)
+    host = HostView("id", "gpu-node-with-a-long-name-7", "ready", None, 3, 8, time.time(), True)
+
+    for page in (printed(jobs_table([job]), 80), printed(hosts_table([host]), 80)):
+        assert max(map(len, page.splitlines())) <= 80

@@ -668,3 +668,26 @@ def test_the_oracle_rejects_wrong_placements() -> None:
     assert _satisfies(job("j", "gpu: 1..2").spec, inv, [0])
     assert not _satisfies(job("j", "gpu: A100:2").spec, inv, [0])
     assert not _could_take(job("j", "gpu: 3").spec, inventory(blocks=2), range(2))
+
+
+# --- reasons name every condition of the request -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_text", "described"),
+    [
+        ("gpu: 16GB..24GB", "none matching 1 GPU with 16GB..24GB memory"),
+        ("gpu: {name: H100, memory: 96GB..}", "none matching 1 H100 GPU with 96GB.. memory"),
+        ("gpu: {memory: ..40GB, count: 2}", "none matching 2 GPUs with ..40GB memory"),
+        ("gpu: A100:80GB:2", "none matching 2 A100 GPUs with 80GB memory"),
+        ("gpu: {vendor: amd, count: 1}", "none matching 1 amd GPU"),
+        (
+            "gpu: {vendor: nvidia, name: [H100, A100], memory: 96GB.., compute_capability: 9.0.., count: 2}",
+            "none matching 2 H100/A100 GPUs with 96GB.. memory and compute capability 9.0..",
+        ),
+    ],
+)
+def test_a_pending_reason_names_every_condition_of_the_request(request_text: str, described: str) -> None:
+    result = schedule([job("j", request_text)], [host()])
+
+    assert result.pending["j"] == f"no host can ever fit this job: h1 has 8xH100 (80GB), {described}"

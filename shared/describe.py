@@ -1,0 +1,64 @@
+"""Short texts for GPUs and GPU requests, shared by the scheduler's reasons and the CLI's tables. Pure.
+
+A request's text names every condition it has (count, vendor, models, memory, compute capability), so a
+reason built on it (`none matching 1 H100 GPU with 96GB.. memory`) is true on its face."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from shared.spec import GpuRequest, Range
+from shared.units import format_mib
+from shared.wire import GpuDevice, Inventory
+
+
+def rounded_memory_mib(device: GpuDevice) -> int:
+    """Devices report a little less than their marketed size (an H100 80GB has 81559 MiB): whole GiB."""
+    return round(device.memory_mib / 1024) * 1024
+
+
+def marketed_gb(memory_mib: int) -> int:
+    """The size a GPU is sold as. Vendors count in GiB (H100: 81559 MiB, sold as 80GB) or in decimal GB
+    (A10G: 23028 MiB, sold as 24GB); sold sizes are multiples of 8, so prefer the count that is one."""
+    gib = round(memory_mib / 1024)
+    gb = round(memory_mib * 1.048576 / 1000)
+    return gb if gib % 8 and not gb % 8 else gib
+
+
+def describe_gpus(inventory: Inventory) -> str:
+    """`8xH100 (80GB)`, or `4xA10G (24GB), 2xL4 (24GB)` on a mixed host, or `no GPU`."""
+    counts: dict[tuple[str, int], int] = {}
+    for g in inventory.gpus:
+        key = (g.name, marketed_gb(g.memory_mib))
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return "no GPU"
+    return ", ".join(f"{n}x{name} ({gib}GB)" for (name, gib), n in counts.items())
+
+
+def describe_request(gpu: GpuRequest | None) -> str:
+    """`no GPU`, `2 H100 GPUs`, `1 GPU with 16GB..24GB memory`,
+    `2 H100/A100 GPUs with 80GB.. memory and compute capability 9.0..`: every condition named."""
+    if gpu is None:
+        return "no GPU"
+    lo, hi = gpu.count.min, gpu.count.max
+    count = f"{lo:g}" if lo == hi else _range(Range(lo or 0, hi), lambda v: f"{v:g}")
+    # a model names its vendor: the parser fills in `nvidia` for an H100, which would only repeat it
+    what = "/".join(gpu.names) or gpu.vendor or ""
+    words = [count, what, "GPU" if lo == hi == 1 else "GPUs"]
+    text = " ".join(w for w in words if w)
+    conditions = []
+    if gpu.memory_mib is not None:
+        conditions.append(f"{_range(gpu.memory_mib, lambda v: format_mib(int(v)))} memory")
+    if gpu.compute_capability is not None:
+        conditions.append(f"compute capability {_range(gpu.compute_capability, lambda v: f'{v:.1f}')}")
+    return text + (" with " + " and ".join(conditions) if conditions else "")
+
+
+def _range(value: Range, show: Callable[[float], str]) -> str:
+    """`16GB..24GB`, `96GB..`, `..24GB`, or one value when both ends are equal."""
+    low = "" if value.min is None else show(value.min)
+    high = "" if value.max is None else show(value.max)
+    if value.min is not None and value.min == value.max:
+        return low
+    return f"{low}..{high}"
