@@ -25,6 +25,16 @@ def gpuctl(env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess
     )
 
 
+def wait_until_running(env: dict[str, str], job_id: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = json.loads(gpuctl(env, "ps", "--json").stdout)
+        if any(job["id"] == job_id and job["status"] == "running" for job in jobs):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not start in {timeout_s:g} s")
+
+
 @pytest.fixture(scope="module")
 def dev() -> Iterator[dict[str, str]]:
     """`gpuctl dev` with 8 simulated H100s cut in blocks of 2, on a free port; yields the CLI's environment."""
@@ -140,6 +150,7 @@ def test_hosts_verbose_shows_devices_blocks_jobs_and_topology(dev: dict[str, str
     (host,) = json.loads(gpuctl(dev, "hosts", "--json").stdout)
     job_id = gpuctl(dev, "submit", "-d", "--gpu", "2", "--", "sleep", "300").stdout.strip()
     try:
+        wait_until_running(dev, job_id)  # else the two pages may show it in two states
         page = gpuctl(dev, "hosts", "-v").stdout
         one = gpuctl(dev, "hosts", host["name"]).stdout
         assert page.split("\n", 1)[1] == one.split("\n", 1)[1]  # the same page, past the "seen" time
