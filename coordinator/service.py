@@ -46,6 +46,7 @@ class Settings:
     unreachable_after_s: float = C.HOST_UNREACHABLE_AFTER_S
     agent_cert_ttl_s: int = C.AGENT_CERT_TTL_S
     files_keep_s: float = C.FILES_KEEP_S
+    log_cap_bytes: int = C.LOG_CAP_BYTES  # per allocation; 0: no cap
 
 
 class NotFound(LookupError):
@@ -240,7 +241,10 @@ class Coordinator:
             return b"", job.status.terminal
         data = self.logs.read(alloc.id, offset, max_bytes)
         end = offset + len(data)
-        complete = job.status.terminal and (alloc.final_log_size is None or end >= alloc.final_log_size)
+        final = alloc.final_log_size
+        if final is not None and self.settings.log_cap_bytes > 0:
+            final = min(final, self.settings.log_cap_bytes)  # an agent that ignores the cap is cut there
+        complete = job.status.terminal and (final is None or end >= final)
         if job.status.terminal and not complete:  # only then is the host worth a look: this runs per poll
             host = self.store.get_host(alloc.host_id)
             complete = host is not None and host.status == "removed"  # a removed host ships nothing more
@@ -319,6 +323,7 @@ class Coordinator:
                     gpus=alloc.gpus,
                     cpus=alloc.cpus,
                     memory_mib=alloc.memory_mib,
+                    log_cap_bytes=self.settings.log_cap_bytes,
                 )
             )
         return SyncResponse(
@@ -375,7 +380,7 @@ class Coordinator:
         alloc = self.store.get_allocation(alloc_id)
         if alloc is None or alloc.host_id != host_id:
             raise NotFound(f"no allocation {alloc_id!r} on this host")
-        acked = self.logs.append(alloc_id, offset, data)
+        acked = self.logs.append(alloc_id, offset, data, self.settings.log_cap_bytes)
         self.log_waiters.changed(alloc.job_id)
         return acked
 

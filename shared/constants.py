@@ -9,6 +9,7 @@ POLL_TIMEOUT_S = 30.0  # how long the coordinator holds a sync long poll with no
 POLL_JITTER_FRACTION = 0.1  # every wait gets jitter, so a fleet never moves in step
 SYNC_INTERVAL_S = 0.25  # the shortest gap between two syncs of one agent (the server may raise it)
 LOG_CHUNK_MAX_BYTES = 256 * 1024
+LOG_CAP_BYTES = 1024**3  # the coordinator keeps at most this much of one allocation's log: head and tail
 LOG_FOLLOW_WAIT_S = 20.0  # how long a `logs -f` request waits for new bytes before answering empty
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # every body but a files archive's
 MAX_FILES_ARCHIVE_BYTES = 64 * 1024 * 1024  # a job's `files:` as a tar.gz; read in chunks, never whole
