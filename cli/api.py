@@ -13,7 +13,7 @@ import msgspec
 
 from cli.config import CliConfig
 from shared import tls
-from shared.constants import API_PREFIX
+from shared.constants import API_PREFIX, COORDINATOR_WARNING_HEADER
 from shared.spec import TaskSpec
 from shared.wire import (
     FleetLimit,
@@ -93,7 +93,14 @@ class Api:
         return self._call("POST", f"/jobs/{urllib.parse.quote(ref, safe='')}/stop", JobView)
 
     def hosts(self) -> list[HostView]:
-        return self._call("GET", "/hosts", list[HostView])
+        return self.hosts_and_warning()[0]
+
+    def hosts_and_warning(self) -> tuple[list[HostView], str]:
+        """The hosts, and the coordinator's own warning ("" if none): its disk under its floor, say."""
+        status, headers, data = self._request("GET", "/hosts")
+        _raise_for(status, data)
+        warning = headers.get(COORDINATOR_WARNING_HEADER.lower(), "")
+        return msgspec.json.decode(data, type=list[HostView]), warning
 
     def remove_host(self, ref: str) -> dict[str, str]:
         return self._call("POST", f"/hosts/{urllib.parse.quote(ref, safe='')}/remove", dict[str, str])

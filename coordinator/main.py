@@ -9,8 +9,10 @@ from pathlib import Path
 import click
 import yaml
 
+from coordinator.limits import LIMIT_SETTINGS, limit_settings
 from coordinator.pki import ensure_pki
 from coordinator.server import ServerConfig, ensure_admin_token, start_coordinator
+from coordinator.service import Settings
 from coordinator.store import Store
 from shared.constants import DEFAULT_PORT
 
@@ -25,7 +27,7 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
             raw = yaml.safe_load(config_path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise click.ClickException(f"{config_path}: invalid YAML: {exc}".replace("\n", " ")) from None
-    known = {"state_dir", "port", "host", "server_names"}
+    known = {"state_dir", "port", "host", "server_names", *LIMIT_SETTINGS}
     unknown = set(raw) - known
     if unknown:
         raise click.ClickException(
@@ -36,7 +38,15 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
         host=host or raw.get("host", "0.0.0.0"),
         port=port or int(raw.get("port", DEFAULT_PORT)),
         server_names=tuple(raw.get("server_names", ())),
+        settings=_limits(raw),
     )
+
+
+def _limits(raw: dict) -> Settings:
+    try:
+        return limit_settings(raw, Settings())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 _options = [

@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass
 
 from coordinator.accounts import Accounts
+from coordinator.disk import DiskGuard, DiskUsage, real_usage
 from coordinator.filestore import FileStore
 from coordinator.logstore import LogStore
+from coordinator.quota import UploadQuota
 from coordinator.scheduler import HostCapacity, PendingJob, schedule
 from coordinator.store import AllocRow, HostRow, JobRow, Store
 from coordinator.waiters import Waiters
@@ -47,6 +49,10 @@ class Settings:
     agent_cert_ttl_s: int = C.AGENT_CERT_TTL_S
     files_keep_s: float = C.FILES_KEEP_S
     log_cap_bytes: int = C.LOG_CAP_BYTES  # per allocation; 0: no cap
+    upload_quota_bytes: int = C.UPLOAD_QUOTA_BYTES  # stored files archives per project; 0: no quota
+    disk_floor_bytes: int = C.DISK_FLOOR_BYTES  # under this much free space, refuse new submits and uploads
+    disk_floor_percent: float = 0.0  # or under this share of the disk, whichever is larger
+    disk_usage: DiskUsage = real_usage
 
 
 class NotFound(LookupError):
@@ -73,6 +79,9 @@ class Coordinator:
         self.logs = logs
         self.files = files or FileStore(logs.root.parent / "files")  # job archives, beside the logs
         self.settings = settings or Settings()
+        s = self.settings
+        self.disk = DiskGuard(logs.root.parent, s.disk_floor_bytes, s.disk_floor_percent, s.disk_usage)
+        self.quota = UploadQuota(store, s.upload_quota_bytes)
         self.host_waiters = Waiters()  # key: host id
         self.log_waiters = Waiters()  # key: job id
         self.last_seen: dict[str, float] = {}  # by host id: its agent's latest request
@@ -391,6 +400,7 @@ class Coordinator:
         live = self.store.jobs_in(*(state for state in JobState if not state.terminal))
         keep = {job.spec.files_archive for job in live if job.spec.files_archive}
         removed = self.files.prune(keep, (now or time.time()) - self.settings.files_keep_s)
+        self.quota.forget(removed)
         if removed:
             log.info("deleted %d files archive(s) no live job needs", len(removed))
         return removed
