@@ -21,6 +21,8 @@ from shared.wire import (
     HostView,
     JobView,
     ProjectCreate,
+    SecretSet,
+    SecretView,
     SubmitRequest,
     TokenCreate,
     TokenCreated,
@@ -122,6 +124,18 @@ class Api:
 
     def limit_fleet(self, request: FleetLimit) -> None:
         self._call("POST", "/fleets", FleetLimit, request)
+
+    def set_secret(self, name: str, value: str, project: str = "") -> SecretView:
+        path = f"/secrets/{urllib.parse.quote(name, safe='')}"
+        return self._call("PUT", path, SecretView, SecretSet(value=value, project=project))
+
+    def secrets(self, project: str = "") -> list[SecretView]:
+        query = "?" + urllib.parse.urlencode({"project": project}) if project else ""
+        return self._call("GET", f"/secrets{query}", list[SecretView])
+
+    def delete_secret(self, name: str, project: str = "") -> None:
+        query = "?" + urllib.parse.urlencode({"project": project}) if project else ""
+        self._call("DELETE", f"/secrets/{urllib.parse.quote(name, safe='')}{query}", dict[str, str])
 
     def host_detail(self, ref: str) -> HostDetail:
         return self._call("GET", f"/hosts/{urllib.parse.quote(ref, safe='')}", HostDetail)

@@ -247,8 +247,9 @@ def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
 def _register() -> None:
     from cli.admin import fleet, project, token, user
     from cli.dev import dev
+    from cli.secrets import secret
 
-    for command in (dev, token, project, user, fleet):
+    for command in (dev, token, project, user, fleet, secret):
         main.add_command(command)
 
 

@@ -11,6 +11,7 @@ import yaml
 
 from coordinator.limits import LIMIT_SETTINGS, limit_settings
 from coordinator.pki import ensure_pki
+from coordinator.secrets import ensure_key
 from coordinator.server import ServerConfig, ensure_admin_token, start_coordinator
 from coordinator.service import Settings
 from coordinator.store import Store
@@ -78,6 +79,7 @@ def init(config_path: Path, state_dir: Path | None, port: int | None, host: str 
     store = Store(config.state_dir / "coordinator.db")
     token = ensure_admin_token(store, config.state_dir / "admin-token")
     store.close()
+    ensure_key(config.state_dir)  # project secrets are encrypted with it
     click.echo(f"CA certificate: {paths.ca_cert}")
     click.echo(f"admin token:    {token}")
 

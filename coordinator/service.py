@@ -18,6 +18,7 @@ from coordinator.filestore import FileStore
 from coordinator.logstore import LogStore
 from coordinator.quota import UploadQuota
 from coordinator.scheduler import HostCapacity, PendingJob, schedule
+from coordinator.secrets import Secrets, ensure_key
 from coordinator.store import AllocRow, HostRow, JobRow, Store
 from coordinator.waiters import Waiters
 from shared import constants as C
@@ -82,6 +83,7 @@ class Coordinator:
         s = self.settings
         self.disk = DiskGuard(logs.root.parent, s.disk_floor_bytes, s.disk_floor_percent, s.disk_usage)
         self.quota = UploadQuota(store, s.upload_quota_bytes)
+        self.secrets = Secrets(store, ensure_key(logs.root.parent))  # the key stays beside, not in, the db
         self.host_waiters = Waiters()  # key: host id
         self.log_waiters = Waiters()  # key: job id
         self.last_seen: dict[str, float] = {}  # by host id: its agent's latest request
@@ -95,6 +97,7 @@ class Coordinator:
     def submit(self, spec: TaskSpec, project: str = "default") -> JobRow:
         """Accept a job of `project` (committed before the answer), then try to place it at once."""
         spec = validate_spec(spec)
+        self.secrets.check(spec, project)
         if spec.files_archive is not None and not self.files.has(spec.files_archive):
             raise SpecError(
                 "files", f"archive {spec.files_archive[:12]} is not on the coordinator; upload it first"
@@ -327,7 +330,7 @@ class Coordinator:
                     job_id=job.id,
                     job_name=job.name,
                     desired=alloc.desired,
-                    spec=job.spec,
+                    spec=self.secrets.resolve(job.spec, job.project),  # for the agent's eyes only
                     blocks=alloc.blocks,
                     gpus=alloc.gpus,
                     cpus=alloc.cpus,

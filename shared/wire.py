@@ -262,3 +262,17 @@ class UserCreated(Wire):
 class FleetLimit(Wire):
     name: str
     projects: list[str] = []
+
+
+class SecretSet(Wire):
+    """`PUT /api/v1/secrets/{name}`: the value travels only in this body, never in a URL."""
+
+    value: str
+    project: str = ""  # an admin's choice; a member's own project otherwise
+
+
+class SecretView(Wire):
+    """A secret as every view shows it: its name and when it was last set, never its value."""
+
+    name: str
+    updated_at: float
