@@ -18,6 +18,7 @@ from pathlib import Path
 
 import msgspec
 
+from agent import logcap
 from agent.env import job_env
 from agent.files import ROOT_FILES, FilePrep, has_inputs
 from agent.reconcile import Forget, Local, ReportGone, Start, Stop, reconcile
@@ -49,6 +50,10 @@ class LocalAlloc:
         except FileNotFoundError:
             return 0
 
+    def stream_size(self) -> int:
+        """Log bytes to ship: the spool, or its capped stream once over half the cap (agent/logcap.py)."""
+        return logcap.stream_size(self.log_size(), self.spec.log_cap_bytes, self.observed.state.terminal)
+
     def status(self) -> AllocationStatus:
         obs = self.observed
         state = obs.state
@@ -59,7 +64,7 @@ class LocalAlloc:
             state=state.value,
             exit_code=obs.exit_code,
             reason=self.stop_reason if state is AllocState.STOPPED else obs.reason,
-            log_size=self.log_size(),
+            log_size=self.stream_size(),
             started_at=self.started_at,
             finished_at=obs.finished_at,
         )
@@ -124,7 +129,7 @@ class Executor:
         self.gone = {k: v for k, v in self.gone.items() if k in wanted}
         actual = {
             a.spec.id: Local(
-                a.spec.id, a.observed.state, a.stop_asked_at is not None, a.acked >= a.log_size()
+                a.spec.id, a.observed.state, a.stop_asked_at is not None, a.acked >= a.stream_size()
             )
             for a in self.allocs.values()
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from agent import logcap
 from agent.client import CoordinatorClient, retryable
 from agent.executor import Executor, LocalAlloc
 from agent.state import SharedState
@@ -42,7 +43,7 @@ async def _ship_one(
     client: CoordinatorClient, executor: Executor, local: LocalAlloc, chunk_bytes: int
 ) -> bool:
     """Send one chunk if there is unsent output. True if something was sent."""
-    size = local.log_size()
+    size = local.stream_size()
     if size <= local.acked:
         return False
     data = _read_chunk(local, min(size - local.acked, chunk_bytes))
@@ -52,7 +53,8 @@ async def _ship_one(
 
 
 def _read_chunk(local: LocalAlloc, max_bytes: int) -> bytes:
-    """A local read of at most one chunk: short enough to do on the event loop."""
-    with open(local.log_file, "rb") as f:
-        f.seek(local.acked)
-        return f.read(max_bytes)
+    """A local read of at most one chunk of the log stream: short enough to do on the event loop."""
+    ended = local.observed.state.terminal
+    return logcap.read_stream(
+        local.log_file, local.acked, max_bytes, local.log_size(), local.spec.log_cap_bytes, ended
+    )

@@ -13,7 +13,7 @@ import msgspec
 
 from cli.config import CliConfig
 from shared import tls
-from shared.constants import API_PREFIX
+from shared.constants import API_PREFIX, COORDINATOR_WARNING_HEADER
 from shared.spec import TaskSpec
 from shared.wire import (
     FleetLimit,
@@ -21,6 +21,8 @@ from shared.wire import (
     HostView,
     JobView,
     ProjectCreate,
+    SecretSet,
+    SecretView,
     SubmitRequest,
     TokenCreate,
     TokenCreated,
@@ -93,7 +95,14 @@ class Api:
         return self._call("POST", f"/jobs/{urllib.parse.quote(ref, safe='')}/stop", JobView)
 
     def hosts(self) -> list[HostView]:
-        return self._call("GET", "/hosts", list[HostView])
+        return self.hosts_and_warning()[0]
+
+    def hosts_and_warning(self) -> tuple[list[HostView], str]:
+        """The hosts, and the coordinator's own warning ("" if none): its disk under its floor, say."""
+        status, headers, data = self._request("GET", "/hosts")
+        _raise_for(status, data)
+        warning = headers.get(COORDINATOR_WARNING_HEADER.lower(), "")
+        return msgspec.json.decode(data, type=list[HostView]), warning
 
     def remove_host(self, ref: str) -> dict[str, str]:
         return self._call("POST", f"/hosts/{urllib.parse.quote(ref, safe='')}/remove", dict[str, str])
@@ -115,6 +124,18 @@ class Api:
 
     def limit_fleet(self, request: FleetLimit) -> None:
         self._call("POST", "/fleets", FleetLimit, request)
+
+    def set_secret(self, name: str, value: str, project: str = "") -> SecretView:
+        path = f"/secrets/{urllib.parse.quote(name, safe='')}"
+        return self._call("PUT", path, SecretView, SecretSet(value=value, project=project))
+
+    def secrets(self, project: str = "") -> list[SecretView]:
+        query = "?" + urllib.parse.urlencode({"project": project}) if project else ""
+        return self._call("GET", f"/secrets{query}", list[SecretView])
+
+    def delete_secret(self, name: str, project: str = "") -> None:
+        query = "?" + urllib.parse.urlencode({"project": project}) if project else ""
+        self._call("DELETE", f"/secrets/{urllib.parse.quote(name, safe='')}{query}", dict[str, str])
 
     def host_detail(self, ref: str) -> HostDetail:
         return self._call("GET", f"/hosts/{urllib.parse.quote(ref, safe='')}", HostDetail)

@@ -248,11 +248,13 @@ def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
         raise click.UsageError("give at most one HOST (or: remove HOST)")
     host = words[0] if words else None
     if host is None and not verbose:
-        views = call(lambda client: client.hosts())
+        views, warning = call(lambda client: client.hosts_and_warning())
         if as_json:
             click.echo(msgspec.json.encode(views).decode())
         else:
             print_table(hosts_table(views))
+            if warning:
+                click.echo(f"coordinator: {warning}")
         return
     details = call(
         lambda client: (
@@ -270,8 +272,9 @@ def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
 def _register() -> None:
     from cli.admin import fleet, project, token, user
     from cli.login import login_command
+    from cli.secrets import secret
 
-    for command in (login_command, token, project, user, fleet, completion):
+    for command in (login_command, token, project, user, fleet, secret, completion):
         main.add_command(command)
 
 

@@ -60,7 +60,11 @@ async def agent_logs(request: web.Request) -> web.Response:
     if len(data) > C.LOG_CHUNK_MAX_BYTES:
         raise HTTPError(413, f"log chunk of {len(data)} bytes is over {C.LOG_CHUNK_MAX_BYTES}")
     coord = request.app[COORDINATOR]
-    acked = coord.append_log(request[HOST_ID], request.match_info["alloc_id"], offset, data)
+    try:
+        acked = coord.append_log(request[HOST_ID], request.match_info["alloc_id"], offset, data)
+    except OSError as exc:  # a full disk: the agent keeps the bytes in its spool and tries again later
+        message = f"coordinator disk {coord.logs.root}: cannot store log bytes: {exc.strerror}"
+        raise HTTPError(507, message) from None
     return json_response(LogAck(acked=acked))
 
 

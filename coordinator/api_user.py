@@ -15,6 +15,8 @@ from coordinator.http import (
     project_scope,
     require_admin,
 )
+from coordinator.quota import QuotaExceeded
+from coordinator.service import Coordinator
 from shared import constants as C
 from shared.wire import SubmitRequest
 
@@ -27,8 +29,15 @@ async def submit(request: web.Request) -> web.Response:
     req = await body(request, SubmitRequest)
     assert isinstance(req, SubmitRequest)
     coord = request.app[COORDINATOR]
+    _refuse_if_disk_low(coord)
     project = request[PRINCIPAL].project or "default"
     return json_response(coord.job_view(coord.submit(req.spec, project)), 201)
+
+
+def _refuse_if_disk_low(coord: Coordinator) -> None:
+    problem = coord.disk.low()
+    if problem is not None:
+        raise HTTPError(507, problem, "disk")
 
 
 async def upload_files(request: web.Request) -> web.Response:
@@ -38,12 +47,22 @@ async def upload_files(request: web.Request) -> web.Response:
     too_large = f"files: the archive is over the coordinator's limit of {limit // (1024 * 1024)} MiB"
     if (request.content_length or 0) > limit:
         raise HTTPError(413, too_large, "files")
+    coord = request.app[COORDINATOR]
+    _refuse_if_disk_low(coord)
+    project = request[PRINCIPAL].project or "default"
+    sizes: dict[str, int] = {}
+
+    def admit(archive_id: str, size: int) -> None:
+        coord.quota.admit(project, archive_id, size)
+        sizes[archive_id] = size
+
     try:
-        archive_id = await request.app[COORDINATOR].files.put(
-            request.content.iter_chunked(C.FILES_CHUNK_BYTES), limit
-        )
+        archive_id = await coord.files.put(request.content.iter_chunked(C.FILES_CHUNK_BYTES), limit, admit)
     except TooLarge:
         raise HTTPError(413, too_large, "files") from None
+    except QuotaExceeded as exc:
+        raise HTTPError(413, str(exc), "files") from None
+    coord.quota.record(project, archive_id, sizes[archive_id])
     return json_response({"id": archive_id}, 201)
 
 
@@ -88,7 +107,13 @@ async def job_logs(request: web.Request) -> web.Response:
 
 
 async def list_hosts(request: web.Request) -> web.Response:
-    return json_response(request.app[COORDINATOR].host_views())
+    """The hosts; a coordinator-level problem (its disk under the floor) rides in X-Coordinator-Warning."""
+    coord = request.app[COORDINATOR]
+    response = json_response(coord.host_views())
+    problem = coord.disk.low()
+    if problem is not None:
+        response.headers[C.COORDINATOR_WARNING_HEADER] = problem
+    return response
 
 
 async def get_host(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from coordinator import api_admin, api_agent, api_user
+from coordinator import api_admin, api_agent, api_secrets, api_user
 from coordinator.accounts import Invalid, Refused
 from coordinator.http import COORDINATOR, HOST_ID, PRINCIPAL, HTTPError, error
 from coordinator.service import Ambiguous, Coordinator, NotFound
@@ -97,4 +97,5 @@ def make_app(coordinator: Coordinator) -> web.Application:
     api_user.add_routes(app)
     api_agent.add_routes(app)
     api_admin.add_routes(app)
+    api_secrets.add_routes(app)
     return app

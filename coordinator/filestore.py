@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 
 ARCHIVE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -59,8 +59,11 @@ class FileStore:
                         removed.append(archive_id)
         return removed
 
-    async def put(self, chunks: AsyncIterable[bytes], max_bytes: int) -> str:
-        """Store the bytes of `chunks`; answer their id. Raises TooLarge past `max_bytes` (nothing stored)."""
+    async def put(
+        self, chunks: AsyncIterable[bytes], max_bytes: int, admit: Callable[[str, int], None] | None = None
+    ) -> str:
+        """Store the bytes of `chunks`; answer their id. Raises TooLarge past `max_bytes`, or what `admit(id,
+        size)` raises once the bytes are in (a quota); either way nothing is stored."""
         digest, size = hashlib.sha256(), 0
         temp = self.root / f".upload-{secrets.token_hex(8)}"
         try:
@@ -74,6 +77,8 @@ class FileStore:
                 f.flush()
                 await asyncio.to_thread(os.fsync, f.fileno())
             archive_id = digest.hexdigest()
+            if admit is not None:
+                admit(archive_id, size)
             os.replace(temp, self.path(archive_id))  # committed before it is acknowledged
             return archive_id
         finally:

@@ -30,15 +30,20 @@ class LogStore:
         except FileNotFoundError:
             return 0
 
-    def append(self, alloc_id: str, offset: int, data: bytes) -> int:
+    def append(self, alloc_id: str, offset: int, data: bytes, cap: int = 0) -> int:
         """Store `data` found at `offset` of the allocation's log; answer the acknowledged size.
 
         Bytes already held are skipped. A chunk that starts past the end (a gap) stores nothing: the answer
-        tells the sender where to resume.
+        tells the sender where to resume. With a `cap` (> 0), no byte past it is stored: once the log holds
+        `cap` bytes, later chunks are acknowledged and dropped, so a sender that ignores the cap moves on.
         """
         size = self.size(alloc_id)
+        if cap > 0 and size >= cap:
+            return max(size, offset + len(data))
         if offset > size or offset + len(data) <= size:
             return size
+        if cap > 0:
+            data = data[: cap - offset]
         with open(self._path(alloc_id), "ab") as f:
             f.write(data[size - offset :])
             f.flush()

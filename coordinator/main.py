@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 import yaml
 
+from coordinator.limits import LIMIT_SETTINGS, limit_settings
 from coordinator.pki import ensure_pki
+from coordinator.secrets import ensure_key
 from coordinator.server import ServerConfig, ensure_admin_token, start_coordinator
 from coordinator.service import Settings
 from coordinator.store import Store
@@ -28,7 +30,7 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
             raw = yaml.safe_load(config_path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise click.ClickException(f"{config_path}: invalid YAML: {exc}".replace("\n", " ")) from None
-    known = {"state_dir", "port", "host", "server_names", "python_image"}
+    known = {"state_dir", "port", "host", "server_names", "python_image", *LIMIT_SETTINGS}
     unknown = set(raw) - known
     if unknown:
         raise click.ClickException(
@@ -39,8 +41,16 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
         host=host or raw.get("host", "0.0.0.0"),
         port=port or int(raw.get("port", DEFAULT_PORT)),
         server_names=tuple(raw.get("server_names", ())),
-        settings=Settings(python_image=_python_image(raw.get("python_image", DEFAULT_PYTHON_IMAGE))),
+        settings=_settings(raw),
     )
+
+
+def _settings(raw: dict) -> Settings:
+    python_image = _python_image(raw.get("python_image", DEFAULT_PYTHON_IMAGE))
+    try:
+        return limit_settings(raw, Settings(python_image=python_image))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _python_image(value: object) -> str:
@@ -82,6 +92,7 @@ def init(config_path: Path, state_dir: Path | None, port: int | None, host: str 
     store = Store(config.state_dir / "coordinator.db")
     token = ensure_admin_token(store, config.state_dir / "admin-token")
     store.close()
+    ensure_key(config.state_dir)  # project secrets are encrypted with it
     pin = tls.ca_pin(paths.ca_cert.read_bytes())
     click.echo(f"CA certificate: {paths.ca_cert}")
     click.echo(f"CA pin:         {pin}")

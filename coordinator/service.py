@@ -13,9 +13,12 @@ import time
 from dataclasses import dataclass
 
 from coordinator.accounts import Accounts
+from coordinator.disk import DiskGuard, DiskUsage, real_usage
 from coordinator.filestore import FileStore
 from coordinator.logstore import LogStore
+from coordinator.quota import UploadQuota
 from coordinator.scheduler import HostCapacity, PendingJob, schedule
+from coordinator.secrets import Secrets, ensure_key
 from coordinator.store import AllocRow, HostRow, JobRow, Store
 from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE, apply_submit_rules, archive_ids
 from coordinator.waiters import Waiters
@@ -48,6 +51,11 @@ class Settings:
     agent_cert_ttl_s: int = C.AGENT_CERT_TTL_S
     files_keep_s: float = C.FILES_KEEP_S
     python_image: str = DEFAULT_PYTHON_IMAGE  # the image of a `python: "3.11"` job; `{version}` is replaced
+    log_cap_bytes: int = C.LOG_CAP_BYTES  # per allocation; 0: no cap
+    upload_quota_bytes: int = C.UPLOAD_QUOTA_BYTES  # stored files archives per project; 0: no quota
+    disk_floor_bytes: int = C.DISK_FLOOR_BYTES  # under this much free space, refuse new submits and uploads
+    disk_floor_percent: float = 0.0  # or under this share of the disk, whichever is larger
+    disk_usage: DiskUsage = real_usage
 
 
 class NotFound(LookupError):
@@ -74,6 +82,10 @@ class Coordinator:
         self.logs = logs
         self.files = files or FileStore(logs.root.parent / "files")  # job archives, beside the logs
         self.settings = settings or Settings()
+        s = self.settings
+        self.disk = DiskGuard(logs.root.parent, s.disk_floor_bytes, s.disk_floor_percent, s.disk_usage)
+        self.quota = UploadQuota(store, s.upload_quota_bytes)
+        self.secrets = Secrets(store, ensure_key(logs.root.parent))  # the key stays beside, not in, the db
         self.host_waiters = Waiters()  # key: host id
         self.log_waiters = Waiters()  # key: job id
         self.last_seen: dict[str, float] = {}  # by host id: its agent's latest request
@@ -87,6 +99,7 @@ class Coordinator:
     def submit(self, spec: TaskSpec, project: str = "default") -> JobRow:
         """Accept a job of `project` (committed before the answer), then try to place it at once."""
         spec = apply_submit_rules(validate_spec(spec), self.settings.python_image)
+        self.secrets.check(spec, project)
         for archive_id in archive_ids(spec):
             if not self.files.has(archive_id):
                 raise SpecError(
@@ -243,7 +256,10 @@ class Coordinator:
             return b"", job.status.terminal
         data = self.logs.read(alloc.id, offset, max_bytes)
         end = offset + len(data)
-        complete = job.status.terminal and (alloc.final_log_size is None or end >= alloc.final_log_size)
+        final = alloc.final_log_size
+        if final is not None and self.settings.log_cap_bytes > 0:
+            final = min(final, self.settings.log_cap_bytes)  # an agent that ignores the cap is cut there
+        complete = job.status.terminal and (final is None or end >= final)
         if job.status.terminal and not complete:  # only then is the host worth a look: this runs per poll
             host = self.store.get_host(alloc.host_id)
             complete = host is not None and host.status == "removed"  # a removed host ships nothing more
@@ -317,11 +333,12 @@ class Coordinator:
                     job_id=job.id,
                     job_name=job.name,
                     desired=alloc.desired,
-                    spec=job.spec,
+                    spec=self.secrets.resolve(job.spec, job.project),  # for the agent's eyes only
                     blocks=alloc.blocks,
                     gpus=alloc.gpus,
                     cpus=alloc.cpus,
                     memory_mib=alloc.memory_mib,
+                    log_cap_bytes=self.settings.log_cap_bytes,
                 )
             )
         return SyncResponse(
@@ -378,7 +395,7 @@ class Coordinator:
         alloc = self.store.get_allocation(alloc_id)
         if alloc is None or alloc.host_id != host_id:
             raise NotFound(f"no allocation {alloc_id!r} on this host")
-        acked = self.logs.append(alloc_id, offset, data)
+        acked = self.logs.append(alloc_id, offset, data, self.settings.log_cap_bytes)
         self.log_waiters.changed(alloc.job_id)
         return acked
 
@@ -389,6 +406,7 @@ class Coordinator:
         live = self.store.jobs_in(*(state for state in JobState if not state.terminal))
         keep = {archive_id for job in live for archive_id in archive_ids(job.spec)}
         removed = self.files.prune(keep, (now or time.time()) - self.settings.files_keep_s)
+        self.quota.forget(removed)
         if removed:
             log.info("deleted %d files archive(s) no live job needs", len(removed))
         return removed

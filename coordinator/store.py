@@ -99,6 +99,24 @@ MIGRATIONS: list[str] = [
     ALTER TABLE hosts ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
     CREATE TABLE fleets (name TEXT PRIMARY KEY, projects TEXT NOT NULL DEFAULT '[]', created_at REAL NOT NULL)
     """,
+    # 3: which project stored which files archive (its upload quota); project secrets, encrypted
+    """
+    CREATE TABLE uploads (
+        project TEXT NOT NULL,
+        archive_id TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        uploaded_at REAL NOT NULL,
+        PRIMARY KEY (project, archive_id)
+    );
+    CREATE INDEX uploads_archive ON uploads(archive_id);
+    CREATE TABLE secrets (
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        ciphertext BLOB NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (project, name)
+    )
+    """,
 ]
 
 TERMINAL_ALLOC_STATES = tuple(s.value for s in AllocState if s.terminal)

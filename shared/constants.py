@@ -1,6 +1,7 @@
 """Constants both sides agree on. Units live in the names."""
 
 API_PREFIX = "/api/v1"
+COORDINATOR_WARNING_HEADER = "X-Coordinator-Warning"  # on `GET /hosts`: e.g. its disk is under the floor
 AGENT_PREFIX = "/agent/v1"
 AGENT_VERSION = "0.1.0"
 
@@ -9,10 +10,13 @@ POLL_TIMEOUT_S = 30.0  # how long the coordinator holds a sync long poll with no
 POLL_JITTER_FRACTION = 0.1  # every wait gets jitter, so a fleet never moves in step
 SYNC_INTERVAL_S = 0.25  # the shortest gap between two syncs of one agent (the server may raise it)
 LOG_CHUNK_MAX_BYTES = 256 * 1024
+LOG_CAP_BYTES = 1024**3  # the coordinator keeps at most this much of one allocation's log: head and tail
 LOG_FOLLOW_WAIT_S = 20.0  # how long a `logs -f` request waits for new bytes before answering empty
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # every body but a files archive's
 MAX_FILES_ARCHIVE_BYTES = 64 * 1024 * 1024  # a job's `files:` as a tar.gz; read in chunks, never whole
 FILES_CHUNK_BYTES = 256 * 1024
+UPLOAD_QUOTA_BYTES = 1024**3  # stored files archives per project
+DISK_FLOOR_BYTES = 1024**3  # the coordinator refuses new submits and uploads with less free space
 HOST_UNREACHABLE_AFTER_S = 90.0  # a host not seen for this long shows as unreachable
 AGENT_CERT_TTL_S = 7 * 24 * 3600
 FILES_KEEP_S = 3600.0  # an uploaded archive that no live job names is deleted after this

@@ -102,6 +102,7 @@ class AllocationSpec(FrozenWire, frozen=True):
     node_rank: int = 0
     nodes_num: int = 1
     master_addr: str = ""
+    log_cap_bytes: int = 0  # the most log bytes the coordinator keeps of it (0: no cap); see agent/logcap.py
 
 
 class AllocationStatus(FrozenWire, frozen=True):
@@ -111,7 +112,7 @@ class AllocationStatus(FrozenWire, frozen=True):
     state: str  # AllocState value
     exit_code: int | None = None
     reason: str = ""
-    log_size: int = 0  # bytes in the agent's spool so far; final once the state is terminal
+    log_size: int = 0  # log bytes to ship so far (the spool, or its capped stream); final once terminal
     started_at: float | None = None
     finished_at: float | None = None
 
@@ -261,3 +262,17 @@ class UserCreated(Wire):
 class FleetLimit(Wire):
     name: str
     projects: list[str] = []
+
+
+class SecretSet(Wire):
+    """`PUT /api/v1/secrets/{name}`: the value travels only in this body, never in a URL."""
+
+    value: str
+    project: str = ""  # an admin's choice; a member's own project otherwise
+
+
+class SecretView(Wire):
+    """A secret as every view shows it: its name and when it was last set, never its value."""
+
+    name: str
+    updated_at: float

@@ -37,7 +37,18 @@ def test_an_unknown_setting_is_one_line_naming_it(tmp_path: Path) -> None:
     run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
-        "Error: prot: unknown setting (known: host, port, python_image, server_names, state_dir)"
+        "Error: prot: unknown setting (known: disk_floor, host, log_cap, port, python_image, server_names, "
+        "state_dir, upload_quota)"
+    ]
+
+
+def test_a_bad_disk_limit_is_one_line_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "coordinator.yaml"
+    config.write_text(f"state_dir: {tmp_path}\ndisk_floor: plenty\n")
+    run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "Error: disk_floor: expected a size like 80GB or 512MB, got 'plenty'"
     ]
 
 

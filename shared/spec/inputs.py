@@ -69,7 +69,7 @@ def _parse_registry_auth(node: yaml.Node, path: str, env: Mapping[str, str]) -> 
 
 
 def _interpolate(text: str, node: yaml.Node, path: str, env: Mapping[str, str]) -> str:
-    """Replace each `${{ env.NAME }}` in `text` with `env[NAME]`."""
+    """Replace each `${{ env.NAME }}` in `text` with `env[NAME]`; keep each `${{ secrets.NAME }}` as it is."""
 
     def value(match: re.Match[str]) -> str:
         context, dot, name = match.group(1).partition(".")
@@ -82,13 +82,12 @@ def _interpolate(text: str, node: yaml.Node, path: str, env: Mapping[str, str]) 
                 f"{match.group(0)}: {name!r} is not in env; add it there (a bare {name} takes "
                 "it from your environment)",
             )
-        if context == "secrets":
-            _fail(
-                node,
-                path,
-                f"{match.group(0)}: there is no secret store; put the value in env (a bare NAME "
-                "takes it from your environment) and write ${{ env.NAME }}",
-            )
-        _fail(node, path, f"{_quote(match.group(0))}: only ${{{{ env.NAME }}}} can be used here")
+        if context == "secrets" and dot:
+            return match.group(0)  # kept as written: the coordinator resolves it only for the agent
+        _fail(
+            node,
+            path,
+            f"{_quote(match.group(0))}: only ${{{{ env.NAME }}}} or ${{{{ secrets.NAME }}}} can be used here",
+        )
 
     return _INTERPOLATION_RE.sub(value, text)
