@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import msgspec
 
 from agent.client import CoordinatorClient
-from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, DockerConfig
+from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, ConfigError, DockerConfig
 from agent.detect import detect_inventory
 from agent.executor import Executor
 from agent.files import FilePrep
@@ -22,6 +22,7 @@ from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
 from agent.runtime.base import Runtime
 from agent.runtime.docker import DockerRuntime
 from agent.runtime.engine import PROBE_TIMEOUT_S, EngineUnavailable, connect
+from agent.runtime.jobuser import UidRange, UidRangeError, check_uid_range
 from agent.runtime.process import ProcessRuntime, check_reachable
 from agent.shipper import ship_loop
 from agent.state import SharedState
@@ -53,8 +54,30 @@ def detect(config: AgentConfig) -> Inventory:
         hostname=config.name,
         volume_prefixes=config.docker.volume_prefixes,
         privileged_allowed=config.docker.allow_privileged,
-        warnings=inventory.warnings + _docker_warning(config.docker, docker_problem),
+        warnings=inventory.warnings + _docker_warning(config.docker, docker_problem) + _isolation_warning(),
     )
+
+
+def _isolation_warning() -> tuple[str, ...]:
+    """A host warning when jobs cannot get uids of their own: they then share the agent's user."""
+    if os.geteuid() == 0:
+        return ()
+    import pwd
+
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    return (f"job isolation is off: the agent runs as {user!r}, not root, so every job runs as {user!r}",)
+
+
+def job_uids(config: AgentConfig) -> UidRange | None:
+    """The range of per-allocation uids, when jobs get them (root, no `run_as`). Raises ConfigError when
+    a user or group of the host lies in the range."""
+    if os.geteuid() != 0 or config.effective_run_as() is not None:
+        return None
+    try:
+        check_uid_range(config.job_uid_range)
+    except UidRangeError as exc:
+        raise ConfigError(f"job_uid_range: {exc}") from None
+    return config.job_uid_range
 
 
 def probe_docker(docker: DockerConfig) -> str | None:
@@ -75,9 +98,11 @@ def _docker_warning(docker: DockerConfig, problem: str | None) -> tuple[str, ...
     return (f"{problem}; jobs with an image are not placed here",) if meant else ()
 
 
-def make_runtimes(config: AgentConfig, inventory: Inventory, run_as: str | None) -> dict[str, Runtime]:
+def make_runtimes(
+    config: AgentConfig, inventory: Inventory, run_as: str | None, uids: UidRange | None = None
+) -> dict[str, Runtime]:
     """The plain-process runtime, and Docker when the inventory says the engine answered."""
-    runtimes: dict[str, Runtime] = {"process": ProcessRuntime(run_as)}
+    runtimes: dict[str, Runtime] = {"process": ProcessRuntime(run_as, uids)}
     if "docker" in inventory.runtimes:
         try:
             client = connect(config.docker.socket)
@@ -105,10 +130,14 @@ async def run_agent(
     """
     state = state or SharedState()
     state.inventory = inventory
-    run_as = config.effective_run_as()
-    check_reachable(config.state_dir / "allocs", run_as)
+    run_as, uids = config.effective_run_as(), job_uids(config)
+    check_reachable(config.state_dir / "allocs", run_as or (f"uids {uids}" if uids else None))
     executor = Executor(
-        config.state_dir, make_runtimes(config, inventory, run_as), inventory, os.environ, config.stop_grace_s
+        config.state_dir,
+        make_runtimes(config, inventory, run_as, uids),
+        inventory,
+        os.environ,
+        config.stop_grace_s,
     )
     try:
         executor.adopt()

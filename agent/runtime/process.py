@@ -1,5 +1,6 @@
 """The plain-process runtime: each job runs under a small supervisor (agent.runtime.shim) in a session of
-its own, as an unprivileged user when the agent runs as root, with its output appended to the log spool."""
+its own, as a uid of its own (agent.runtime.jobuser) when the agent runs as root, with its output appended
+to the log spool, which only the agent can read."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from agent.env import DEFAULT_PATH
 from agent.runtime.base import Observed, RuntimeStartError
+from agent.runtime.jobuser import UidRange, UidRangeError, job_uid
 from agent.runtime.shim import start_time
 from shared import tls
 from shared.states import AllocState
@@ -22,25 +24,28 @@ from shared.wire import AllocationSpec, Inventory
 class ProcessRuntime:
     name = "process"
 
-    def __init__(self, run_as: str | None) -> None:
-        self.run_as = run_as  # None: run as the agent's own user (allowed only when it is not root)
+    def __init__(self, run_as: str | None, uids: UidRange | None = None) -> None:
+        self.run_as = run_as  # one named user for every job (the site's choice)
+        self.uids = uids  # else, as root: a uid of its own per allocation; neither: the agent's own user
 
     def start(self, alloc: AllocationSpec, env: dict[str, str], alloc_dir: Path, log_file: Path) -> None:
         work_dir = Path(env["HOME"])
         work_dir.mkdir(parents=True, exist_ok=True)
-        if self.run_as and os.geteuid() == 0:
-            import pwd
-
-            entry = pwd.getpwnam(self.run_as)
-            _chown_tree(work_dir, entry.pw_uid, entry.pw_gid)  # `files:` unpacked there are the job's own
+        alloc_dir.chmod(0o711)  # the job reaches its work dir; nobody lists the journal
+        user = self._job_user(alloc_dir)
+        if user:
+            uid, gid = (int(n) for n in user.split(":"))
+            _chown_tree(work_dir, uid, gid)  # `files:` unpacked there are the job's own
+        work_dir.chmod(0o700)
         script = "set -e\n" + "\n".join(alloc.spec.commands) + "\n"
         # The supervisor may run as root: it gets an isolated interpreter (-I ignores PYTHON* variables) and a
         # fixed environment; the job's own environment (PYTHONPATH, LD_PRELOAD, ...) reaches only the job.
         tls.write_private(alloc_dir / "env.json", json.dumps(env).encode())
-        argv = [sys.executable, "-I", _SHIM, str(alloc_dir / "exit.json"), self.run_as or ""]
+        argv = [sys.executable, "-I", _SHIM, str(alloc_dir / "exit.json"), user]
         argv += ["--", "/bin/sh", "-c", script]
         try:
-            with open(log_file, "ab") as out:
+            # Root's, 0600: the job writes through the descriptor it inherits, and reads no other job's.
+            with open(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
                 proc = subprocess.Popen(
                     argv,
                     stdout=out,
@@ -60,6 +65,23 @@ class ProcessRuntime:
             raise RuntimeStartError(
                 "the job's supervisor did not start; the allocation's output.log says why"
             )
+
+    def _job_user(self, alloc_dir: Path) -> str:
+        """ "UID:GID" for the shim, or "" (the agent's own user). Raises RuntimeStartError."""
+        if os.geteuid() != 0:
+            return ""
+        if self.run_as:
+            import pwd
+
+            entry = pwd.getpwnam(self.run_as)
+            return f"{entry.pw_uid}:{entry.pw_gid}"
+        if self.uids is None:
+            return ""
+        try:
+            uid = job_uid(alloc_dir, self.uids)
+        except UidRangeError as exc:
+            raise RuntimeStartError(f"job_uid_range: {exc}") from None
+        return f"{uid}:{uid}"
 
     def observe(self, alloc_dir: Path) -> Observed:
         exit_file = alloc_dir / "exit.json"
