@@ -26,7 +26,7 @@ from agent.runtime.jobuser import UidRange, UidRangeError, check_uid_range
 from agent.runtime.process import ProcessRuntime, check_reachable
 from agent.shipper import ship_loop
 from agent.state import SharedState
-from agent.sync import sync_loop
+from agent.sync import Revoked, sync_loop
 from shared import tls
 from shared.join import parse_join_string
 from shared.wire import Inventory
@@ -177,9 +177,22 @@ async def run_agent(
                 )
                 if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
                     tg.create_task(renew_loop(config.coordinator, context, config.pki_dir), name="renew")
+    except* Revoked:
+        await stop_everything(executor, "this host was removed from the coordinator")
+        raise
     finally:
         executor.close()
         await client.close()
+
+
+async def stop_everything(executor: Executor, reason: str) -> None:
+    """Stop every running job, each with its grace period: a host the coordinator refuses must not keep
+    GPUs that the coordinator already counts as free."""
+    log.warning("stopping every job: %s", reason)
+    while True:
+        if executor.stop_everything(reason, time.time()):
+            return
+        await asyncio.sleep(EXEC_TICK_S)
 
 
 @contextlib.contextmanager

@@ -179,6 +179,16 @@ class Executor:
         if runtime is not None:
             runtime.signal_stop(local.dir, kill)
 
+    def stop_everything(self, reason: str, now: float) -> bool:
+        """Stop every allocation still running, as a desired `stop` would (SIGTERM, SIGKILL after its
+        grace period). True once none runs. Idempotent: call it again until it returns True."""
+        self._observe(now)
+        running = [a for a in self.allocs.values() if not a.observed.state.terminal]
+        for local in running:
+            if local.stop_asked_at is None:
+                self._stop(local, reason, now)
+        return not running
+
     def _start(self, spec: AllocationSpec, now: float) -> None:
         path = self.root / spec.id
         local = LocalAlloc(spec, path, now)
