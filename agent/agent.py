@@ -15,6 +15,7 @@ import msgspec
 from agent.client import CoordinatorClient
 from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, ConfigError, DockerConfig
 from agent.detect import detect_inventory
+from agent.diskguard import disk_problem, is_disk_error
 from agent.executor import Executor
 from agent.files import FilePrep
 from agent.identity import check_not_expired, finish_pending_pair, join, renew_loop
@@ -195,6 +196,24 @@ async def stop_everything(executor: Executor, reason: str) -> None:
         await asyncio.sleep(EXEC_TICK_S)
 
 
+def _step(executor: Executor, prep: FilePrep, state: SharedState) -> bool:
+    """One executor step that a full or read-only state dir cannot end: the error becomes a host problem
+    (no new work here) until the disk recovers; a half-done step is picked up again on the next tick."""
+    error = ""
+    try:
+        changed = executor.step(prep.prepare(state.desired, set(executor.allocs)), time.time())
+    except OSError as exc:
+        if not is_disk_error(exc):
+            raise
+        changed, error = True, f"state dir: {exc.strerror}"
+        log.error("state dir %s: %s; running jobs go on, no new work is taken", executor.root.parent, exc)
+    problem = disk_problem(executor.root.parent) or error
+    if problem != state.disk_problem:
+        log.warning("state dir: %s", problem or "writable again; taking new work")
+        state.disk_problem, changed = problem, True
+    return changed
+
+
 @contextlib.contextmanager
 def _on_signal(signum: int, callback: Callable[[], None]) -> Iterator[None]:
     """`callback` on the running loop whenever `signum` arrives, while in the block; nothing where no
@@ -219,8 +238,7 @@ async def exec_loop(executor: Executor, state: SharedState, client: CoordinatorC
     try:
         while True:
             state.desired_changed.clear()
-            ready = prep.prepare(state.desired, set(executor.allocs))
-            if executor.step(ready, time.time()):
+            if _step(executor, prep, state):
                 state.local_changed.set()
                 state.logs_written.set()
             try:

@@ -229,11 +229,11 @@ class Executor:
 
     def _stop(self, local: LocalAlloc, reason: str, now: float) -> None:
         """SIGTERM now; _observe sends SIGKILL once the grace period is over. Idempotent."""
+        self._signal(local, kill=False)  # first: a full disk must not keep the job from stopping
         if local.stop_asked_at is None:
             local.stop_reason, local.stop_asked_at = reason, now
-            write_atomic(local.dir / "stop.json", json.dumps({"reason": reason, "at": now}).encode())
             log.info("stopping allocation %s: %s", local.spec.id, reason)
-        self._signal(local, kill=False)
+            write_atomic(local.dir / "stop.json", json.dumps({"reason": reason, "at": now}).encode())
 
     def _forget(self, alloc_id: str) -> None:
         local = self.allocs.pop(alloc_id)
