@@ -21,6 +21,7 @@ from agent.files import FilePrep
 from agent.identity import check_not_expired, finish_pending_pair, join, renew_loop
 from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
 from agent.runtime.base import Runtime
+from agent.runtime.cgroups import Cgroups
 from agent.runtime.docker import DockerRuntime
 from agent.runtime.engine import PROBE_TIMEOUT_S, EngineUnavailable, connect
 from agent.runtime.jobuser import UidRange, UidRangeError, check_uid_range
@@ -103,7 +104,9 @@ def make_runtimes(
     config: AgentConfig, inventory: Inventory, run_as: str | None, uids: UidRange | None = None
 ) -> dict[str, Runtime]:
     """The plain-process runtime, and Docker when the inventory says the engine answered."""
-    runtimes: dict[str, Runtime] = {"process": ProcessRuntime(run_as, uids)}
+    cgroups = Cgroups() if os.geteuid() == 0 else None
+    process = ProcessRuntime(run_as, uids, cgroups, inventory, config.docker.pids_limit)
+    runtimes: dict[str, Runtime] = {"process": process}
     if "docker" in inventory.runtimes:
         try:
             client = connect(config.docker.socket)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agent.env import DEFAULT_PATH
 from agent.runtime.base import Observed, RuntimeStartError
+from agent.runtime.cgroups import Cgroups, Limits, confine, gpu_device_nodes
 from agent.runtime.jobuser import UidRange, UidRangeError, job_uid
 from agent.runtime.shim import start_time
 from shared import tls
@@ -24,9 +25,21 @@ from shared.wire import AllocationSpec, Inventory
 class ProcessRuntime:
     name = "process"
 
-    def __init__(self, run_as: str | None, uids: UidRange | None = None) -> None:
+    def __init__(
+        self,
+        run_as: str | None,
+        uids: UidRange | None = None,
+        cgroups: Cgroups | None = None,
+        inventory: Inventory | None = None,
+        pids_limit: int = 32768,
+        dev: Path = Path("/dev"),
+    ) -> None:
         self.run_as = run_as  # one named user for every job (the site's choice)
         self.uids = uids  # else, as root: a uid of its own per allocation; neither: the agent's own user
+        self.cgroups = cgroups  # None: jobs are not confined (the agent is not root)
+        self.inventory = inventory
+        self.pids_limit = pids_limit
+        self.dev = dev  # where the GPUs' device nodes are
 
     def start(self, alloc: AllocationSpec, env: dict[str, str], alloc_dir: Path, log_file: Path) -> None:
         work_dir = Path(env["HOME"])
@@ -41,6 +54,10 @@ class ProcessRuntime:
         # The supervisor may run as root: it gets an isolated interpreter (-I ignores PYTHON* variables) and a
         # fixed environment; the job's own environment (PYTHONPATH, LD_PRELOAD, ...) reaches only the job.
         tls.write_private(alloc_dir / "env.json", json.dumps(env).encode())
+        devices = gpu_device_nodes(alloc, self.inventory, self.dev) if self.inventory is not None else ()
+        confine(
+            self.cgroups, alloc.id, Limits(alloc.cpus, alloc.memory_mib, self.pids_limit, devices), alloc_dir
+        )
         argv = [sys.executable, "-I", _SHIM, str(alloc_dir / "exit.json"), user]
         argv += ["--", "/bin/sh", "-c", script]
         try:
@@ -110,13 +127,14 @@ class ProcessRuntime:
                 pass
 
     def release(self, alloc_dir: Path) -> None:
-        pass  # the shim has exited; nothing outlives the allocation's folder
+        if self.cgroups is not None and self.cgroups.version:
+            self.cgroups.release(alloc_dir.name)  # what a job left behind dies with its cgroup
 
     def sweep(self, known_alloc_ids: Collection[str]) -> None:
-        pass  # a job's supervisor lives only in its allocation's folder
+        pass  # a job's supervisor and cgroup are released with its allocation's folder
 
     def set_inventory(self, inventory: Inventory) -> None:
-        pass  # the job's environment (its devices) comes from the executor
+        self.inventory = inventory  # the device nodes a new job may open
 
     def close(self) -> None:
         pass  # supervisors are detached: they outlive the agent by design

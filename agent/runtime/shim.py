@@ -87,6 +87,7 @@ def main(argv: list[str]) -> int:
     with open(os.path.join(os.path.dirname(exit_file), "env.json")) as f:
         job_env = json.load(f)
     _detach(os.path.join(os.path.dirname(exit_file), "shim.pid"))
+    _join_cgroups(os.path.join(os.path.dirname(exit_file), "cgroups"))
     ids = [int(n) for n in user.split(":")] if user and os.geteuid() == 0 else None
     child = subprocess.Popen(
         command,
@@ -107,6 +108,19 @@ def main(argv: list[str]) -> int:
         pass
     _write_exit(exit_file, returncode)
     return 0
+
+
+def _join_cgroups(listing: str) -> None:
+    """Move this supervisor into the allocation's cgroups (one folder a line), so the job it starts and
+    every child of the job are inside them. A missing listing: none to join."""
+    try:
+        with open(listing) as f:
+            folders = f.read().split()
+    except FileNotFoundError:
+        return
+    for folder in folders:
+        with open(os.path.join(folder, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
 
 
 if __name__ == "__main__":
