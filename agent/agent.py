@@ -13,20 +13,23 @@ from collections.abc import Callable, Iterator
 import msgspec
 
 from agent.client import CoordinatorClient
-from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, DockerConfig
+from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, ConfigError, DockerConfig
 from agent.detect import detect_inventory
+from agent.diskguard import disk_problem, is_disk_error
 from agent.executor import Executor
 from agent.files import FilePrep
 from agent.identity import check_not_expired, finish_pending_pair, join, renew_loop
 from agent.lock import hold_state_dir
 from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
 from agent.runtime.base import Runtime
+from agent.runtime.cgroups import Cgroups
 from agent.runtime.docker import DockerRuntime
 from agent.runtime.engine import PROBE_TIMEOUT_S, EngineUnavailable, connect
+from agent.runtime.jobuser import UidRange, UidRangeError, check_uid_range
 from agent.runtime.process import ProcessRuntime, check_reachable
 from agent.shipper import ship_loop
 from agent.state import SharedState
-from agent.sync import sync_loop
+from agent.sync import Revoked, sync_loop
 from shared import tls
 from shared.join import parse_join_string
 from shared.wire import Inventory
@@ -54,8 +57,30 @@ def detect(config: AgentConfig) -> Inventory:
         hostname=config.name,
         volume_prefixes=config.docker.volume_prefixes,
         privileged_allowed=config.docker.allow_privileged,
-        warnings=inventory.warnings + _docker_warning(config.docker, docker_problem),
+        warnings=inventory.warnings + _docker_warning(config.docker, docker_problem) + _isolation_warning(),
     )
+
+
+def _isolation_warning() -> tuple[str, ...]:
+    """A host warning when jobs cannot get uids of their own: they then share the agent's user."""
+    if os.geteuid() == 0:
+        return ()
+    import pwd
+
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    return (f"job isolation is off: the agent runs as {user!r}, not root, so every job runs as {user!r}",)
+
+
+def job_uids(config: AgentConfig) -> UidRange | None:
+    """The range of per-allocation uids, when jobs get them (root, no `run_as`). Raises ConfigError when
+    a user or group of the host lies in the range."""
+    if os.geteuid() != 0 or config.effective_run_as() is not None:
+        return None
+    try:
+        check_uid_range(config.job_uid_range)
+    except UidRangeError as exc:
+        raise ConfigError(f"job_uid_range: {exc}") from None
+    return config.job_uid_range
 
 
 def probe_docker(docker: DockerConfig) -> str | None:
@@ -76,9 +101,13 @@ def _docker_warning(docker: DockerConfig, problem: str | None) -> tuple[str, ...
     return (f"{problem}; jobs with an image are not placed here",) if meant else ()
 
 
-def make_runtimes(config: AgentConfig, inventory: Inventory, run_as: str | None) -> dict[str, Runtime]:
+def make_runtimes(
+    config: AgentConfig, inventory: Inventory, run_as: str | None, uids: UidRange | None = None
+) -> dict[str, Runtime]:
     """The plain-process runtime, and Docker when the inventory says the engine answered."""
-    runtimes: dict[str, Runtime] = {"process": ProcessRuntime(run_as)}
+    cgroups = Cgroups() if os.geteuid() == 0 else None
+    process = ProcessRuntime(run_as, uids, cgroups, inventory, config.docker.pids_limit)
+    runtimes: dict[str, Runtime] = {"process": process}
     if "docker" in inventory.runtimes:
         try:
             client = connect(config.docker.socket)
@@ -117,10 +146,10 @@ async def _run_agent(
     redetect_interval_s: float,
 ) -> None:
     state.inventory = inventory
-    run_as = config.effective_run_as()
-    check_reachable(config.state_dir / "allocs", run_as)
+    run_as, uids = config.effective_run_as(), job_uids(config)
+    check_reachable(config.state_dir / "allocs", run_as or (f"uids {uids}" if uids else None))
     executor = Executor(
-        config.state_dir, make_runtimes(config, inventory, run_as), inventory, config.stop_grace_s
+        config.state_dir, make_runtimes(config, inventory, run_as, uids), inventory, config.stop_grace_s
     )
     try:
         executor.adopt()
@@ -160,9 +189,40 @@ async def _run_agent(
                 )
                 if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
                     tg.create_task(renew_loop(config.coordinator, context, config.pki_dir), name="renew")
+    except* Revoked:
+        await stop_everything(executor, "this host was removed from the coordinator")
+        raise
     finally:
         executor.close()
         await client.close()
+
+
+async def stop_everything(executor: Executor, reason: str) -> None:
+    """Stop every running job, each with its grace period: a host the coordinator refuses must not keep
+    GPUs that the coordinator already counts as free."""
+    log.warning("stopping every job: %s", reason)
+    while True:
+        if executor.stop_everything(reason, time.time()):
+            return
+        await asyncio.sleep(EXEC_TICK_S)
+
+
+def _step(executor: Executor, prep: FilePrep, state: SharedState) -> bool:
+    """One executor step that a full or read-only state dir cannot end: the error becomes a host problem
+    (no new work here) until the disk recovers; a half-done step is picked up again on the next tick."""
+    error = ""
+    try:
+        changed = executor.step(prep.prepare(state.desired, set(executor.allocs)), time.time())
+    except OSError as exc:
+        if not is_disk_error(exc):
+            raise
+        changed, error = True, f"state dir: {exc.strerror}"
+        log.error("state dir %s: %s; running jobs go on, no new work is taken", executor.root.parent, exc)
+    problem = disk_problem(executor.root.parent) or error
+    if problem != state.disk_problem:
+        log.warning("state dir: %s", problem or "writable again; taking new work")
+        state.disk_problem, changed = problem, True
+    return changed
 
 
 @contextlib.contextmanager
@@ -190,8 +250,7 @@ async def exec_loop(executor: Executor, state: SharedState, client: CoordinatorC
     try:
         while True:
             state.desired_changed.clear()
-            ready = prep.prepare(state.desired, set(executor.allocs))
-            if executor.step(ready, time.time()):
+            if _step(executor, prep, state):
                 state.local_changed.set()
                 state.logs_written.set()
             try:

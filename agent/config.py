@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from agent.blocks import BlocksError, parse_blocks
+from agent.runtime.jobuser import DEFAULT_JOB_UID_RANGE, UidRange, UidRangeError, parse_uid_range
 from shared.constants import STOP_GRACE_S
 from shared.units import parse_memory_mib
 
@@ -20,7 +21,6 @@ DEFAULT_CONFIG = Path("/etc/gpuctl/agent.yaml")
 DEFAULT_DOCKER_SOCKET = "unix:///var/run/docker.sock"
 DEFAULT_PIDS_LIMIT = 32768  # per container; data loaders start many threads, and every thread is a pid
 DEFAULT_STATE_DIR = Path("/var/lib/gpuctl-agent")
-UNPRIVILEGED_DEFAULT_USER = "nobody"
 
 
 class ConfigError(ValueError):
@@ -50,7 +50,8 @@ class AgentConfig:
     simulate: str | None = None
     simulate_cpus: int | None = None
     simulate_memory_mib: int | None = None
-    run_as: str | None = None  # plain-process jobs run as this user; see effective_run_as()
+    run_as: str | None = None  # every plain-process job runs as this one user; see effective_run_as()
+    job_uid_range: UidRange = field(default_factory=lambda: parse_uid_range(DEFAULT_JOB_UID_RANGE))
     stop_grace_s: float = STOP_GRACE_S
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -70,11 +71,12 @@ class AgentConfig:
         )
 
     def effective_run_as(self) -> str | None:
-        """Never root by default: an agent running as root runs jobs as `run_as`, else as `nobody`.
-        An agent that is not root can only run jobs as itself."""
-        if os.geteuid() != 0:
+        """The one named user every job runs as: `run_as`, where the site set it and the agent is root.
+        None otherwise: an agent running as root then gives each allocation a uid of its own from
+        `job_uid_range`; an agent that is not root can only run jobs as itself."""
+        if os.geteuid() != 0 or not self.run_as:
             return None
-        user = self.run_as or UNPRIVILEGED_DEFAULT_USER
+        user = self.run_as
         try:
             pwd.getpwnam(user)
         except KeyError:
@@ -91,6 +93,7 @@ _FIELDS = {
     "simulate_cpus",
     "simulate_memory",
     "run_as",
+    "job_uid_range",
     "stop_grace_s",
     "ca_file",
     "cert_file",
@@ -137,6 +140,11 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
     except ValueError as exc:
         raise ConfigError(f"simulate_memory: {exc}") from None
 
+    try:
+        uid_range = parse_uid_range(raw.get("job_uid_range", DEFAULT_JOB_UID_RANGE))
+    except UidRangeError as exc:
+        raise ConfigError(f"job_uid_range: {exc}") from None
+
     def path_of(key: str) -> Path | None:
         return Path(raw[key]) if raw.get(key) else None
 
@@ -147,6 +155,7 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         simulate_cpus=raw.get("simulate_cpus"),
         simulate_memory_mib=memory_mib,
         run_as=raw.get("run_as"),
+        job_uid_range=uid_range,
         join=raw.get("join"),
         stop_grace_s=float(raw.get("stop_grace_s", STOP_GRACE_S)),
         name=str(raw["name"]) if raw.get("name") else socket.gethostname(),

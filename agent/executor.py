@@ -182,6 +182,16 @@ class Executor:
         if runtime is not None:
             runtime.signal_stop(local.dir, kill)
 
+    def stop_everything(self, reason: str, now: float) -> bool:
+        """Stop every allocation still running, as a desired `stop` would (SIGTERM, SIGKILL after its
+        grace period). True once none runs. Idempotent: call it again until it returns True."""
+        self._observe(now)
+        running = [a for a in self.allocs.values() if not a.observed.state.terminal]
+        for local in running:
+            if local.stop_asked_at is None:
+                self._stop(local, reason, now)
+        return not running
+
     def _start(self, spec: AllocationSpec, now: float) -> None:
         path = self.root / spec.id
         local = LocalAlloc(spec, path, now)
@@ -225,11 +235,11 @@ class Executor:
 
     def _stop(self, local: LocalAlloc, reason: str, now: float) -> None:
         """SIGTERM now; _observe sends SIGKILL once the grace period is over. Idempotent."""
+        self._signal(local, kill=False)  # first: a full disk must not keep the job from stopping
         if local.stop_asked_at is None:
             local.stop_reason, local.stop_asked_at = reason, now
-            write_atomic(local.dir / "stop.json", json.dumps({"reason": reason, "at": now}).encode())
             log.info("stopping allocation %s: %s", local.spec.id, reason)
-        self._signal(local, kill=False)
+            write_atomic(local.dir / "stop.json", json.dumps({"reason": reason, "at": now}).encode())
 
     def _forget(self, alloc_id: str) -> None:
         local = self.allocs.pop(alloc_id)

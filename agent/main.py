@@ -78,7 +78,8 @@ def serve(config_path: Path, verbose: bool, overrides: dict[str, object]) -> Non
         error = first_error(exc)
         if isinstance(error, Revoked):
             click.echo(
-                f"gpuctl-agent: the coordinator refused this host: {error}; no more work is pulled", err=True
+                f"gpuctl-agent: the coordinator refused this host: {error}; its jobs were stopped and no more work is pulled",
+                err=True,
             )
             sys.exit(3)
         if isinstance(error, ConfigError | OSError | JoinError | CertificateExpired | ApiError):

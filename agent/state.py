@@ -16,6 +16,7 @@ class SharedState:
     coordinator_generation: str = ""
     host_id: str = ""
     last_error: str = ""
+    disk_problem: str = ""  # the state dir cannot take new work (agent.diskguard); sent with the inventory
     log_chunk_max_bytes: int = LOG_CHUNK_MAX_BYTES  # the coordinator's answer may lower it
     inventory: Inventory | None = None  # the latest detected; replaced whole by re-detection, never mutated
     synced_once: asyncio.Event = field(default_factory=asyncio.Event)

@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 from agent.client import CoordinatorClient, retryable
+from agent.diskguard import with_disk_problem
 from agent.executor import Executor
 from agent.identity import check_not_expired
 from agent.state import SharedState
@@ -38,7 +39,7 @@ async def sync_loop(
     poll_timeout_s, gap_s, backoff_s = C.POLL_TIMEOUT_S, C.SYNC_INTERVAL_S, BACKOFF_MIN_S
     while True:
         state.local_changed.clear()
-        inventory = state.inventory
+        inventory = with_disk_problem(state.inventory, state.disk_problem)
         generation = generation_of(inventory)
         request = SyncRequest(
             agent_version=C.AGENT_VERSION,

@@ -448,7 +448,9 @@ class Coordinator:
                 h.name,
                 h.inventory,
                 frozenset(busy.get(h.id, ())),
-                self.host_status(h) == "ready" and h.id not in self.unseen_generation,
+                self.host_status(h) == "ready"
+                and h.id not in self.unseen_generation
+                and not h.inventory.no_new_work,
                 h.fleet,
                 limits.get(h.fleet),
             )

@@ -82,6 +82,7 @@ class Inventory(FrozenWire, frozen=True):
     warnings: tuple[str, ...] = ()
     volume_prefixes: tuple[str, ...] = ()  # host paths under these may be mounted into containers
     privileged_allowed: bool = False  # the agent's config lets jobs ask for privileged containers
+    no_new_work: str = ""  # why the host takes no new work right now (its state dir is full, ...)
 
 
 # --- sync: the one long poll -------------------------------------------------------------------------

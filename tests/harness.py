@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.agent import detect, run_agent
 from agent.config import AgentConfig
+from agent.runtime.cgroups import Cgroups
 from agent.runtime.process import ProcessRuntime
 from cli.api import Api, LogChunk
 from cli.config import CliConfig
@@ -124,6 +125,11 @@ async def cluster(settings: Settings = FAST) -> AsyncIterator[Cluster]:
 
 def kill_leftover_jobs(root: Path) -> None:
     """Jobs outlive their agent by design (it re-adopts them); a test must not leave them behind."""
-    runtime = ProcessRuntime(None)
+    runtime = ProcessRuntime(None, cgroups=Cgroups() if os.geteuid() == 0 else None)
     for alloc_dir in root.glob("*/allocs/*"):
         runtime.signal_stop(alloc_dir, kill=True)
+        runtime.release(alloc_dir)  # its cgroups: whatever is left in them dies
+    if runtime.cgroups is not None:
+        for controller in runtime.cgroups.controllers:  # the parent goes too, unless another test uses it
+            with contextlib.suppress(OSError):
+                (runtime.cgroups.root / controller / runtime.cgroups.parent).rmdir()

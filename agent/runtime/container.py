@@ -68,6 +68,9 @@ def create_kwargs(
         "memswap_limit": memory,
         "pids_limit": pids_limit,
         "privileged": spec.privileged,
+        # Docker's default capabilities and nothing more; setuid binaries in the image cannot add any.
+        # A privileged container (only where the host allows it) is root on the host anyway.
+        "security_opt": [] if spec.privileged else ["no-new-privileges"],
         "log_config": LogConfig(type=LogConfig.types.JSON),  # the copier reads it back; journald could not
         "detach": True,
     }

@@ -1,8 +1,10 @@
 """The plain-process runtime: each job runs under a small supervisor (agent.runtime.shim) in a session of
-its own, as an unprivileged user when the agent runs as root, with its output appended to the log spool.
+its own, as a uid of its own (agent.runtime.jobuser) when the agent runs as root, with its output appended
+to the log spool, which only the agent can read.
 
 A job gets a clean login-like environment (the executor's job env plus USER, LOGNAME and SHELL; nothing of
-the agent's own) and runs pinned to its blocks' CPU cores, as mapped onto this machine (agent.machine)."""
+the agent's own), runs pinned to its blocks' CPU cores as mapped onto this machine (agent.machine), and in
+cgroups of its own (agent.runtime.cgroups) that hold its cores, memory, pids and devices."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from pathlib import Path
 from agent.env import DEFAULT_PATH
 from agent.machine import kernel_cpus, this_machine
 from agent.runtime.base import Observed, RuntimeStartError
+from agent.runtime.cgroups import Cgroups, Limits, confine, gpu_device_nodes
 from agent.runtime.commands import job_script, shell_path
+from agent.runtime.jobuser import UidRange, UidRangeError, job_uid
 from agent.runtime.shim import start_time
 from shared import tls
 from shared.states import AllocState
@@ -27,27 +31,45 @@ from shared.wire import AllocationSpec, Inventory
 class ProcessRuntime:
     name = "process"
 
-    def __init__(self, run_as: str | None) -> None:
-        self.run_as = run_as  # None: run as the agent's own user (allowed only when it is not root)
+    def __init__(
+        self,
+        run_as: str | None,
+        uids: UidRange | None = None,
+        cgroups: Cgroups | None = None,
+        inventory: Inventory | None = None,
+        pids_limit: int = 32768,
+        dev: Path = Path("/dev"),
+    ) -> None:
+        self.run_as = run_as  # one named user for every job (the site's choice)
+        self.uids = uids  # else, as root: a uid of its own per allocation; neither: the agent's own user
+        self.cgroups = cgroups  # None: jobs are not confined (the agent is not root)
+        self.inventory = inventory
+        self.pids_limit = pids_limit
+        self.dev = dev  # where the GPUs' device nodes are
 
     def start(self, alloc: AllocationSpec, env: dict[str, str], alloc_dir: Path, log_file: Path) -> None:
         work_dir = Path(env["HOME"])
         work_dir.mkdir(parents=True, exist_ok=True)
-        if self.run_as and os.geteuid() == 0:
-            import pwd
-
-            entry = pwd.getpwnam(self.run_as)
-            _chown_tree(work_dir, entry.pw_uid, entry.pw_gid)  # `files:` unpacked there are the job's own
-        env = {**login_env(self._job_user()), **env}
+        alloc_dir.chmod(0o711)  # the job reaches its work dir; nobody lists the journal
+        user = self._job_user(alloc_dir)
+        if user:
+            uid, gid = (int(n) for n in user.split(":"))
+            _chown_tree(work_dir, uid, gid)  # `files:` unpacked there are the job's own
+        work_dir.chmod(0o700)
+        env = {**login_env(_user_name(user)), **env}
         write_cpus(alloc_dir, alloc.cpus)
         shell, script = shell_path(alloc.spec.shell), job_script(alloc.spec.commands)
         # The supervisor may run as root: it gets an isolated interpreter (-I ignores PYTHON* variables) and a
         # fixed environment; the job's own environment (PYTHONPATH, LD_PRELOAD, ...) reaches only the job.
         tls.write_private(alloc_dir / "env.json", json.dumps(env).encode())
-        argv = [sys.executable, "-I", _SHIM, str(alloc_dir / "exit.json"), self.run_as or ""]
+        devices = gpu_device_nodes(alloc, self.inventory, self.dev) if self.inventory is not None else ()
+        cpus = kernel_cpus(sorted(alloc.cpus), this_machine().cpus) if alloc.cpus else ()
+        confine(self.cgroups, alloc.id, Limits(cpus, alloc.memory_mib, self.pids_limit, devices), alloc_dir)
+        argv = [sys.executable, "-I", _SHIM, str(alloc_dir / "exit.json"), user]
         argv += ["--", shell, "-c", script]
         try:
-            with open(log_file, "ab") as out:
+            # Root's, 0600: the job writes through the descriptor it inherits, and reads no other job's.
+            with open(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
                 proc = subprocess.Popen(
                     argv,
                     stdout=out,
@@ -68,16 +90,22 @@ class ProcessRuntime:
                 "the job's supervisor did not start; the allocation's output.log says why"
             )
 
-    def _job_user(self) -> str:
-        """The user the job runs as: `run_as` under a root agent, else the agent's own user."""
-        if self.run_as and os.geteuid() == 0:
-            return self.run_as
-        import pwd
+    def _job_user(self, alloc_dir: Path) -> str:
+        """ "UID:GID" for the shim, or "" (the agent's own user). Raises RuntimeStartError."""
+        if os.geteuid() != 0:
+            return ""
+        if self.run_as:
+            import pwd
 
+            entry = pwd.getpwnam(self.run_as)
+            return f"{entry.pw_uid}:{entry.pw_gid}"
+        if self.uids is None:
+            return ""
         try:
-            return pwd.getpwuid(os.geteuid()).pw_name
-        except KeyError:  # a uid without a passwd entry (a container's arbitrary uid)
-            return str(os.geteuid())
+            uid = job_uid(alloc_dir, self.uids)
+        except UidRangeError as exc:
+            raise RuntimeStartError(f"job_uid_range: {exc}") from None
+        return f"{uid}:{uid}"
 
     def observe(self, alloc_dir: Path) -> Observed:
         exit_file = alloc_dir / "exit.json"
@@ -106,16 +134,29 @@ class ProcessRuntime:
                 pass
 
     def release(self, alloc_dir: Path) -> None:
-        pass  # the shim has exited; nothing outlives the allocation's folder
+        if self.cgroups is not None and self.cgroups.version:
+            self.cgroups.release(alloc_dir.name)  # what a job left behind dies with its cgroup
 
     def sweep(self, known_alloc_ids: Collection[str]) -> None:
-        pass  # a job's supervisor lives only in its allocation's folder
+        pass  # a job's supervisor and cgroup are released with its allocation's folder
 
     def set_inventory(self, inventory: Inventory) -> None:
-        pass  # the job's environment (its devices) comes from the executor
+        self.inventory = inventory  # the device nodes a new job may open
 
     def close(self) -> None:
         pass  # supervisors are detached: they outlive the agent by design
+
+
+def _user_name(ids: str) -> str:
+    """The name of the user "UID:GID" (or "", the agent's own user) stands for; a uid of the job range has
+    no passwd entry and is named by its number."""
+    import pwd
+
+    uid = int(ids.split(":")[0]) if ids else os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def login_env(user: str) -> dict[str, str]:

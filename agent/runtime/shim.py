@@ -1,4 +1,5 @@
-"""The supervisor of one plain-process job: `python shim.py EXIT_FILE USER -- ARGV...`.
+"""The supervisor of one plain-process job: `python shim.py EXIT_FILE UID:GID -- ARGV...` (UID:GID empty:
+the job runs as the supervisor's own user).
 
 It detaches first (forks; the agent's direct child exits once the supervisor has written `shim.pid`), so the
 agent never has to reap it. It then starts the job in a process group of its own (as USER when it runs as root), passes SIGTERM/SIGINT on to
@@ -82,18 +83,19 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _handler)  # first of all: a stop must never kill the supervisor itself
     signal.signal(signal.SIGINT, _handler)
     exit_file, user, sep, *command = argv
-    assert sep == "--" and command, "usage: shim EXIT_FILE USER -- ARGV..."
+    assert sep == "--" and command, "usage: shim EXIT_FILE UID:GID -- ARGV..."
     with open(os.path.join(os.path.dirname(exit_file), "env.json")) as f:
         job_env = json.load(f)
     _pin(os.path.join(os.path.dirname(exit_file), "cpus"))
     _detach(os.path.join(os.path.dirname(exit_file), "shim.pid"))
-    as_user = user if user and os.geteuid() == 0 else None
+    _join_cgroups(os.path.join(os.path.dirname(exit_file), "cgroups"))
+    ids = [int(n) for n in user.split(":")] if user and os.geteuid() == 0 else None
     child = subprocess.Popen(
         command,
         process_group=0,
-        user=as_user,
-        group=None if as_user is None else _primary_group(as_user),
-        extra_groups=None if as_user is None else [],
+        user=None if ids is None else ids[0],
+        group=None if ids is None else ids[1],
+        extra_groups=None if ids is None else [],
         stdin=subprocess.DEVNULL,
         env=job_env,
     )
@@ -120,10 +122,17 @@ def _pin(cpus_file: str) -> None:
     os.sched_setaffinity(0, {int(cpu) for cpu in text.split(",")})
 
 
-def _primary_group(user: str) -> int:
-    import pwd
-
-    return pwd.getpwnam(user).pw_gid
+def _join_cgroups(listing: str) -> None:
+    """Move this supervisor into the allocation's cgroups (one folder a line), so the job it starts and
+    every child of the job are inside them. A missing listing: none to join."""
+    try:
+        with open(listing) as f:
+            folders = f.read().split()
+    except FileNotFoundError:
+        return
+    for folder in folders:
+        with open(os.path.join(folder, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
 
 
 if __name__ == "__main__":
