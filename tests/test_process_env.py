@@ -12,6 +12,7 @@ import pytest
 
 from agent.env import DEFAULT_PATH
 from agent.machine import kernel_cpus, this_machine
+from agent.runtime.jobuser import DEFAULT_JOB_UID_RANGE, parse_uid_range
 from tests.harness import cluster
 
 PRINT_ENV = "commands:\n  - env\n  - grep Cpus_allowed_list /proc/self/status\n"
@@ -47,8 +48,12 @@ async def test_a_plain_job_gets_a_clean_environment_and_its_blocks_cores(
         assert env["PATH"] == DEFAULT_PATH
         assert env["LANG"] == "C.UTF-8"
         assert env["HOME"].endswith(f"/allocs/{final.allocation_id}/work")
-        user = "nobody" if os.geteuid() == 0 else getpass.getuser()
-        assert env["USER"] == env["LOGNAME"] == user
+        assert env["USER"] == env["LOGNAME"]
+        if os.geteuid() == 0:  # a uid of the job range, which has no passwd entry: named by its number
+            job_uids = parse_uid_range(DEFAULT_JOB_UID_RANGE)
+            assert job_uids.first <= int(env["USER"]) <= job_uids.last
+        else:
+            assert env["USER"] == getpass.getuser()
         assert env["SHELL"] == "/bin/sh"
         assert env["MINE"] == "job-value"
         assert env["GPUCTL_JOB_ID"] == env["DSTACK_JOB_ID"] == job.id
