@@ -5,6 +5,10 @@ git never prompts (no terminal, no askpass, ssh in batch mode) and reads no conf
 user (HOME is the staging folder, no global or system config), so it never uses the host's credentials:
 a private repository needs them in its URL. It goes through the proxy of the agent's environment
 (`https_proxy`, `http_proxy`, `no_proxy`), and each step has a time limit.
+
+git runs as the agent's user (root), so it speaks only the network transports: a `file://` URL, a local
+path, or a redirect or submodule pointing at one would hand the job any repository on the host. The spec
+refuses such URLs too; git's own allow-list also covers what the spec cannot see.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from agent.env import DEFAULT_PATH
 from shared.spec import Repo
 
 CLONE_TIMEOUT_S = 1800.0  # per git command: a large repository over a slow proxy still fits
+ALLOWED_PROTOCOLS = "http:https:ssh"  # git's names; never `file` (see the module docstring)
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
 _HASH_RE = re.compile(r"[0-9a-fA-F]{4,64}")
 
@@ -32,7 +37,8 @@ class RepoError(Exception):
 
 
 def git_env(agent_env: Mapping[str, str], home: Path) -> dict[str, str]:
-    """git's whole environment: no prompt, no config of the agent's user, the agent's proxy."""
+    """git's whole environment: no prompt, no config of the agent's user, network transports only, the
+    agent's proxy."""
     env = {
         "PATH": agent_env.get("PATH", DEFAULT_PATH),
         "HOME": str(home),
@@ -43,6 +49,7 @@ def git_env(agent_env: Mapping[str, str], home: Path) -> dict[str, str]:
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,  # also binds redirects and submodules
     }
     for name in PROXY_VARS:
         for variant in (name, name.upper()):

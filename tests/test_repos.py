@@ -1,5 +1,6 @@
 """Remote `repos`: the agent clones them with the real git before the job starts (a branch shallowly, a hash
-fully then checked out), owned by the job's user; a failed clone fails the job with git's reason."""
+fully then checked out), owned by the job's user; a failed clone fails the job with git's reason. The upstream
+repository is served over git's smart HTTP, as a forge would serve it; git refuses local transports."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.repos import clone_repo, git_env, redact_url
+from agent.repos import RepoError, clone_repo, git_env, redact_url
 from shared.spec import Repo, TaskSpec
+from tests.git_http import git_http_server
 from tests.harness import cluster, reachable_tmpdir
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "init.defaultBranch=main"]
@@ -47,19 +49,34 @@ def upstream() -> Iterator[tuple[Path, str]]:
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
-async def test_repos_are_cloned_into_the_working_directory_before_the_commands(
-    upstream: tuple[Path, str],
-) -> None:
+@pytest.fixture(scope="module")
+def served(upstream: tuple[Path, str]) -> Iterator[tuple[str, str]]:
+    """The upstream repository over HTTP on 127.0.0.1; answers its URL and main's first commit."""
     repo, first = upstream
-    url = f"file://{repo}"
+    with git_http_server(repo.parent) as base:
+        yield f"{base}/{repo.name}", first
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent hands its own proxy variables to git: a proxy of the test's environment must not carry the
+    clones from the local server."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1")
+
+
+async def test_repos_are_cloned_into_the_working_directory_before_the_commands(
+    served: tuple[str, str],
+) -> None:
+    url, first = served
     spec = TaskSpec(
         commands=(
-            "cat version.txt lib/version.txt old/version.txt",
+            "cat version.txt lib/version.txt deps/old/version.txt",
             "git -C lib rev-list --count HEAD",  # shallow: one commit
-            "git -C old rev-parse HEAD",
-            "stat -c %U version.txt old/version.txt",
+            "git -C deps/old rev-parse HEAD",
+            "stat -c %U version.txt deps/old/version.txt",
         ),
-        repos=(Repo(url), Repo(url, branch="dev", path="lib"), Repo(url, hash=first, path="sub/../old")),
+        repos=(Repo(url), Repo(url, branch="dev", path="lib"), Repo(url, hash=first, path="deps/old")),
     )
     async with cluster() as c:
         c.start_agent("repo-a")
@@ -70,27 +87,37 @@ async def test_repos_are_cloned_into_the_working_directory_before_the_commands(
     assert log.split() == ["two", "dev", "one", "1", first, user, user]
 
 
-async def test_a_failed_clone_fails_the_job_with_gits_reason(upstream: tuple[Path, str]) -> None:
-    repo, _ = upstream
+async def test_a_failed_clone_fails_the_job_with_gits_reason(served: tuple[str, str]) -> None:
+    url, _ = served
     async with cluster() as c:
         c.start_agent("repo-b")
-        missing = await c.submit_spec(TaskSpec(commands=("true",), repos=(Repo(f"file://{repo}.nowhere"),)))
+        missing = await c.submit_spec(TaskSpec(commands=("true",), repos=(Repo(f"{url}.nowhere"),)))
         failed = await c.wait_for(missing.id, "failed")
-        assert failed.reason.startswith(f"repos: git clone file://{repo}.nowhere failed: fatal: "), (
-            failed.reason
+        assert failed.reason == (
+            f"repos: git clone {url}.nowhere failed: fatal: repository '{url}.nowhere/' not found"
         )
-        assert "\n" not in failed.reason
-        bad_branch = TaskSpec(commands=("true",), repos=(Repo(f"file://{repo}", branch="nope"),))
+        bad_branch = TaskSpec(commands=("true",), repos=(Repo(url, branch="nope"),))
         failed = await c.wait_for((await c.submit_spec(bad_branch)).id, "failed")
-        assert (
-            failed.reason
-            == f"repos: git clone file://{repo} failed: fatal: Remote branch nope not found in upstream origin"
+        assert failed.reason == (
+            f"repos: git clone {url} failed: fatal: Remote branch nope not found in upstream origin"
         )
-        bad_hash = TaskSpec(commands=("true",), repos=(Repo(f"file://{repo}", hash="0" * 40),))
+        bad_hash = TaskSpec(commands=("true",), repos=(Repo(url, hash="0" * 40),))
         failed = await c.wait_for((await c.submit_spec(bad_hash)).id, "failed")
-        assert failed.reason.startswith(f"repos: git checkout {'0' * 40} of file://{repo} failed: "), (
-            failed.reason
-        )
+        assert failed.reason.startswith(f"repos: git checkout {'0' * 40} of {url} failed: "), failed.reason
+        assert "\n" not in failed.reason
+
+
+async def test_git_refuses_local_transports_even_past_the_spec(
+    upstream: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The agent's git runs as root: a `file://` URL would hand the job any repository on the host."""
+    repo, _ = upstream
+    env = git_env({"PATH": os.environ["PATH"]}, tmp_path)
+    for url in (f"file://{repo}", str(repo)):
+        with pytest.raises(RepoError) as refused:
+            await clone_repo(Repo(url), tmp_path, env, timeout_s=30)
+        assert str(refused.value) == f"repos: git clone {url} failed: fatal: transport 'file' not allowed"
+    assert not (tmp_path / "upstream").exists()
 
 
 @contextmanager
