@@ -2,7 +2,10 @@
 
 The agent holds an exclusive `flock` on `<state_dir>/agent.lock` for its whole life, with its pid written in
 the file. The kernel drops the lock when the process ends, however it ends, so a stale file never blocks a
-restart. The descriptor is close-on-exec: jobs, whose supervisors outlive the agent, never inherit it.
+restart. The descriptor is close-on-exec: jobs, whose supervisors outlive the agent, never inherit it. It is
+open read-only (flock needs no more; the pid is written through a second, short-lived descriptor), so the
+lock never keeps the state dir's file system from being remounted read-only, a fault the agent must live
+through.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ def hold_state_dir(state_dir: Path) -> Iterator[None]:
     """Hold the state dir's lock while in the block. Raises StateDirBusy at once if another process (or
     another holder in this one) has it. Not reentrant."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -34,8 +38,8 @@ def hold_state_dir(state_dir: Path) -> Iterator[None]:
             raise StateDirBusy(
                 f"another gpuctl-agent (pid {holder}) is using {state_dir}; stop it first"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with open(path, "w") as f:  # ours now: no other agent reads or writes it
+            f.write(f"{os.getpid()}\n")
         yield
     finally:
         os.close(fd)  # releases the lock
