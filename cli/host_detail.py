@@ -24,6 +24,7 @@ def host_detail(detail: HostDetail) -> RenderableType:
     """The whole page for one host."""
     inv = detail.host.inventory
     parts: list[RenderableType] = [_heading(detail)]
+    parts += [Text(f"warning: {w}", style="bold yellow") for w in detail.host.warnings]
     if inv is None:
         parts.append(Text("no inventory yet: the agent has not synced"))
         return Group(*parts)

@@ -56,7 +56,7 @@ async def limit_fleet(request: web.Request) -> web.Response:
     assert isinstance(req, FleetLimit)
     coord = request.app[COORDINATOR]
     coord.accounts.set_fleet_projects(req.name, req.projects)
-    coord.schedule_pass()
+    coord.kick()  # the limit is committed: a failed pass is the housekeeping loop's to retry
     return json_response(req)
 
 

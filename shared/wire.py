@@ -172,6 +172,7 @@ class HostView(Wire):
     total_blocks: int
     last_seen: float | None
     simulated: bool
+    warnings: tuple[str, ...] = ()  # what the coordinator found wrong with the host (a refused inventory)
 
 
 class HostAllocationView(Wire):
