@@ -14,9 +14,10 @@ from coordinator.http import (
     json_response,
     project_scope,
     require_admin,
+    timed_chunks,
 )
 from shared import constants as C
-from shared.wire import SubmitRequest
+from shared.wire import MAX_LOG_BYTES, SubmitRequest
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -40,7 +41,7 @@ async def upload_files(request: web.Request) -> web.Response:
         raise HTTPError(413, too_large, "files")
     try:
         archive_id = await request.app[COORDINATOR].files.put(
-            request.content.iter_chunked(C.FILES_CHUNK_BYTES), limit
+            timed_chunks(request, C.FILES_CHUNK_BYTES), limit
         )
     except TooLarge:
         raise HTTPError(413, too_large, "files") from None
@@ -71,7 +72,7 @@ async def job_logs(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     scope = project_scope(request)
     job = coord.find_job(request.match_info["ref"], scope)
-    offset = int_query(request, "offset", 0)
+    offset = int_query(request, "offset", 0, MAX_LOG_BYTES)
     max_bytes = min(int_query(request, "max_bytes", C.LOG_CHUNK_MAX_BYTES), C.LOG_CHUNK_MAX_BYTES)
     data, complete = coord.read_logs(job, offset, max_bytes)
     if not data and not complete and request.query.get("follow") in ("1", "true"):

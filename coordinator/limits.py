@@ -1,0 +1,20 @@
+"""How long and how many: the coordinator's limits on slow or numerous clients, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HEADER_TIMEOUT_S = 15.0  # a request's line and headers must arrive within this of its first byte
+BODY_TIMEOUT_S = 60.0  # a body (or, for a files upload, each chunk of it) must arrive within this
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+KEEPALIVE_TIMEOUT_S = 75.0  # an idle keep-alive connection closes after this (as nginx's default)
+UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS = 64  # open connections from one address without a cert or token
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
+    tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
+    unauthenticated_per_address: int = UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS
