@@ -9,13 +9,18 @@ import msgspec
 from aiohttp import web
 
 from coordinator.accounts import Principal
-from coordinator.limits import BODY_TIMEOUT_S
+from coordinator.limits import ConnectionLimits
 from coordinator.service import Coordinator
 from shared.wire import ErrorBody
 
 COORDINATOR: web.AppKey[Coordinator] = web.AppKey("coordinator", Coordinator)
 HOST_ID: web.RequestKey[str] = web.RequestKey("host_id", str)  # the agent's certificate common name
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+LIMITS: web.AppKey[ConnectionLimits] = web.AppKey("limits", ConnectionLimits)
+
+
+def body_timeout_s(request: web.Request) -> float:
+    return (request.app.get(LIMITS) or ConnectionLimits()).body_timeout_s
 
 
 def json_response(value: object, status: int = 200) -> web.Response:
@@ -34,9 +39,10 @@ class HTTPError(Exception):
         self.status, self.message, self.field = status, message, field
 
 
-async def read_body(request: web.Request, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
-    """The whole body, which must arrive within `timeout_s` (else 408): a client that stalls mid-body
-    does not hold a handler and its memory for ever."""
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, which must arrive within the body timeout (else 408): a client that stalls
+    mid-body does not hold a handler and its memory for ever."""
+    timeout_s = body_timeout_s(request)
     try:
         async with asyncio.timeout(timeout_s):
             return await request.read()
@@ -44,11 +50,10 @@ async def read_body(request: web.Request, timeout_s: float = BODY_TIMEOUT_S) -> 
         raise HTTPError(408, f"the request body did not arrive within {timeout_s:g} s") from None
 
 
-async def timed_chunks(
-    request: web.Request, size: int, timeout_s: float = BODY_TIMEOUT_S
-) -> AsyncIterator[bytes]:
-    """The body in chunks, each of which must arrive within `timeout_s` (else 408): a large upload may take
-    long, a stalled one may not."""
+async def timed_chunks(request: web.Request, size: int) -> AsyncIterator[bytes]:
+    """The body in chunks, each of which must arrive within the body timeout (else 408): a large upload
+    may take long, a stalled one may not."""
+    timeout_s = body_timeout_s(request)
     chunks = request.content.iter_chunked(size).__aiter__()
     while True:
         try:
