@@ -25,6 +25,7 @@ def host_detail(detail: HostDetail, width: int = 200) -> RenderableType:
     table in parts)."""
     inv = detail.host.inventory
     parts: list[RenderableType] = [_heading(detail)]
+    parts += [Text(f"warning: {w}", style="bold yellow") for w in detail.host.warnings]
     if inv is None:
         parts.append(Text("no inventory yet: the agent has not synced"))
         return Group(*parts)

@@ -122,7 +122,7 @@ def hosts_table(hosts: list[HostView]) -> Table:
             resources = f"{describe_gpus(inv)}, {inv.cpu_count} CPU, {inv.memory_mib // 1024}GB"
             if inv.simulated:
                 resources += " [SIMULATED]"
-        warnings = "; ".join(inv.warnings) if inv else ""
+        warnings = "; ".join(host.warnings + (inv.warnings if inv else ()))
         table.add_row(
             plain(host.name),
             host.status,

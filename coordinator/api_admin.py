@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator.http import COORDINATOR, body, json_response, require_admin
+from coordinator.http import COORDINATOR, HTTPError, body, json_response, require_admin
 from shared import constants as C
 from shared import tls
 from shared.join import JoinString
@@ -30,8 +30,10 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 async def delete_token(request: web.Request) -> web.Response:
     require_admin(request)
-    found = request.app[COORDINATOR].accounts.delete_join_token(request.match_info["id"])
-    return json_response({"deleted": found}, 200 if found else 404)
+    token_id = request.match_info["id"]
+    if not request.app[COORDINATOR].accounts.delete_join_token(token_id):
+        raise HTTPError(404, f"no join token {token_id[:64]!r}", "id")
+    return json_response({"deleted": True})
 
 
 async def create_project(request: web.Request) -> web.Response:
@@ -56,7 +58,7 @@ async def limit_fleet(request: web.Request) -> web.Response:
     assert isinstance(req, FleetLimit)
     coord = request.app[COORDINATOR]
     coord.accounts.set_fleet_projects(req.name, req.projects)
-    coord.schedule_pass()
+    coord.kick()  # the limit is committed: a failed pass is the housekeeping loop's to retry
     return json_response(req)
 
 

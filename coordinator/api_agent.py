@@ -7,9 +7,9 @@ from aiohttp import web
 
 from coordinator.accounts import Refused
 from coordinator.enroll import RateLimiter, enroll, renew
-from coordinator.http import COORDINATOR, HOST_ID, HTTPError, body, int_query, json_response
+from coordinator.http import COORDINATOR, HOST_ID, HTTPError, body, int_query, json_response, read_body
 from shared import constants as C
-from shared.wire import EnrollRequest, LogAck, RenewRequest, SyncRequest
+from shared.wire import MAX_LOG_BYTES, EnrollRequest, LogAck, RenewRequest, SyncRequest
 
 OPEN_PATHS = (f"{C.AGENT_PREFIX}/ca", f"{C.AGENT_PREFIX}/enroll")
 ENROLL_LIMIT: web.AppKey[RateLimiter] = web.AppKey("enroll_limit", RateLimiter)
@@ -53,10 +53,10 @@ async def agent_sync(request: web.Request) -> web.Response:
 
 
 async def agent_logs(request: web.Request) -> web.Response:
-    offset = int_query(request, "offset", 0)
+    offset = int_query(request, "offset", 0, MAX_LOG_BYTES - C.LOG_CHUNK_MAX_BYTES)
     if (request.content_length or 0) > C.LOG_CHUNK_MAX_BYTES:
         raise HTTPError(413, f"log chunk over {C.LOG_CHUNK_MAX_BYTES} bytes")
-    data = await request.read()
+    data = await read_body(request)
     if len(data) > C.LOG_CHUNK_MAX_BYTES:
         raise HTTPError(413, f"log chunk of {len(data)} bytes is over {C.LOG_CHUNK_MAX_BYTES}")
     coord = request.app[COORDINATOR]

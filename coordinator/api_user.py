@@ -14,11 +14,12 @@ from coordinator.http import (
     json_response,
     project_scope,
     require_admin,
+    timed_chunks,
 )
 from coordinator.quota import QuotaExceeded
 from coordinator.service import Coordinator
 from shared import constants as C
-from shared.wire import SubmitRequest
+from shared.wire import MAX_LOG_BYTES, SubmitRequest
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -57,7 +58,7 @@ async def upload_files(request: web.Request) -> web.Response:
         sizes[archive_id] = size
 
     try:
-        archive_id = await coord.files.put(request.content.iter_chunked(C.FILES_CHUNK_BYTES), limit, admit)
+        archive_id = await coord.files.put(timed_chunks(request, C.FILES_CHUNK_BYTES), limit, admit)
     except TooLarge:
         raise HTTPError(413, too_large, "files") from None
     except QuotaExceeded as exc:
@@ -90,7 +91,7 @@ async def job_logs(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     scope = project_scope(request)
     job = coord.find_job(request.match_info["ref"], scope)
-    offset = int_query(request, "offset", 0)
+    offset = int_query(request, "offset", 0, MAX_LOG_BYTES)
     max_bytes = min(int_query(request, "max_bytes", C.LOG_CHUNK_MAX_BYTES), C.LOG_CHUNK_MAX_BYTES)
     data, complete = coord.read_logs(job, offset, max_bytes)
     if not data and not complete and request.query.get("follow") in ("1", "true"):

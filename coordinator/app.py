@@ -26,8 +26,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_exception(exc)
     except HTTPError as exc:
         return error(exc.status, exc.message, exc.field)
     except msgspec.ValidationError as exc:
@@ -47,6 +49,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return error(500, "internal error; the coordinator's log has the details")
+
+
+def _http_exception(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own refusals (a body over the limit, no such route, a wrong method) in our JSON shape."""
+    message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+    answer = error(exc.status, message.strip() or exc.reason)
+    if "Allow" in exc.headers:
+        answer.headers["Allow"] = exc.headers["Allow"]
+    return answer
 
 
 def _field_of(message: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import yaml
 
-from coordinator.limits import LIMIT_SETTINGS, limit_settings
+from coordinator.disk_settings import LIMIT_SETTINGS, limit_settings
 from coordinator.pki import ensure_pki
 from coordinator.secrets import ensure_key
 from coordinator.server import ServerConfig, ensure_admin_token, start_coordinator

@@ -13,7 +13,10 @@ from aiohttp import web
 
 from coordinator.accounts import hash_secret
 from coordinator.app import make_app
+from coordinator.conn_guard import ConnectionGuard, GuardedSite, raise_fd_limit
 from coordinator.filestore import FileStore
+from coordinator.http import LIMITS
+from coordinator.limits import ConnectionLimits
 from coordinator.logstore import LogStore
 from coordinator.pki import PkiPaths, default_server_names, ensure_pki
 from coordinator.service import Coordinator, Settings
@@ -34,6 +37,7 @@ class ServerConfig:
     port: int = 8443
     server_names: tuple[str, ...] = ()
     settings: Settings = field(default_factory=Settings)
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 @dataclass
@@ -66,17 +70,22 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
         config.settings,
         files=FileStore(config.state_dir / "files"),
     )
+    guard = ConnectionGuard(config.limits)
+    app = make_app(coordinator)
+    app.middlewares.insert(0, guard.middleware)
+    app[LIMITS] = config.limits
     runner = web.AppRunner(
-        make_app(coordinator), access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        app,
+        access_log=None,
+        shutdown_timeout=1.0,
+        handler_cancellation=True,
+        keepalive_timeout=config.limits.keepalive_timeout_s,
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner,
-        config.host,
-        config.port,
-        ssl_context=tls.server_context(pki.server_cert, pki.server_key, pki.ca_cert),
-    )
+    context = tls.server_context(pki.server_cert, pki.server_key, pki.ca_cert)
+    site = GuardedSite(runner, config.host, config.port, context, guard)
     await site.start()
+    log.info("open files limit: %d", raise_fd_limit())
     port = runner.addresses[0][1]
     log.info("coordinator listening on https://%s:%d (state %s)", config.host, port, config.state_dir)
     task = asyncio.create_task(_housekeeping(coordinator), name="coordinator-housekeeping")

@@ -12,15 +12,18 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from coordinator.accounts import Accounts
+from coordinator.accounts import Accounts, Invalid
 from coordinator.disk import DiskGuard, DiskUsage, real_usage
 from coordinator.filestore import FileStore
+from coordinator.host_problems import INVENTORY, SCHEDULER, HostProblems
 from coordinator.logstore import LogStore
 from coordinator.quota import UploadQuota
-from coordinator.scheduler import HostCapacity, PendingJob, schedule
+from coordinator.safe_schedule import schedule_skipping
+from coordinator.scheduler import HostCapacity, PendingJob
 from coordinator.secrets import Secrets, ensure_key
 from coordinator.store import AllocRow, HostRow, JobRow, Store
 from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE, apply_submit_rules, archive_ids
+from coordinator.validate_inventory import inventory_problem
 from coordinator.waiters import Waiters
 from shared import constants as C
 from shared import tls
@@ -32,6 +35,7 @@ from shared.wire import (
     HostAllocationView,
     HostDetail,
     HostView,
+    Inventory,
     JobView,
     SyncRequest,
     SyncResponse,
@@ -93,6 +97,7 @@ class Coordinator:
         # Hosts whose agent runs an inventory generation not stored here (it sent none): nothing is placed
         # on them until it arrives. In memory, like liveness: the next sync says it again.
         self.unseen_generation: set[str] = set()
+        self.problems = HostProblems()  # why a host takes no work, shown on it in `gpuctl hosts`
 
     # --- user side ---------------------------------------------------------------------------------
 
@@ -112,7 +117,7 @@ class Coordinator:
         name = spec.name or f"job-{job_id[:4]}"
         job = self.store.insert_job(job_id, name, spec, "waiting for the scheduler", project)
         log.info("job %s submitted (%s)", job.id, job.name)
-        self.schedule_pass()
+        self.kick()  # the job is committed: from here on, no failure may make its submit an error
         fresh = self.store.get_job(job.id)
         assert fresh is not None
         return fresh
@@ -211,6 +216,7 @@ class Coordinator:
             total_blocks=len(h.inventory.blocks) if h.inventory else 0,
             last_seen=self.last_seen.get(h.id, h.last_seen),
             simulated=bool(h.inventory and h.inventory.simulated),
+            warnings=self.problems.of(h.id),
         )
 
     def find_host(self, ref: str) -> HostRow:
@@ -274,19 +280,31 @@ class Coordinator:
         changed = self.host_status(host) != "ready"  # a host that (re)appears may take pending work
         self._seen(host)
         if req.inventory is not None and generation_of(req.inventory) != host.generation:
+            self._check_inventory(host_id, req.inventory)
             self.store.set_inventory(host_id, req.inventory, generation_of(req.inventory))
             log.info("host %s inventory generation %s", host_id, generation_of(req.inventory))
             changed = True
         unseen = self._note_generation(host_id, req, host.generation)
         changed |= self._fold_statuses(host_id, req.allocations)
         if changed:
-            self.schedule_pass()
+            self.kick()
         host = self._host(host_id)
         if host.desired_index <= req.desired_index and not unseen:  # unseen: ask for the inventory now
             timeout = self.settings.poll_timeout_s * (1 + random.uniform(-1, 1) * C.POLL_JITTER_FRACTION)
             await self.host_waiters.wait(host_id, timeout)
             self._seen(host)
         return self._desired(self._host(host_id))
+
+    def _check_inventory(self, host_id: str, inventory: Inventory) -> None:
+        """Refuse an inventory that contradicts itself (Invalid: a 400 naming the field), and show why on
+        the host; until a sound one arrives, nothing new is placed there."""
+        problem = inventory_problem(inventory)
+        if problem is None:
+            self.problems.clear(host_id, INVENTORY)
+            return
+        self.problems.set(host_id, INVENTORY, f"inventory refused: {problem}")
+        field, _, message = problem.partition(": ")
+        raise Invalid(field, message)
 
     def _seen(self, host: HostRow) -> None:
         """Note that the host's agent is there: in memory on every request, in the store (for `hosts` after
@@ -413,13 +431,23 @@ class Coordinator:
 
     # --- scheduling --------------------------------------------------------------------------------
 
+    def kick(self) -> None:
+        """A scheduling pass after a change that is already committed: a failure is logged (and the
+        housekeeping loop tries again), never answered to the caller, whose change stands."""
+        try:
+            self.schedule_pass()
+        except Exception:
+            log.exception("scheduling pass failed; the next housekeeping beat tries again")
+
     def schedule_pass(self) -> int:
-        """Place what fits and record a reason on every job that stays pending. Returns placements made."""
+        """Place what fits and record a reason on every job that stays pending; a host the pass cannot
+        use is left out and says why (`gpuctl hosts`). Returns placements made."""
         jobs = self.store.jobs_in(JobState.SUBMITTED, JobState.PENDING, JobState.RETRYING)
         if not jobs:
             return 0
         pending = [PendingJob(j.id, j.spec, j.seq, j.priority, j.project) for j in jobs]
-        result = schedule(pending, self._capacity())
+        result, skipped = schedule_skipping(pending, self._capacity())
+        self.problems.replace(SCHEDULER, skipped)
         by_id = {j.id: j for j in jobs}
         with self.store.tx() as db:
             for p in result.placements:
@@ -450,7 +478,8 @@ class Coordinator:
                 frozenset(busy.get(h.id, ())),
                 self.host_status(h) == "ready"
                 and h.id not in self.unseen_generation
-                and not h.inventory.no_new_work,
+                and not h.inventory.no_new_work
+                and not self.problems.has(h.id, INVENTORY),
                 h.fleet,
                 limits.get(h.fleet),
             )

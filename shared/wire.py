@@ -6,9 +6,28 @@ renamed or re-typed, so an older agent keeps talking to a newer coordinator.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
 
 from shared.spec import TaskSpec
+
+# Every integer that arrives is bounded, so none overflows SQLite's 64 bits or a file offset: an out-of-range
+# value is a 400 naming its field, never a 500. The bounds sit far past any real host or job.
+MAX_INDEX = 65_535  # GPU index, CPU core id, NUMA node, block index
+MAX_GPUS = 1024  # devices on one host
+MAX_BLOCKS = 4096  # blocks on one host (a CPU-only host gets one per core)
+MAX_MIB = 2**40  # memory or disk in MiB: one exbibyte
+MAX_LOG_BYTES = 2**40  # a log's offset or size: 1 TiB, inside every filesystem's file size limit
+MAX_INDEX_VALUE = 2**62  # desired-state indices
+MAX_TTL_S = 10 * 365 * 24 * 3600
+MAX_HOSTNAME_CHARS = 253
+
+Index = Annotated[int, Meta(ge=0, le=MAX_INDEX)]
+Mib = Annotated[int, Meta(ge=0, le=MAX_MIB)]
+LogBytes = Annotated[int, Meta(ge=0, le=MAX_LOG_BYTES)]
+ExitCode = Annotated[int, Meta(ge=-(2**31), le=2**32 - 1)]  # negative: killed by that signal
 
 
 class Wire(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -28,13 +47,13 @@ class GpuDevice(FrozenWire, frozen=True):
     Empty strings and empty tuples mean "not known on this host" (an older agent, a vendor without that notion).
     """
 
-    index: int  # the NVML / amdsmi / hl-smi index; CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA agree with it
+    index: Index  # the NVML / amdsmi / hl-smi index; CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA agree with it
     vendor: str  # "nvidia" | "amd" | "intel"
     name: str  # short product name: "H100", "A10G", "MI300X", "GAUDI2"
-    memory_mib: int
+    memory_mib: Mib
     uuid: str = ""
     pci_bus_id: str = ""
-    numa_node: int | None = None
+    numa_node: Index | None = None
     simulated: bool = False
     compute_capability: str = ""  # NVIDIA's CUDA compute capability, "9.0"
     architecture: str = ""  # AMD's gfx target, "gfx942"
@@ -43,8 +62,8 @@ class GpuDevice(FrozenWire, frozen=True):
     cuda_version: str = ""  # the newest CUDA the NVIDIA driver supports, "12.4"
     render_node: str = ""  # AMD: the DRM render node of this GPU, "/dev/dri/renderD128"
     pcie_root: str = ""  # the PCIe host bridge above the device, as sysfs names it: "pci0000:15"
-    links: tuple[
-        int, ...
+    links: Annotated[
+        tuple[Index, ...], Meta(max_length=MAX_GPUS)
     ] = ()  # indices of the devices this one reaches over NVLink / XGMI (NVSwitch included)
 
 
@@ -52,9 +71,9 @@ class GpuMetrics(FrozenWire, frozen=True):
     """A live reading of one device; separate from the inventory, so it never changes the generation.
     None means the device or its library does not report that value."""
 
-    index: int
+    index: Index
     utilization_pct: float | None = None
-    memory_used_mib: int | None = None
+    memory_used_mib: Mib | None = None
     temperature_c: float | None = None
     power_w: float | None = None
 
@@ -62,21 +81,21 @@ class GpuMetrics(FrozenWire, frozen=True):
 class Block(FrozenWire, frozen=True):
     """One equal share of a host: its GPUs (device indices), CPU core ids, memory and disk."""
 
-    index: int
-    gpus: tuple[int, ...]
-    cpus: tuple[int, ...]
-    memory_mib: int
-    disk_mib: int
-    numa_node: int | None = None  # the NUMA node its GPUs and CPU cores share, when they share one
+    index: Index
+    gpus: Annotated[tuple[Index, ...], Meta(max_length=MAX_GPUS)]
+    cpus: Annotated[tuple[Index, ...], Meta(max_length=MAX_INDEX + 1)]
+    memory_mib: Mib
+    disk_mib: Mib
+    numa_node: Index | None = None  # the NUMA node its GPUs and CPU cores share, when they share one
 
 
 class Inventory(FrozenWire, frozen=True):
-    hostname: str
-    cpu_count: int
-    memory_mib: int
-    disk_mib: int
-    gpus: tuple[GpuDevice, ...]
-    blocks: tuple[Block, ...]
+    hostname: Annotated[str, Meta(max_length=MAX_HOSTNAME_CHARS)]
+    cpu_count: Annotated[int, Meta(ge=0, le=MAX_INDEX + 1)]
+    memory_mib: Mib
+    disk_mib: Mib
+    gpus: Annotated[tuple[GpuDevice, ...], Meta(max_length=MAX_GPUS)]
+    blocks: Annotated[tuple[Block, ...], Meta(max_length=MAX_BLOCKS)]
     runtimes: tuple[str, ...] = ("process",)
     simulated: bool = False
     warnings: tuple[str, ...] = ()
@@ -111,9 +130,9 @@ class AllocationStatus(FrozenWire, frozen=True):
 
     id: str
     state: str  # AllocState value
-    exit_code: int | None = None
+    exit_code: ExitCode | None = None
     reason: str = ""
-    log_size: int = 0  # log bytes to ship so far (the spool, or its capped stream); final once terminal
+    log_size: LogBytes = 0  # log bytes to ship so far (the spool, or its capped stream); final once terminal
     started_at: float | None = None
     finished_at: float | None = None
 
@@ -123,7 +142,7 @@ class SyncRequest(Wire):
     inventory_generation: str
     inventory: Inventory | None = None  # sent only when the coordinator's generation differs
     allocations: list[AllocationStatus] = []
-    desired_index: int = 0
+    desired_index: Annotated[int, Meta(ge=0, le=MAX_INDEX_VALUE)] = 0
 
 
 class SyncResponse(Wire):
@@ -174,6 +193,7 @@ class HostView(Wire):
     total_blocks: int
     last_seen: float | None
     simulated: bool
+    warnings: tuple[str, ...] = ()  # what the coordinator found wrong with the host (a refused inventory)
 
 
 class HostAllocationView(Wire):
@@ -213,7 +233,7 @@ def generation_of(inventory: Inventory) -> str:
 class EnrollRequest(Wire):
     token: str  # "<token id>.<secret>" from the join string
     csr: str  # PEM; the agent made the key and keeps it
-    hostname: str
+    hostname: Annotated[str, Meta(max_length=MAX_HOSTNAME_CHARS)]
 
 
 class EnrollResponse(Wire):
@@ -232,8 +252,8 @@ class RenewResponse(Wire):
 
 class TokenCreate(Wire):
     fleet: str
-    ttl_s: int = 3600
-    uses: int | None = None
+    ttl_s: Annotated[int, Meta(ge=1, le=MAX_TTL_S)] = 3600
+    uses: Annotated[int, Meta(ge=1, le=2**31)] | None = None
     labels: dict[str, str] = {}
 
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from cli.api import ApiError
 from cli.main import main as gpuctl
-from coordinator.limits import limit_settings
+from coordinator.disk_settings import limit_settings
 from coordinator.service import Settings
 from tests.harness import FAST, Cluster, cluster
 

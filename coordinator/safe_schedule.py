@@ -1,0 +1,45 @@
+"""One bad host must not stop placement for every host.
+
+`schedule()` trusts each inventory it is given. Before a pass, hosts whose stored inventory fails the same
+check as an arriving one are left out; if the pass still raises, one pass per host finds the hosts it raises
+on, and the pass runs again without them. Pure, like the scheduler: the caller records the skipped hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from coordinator.scheduler import HostCapacity, PendingJob, ScheduleResult, schedule
+from coordinator.validate_inventory import inventory_problem
+
+Schedule = Callable[[Sequence[PendingJob], Sequence[HostCapacity]], ScheduleResult]
+
+
+def schedule_skipping(
+    jobs: Sequence[PendingJob], hosts: Sequence[HostCapacity], place: Schedule = schedule
+) -> tuple[ScheduleResult, dict[str, str]]:
+    """Placements and reasons over the sound hosts, and why each other host was left out (by host id).
+    Raises only when the pass fails with no single host to blame (then nothing was placed)."""
+    skipped: dict[str, str] = {}
+    sound = []
+    for host in hosts:
+        problem = inventory_problem(host.inventory)
+        if problem is None:
+            sound.append(host)
+        else:
+            skipped[host.host_id] = f"left out of scheduling, its stored inventory is unsound: {problem}"
+    try:
+        return place(jobs, sound), skipped
+    except Exception:
+        pass
+    kept = []
+    for host in sound:
+        try:
+            place(jobs, [host])
+        except Exception as exc:
+            skipped[host.host_id] = (
+                f"left out of scheduling, a pass failed on it: {type(exc).__name__}: {exc}"
+            )
+        else:
+            kept.append(host)
+    return place(jobs, kept), skipped
