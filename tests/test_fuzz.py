@@ -90,6 +90,11 @@ ROUTES = [
     Route("POST", "/api/v1/projects", "user", lambda r: {"name": "p"}),
     Route("POST", "/api/v1/users", "user", lambda r: {"name": "u", "project": "default", "role": "member"}),
     Route("POST", "/api/v1/fleets", "user", lambda r: {"name": "dc1", "projects": ["default"]}),
+    Route(
+        "PUT", "/api/v1/secrets/{ref}", "user", lambda r: {"value": "s3cr3t", "project": ""}, refs=("secret",)
+    ),
+    Route("GET", "/api/v1/secrets", "user", queries=("project",)),
+    Route("DELETE", "/api/v1/secrets/{ref}", "user", queries=("project",), refs=("secret",)),
     Route("GET", "/agent/v1/ca", "none"),
     Route("POST", "/agent/v1/enroll", "none", lambda r: {"token": r["join"], "csr": "x", "hostname": "h"}),
     Route("POST", "/agent/v1/renew", "agent", lambda r: {"csr": "-----BEGIN CERTIFICATE REQUEST-----"}),
@@ -234,6 +239,7 @@ async def _known_refs(c: Cluster, agent: aiohttp.ClientSession) -> dict[str, str
         "host": "fuzz-host",
         "token": created.id,
         "join": created.join_string,
+        "secret": "HF_TOKEN",
     }
 
 
