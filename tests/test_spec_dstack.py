@@ -31,8 +31,8 @@ from shared.spec import (
 from tests.test_scheduler import host, job
 
 # Every field of dstack's TaskConfiguration (src/dstack/_internal/core/models/configurations.py and
-# profiles.py): the run configuration's base fields, commands, ports, nodes, and the profile parameters,
-# with the deprecated ones dstack still accepts.
+# profiles.py): the run configuration's base fields, commands, ports, nodes, groups, and the profile
+# parameters, with the deprecated ones dstack still accepts.
 DSTACK_TASK_FIELDS = [
     "type",
     "name",
@@ -54,10 +54,12 @@ DSTACK_TASK_FIELDS = [
     "docker",
     "repos",
     "files",
+    "dstack",
     "setup",
     "commands",
     "ports",
     "nodes",
+    "groups",
     "backends",
     "regions",
     "availability_zones",
@@ -75,7 +77,9 @@ DSTACK_TASK_FIELDS = [
     "stop_criteria",
     "schedule",
     "fleets",
+    "instances",
     "tags",
+    "backend_options",
     "pool_name",
     "instance_name",
     "retry_policy",
@@ -96,6 +100,8 @@ REFUSED_VALUES = {
     "single_branch": "false",
     "docker": "true",
     "nvcc": "true",
+    "dstack": "true",
+    "instances": "[my-fleet-3]",
 }
 
 
@@ -118,7 +124,7 @@ def test_every_dstack_task_field_is_in_exactly_one_group(field: str) -> None:
 
 
 def test_only_fields_of_dstack_tasks_are_in_the_table() -> None:
-    assert set(TASK_FIELD_GROUPS) - set(DSTACK_TASK_FIELDS) <= {"groups"}
+    assert set(TASK_FIELD_GROUPS) == set(DSTACK_TASK_FIELDS)
 
 
 @pytest.mark.parametrize("field", [f for f, g in TASK_FIELD_GROUPS.items() if g is FieldGroup.REFUSED])
@@ -143,6 +149,42 @@ def test_docker_and_nvcc_say_what_to_use_instead() -> None:
 def test_multi_node_fields_are_refused_like_nodes() -> None:
     assert "not supported yet" in error("commands: [x]\nnodes: 2\n")
     assert "not supported yet (multi-node jobs" in error("commands: [x]\nstartup_order: workers-first\n")
+
+
+def test_a_task_that_asks_for_the_dstack_cli_is_refused_by_name() -> None:
+    text = """\
+        type: task
+        image: example/cli
+        dstack: true
+        env: [API_TOKEN]
+        commands: [cli list]
+        """
+    with pytest.raises(SpecError) as caught:
+        parse(text, environ={"API_TOKEN": "t"})
+    assert str(caught.value).startswith("t.yaml:3: dstack: not supported: there is no dstack server here")
+    assert parse(text.replace("true", "false"), environ={"API_TOKEN": "t"}).spec.commands == ("cli list",)
+
+
+def test_instances_are_refused_with_fleets_as_the_way_to_choose_hosts() -> None:
+    message = error("""\
+        commands: [x]
+        instances:
+          - name: gpu-box-2
+          - hostname: 10.0.0.7
+          - {fleet: lab, instance: 1}
+        """)
+    assert message.startswith("t.yaml:3: instances: not supported yet"), message
+    assert "fleets" in message
+
+
+def test_backend_options_are_cloud_only() -> None:
+    task = parse("""\
+        commands: [x]
+        backend_options:
+          - type: vastai
+            min_reliability: 0.95
+        """)
+    assert task.warnings == ("ignored on-prem (cloud-only): backend_options",)
 
 
 def test_cloud_only_fields_are_accepted_with_one_warning_line() -> None:

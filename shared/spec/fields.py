@@ -25,7 +25,7 @@ _ACTS = (
 )
 _CLOUD_ONLY = (
     "backends regions availability_zones instance_types reservation spot_policy max_price creation_policy "
-    "idle_duration utilization_policy tags"
+    "idle_duration utilization_policy tags backend_options"
 )
 _DEPRECATED = "home_dir setup pool_name instance_name retry_policy termination_policy termination_idle_time"
 _NOT_YET = "multi-node jobs are not supported yet"
@@ -45,6 +45,9 @@ REFUSED_ADVICE = {
     "that allows it",
     "nvcc": "not supported: nvcc: true; use an image that has nvcc "
     "(e.g. nvcr.io/nvidia/cuda:12.4.1-devel-ubuntu22.04)",
+    "dstack": "not supported: there is no dstack server here for the job to reach; remove it",
+    # Ignoring it would run the job on a host the user ruled out.
+    "instances": "not supported yet; remove it (use fleets to choose the hosts a job may run on)",
 }
 
 
