@@ -133,3 +133,13 @@ def kill_leftover_jobs(root: Path) -> None:
         for controller in runtime.cgroups.controllers:  # the parent goes too, unless another test uses it
             with contextlib.suppress(OSError):
                 (runtime.cgroups.root / controller / runtime.cgroups.parent).rmdir()
+
+
+async def child_pid(alloc_dir: Path) -> int:
+    """The pid of a plain-process job (its supervisor writes `child.pid`), once it has started."""
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                return int((alloc_dir / "child.pid").read_text())
+            except (FileNotFoundError, ValueError):
+                await asyncio.sleep(0.05)

@@ -3,7 +3,6 @@ work dir only it can enter, with a log spool only the agent can read."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -12,20 +11,11 @@ import pytest
 from agent.agent import job_uids
 from agent.config import ConfigError
 from agent.runtime.jobuser import UidRange, UidRangeError, check_uid_range, job_uid, parse_uid_range
-from tests.harness import cluster
+from tests.harness import child_pid, cluster
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and not os.environ.get("CI"), reason="per-job uids need an agent running as root"
 )
-
-
-async def _child_pid(alloc_dir: Path) -> int:
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                return int((alloc_dir / "child.pid").read_text())
-            except (FileNotFoundError, ValueError):
-                await asyncio.sleep(0.05)
 
 
 async def test_a_job_cannot_read_enter_or_kill_another_allocations_job() -> None:
@@ -36,7 +26,7 @@ async def test_a_job_cannot_read_enter_or_kill_another_allocations_job() -> None
         )
         await c.wait_for(a.id, "running")
         (a_dir,) = config.state_dir.glob("allocs/*")
-        pid = await _child_pid(a_dir)
+        pid = await child_pid(a_dir)
         uid_a = int((a_dir / "job_uid").read_text())
         assert uid_a in config.job_uid_range
         work = (a_dir / "work").stat()

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from agent.config import DockerConfig
+from agent.detect.sysfs import parse_cpulist
 from agent.machine import Machine, kernel_cpus, kernel_memory_mib, on_this_machine, this_machine
 from shared.spec import parse_spec
 from shared.wire import AllocationSpec
@@ -88,14 +89,5 @@ async def test_a_simulated_8xh100_host_runs_a_container_on_this_machine(docker_e
         assert inventory is not None
         declared = [cpu for b in final.blocks for cpu in inventory.blocks[b].cpus]
         assert len(declared) == 16
-        assert _cpu_list(seen["cpus"]) == set(kernel_cpus(declared, machine.cpus)), log
+        assert set(parse_cpulist(seen["cpus"])) == set(kernel_cpus(declared, machine.cpus)), log
         assert int(seen["memory"]) == min(256 * 1024, machine.memory_mib) * MIB, log
-
-
-def _cpu_list(text: str) -> set[int]:
-    """`0-2,5` → {0, 1, 2, 5}"""
-    out: set[int] = set()
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        out.update(range(int(low), int(high or low) + 1))
-    return out

@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from agent.detect.sysfs import parse_cpulist
 from agent.env import DEFAULT_PATH
 from agent.machine import kernel_cpus, this_machine
 from agent.runtime.jobuser import DEFAULT_JOB_UID_RANGE, parse_uid_range
@@ -20,15 +21,6 @@ PRINT_ENV = "commands:\n  - env\n  - grep Cpus_allowed_list /proc/self/status\n"
 
 def _env_of(log: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in log.splitlines() if "=" in line)
-
-
-def _cpu_list(text: str) -> set[int]:
-    """`0-2,5` → {0, 1, 2, 5}"""
-    out: set[int] = set()
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        out.update(range(int(low), int(high or low) + 1))
-    return out
 
 
 async def test_a_plain_job_gets_a_clean_environment_and_its_blocks_cores(
@@ -63,4 +55,4 @@ async def test_a_plain_job_gets_a_clean_environment_and_its_blocks_cores(
         inventory = next(h.inventory for h in hosts if h.name == "clean")
         assert inventory is not None
         declared = [cpu for b in final.blocks for cpu in inventory.blocks[b].cpus]
-        assert _cpu_list(allowed.group(1)) == set(kernel_cpus(declared, this_machine().cpus))
+        assert set(parse_cpulist(allowed.group(1))) == set(kernel_cpus(declared, this_machine().cpus))

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 
 import pytest
 
 from agent.sync import Revoked
-from tests.harness import cluster
+from tests.harness import child_pid, cluster
 
 
 def _alive(pid: int) -> bool:
@@ -21,22 +20,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def _child_pid(alloc_dir: Path) -> int:
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                return int((alloc_dir / "child.pid").read_text())
-            except (FileNotFoundError, ValueError):
-                await asyncio.sleep(0.05)
-
-
 async def test_a_removed_host_stops_its_jobs_then_exits() -> None:
     async with cluster() as c:
         config = c.start_agent("h1", simulate="1xH100:80GB")
         job = await c.submit("type: task\nname: long\ncommands: [\"trap '' TERM; sleep 300\"]\n")
         await c.wait_for(job.id, "running")
         (alloc_dir,) = config.state_dir.glob("allocs/*")
-        pid = await _child_pid(alloc_dir)
+        pid = await child_pid(alloc_dir)
         await asyncio.to_thread(c.api.remove_host, "h1")
         task = c.agents.pop("h1")
         async with asyncio.timeout(30):

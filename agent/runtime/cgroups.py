@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.detect.sysfs import parse_cpulist
 from shared.wire import AllocationSpec, Inventory
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -185,20 +186,9 @@ def _device_rule(node: str) -> str:
 
 def _cpus_within(cpus: tuple[int, ...], available: str) -> str:
     """The allocation's cores that this machine has; all it has where none is (a simulated host)."""
-    have = _parse_list(available)
+    have = set(parse_cpulist(available))
     mine = [c for c in cpus if c in have]
     return ",".join(str(c) for c in mine) if mine else available.strip()
-
-
-def _parse_list(text: str) -> set[int]:
-    out: set[int] = set()
-    for part in text.strip().split(","):
-        if "-" in part:
-            low, high = part.split("-")
-            out.update(range(int(low), int(high) + 1))
-        elif part:
-            out.add(int(part))
-    return out
 
 
 def _pids(path: Path) -> list[int]:
