@@ -21,6 +21,7 @@ import msgspec
 from agent import logcap
 from agent.env import job_env
 from agent.files import ROOT_FILES, FilePrep, has_inputs
+from agent.reasons import public_reason
 from agent.reconcile import Forget, Local, ReportGone, Start, Stop, reconcile
 from agent.runtime.base import Observed, Runtime, RuntimeStartError
 from shared.files import write_atomic
@@ -78,6 +79,7 @@ class Executor:
         inventory: Inventory,
         stop_grace_s: float,
     ) -> None:
+        self.state_dir = state_dir
         self.root = state_dir / "allocs"
         self.root.mkdir(parents=True, exist_ok=True)
         self.runtimes = dict(runtimes)  # by name: "process", and "docker" where the engine answers
@@ -119,7 +121,10 @@ class Executor:
             runtime.close()
 
     def statuses(self) -> list[AllocationStatus]:
-        return [a.status() for a in self.allocs.values()] + list(self.gone.values())
+        """What the coordinator hears: every reason without the agent's own paths (agent/reasons.py), here,
+        where it leaves the agent, so no place that builds a reason has to remember."""
+        statuses = [a.status() for a in self.allocs.values()] + list(self.gone.values())
+        return [msgspec.structs.replace(s, reason=public_reason(s.reason, self.state_dir)) for s in statuses]
 
     def step(self, desired: Sequence[AllocationSpec], now: float) -> bool:
         """Observe, enforce deadlines, reconcile, act. True if anything the coordinator should hear changed."""
