@@ -6,11 +6,12 @@ A local change (a job ended) cuts the current poll short, so the coordinator hea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from pathlib import Path
 
-from agent.client import CoordinatorClient, retryable
+from agent.client import ApiError, CoordinatorClient, retryable
 from agent.diskguard import with_disk_problem
 from agent.executor import Executor
 from agent.identity import check_not_expired
@@ -27,6 +28,13 @@ BACKOFF_MAX_S = 30.0
 
 class Revoked(Exception):
     """The coordinator refuses this agent for good (401/403): stop pulling work."""
+
+
+def revoked(exc: BaseException) -> bool:
+    """Only 401 and 403 say this host is no longer wanted. Any other refusal (a 400 naming a field of its
+    inventory or statuses) is about what it sent: its jobs keep running and it tries again, while the
+    coordinator shows the reason on the host."""
+    return isinstance(exc, ApiError) and exc.status in (401, 403)
 
 
 async def sync_loop(
@@ -51,14 +59,19 @@ async def sync_loop(
         try:
             response = await _poll(client, request, poll_timeout_s, state)
         except Exception as exc:
-            if not retryable(exc):
-                state.last_error = str(exc)
+            state.last_error = str(exc)
+            if revoked(exc):
                 log.error("sync refused: %s; this agent stops pulling work", exc)
                 raise Revoked(str(exc)) from exc
-            state.last_error = str(exc)
-            check_not_expired(cert_file)  # a host offline past its certificate's life must join again
-            log.warning("sync failed (%s); retrying in %.1f s", exc, backoff_s)
-            await asyncio.sleep(backoff_s * random.uniform(0.8, 1.2))
+            if retryable(exc):
+                check_not_expired(cert_file)  # a host offline past its certificate's life must join again
+                log.warning("sync failed (%s); retrying in %.1f s", exc, backoff_s)
+                await asyncio.sleep(backoff_s * random.uniform(0.8, 1.2))
+            else:  # a verdict on what this sync said (an inventory, a status), not on this host: keep going
+                backoff_s = BACKOFF_MAX_S
+                log.error("sync refused: %s; retrying in %.1f s, or at the next local change", exc, backoff_s)
+                with contextlib.suppress(TimeoutError):  # a new inventory may be what the refusal asks for
+                    await asyncio.wait_for(state.local_changed.wait(), backoff_s * random.uniform(0.8, 1.2))
             backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
             continue
         backoff_s = BACKOFF_MIN_S

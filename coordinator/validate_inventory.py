@@ -6,9 +6,10 @@ stop placement for every host, so the coordinator refuses such an inventory when
 stored one that fails the same check. Pure: no I/O.
 
 The rules: block indices are 0..n-1 in order; every GPU a block names is a device of the host and is named by
-one block only; CPU core ids are unique across blocks and the blocks name no more cores than the host counts
-(ids may exceed the count: an agent confined to cores 8-15 has 8 cores with ids 8..15); the blocks' memory
-and disk add up to no more than the host's. Sizes and counts are bounded on the wire (shared/wire.py).
+one block only; a block names each CPU core once, and all blocks together name no more distinct cores than
+the host counts (blocks may share cores: `blocks: auto` on a host with fewer cores than GPUs; ids may exceed
+the count: an agent confined to cores 8-15 has 8 cores with ids 8..15); the blocks' memory and disk add up
+to no more than the host's. Sizes and counts are bounded on the wire (shared/wire.py).
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ def inventory_problem(inventory: Inventory) -> str | None:
 
 def _blocks_problem(inventory: Inventory, devices: set[int]) -> str | None:
     gpu_owner: dict[int, int] = {}
-    cpu_owner: dict[int, int] = {}
     for position, block in enumerate(inventory.blocks):
         where = f"inventory.blocks[{position}]"
         if block.index != position:
             return f"{where}.index: {block.index}, expected {position}"
         problem = _claim(block.gpus, gpu_owner, position, f"{where}.gpus", "GPU")
-        problem = problem or _claim(block.cpus, cpu_owner, position, f"{where}.cpus", "CPU core")
+        problem = problem or _claim(block.cpus, {}, position, f"{where}.cpus", "CPU core")
         if problem:
             return problem
         unknown = [g for g in block.gpus if g not in devices]
@@ -55,7 +55,7 @@ def _claim(ids: tuple[int, ...], owner: dict[int, int], position: int, where: st
 
 def _totals_problem(inventory: Inventory) -> str | None:
     blocks: tuple[Block, ...] = inventory.blocks
-    cores = sum(len(b.cpus) for b in blocks)
+    cores = len({cpu for b in blocks for cpu in b.cpus})
     if cores > inventory.cpu_count:
         return f"inventory.cpu_count: {inventory.cpu_count}, but the blocks name {cores} CPU cores"
     for name in ("memory_mib", "disk_mib"):

@@ -11,11 +11,13 @@ from collections.abc import Callable, Sequence
 import msgspec
 import pytest
 
-from agent.agent import detect
+from agent.agent import detect, run_agent
 from agent.config import AgentConfig
+from agent.state import SharedState
 from coordinator.safe_schedule import schedule_skipping
 from coordinator.scheduler import HostCapacity, PendingJob, ScheduleResult, schedule
 from coordinator.validate_inventory import inventory_problem
+from shared.aio import cancel_and_wait
 from shared.spec import parse_spec
 from shared.wire import Inventory, generation_of
 from tests.agent_session import agent_session, sync_body
@@ -48,13 +50,25 @@ def test_a_detected_inventory_is_sound() -> None:
     assert inventory_problem(_inventory("this-machine", None)) is None
 
 
+def test_blocks_that_share_cores_are_sound() -> None:
+    """`blocks: auto` on a host with fewer cores than GPUs gives blocks a shared core: the agent's own
+    inventory must pass, or such a host could never sync."""
+    root = reachable_tmpdir()
+    try:
+        config = AgentConfig(coordinator="https://x", state_dir=root, simulate="4xH100:80GB", simulate_cpus=2)
+        shared = detect(config)
+    finally:
+        shutil.rmtree(root)
+    assert len({cpu for b in shared.blocks for cpu in b.cpus}) < sum(len(b.cpus) for b in shared.blocks)
+    assert inventory_problem(shared) is None
+
+
 @pytest.mark.parametrize(
     ("broken", "expected"),
     [
         (_with_block(SOUND, 3, index=5), "inventory.blocks[3].index: 5, expected 3"),
         (_with_block(SOUND, 1, gpus=(7,)), "inventory.blocks[1].gpus: GPU 7 is not among the host's devices"),
         (_with_block(SOUND, 1, gpus=(0,)), "inventory.blocks[1].gpus: GPU 0 is also named by block 0"),
-        (_with_block(SOUND, 2, cpus=SOUND.blocks[0].cpus), "inventory.blocks[2].cpus: CPU core"),
         (_with_block(SOUND, 2, cpus=(99, 99)), "inventory.blocks[2].cpus: CPU core 99 is also named by this"),
         (
             _with_block(SOUND, 0, cpus=SOUND.blocks[0].cpus + (900,)),
@@ -152,3 +166,29 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None
     async with asyncio.timeout(timeout_s):
         while not condition():  # noqa: ASYNC110 - the coordinator's view, no event to wait on
             await asyncio.sleep(0.05)
+
+
+async def test_an_agent_whose_inventory_is_refused_keeps_its_jobs_and_tries_again() -> None:
+    """A 400 is a verdict on what a sync said, not on the host: only 401/403 stop an agent's jobs."""
+    async with cluster(QUICK_POLL) as c:
+        config = c.agent_config("h", "2xH100:80GB", "auto")
+        state = SharedState()
+        agent = asyncio.create_task(run_agent(config, detect(config), state))
+        try:
+            job = await c.submit("type: task\ncommands: [sleep 30]\nresources: {gpu: H100:1}\n")
+            await c.wait_for(job.id, "running")
+            good = state.inventory
+            assert good is not None
+            state.inventory = _with_block(good, 1, index=5)  # as a re-detection that went wrong would
+            state.local_changed.set()
+            await _until(lambda: bool(state.last_error))
+            assert "inventory.blocks[1].index: 5, expected 1" in state.last_error
+            await asyncio.sleep(1)
+            assert not agent.done(), agent
+            assert (await c.job(job.id)).status == "running"
+            state.inventory = good
+            state.local_changed.set()
+            await _until(lambda: not state.last_error)
+            assert (await c.job(job.id)).status == "running"
+        finally:
+            await cancel_and_wait(agent)
