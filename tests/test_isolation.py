@@ -4,6 +4,7 @@ work dir only it can enter, with a log spool only the agent can read."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from agent.agent import job_uids
 from agent.config import ConfigError
 from agent.runtime.jobuser import UidRange, UidRangeError, check_uid_range, job_uid, parse_uid_range
-from tests.harness import child_pid, cluster
+from tests.harness import child_pid, cluster, reachable_tmpdir
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and not os.environ.get("CI"), reason="per-job uids need an agent running as root"
@@ -50,6 +51,23 @@ async def test_a_job_cannot_read_enter_or_kill_another_allocations_job() -> None
         uid_b = int(log.split("uid=")[1].split()[0])
         assert uid_b != uid_a and uid_b in config.job_uid_range
         assert (await c.wait_for(a.id, "done", "failed", timeout_s=30)).status == "done"
+
+
+async def test_a_jobs_home_never_chooses_what_the_agent_hands_to_it() -> None:
+    """The root agent chowns the job's work dir to the job's uid: a HOME from the spec must not pick it."""
+    victim = reachable_tmpdir() / "victim"
+    victim.mkdir(mode=0o755)
+    try:
+        async with cluster() as c:
+            c.start_agent("h1", simulate="1xH100:80GB")
+            job = await c.submit(f"type: task\nenv: {{HOME: {victim}}}\ncommands: [pwd, 'echo $HOME']\n")
+            log = (await c.full_log(job.id)).decode()
+            assert (await c.job(job.id)).status == "done", log
+        assert (victim.stat().st_uid, victim.stat().st_mode & 0o777) == (0, 0o755), "the agent handed it over"
+        work, home = log.split()
+        assert work.endswith("/work") and home == str(victim)  # the job's cwd is its own; HOME is as it asked
+    finally:
+        shutil.rmtree(victim.parent)
 
 
 def test_a_uid_is_kept_per_allocation_and_never_shared(tmp_path: Path) -> None:

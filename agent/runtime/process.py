@@ -48,7 +48,8 @@ class ProcessRuntime:
         self.dev = dev  # where the GPUs' device nodes are
 
     def start(self, alloc: AllocationSpec, env: dict[str, str], alloc_dir: Path, log_file: Path) -> None:
-        work_dir = Path(env["HOME"])
+        # Never from env["HOME"]: the spec may set HOME, and this folder is chowned to the job as root
+        work_dir = alloc_dir / "work"
         work_dir.mkdir(parents=True, exist_ok=True)
         alloc_dir.chmod(0o711)  # the job reaches its work dir; nobody lists the journal
         user = self._job_user(alloc_dir)
