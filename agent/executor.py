@@ -205,6 +205,7 @@ class Executor:
         runtime = self.runtime_for(spec)
         try:
             path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o711)  # jobs reach their own work dir by its path; none lists the allocations' files
             write_atomic(path / "alloc.json", msgspec.json.encode(spec), mode=0o600)  # env, registry password
             if runtime is None:
                 raise RuntimeStartError("this host has no Docker engine for a job with an image")

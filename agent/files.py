@@ -60,6 +60,7 @@ def root_files_tar(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTE
     engine's `put_archive(path="/")`, each member through tarfile's "data" filter (no `..`, no absolute
     or escaping links, no devices, no set-uid bits; modes kept) and owned by root. Raises FilesError."""
     try:
+        dest.touch(mode=0o600)  # it may hold a job's keys (`~/.ssh/id_rsa:/root/.ssh/id_rsa`)
         with tarfile.open(archive, "r:gz") as tar, tarfile.open(dest, "w") as out:
             members = tar.getmembers()
             total = sum(m.size for m in members if m.isfile())
@@ -93,6 +94,7 @@ class FilePrep:
         self.cache = state_dir / "files"
         self.staging = self.cache / "staged"
         self.staging.mkdir(parents=True, exist_ok=True)
+        self.cache.chmod(0o700)  # archives and staged trees (a clone's token, a job's files) are the agent's
         self.wake = wake  # called when a fetch ends, so the executor loop looks again at once
         self.tasks: dict[str, asyncio.Task[None]] = {}  # by allocation id
         self.errors: dict[str, str] = {}  # by allocation id: why its files are not there

@@ -89,3 +89,4 @@ def test_copy_messages_appends_and_keeps_the_cursor_file(tmp_path: Path) -> None
     assert LogCursor.load(cursor_file) == LogCursor(T0 + 2, 2, len(b"first\n") + 16387)
     copy_messages(second, spool, cursor_file)  # the engine sends all again: only the new part lands
     assert spool.read_bytes() == b"".join(payload for _, payload in MESSAGES[:5])
+    assert spool.stat().st_mode & 0o777 == 0o600  # no job reads another's output

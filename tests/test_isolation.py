@@ -70,6 +70,21 @@ async def test_a_jobs_home_never_chooses_what_the_agent_hands_to_it() -> None:
         shutil.rmtree(victim.parent)
 
 
+async def test_a_job_cannot_list_other_jobs_inputs_or_allocations() -> None:
+    async with cluster() as c:
+        config = c.start_agent("h1", simulate="1xH100:80GB")
+        state = config.state_dir
+        job = await c.submit(
+            f"type: task\ncommands: ['ls {state}/files 2>&1 || true', 'ls {state}/allocs 2>&1 || true',"
+            " 'ls $HOME/.. 2>&1 || true', 'stat -c mode=%a $HOME/..']\n"
+        )
+        log = (await c.full_log(job.id)).decode()
+        assert (await c.job(job.id)).status == "done", log
+        assert log.count("Permission denied") == 3, log
+        assert (state / "files").stat().st_mode & 0o777 == 0o700
+        assert "mode=711" in log, log
+
+
 def test_a_uid_is_kept_per_allocation_and_never_shared(tmp_path: Path) -> None:
     uids = UidRange(200000, 200001)
     first, second = tmp_path / "a-1", tmp_path / "a-2"

@@ -109,7 +109,8 @@ def copy_messages(frames: Iterable[bytes], spool: Path, cursor_file: Path) -> Lo
     cursor = LogCursor.load(cursor_file)
     keep = ResumeFilter(cursor, spool.stat().st_size if spool.exists() else 0)
     saved_at = time.monotonic()
-    with open(spool, "ab", buffering=0) as out:
+    # The agent's alone (0600), like a plain job's spool: no job reads another's output
+    with open(os.open(spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab", buffering=0) as out:
         try:
             for frame in frames:
                 data = memoryview(keep.feed(*split_message(frame)))

@@ -51,7 +51,6 @@ class ProcessRuntime:
         # Never from env["HOME"]: the spec may set HOME, and this folder is chowned to the job as root
         work_dir = alloc_dir / "work"
         work_dir.mkdir(parents=True, exist_ok=True)
-        alloc_dir.chmod(0o711)  # the job reaches its work dir; nobody lists the journal
         user = self._job_user(alloc_dir)
         if user:
             uid, gid = (int(n) for n in user.split(":"))
