@@ -26,6 +26,13 @@ from pathlib import Path
 from agent.env import DEFAULT_PATH
 from shared.spec import Repo
 
+# ssh takes its home from passwd, not $HOME: without these it would offer root's own keys and config to any
+# server a job names. A job's ssh:// repo gets no key of the host's, and the host's known keys only.
+SSH_COMMAND = (
+    "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=none -o IdentityAgent=none"
+    " -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/dev/null"
+    " -o GlobalKnownHostsFile=/etc/ssh/ssh_known_hosts"
+)
 CLONE_TIMEOUT_S = 1800.0  # per git command: a large repository over a slow proxy still fits
 ALLOWED_PROTOCOLS = "http:https:ssh"  # git's names; never `file` (see the module docstring)
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
@@ -46,7 +53,7 @@ def git_env(agent_env: Mapping[str, str], home: Path) -> dict[str, str]:
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "/bin/false",
         "SSH_ASKPASS": "/bin/false",
-        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+        "GIT_SSH_COMMAND": SSH_COMMAND,
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_CONFIG_GLOBAL": "/dev/null",
         "GIT_ALLOW_PROTOCOL": ALLOWED_PROTOCOLS,  # also binds redirects and submodules

@@ -165,3 +165,15 @@ def test_credentials_never_show_in_a_reason() -> None:
     assert redact_url("https://tok3n@host/r.git") == "https://***@host/r.git"
     assert redact_url("git@host:team/r.git") == "git@host:team/r.git"
     assert redact_url("file:///srv/r.git") == "file:///srv/r.git"
+
+
+def test_ssh_repos_get_none_of_the_hosts_keys_or_config(tmp_path: Path) -> None:
+    """git runs ssh as root, whose home comes from passwd, not $HOME: the command git is given must itself
+    keep root's keys, agent and config away. Checked with OpenSSH's own reading of it (`ssh -G`)."""
+    ssh = git_env({"PATH": os.environ["PATH"]}, tmp_path)["GIT_SSH_COMMAND"]
+    effective = subprocess.run(
+        f"{ssh} -G git.example.invalid", shell=True, capture_output=True, text=True, check=True, timeout=10
+    ).stdout.splitlines()
+    assert [line for line in effective if line.startswith("identityfile ")] == ["identityfile none"]
+    assert "identityagent none" in effective and "stricthostkeychecking true" in effective
+    assert "userknownhostsfile /dev/null" in effective
