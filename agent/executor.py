@@ -248,10 +248,18 @@ class Executor:
             write_atomic(local.dir / "stop.json", json.dumps({"reason": reason, "at": now}).encode())
 
     def _forget(self, alloc_id: str) -> None:
-        local = self.allocs.pop(alloc_id)
+        """Release the allocation's runtime resources, then drop it. A release the kernel refuses for now
+        (a cgroup that will not empty: a process stuck in the D state) keeps the allocation for the next
+        tick, never ends the agent."""
+        local = self.allocs[alloc_id]
         runtime = self.runtime_for(local.spec)
         if runtime is not None:
-            runtime.release(local.dir)
+            try:
+                runtime.release(local.dir)
+            except OSError as exc:
+                log.warning("allocation %s: cannot release it yet (%s); trying again", alloc_id, exc)
+                return
+        del self.allocs[alloc_id]
         shutil.rmtree(local.dir, ignore_errors=True)
         log.info("forgot allocation %s", alloc_id)
 

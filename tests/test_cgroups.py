@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.executor import Executor
 from agent.runtime.base import Observed
-from agent.runtime.cgroups import Cgroups
+from agent.runtime.cgroups import Cgroups, Limits
 from agent.runtime.process import ProcessRuntime
 from shared.spec import TaskSpec
 from shared.states import AllocState
@@ -91,3 +92,28 @@ def test_a_job_is_held_to_its_cores_memory_and_pids(cgroups: Cgroups, root: Path
     forks = "for i in $(seq 30); do sleep 3 & done; wait"
     seen, log = run_job(runtime, root, "a-pids", forks)
     assert seen.exit_code != 0 and "fork" in log.lower(), log
+
+
+def test_a_cgroup_that_will_not_go_yet_keeps_the_allocation_not_the_agent(
+    cgroups: Cgroups, root: Path
+) -> None:
+    """A cgroup the kernel will not remove (here: a child cgroup inside it, as a stuck process would) makes
+    the release fail; the executor keeps the allocation and releases it on a later tick."""
+    executor = Executor(root, {"process": ProcessRuntime(None, None, cgroups, HOST)}, HOST, stop_grace_s=1)
+    alloc = AllocationSpec("a-busy", "j", "job", "run", TaskSpec(commands=("true",)), (0,), (0,), (0,), 512)
+    deadline = time.monotonic() + 20
+    while "a-busy" not in executor.allocs or not executor.allocs["a-busy"].observed.state.terminal:
+        assert time.monotonic() < deadline, "the job did not end"
+        executor.step([alloc], time.time())
+        time.sleep(0.05)
+    local = executor.allocs["a-busy"]
+    executor.record_acked("a-busy", local.stream_size())  # every byte shipped: it may be forgotten
+    blocker = cgroups.create("a-busy", Limits((0,), 512, 100, ()))[0] / "blocker"
+    blocker.mkdir()
+    try:
+        executor.step([], time.time())  # the release fails after its wait; the executor goes on
+        assert "a-busy" in executor.allocs
+    finally:
+        blocker.rmdir()
+    executor.step([], time.time())
+    assert "a-busy" not in executor.allocs and not local.dir.exists()
