@@ -82,4 +82,14 @@ def _finish(ref: str, chunk: LogChunk) -> int:
     if chunk.status != "done":
         code = f" (exit {chunk.exit_code})" if chunk.exit_code is not None else ""
         click.echo(f"job {clean(ref)} {chunk.status}{code}", err=True)
-    return chunk.exit_code if chunk.exit_code is not None else (0 if chunk.status == "done" else 1)
+    return exit_status(chunk.status, chunk.exit_code)
+
+
+def exit_status(status: str, exit_code: int | None) -> int:
+    """What the CLI exits with for a job that ended, as a shell reports a child: its code when it is one a
+    process can exit with, 128+N when signal N killed it, and never 0 unless the job is `done`. Pure."""
+    if exit_code is not None and exit_code < 0 and -exit_code < 128:
+        return 128 - exit_code
+    if exit_code is not None and 0 < exit_code < 256:
+        return exit_code
+    return 0 if status == "done" else 1

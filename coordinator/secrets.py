@@ -9,6 +9,7 @@ holds it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from coordinator.accounts import Invalid
@@ -29,6 +31,9 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 REFERENCE_RE = re.compile(r"\$\{\{\s*secrets\.([^}\s]*)\s*\}\}")
 MAX_VALUE_BYTES = 16 * 1024
 NONCE_BYTES = 12
+
+
+log = logging.getLogger(__name__)
 
 
 class NoSecret(LookupError):
@@ -142,6 +147,9 @@ class Secrets:
             try:
                 return self.value(project, name)
             except NoSecret:
+                return ""
+            except InvalidTag:  # secrets.key was replaced or the row damaged: one job, not every sync, pays
+                log.error("project %r: secret %r cannot be decrypted with this secrets.key", project, name)
                 return ""
 
         return resolved(spec, value_of)

@@ -10,6 +10,9 @@ import time
 import tomllib
 from pathlib import Path
 
+import pytest
+
+from cli.follow import exit_status
 from tests.test_cli import GPUCTL, ROOT, dev, gpuctl
 
 __all__ = ["dev"]
@@ -93,3 +96,21 @@ def test_completion_scripts_complete_gpuctls_commands() -> None:
     )
     assert "plain,submit" in asked.stdout.splitlines()
     assert gpuctl(dict(os.environ), "completion", "csh").returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "exit_code", "expected"),
+    [
+        ("done", 0, 0),
+        ("failed", 3, 3),
+        ("failed", 256, 1),  # sys.exit(256) would be 0 to the shell
+        ("failed", -9, 137),  # killed by SIGKILL, as a shell reports it
+        ("stopped", 0, 1),  # stopped is not success, whatever its process said
+        ("lost", None, 1),
+        ("failed", -(2**31), 1),
+    ],
+)
+def test_the_cli_exits_as_a_shell_would_and_never_0_unless_done(
+    status: str, exit_code: int | None, expected: int
+) -> None:
+    assert exit_status(status, exit_code) == expected

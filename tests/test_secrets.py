@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cli.api import Api, ApiError
 from cli.config import CliConfig
@@ -86,6 +86,9 @@ async def test_another_project_cannot_read_or_use_the_secret(tmp_path: Path) -> 
             await asyncio.to_thread(bob.submit, parse_spec(JOB))
         with pytest.raises(ApiError, match="a member acts on its own project"):
             await asyncio.to_thread(bob.secrets, "team-a")
+        with pytest.raises(ApiError, match="a member acts on its own project"):
+            await asyncio.to_thread(bob.set_secret, "HF_TOKEN", "overwritten", "team-a")
+        assert c.coordinator.coordinator.secrets.value("team-a", "HF_TOKEN") == VALUE
         with pytest.raises(ApiError, match="project 'team-b' has no secret 'HF_TOKEN'"):
             await asyncio.to_thread(bob.delete_secret, "HF_TOKEN")
         assert [s.name for s in await asyncio.to_thread(c.api.secrets, "team-a")] == ["HF_TOKEN"]  # admin
@@ -110,4 +113,16 @@ def test_registry_auth_keeps_the_reference_until_the_coordinator_resolves_it() -
     assert spec.registry_auth is not None and spec.registry_auth.password == "x${{ secrets.REG }}"
     sent = resolved(spec, {"REG": "pw"}.__getitem__)
     assert sent.registry_auth is not None and sent.registry_auth.password == "xpw"
-    assert json.loads(json.dumps(spec.env)) == {}  # nothing else changed
+    assert sent.env == spec.env and sent.commands == spec.commands  # nothing else changed
+
+
+async def test_a_secret_that_no_longer_decrypts_costs_its_job_not_every_sync() -> None:
+    """secrets.key replaced (a restore without it): the job gets no value, and the host keeps syncing."""
+    async with cluster() as c:
+        await asyncio.to_thread(c.api.set_secret, "HF_TOKEN", VALUE)
+        c.coordinator.coordinator.secrets.aead = AESGCM(AESGCM.generate_key(bit_length=256))
+        c.start_agent("h1", "1xH100:80GB")
+        job = await c.submit(JOB)
+        log = (await c.full_log(job.id)).decode()
+        assert (await c.job(job.id)).status == "done", log
+        assert "len=0 " in log
