@@ -57,13 +57,13 @@ class ProcessRuntime:
             _chown_tree(work_dir, uid, gid)  # `files:` unpacked there are the job's own
         work_dir.chmod(0o700)
         env = {**login_env(_user_name(user)), **env}
-        write_cpus(alloc_dir, alloc.cpus)
+        cpus = kernel_cpus(sorted(alloc.cpus), this_machine().cpus) if alloc.cpus else ()
+        write_cpus(alloc_dir, cpus)
         shell, script = shell_path(alloc.spec.shell), job_script(alloc.spec.commands)
         # The supervisor may run as root: it gets an isolated interpreter (-I ignores PYTHON* variables) and a
         # fixed environment; the job's own environment (PYTHONPATH, LD_PRELOAD, ...) reaches only the job.
         tls.write_private(alloc_dir / "env.json", json.dumps(env).encode())
         devices = gpu_device_nodes(alloc, self.inventory, self.dev) if self.inventory is not None else ()
-        cpus = kernel_cpus(sorted(alloc.cpus), this_machine().cpus) if alloc.cpus else ()
         confine(self.cgroups, alloc.id, Limits(cpus, alloc.memory_mib, self.pids_limit, devices), alloc_dir)
         argv = [sys.executable, "-I", _SHIM, str(alloc_dir / "exit.json"), user]
         argv += ["--", shell, "-c", script]
@@ -164,10 +164,10 @@ def login_env(user: str) -> dict[str, str]:
     return {"USER": user, "LOGNAME": user, "SHELL": "/bin/sh"}
 
 
-def write_cpus(alloc_dir: Path, declared: Collection[int]) -> None:
-    """The CPU ids the supervisor pins the job to (file `cpus`): its blocks' cores on this machine."""
-    if declared:
-        cpus = kernel_cpus(sorted(declared), this_machine().cpus)
+def write_cpus(alloc_dir: Path, cpus: Collection[int]) -> None:
+    """The CPU ids the supervisor pins the job to (file `cpus`): its blocks' cores as this machine has them
+    (agent.machine.kernel_cpus); none: no pinning."""
+    if cpus:
         (alloc_dir / "cpus").write_text(",".join(str(c) for c in cpus))
 
 
