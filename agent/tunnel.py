@@ -209,7 +209,8 @@ class Tunnel:
             return
         reader = asyncio.create_task(_read_lines(process, stderr))
         try:
-            healthy = await self._watch(process)
+            exited = await self._watch(process)
+            code = process.returncode
         finally:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
@@ -217,7 +218,12 @@ class Tunnel:
             await reader
             self._process = None
             self.up.clear()
-        self._failed(explain(list(stderr), self.hops) if healthy else "the tunnel's socket stopped answering")
+        if not exited:
+            self._failed("ssh's forwarding socket went away")
+        elif code is not None and code < 0:
+            self._failed(f"ssh was killed (signal {-code})")
+        else:
+            self._failed(explain(list(stderr), self.hops))
 
     async def _watch(self, process: asyncio.subprocess.Process) -> bool:
         """Wait until ssh exits (True) or its socket stops answering (False); marks the tunnel up meanwhile."""
