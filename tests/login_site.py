@@ -112,8 +112,9 @@ class Site:
             "--blocks", "1", *link,
         ]  # fmt: skip
 
-    def start_agent(self, command: str, *link: str) -> None:
-        self.agent = self.net.popen("node", self.agent_argv(command, *link), self.agent_log)
+    def start_agent(self, command: str, *link: str, env: dict[str, str] | None = None) -> None:
+        environ = {**os.environ, **(env or {})}
+        self.agent = self.net.popen("node", self.agent_argv(command, *link), self.agent_log, env=environ)
 
     def stop_agent(self) -> None:
         if self.agent is not None:
