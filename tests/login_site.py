@@ -171,6 +171,4 @@ def login_site(prefix: str) -> Iterator[Site]:
                 site.stop_agent()
                 kill_leftover_jobs(root)
     finally:
-        subprocess.run(["rm", "-rf", str(root)], check=False, timeout=60) if not os.environ.get(
-            "KEEP"
-        ) else None
+        subprocess.run(["rm", "-rf", str(root)], check=False, timeout=60)
