@@ -18,7 +18,7 @@ from agent.detect import detect_inventory
 from agent.diskguard import disk_problem, is_disk_error
 from agent.executor import Executor
 from agent.files import FilePrep
-from agent.identity import check_not_expired, finish_pending_pair, join, renew_loop
+from agent.identity import JoinError, check_not_expired, finish_pending_pair, join, renew_loop
 from agent.lock import hold_state_dir
 from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
 from agent.runtime.base import Runtime
@@ -30,13 +30,16 @@ from agent.runtime.process import ProcessRuntime, check_reachable
 from agent.shipper import ship_loop
 from agent.state import SharedState
 from agent.sync import Revoked, sync_loop
+from agent.transport import LinkDown, Transport, env_proxy, make_transport
 from shared import tls
+from shared.aio import cancel_and_wait
 from shared.join import parse_join_string
 from shared.wire import Inventory
 
 log = logging.getLogger("gpuctl.agent")
 
 EXEC_TICK_S = 0.2
+JOIN_LINK_WAIT_S = 60.0  # how long `join` waits for a tunnel to come up before it gives up with the reason
 
 
 def detect(config: AgentConfig) -> Inventory:
@@ -135,7 +138,29 @@ async def run_agent(
     state dir's lock throughout: raises StateDirBusy at once while another agent uses it.
     """
     with hold_state_dir(config.state_dir):
-        await _run_agent(config, inventory, state or SharedState(), redetect, redetect_interval_s)
+        transport = agent_transport(config)
+        link = asyncio.create_task(transport.run(), name="link")  # before enrollment: join may need it
+        try:
+            await _run_agent(
+                config, inventory, state or SharedState(), redetect, redetect_interval_s, transport
+            )
+        finally:
+            await cancel_and_wait(link)
+
+
+def agent_transport(config: AgentConfig) -> Transport:
+    """The way to the coordinator that the config asks for: its bastions, its proxy, else HTTPS_PROXY."""
+    proxy = config.proxy if config.proxy is not None else env_proxy(config.coordinator, os.environ)
+    return make_transport(config.coordinator, config.bastion, proxy or None, config.runtime_dir)
+
+
+async def _join(config: AgentConfig, transport: Transport) -> None:
+    try:
+        await transport.ready(JOIN_LINK_WAIT_S)
+    except LinkDown as exc:
+        raise JoinError(f"cannot reach the coordinator through {transport.description}: {exc}") from None
+    assert config.join is not None
+    await join(config.coordinator, parse_join_string(config.join), config.pki_dir, config.name, transport)
 
 
 async def _run_agent(
@@ -144,6 +169,7 @@ async def _run_agent(
     state: SharedState,
     redetect: Detect | None,
     redetect_interval_s: float,
+    transport: Transport,
 ) -> None:
     state.inventory = inventory
     run_as, uids = config.effective_run_as(), job_uids(config)
@@ -156,20 +182,21 @@ async def _run_agent(
         ca, cert, key = config.tls_files()
         finish_pending_pair(config.pki_dir)
         if not cert.exists() and config.join:
-            await join(config.coordinator, parse_join_string(config.join), config.pki_dir, config.name)
+            await _join(config, transport)
         check_not_expired(cert)
         context = tls.client_context(ca, cert, key)
-        client = CoordinatorClient(config.coordinator, context)
+        client = CoordinatorClient(config.coordinator, context, transport)
     except BaseException:
         executor.close()
         raise
     log.info(
-        "agent %s: %d GPUs, %d blocks%s; coordinator %s",
+        "agent %s: %d GPUs, %d blocks%s; coordinator %s (%s)",
         config.name,
         len(inventory.gpus),
         len(inventory.blocks),
         " (SIMULATED)" if inventory.simulated else "",
         config.coordinator,
+        transport.description,
     )
 
     def adopt(fresh: Inventory) -> None:
@@ -188,7 +215,9 @@ async def _run_agent(
                     name="redetect",
                 )
                 if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
-                    tg.create_task(renew_loop(config.coordinator, context, config.pki_dir), name="renew")
+                    tg.create_task(
+                        renew_loop(config.coordinator, context, config.pki_dir, transport), name="renew"
+                    )
     except* Revoked:
         await stop_everything(executor, "this host was removed from the coordinator")
         raise

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
+from agent.transport import Transport
 from shared import constants as C
 from shared.wire import ErrorBody, LogAck, SyncRequest, SyncResponse
 
@@ -30,9 +31,12 @@ def retryable(exc: BaseException) -> bool:
 
 
 class CoordinatorClient:
-    def __init__(self, base_url: str, ssl_context: ssl.SSLContext) -> None:
+    def __init__(
+        self, base_url: str, ssl_context: ssl.SSLContext, transport: Transport | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context, limit=8))
+        self.transport = transport or Transport()  # direct, a proxy, or an SSH tunnel: TLS end to end
+        self.session = self.transport.session(ssl_context, limit=8)
 
     async def close(self) -> None:
         await self.session.close()

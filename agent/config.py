@@ -13,7 +13,9 @@ from typing import Any
 import yaml
 
 from agent.blocks import BlocksError, parse_blocks
+from agent.link_config import LinkConfigError, parse_bastion, parse_proxy
 from agent.runtime.jobuser import DEFAULT_JOB_UID_RANGE, UidRange, UidRangeError, parse_uid_range
+from agent.tunnel import Hop
 from shared.constants import STOP_GRACE_S
 from shared.units import parse_memory_mib
 
@@ -58,6 +60,13 @@ class AgentConfig:
     key_file: Path | None = None
     join: str | None = None  # a join string: used once, when the agent has no certificate yet
     docker: DockerConfig = field(default_factory=DockerConfig)
+    bastion: tuple[Hop, ...] = ()  # SSH hops to the coordinator, first hop first; () dials directly
+    proxy: str | None = None  # an HTTP CONNECT proxy; None: HTTPS_PROXY / NO_PROXY; "": none at all
+
+    @property
+    def runtime_dir(self) -> Path:
+        """The tunnel's socket and ssh_config: under the state dir, never an open TCP port."""
+        return self.state_dir / "run"
 
     @property
     def pki_dir(self) -> Path:
@@ -101,6 +110,8 @@ _FIELDS = {
     "join",
     "docker_socket",
     "docker",
+    "bastion",
+    "proxy",
 }
 _DOCKER_FIELDS = {
     "socket",
@@ -124,7 +135,12 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings")
         raw = loaded
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    overrides = dict(overrides)
+    hop_identity, hop_known_hosts = (
+        overrides.pop("bastion_identity", None),
+        overrides.pop("bastion_known_hosts", None),
+    )
+    raw.update({k: v for k, v in overrides.items() if v is not None and v != ()})
     unknown = set(raw) - _FIELDS
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown setting (known: {', '.join(sorted(_FIELDS))})")
@@ -145,6 +161,14 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
     except UidRangeError as exc:
         raise ConfigError(f"job_uid_range: {exc}") from None
 
+    try:
+        bastion = parse_bastion(raw.get("bastion"), hop_identity, hop_known_hosts)
+        proxy = parse_proxy(raw.get("proxy"))
+    except LinkConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if bastion and proxy:
+        raise ConfigError("proxy: set either a bastion or a proxy, not both")
+
     def path_of(key: str) -> Path | None:
         return Path(raw[key]) if raw.get(key) else None
 
@@ -164,6 +188,8 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         cert_file=path_of("cert_file"),
         key_file=path_of("key_file"),
         docker=parse_docker_config(raw.get("docker") or {}, raw.get("docker_socket")),
+        bastion=bastion,
+        proxy=proxy,
     )
 
 

@@ -19,6 +19,7 @@ import aiohttp
 import msgspec
 
 from agent.client import raise_for_status, retryable
+from agent.transport import Transport
 from shared import constants as C
 from shared import tls
 from shared.join import JoinString
@@ -39,19 +40,22 @@ class CertificateExpired(Exception):
     pass
 
 
-async def fetch_pinned_ca(url: str, pin: str) -> bytes:
+async def fetch_pinned_ca(url: str, pin: str, transport: Transport | None = None) -> bytes:
     """The coordinator's CA certificate, if its public key matches `pin`. Sends no secret."""
+    transport = transport or Transport()
     insecure = ssl.create_default_context()
     insecure.check_hostname = False
     insecure.verify_mode = ssl.CERT_NONE  # only to read the CA, which the pin then verifies
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=insecure)) as session:
+    async with transport.session(insecure) as session:
         try:
             async with session.get(
                 f"{url.rstrip('/')}{C.AGENT_PREFIX}/ca", timeout=aiohttp.ClientTimeout(total=30)
             ) as resp:
                 ca_pem = await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise JoinError(f"cannot reach the coordinator at {url}: {exc}") from None
+            via = "" if transport.description == "direct" else f" through {transport.description}"
+            why = transport.problem() or str(exc)
+            raise JoinError(f"cannot reach the coordinator at {url}{via}: {why}") from None
     try:
         actual = tls.ca_pin(ca_pem)
     except ValueError:
@@ -64,9 +68,11 @@ async def fetch_pinned_ca(url: str, pin: str) -> bytes:
     return ca_pem
 
 
-async def join(url: str, join: JoinString, pki_dir: Path, hostname: str) -> str:
+async def join(
+    url: str, join: JoinString, pki_dir: Path, hostname: str, transport: Transport | None = None
+) -> str:
     """Enroll with a join string; store key (0600), certificate and CA under `pki_dir`. Returns the host id."""
-    ca_pem = await fetch_pinned_ca(url, join.ca_pin)
+    ca_pem = await fetch_pinned_ca(url, join.ca_pin, transport)
     pki_dir.mkdir(parents=True, exist_ok=True)
     (pki_dir / "ca.pem").write_bytes(ca_pem)
     key = tls.new_key()
@@ -74,17 +80,24 @@ async def join(url: str, join: JoinString, pki_dir: Path, hostname: str) -> str:
         token=f"{join.token_id}.{join.secret}", csr=tls.make_csr(key, hostname).decode(), hostname=hostname
     )
     context = tls.client_context(pki_dir / "ca.pem")
-    answer = await _post(url, context, "/enroll", request, EnrollResponse)
+    answer = await _post(url, context, "/enroll", request, EnrollResponse, transport)
     tls.write_private(pki_dir / "agent-key.pem", tls.key_to_pem(key))
     (pki_dir / "agent.pem").write_text(answer.certificate)
     log.info("joined as host %s", answer.host_id)
     return answer.host_id
 
 
-async def _post(url: str, context: ssl.SSLContext, path: str, request: object, type_: type[T]) -> T:
+async def _post(
+    url: str,
+    context: ssl.SSLContext,
+    path: str,
+    request: object,
+    type_: type[T],
+    transport: Transport | None = None,
+) -> T:
     target = f"{url.rstrip('/')}{C.AGENT_PREFIX}{path}"
     async with (
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session,
+        (transport or Transport()).session(context) as session,
         session.post(
             target, data=msgspec.json.encode(request), timeout=aiohttp.ClientTimeout(total=30)
         ) as resp,
@@ -132,7 +145,9 @@ def renew_at(cert_pem: bytes) -> float:
     return issued + (not_after - issued) * RENEW_AT_FRACTION
 
 
-async def renew_loop(url: str, context: ssl.SSLContext, pki_dir: Path) -> None:
+async def renew_loop(
+    url: str, context: ssl.SSLContext, pki_dir: Path, transport: Transport | None = None
+) -> None:
     """Renew at about two thirds of the certificate's life, over the existing mTLS identity. New connections
     use the new certificate at once (the shared SSL context is reloaded)."""
     cert_file, key_file = pki_dir / "agent.pem", pki_dir / "agent-key.pem"
@@ -142,7 +157,12 @@ async def renew_loop(url: str, context: ssl.SSLContext, pki_dir: Path) -> None:
         try:
             key = tls.new_key()
             answer = await _post(
-                url, context, "/renew", RenewRequest(csr=tls.make_csr(key, "renew").decode()), RenewResponse
+                url,
+                context,
+                "/renew",
+                RenewRequest(csr=tls.make_csr(key, "renew").decode()),
+                RenewResponse,
+                transport,
             )
         except Exception as exc:
             if not retryable(exc):

@@ -33,6 +33,21 @@ _run_options = [
     click.option("--name", help="This host's name (default: its hostname)."),
     click.option("--blocks", help="auto, or N blocks (N must divide the GPU count)."),
     click.option("--simulate", help="Declare simulated GPUs instead of detecting, e.g. 8xH100:80GB."),
+    click.option(
+        "--bastion",
+        multiple=True,
+        metavar="[USER@]HOST[:PORT]",
+        help="Reach the coordinator through this SSH bastion (repeat for each hop, first hop first).",
+    ),
+    click.option("--bastion-identity", metavar="FILE", help="The private key for the bastions."),
+    click.option(
+        "--bastion-known-hosts", metavar="FILE", help="The bastions' host keys (required with --bastion)."
+    ),
+    click.option(
+        "--proxy",
+        metavar="URL",
+        help="An HTTP CONNECT proxy (default: HTTPS_PROXY / NO_PROXY); none: no proxy.",
+    ),
     click.option("-v", "--verbose", is_flag=True),
 ]
 

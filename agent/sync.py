@@ -49,12 +49,16 @@ async def sync_loop(
         state.local_changed.clear()
         inventory = with_disk_problem(state.inventory, state.disk_problem)
         generation = generation_of(inventory)
+        link_error, link_error_age_s = client.transport.link_error()
         request = SyncRequest(
             agent_version=C.AGENT_VERSION,
             inventory_generation=generation,
             inventory=inventory if state.coordinator_generation != generation else None,
             allocations=executor.statuses(),
             desired_index=state.desired_index,
+            transport=client.transport.description,
+            link_error=link_error,
+            link_error_age_s=link_error_age_s,
         )
         try:
             response = await _poll(client, request, poll_timeout_s, state)

@@ -9,7 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.render import ago, clean, plain
+from cli.render import ago, clean, link_lines, plain
 from shared.topology import relation_word
 from shared.units import format_mib
 from shared.wire import GpuDevice, HostAllocationView, HostDetail, Inventory
@@ -25,6 +25,9 @@ def host_detail(detail: HostDetail, width: int = 200) -> RenderableType:
     table in parts)."""
     inv = detail.host.inventory
     parts: list[RenderableType] = [_heading(detail)]
+    if detail.host.transport:
+        parts.append(plain(f"reaches the coordinator: {detail.host.transport}"))
+    parts += [Text(clean(line), style="bold yellow") for line in link_lines(detail.host)]
     parts += [Text(f"warning: {w}", style="bold yellow") for w in detail.host.warnings]
     if inv is None:
         parts.append(Text("no inventory yet: the agent has not synced"))

@@ -122,7 +122,7 @@ def hosts_table(hosts: list[HostView]) -> Table:
             resources = f"{describe_gpus(inv)}, {inv.cpu_count} CPU, {inv.memory_mib // 1024}GB"
             if inv.simulated:
                 resources += " [SIMULATED]"
-        warnings = "; ".join(host.warnings + (inv.warnings if inv else ()))
+        warnings = "; ".join(link_lines(host) + host.warnings + (inv.warnings if inv else ()))
         table.add_row(
             plain(host.name),
             host.status,
@@ -132,6 +132,15 @@ def hosts_table(hosts: list[HostView]) -> Table:
             plain(warnings),
         )
     return table
+
+
+def link_lines(host: HostView) -> tuple[str, ...]:
+    """The host's last proxy or tunnel failure, as the reason it is unreachable or as a recent event."""
+    if not host.link_error:
+        return ()
+    if host.status == "unreachable":
+        return (f"unreachable: {host.link_error}",)
+    return (f"link failed {ago(host.link_error_at)}: {host.link_error}",)
 
 
 def print_table(table: RenderableType) -> None:

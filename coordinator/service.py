@@ -16,6 +16,7 @@ from coordinator.accounts import Accounts, Invalid
 from coordinator.disk import DiskGuard, DiskUsage, real_usage
 from coordinator.filestore import FileStore
 from coordinator.host_problems import INVENTORY, SCHEDULER, HostProblems
+from coordinator.links import Links
 from coordinator.logstore import LogStore
 from coordinator.quota import UploadQuota
 from coordinator.safe_schedule import schedule_skipping
@@ -93,6 +94,7 @@ class Coordinator:
         self.host_waiters = Waiters()  # key: host id
         self.log_waiters = Waiters()  # key: job id
         self.last_seen: dict[str, float] = {}  # by host id: its agent's latest request
+        self.links = Links()  # by host id: how its agent reaches us, and its last link failure
         self._last_seen_stored: dict[str, float] = {}
         # Hosts whose agent runs an inventory generation not stored here (it sent none): nothing is placed
         # on them until it arrives. In memory, like liveness: the next sync says it again.
@@ -217,6 +219,9 @@ class Coordinator:
             last_seen=self.last_seen.get(h.id, h.last_seen),
             simulated=bool(h.inventory and h.inventory.simulated),
             warnings=self.problems.of(h.id),
+            transport=self.links.of(h.id).transport,
+            link_error=self.links.of(h.id).error,
+            link_error_at=self.links.of(h.id).error_at,
         )
 
     def find_host(self, ref: str) -> HostRow:
@@ -279,6 +284,7 @@ class Coordinator:
         host = self.store.ensure_host(host_id, req.inventory.hostname if req.inventory else host_id)
         changed = self.host_status(host) != "ready"  # a host that (re)appears may take pending work
         self._seen(host)
+        self.links.note(host_id, req)
         if req.inventory is not None and generation_of(req.inventory) != host.generation:
             self._check_inventory(host_id, req.inventory)
             self.store.set_inventory(host_id, req.inventory, generation_of(req.inventory))

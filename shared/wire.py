@@ -23,6 +23,9 @@ MAX_LOG_BYTES = 2**40  # a log's offset or size: 1 TiB, inside every filesystem'
 MAX_INDEX_VALUE = 2**62  # desired-state indices
 MAX_TTL_S = 10 * 365 * 24 * 3600
 MAX_HOSTNAME_CHARS = 253
+MAX_TRANSPORT_CHARS = 300  # "bastion a → b → c", "proxy host:port", "direct"
+MAX_LINK_ERROR_CHARS = 500  # one line: why the proxy or the SSH tunnel failed
+MAX_AGE_S = 10 * 365 * 24 * 3600.0
 
 Index = Annotated[int, Meta(ge=0, le=MAX_INDEX)]
 Mib = Annotated[int, Meta(ge=0, le=MAX_MIB)]
@@ -143,6 +146,9 @@ class SyncRequest(Wire):
     inventory: Inventory | None = None  # sent only when the coordinator's generation differs
     allocations: list[AllocationStatus] = []
     desired_index: Annotated[int, Meta(ge=0, le=MAX_INDEX_VALUE)] = 0
+    transport: Annotated[str, Meta(max_length=MAX_TRANSPORT_CHARS)] = ""  # how the agent reaches us
+    link_error: Annotated[str, Meta(max_length=MAX_LINK_ERROR_CHARS)] = ""  # its last proxy/tunnel failure
+    link_error_age_s: Annotated[float, Meta(ge=0, le=MAX_AGE_S)] = 0.0
 
 
 class SyncResponse(Wire):
@@ -194,6 +200,9 @@ class HostView(Wire):
     last_seen: float | None
     simulated: bool
     warnings: tuple[str, ...] = ()  # what the coordinator found wrong with the host (a refused inventory)
+    transport: str = ""  # how its agent reaches the coordinator: direct, proxy ..., bastion ...
+    link_error: str = ""  # the last proxy or tunnel failure its agent reported
+    link_error_at: float | None = None
 
 
 class HostAllocationView(Wire):

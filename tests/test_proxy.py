@@ -1,0 +1,75 @@
+"""An agent with no route but to a proxy host joins, runs a job, ships its logs and fetches files through a
+real HTTP CONNECT proxy (tinyproxy) from HTTPS_PROXY, with TLS end to end; `gpuctl hosts -v` says so."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+import tarfile
+import time
+
+import msgspec
+import pytest
+
+from shared.spec import parse_spec
+from tests.login_site import Site, login_site
+from tests.netns import require_tools
+from tests.sshd import start_tinyproxy
+
+pytestmark = pytest.mark.timeout(120)
+PROXY_PORT = 3128
+
+
+def _log_text(site: Site, job_id: str) -> str:
+    assert site.api is not None
+    out, offset = b"", 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        chunk = site.api.logs(job_id, offset, True)
+        out, offset = out + chunk.data, chunk.next_offset
+        if chunk.complete:
+            return out.decode()
+    raise AssertionError(f"the log of {job_id} did not complete")
+
+
+def _archive(name: str, text: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = text.encode()
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_an_agent_behind_an_http_connect_proxy_joins_runs_and_ships_logs() -> None:
+    require_tools("tinyproxy")
+    with login_site("gp") as site:
+        site.start_coordinator()
+        proxy = f"{site.b1_to_node}:{PROXY_PORT}"
+        start_tinyproxy(
+            site.net,
+            "b1",
+            site.b1_to_node,
+            PROXY_PORT,
+            site.root / "proxy",
+            allow=site.b1_to_node.rsplit(".", 1)[0] + ".0/24",
+        )
+        direct = site.net.run(
+            "node",
+            [sys.executable, "-c", f"import socket; socket.create_connection(('{site.coord}', 8443), 3)"],
+        )
+        assert direct.returncode != 0  # no route but through the proxy
+        site.start_agent("join", env={"HTTPS_PROXY": f"http://{proxy}", "NO_PROXY": "localhost"})
+        assert site.api is not None
+        archive_id = site.api.upload_files(_archive("hello.txt", "fetched through the proxy\n"))
+        spec = parse_spec(
+            "commands: ['cat hello.txt', 'for i in $(seq 1 50); do echo line $i; done']", environ={}
+        )
+        job = site.api.submit(msgspec.structs.replace(spec, files_archive=archive_id))
+        text = _log_text(site, job.id)
+        assert text.splitlines() == ["fetched through the proxy", *[f"line {i}" for i in range(1, 51)]]
+        assert f"reaches the coordinator: proxy {proxy}" in site.host_detail_output()
+        connects = (site.root / "proxy" / "tinyproxy.log").read_text()
+        assert re.search(rf"CONNECT {re.escape(site.coord)}:8443", connects), connects[-1500:]
