@@ -27,7 +27,7 @@ _ACTIVE = {JobState.ASSIGNED, JobState.PULLING, JobState.RUNNING}
 
 # A job whose host vanished (`lost`) or that waits for another attempt (`retrying`, or `pending` again after
 # one) may come back to life: its host returned and its allocation had not been placed again elsewhere.
-_REVIVED = {JobState.RUNNING, JobState.PULLING, JobState.DONE, JobState.FAILED, JobState.STOPPED}
+_REVIVED = {JobState.ASSIGNED, JobState.RUNNING, JobState.PULLING, JobState.DONE, JobState.FAILED, JobState.STOPPED}
 
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.SUBMITTED: frozenset({JobState.PENDING, JobState.ASSIGNED, JobState.STOPPED}),
@@ -38,7 +38,7 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.ASSIGNED: frozenset(_ACTIVE | _JOB_TERMINAL | {JobState.RETRYING}),
     JobState.PULLING: frozenset(_ACTIVE | _JOB_TERMINAL | {JobState.RETRYING}),
     JobState.RUNNING: frozenset({JobState.RUNNING, JobState.RETRYING} | _JOB_TERMINAL),
-    JobState.RETRYING: frozenset({JobState.PENDING, JobState.ASSIGNED, JobState.FAILED} | _REVIVED),
+    JobState.RETRYING: frozenset({JobState.RETRYING, JobState.PENDING, JobState.FAILED} | _REVIVED),
     JobState.LOST: frozenset({JobState.RETRYING} | _REVIVED),
     JobState.DONE: frozenset(),
     JobState.FAILED: frozenset({JobState.RETRYING}),
