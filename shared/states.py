@@ -27,7 +27,14 @@ _ACTIVE = {JobState.ASSIGNED, JobState.PULLING, JobState.RUNNING}
 
 # A job whose host vanished (`lost`) or that waits for another attempt (`retrying`, or `pending` again after
 # one) may come back to life: its host returned and its allocation had not been placed again elsewhere.
-_REVIVED = {JobState.ASSIGNED, JobState.RUNNING, JobState.PULLING, JobState.DONE, JobState.FAILED, JobState.STOPPED}
+_REVIVED = {
+    JobState.ASSIGNED,
+    JobState.RUNNING,
+    JobState.PULLING,
+    JobState.DONE,
+    JobState.FAILED,
+    JobState.STOPPED,
+}
 
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.SUBMITTED: frozenset({JobState.PENDING, JobState.ASSIGNED, JobState.STOPPED}),
