@@ -104,8 +104,16 @@ class Api:
         warning = headers.get(COORDINATOR_WARNING_HEADER.lower(), "")
         return msgspec.json.decode(data, type=list[HostView]), warning
 
-    def remove_host(self, ref: str) -> dict[str, str]:
-        return self._call("POST", f"/hosts/{urllib.parse.quote(ref, safe='')}/remove", dict[str, str])
+    def remove_host(self, ref: str, force: bool = False) -> dict[str, str]:
+        query = "?force=1" if force else ""
+        return self._call("POST", f"/hosts/{urllib.parse.quote(ref, safe='')}/remove{query}", dict[str, str])
+
+    def drain_host(self, ref: str, stop: bool = False) -> dict[str, str]:
+        query = "?stop=1" if stop else ""
+        return self._call("POST", f"/hosts/{urllib.parse.quote(ref, safe='')}/drain{query}", dict[str, str])
+
+    def undrain_host(self, ref: str) -> dict[str, str]:
+        return self._call("POST", f"/hosts/{urllib.parse.quote(ref, safe='')}/undrain", dict[str, str])
 
     def create_token(self, request: TokenCreate) -> TokenCreated:
         return self._call("POST", "/tokens", TokenCreated, request)
@@ -140,8 +148,11 @@ class Api:
     def host_detail(self, ref: str) -> HostDetail:
         return self._call("GET", f"/hosts/{urllib.parse.quote(ref, safe='')}", HostDetail)
 
-    def logs(self, ref: str, offset: int, follow: bool) -> LogChunk:
-        query = urllib.parse.urlencode({"offset": offset, "follow": "1" if follow else "0"})
+    def logs(self, ref: str, offset: int, follow: bool, attempt: int | None = None) -> LogChunk:
+        """A chunk of the log of the job's attempt number `attempt` (None: its latest)."""
+        query = urllib.parse.urlencode(
+            {"offset": offset, "follow": "1" if follow else "0", "attempt": attempt or 0}
+        )
         status, headers, data = self._request("GET", f"/jobs/{urllib.parse.quote(ref, safe='')}/logs?{query}")
         _raise_for(status, data)
         exit_code = headers.get("x-exit-code", "")

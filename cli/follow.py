@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import functools
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from cli.api import Api, ApiError, LogChunk
 from cli.render import clean, waiting_line
 
 SAMPLE_POLL_S = 1.0
-WAITING = ("pending", "pulling")
+WAITING = ("pending", "pulling", "retrying")
 T = TypeVar("T")
 
 
@@ -28,6 +29,7 @@ def follow_logs(
     follow: bool = True,
     as_json: bool = False,
     shown_reason: str | None = None,
+    attempt: int | None = None,
 ) -> int:
     """Print the job's log until it is complete (or, without `follow`, what there is now). Returns the job's
     exit code (1 for a job that ended without one, 0 while it has not ended). While the job waits, its
@@ -38,7 +40,9 @@ def follow_logs(
     offset, waiting = 0, True  # a waiting job is polled at once, not held on the long poll, to say why
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
-        chunk = _request(functools.partial(client.logs, ref, offset, follow=follow and not waiting))
+        chunk = _request(
+            functools.partial(client.logs, ref, offset, follow=follow and not waiting, attempt=attempt)
+        )
         done = chunk.complete or not follow
         if as_json:
             if chunk.data or done:
@@ -49,13 +53,21 @@ def follow_logs(
         offset = chunk.next_offset
         if done:
             return _finish(ref, chunk)
-        waiting = chunk.status in WAITING
-        if follow and waiting:
+        waiting = chunk.status in WAITING or (follow and not chunk.data and chunk.status == "assigned")
+        if follow and (waiting or not chunk.data):
             job = _request(lambda: client.job(ref))
-            if job.status in WAITING and job.reason != shown_reason:
+            stuck = job.status in WAITING or job.allocation_status == "unknown"
+            if stuck and _gist(job.reason) != _gist(shown_reason):
                 click.echo(waiting_line(job), err=True)
                 shown_reason = job.reason
-            time.sleep(SAMPLE_POLL_S)
+            waiting = waiting or stuck
+            if waiting:
+                time.sleep(SAMPLE_POLL_S)
+
+
+def _gist(reason: str | None) -> str | None:
+    """A reason without its running time: "unreachable for 40s" is said once, not again each second."""
+    return None if reason is None else re.sub(r"\bfor [0-9dhms]+", "for …", reason)
 
 
 def _request(call: Callable[[], T]) -> T:

@@ -17,7 +17,7 @@ from cli.api import Api, ApiError
 from cli.files import pack
 from cli.follow import follow_logs
 from cli.host_detail import host_detail
-from cli.render import hosts_table, jobs_table, print_table, terminal, waiting_line
+from cli.render import attempts_table, hosts_table, jobs_table, print_table, terminal, waiting_line
 from cli.session import api, call
 from cli.shell import completion, print_version
 from shared.spec import (
@@ -188,10 +188,20 @@ def submit(
 
 
 @main.command()
-@click.option("-a", "--all", "show_all", is_flag=True, help="Include finished jobs.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def ps(show_all: bool, as_json: bool) -> None:
-    """List jobs (running and pending; -a for all)."""
+@click.option("-a", "--all", "show_all", is_flag=True, help="Include finished jobs; with JOB, its attempts.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (attempts included).")
+@click.argument("job", required=False)
+def ps(show_all: bool, as_json: bool, job: str | None) -> None:
+    """List jobs (running and pending; -a for all); `ps -a JOB` lists the job's attempts."""
+    if job is not None:
+        view = call(lambda client: client.job(job))
+        if as_json:
+            click.echo(msgspec.json.encode(view).decode())
+        else:
+            print_table(jobs_table([view]))
+            if show_all:
+                print_table(attempts_table(view))
+        return
     jobs = call(lambda client: client.jobs(show_all))
     if as_json:
         click.echo(msgspec.json.encode(jobs).decode())
@@ -204,11 +214,12 @@ def ps(show_all: bool, as_json: bool) -> None:
     "-f", "--follow", is_flag=True, help="Keep printing until the job ends; exit with its exit code."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per chunk: offset, text, status, ...")
+@click.option("--attempt", type=click.IntRange(min=1), help="The attempt to show (default: the last).")
 @click.argument("job")
-def logs(follow: bool, as_json: bool, job: str) -> None:
+def logs(follow: bool, as_json: bool, attempt: int | None, job: str) -> None:
     """Print a job's output; with -f, say why it waits while it is pending (on stderr)."""
     try:
-        code = follow_logs(api(), job, follow=follow, as_json=as_json)
+        code = follow_logs(api(), job, follow=follow, as_json=as_json, attempt=attempt)
     except KeyboardInterrupt:
         sys.exit(130)
     if follow:
@@ -232,20 +243,23 @@ def stop(as_json: bool, job: str) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("-v", "--verbose", is_flag=True, help="Every device, block, job holding it, and the topology.")
-@click.argument("words", nargs=-1, metavar="[HOST | remove HOST]")
-def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
+@click.option("--force", is_flag=True, help="remove: even with jobs running there (they are lost).")
+@click.option("--stop", is_flag=True, help="drain: stop its jobs now, with their grace period.")
+@click.argument("words", nargs=-1, metavar="[HOST | remove HOST | drain HOST | undrain HOST]")
+def hosts(as_json: bool, verbose: bool, force: bool, stop: bool, words: tuple[str, ...]) -> None:
     """List hosts, their resources and busy blocks; with HOST or -v, each host in full.
 
-    `gpuctl hosts remove HOST` revokes the host's certificates: its next sync is refused and it stops
-    pulling work."""
-    if words[:1] == ("remove",):
+    `gpuctl hosts drain HOST [--stop]`: no new work there; what runs finishes (or, with --stop, is stopped
+    now: an interruption for a job's retry policy). `gpuctl hosts undrain HOST` takes it back.
+    `gpuctl hosts remove HOST [--force]` revokes the host's certificates: its next sync is refused and it
+    stops pulling work; a host with jobs running needs --force."""
+    if words[:1] in (("remove",), ("drain",), ("undrain",)):
         if len(words) != 2:
-            raise click.UsageError("usage: gpuctl hosts remove HOST")
-        removed = call(lambda client: client.remove_host(words[1]))
-        click.echo(f"host {removed['name']} ({removed['id']}) removed; its certificates are revoked")
+            raise click.UsageError(f"usage: gpuctl hosts {words[0]} HOST")
+        click.echo(_change_host(words[0], words[1], force, stop))
         return
     if len(words) > 1:
-        raise click.UsageError("give at most one HOST (or: remove HOST)")
+        raise click.UsageError("give at most one HOST (or: remove | drain | undrain HOST)")
     host = words[0] if words else None
     if host is None and not verbose:
         views, warning = call(lambda client: client.hosts_and_warning())
@@ -267,6 +281,18 @@ def hosts(as_json: bool, verbose: bool, words: tuple[str, ...]) -> None:
         console = terminal()
         for detail in details:
             console.print(host_detail(detail, console.width))
+
+
+def _change_host(verb: str, ref: str, force: bool, stop: bool) -> str:
+    if verb == "remove":
+        removed = call(lambda client: client.remove_host(ref, force))
+        return f"host {removed['name']} ({removed['id']}) removed; its certificates are revoked"
+    if verb == "drain":
+        drained = call(lambda client: client.drain_host(ref, stop))
+        what = "its jobs are stopping" if stop else "what runs there finishes"
+        return f"host {drained['name']} draining: no new work; {what}"
+    undrained = call(lambda client: client.undrain_host(ref))
+    return f"host {undrained['name']} {undrained['status']}: it takes new work"
 
 
 def _register() -> None:

@@ -53,6 +53,8 @@ def ago(ts: float | None, now: float | None = None) -> str:
 def job_status(job: JobView) -> str:
     if job.stop_requested and job.status in ("assigned", "pulling", "running"):
         return "stopping"
+    if job.allocation_status == "unknown":  # its host is unreachable: what runs there is not known now
+        return "unknown"
     if job.status in ("done", "failed") and job.exit_code is not None:
         return f"{job.status} ({job.exit_code})"
     return job.status
@@ -64,6 +66,8 @@ PROGRESS_BAR_CHARS = 20
 def waiting_line(job: JobView) -> str:
     """What `submit` prints while a job waits: its pending reason, or its image pull as a progress bar
     (`pulling nvcr.io/nvidia/pytorch:24.08-py3 [#######.............] 35%`)."""
+    if job.allocation_status == "unknown":
+        return f"{job.status} {'to' if job.status == 'assigned' else 'on'} {clean(job.host or '?')}, waiting for it: {clean(job.reason)}"
     if job.status != "pulling":
         return f"{job.status}: {clean(job.reason)}"
     image = clean(job.spec.image or "image")
@@ -89,7 +93,15 @@ def _table(*columns: str, whole: tuple[str, ...]) -> Table:
 
 def jobs_table(jobs: list[JobView]) -> Table:
     table = _table(
-        "ID", "NAME", "STATUS", "HOST", "GPU", "SUBMITTED", "REASON", whole=("ID", "STATUS", "SUBMITTED")
+        "ID",
+        "NAME",
+        "STATUS",
+        "ATTEMPT",
+        "HOST",
+        "GPU",
+        "SUBMITTED",
+        "REASON",
+        whole=("ID", "STATUS", "ATTEMPT", "SUBMITTED"),
     )
     for job in jobs:
         gpus = ",".join(map(str, job.gpus)) if job.gpus else describe_request(job.spec.resources.gpu)
@@ -97,10 +109,39 @@ def jobs_table(jobs: list[JobView]) -> Table:
             job.id,
             plain(job.name),
             job_status(job),
+            str(job.attempt) if job.attempt else "-",
             plain(job.host or "-"),
             plain(gpus),
             ago(job.submitted_at),
             plain(job.reason or ""),
+        )
+    return table
+
+
+def attempts_table(job: JobView) -> Table:
+    """`gpuctl ps -a JOB`: every attempt of the job, with its host, times and how it ended."""
+    table = _table(
+        "ATTEMPT",
+        "ALLOCATION",
+        "HOST",
+        "STATUS",
+        "PLACED",
+        "STARTED",
+        "FINISHED",
+        "REASON",
+        whole=("ATTEMPT", "ALLOCATION", "STATUS", "PLACED", "STARTED", "FINISHED"),
+    )
+    for a in job.attempts:
+        status = f"{a.status} ({a.exit_code})" if a.exit_code is not None else a.status
+        table.add_row(
+            str(a.attempt),
+            a.allocation_id,
+            plain(a.host),
+            status,
+            ago(a.placed_at),
+            ago(a.started_at),
+            ago(a.finished_at),
+            plain(a.reason),
         )
     return table
 

@@ -21,6 +21,8 @@ from coordinator.service import Coordinator
 from shared import constants as C
 from shared.wire import MAX_LOG_BYTES, SubmitRequest
 
+MAX_ATTEMPT = 2**31
+
 
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"ok": True})
@@ -93,11 +95,12 @@ async def job_logs(request: web.Request) -> web.Response:
     job = coord.find_job(request.match_info["ref"], scope)
     offset = int_query(request, "offset", 0, MAX_LOG_BYTES)
     max_bytes = min(int_query(request, "max_bytes", C.LOG_CHUNK_MAX_BYTES), C.LOG_CHUNK_MAX_BYTES)
-    data, complete = coord.read_logs(job, offset, max_bytes)
+    attempt = int_query(request, "attempt", 0, MAX_ATTEMPT) or None  # 0: the latest
+    data, complete = coord.read_logs(job, offset, max_bytes, attempt)
     if not data and not complete and request.query.get("follow") in ("1", "true"):
         await coord.log_waiters.wait(job.id, C.LOG_FOLLOW_WAIT_S)
         job = coord.find_job(job.id, scope)
-        data, complete = coord.read_logs(job, offset, max_bytes)
+        data, complete = coord.read_logs(job, offset, max_bytes, attempt)
     headers = {
         "X-Next-Offset": str(offset + len(data)),
         "X-Complete": "1" if complete else "0",
@@ -125,7 +128,24 @@ async def get_host(request: web.Request) -> web.Response:
 async def remove_host(request: web.Request) -> web.Response:
     require_admin(request)
     coord = request.app[COORDINATOR]
-    host = coord.remove_host(coord.find_host(request.match_info["ref"]))
+    force = request.query.get("force", "") in ("1", "true")
+    host = coord.remove_host(coord.find_host(request.match_info["ref"]), force)
+    return json_response({"id": host.id, "name": host.name, "status": host.status})
+
+
+async def drain_host(request: web.Request) -> web.Response:
+    """No new work on the host; `?stop=1` stops what runs there now (an interruption for retry)."""
+    require_admin(request)
+    coord = request.app[COORDINATOR]
+    stop = request.query.get("stop", "") in ("1", "true")
+    host = coord.drain(coord.find_host(request.match_info["ref"]), stop)
+    return json_response({"id": host.id, "name": host.name, "status": host.status})
+
+
+async def undrain_host(request: web.Request) -> web.Response:
+    require_admin(request)
+    coord = request.app[COORDINATOR]
+    host = coord.undrain(coord.find_host(request.match_info["ref"]))
     return json_response({"id": host.id, "name": host.name, "status": host.status})
 
 
@@ -140,3 +160,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{C.API_PREFIX}/hosts", list_hosts)
     app.router.add_get(f"{C.API_PREFIX}/hosts/{{ref}}", get_host)
     app.router.add_post(f"{C.API_PREFIX}/hosts/{{ref}}/remove", remove_host)
+    app.router.add_post(f"{C.API_PREFIX}/hosts/{{ref}}/drain", drain_host)
+    app.router.add_post(f"{C.API_PREFIX}/hosts/{{ref}}/undrain", undrain_host)

@@ -12,7 +12,7 @@ from aiohttp import web
 from coordinator import api_admin, api_agent, api_secrets, api_user
 from coordinator.accounts import Invalid, Refused
 from coordinator.http import COORDINATOR, HOST_ID, PRINCIPAL, HTTPError, error
-from coordinator.service import Ambiguous, Coordinator, NotFound
+from coordinator.service import Ambiguous, Busy, Coordinator, NotFound
 from shared import constants as C
 from shared.spec import SpecError
 from shared.tls import BadCsr, peer_identity
@@ -44,7 +44,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error(403, str(exc))
     except NotFound as exc:
         return error(404, str(exc))
-    except Ambiguous as exc:
+    except (Ambiguous, Busy) as exc:
         return error(409, str(exc))
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)

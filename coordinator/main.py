@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import click
 import yaml
 
 from coordinator.disk_settings import LIMIT_SETTINGS, limit_settings
+from coordinator.lease_settings import LEASE_SETTINGS, duration_setting, lease_settings
 from coordinator.pki import ensure_pki
 from coordinator.secrets import ensure_key
 from coordinator.server import ServerConfig, ensure_admin_token, start_coordinator
@@ -30,7 +32,7 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
             raw = yaml.safe_load(config_path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise click.ClickException(f"{config_path}: invalid YAML: {exc}".replace("\n", " ")) from None
-    known = {"state_dir", "port", "host", "server_names", "python_image", *LIMIT_SETTINGS}
+    known = {"state_dir", "port", "host", "server_names", "python_image", *LIMIT_SETTINGS, *LEASE_SETTINGS}
     unknown = set(raw) - known
     if unknown:
         raise click.ClickException(
@@ -48,7 +50,7 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
 def _settings(raw: dict) -> Settings:
     python_image = _python_image(raw.get("python_image", DEFAULT_PYTHON_IMAGE))
     try:
-        return limit_settings(raw, Settings(python_image=python_image))
+        return lease_settings(raw, limit_settings(raw, Settings(python_image=python_image)))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -117,13 +119,35 @@ def _default_names() -> list[str]:
 @main.command()
 @_with_options
 @click.option("-v", "--verbose", is_flag=True)
-def run(config_path: Path, state_dir: Path | None, port: int | None, host: str | None, verbose: bool) -> None:
+@click.option("--unreachable-after", help="A host silent this long takes no new work (overrides the config).")
+@click.option("--lost-after", help="A host silent this long loses its allocations (overrides the config).")
+def run(
+    config_path: Path,
+    state_dir: Path | None,
+    port: int | None,
+    host: str | None,
+    verbose: bool,
+    unreachable_after: str | None,
+    lost_after: str | None,
+) -> None:
     """Run the coordinator in the foreground (systemd runs this)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     config = _load(config_path, state_dir, port, host)
+    settings = config.settings
+    try:
+        if unreachable_after:
+            value = duration_setting("--unreachable-after", unreachable_after)
+            settings = dataclasses.replace(settings, unreachable_after_s=value)
+        if lost_after:
+            settings = dataclasses.replace(
+                settings, lost_after_s=duration_setting("--lost-after", lost_after)
+            )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    config = dataclasses.replace(config, settings=settings)
 
     async def serve() -> None:
         running = await start_coordinator(config)

@@ -93,11 +93,13 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
 
 
 async def _housekeeping(coordinator: Coordinator) -> None:
-    """Re-run the scheduler now and then, so hosts that go away or come back change placements and reasons;
-    less often, delete the file archives that no live job needs."""
+    """Re-run the scheduler now and then, so hosts that go away or come back change placements and reasons,
+    and mark lost the allocations of hosts silent too long (a beat is at most a quarter lease, so a short
+    `unreachable_after` is kept to); less often, delete the file archives that no live job needs."""
     for beat in itertools.count():
-        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+        await asyncio.sleep(min(HOUSEKEEPING_INTERVAL_S, coordinator.settings.unreachable_after_s / 4))
         try:
+            coordinator.expire_leases()
             coordinator.schedule_pass()
             if beat % PRUNE_EVERY_BEATS == 0:
                 coordinator.prune_files()

@@ -10,114 +10,15 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import msgspec
 
+from coordinator.migrations import MIGRATIONS
 from shared.spec import TaskSpec
-from shared.states import AllocState, JobState, check_job_transition
+from shared.states import AllocState, HostState, JobState, check_host_transition, check_job_transition
 from shared.wire import Inventory
-
-MIGRATIONS: list[str] = [
-    # 1: the walking skeleton
-    """
-    CREATE TABLE hosts (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        inventory TEXT,
-        generation TEXT NOT NULL DEFAULT '',
-        desired_index INTEGER NOT NULL DEFAULT 1,
-        last_seen REAL,
-        status TEXT NOT NULL DEFAULT 'ready',
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE jobs (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL,
-        spec TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        reason TEXT NOT NULL DEFAULT '',
-        exit_code INTEGER,
-        stop_requested INTEGER NOT NULL DEFAULT 0,
-        submitted_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL
-    );
-    CREATE INDEX jobs_status ON jobs(status);
-    CREATE TABLE allocations (
-        id TEXT PRIMARY KEY,
-        job_id TEXT NOT NULL REFERENCES jobs(id),
-        host_id TEXT NOT NULL REFERENCES hosts(id),
-        blocks TEXT NOT NULL,
-        gpus TEXT NOT NULL,
-        cpus TEXT NOT NULL,
-        memory_mib INTEGER NOT NULL,
-        desired TEXT NOT NULL DEFAULT 'run',
-        state TEXT NOT NULL DEFAULT 'starting',
-        exit_code INTEGER,
-        reason TEXT NOT NULL DEFAULT '',
-        final_log_size INTEGER,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX allocations_host ON allocations(host_id, state);
-    CREATE INDEX allocations_job ON allocations(job_id);
-    CREATE TABLE tokens (
-        hash TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        role TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    """,
-    # 2: identity: projects, users (their tokens), join tokens, issued certificates, fleets
-    """
-    CREATE TABLE projects (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
-    INSERT INTO projects(name, created_at) VALUES ('default', 0);
-    ALTER TABLE tokens ADD COLUMN project TEXT;
-    ALTER TABLE jobs ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
-    CREATE INDEX jobs_project ON jobs(project, seq);
-    CREATE TABLE join_tokens (
-        id TEXT PRIMARY KEY,
-        secret_hash TEXT NOT NULL,
-        fleet TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        expires_at REAL NOT NULL,
-        uses_left INTEGER,
-        deleted INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE certs (
-        serial TEXT PRIMARY KEY,
-        host_id TEXT NOT NULL,
-        not_after REAL NOT NULL,
-        revoked INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX certs_host ON certs(host_id);
-    ALTER TABLE hosts ADD COLUMN fleet TEXT NOT NULL DEFAULT 'default';
-    ALTER TABLE hosts ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
-    CREATE TABLE fleets (name TEXT PRIMARY KEY, projects TEXT NOT NULL DEFAULT '[]', created_at REAL NOT NULL)
-    """,
-    # 3: which project stored which files archive (its upload quota); project secrets, encrypted
-    """
-    CREATE TABLE uploads (
-        project TEXT NOT NULL,
-        archive_id TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        uploaded_at REAL NOT NULL,
-        PRIMARY KEY (project, archive_id)
-    );
-    CREATE INDEX uploads_archive ON uploads(archive_id);
-    CREATE TABLE secrets (
-        project TEXT NOT NULL,
-        name TEXT NOT NULL,
-        ciphertext BLOB NOT NULL,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (project, name)
-    )
-    """,
-]
 
 TERMINAL_ALLOC_STATES = tuple(s.value for s in AllocState if s.terminal)
 
@@ -137,6 +38,7 @@ class JobRow:
     started_at: float | None
     finished_at: float | None
     project: str = "default"
+    retry_since: float | None = None  # when the current run of failures began (see coordinator/retry.py)
 
 
 @dataclass(frozen=True)
@@ -166,6 +68,11 @@ class AllocRow:
     exit_code: int | None
     reason: str
     final_log_size: int | None
+    attempt: int = 1
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    interrupted: str = ""  # why the coordinator ended it from outside (a drain --stop): an interruption
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -281,10 +188,11 @@ class Store:
         state: JobState,
         reason: str = "",
         exit_code: int | None = None,
-    ) -> None:
-        """Move a job through the one transition table; timestamps follow the state."""
+    ) -> JobRow:
+        """Move a job through the one transition table; timestamps follow the state. Answers the job as
+        it is now."""
         if state == job.status and reason == job.reason:
-            return
+            return job
         check_job_transition(job.status, state)
         now = time.time()
         started = now if state is JobState.RUNNING and job.started_at is None else job.started_at
@@ -293,6 +201,12 @@ class Store:
             "UPDATE jobs SET status=?, reason=?, exit_code=?, started_at=?, finished_at=? WHERE id=?",
             (state.value, reason, exit_code, started, finished, job.id),
         )
+        return replace(
+            job, status=state, reason=reason, exit_code=exit_code, started_at=started, finished_at=finished
+        )
+
+    def set_retry_since(self, db: sqlite3.Connection, job_id: str, when: float | None) -> None:
+        db.execute("UPDATE jobs SET retry_since=? WHERE id=?", (when, job_id))
 
     def request_stop(self, db: sqlite3.Connection, job_id: str) -> None:
         db.execute("UPDATE jobs SET stop_requested=1 WHERE id=?", (job_id,))
@@ -334,8 +248,10 @@ class Store:
                 (fleet, msgspec.json.encode(labels).decode(), host_id),
             )
 
-    def set_host_status(self, db: sqlite3.Connection, host_id: str, status: str) -> None:
-        db.execute("UPDATE hosts SET status=? WHERE id=?", (status, host_id))
+    def set_host_status(self, db: sqlite3.Connection, host: HostRow, status: HostState) -> None:
+        """Move a host through the one transition table (shared/states.py)."""
+        check_host_transition(HostState(host.status), status)
+        db.execute("UPDATE hosts SET status=? WHERE id=?", (status.value, host.id))
 
     def bump_index(self, db: sqlite3.Connection, host_id: str) -> None:
         db.execute("UPDATE hosts SET desired_index=desired_index+1 WHERE id=?", (host_id,))
@@ -353,10 +269,24 @@ class Store:
         cpus: tuple[int, ...],
         memory_mib: int,
     ) -> None:
+        """A new attempt of the job: numbered one past its latest."""
+        (attempt,) = db.execute(
+            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM allocations WHERE job_id=?", (job_id,)
+        ).fetchone()
         db.execute(
-            "INSERT INTO allocations(id, job_id, host_id, blocks, gpus, cpus, memory_mib, created_at)"
-            " VALUES (?,?,?,?,?,?,?,?)",
-            (alloc_id, job_id, host_id, _json(blocks), _json(gpus), _json(cpus), memory_mib, time.time()),
+            "INSERT INTO allocations(id, job_id, host_id, blocks, gpus, cpus, memory_mib, created_at, attempt)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                alloc_id,
+                job_id,
+                host_id,
+                _json(blocks),
+                _json(gpus),
+                _json(cpus),
+                memory_mib,
+                time.time(),
+                attempt,
+            ),
         )
 
     def get_allocation(self, alloc_id: str) -> AllocRow | None:
@@ -373,9 +303,24 @@ class Store:
             args += (host_id,)
         return [_alloc(r) for r in self.db.execute(sql + " ORDER BY created_at", args).fetchall()]
 
+    def allocations_of(self, job_id: str) -> list[AllocRow]:
+        """Every attempt of a job, first to last."""
+        rows = self.db.execute(
+            "SELECT * FROM allocations WHERE job_id=? ORDER BY attempt, created_at", (job_id,)
+        ).fetchall()
+        return [_alloc(r) for r in rows]
+
+    def allocations_in(self, state: AllocState, host_id: str) -> list[AllocRow]:
+        rows = self.db.execute(
+            "SELECT * FROM allocations WHERE state=? AND host_id=? ORDER BY created_at",
+            (state.value, host_id),
+        ).fetchall()
+        return [_alloc(r) for r in rows]
+
     def latest_allocation(self, job_id: str) -> AllocRow | None:
         row = self.db.execute(
-            "SELECT * FROM allocations WHERE job_id=? ORDER BY created_at DESC LIMIT 1", (job_id,)
+            "SELECT * FROM allocations WHERE job_id=? ORDER BY attempt DESC, created_at DESC LIMIT 1",
+            (job_id,),
         ).fetchone()
         return _alloc(row) if row else None
 
@@ -388,10 +333,18 @@ class Store:
         reason: str,
         final_log_size: int | None,
     ) -> None:
+        """Its times follow the state: started when first running, finished when terminal (a lost one
+        that comes back is running again, unfinished)."""
+        now = time.time()
         db.execute(
-            "UPDATE allocations SET state=?, exit_code=?, reason=?, final_log_size=? WHERE id=?",
-            (state.value, exit_code, reason, final_log_size, alloc_id),
+            "UPDATE allocations SET state=?, exit_code=?, reason=?, final_log_size=?,"
+            " started_at=COALESCE(started_at, CASE WHEN ?='running' THEN ? END),"
+            " finished_at=CASE WHEN ? THEN COALESCE(finished_at, ?) END WHERE id=?",
+            (state.value, exit_code, reason, final_log_size, state.value, now, state.terminal, now, alloc_id),
         )
+
+    def set_interrupted(self, db: sqlite3.Connection, alloc_id: str, why: str) -> None:
+        db.execute("UPDATE allocations SET interrupted=? WHERE id=?", (why, alloc_id))
 
     def set_desired(self, db: sqlite3.Connection, alloc_id: str, desired: str) -> None:
         db.execute("UPDATE allocations SET desired=? WHERE id=?", (desired, alloc_id))
@@ -416,6 +369,7 @@ def _job(row: sqlite3.Row) -> JobRow:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         project=row["project"],
+        retry_since=row["retry_since"],
     )
 
 
@@ -448,4 +402,9 @@ def _alloc(row: sqlite3.Row) -> AllocRow:
         exit_code=row["exit_code"],
         reason=row["reason"],
         final_log_size=row["final_log_size"],
+        attempt=row["attempt"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        interrupted=row["interrupted"],
     )

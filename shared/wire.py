@@ -172,6 +172,20 @@ class SubmitRequest(Wire):
     spec: TaskSpec
 
 
+class AttemptView(Wire):
+    """One attempt of a job (one allocation): where, when, and how it ended."""
+
+    attempt: int
+    allocation_id: str
+    host: str
+    status: str  # the allocation's state; `unknown` while its host is unreachable
+    reason: str = ""
+    exit_code: int | None = None
+    placed_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
 class JobView(Wire):
     id: str
     name: str
@@ -188,6 +202,9 @@ class JobView(Wire):
     started_at: float | None = None
     finished_at: float | None = None
     stop_requested: bool = False
+    attempt: int = 0  # the latest attempt's number (0: never placed)
+    attempts: list[AttemptView] = []  # first to last
+    allocation_status: str = ""  # the latest attempt's state; `unknown` while its host is unreachable
 
 
 class HostView(Wire):

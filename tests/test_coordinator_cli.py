@@ -37,8 +37,8 @@ def test_an_unknown_setting_is_one_line_naming_it(tmp_path: Path) -> None:
     run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
-        "Error: prot: unknown setting (known: disk_floor, host, log_cap, port, python_image, server_names, "
-        "state_dir, upload_quota)"
+        "Error: prot: unknown setting (known: disk_floor, fleet_lost_after, host, log_cap, lost_after, port, "
+        "python_image, server_names, state_dir, unreachable_after, upload_quota)"
     ]
 
 
@@ -62,3 +62,36 @@ def test_init_prints_the_ca_pin_and_a_ready_login_line(tmp_path: Path) -> None:
     token = run.stdout.split("admin token:")[1].split()[0]
     assert f"CA pin:         {pin}\n" in run.stdout
     assert f"  gpuctl login https://gpu-coord.example:9443 --token {token} --ca-pin {pin}\n" in run.stdout
+
+
+def test_lease_settings_come_from_the_config_and_the_flags_win(tmp_path: Path) -> None:
+    from coordinator.main import _load
+
+    config = tmp_path / "coordinator.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path}\nunreachable_after: 45s\nlost_after: 15m\nfleet_lost_after: {{dc1: 1h}}\n"
+    )
+    settings = _load(config, None, None, None).settings
+    assert (settings.unreachable_after_s, settings.lost_after_s) == (45.0, 900.0)
+    assert settings.fleet_lost_after_s == {"dc1": 3600.0}
+    config.write_text(f"state_dir: {tmp_path}\nlost_after: soon\n")
+    run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
+    assert run.stderr.strip() == "Error: lost_after: expected a duration like 30s or 10m, got 'soon'"
+    bad_flag = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from coordinator.main import main; main()",
+            "run",
+            "--config",
+            "/nonexistent",
+            "--state-dir",
+            str(tmp_path),
+            "--lost-after",
+            "0s",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad_flag.stderr.strip() == "Error: --lost-after: must be longer than 0s, got '0s'"

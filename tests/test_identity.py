@@ -82,7 +82,7 @@ async def test_a_removed_host_is_refused_and_its_agent_stops_pulling_work() -> N
         job = await c.submit("commands: ['sleep 300']\nresources: {gpu: 1}")
         await c.wait_for(job.id, "running")
         (host,) = await asyncio.to_thread(c.api.hosts)
-        await asyncio.to_thread(c.api.remove_host, host.name)
+        await asyncio.to_thread(c.api.remove_host, host.name, True)  # --force: its job runs
         with pytest.raises(ExceptionGroup) as group:
             await asyncio.wait_for(task, 20)
         assert group.group_contains(Revoked, match="removed")

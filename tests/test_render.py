@@ -66,3 +66,12 @@ def test_tables_fold_to_the_terminal_width() -> None:
 
     for page in (printed(jobs_table([job]), 80), printed(hosts_table([host]), 80)):
         assert max(map(len, page.splitlines())) <= 80
+
+
+def test_a_job_on_an_unreachable_host_says_what_it_waits_for() -> None:
+    job = view("assigned", "unreachable for 40s", None)
+    job.host, job.allocation_status = "host-b", "unknown"
+    assert waiting_line(job) == "assigned to host-b, waiting for it: unreachable for 40s"
+    job.status = "running"
+    assert waiting_line(job) == "running on host-b, waiting for it: unreachable for 40s"
+    assert "unknown" in printed(jobs_table([job]))

@@ -4,6 +4,7 @@ whose log arrives whole, once); a restarted coordinator loses no job and no ackn
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -92,11 +93,16 @@ async def test_restarted_coordinator_keeps_jobs_and_acknowledged_logs() -> None:
         state_dir = c.coordinator.coordinator.store.path.parent
         port = c.coordinator.port
         await c.coordinator.close()
+        short_lease = dataclasses.replace(FAST, unreachable_after_s=1.0)
         c.coordinator = await start_coordinator(
-            ServerConfig(state_dir, "127.0.0.1", port, ("localhost", "127.0.0.1"), FAST)
+            ServerConfig(state_dir, "127.0.0.1", port, ("localhost", "127.0.0.1"), short_lease)
         )
         assert (await c.job(done.id)).status == "done"
         assert await c.full_log(done.id) == before == "".join(f"{n}\n" for n in range(1, 1001)).encode()
         assert (await c.job(pending.id)).status == "pending"
         [host] = await asyncio.to_thread(c.api.hosts)
-        assert (host.status, host.last_seen is not None) == ("unreachable", True)  # when it was last there
+        # liveness lives in memory: a restarted coordinator gives every host one full lease before judging it
+        assert (host.status, host.last_seen is not None) == ("ready", True)  # when it was last there
+        await asyncio.sleep(1.2)
+        [host] = await asyncio.to_thread(c.api.hosts)
+        assert host.status == "unreachable"

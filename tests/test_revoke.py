@@ -27,7 +27,7 @@ async def test_a_removed_host_stops_its_jobs_then_exits() -> None:
         await c.wait_for(job.id, "running")
         (alloc_dir,) = config.state_dir.glob("allocs/*")
         pid = await child_pid(alloc_dir)
-        await asyncio.to_thread(c.api.remove_host, "h1")
+        await asyncio.to_thread(c.api.remove_host, "h1", True)  # --force: its job runs
         task = c.agents.pop("h1")
         async with asyncio.timeout(30):
             with pytest.raises(ExceptionGroup) as caught:

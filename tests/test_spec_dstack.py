@@ -21,6 +21,7 @@ from shared.spec import (
     FieldGroup,
     Range,
     Repo,
+    RetryPolicy,
     SpecError,
     TaskFile,
     TaskSpec,
@@ -89,7 +90,6 @@ DSTACK_TASK_FIELDS = [
 
 # A value of each refused field that asks for something.
 REFUSED_VALUES = {
-    "retry": "{on_events: [error], duration: 1h}",
     "ports": "[8080]",
     "groups": "[{name: a}]",
     "startup_order": "workers-first",
@@ -124,7 +124,7 @@ def test_every_dstack_task_field_is_in_exactly_one_group(field: str) -> None:
 
 
 def test_only_fields_of_dstack_tasks_are_in_the_table() -> None:
-    assert set(TASK_FIELD_GROUPS) == set(DSTACK_TASK_FIELDS)
+    assert set(TASK_FIELD_GROUPS) - set(DSTACK_TASK_FIELDS) == {"lost_after"}  # gpuctl's own
 
 
 @pytest.mark.parametrize("field", [f for f, g in TASK_FIELD_GROUPS.items() if g is FieldGroup.REFUSED])
@@ -219,7 +219,7 @@ def test_a_file_without_those_fields_has_no_warnings() -> None:
     [
         ("repo: [.]", "t.yaml:2: repo: unknown field; did you mean 'repos'?"),
         ("region: [x]", "did you mean 'regions'? (a cloud-only field: accepted, but ignored on-prem)"),
-        ("retries: 3", "did you mean 'retry'? (not supported yet)"),
+        ("retries: 3", "did you mean 'retry'?"),
         ("gpu: H100", "t.yaml:2: gpu: unknown field; gpu belongs under resources (resources: {gpu: ...})"),
         ("port: 80", "port belongs to dstack's service configurations, gpuctl runs tasks"),
         ("ide: vscode", "ide belongs to dstack's dev-environment configurations"),
@@ -531,3 +531,37 @@ def test_files_flags_at_absolute_paths_need_an_image(tmp_path: Path) -> None:
     assert build_spec(None, None, None, "busybox", ("true",), ("a:/root/a",)).root_files == (
         ("a", "/root/a"),
     )
+
+
+# --- retry and lost_after ---------------------------------------------------------------------------------
+
+
+def test_retry_true_retries_on_every_event_for_an_hour() -> None:
+    assert parse("commands: [x]\nretry: true\n").spec.retry == RetryPolicy(
+        ("no-capacity", "error", "interruption"), 3600
+    )
+    assert parse("commands: [x]\nretry: false\n").spec.retry is None
+
+
+def test_retry_takes_dstacks_mapping() -> None:
+    spec = parse("commands: [x]\nretry: {on_events: [error, interruption], duration: 30m}\n").spec
+    assert spec.retry == RetryPolicy(("error", "interruption"), 1800)
+    assert parse("commands: [x]\nretry: {duration: 2h}\n").spec.retry == RetryPolicy(duration_s=7200)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("retry: {on_events: [crash]}", "t.yaml:2: retry.on_events[0]: expected one of no-capacity, error"),
+        ("retry: {on_events: []}", "t.yaml:2: retry.on_events: must name at least one of"),
+        ("retry: {duration: soon}", "t.yaml:2: retry.duration: expected a duration"),
+        ("retry: 3", "t.yaml:2: retry: expected true, false or {on_events"),
+        ("lost_after: 0s", "t.yaml:2: lost_after: must be between 1s and 10 years"),
+    ],
+)
+def test_bad_retry_and_lost_after_are_one_line_errors(text: str, expected: str) -> None:
+    assert error(f"commands: [x]\n{text}\n").startswith(expected)
+
+
+def test_lost_after_is_a_duration() -> None:
+    assert parse("commands: [x]\nlost_after: 20m\n").spec.lost_after_s == 1200

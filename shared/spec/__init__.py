@@ -34,7 +34,18 @@ from shared.spec.limits import (
     REDACTED,
     WORKFLOW_DIR,
 )
-from shared.spec.model import GpuRequest, Range, RegistryAuth, Repo, Resources, SpecError, TaskFile, TaskSpec
+from shared.spec.model import (
+    RETRY_EVENTS,
+    GpuRequest,
+    Range,
+    RegistryAuth,
+    Repo,
+    Resources,
+    RetryPolicy,
+    SpecError,
+    TaskFile,
+    TaskSpec,
+)
 from shared.spec.resources import parse_gpu
 from shared.spec.validate import ROOT_FILES_NEED_IMAGE, redacted, validate_spec
 
@@ -61,6 +72,7 @@ __all__ = [
     "MIN_PRIORITY",
     "NAME_RE",
     "REDACTED",
+    "RETRY_EVENTS",
     "ROOT_FILES_NEED_IMAGE",
     "WORKFLOW_DIR",
     "GpuRequest",
@@ -68,6 +80,7 @@ __all__ = [
     "RegistryAuth",
     "Repo",
     "Resources",
+    "RetryPolicy",
     "SpecError",
     "TaskFile",
     "TaskSpec",

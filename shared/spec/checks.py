@@ -28,10 +28,20 @@ from shared.spec.limits import (
     MAX_PRIORITY,
     MAX_RANGE_VALUE,
     MAX_STOP_DURATION_S,
+    MIN_LOST_AFTER_S,
     MIN_PRIORITY,
     NAME_RE,
 )
-from shared.spec.model import GpuRequest, Range, RegistryAuth, Repo, Resources, SpecError
+from shared.spec.model import (
+    RETRY_EVENTS,
+    GpuRequest,
+    Range,
+    RegistryAuth,
+    Repo,
+    Resources,
+    RetryPolicy,
+    SpecError,
+)
 from shared.spec.nodes import _child, _quote
 from shared.units import format_mib
 
@@ -217,6 +227,27 @@ def _check_max_duration(max_duration_s: int | None) -> None:
 def _check_stop_duration(stop_duration_s: int | None) -> None:
     if stop_duration_s is not None and not 0 <= stop_duration_s <= MAX_STOP_DURATION_S:
         raise SpecError("stop_duration", f"must be between 0s and 1h, got {stop_duration_s}s")
+
+
+def _check_retry(retry: RetryPolicy | None) -> None:
+    if retry is None:
+        return
+    if not retry.on_events:
+        raise SpecError("retry.on_events", f"must name at least one of {', '.join(RETRY_EVENTS)}")
+    for index, event in enumerate(retry.on_events):
+        if event not in RETRY_EVENTS:
+            raise SpecError(
+                f"retry.on_events[{index}]", f"expected one of {', '.join(RETRY_EVENTS)}, got {event!r}"
+            )
+    if not 1 <= retry.duration_s <= MAX_DURATION_S:
+        raise SpecError("retry.duration", f"must be between 1s and 10 years, got {retry.duration_s}s")
+
+
+def _check_lost_after(lost_after_s: int | None) -> None:
+    if lost_after_s is not None and not MIN_LOST_AFTER_S <= lost_after_s <= MAX_DURATION_S:
+        raise SpecError(
+            "lost_after", f"must be between {MIN_LOST_AFTER_S}s and 10 years, got {lost_after_s}s"
+        )
 
 
 def _check_priority(priority: int) -> None:

@@ -13,11 +13,13 @@ import yaml
 
 from shared.spec.checks import (
     _check_image,
+    _check_lost_after,
     _check_max_duration,
     _check_name,
     _check_nodes,
     _check_priority,
     _check_python,
+    _check_retry,
     _check_shell,
     _check_stop_duration,
     _check_type,
@@ -43,6 +45,7 @@ from shared.spec.nodes import (
     _text,
 )
 from shared.spec.resources import _parse_resources
+from shared.spec.retry import _parse_duration, _parse_retry
 from shared.spec.validate import NO_WORK, PYTHON_WITH_IMAGE, ROOT_FILES_NEED_IMAGE, validate_spec
 from shared.spec.values import (
     _parse_bool,
@@ -153,6 +156,8 @@ def _top_level_parsers(environ: Mapping[str, str]) -> dict[str, tuple[str, _Pars
         "privileged": ("privileged", _parse_bool),
         "shell": ("shell", _checked(_text, _check_shell)),
         "python": ("python", _checked(_text, _check_python)),
+        "retry": ("retry", _checked(_parse_retry, _check_retry)),
+        "lost_after": ("lost_after_s", _checked(_parse_duration, _check_lost_after)),
     }
 
 

@@ -21,7 +21,8 @@ class FieldGroup(enum.Enum):
 
 _ACTS = (
     "type name image commands env resources nodes volumes working_dir max_duration stop_duration priority "
-    "fleets privileged files registry_auth python shell repos"
+    "fleets privileged files registry_auth python shell repos retry "
+    "lost_after"  # gpuctl's own: how long a job's host may be silent before its allocation is lost
 )
 _CLOUD_ONLY = (
     "backends regions availability_zones instance_types reservation spot_policy max_price creation_policy "
@@ -32,7 +33,6 @@ _NOT_YET = "multi-node jobs are not supported yet"
 
 # Why each refused field is refused, and what to do instead.
 REFUSED_ADVICE = {
-    "retry": "not supported yet; remove it (a failed job stays failed: submit it again)",
     "ports": "not supported yet; remove it (jobs run on the host's network: reach the port there)",
     "groups": f"not supported yet ({_NOT_YET}); remove it",
     "startup_order": f"not supported yet ({_NOT_YET}); remove it",

@@ -23,6 +23,7 @@ _ARCHIVE_ID_RE = re.compile(r"[0-9a-f]{64}")
 MAX_GPU_NAMES = 32
 MAX_RANGE_VALUE = 2**53  # cores, GPUs, MiB: far beyond any machine, and exact as a float
 MAX_DURATION_S = 10 * 366 * 86400
+MIN_LOST_AFTER_S = 1  # `lost_after:` of a job; the coordinator's own lease is checked no faster
 MAX_STOP_DURATION_S = 3600  # a host's blocks stay taken while a job stops: an hour is already generous
 MAX_CREDENTIAL_BYTES = 8 * 1024  # a registry token (a JWT, an NGC key) fits many times over
 REDACTED = "<redacted>"

@@ -59,6 +59,19 @@ class Repo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str = "."  # where, relative to the working directory
 
 
+RETRY_EVENTS = ("no-capacity", "error", "interruption")
+DEFAULT_RETRY_DURATION_S = 3600  # dstack's default: `retry: true` retries for an hour
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """dstack's `retry:`. `no-capacity`: while nothing fits, keep waiting (pending) up to `duration_s`, then
+    fail with the reason; `error`: the job exited non-zero (or failed to start); `interruption`: its host
+    was lost, removed, or drained with `--stop`. Each retry is a new attempt (a new allocation)."""
+
+    on_events: tuple[str, ...] = RETRY_EVENTS
+    duration_s: int = DEFAULT_RETRY_DURATION_S
+
+
 class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Empty only for a job with an image: it runs the image's own entrypoint and command (as dstack does).
     commands: tuple[str, ...] = ()
@@ -88,6 +101,10 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # dropped (`files: [~/.ssh/id_rsa:/root/.ssh/id_rsa]`); copied into the container before it starts.
     # Containers only: a plain-process job with one is refused.
     root_files_archive: str | None = None
+    retry: RetryPolicy | None = None  # None: an attempt that ends badly ends the job
+    # How long its host may be silent before the job's allocation is `lost` (None: the fleet's or the
+    # coordinator's `lost_after`)
+    lost_after_s: int | None = None
 
 
 @dataclass(frozen=True)

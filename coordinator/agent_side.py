@@ -1,0 +1,226 @@
+"""The agent's side of the coordinator: the sync long poll (actual state folded in, desired state out)
+and log chunks. Level-triggered: each host has a desired-state index that goes up whenever what should run
+there changes; a sync answers at once when the agent's index is behind, else waits for a change or the
+poll timeout (at most half the host's lease)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from coordinator import leases
+from coordinator.accounts import Accounts, Invalid
+from coordinator.attempts import end_attempt, event_of
+from coordinator.host_ops import NotFound
+from coordinator.host_problems import INVENTORY, HostProblems
+from coordinator.links import Links
+from coordinator.logstore import LogStore
+from coordinator.secrets import Secrets
+from coordinator.settings import Settings
+from coordinator.store import AllocRow, HostRow, Store
+from coordinator.validate_inventory import inventory_problem
+from coordinator.waiters import Waiters
+from shared import constants as C
+from shared.states import JOB_TRANSITIONS, AllocState, JobState, job_state_for
+from shared.wire import (
+    AllocationSpec,
+    AllocationStatus,
+    Inventory,
+    SyncRequest,
+    SyncResponse,
+    generation_of,
+)
+
+log = logging.getLogger("gpuctl.coordinator")
+LAST_SEEN_STORE_S = 60.0
+
+
+class AgentSide:
+    """Part of the Coordinator: what it holds is declared here, set in its __init__."""
+
+    store: Store
+    settings: Settings
+    accounts: Accounts
+    logs: LogStore
+    secrets: Secrets
+    problems: HostProblems
+    links: Links
+    host_waiters: Waiters
+    log_waiters: Waiters
+    last_seen: dict[str, float]
+    _last_seen_stored: dict[str, float]
+    unseen_generation: set[str]
+
+    def kick(self) -> None:
+        raise NotImplementedError
+
+    def lease_s(self) -> float:
+        raise NotImplementedError
+
+    def silent_s(self, host_id: str, now: float | None = None) -> float:
+        raise NotImplementedError
+
+    def welcome_back(self, host_id: str, statuses: list[AllocationStatus]) -> set[str]:
+        raise NotImplementedError
+
+    async def sync(self, host_id: str, req: SyncRequest) -> SyncResponse:
+        """Fold the agent's actual state in, then answer its desired state: at once if it changed since the
+        index the agent saw, else after the next change or the poll timeout. Safe to retry."""
+        host = self.store.ensure_host(host_id, req.inventory.hostname if req.inventory else host_id)
+        changed = self.silent_s(host_id) > self.lease_s()  # a host that (re)appears may take pending work
+        self._seen(host)
+        self.links.note(host_id, req)
+        stale = self.welcome_back(host_id, req.allocations)
+        if req.inventory is not None and generation_of(req.inventory) != host.generation:
+            self._check_inventory(host_id, req.inventory)
+            self.store.set_inventory(host_id, req.inventory, generation_of(req.inventory))
+            log.info("host %s inventory generation %s", host_id, generation_of(req.inventory))
+            changed = True
+        unseen = self._note_generation(host_id, req, host.generation)
+        changed |= self._fold_statuses(host_id, req.allocations)
+        if changed:
+            self.kick()
+        host = self._host(host_id)
+        if host.desired_index <= req.desired_index and not unseen:  # unseen: ask for the inventory now
+            await self.host_waiters.wait(host_id, self._poll_timeout_s())
+            self._seen(host)
+        return self._desired(self._host(host_id), stale)
+
+    def _poll_timeout_s(self) -> float:
+        """At most half the lease, so a held agent renews it in time; with jitter."""
+        timeout_s = leases.poll_timeout_s(self.settings.poll_timeout_s, self.lease_s())
+        return timeout_s * (1 + random.uniform(-1, 1) * C.POLL_JITTER_FRACTION)
+
+    def _check_inventory(self, host_id: str, inventory: Inventory) -> None:
+        """Refuse an inventory that contradicts itself (Invalid: a 400 naming the field), and show why on
+        the host; until a sound one arrives, nothing new is placed there."""
+        problem = inventory_problem(inventory)
+        if problem is None:
+            self.problems.clear(host_id, INVENTORY)
+            return
+        self.problems.set(host_id, INVENTORY, f"inventory refused: {problem}")
+        field, _, message = problem.partition(": ")
+        raise Invalid(field, message)
+
+    def _seen(self, host: HostRow) -> None:
+        """Note that the host's agent is there: in memory on every request, in the store (for `hosts` after
+        a coordinator restart) at most once a minute, so a poll is not a disk write."""
+        now = time.time()
+        self.last_seen[host.id] = now
+        if now - self._last_seen_stored.get(host.id, host.last_seen or 0.0) >= LAST_SEEN_STORE_S:
+            self.store.set_last_seen(host.id, now)
+            self._last_seen_stored[host.id] = now
+
+    def _host(self, host_id: str) -> HostRow:
+        host = self.store.get_host(host_id)
+        if host is None:
+            raise NotFound(f"no host {host_id!r}")
+        return host
+
+    def _note_generation(self, host_id: str, req: SyncRequest, stored: str) -> bool:
+        """Whether the agent runs an inventory generation this coordinator has not stored (it sent no
+        inventory, believing we had it: a restored database, say). Such a host takes no new placements
+        until its inventory arrives; the answer carries our generation, so the agent sends it at once."""
+        unseen = req.inventory is None and req.inventory_generation != stored
+        if unseen and host_id not in self.unseen_generation:
+            log.warning(
+                "host %s runs inventory generation %s, not %r stored here; placing nothing there until it "
+                "sends it",
+                host_id,
+                req.inventory_generation,
+                stored,
+            )
+        if unseen:
+            self.unseen_generation.add(host_id)
+        else:
+            self.unseen_generation.discard(host_id)
+        return unseen
+
+    def _desired(self, host: HostRow, stale: set[str]) -> SyncResponse:
+        """Its active allocations, and those it still runs that were lost and placed again (to stop)."""
+        allocations = []
+        lost = [a for a in self.store.allocations_in(AllocState.LOST, host.id) if a.id in stale]
+        for alloc in self.store.active_allocations(host.id) + lost:
+            job = self.store.get_job(alloc.job_id)
+            assert job is not None
+            allocations.append(
+                AllocationSpec(
+                    id=alloc.id,
+                    job_id=job.id,
+                    job_name=job.name,
+                    desired="stop" if alloc.state.terminal else alloc.desired,
+                    spec=self.secrets.resolve(job.spec, job.project),  # for the agent's eyes only
+                    blocks=alloc.blocks,
+                    gpus=alloc.gpus,
+                    cpus=alloc.cpus,
+                    memory_mib=alloc.memory_mib,
+                    log_cap_bytes=self.settings.log_cap_bytes,
+                )
+            )
+        return SyncResponse(
+            host_id=host.id,
+            index=host.desired_index,
+            allocations=allocations,
+            inventory_generation=host.generation,
+            poll_timeout_s=leases.poll_timeout_s(self.settings.poll_timeout_s, self.lease_s()),
+            sync_interval_s=self.settings.sync_interval_s,
+            log_chunk_max_bytes=self.settings.log_chunk_max_bytes,
+        )
+
+    def _fold_statuses(self, host_id: str, statuses: list[AllocationStatus]) -> bool:
+        """Record what the agent reports; True if an allocation ended (its blocks are free again)."""
+        freed = False
+        for status in statuses:
+            alloc = self.store.get_allocation(status.id)
+            if alloc is None or alloc.host_id != host_id or alloc.state.terminal:
+                continue  # unknown here: absent from the desired state, so the agent stops and forgets it
+            try:
+                state = AllocState(status.state)
+            except ValueError:
+                log.warning(
+                    "host %s reports allocation %s in unknown state %r", host_id, alloc.id, status.state
+                )
+                continue
+            final = status.log_size if state.terminal else None
+            reported = (state, status.exit_code, final, status.reason)
+            if reported == (alloc.state, alloc.exit_code, alloc.final_log_size, alloc.reason):
+                continue  # the same again; a new reason alone ("pulling 35%" → "pulling 60%") is news
+            freed |= self._record(alloc, state, status, final)
+        return freed
+
+    def _record(
+        self, alloc: AllocRow, state: AllocState, status: AllocationStatus, final: int | None
+    ) -> bool:
+        job = self.store.get_job(alloc.job_id)
+        assert job is not None
+        job_state = job_state_for(state, status.exit_code, job.stop_requested)
+        reason = status.reason if job_state in (JobState.FAILED, JobState.PULLING, JobState.STOPPED) else ""
+        if alloc.interrupted and state.terminal:  # stopped from outside (a drain --stop): say so
+            job_state, reason = JobState.STOPPED, alloc.interrupted
+        latest = self.store.latest_allocation(job.id)
+        with self.store.tx() as db:
+            self.store.update_allocation(db, alloc.id, state, status.exit_code, status.reason, final)
+            # Actual state may step back (a re-adopting agent says "starting" for a job we know runs); a job
+            # only moves forward, so such a report updates the allocation and leaves the job as it is. An
+            # attempt that was placed again elsewhere no longer speaks for its job.
+            if latest is not None and latest.id != alloc.id:
+                pass
+            elif state.terminal and job_state in JOB_TRANSITIONS[job.status]:
+                event = event_of(job_state, alloc.interrupted)
+                end_attempt(self.store, db, job, alloc, job_state, event, reason, status.exit_code)
+            elif job_state in JOB_TRANSITIONS[job.status]:
+                self.store.set_job_state(db, job, job_state, reason, status.exit_code)
+            if state.terminal:
+                self.store.bump_index(db, alloc.host_id)
+        log.info("allocation %s of job %s: %s (exit %s)", alloc.id, job.id, state, status.exit_code)
+        self.log_waiters.changed(job.id)
+        return state.terminal
+
+    def append_log(self, host_id: str, alloc_id: str, offset: int, data: bytes) -> int:
+        alloc = self.store.get_allocation(alloc_id)
+        if alloc is None or alloc.host_id != host_id:
+            raise NotFound(f"no allocation {alloc_id!r} on this host")
+        acked = self.logs.append(alloc_id, offset, data, self.settings.log_cap_bytes)
+        self.log_waiters.changed(alloc.job_id)
+        return acked

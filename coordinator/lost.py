@@ -1,0 +1,116 @@
+"""Housekeeping of leases: the allocations of a host silent past `lost_after` are lost, and a host that
+comes back gets back what was not placed again elsewhere (and stops what was)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from coordinator import leases
+from coordinator.attempts import end_attempt, event_of
+from coordinator.settings import Settings
+from coordinator.store import AllocRow, HostRow, JobRow, Store
+from coordinator.waiters import Waiters
+from shared.states import AllocState, HostState, JobState, job_state_for
+from shared.units import format_duration_s
+from shared.wire import AllocationStatus
+
+log = logging.getLogger("gpuctl.coordinator")
+REVIVABLE = (JobState.LOST, JobState.RETRYING, JobState.PENDING)
+
+
+class LostHosts:
+    """Part of the Coordinator: what it holds is declared here, set in its __init__."""
+
+    store: Store
+    settings: Settings
+    host_waiters: Waiters
+    log_waiters: Waiters
+
+    def kick(self) -> None:
+        raise NotImplementedError
+
+    def lease_s(self) -> float:
+        raise NotImplementedError
+
+    def silent_s(self, host_id: str, now: float | None = None) -> float:
+        raise NotImplementedError
+
+    def expire_leases(self, now: float | None = None) -> int:
+        """Mark lost the allocations of hosts silent past their `lost_after` (the job's, its fleet's or
+        the coordinator's); each job's retry policy decides what follows. Answers how many were lost."""
+        now = now or time.time()
+        lease_s, lost = self.lease_s(), 0
+        for host in self.store.list_hosts():
+            silent_s = self.silent_s(host.id, now)
+            if host.status == HostState.REMOVED or silent_s <= lease_s:
+                continue
+            for alloc in self.store.active_allocations(host.id):
+                job = self.store.get_job(alloc.job_id)
+                assert job is not None
+                fleet_s = self.settings.fleet_lost_after_s.get(host.fleet)
+                if silent_s > leases.lost_after_s(job.spec.lost_after_s, fleet_s, self.settings.lost_after_s):
+                    self._lose(host, alloc, job, silent_s)
+                    lost += 1
+        if lost:
+            self.kick()
+        return lost
+
+    def _lose(self, host: HostRow, alloc: AllocRow, job: JobRow, silent_s: float) -> None:
+        why = f"host {host.name} was silent for {format_duration_s(int(silent_s))}"
+        with self.store.tx() as db:
+            self.store.update_allocation(db, alloc.id, AllocState.LOST, None, why, None)
+            latest = self.store.latest_allocation(job.id)
+            if not job.status.terminal and latest is not None and latest.id == alloc.id:
+                outcome = JobState.STOPPED if job.stop_requested else JobState.LOST
+                end_attempt(self.store, db, job, alloc, outcome, event_of(JobState.LOST, ""), why)
+            self.store.bump_index(db, host.id)
+        log.warning("allocation %s of job %s lost: %s", alloc.id, job.id, why)
+        self.host_waiters.changed(host.id)
+        self.log_waiters.changed(job.id)
+
+    def welcome_back(self, host_id: str, statuses: list[AllocationStatus]) -> set[str]:
+        """The host reports allocations this coordinator marked lost: one whose job was not placed again
+        (nor stopped) meanwhile is its own again, with the state reported; the others must stop. Answers
+        the ids of those that still run and must stop (they go out as desired `stop`)."""
+        stale: set[str] = set()
+        for status in statuses:
+            alloc = self.store.get_allocation(status.id)
+            if alloc is None or alloc.host_id != host_id or alloc.state is not AllocState.LOST:
+                continue
+            try:
+                state = AllocState(status.state)
+            except ValueError:
+                continue
+            job = self.store.get_job(alloc.job_id)
+            assert job is not None
+            latest = self.store.latest_allocation(job.id)
+            revivable = job.status in REVIVABLE and not job.stop_requested and not alloc.interrupted
+            if revivable and latest is not None and latest.id == alloc.id and state is not AllocState.LOST:
+                self._revive(alloc, job, state, status)
+            elif not state.terminal:
+                stale.add(alloc.id)
+            elif alloc.final_log_size is None:  # it stopped: its log is whole, and it may be forgotten
+                with self.store.tx() as db:
+                    self.store.update_allocation(
+                        db, alloc.id, AllocState.LOST, alloc.exit_code, alloc.reason, status.log_size
+                    )
+                    self.store.bump_index(db, host_id)
+        return stale
+
+    def _revive(self, alloc: AllocRow, job: JobRow, state: AllocState, status: AllocationStatus) -> None:
+        final = status.log_size if state.terminal else None
+        outcome = job_state_for(state, status.exit_code, job.stop_requested)
+        with self.store.tx() as db:
+            self.store.update_allocation(db, alloc.id, state, status.exit_code, status.reason, final)
+            if state.terminal:
+                reason = status.reason if outcome is not JobState.DONE else ""
+                end_attempt(
+                    self.store, db, job, alloc, outcome, event_of(outcome, ""), reason, status.exit_code
+                )
+            else:
+                self.store.set_job_state(db, job, outcome)
+            self.store.bump_index(db, alloc.host_id)
+        log.info("allocation %s of job %s is back on its host: %s", alloc.id, job.id, state)
+        self.host_waiters.changed(alloc.host_id)
+        self.log_waiters.changed(job.id)

@@ -1,0 +1,109 @@
+"""The store's schema, as migrations run in order at open (`PRAGMA user_version` counts them)."""
+
+MIGRATIONS: list[str] = [
+    # 1: the walking skeleton
+    """
+    CREATE TABLE hosts (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        inventory TEXT,
+        generation TEXT NOT NULL DEFAULT '',
+        desired_index INTEGER NOT NULL DEFAULT 1,
+        last_seen REAL,
+        status TEXT NOT NULL DEFAULT 'ready',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        exit_code INTEGER,
+        stop_requested INTEGER NOT NULL DEFAULT 0,
+        submitted_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE INDEX jobs_status ON jobs(status);
+    CREATE TABLE allocations (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs(id),
+        host_id TEXT NOT NULL REFERENCES hosts(id),
+        blocks TEXT NOT NULL,
+        gpus TEXT NOT NULL,
+        cpus TEXT NOT NULL,
+        memory_mib INTEGER NOT NULL,
+        desired TEXT NOT NULL DEFAULT 'run',
+        state TEXT NOT NULL DEFAULT 'starting',
+        exit_code INTEGER,
+        reason TEXT NOT NULL DEFAULT '',
+        final_log_size INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX allocations_host ON allocations(host_id, state);
+    CREATE INDEX allocations_job ON allocations(job_id);
+    CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
+    # 2: identity: projects, users (their tokens), join tokens, issued certificates, fleets
+    """
+    CREATE TABLE projects (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+    INSERT INTO projects(name, created_at) VALUES ('default', 0);
+    ALTER TABLE tokens ADD COLUMN project TEXT;
+    ALTER TABLE jobs ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX jobs_project ON jobs(project, seq);
+    CREATE TABLE join_tokens (
+        id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        fleet TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        uses_left INTEGER,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE certs (
+        serial TEXT PRIMARY KEY,
+        host_id TEXT NOT NULL,
+        not_after REAL NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX certs_host ON certs(host_id);
+    ALTER TABLE hosts ADD COLUMN fleet TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE hosts ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE fleets (name TEXT PRIMARY KEY, projects TEXT NOT NULL DEFAULT '[]', created_at REAL NOT NULL)
+    """,
+    # 3: which project stored which files archive (its upload quota); project secrets, encrypted
+    """
+    CREATE TABLE uploads (
+        project TEXT NOT NULL,
+        archive_id TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        uploaded_at REAL NOT NULL,
+        PRIMARY KEY (project, archive_id)
+    );
+    CREATE INDEX uploads_archive ON uploads(archive_id);
+    CREATE TABLE secrets (
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        ciphertext BLOB NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (project, name)
+    )
+    """,
+    # 4: attempts (a retry is a new allocation), their times and why the coordinator ended one; drains
+    """
+    ALTER TABLE allocations ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE allocations ADD COLUMN started_at REAL;
+    ALTER TABLE allocations ADD COLUMN finished_at REAL;
+    ALTER TABLE allocations ADD COLUMN interrupted TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN retry_since REAL
+    """,
+]

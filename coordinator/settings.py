@@ -1,0 +1,27 @@
+"""The coordinator's settings (coordinator.yaml, `gpuctl-coordinator run` flags, or a test's own)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from coordinator.disk import DiskUsage, real_usage
+from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE
+from shared import constants as C
+
+
+@dataclass(frozen=True)
+class Settings:
+    poll_timeout_s: float = C.POLL_TIMEOUT_S  # held at most half the lease (coordinator/leases.py)
+    sync_interval_s: float = C.SYNC_INTERVAL_S
+    log_chunk_max_bytes: int = C.LOG_CHUNK_MAX_BYTES
+    unreachable_after_s: float = C.HOST_UNREACHABLE_AFTER_S  # the lease; longer for a large fleet
+    lost_after_s: float = C.HOST_LOST_AFTER_S  # a job's `lost_after:` wins, then its fleet's
+    fleet_lost_after_s: dict[str, float] = field(default_factory=dict)
+    agent_cert_ttl_s: int = C.AGENT_CERT_TTL_S
+    files_keep_s: float = C.FILES_KEEP_S
+    python_image: str = DEFAULT_PYTHON_IMAGE  # the image of a `python: "3.11"` job; `{version}` is replaced
+    log_cap_bytes: int = C.LOG_CAP_BYTES  # per allocation; 0: no cap
+    upload_quota_bytes: int = C.UPLOAD_QUOTA_BYTES  # stored files archives per project; 0: no quota
+    disk_floor_bytes: int = C.DISK_FLOOR_BYTES  # under this much free space, refuse new submits and uploads
+    disk_floor_percent: float = 0.0  # or under this share of the disk, whichever is larger
+    disk_usage: DiskUsage = real_usage
