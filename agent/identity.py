@@ -18,7 +18,7 @@ from typing import TypeVar
 import aiohttp
 import msgspec
 
-from agent.client import raise_for_status, retryable
+from agent.client import protocol_headers, raise_for_status, retryable
 from shared import constants as C
 from shared import tls
 from shared.join import JoinString
@@ -86,7 +86,10 @@ async def _post(url: str, context: ssl.SSLContext, path: str, request: object, t
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session,
         session.post(
-            target, data=msgspec.json.encode(request), timeout=aiohttp.ClientTimeout(total=30)
+            target,
+            data=msgspec.json.encode(request),
+            timeout=aiohttp.ClientTimeout(total=30),
+            headers=protocol_headers(),
         ) as resp,
     ):
         data = await resp.read()

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from coordinator.accounts import Accounts, Invalid
 from coordinator.disk import DiskGuard, DiskUsage, real_usage
 from coordinator.filestore import FileStore
-from coordinator.host_problems import INVENTORY, SCHEDULER, HostProblems
+from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
+from coordinator.limits import BusyLimits
 from coordinator.logstore import LogStore
 from coordinator.quota import UploadQuota
 from coordinator.safe_schedule import schedule_skipping
@@ -60,6 +61,8 @@ class Settings:
     disk_floor_bytes: int = C.DISK_FLOOR_BYTES  # under this much free space, refuse new submits and uploads
     disk_floor_percent: float = 0.0  # or under this share of the disk, whichever is larger
     disk_usage: DiskUsage = real_usage
+    protocol_version: str = C.PROTOCOL_VERSION  # agents within one minor version of it are served
+    busy: BusyLimits = BusyLimits()  # requests at work per class; one more is answered 429 (busy.py)
 
 
 class NotFound(LookupError):
@@ -479,7 +482,8 @@ class Coordinator:
                 self.host_status(h) == "ready"
                 and h.id not in self.unseen_generation
                 and not h.inventory.no_new_work
-                and not self.problems.has(h.id, INVENTORY),
+                and not self.problems.has(h.id, INVENTORY)
+                and not self.problems.has(h.id, PROTOCOL),
                 h.fleet,
                 limits.get(h.fleet),
             )
