@@ -16,18 +16,32 @@ from agent.transport import Transport
 from shared import constants as C
 from shared.wire import ErrorBody, LogAck, SyncRequest, SyncResponse
 
+RETRY_AFTER_MAX_S = 600.0  # a Retry-After past this is read as this: an agent never sleeps for hours
+
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(f"coordinator answered {status}: {message}")
         self.status = status
+        self.retry_after_s = retry_after_s  # the coordinator's Retry-After, if it sent one
 
 
 def retryable(exc: BaseException) -> bool:
-    """Worth trying again later: connection trouble, timeouts, 429 and 5xx. A 4xx is a verdict."""
+    """Worth trying again later: connection trouble, timeouts, 429 and 5xx, and 426 (a protocol version the
+    coordinator does not serve: one side of a rolling upgrade is still to come). Another 4xx is a verdict."""
     if isinstance(exc, ApiError):
-        return exc.status == 429 or exc.status >= 500
+        return exc.status in (426, 429) or exc.status >= 500
     return isinstance(exc, aiohttp.ClientError | TimeoutError | OSError)
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """The seconds a refusing coordinator asked for (`Retry-After`), or None."""
+    return exc.retry_after_s if isinstance(exc, ApiError) else None
+
+
+def protocol_headers() -> dict[str, str]:
+    """Sent on every agent request, so the coordinator can refuse a version it does not serve."""
+    return {C.PROTOCOL_HEADER: C.PROTOCOL_VERSION}
 
 
 class CoordinatorClient:
@@ -44,17 +58,21 @@ class CoordinatorClient:
     async def sync(self, request: SyncRequest, timeout_s: float) -> SyncResponse:
         url = f"{self.base_url}{C.AGENT_PREFIX}/sync"
         timeout = aiohttp.ClientTimeout(total=timeout_s)
-        async with self.session.post(url, data=msgspec.json.encode(request), timeout=timeout) as resp:
+        data = msgspec.json.encode(request)
+        async with self.session.post(url, data=data, timeout=timeout, headers=protocol_headers()) as resp:
             body = await resp.read()
-            raise_for_status(resp.status, body)
+            raise_for_status(resp.status, body, _retry_after(resp))
             return msgspec.json.decode(body, type=SyncResponse)
 
     async def post_log(self, alloc_id: str, offset: int, data: bytes) -> int:
         url = f"{self.base_url}{C.AGENT_PREFIX}/allocations/{alloc_id}/logs"
         timeout = aiohttp.ClientTimeout(total=60)
-        async with self.session.post(url, params={"offset": str(offset)}, data=data, timeout=timeout) as resp:
+        params = {"offset": str(offset)}
+        async with self.session.post(
+            url, params=params, data=data, timeout=timeout, headers=protocol_headers()
+        ) as resp:
             body = await resp.read()
-            raise_for_status(resp.status, body)
+            raise_for_status(resp.status, body, _retry_after(resp))
             return msgspec.json.decode(body, type=LogAck).acked
 
     async def fetch_files(self, archive_id: str, dest: Path) -> None:
@@ -67,9 +85,9 @@ class CoordinatorClient:
         dest.parent.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
         try:
-            async with self.session.get(url, timeout=timeout) as resp:
+            async with self.session.get(url, timeout=timeout, headers=protocol_headers()) as resp:
                 if resp.status >= 400:
-                    raise_for_status(resp.status, await resp.read())
+                    raise_for_status(resp.status, await resp.read(), _retry_after(resp))
                 with temp.open("wb") as f:
                     async for chunk in resp.content.iter_chunked(C.FILES_CHUNK_BYTES):
                         size += len(chunk)
@@ -85,7 +103,17 @@ class CoordinatorClient:
                 temp.unlink()
 
 
-def raise_for_status(status: int, body: bytes) -> None:
+def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    """`Retry-After` in seconds (the HTTP date form is not used by the coordinator, so it reads as absent)."""
+    raw = resp.headers.get("Retry-After", "").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return min(value, RETRY_AFTER_MAX_S) if value >= 0 else None
+
+
+def raise_for_status(status: int, body: bytes, retry_after_s: float | None = None) -> None:
     """Raise ApiError with the coordinator's one-line message for a 4xx or 5xx answer."""
     if status < 400:
         return
@@ -93,4 +121,4 @@ def raise_for_status(status: int, body: bytes) -> None:
         message = msgspec.json.decode(body, type=ErrorBody).error
     except (msgspec.DecodeError, msgspec.ValidationError):
         message = body[:200].decode(errors="replace")
-    raise ApiError(status, message)
+    raise ApiError(status, message, retry_after_s)

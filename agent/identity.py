@@ -18,7 +18,7 @@ from typing import TypeVar
 import aiohttp
 import msgspec
 
-from agent.client import raise_for_status, retryable
+from agent.client import protocol_headers, raise_for_status, retryable
 from agent.transport import Transport
 from shared import constants as C
 from shared import tls
@@ -99,7 +99,10 @@ async def _post(
     async with (
         (transport or Transport()).session(context) as session,
         session.post(
-            target, data=msgspec.json.encode(request), timeout=aiohttp.ClientTimeout(total=30)
+            target,
+            data=msgspec.json.encode(request),
+            timeout=aiohttp.ClientTimeout(total=30),
+            headers=protocol_headers(),
         ) as resp,
     ):
         data = await resp.read()

@@ -10,27 +10,40 @@ import asyncio
 import logging
 
 from agent import logcap
-from agent.client import CoordinatorClient, retryable
+from agent.client import CoordinatorClient, retry_after_of, retryable
 from agent.executor import Executor, LocalAlloc
 from agent.state import SharedState
+from shared.backoff import Backoff
+from shared.errors import reason_of
 
 log = logging.getLogger("gpuctl.agent")
 
 SHIP_INTERVAL_S = 0.2
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 30.0
 
 
 async def ship_loop(client: CoordinatorClient, executor: Executor, state: SharedState) -> None:
+    backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
     while True:
         state.logs_written.clear()
         sent_any = False
         for local in executor.snapshot():
             try:
-                sent_any |= await _ship_one(client, executor, local, state.log_chunk_max_bytes)
+                if await _ship_one(client, executor, local, state.log_chunk_max_bytes):
+                    sent_any = True
+                    backoff.reset()
             except Exception as exc:
                 if not retryable(exc) and getattr(exc, "status", 0) != 404:
                     raise
-                log.warning("log shipping for %s failed: %s", local.spec.id, exc)
-                await asyncio.sleep(1.0)
+                delay_s = backoff.delay_s(retry_after_of(exc))
+                log.warning(
+                    "log shipping for %s failed: %s; retrying in %.1f s",
+                    local.spec.id,
+                    reason_of(exc),
+                    delay_s,
+                )
+                await asyncio.sleep(delay_s)
         if not sent_any:
             try:
                 async with asyncio.timeout(SHIP_INTERVAL_S):

@@ -11,13 +11,15 @@ import logging
 import random
 from pathlib import Path
 
-from agent.client import ApiError, CoordinatorClient, retryable
+from agent.client import ApiError, CoordinatorClient, retry_after_of, retryable
 from agent.diskguard import with_disk_problem
 from agent.executor import Executor
 from agent.identity import check_not_expired
 from agent.state import SharedState
 from shared import constants as C
 from shared.aio import cancel_and_wait
+from shared.backoff import Backoff
+from shared.errors import reason_of
 from shared.wire import Inventory, SyncRequest, SyncResponse, generation_of
 
 log = logging.getLogger("gpuctl.agent")
@@ -44,7 +46,11 @@ async def sync_loop(
     empty), read afresh for every request, so a re-detected inventory goes out with the next sync."""
     if state.inventory is None:
         state.inventory = inventory
-    poll_timeout_s, gap_s, backoff_s = C.POLL_TIMEOUT_S, C.SYNC_INTERVAL_S, BACKOFF_MIN_S
+    poll_timeout_s, gap_s, backoff = (
+        C.POLL_TIMEOUT_S,
+        C.SYNC_INTERVAL_S,
+        Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S),
+    )
     while True:
         state.local_changed.clear()
         inventory = with_disk_problem(state.inventory, state.disk_problem)
@@ -60,36 +66,60 @@ async def sync_loop(
             link_error=link_error,
             link_error_age_s=link_error_age_s,
         )
+        deadline_s = read_deadline_s(poll_timeout_s)
         try:
-            response = await _poll(client, request, poll_timeout_s, state)
+            response = await _poll(client, request, deadline_s, state)
         except Exception as exc:
-            state.last_error = str(exc)
-            if revoked(exc):
-                log.error("sync refused: %s; this agent stops pulling work", exc)
-                raise Revoked(str(exc)) from exc
-            if retryable(exc):
-                check_not_expired(cert_file)  # a host offline past its certificate's life must join again
-                log.warning("sync failed (%s); retrying in %.1f s", exc, backoff_s)
-                await asyncio.sleep(backoff_s * random.uniform(0.8, 1.2))
-            else:  # a verdict on what this sync said (an inventory, a status), not on this host: keep going
-                backoff_s = BACKOFF_MAX_S
-                log.error("sync refused: %s; retrying in %.1f s, or at the next local change", exc, backoff_s)
-                with contextlib.suppress(TimeoutError):  # a new inventory may be what the refusal asks for
-                    await asyncio.wait_for(state.local_changed.wait(), backoff_s * random.uniform(0.8, 1.2))
-            backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+            await _after_failure(exc, deadline_s, backoff, state, cert_file)
             continue
-        backoff_s = BACKOFF_MIN_S
+        backoff.reset()
         if response is not None:
             _apply(response, state)
             poll_timeout_s, gap_s = response.poll_timeout_s, response.sync_interval_s
         await asyncio.sleep(gap_s * random.uniform(0.8, 1.2))
 
 
+def read_deadline_s(poll_timeout_s: float) -> float:
+    """How long to wait for a long poll's answer: the coordinator's longest hold, plus a margin. A silent
+    partition (no reset, no answer) is noticed within this, under two poll intervals."""
+    return poll_timeout_s * (1 + C.POLL_JITTER_FRACTION) + C.SYNC_READ_MARGIN_S
+
+
+def failure_reason(exc: BaseException, deadline_s: float) -> str:
+    """One line for the log and `gpuctl hosts`: never empty, and a timeout says what it means."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer in {deadline_s:.0f} s (coordinator unreachable?)"
+    return reason_of(exc)
+
+
+async def _after_failure(
+    exc: Exception, deadline_s: float, backoff: Backoff, state: SharedState, cert_file: Path
+) -> None:
+    """Say why in one line, then wait (with jitter, at least the coordinator's Retry-After); or raise
+    Revoked for a verdict."""
+    reason = failure_reason(exc, deadline_s)
+    state.last_error = reason
+    if revoked(exc):
+        log.error("sync refused: %s; this agent stops pulling work", reason)
+        raise Revoked(reason) from exc
+    if not retryable(exc):  # a verdict on what this sync said (an inventory, a status), not on this host
+        delay_s = backoff.delay_s(BACKOFF_MAX_S)
+        log.error("sync refused: %s; retrying in %.1f s, or at the next local change", reason, delay_s)
+        with contextlib.suppress(TimeoutError):  # a new inventory may be what the refusal asks for
+            await asyncio.wait_for(state.local_changed.wait(), delay_s)
+        return
+    check_not_expired(cert_file)  # a host offline past its certificate's life must join again
+    delay_s = backoff.delay_s(retry_after_of(exc))
+    level = logging.ERROR if isinstance(exc, ApiError) and exc.status == 426 else logging.WARNING
+    log.log(level, "sync failed: %s; retrying in %.1f s", reason, delay_s)
+    await asyncio.sleep(delay_s)
+
+
 async def _poll(
-    client: CoordinatorClient, request: SyncRequest, poll_timeout_s: float, state: SharedState
+    client: CoordinatorClient, request: SyncRequest, deadline_s: float, state: SharedState
 ) -> SyncResponse | None:
     """The long poll, or None if a local change came first (then the poll is abandoned)."""
-    poll = asyncio.create_task(client.sync(request, timeout_s=poll_timeout_s * 1.5 + 10))
+    poll = asyncio.create_task(client.sync(request, timeout_s=deadline_s))
     changed = asyncio.create_task(state.local_changed.wait())
     try:
         await asyncio.wait({poll, changed}, return_when=asyncio.FIRST_COMPLETED)

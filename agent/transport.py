@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp.abc import ResolveResult
 from aiohttp.helpers import ceil_timeout
 
+from agent.keepalive import keepalive_socket
 from agent.tunnel import Hop, Tunnel
 from shared.wire import MAX_LINK_ERROR_CHARS, MAX_TRANSPORT_CHARS
 
@@ -92,7 +93,7 @@ class Transport:
                 str(self.tunnel.socket_path), ssl=ssl_context, limit=limit
             )
             return aiohttp.ClientSession(connector=connector, trace_configs=[trace])
-        connector = aiohttp.TCPConnector(ssl=ssl_context, limit=limit)
+        connector = aiohttp.TCPConnector(ssl=ssl_context, limit=limit, socket_factory=keepalive_socket)
         return aiohttp.ClientSession(connector=connector, proxy=self.proxy, trace_configs=[trace])
 
     async def _on_exception(self, _session: Any, _ctx: Any, params: Any) -> None:

@@ -11,7 +11,9 @@ from aiohttp import web
 
 from coordinator import api_admin, api_agent, api_secrets, api_user
 from coordinator.accounts import Invalid, Refused
+from coordinator.busy import BusyGate
 from coordinator.http import COORDINATOR, HOST_ID, PRINCIPAL, HTTPError, error
+from coordinator.protocol_check import protocol_middleware
 from coordinator.service import Ambiguous, Busy, Coordinator, NotFound
 from shared import constants as C
 from shared.spec import SpecError
@@ -19,6 +21,7 @@ from shared.tls import BadCsr, peer_identity
 
 log = logging.getLogger("gpuctl.coordinator")
 
+BUSY: web.AppKey[BusyGate] = web.AppKey("busy", BusyGate)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -101,9 +104,12 @@ def _check_agent(request: web.Request) -> web.Response | None:
 
 
 def make_app(coordinator: Coordinator) -> web.Application:
+    busy = BusyGate(coordinator.settings.busy)
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware], client_max_size=C.MAX_REQUEST_BYTES
+        middlewares=[errors_middleware, auth_middleware, protocol_middleware, busy.middleware],
+        client_max_size=C.MAX_REQUEST_BYTES,
     )
+    app[BUSY] = busy
     app[COORDINATOR] = coordinator
     api_user.add_routes(app)
     api_agent.add_routes(app)

@@ -12,6 +12,7 @@ log = logging.getLogger("gpuctl.coordinator")
 
 INVENTORY = "inventory"  # the agent's inventory was refused when it arrived
 SCHEDULER = "scheduler"  # a scheduling pass left the host out
+PROTOCOL = "protocol"  # its agent speaks a protocol version this coordinator does not serve
 
 
 class HostProblems:

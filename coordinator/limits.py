@@ -18,3 +18,14 @@ class ConnectionLimits:
     tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S
     keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
     unauthenticated_per_address: int = UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS
+
+
+@dataclass(frozen=True)
+class BusyLimits:
+    """Requests of each class being read or worked on at once; one over is answered 429 with Retry-After.
+    A long poll that is waiting for news (a sync, `logs -f`) holds no slot: only work counts."""
+
+    agent: int = 256  # syncs, renewals, enrollments
+    logs: int = 64  # agent log chunks (each up to 256 KiB of body)
+    user: int = 128  # the user API
+    retry_after_s: int = 2  # agents add jitter on top, so a refused fleet comes back spread out

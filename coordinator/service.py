@@ -19,7 +19,7 @@ from coordinator.attempts import attempt_views
 from coordinator.disk import DiskGuard
 from coordinator.filestore import FileStore
 from coordinator.host_ops import Ambiguous, Busy, HostOps, NotFound
-from coordinator.host_problems import INVENTORY, SCHEDULER, HostProblems
+from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
 from coordinator.links import Links
 from coordinator.logstore import LogStore
 from coordinator.lost import LostHosts
@@ -274,7 +274,8 @@ class Coordinator(HostOps, LostHosts, AgentSide):  # the parts first: their stub
                 self.host_status(h) == "ready"
                 and h.id not in self.unseen_generation
                 and not h.inventory.no_new_work
-                and not self.problems.has(h.id, INVENTORY),
+                and not self.problems.has(h.id, INVENTORY)
+                and not self.problems.has(h.id, PROTOCOL),
                 h.fleet,
                 limits.get(h.fleet),
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from coordinator.disk import DiskUsage, real_usage
+from coordinator.limits import BusyLimits
 from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE
 from shared import constants as C
 
@@ -25,3 +26,5 @@ class Settings:
     disk_floor_bytes: int = C.DISK_FLOOR_BYTES  # under this much free space, refuse new submits and uploads
     disk_floor_percent: float = 0.0  # or under this share of the disk, whichever is larger
     disk_usage: DiskUsage = real_usage
+    protocol_version: str = C.PROTOCOL_VERSION  # agents within one minor version of it are served
+    busy: BusyLimits = BusyLimits()  # requests at work per class; one more is answered 429 (busy.py)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+from coordinator import work_slot
+
 
 class Waiters:
     def __init__(self) -> None:
@@ -17,7 +19,8 @@ class Waiters:
             event.set()
 
     async def wait(self, key: str, timeout_s: float) -> bool:
-        """True if `key` changed within the timeout."""
+        """True if `key` changed within the timeout. A request that waits here gives back its busy slot."""
+        work_slot.release_current()
         event = self._events[key]
         try:
             async with asyncio.timeout(timeout_s):

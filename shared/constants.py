@@ -4,10 +4,16 @@ API_PREFIX = "/api/v1"
 COORDINATOR_WARNING_HEADER = "X-Coordinator-Warning"  # on `GET /hosts`: e.g. its disk is under the floor
 AGENT_PREFIX = "/agent/v1"
 AGENT_VERSION = "0.1.0"
+# The agent protocol's version, sent on every agent request. A coordinator serves agents of its own major
+# version whose minor is within one of its own, so a fleet upgrades one side at a time. An agent that sends
+# no header speaks 1.0 (the protocol before the header existed).
+PROTOCOL_HEADER = "Gpuctl-Protocol"
+PROTOCOL_VERSION = "1.0"
 
 DEFAULT_PORT = 8443
 POLL_TIMEOUT_S = 30.0  # how long the coordinator holds a sync long poll with nothing to say
 POLL_JITTER_FRACTION = 0.1  # every wait gets jitter, so a fleet never moves in step
+SYNC_READ_MARGIN_S = 5.0  # an agent gives up on a long poll this long after the poll timeout (with jitter)
 SYNC_INTERVAL_S = 0.25  # the shortest gap between two syncs of one agent (the server may raise it)
 LOG_CHUNK_MAX_BYTES = 256 * 1024
 LOG_CAP_BYTES = 1024**3  # the coordinator keeps at most this much of one allocation's log: head and tail
