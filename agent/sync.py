@@ -17,6 +17,7 @@ from agent.identity import check_not_expired
 from agent.state import SharedState
 from shared import constants as C
 from shared.aio import cancel_and_wait
+from shared.sdnotify import notify
 from shared.wire import Inventory, SyncRequest, SyncResponse, generation_of
 
 log = logging.getLogger("gpuctl.agent")
@@ -37,6 +38,7 @@ async def sync_loop(
     if state.inventory is None:
         state.inventory = inventory
     poll_timeout_s, gap_s, backoff_s = C.POLL_TIMEOUT_S, C.SYNC_INTERVAL_S, BACKOFF_MIN_S
+    ready = False
     while True:
         state.local_changed.clear()
         inventory = with_disk_problem(state.inventory, state.disk_problem)
@@ -64,6 +66,9 @@ async def sync_loop(
         backoff_s = BACKOFF_MIN_S
         if response is not None:
             _apply(response, state)
+            if not ready:
+                notify("READY=1")  # the first sync is through: systemd counts the agent as started
+                ready = True
             poll_timeout_s, gap_s = response.poll_timeout_s, response.sync_interval_s
         await asyncio.sleep(gap_s * random.uniform(0.8, 1.2))
 
