@@ -17,9 +17,9 @@ for part in "$@"; do
 done
 files=""
 if command -v apt-get >/dev/null 2>&1; then
-    for name in $names; do files="$files $(ls ./"$name"_*.deb)"; done
+    for name in $names; do files="$files $PWD/$(ls "$name"_*.deb)"; done
     # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download $files
+    DEBIAN_FRONTEND=noninteractive apt-get install -y $files
 elif command -v dnf >/dev/null 2>&1 || command -v yum >/dev/null 2>&1; then
     for name in $names; do files="$files $(ls ./"$name"-[0-9]*.rpm)"; done
     # shellcheck disable=SC2086
