@@ -57,7 +57,9 @@ def rootfs_tarball() -> Path:
     """A clean Debian 12 (minbase) root file system as a tar, made by debootstrap from Debian's archive once
     and kept under CACHE, keyed by the suite, the variant, the mirror and debootstrap's version."""
     debootstrap = need("debootstrap", "debootstrap")
-    version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "debootstrap"], capture_output=True, text=True)
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "debootstrap"], capture_output=True, text=True
+    )
     key = hashlib.sha256(f"{SUITE} {VARIANT} {MIRROR} {version.stdout}".encode()).hexdigest()[:16]
     tarball = CACHE / f"debian-{SUITE}-{VARIANT}-{key}.tar"
     if tarball.exists():
@@ -105,7 +107,9 @@ class Container:
         deadline = time.monotonic() + timeout_s
         while True:
             run = subprocess.run(
-                [*self.docker, "exec", "-u", user, self.name, "sh", "-c", script], capture_output=True, text=True
+                [*self.docker, "exec", "-u", user, self.name, "sh", "-c", script],
+                capture_output=True,
+                text=True,
             )
             if run.returncode == 0:
                 return run.stdout
@@ -148,11 +152,14 @@ def test_install_run_upgrade_remove_purge_offline(packages: tuple[Path, Path], d
     if subprocess.run([*docker, "image", "inspect", image], capture_output=True).returncode != 0:
         subprocess.run([*docker, "import", str(tarball), image], check=True, capture_output=True)
     name = f"gpuctl-pkg-{os.getpid()}"
-    subprocess.run(
-        [*docker, "run", "-d", "--init", "--network", "none", "--name", name, "--hostname", "gpu-host-1",
+    started = subprocess.run(
+        # A writable cgroup file system, as the agent (root on a host) has (each job gets a cgroup); no network.
+        [*docker, "run", "-d", "--init", "--cap-add", "SYS_ADMIN", "--security-opt", "apparmor=unconfined",
+         "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--network", "none", "--name", name, "--hostname", "gpu-host-1",
          "-v", f"{first}:/pkgs/old:ro", "-v", f"{second}:/pkgs/new:ro", image, "sleep", "infinity"],
-        check=True, capture_output=True,
+        capture_output=True, text=True,
     )  # fmt: skip
+    assert started.returncode == 0, started.stderr
     box = Container(docker, name)
     try:
         _install_and_run(box)
@@ -176,7 +183,11 @@ def _install_and_run(box: Container) -> None:
     box.wait(f"gpuctl login {URL} --token {token} --ca-pin {pin}", "the coordinator to listen")
     join = box.sh("gpuctl token create --fleet dc1 --ttl 1h").strip()
     box.sh(f"printf 'coordinator: {URL}\\nsimulate: 2xH100:80GB\\n' > /etc/gpuctl/agent.yaml")
-    box.start(f"gpuctl-agent join {join} --simulate 2xH100:80GB", "/run/gpuctl-agent.pid", "/var/log/gpuctl-agent.log")
+    box.start(
+        f"gpuctl-agent join {join} --simulate 2xH100:80GB",
+        "/run/gpuctl-agent.pid",
+        "/var/log/gpuctl-agent.log",
+    )
     box.wait("test -s /var/lib/gpuctl-agent/pki/agent.pem", "the agent to join")
     box.wait("gpuctl hosts --json | grep -q '\"ready\"'", "the host to be ready")
     job = json.loads(box.sh("gpuctl submit --json -- echo hello from the package"))
@@ -201,7 +212,9 @@ def _wait_status(box: Container, job_id: str, status: str, timeout_s: float = 12
 def _upgrade_while_a_job_runs(box: Container) -> None:
     job = json.loads(box.sh("gpuctl submit --json -- sh -c 'sleep 15; echo outlived the upgrade'"))
     _wait_status(box, job["id"], "running")
-    box.sh("apt-get install -y /pkgs/new/gpuctl-agent_*.deb /pkgs/new/gpuctl-coordinator_*.deb /pkgs/new/gpuctl_*.deb")
+    box.sh(
+        "apt-get install -y /pkgs/new/gpuctl-agent_*.deb /pkgs/new/gpuctl-coordinator_*.deb /pkgs/new/gpuctl_*.deb"
+    )
     # What the postinst's `systemctl try-restart` does under systemd: stop the main process only, start anew.
     coordinator, coordinator_user = exec_start("gpuctl-coordinator.service")
     agent, _ = exec_start("gpuctl-agent.service")
@@ -221,11 +234,18 @@ def _remove_then_purge(box: Container) -> None:
     box.stop("/tmp/coordinator.pid")
     box.sh("apt-get remove -y gpuctl-agent gpuctl-coordinator")
     box.sh("test ! -e /usr/bin/gpuctl-agent && test ! -e /usr/bin/gpuctl-coordinator")
-    kept = ["/var/lib/gpuctl-agent/pki/agent.pem", "/var/lib/gpuctl-coordinator/coordinator.db", "/etc/gpuctl/agent.yaml", "/etc/gpuctl/coordinator.yaml"]
+    kept = [
+        "/var/lib/gpuctl-agent/pki/agent.pem",
+        "/var/lib/gpuctl-coordinator/coordinator.db",
+        "/etc/gpuctl/agent.yaml",
+        "/etc/gpuctl/coordinator.yaml",
+    ]
     box.sh(" && ".join(f"test -e {path}" for path in kept))
     assert "coordinator: " in box.sh("cat /etc/gpuctl/agent.yaml")  # the operator's edit survives
     box.sh("apt-get purge -y gpuctl-agent gpuctl-coordinator")
-    box.sh("test ! -e /var/lib/gpuctl-agent && test ! -e /var/lib/gpuctl-coordinator && test ! -e /etc/gpuctl/agent.yaml")
+    box.sh(
+        "test ! -e /var/lib/gpuctl-agent && test ! -e /var/lib/gpuctl-coordinator && test ! -e /etc/gpuctl/agent.yaml"
+    )
 
 
 def test_rpm_metadata_files_and_scripts(packages: tuple[Path, Path]) -> None:
@@ -234,13 +254,22 @@ def test_rpm_metadata_files_and_scripts(packages: tuple[Path, Path]) -> None:
 
     def query(package: str, *args: str) -> str:
         (path,) = first.glob(f"{package}-{VERSION}-1.x86_64.rpm")
-        return subprocess.run([rpm, "-qp", *args, str(path)], capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            [rpm, "-qp", *args, str(path)], capture_output=True, text=True, check=True
+        ).stdout
 
     for package in ("gpuctl", "gpuctl-agent", "gpuctl-coordinator"):
-        assert query(package, "--qf", "%{NAME} %{VERSION} %{ARCH} %{LICENSE}") == f"{package} {VERSION} x86_64 Apache-2.0"
+        assert (
+            query(package, "--qf", "%{NAME} %{VERSION} %{ARCH} %{LICENSE}")
+            == f"{package} {VERSION} x86_64 Apache-2.0"
+        )
         assert "python" not in query(package, "--requires").lower()  # it carries its own
     agent = query("gpuctl-agent", "--list").split()
-    assert {"/usr/bin/gpuctl-agent", "/usr/lib/systemd/system/gpuctl-agent.service", "/opt/gpuctl/agent/gpuctl-agent"} <= set(agent)
+    assert {
+        "/usr/bin/gpuctl-agent",
+        "/usr/lib/systemd/system/gpuctl-agent.service",
+        "/opt/gpuctl/agent/gpuctl-agent",
+    } <= set(agent)
     assert query("gpuctl-agent", "--configfiles").split() == ["/etc/gpuctl/agent.yaml"]
     assert query("gpuctl-coordinator", "--configfiles").split() == ["/etc/gpuctl/coordinator.yaml"]
     scripts = query("gpuctl-coordinator", "--scripts")
