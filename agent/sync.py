@@ -20,6 +20,7 @@ from shared import constants as C
 from shared.aio import cancel_and_wait
 from shared.backoff import Backoff
 from shared.errors import reason_of
+from shared.sdnotify import notify
 from shared.wire import Inventory, SyncRequest, SyncResponse, generation_of
 
 log = logging.getLogger("gpuctl.agent")
@@ -51,6 +52,7 @@ async def sync_loop(
         C.SYNC_INTERVAL_S,
         Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S),
     )
+    ready = False
     while True:
         state.local_changed.clear()
         inventory = with_disk_problem(state.inventory, state.disk_problem)
@@ -75,6 +77,9 @@ async def sync_loop(
         backoff.reset()
         if response is not None:
             _apply(response, state)
+            if not ready:
+                notify("READY=1")  # the first sync is through: systemd counts the agent as started
+                ready = True
             poll_timeout_s, gap_s = response.poll_timeout_s, response.sync_interval_s
         await asyncio.sleep(gap_s * random.uniform(0.8, 1.2))
 

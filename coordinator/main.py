@@ -20,6 +20,7 @@ from coordinator.store import Store
 from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE
 from shared import tls
 from shared.constants import DEFAULT_PORT
+from shared.sdnotify import notify
 
 DEFAULT_CONFIG = Path("/etc/gpuctl/coordinator.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/gpuctl-coordinator")
@@ -152,6 +153,7 @@ def run(
     async def serve() -> None:
         running = await start_coordinator(config)
         ensure_admin_token(running.coordinator.store, config.state_dir / "admin-token")
+        notify("READY=1")  # listening: systemd may start what comes after it
         try:
             await asyncio.Event().wait()
         finally:

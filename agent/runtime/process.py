@@ -65,7 +65,7 @@ class ProcessRuntime:
         tls.write_private(alloc_dir / "env.json", json.dumps(env).encode())
         devices = gpu_device_nodes(alloc, self.inventory, self.dev) if self.inventory is not None else ()
         confine(self.cgroups, alloc.id, Limits(cpus, alloc.memory_mib, self.pids_limit, devices), alloc_dir)
-        argv = [sys.executable, "-I", _SHIM, str(alloc_dir / "exit.json"), user]
+        argv = [*shim_command(), str(alloc_dir / "exit.json"), user]
         argv += ["--", shell, "-c", script]
         try:
             # Root's, 0600: the job writes through the descriptor it inherits, and reads no other job's.
@@ -187,6 +187,15 @@ def check_reachable(root: Path, user: str | None) -> None:
 
 
 _SHIM = str(Path(__file__).with_name("shim.py"))  # run as a script: it needs only the standard library
+SHIM_ARG = "__shim__"  # a packaged (frozen) command's first argument that makes it run the supervisor
+
+
+def shim_command() -> list[str]:
+    """How to start a supervisor: this Python on shim.py, or, in a package built by PyInstaller (no Python of
+    its own, no .py files), the frozen command itself, whose entry point runs the shim on SHIM_ARG."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, SHIM_ARG]
+    return [sys.executable, "-I", _SHIM]
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:

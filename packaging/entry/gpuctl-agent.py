@@ -1,0 +1,23 @@
+"""The frozen `gpuctl-agent` command (PyInstaller's entry point).
+
+`gpuctl-agent __shim__ ...` runs a job's supervisor (agent/runtime/shim.py): a frozen agent has no Python of its
+own to start it with. ROCm's amdsmi binding is used from the host when it is installed there.
+"""
+
+import os
+import sys
+
+SHIM_ARG = "__shim__"  # agent.runtime.process.SHIM_ARG; not imported, so that start-up stays light
+
+if len(sys.argv) > 1 and sys.argv[1] == SHIM_ARG:
+    from agent.runtime.shim import main as shim
+
+    sys.exit(shim(sys.argv[2:]))
+
+for rocm in ("/opt/rocm/share/amd_smi",):  # where ROCm installs the amdsmi package
+    if os.path.isdir(rocm):
+        sys.path.append(rocm)
+
+from agent.main import main  # noqa: E402
+
+main()

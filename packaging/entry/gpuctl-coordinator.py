@@ -1,0 +1,5 @@
+"""The frozen `gpuctl-coordinator` command (PyInstaller's entry point)."""
+
+from coordinator.main import main
+
+main()

@@ -1,0 +1,288 @@
+"""The packages, end to end: packaging/build makes the .deb and .rpm files and the offline bundle; in a container
+made from a clean Debian 12 root file system, with no network, the bundle's install.sh installs them, the
+coordinator runs (its unit's ExecStart, as its User=), an agent joins with simulated GPUs and runs a job; both
+are upgraded to a rebuilt, higher version while a job runs (the job finishes); remove keeps config and state,
+purge deletes them. The .rpm files are read with `rpm -qp`.
+
+Heavy parts are cached outside the repository (packaging/build's venv and bundles, the root file system tarball
+under /var/cache/gpuctl-test), so a rerun costs the nfpm step and the container. Under CI a missing tool fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.docker_engine import Engine
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("GPUCTL_TEST_CACHE", "/var/cache/gpuctl-test"))
+MIRROR = os.environ.get("GPUCTL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+SUITE, VARIANT = "bookworm", "minbase"
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+NEXT_VERSION = f"{VERSION}.1"  # higher for dpkg and rpm alike
+URL = "https://localhost:8443"
+
+
+def missing(what: str) -> None:
+    message = f"packaging test needs {what}"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def need(tool: str, package: str) -> str:
+    found = shutil.which(tool)
+    if found is None:
+        missing(f"{tool} (Debian package {package})")
+    assert found is not None
+    return found
+
+
+def rootfs_tarball() -> Path:
+    """A clean Debian 12 (minbase) root file system as a tar, made by debootstrap from Debian's archive once
+    and kept under CACHE, keyed by the suite, the variant, the mirror and debootstrap's version."""
+    debootstrap = need("debootstrap", "debootstrap")
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", "debootstrap"], capture_output=True, text=True
+    )
+    key = hashlib.sha256(f"{SUITE} {VARIANT} {MIRROR} {version.stdout}".encode()).hexdigest()[:16]
+    tarball = CACHE / f"debian-{SUITE}-{VARIANT}-{key}.tar"
+    if tarball.exists():
+        return tarball
+    CACHE.mkdir(parents=True, exist_ok=True)
+    target = CACHE / f"rootfs-{key}.tmp"
+    shutil.rmtree(target, ignore_errors=True)
+    run = subprocess.run(
+        [debootstrap, f"--variant={VARIANT}", SUITE, str(target), MIRROR], capture_output=True, text=True
+    )
+    if run.returncode != 0:
+        missing(f"a Debian root file system (debootstrap failed: {run.stderr.strip()[-500:]})")
+    subprocess.run(["tar", "-C", str(target), "-cf", f"{tarball}.tmp", "."], check=True)
+    os.replace(f"{tarball}.tmp", tarball)
+    shutil.rmtree(target, ignore_errors=True)
+    return tarball
+
+
+@dataclass
+class Container:
+    docker: list[str]
+    name: str
+
+    def sh(self, script: str, user: str = "root", check: bool = True, timeout_s: float = 300) -> str:
+        run = subprocess.run(
+            [*self.docker, "exec", "-u", user, self.name, "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if check and run.returncode != 0:
+            raise AssertionError(f"`{script}` failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
+        return run.stdout
+
+    def start(self, command: str, pid_file: str, log: str, user: str = "root") -> None:
+        """A daemon in the background, as systemd would start it (its pid kept for stopping it)."""
+        script = f"echo $$ > {pid_file}; exec {command} >>{log} 2>&1"
+        subprocess.run([*self.docker, "exec", "-d", "-u", user, self.name, "sh", "-c", script], check=True)
+
+    def stop(self, pid_file: str) -> None:
+        """SIGTERM to the main process only: what KillMode=process does."""
+        self.sh(f"pid=$(cat {pid_file}); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.2; done")
+
+    def wait(self, script: str, what: str, timeout_s: float = 120, user: str = "root") -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            run = subprocess.run(
+                [*self.docker, "exec", "-u", user, self.name, "sh", "-c", script],
+                capture_output=True,
+                text=True,
+            )
+            if run.returncode == 0:
+                return run.stdout
+            if time.monotonic() > deadline:
+                logs = self.sh("tail -n 40 /var/log/gpuctl-*.log", check=False)
+                raise AssertionError(f"timed out waiting for {what}: {run.stderr}\n{logs}")
+            time.sleep(0.5)
+
+
+def exec_start(unit: str) -> tuple[str, str]:
+    """The unit's ExecStart line and its User= (root when it names none)."""
+    fields = dict(
+        line.split("=", 1) for line in (ROOT / "systemd" / unit).read_text().splitlines() if "=" in line
+    )
+    return fields["ExecStart"], fields.get("User", "root")
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """The packages at the project's version, and rebuilt at a higher one."""
+    base = tmp_path_factory.mktemp("packages")
+    first, second = base / VERSION, base / NEXT_VERSION
+    for out, version in ((first, VERSION), (second, NEXT_VERSION)):
+        run = subprocess.run(
+            ["bash", str(ROOT / "packaging" / "build"), "--version", version, str(out)],
+            capture_output=True,
+            text=True,
+            timeout=1500,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    yield first, second
+
+
+@pytest.mark.timeout(1800)
+def test_install_run_upgrade_remove_purge_offline(packages: tuple[Path, Path], docker_engine: Engine) -> None:
+    first, second = packages
+    docker = [need("docker", "docker.io"), "-H", docker_engine.socket]
+    tarball = rootfs_tarball()
+    image = f"gpuctl-test/debian12:{tarball.stem.rsplit('-', 1)[-1]}"
+    if subprocess.run([*docker, "image", "inspect", image], capture_output=True).returncode != 0:
+        subprocess.run([*docker, "import", str(tarball), image], check=True, capture_output=True)
+    name = f"gpuctl-pkg-{os.getpid()}"
+    started = subprocess.run(
+        # A writable cgroup file system, as the agent (root on a host) has (each job gets a cgroup); no network.
+        [*docker, "run", "-d", "--init", "--cap-add", "SYS_ADMIN", "--security-opt", "apparmor=unconfined",
+         "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--network", "none", "--name", name, "--hostname", "gpu-host-1",
+         "-v", f"{first}:/pkgs/old:ro", "-v", f"{second}:/pkgs/new:ro", image, "sleep", "infinity"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    box = Container(docker, name)
+    try:
+        _install_and_run(box)
+        _upgrade_while_a_job_runs(box)
+        _remove_then_purge(box)
+    finally:
+        subprocess.run([*docker, "rm", "-f", name], capture_output=True)
+
+
+def _install_and_run(box: Container) -> None:
+    box.sh(f"cd /tmp && tar xzf /pkgs/old/gpuctl-{VERSION}-amd64.tar.gz")
+    box.sh(f"/tmp/gpuctl-{VERSION}-amd64/install.sh agent coordinator cli")
+    assert box.sh("gpuctl --version").strip() == f"gpuctl {VERSION}"
+    assert box.sh("stat -c %U:%a /var/lib/gpuctl-coordinator").strip() == "gpuctl:700"
+    coordinator, coordinator_user = exec_start("gpuctl-coordinator.service")
+    assert coordinator_user == "gpuctl"
+    init = box.sh("gpuctl-coordinator init", user=coordinator_user)
+    token = re.search(r"admin token:\s+(\S+)", init).group(1)  # type: ignore[union-attr]
+    pin = re.search(r"CA pin:\s+(\S+)", init).group(1)  # type: ignore[union-attr]
+    box.start(coordinator, "/tmp/coordinator.pid", "/tmp/gpuctl-coordinator.log", user=coordinator_user)
+    box.wait(f"gpuctl login {URL} --token {token} --ca-pin {pin}", "the coordinator to listen")
+    join = box.sh("gpuctl token create --fleet dc1 --ttl 1h").strip()
+    box.sh(f"printf 'coordinator: {URL}\\nsimulate: 2xH100:80GB\\n' > /etc/gpuctl/agent.yaml")
+    box.start(
+        f"gpuctl-agent join {join} --simulate 2xH100:80GB",
+        "/run/gpuctl-agent.pid",
+        "/var/log/gpuctl-agent.log",
+    )
+    box.wait("test -s /var/lib/gpuctl-agent/pki/agent.pem", "the agent to join")
+    box.wait("gpuctl hosts --json | grep -q '\"ready\"'", "the host to be ready")
+    job = json.loads(box.sh("gpuctl submit --json -- echo hello from the package"))
+    _wait_status(box, job["id"], "done")
+    assert "hello from the package" in box.sh(f"gpuctl logs {job['id']}")
+
+
+def _job_status(box: Container, job_id: str) -> str:
+    jobs = json.loads(box.sh("gpuctl ps -a --json"))
+    return next(j["status"] for j in jobs if j["id"] == job_id)
+
+
+def _wait_status(box: Container, job_id: str, status: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (now := _job_status(box, job_id)) != status:
+        if time.monotonic() > deadline or now in ("failed", "stopped", "lost"):
+            logs = box.sh("tail -n 40 /var/log/gpuctl-agent.log /tmp/gpuctl-coordinator.log", check=False)
+            raise AssertionError(f"job {job_id} is {now}, not {status}:\n{logs}")
+        time.sleep(0.5)
+
+
+def _upgrade_while_a_job_runs(box: Container) -> None:
+    job = json.loads(box.sh("gpuctl submit --json -- sh -c 'sleep 15; echo outlived the upgrade'"))
+    _wait_status(box, job["id"], "running")
+    box.sh(
+        "apt-get install -y /pkgs/new/gpuctl-agent_*.deb /pkgs/new/gpuctl-coordinator_*.deb /pkgs/new/gpuctl_*.deb"
+    )
+    # What the postinst's `systemctl try-restart` does under systemd: stop the main process only, start anew.
+    coordinator, coordinator_user = exec_start("gpuctl-coordinator.service")
+    agent, _ = exec_start("gpuctl-agent.service")
+    box.stop("/tmp/coordinator.pid")
+    box.start(coordinator, "/tmp/coordinator.pid", "/tmp/gpuctl-coordinator.log", user=coordinator_user)
+    box.stop("/run/gpuctl-agent.pid")
+    assert _job_status(box, job["id"]) == "running"
+    box.start(agent, "/run/gpuctl-agent.pid", "/var/log/gpuctl-agent.log")
+    assert box.sh("dpkg-query -W -f='${Version}' gpuctl-agent") == f"{NEXT_VERSION}-1"
+    assert box.sh("gpuctl --version").strip() == f"gpuctl {NEXT_VERSION}"
+    _wait_status(box, job["id"], "done")
+    assert "outlived the upgrade" in box.sh(f"gpuctl logs {job['id']}")
+
+
+def _remove_then_purge(box: Container) -> None:
+    box.stop("/run/gpuctl-agent.pid")
+    box.stop("/tmp/coordinator.pid")
+    box.sh("apt-get remove -y gpuctl-agent gpuctl-coordinator")
+    box.sh("test ! -e /usr/bin/gpuctl-agent && test ! -e /usr/bin/gpuctl-coordinator")
+    kept = [
+        "/var/lib/gpuctl-agent/pki/agent.pem",
+        "/var/lib/gpuctl-coordinator/coordinator.db",
+        "/etc/gpuctl/agent.yaml",
+        "/etc/gpuctl/coordinator.yaml",
+    ]
+    box.sh(" && ".join(f"test -e {path}" for path in kept))
+    assert "coordinator: " in box.sh("cat /etc/gpuctl/agent.yaml")  # the operator's edit survives
+    box.sh("apt-get purge -y gpuctl-agent gpuctl-coordinator")
+    box.sh(
+        "test ! -e /var/lib/gpuctl-agent && test ! -e /var/lib/gpuctl-coordinator && test ! -e /etc/gpuctl/agent.yaml"
+    )
+
+
+def test_rpm_metadata_files_and_scripts(packages: tuple[Path, Path]) -> None:
+    rpm = need("rpm", "rpm")
+    first, _ = packages
+
+    def query(package: str, *args: str) -> str:
+        (path,) = first.glob(f"{package}-{VERSION}-1.x86_64.rpm")
+        return subprocess.run(
+            [rpm, "-qp", *args, str(path)], capture_output=True, text=True, check=True
+        ).stdout
+
+    for package in ("gpuctl", "gpuctl-agent", "gpuctl-coordinator"):
+        assert (
+            query(package, "--qf", "%{NAME} %{VERSION} %{ARCH} %{LICENSE}")
+            == f"{package} {VERSION} x86_64 Apache-2.0"
+        )
+        assert "python" not in query(package, "--requires").lower()  # it carries its own
+    agent = query("gpuctl-agent", "--list").split()
+    assert {
+        "/usr/bin/gpuctl-agent",
+        "/usr/lib/systemd/system/gpuctl-agent.service",
+        "/opt/gpuctl/agent/gpuctl-agent",
+    } <= set(agent)
+    assert query("gpuctl-agent", "--configfiles").split() == ["/etc/gpuctl/agent.yaml"]
+    assert query("gpuctl-coordinator", "--configfiles").split() == ["/etc/gpuctl/coordinator.yaml"]
+    scripts = query("gpuctl-coordinator", "--scripts")
+    assert "useradd --system" in scripts and "try-restart gpuctl-coordinator" in scripts
+    assert "try-restart gpuctl-agent" in query("gpuctl-agent", "--scripts")
+
+
+def test_offline_bundle_checksums(packages: tuple[Path, Path], tmp_path: Path) -> None:
+    first, _ = packages
+    with tarfile.open(first / f"gpuctl-{VERSION}-amd64.tar.gz") as bundle:
+        bundle.extractall(tmp_path, filter="data")
+    folder = tmp_path / f"gpuctl-{VERSION}-amd64"
+    sums = dict(reversed(line.split("  ", 1)) for line in (folder / "SHA256SUMS").read_text().splitlines())
+    assert len(sums) == 7 and "install.sh" in sums
+    for file, digest in sums.items():
+        assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == digest, file
