@@ -24,7 +24,7 @@ from coordinator.links import Links
 from coordinator.logstore import LogStore
 from coordinator.lost import LostHosts
 from coordinator.quota import UploadQuota
-from coordinator.retry import waited_too_long
+from coordinator.retry import next_attempt_at, waited_too_long
 from coordinator.safe_schedule import schedule_skipping
 from coordinator.scheduler import HostCapacity, PendingJob
 from coordinator.secrets import Secrets, ensure_key
@@ -222,6 +222,7 @@ class Coordinator(HostOps, LostHosts, AgentSide):  # the parts first: their stub
         jobs = self._give_up_waiting(
             self.store.jobs_in(JobState.SUBMITTED, JobState.PENDING, JobState.RETRYING)
         )
+        jobs = [j for j in jobs if j.status is not JobState.RETRYING or self._retry_due(j)]
         if not jobs:
             return 0
         pending = [PendingJob(j.id, j.spec, j.seq, j.priority, j.project) for j in jobs]
@@ -243,6 +244,14 @@ class Coordinator(HostOps, LostHosts, AgentSide):  # the parts first: their stub
             self.host_waiters.changed(p.host_id)
             self.log_waiters.changed(p.job_id)
         return len(result.placements)
+
+    def _retry_due(self, job: JobRow) -> bool:
+        """Whether a retrying job's back-off is over (the housekeeping beat places it then)."""
+        ended = [a.finished_at for a in self.store.allocations_of(job.id)]
+        due = next_attempt_at(
+            ended, job.retry_since, self.settings.retry_delay_s, self.settings.retry_delay_max_s
+        )
+        return time.time() >= due
 
     def _give_up_waiting(self, jobs: list[JobRow]) -> list[JobRow]:
         """Fail the pending jobs whose `no-capacity` retry duration ran out; answers the others."""

@@ -18,6 +18,8 @@ class Settings:
     unreachable_after_s: float = C.HOST_UNREACHABLE_AFTER_S  # the lease; longer for a large fleet
     lost_after_s: float = C.HOST_LOST_AFTER_S  # a job's `lost_after:` wins, then its fleet's
     fleet_lost_after_s: dict[str, float] = field(default_factory=dict)
+    retry_delay_s: float = C.RETRY_DELAY_S  # after a failed attempt; doubles in a run of failures
+    retry_delay_max_s: float = C.RETRY_DELAY_MAX_S
     agent_cert_ttl_s: int = C.AGENT_CERT_TTL_S
     files_keep_s: float = C.FILES_KEEP_S
     python_image: str = DEFAULT_PYTHON_IMAGE  # the image of a `python: "3.11"` job; `{version}` is replaced

@@ -28,3 +28,5 @@ HOST_LOST_AFTER_S = 600.0  # ... and past this, its allocations are lost (a retr
 AGENT_CERT_TTL_S = 7 * 24 * 3600
 FILES_KEEP_S = 3600.0  # an uploaded archive that no live job names is deleted after this
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this
+RETRY_DELAY_S = 10.0  # a retried job's next attempt waits this after a failure, doubling per failure...
+RETRY_DELAY_MAX_S = 300.0  # ...up to this (Kubernetes' CrashLoopBackOff: 10 s to 5 min)

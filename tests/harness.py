@@ -25,7 +25,7 @@ from shared.aio import cancel_and_wait
 from shared.spec import TaskSpec, parse_spec
 from shared.wire import JobView
 
-FAST = Settings(poll_timeout_s=5.0, sync_interval_s=0.05, unreachable_after_s=30.0)
+FAST = Settings(poll_timeout_s=5.0, sync_interval_s=0.05, unreachable_after_s=30.0, retry_delay_s=0.5)
 
 
 def reachable_tmpdir() -> Path:

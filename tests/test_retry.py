@@ -5,9 +5,10 @@ own log (`gpuctl logs --attempt N`)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from tests.faults import SHORT_LEASES, shared_dir, wait_attempt, wait_stopped
-from tests.harness import cluster
+from tests.harness import FAST, cluster
 
 FAILS_ONCE = """
 retry: {{on_events: [error], duration: 1h}}
@@ -95,3 +96,16 @@ async def test_no_capacity_waits_for_the_duration_then_fails_with_the_reason() -
         failed = await c.wait_for(job.id, "failed", timeout_s=15)
         assert failed.reason.startswith("no capacity for 1s: "), failed.reason
         assert "no host" in failed.reason
+
+
+async def test_a_job_that_always_fails_is_retried_with_growing_pauses_not_in_a_tight_loop() -> None:
+    """Crash-loop back-off: with a 0.5 s base, attempts end near 0, 0.5, 1.5, 3.5 and 7.5 s; spinning
+    would make dozens in the same time."""
+    async with cluster(dataclasses.replace(FAST, retry_delay_s=0.5, retry_delay_max_s=60)) as c:
+        c.start_agent("h1", "1xH100:80GB")
+        job = await c.submit("retry: {on_events: [error], duration: 1h}\ncommands: [exit 5]\n")
+        await asyncio.sleep(6)
+        now = await c.job(job.id)
+        assert now.status in ("retrying", "pending", "assigned", "running"), now
+        assert 3 <= now.attempt <= 5, now.attempt
+        assert "retrying on error" in now.reason or now.status != "retrying", now.reason

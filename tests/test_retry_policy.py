@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from coordinator import leases
-from coordinator.retry import Event, after_failure, waited_too_long
+from coordinator.retry import Event, after_failure, next_attempt_at, retry_delay_s, waited_too_long
 from shared.spec import RetryPolicy
 
 HOUR = RetryPolicy(duration_s=3600)
@@ -55,3 +55,13 @@ def test_lost_after_is_the_jobs_then_the_fleets_then_the_coordinators() -> None:
     assert leases.lost_after_s(20, 60.0, 600.0) == 20.0
     assert leases.lost_after_s(None, 60.0, 600.0) == 60.0
     assert leases.lost_after_s(None, None, 600.0) == 600.0
+
+
+def test_attempts_of_a_run_of_failures_are_spaced_out_doubling_to_a_cap() -> None:
+    assert [retry_delay_s(n, 10, 300) for n in range(7)] == [0, 10, 20, 40, 80, 160, 300]
+    assert retry_delay_s(10**6, 10, 300) == 300  # no overflow however long the run
+    # attempts ended at 100 and 105 in a run that began at 100: the next waits 20 s after the last
+    assert next_attempt_at([100.0, 105.0], 100.0, 10, 300) == 125.0
+    # an earlier run's failure (before retry_since) does not count
+    assert next_attempt_at([50.0, 100.0], 100.0, 10, 300) == 110.0
+    assert next_attempt_at([None], None, 10, 300) == 0.0  # a lost attempt has no end: at once
