@@ -118,8 +118,12 @@ def jobs_table(jobs: list[JobView]) -> Table:
     return table
 
 
-def attempts_table(job: JobView) -> Table:
-    """`gpuctl ps -a JOB`: every attempt of the job, with its host, times and how it ended."""
+MAX_ATTEMPTS_SHOWN = 20
+
+
+def attempts_table(job: JobView, most: int = MAX_ATTEMPTS_SHOWN) -> Table:
+    """`gpuctl ps -a JOB`: the job's latest `most` attempts, with their host, times and how they ended; a
+    caption counts the earlier ones (`--json` lists them all)."""
     table = _table(
         "ATTEMPT",
         "ALLOCATION",
@@ -131,7 +135,10 @@ def attempts_table(job: JobView) -> Table:
         "REASON",
         whole=("ATTEMPT", "ALLOCATION", "STATUS", "PLACED", "STARTED", "FINISHED"),
     )
-    for a in job.attempts:
+    earlier = max(0, len(job.attempts) - most)
+    if earlier:
+        table.caption = f"{earlier} earlier attempts not shown; --json lists them all"
+    for a in job.attempts[earlier:]:
         status = f"{a.status} ({a.exit_code})" if a.exit_code is not None else a.status
         table.add_row(
             str(a.attempt),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 from rich.console import Console
 
-from cli.render import clean, hosts_table, jobs_table, waiting_line
+from cli.render import attempts_table, clean, hosts_table, jobs_table, waiting_line
 from shared.spec import TaskSpec
-from shared.wire import HostView, JobView
+from shared.wire import AttemptView, HostView, JobView
 
 
 def view(status: str, reason: str, image: str | None = "nvcr.io/nvidia/pytorch:24.08-py3") -> JobView:
@@ -75,3 +76,13 @@ def test_a_job_on_an_unreachable_host_says_what_it_waits_for() -> None:
     job.status = "running"
     assert waiting_line(job) == "running on host-b, waiting for it: unreachable for 40s"
     assert "unknown" in printed(jobs_table([job]))
+
+
+def test_a_crash_looping_job_shows_its_latest_attempts_and_counts_the_rest() -> None:
+    attempts = [
+        AttemptView(attempt=n, allocation_id=f"a-{n:012d}", host="h1", status="exited") for n in range(1, 178)
+    ]
+    job = msgspec.structs.replace(view("retrying", "attempt 177 failed"), attempts=attempts)
+    page = printed(attempts_table(job))
+    assert "a-000000000177" in page and "a-000000000158" in page and "a-000000000157" not in page
+    assert "157 earlier attempts not shown; --json lists them all" in page
