@@ -17,6 +17,7 @@ from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, ConfigError, Docker
 from agent.detect import detect_inventory
 from agent.diskguard import disk_problem, is_disk_error
 from agent.executor import Executor
+from agent.fence import fence_reason
 from agent.files import FilePrep
 from agent.identity import JoinError, check_not_expired, finish_pending_pair, join, renew_loop
 from agent.lock import hold_state_dir
@@ -208,7 +209,9 @@ async def _run_agent(
         with _on_signal(signal.SIGHUP, state.redetect_requested.set):
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(sync_loop(client, executor, inventory, state, cert), name="sync")
-                tg.create_task(exec_loop(executor, state, client), name="executor")
+                tg.create_task(
+                    exec_loop(executor, state, client, config.stop_after_coordinator_lost_s), name="executor"
+                )
                 tg.create_task(ship_loop(client, executor, state), name="logs")
                 tg.create_task(
                     redetect_loop(redetect or (lambda: detect(config)), state, redetect_interval_s, adopt),
@@ -236,12 +239,12 @@ async def stop_everything(executor: Executor, reason: str) -> None:
         await asyncio.sleep(EXEC_TICK_S)
 
 
-def _step(executor: Executor, prep: FilePrep, state: SharedState) -> bool:
+def _step(executor: Executor, prep: FilePrep, state: SharedState, fence: str) -> bool:
     """One executor step that a full or read-only state dir cannot end: the error becomes a host problem
     (no new work here) until the disk recovers; a half-done step is picked up again on the next tick."""
     error = ""
     try:
-        changed = executor.step(prep.prepare(state.desired, set(executor.allocs)), time.time())
+        changed = executor.step(prep.prepare(state.desired, set(executor.allocs)), time.time(), fence)
     except OSError as exc:
         if not is_disk_error(exc):
             raise
@@ -270,16 +273,24 @@ def _on_signal(signum: int, callback: Callable[[], None]) -> Iterator[None]:
         loop.remove_signal_handler(signum)
 
 
-async def exec_loop(executor: Executor, state: SharedState, client: CoordinatorClient) -> None:
+async def exec_loop(
+    executor: Executor, state: SharedState, client: CoordinatorClient, stop_after_s: float | None = None
+) -> None:
     """Reconcile on every desired-state change and on a short tick (to notice jobs that ended). An
-    allocation with `files:` reaches the reconciler once its files are fetched and unpacked (or failed)."""
+    allocation with `files:` reaches the reconciler once its files are fetched and unpacked (or failed).
+    With `stop_after_s`, no successful sync for that long stops every job (agent/fence.py)."""
     # git (for repos) alone sees the agent's own environment, for its proxy variables; jobs never do
     prep = executor.file_prep = FilePrep(client, executor.root.parent, state.desired_changed.set, os.environ)
-    await state.synced_once.wait()  # before the first answer, nothing is known to be unwanted
+    fenced = ""
     try:
         while True:
             state.desired_changed.clear()
-            if _step(executor, prep, state):
+            fence = fence_reason(time.monotonic(), state.last_sync_at, stop_after_s)
+            if fence != fenced:
+                _say_fenced(fence, executor)
+                fenced = fence
+            # before the first answer nothing is known to be unwanted: only a fence acts
+            if (state.synced_once.is_set() or fence) and _step(executor, prep, state, fence):
                 state.local_changed.set()
                 state.logs_written.set()
             try:
@@ -289,3 +300,13 @@ async def exec_loop(executor: Executor, state: SharedState, client: CoordinatorC
                 pass
     finally:
         prep.close()
+
+
+def _say_fenced(fence: str, executor: Executor) -> None:
+    if fence:
+        running = sum(not a.observed.state.terminal for a in executor.allocs.values())
+        log.warning(
+            "%s: stopping every job (%d running), each with its grace period; still syncing", fence, running
+        )
+    else:
+        log.warning("the coordinator answers again: no longer fenced; reporting what was stopped")

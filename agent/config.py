@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from agent.blocks import BlocksError, parse_blocks
+from agent.fence import parse_stop_after_s
 from agent.link_config import LinkConfigError, parse_bastion, parse_proxy
 from agent.runtime.jobuser import DEFAULT_JOB_UID_RANGE, UidRange, UidRangeError, parse_uid_range
 from agent.tunnel import Hop
@@ -55,6 +56,7 @@ class AgentConfig:
     run_as: str | None = None  # every plain-process job runs as this one user; see effective_run_as()
     job_uid_range: UidRange = field(default_factory=lambda: parse_uid_range(DEFAULT_JOB_UID_RANGE))
     stop_grace_s: float = STOP_GRACE_S
+    stop_after_coordinator_lost_s: float | None = None  # self-fencing (agent/fence.py); None: off
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -104,6 +106,7 @@ _FIELDS = {
     "run_as",
     "job_uid_range",
     "stop_grace_s",
+    "stop_after_coordinator_lost",
     "ca_file",
     "cert_file",
     "key_file",
@@ -169,6 +172,11 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
     if bastion and proxy:
         raise ConfigError("proxy: set either a bastion or a proxy, not both")
 
+    try:
+        stop_after_s = parse_stop_after_s(raw.get("stop_after_coordinator_lost"))
+    except ValueError as exc:
+        raise ConfigError(f"stop_after_coordinator_lost: {exc}") from None
+
     def path_of(key: str) -> Path | None:
         return Path(raw[key]) if raw.get(key) else None
 
@@ -182,6 +190,7 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         job_uid_range=uid_range,
         join=raw.get("join"),
         stop_grace_s=float(raw.get("stop_grace_s", STOP_GRACE_S)),
+        stop_after_coordinator_lost_s=stop_after_s,
         name=str(raw["name"]) if raw.get("name") else socket.gethostname(),
         state_dir=path_of("state_dir") or DEFAULT_STATE_DIR,
         ca_file=path_of("ca_file"),

@@ -126,8 +126,9 @@ class Executor:
         statuses = [a.status() for a in self.allocs.values()] + list(self.gone.values())
         return [msgspec.structs.replace(s, reason=public_reason(s.reason, self.state_dir)) for s in statuses]
 
-    def step(self, desired: Sequence[AllocationSpec], now: float) -> bool:
-        """Observe, enforce deadlines, reconcile, act. True if anything the coordinator should hear changed."""
+    def step(self, desired: Sequence[AllocationSpec], now: float, fence: str = "") -> bool:
+        """Observe, enforce deadlines, reconcile, act. True if anything the coordinator should hear changed.
+        `fence`: stop everything with this reason and start nothing (agent/fence.py)."""
         before = self.statuses()
         self._observe(now)
         wanted = {a.id for a in desired}
@@ -138,7 +139,7 @@ class Executor:
             )
             for a in self.allocs.values()
         }
-        for action in reconcile(desired, actual):
+        for action in reconcile(desired, actual, fence):
             if isinstance(action, Start):
                 self._start(action.alloc, now)
             elif isinstance(action, Stop):

@@ -47,12 +47,18 @@ class ReportGone:
 Action = Start | Stop | Forget | ReportGone
 
 
-def reconcile(desired: Sequence[AllocationSpec], actual: Mapping[str, Local]) -> list[Action]:
+def reconcile(
+    desired: Sequence[AllocationSpec], actual: Mapping[str, Local], fence: str = ""
+) -> list[Action]:
     """Idempotent: applying the actions and calling again with the new state yields no repeats.
 
     An allocation absent from the desired state is unknown to the coordinator (or finished, as far as it is
-    concerned): a running one is stopped, a finished one forgotten once its log is shipped.
+    concerned): a running one is stopped, a finished one forgotten once its log is shipped. With `fence`
+    (the agent fences itself off: agent/fence.py), every running allocation stops with that reason and
+    nothing starts, whatever the last desired state said.
     """
+    if fence:
+        return [Stop(i, fence) for i, a in actual.items() if not a.state.terminal and not a.stop_requested]
     actions: list[Action] = []
     wanted = {a.id: a for a in desired}
     for alloc in desired:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from shared.constants import LOG_CHUNK_MAX_BYTES
@@ -18,6 +19,7 @@ class SharedState:
     last_error: str = ""
     disk_problem: str = ""  # the state dir cannot take new work (agent.diskguard); sent with the inventory
     log_chunk_max_bytes: int = LOG_CHUNK_MAX_BYTES  # the coordinator's answer may lower it
+    last_sync_at: float = field(default_factory=time.monotonic)  # the last answer; the agent's start at first
     inventory: Inventory | None = None  # the latest detected; replaced whole by re-detection, never mutated
     synced_once: asyncio.Event = field(default_factory=asyncio.Event)
     desired_changed: asyncio.Event = field(default_factory=asyncio.Event)  # sync → executor

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from pathlib import Path
 
 from agent.client import ApiError, CoordinatorClient, retry_after_of, retryable
@@ -135,6 +136,7 @@ async def _poll(
 
 def _apply(response: SyncResponse, state: SharedState) -> None:
     state.last_error = ""
+    state.last_sync_at = time.monotonic()
     state.host_id = response.host_id
     state.coordinator_generation = response.inventory_generation
     state.log_chunk_max_bytes = max(1024, min(response.log_chunk_max_bytes, C.LOG_CHUNK_MAX_BYTES))

@@ -3,13 +3,16 @@ same state dir and port, and agents (optionally inside a network namespace) that
 Jobs are plain processes that print numbered lines; `tally` reads their states and logs afterwards and
 counts what a fault may never cause: lost jobs, jobs run twice, stuck jobs, lost or doubled log lines.
 
-Run as `python -m tests.fault_cluster STATE_DIR HOST PORT`, it is the coordinator process itself (with short
-poll intervals, so faults heal within seconds)."""
+Run as `python -m tests.fault_cluster STATE_DIR HOST PORT [--unreachable-after 3s] [--lost-after 8s]`, it is
+the coordinator process itself (with short poll intervals, so faults heal within seconds; the lease flags are
+`gpuctl-coordinator run`'s)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import signal
 import socket
@@ -19,11 +22,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from cli.api import Api
 from cli.config import CliConfig
+from coordinator.lease_settings import duration_setting
 from coordinator.pki import ensure_pki, issue_agent_cert
 from coordinator.server import ServerConfig, ensure_admin_token, start_coordinator
 from coordinator.service import Settings
@@ -52,11 +57,13 @@ def until(condition: object, timeout_s: float, what: str, every_s: float = 0.1) 
         time.sleep(every_s)
 
 
-def job_yaml(name: str, lines: int, markers: Path) -> str:
-    """A job that notes each start in `markers`/NAME, then prints `NAME line i` for i in 1..lines."""
+def job_yaml(name: str, lines: int, markers: Path, retry_on: str = "") -> str:
+    """A job that notes each start in `markers`/NAME, then prints `NAME line i` for i in 1..lines; with
+    `retry_on` (an event), a retry policy for that event."""
+    retry = f"retry: {{on_events: [{retry_on}], duration: 1h}}\n" if retry_on else ""
     return (
-        f"name: {name}\nresources: {{gpu: 1}}\ncommands:\n"
-        f"  - echo start >> {markers}/{name}\n"
+        f"name: {name}\nresources: {{gpu: 1}}\n{retry}commands:\n"
+        f"  - (umask 0; echo start >> {markers}/{name})\n"  # each attempt may run as a user of its own
         f'  - for i in $(seq 1 {lines}); do echo "{name} line $i"; sleep 0.05; done\n'
     )
 
@@ -69,10 +76,14 @@ class Counts:
     lines_lost: int = 0
     lines_doubled: int = 0
 
-    def line(self) -> str:
+    def line(self, twice_why: str = "", lines_of: str = "") -> str:
+        """One line; `twice_why` names the case where a job may run twice, `lines_of` whose log lines
+        were counted (the final attempt's, when a job was retried)."""
+        twice = f"{self.run_twice} ({twice_why})" if twice_why else str(self.run_twice)
+        lines = f"log lines{' of ' + lines_of if lines_of else ''}"
         return (
-            f"acknowledged jobs lost {self.lost_jobs}, jobs run twice {self.run_twice}, jobs stuck "
-            f"{self.stuck}, log lines lost {self.lines_lost}, log lines doubled {self.lines_doubled}"
+            f"acknowledged jobs lost {self.lost_jobs}, jobs run twice {twice}, jobs stuck {self.stuck}, "
+            f"{lines} lost {self.lines_lost}, {lines} doubled {self.lines_doubled}"
         )
 
 
@@ -83,6 +94,7 @@ class FaultCluster:
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     namespaces: dict[str, Namespace] = field(default_factory=dict)  # by agent name
     coordinator: subprocess.Popen[bytes] | None = None
+    coordinator_flags: tuple[str, ...] = ()  # `--unreachable-after 3s --lost-after 8s`
 
     def __post_init__(self) -> None:
         self.state_dir = self.root / "coordinator"
@@ -102,6 +114,7 @@ class FaultCluster:
 
     def start_coordinator(self) -> None:
         argv = [sys.executable, "-m", "tests.fault_cluster", str(self.state_dir), self.host, str(self.port)]
+        argv += self.coordinator_flags
         with open(self.root / "coordinator.log", "ab") as log:
             self.coordinator = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         until(self._healthy, 30, "the coordinator to listen")
@@ -120,7 +133,10 @@ class FaultCluster:
 
     # --- agents --------------------------------------------------------------------------------------
 
-    def add_agent(self, name: str, simulate: str = "4xH100:80GB", netns: Namespace | None = None) -> None:
+    def add_agent(
+        self, name: str, simulate: str = "4xH100:80GB", netns: Namespace | None = None, **extra: Any
+    ) -> None:
+        """`extra`: more agent.yaml settings, as the file spells them."""
         cert, key = issue_agent_cert(self.pki, name, self.root / name / "pki")
         config = {
             "coordinator": self.url,
@@ -130,6 +146,7 @@ class FaultCluster:
             "ca_file": str(self.pki.ca_cert),
             "cert_file": str(cert),
             "key_file": str(key),
+            **extra,
         }
         (self.root / f"{name}.yaml").write_text(yaml.safe_dump(config))
         if netns is not None:
@@ -154,8 +171,8 @@ class FaultCluster:
 
     # --- jobs and what became of them -----------------------------------------------------------------
 
-    def submit(self, name: str, lines: int) -> str:
-        return self.api.submit(parse_spec(job_yaml(name, lines, self.markers))).id
+    def submit(self, name: str, lines: int, retry_on: str = "") -> str:
+        return self.api.submit(parse_spec(job_yaml(name, lines, self.markers, retry_on))).id
 
     def wait_ended(self, ids: list[str], timeout_s: float) -> None:
         """Wait until every job ended (or the deadline passes: `tally` counts those as stuck)."""
@@ -204,9 +221,9 @@ class FaultCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-async def _serve(state_dir: Path, host: str, port: int) -> None:
+async def _serve(state_dir: Path, host: str, port: int, settings: Settings) -> None:
     names = ("localhost", "127.0.0.1", host)
-    running = await start_coordinator(ServerConfig(state_dir, host, port, names, FAULT_SETTINGS))
+    running = await start_coordinator(ServerConfig(state_dir, host, port, names, settings))
     try:
         await asyncio.Event().wait()
     finally:
@@ -217,4 +234,19 @@ if __name__ == "__main__":
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(_serve(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("state_dir", type=Path)
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--unreachable-after")
+    parser.add_argument("--lost-after")
+    args = parser.parse_args()
+    settings = FAULT_SETTINGS
+    if args.unreachable_after:
+        lease_s = duration_setting("--unreachable-after", args.unreachable_after)
+        settings = dataclasses.replace(settings, unreachable_after_s=lease_s)
+    if args.lost_after:
+        settings = dataclasses.replace(
+            settings, lost_after_s=duration_setting("--lost-after", args.lost_after)
+        )
+    asyncio.run(_serve(args.state_dir, args.host, args.port, settings))

@@ -4,6 +4,9 @@ in the middle of a burst of submissions. Every case ends with counts computed fr
 markers each job leaves when it starts, and the logs, and asserts them:
 
     acknowledged jobs lost 0, jobs run twice 0, jobs stuck 0, log lines lost 0, log lines doubled 0
+
+but for one named case: a partition longer than `lost_after` of a job that retries on `interruption`, whose
+old copy runs on until the link is back and it is told to stop (jobs run twice 1).
 """
 
 from __future__ import annotations
@@ -104,11 +107,45 @@ def test_a_short_partition_of_one_host(request: pytest.FixtureRequest) -> None:
     assert all(line.split("sync failed: ", 1)[1].split(";")[0].strip() for line in failures), failures
 
 
-@pytest.mark.skip(reason="needs leases, `lost` and retry policies (the lost-host work); placeholder")
-def test_a_partition_longer_than_lost_after_is_retried_elsewhere() -> None:
-    """The place for it: cut one host for longer than `lost_after`; its job is retried on another host,
-    and when the partition heals the old allocation is stopped (desired `stop`), so it ran to completion
-    once, with the same counts as above."""
+@pytest.mark.timeout(300)
+def test_a_partition_longer_than_lost_after_is_retried_elsewhere(request: pytest.FixtureRequest) -> None:
+    """Longer than `lost_after`: the cut-off host's job is lost, its `interruption` retry places a new attempt
+    (a new allocation) on the other host, and when the link is back the old copy is told to stop (desired
+    `stop`). The one case where a job runs twice, for a while: the count names it; the final attempt's log
+    is whole."""
+    require_netns()
+    ns = Namespace.make(f"gpuctl-l{os.getpid()}", f"10.232.{os.getpid() % 250}")
+    c = FaultCluster(host=ns.host_addr, coordinator_flags=("--unreachable-after", "3s", "--lost-after", "8s"))
+    c.namespaces["fe1"] = ns  # torn down with the cluster
+    request.addfinalizer(c.close)
+    lines = 800  # 40 s and more: the cut-off copy still runs when its link comes back
+    c.start_coordinator()
+    c.add_agent("fe1", "1xH100:80GB", netns=ns)
+    ids = {c.submit("long", lines, retry_on="interruption"): "long"}
+    (job_id,) = ids
+    _running(c, ids, 1)
+    c.add_agent("fe2", "1xH100:80GB")
+    first = c.api.job(job_id)
+    _some_log(c, job_id)
+    ns.down()
+    cut_at = time.monotonic()
+    until(lambda: c.api.job(job_id).attempt == 2, 60, "a second attempt")
+    second = c.api.job(job_id)
+    assert (first.host, second.host) == ("fe1", "fe2")
+    assert second.allocation_id != first.allocation_id
+    assert second.attempts[0].status == "lost", second.attempts
+    ns.up()
+    cut_s = time.monotonic() - cut_at
+    assert cut_s > 8, f"the link was cut for only {cut_s:.1f} s"
+    stopped = f"stopping allocation {first.allocation_id}: stop requested"  # desired `stop`, not silence
+    until(lambda: stopped in c.agent_log("fe1"), 90, "the cut-off host to stop its old copy")
+    c.wait_ended(list(ids), 120)
+    counts = c.tally(ids, lines)
+    named = counts.line("the named long-partition case", "the final attempt")
+    print(f"partition of {cut_s:.0f} s, longer than lost_after: {named}")
+    assert counts == Counts(run_twice=1), counts.line()
+    final = c.api.job(job_id)
+    assert [(a.host, a.status) for a in final.attempts] == [("fe1", "lost"), ("fe2", "exited")]
 
 
 @pytest.mark.timeout(300)

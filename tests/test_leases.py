@@ -5,8 +5,15 @@ The hosts fall silent the hard way: their agent is stopped while their jobs run 
 from __future__ import annotations
 
 import asyncio
+import json
 
-from tests.faults import SHORT_LEASES, host_status, wait_host, wait_stopped
+import aiohttp
+import msgspec
+
+from agent.agent import detect
+from shared.wire import SyncResponse
+from tests.agent_session import agent_session, sync_body
+from tests.faults import SHORT_LEASES, host_status, wait_attempt, wait_host, wait_stopped
 from tests.harness import cluster
 
 TICKS = """
@@ -56,3 +63,29 @@ async def test_stop_of_a_job_on_an_unreachable_host_ends_stopped_once_lost() -> 
         await wait_stopped(alloc_dir, timeout_s=5)  # well before its 8 s of ticks end
         assert (await c.job(job.id)).status == "stopped"
         assert await host_status(c, "h1") == "ready"
+
+
+async def _sync(session: aiohttp.ClientSession, body: dict) -> SyncResponse:
+    async with session.post("/agent/v1/sync", data=json.dumps(body)) as resp:
+        assert resp.status == 200, await resp.text()
+        return msgspec.json.decode(await resp.read(), type=SyncResponse)
+
+
+async def test_a_returning_host_is_sent_an_explicit_stop_for_a_replaced_allocation() -> None:
+    """At the protocol level: leaving the allocation out would stop it too (as unknown), but only an
+    explicit desired `stop` says that the coordinator knows it and wants it ended."""
+    async with cluster(SHORT_LEASES) as c, agent_session(c.coordinator, "h1", c.root) as h1:
+        hello = json.loads(sync_body(detect(c.agent_config("h1", "1xH100:80GB"))))
+        answer = await _sync(h1, hello)
+        job = await c.submit("retry: {on_events: [interruption]}\n" + TICKS)
+        async with asyncio.timeout(10):
+            while not answer.allocations:  # the long poll answers once the job is placed here
+                answer = await _sync(h1, {**hello, "inventory": None, "desired_index": answer.index})
+        (placed,) = answer.allocations
+        assert (placed.job_id, placed.desired) == (job.id, "run")
+        c.start_agent("h2", "1xH100:80GB")  # h1 falls silent; the next attempt goes here
+        second = await wait_attempt(c, job.id, 2, "running", timeout_s=20)
+        assert (second.host, second.attempts[0].allocation_id) == ("h2", placed.id)
+        still_running = {"id": placed.id, "state": "running", "log_size": 0}
+        back = await _sync(h1, {**hello, "allocations": [still_running], "desired_index": 0})
+        assert [(a.id, a.desired) for a in back.allocations] == [(placed.id, "stop")]
