@@ -155,13 +155,31 @@ def agent_transport(config: AgentConfig) -> Transport:
     return make_transport(config.coordinator, config.bastion, proxy or None, config.runtime_dir)
 
 
-async def _join(config: AgentConfig, transport: Transport) -> None:
+async def enroll(config: AgentConfig) -> str | None:
+    """Join with `config.join` and stop there (`gpuctl-agent join --no-run`): returns the new host id, or None
+    when this agent already holds a certificate (nothing is sent). Holds the state dir's lock meanwhile."""
+    with hold_state_dir(config.state_dir):
+        finish_pending_pair(config.pki_dir)
+        _, cert, _ = config.tls_files()
+        if cert.exists():
+            return None
+        transport = agent_transport(config)
+        link = asyncio.create_task(transport.run(), name="link")
+        try:
+            return await _join(config, transport)
+        finally:
+            await cancel_and_wait(link)
+
+
+async def _join(config: AgentConfig, transport: Transport) -> str:
     try:
         await transport.ready(JOIN_LINK_WAIT_S)
     except LinkDown as exc:
         raise JoinError(f"cannot reach the coordinator through {transport.description}: {exc}") from None
     assert config.join is not None
-    await join(config.coordinator, parse_join_string(config.join), config.pki_dir, config.name, transport)
+    return await join(
+        config.coordinator, parse_join_string(config.join), config.pki_dir, config.name, transport
+    )
 
 
 async def _run_agent(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from agent.agent import detect, run_agent
+from agent.agent import detect, enroll, run_agent
 from agent.blocks import BlocksError
 from agent.client import ApiError
 from agent.config import DEFAULT_CONFIG, ConfigError, load_config
@@ -67,10 +67,42 @@ def run(config_path: Path, verbose: bool, **overrides: object) -> None:
 
 @main.command("join")
 @click.argument("join_string")
+@click.option(
+    "--no-run",
+    is_flag=True,
+    help="Enroll and exit once joined (then `systemctl enable --now gpuctl-agent`), instead of running.",
+)
 @run_options
-def join_cmd(join_string: str, config_path: Path, verbose: bool, **overrides: object) -> None:
-    """Join a coordinator with the string `gpuctl token create` printed, then run."""
-    serve(config_path, verbose, {**overrides, "join": join_string})
+def join_cmd(join_string: str, no_run: bool, config_path: Path, verbose: bool, **overrides: object) -> None:
+    """Join a coordinator with the string `gpuctl token create` printed, then run (or exit: --no-run)."""
+    if no_run:
+        enroll_only(config_path, verbose, {**overrides, "join": join_string})
+    else:
+        serve(config_path, verbose, {**overrides, "join": join_string})
+
+
+def enroll_only(config_path: Path, verbose: bool, overrides: dict[str, object]) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        config = load_config(config_path, overrides)
+        parse_join_string(str(config.join))
+    except (ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        host_id = asyncio.run(enroll(config))
+    except Exception as exc:
+        error = first_error(exc)
+        if isinstance(error, ConfigError | OSError | JoinError | ApiError):
+            raise click.ClickException(str(error)) from None
+        raise
+    if host_id is None:
+        click.echo(f"already joined (a certificate is in {config.pki_dir}); nothing sent")
+    else:
+        click.echo(f"joined as host {host_id}")
+    click.echo("next: systemctl enable --now gpuctl-agent")
 
 
 def serve(config_path: Path, verbose: bool, overrides: dict[str, object]) -> None:

@@ -47,6 +47,27 @@ async def test_a_host_joins_with_a_join_string_and_runs_work() -> None:
             await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_join_no_run_enrolls_exits_0_and_sends_nothing_a_second_time() -> None:
+    from click.testing import CliRunner
+
+    from agent.main import main
+
+    async with cluster() as c:
+        created = await asyncio.to_thread(c.api.create_token, TokenCreate(fleet="dc1", uses=1))
+        state = c.root / "nodaemon"
+        args = ["join", created.join_string, "--no-run", "--coordinator", c.coordinator.url]
+        args += ["--state-dir", str(state), "--name", "nodaemon", "--config", str(c.root / "none.yaml")]
+        first = await asyncio.to_thread(CliRunner().invoke, main, args)
+        assert first.exit_code == 0, first.output
+        assert "joined as host h-" in first.output and "systemctl enable --now gpuctl-agent" in first.output
+        assert (state / "pki" / "agent.pem").exists()
+        (host,) = await asyncio.to_thread(c.api.hosts)
+        assert host.name == "nodaemon"
+        # the token had one use: a second run must not spend another (it would be refused)
+        again = await asyncio.to_thread(CliRunner().invoke, main, args)
+        assert again.exit_code == 0 and "already joined" in again.output, again.output
+
+
 async def test_expired_used_up_forged_and_deleted_tokens_are_refused() -> None:
     async with cluster() as c:
         once = await new_token(c, uses=1)

@@ -2,7 +2,8 @@
 made from a clean Debian 12 root file system, with no network, the bundle's install.sh installs them, the
 coordinator runs (its unit's ExecStart, as its User=), an agent joins with simulated GPUs and runs a job; both
 are upgraded to a rebuilt, higher version while a job runs (the job finishes); remove keeps config and state,
-purge deletes them. The .rpm files are read with `rpm -qp`.
+purge deletes them. The .rpm files are read with `rpm -qp`; every ELF file in the packages is read with
+`objdump -T` for the glibc it needs (RHEL 9's 2.34 at most).
 
 Heavy parts are cached outside the repository (packaging/build's venv and bundles, the root file system tarball
 under /var/cache/gpuctl-test), so a rerun costs the nfpm step and the container. Under CI a missing tool fails.
@@ -11,6 +12,7 @@ under /var/cache/gpuctl-test), so a rerun costs the nfpm step and the container.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -22,6 +24,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -183,12 +186,12 @@ def _install_and_run(box: Container) -> None:
     box.wait(f"gpuctl login {URL} --token {token} --ca-pin {pin}", "the coordinator to listen")
     join = box.sh("gpuctl token create --fleet dc1 --ttl 1h").strip()
     box.sh(f"printf 'coordinator: {URL}\\nsimulate: 2xH100:80GB\\n' > /etc/gpuctl/agent.yaml")
-    box.start(
-        f"gpuctl-agent join {join} --simulate 2xH100:80GB",
-        "/run/gpuctl-agent.pid",
-        "/var/log/gpuctl-agent.log",
+    joined = box.sh(f"gpuctl-agent join {join} --no-run", timeout_s=120)  # what the README tells operators
+    assert (
+        "joined as host" in joined and box.sh("test -s /var/lib/gpuctl-agent/pki/agent.pem; echo $?") == "0\n"
     )
-    box.wait("test -s /var/lib/gpuctl-agent/pki/agent.pem", "the agent to join")
+    agent, _ = exec_start("gpuctl-agent.service")  # then `systemctl enable --now gpuctl-agent`
+    box.start(agent, "/run/gpuctl-agent.pid", "/var/log/gpuctl-agent.log")
     box.wait("gpuctl hosts --json | grep -q '\"ready\"'", "the host to be ready")
     job = json.loads(box.sh("gpuctl submit --json -- echo hello from the package"))
     _wait_status(box, job["id"], "done")
@@ -275,6 +278,43 @@ def test_rpm_metadata_files_and_scripts(packages: tuple[Path, Path]) -> None:
     scripts = query("gpuctl-coordinator", "--scripts")
     assert "useradd --system" in scripts and "try-restart gpuctl-coordinator" in scripts
     assert "try-restart gpuctl-agent" in query("gpuctl-agent", "--scripts")
+
+
+def _glibc_floor_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("glibc_floor", ROOT / "packaging" / "glibc_floor.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# RHEL/Rocky 9's glibc: the oldest of the supported distributions (Debian 12: 2.36, Ubuntu 22.04: 2.35).
+GLIBC_CEILING = (2, 34)
+# What every supported distribution has installed (glibc; libstdc++ and libgcc_s, which apt and dnf link).
+HOST_LIBRARIES = {
+    "libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libutil.so.1",
+    "ld-linux-x86-64.so.2", "libstdc++.so.6", "libgcc_s.so.1",
+}  # fmt: skip
+
+
+def test_glibc_floor_of_every_elf_file_in_the_packages(packages: tuple[Path, Path], tmp_path: Path) -> None:
+    """The highest GLIBC_x.y symbol version that any ELF file in the three packages requires (`objdump -T`) is
+    RHEL 9's or lower, and the libraries they take from the host are ones every supported distribution has."""
+    objdump = need("objdump", "binutils")
+    dpkg_deb = need("dpkg-deb", "dpkg")
+    first, _ = packages
+    glibc_floor = _glibc_floor_module()
+    for package in ("gpuctl", "gpuctl-agent", "gpuctl-coordinator"):
+        (deb,) = first.glob(f"{package}_{VERSION}-1_amd64.deb")
+        subprocess.run([dpkg_deb, "-x", str(deb), str(tmp_path)], check=True)
+    opt = tmp_path / "opt" / "gpuctl"
+    assert sorted(p.name for p in opt.iterdir()) == ["agent", "cli", "coordinator"]
+    elf = glibc_floor.elf_files(opt)
+    assert any(p.name.startswith("libpython3.11") for p in elf) and len(elf) > 20
+    version, where = glibc_floor.floor(opt, objdump)
+    print(f"glibc floor: {glibc_floor.dotted(version)} (set by {where})")
+    assert version <= GLIBC_CEILING, f"{where} needs glibc {glibc_floor.dotted(version)}"
+    assert glibc_floor.from_host(opt, objdump) <= HOST_LIBRARIES
 
 
 def test_offline_bundle_checksums(packages: tuple[Path, Path], tmp_path: Path) -> None:
