@@ -8,20 +8,14 @@ twice sets this below its `lost_after`; the agent needs no word from the coordin
 
 from __future__ import annotations
 
-from shared.units import format_duration_s, parse_duration_s
+from shared.units import format_duration_s, positive_duration_s
 
 
 def parse_stop_after_s(value: object) -> float | None:
     """The setting as seconds; None (off) for None. ValueError with one line otherwise."""
     if value is None:
         return None
-    try:
-        seconds = parse_duration_s(value)  # type: ignore[arg-type]
-    except (ValueError, TypeError):
-        raise ValueError(f"expected a duration like 10m, got {value!r}") from None
-    if seconds <= 0:
-        raise ValueError(f"must be longer than 0s, got {value!r}")
-    return float(seconds)
+    return positive_duration_s(value)
 
 
 def fence_reason(now_s: float, last_sync_s: float, stop_after_s: float | None) -> str:

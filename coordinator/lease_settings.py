@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from coordinator.settings import Settings
-from shared.units import parse_duration_s
+from shared.units import positive_duration_s
 
 LEASE_SETTINGS = ("unreachable_after", "lost_after", "fleet_lost_after")
 
@@ -18,12 +18,9 @@ LEASE_SETTINGS = ("unreachable_after", "lost_after", "fleet_lost_after")
 def duration_setting(name: str, value: object) -> float:
     """A positive duration (`30s`, `10m`, or seconds); ValueError naming the setting otherwise."""
     try:
-        seconds = parse_duration_s(value)  # type: ignore[arg-type]
-    except (ValueError, TypeError):
-        raise ValueError(f"{name}: expected a duration like 30s or 10m, got {value!r}") from None
-    if seconds <= 0:
-        raise ValueError(f"{name}: must be longer than 0s, got {value!r}")
-    return float(seconds)
+        return positive_duration_s(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def lease_settings(raw: dict, base: Settings) -> Settings:

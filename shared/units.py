@@ -109,3 +109,14 @@ def format_duration_s(seconds: int) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts) or "0s"
+
+
+def positive_duration_s(value: object) -> float:
+    """A setting's duration (`30s`, `10m`, or seconds) that must be longer than 0. ValueError with one line."""
+    try:
+        seconds = parse_duration_s(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise ValueError(f"expected a duration like 30s or 10m, got {value!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"must be longer than 0s, got {value!r}")
+    return float(seconds)

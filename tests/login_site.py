@@ -172,3 +172,16 @@ def login_site(prefix: str) -> Iterator[Site]:
                 kill_leftover_jobs(root)
     finally:
         subprocess.run(["rm", "-rf", str(root)], check=False, timeout=60)
+
+
+def log_text(site: Site, job_id: str, timeout_s: float = 60) -> str:
+    """The job's whole log, once the coordinator says it is complete (the job ended, every byte arrived)."""
+    assert site.api is not None
+    out, offset = b"", 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        chunk = site.api.logs(job_id, offset, True)
+        out, offset = out + chunk.data, chunk.next_offset
+        if chunk.complete:
+            return out.decode()
+    raise AssertionError(f"the log of {job_id} did not complete: {out[-300:]!r}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shared.spec import parse_spec
-from tests.login_site import Site, login_site
+from tests.login_site import Site, log_text, login_site
 from tests.netns import SSHD, require_tools, wait_until
 from tests.sshd import fingerprint
 
@@ -35,18 +35,6 @@ def _ssh_pid(site: Site) -> int:
     found = [int(p) for p in pids if Path(f"/proc/{p}/comm").read_text().strip() == "ssh"]
     assert len(found) == 1, found
     return found[0]
-
-
-def _log_text(site: Site, job_id: str) -> str:
-    assert site.api is not None
-    out, offset = b"", 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        chunk = site.api.logs(job_id, offset, True)
-        out, offset = out + chunk.data, chunk.next_offset
-        if chunk.complete:
-            return out.decode()
-    raise AssertionError(f"the log of {job_id} did not complete: {out[-300:]!r}")
 
 
 def _link_flags(site: Site, *hops: str, known_hosts: Path) -> list[str]:
@@ -81,7 +69,7 @@ def test_one_bastion_heals_a_killed_tunnel_and_a_restarted_sshd_and_stops_on_a_c
         b1.restart()  # sshd and every session it served
         healed_restart_s = site.wait_log(TUNNEL_UP, 3, timeout_s=30) - restarted_at
 
-        text = _log_text(site, job.id)
+        text = log_text(site, job.id)
         numbered = [line for line in text.splitlines() if line.startswith("line ")]
         assert numbered == [f"line {i}" for i in range(1, LINES + 1)]  # none lost, none twice
         assert site.api.job(job.id).status == "done"
@@ -123,6 +111,6 @@ def test_two_hops_and_a_join_that_cannot_pass_says_why() -> None:
         site.start_agent("join", *flags)
         site.wait_log(TUNNEL_UP)
         job = site.api.submit(parse_spec("commands: ['echo through two hops']", environ={}))
-        assert _log_text(site, job.id) == "through two hops\n"
+        assert log_text(site, job.id) == "through two hops\n"
         detail = site.host_detail_output()
         assert f"bastion {b1.address}:{b1.port} → {b2.address}:{b2.port}" in detail

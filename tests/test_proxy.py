@@ -7,30 +7,17 @@ import io
 import re
 import sys
 import tarfile
-import time
 
 import msgspec
 import pytest
 
 from shared.spec import parse_spec
-from tests.login_site import Site, login_site
+from tests.login_site import log_text, login_site
 from tests.netns import require_tools
 from tests.sshd import start_tinyproxy
 
 pytestmark = pytest.mark.timeout(120)
 PROXY_PORT = 3128
-
-
-def _log_text(site: Site, job_id: str) -> str:
-    assert site.api is not None
-    out, offset = b"", 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        chunk = site.api.logs(job_id, offset, True)
-        out, offset = out + chunk.data, chunk.next_offset
-        if chunk.complete:
-            return out.decode()
-    raise AssertionError(f"the log of {job_id} did not complete")
 
 
 def _archive(name: str, text: str) -> bytes:
@@ -68,7 +55,7 @@ def test_an_agent_behind_an_http_connect_proxy_joins_runs_and_ships_logs() -> No
             "commands: ['cat hello.txt', 'for i in $(seq 1 50); do echo line $i; done']", environ={}
         )
         job = site.api.submit(msgspec.structs.replace(spec, files_archive=archive_id))
-        text = _log_text(site, job.id)
+        text = log_text(site, job.id)
         assert text.splitlines() == ["fetched through the proxy", *[f"line {i}" for i in range(1, 51)]]
         assert f"reaches the coordinator: proxy {proxy}" in site.host_detail_output()
         connects = (site.root / "proxy" / "tinyproxy.log").read_text()
