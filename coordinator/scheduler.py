@@ -32,6 +32,7 @@ class HostCapacity:
     ready: bool = True  # False: registered but unreachable or draining; counts for "could ever fit" only
     fleet: str = "default"
     projects: frozenset[str] | None = None  # the fleet is limited to these projects; None: open to all
+    not_ready: str = ""  # why it is not ready ("draining", "unreachable"), for a pending job's reason
 
 
 @dataclass(frozen=True)
@@ -170,13 +171,17 @@ class _Pass:
             return "no host can ever fit this job: " + "; ".join(parts[:3]) + more
         ready = [h for h in possible if h in self.free]
         if not ready:
-            names = ", ".join(sorted(self.by_id[h].name for h in possible))
+            names = ", ".join(sorted(_named(self.by_id[h]) for h in possible))
             return f"the hosts that fit this job are not ready: {names}"
         need = min(possible[h] for h in ready)
         largest = max(len(self.free_matching(spec, h)) for h in ready)
         gpu = spec.resources.gpu
         what = " ".join(gpu.names) + " " if gpu and gpu.names else ""
         return f"no host with {need} free {what}blocks; largest free: {largest}"
+
+
+def _named(host: HostCapacity) -> str:
+    return f"{host.name} ({host.not_ready})" if host.not_ready else host.name
 
 
 def admits(host: HostCapacity, spec: TaskSpec, project: str) -> str:

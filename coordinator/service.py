@@ -29,7 +29,7 @@ from coordinator.safe_schedule import schedule_skipping
 from coordinator.scheduler import HostCapacity, PendingJob
 from coordinator.secrets import Secrets, ensure_key
 from coordinator.settings import Settings
-from coordinator.store import JobRow, Store
+from coordinator.store import HostRow, JobRow, Store
 from coordinator.submit_rules import apply_submit_rules, archive_ids
 from coordinator.waiters import Waiters
 from shared import tls
@@ -280,14 +280,24 @@ class Coordinator(HostOps, LostHosts, AgentSide):  # the parts first: their stub
                 h.name,
                 h.inventory,
                 frozenset(busy.get(h.id, ())),
-                self.host_status(h) == "ready"
-                and h.id not in self.unseen_generation
-                and not h.inventory.no_new_work
-                and not self.problems.has(h.id, INVENTORY)
-                and not self.problems.has(h.id, PROTOCOL),
+                not (why := self._not_ready(h)),
                 h.fleet,
                 limits.get(h.fleet),
+                why,
             )
             for h in self.store.list_hosts()
             if h.inventory is not None and h.status != HostState.REMOVED
         ]
+
+    def _not_ready(self, h: HostRow) -> str:
+        """Why the host takes no new work now (shown in a pending job's reason), or "" when it does."""
+        status = self.host_status(h)
+        if status != "ready":
+            return status
+        if h.id in self.unseen_generation:
+            return "its inventory is not here yet"
+        if h.inventory is not None and h.inventory.no_new_work:
+            return "its agent takes no new work (gpuctl hosts says why)"
+        if self.problems.has(h.id, INVENTORY) or self.problems.has(h.id, PROTOCOL):
+            return "refused (gpuctl hosts says why)"
+        return ""

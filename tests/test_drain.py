@@ -23,7 +23,9 @@ async def test_a_drained_host_takes_no_new_work_and_its_running_job_finishes() -
         assert drained["status"] == "draining"
         assert await host_status(c, "h1") == "draining"
         waiting = await c.submit("commands: [true]\nresources: {gpu: 1}\n")
-        assert (await c.job(waiting.id)).status == "pending", "a draining host took new work"
+        pending = await c.job(waiting.id)
+        assert pending.status == "pending", "a draining host took new work"
+        assert pending.reason == "the hosts that fit this job are not ready: h1 (draining)"
         assert await c.full_log(running.id) == b"finished\n"
         assert (await c.job(running.id)).status == "done"
         assert (await c.job(waiting.id)).status == "pending"

@@ -141,7 +141,7 @@ async def test_nothing_is_placed_on_a_generation_the_coordinator_has_not_seen(
     job = coordinator.submit(parse_spec("commands: [x]\nresources: {gpu: 1}\n"))
     assert (job.status.value, job.reason) == (
         "pending",
-        f"the hosts that fit this job are not ready: {old.hostname}",
+        f"the hosts that fit this job are not ready: {old.hostname} (its inventory is not here yet)",
     )
 
     answer = await coordinator.sync("h1", sync_request(new, send=True))
