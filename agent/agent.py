@@ -152,7 +152,9 @@ async def run_agent(
 def agent_transport(config: AgentConfig) -> Transport:
     """The way to the coordinator that the config asks for: its bastions, its proxy, else HTTPS_PROXY."""
     proxy = config.proxy if config.proxy is not None else env_proxy(config.coordinator, os.environ)
-    return make_transport(config.coordinator, config.bastion, proxy or None, config.runtime_dir)
+    return make_transport(
+        config.coordinator, config.bastion, proxy or None, config.runtime_dir, config.docker.mirror_link()
+    )
 
 
 async def enroll(config: AgentConfig) -> str | None:

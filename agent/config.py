@@ -15,6 +15,7 @@ import yaml
 from agent.blocks import BlocksError, parse_blocks
 from agent.fence import parse_stop_after_s
 from agent.link_config import LinkConfigError, parse_bastion, parse_proxy
+from agent.mirror_link import DEFAULT_LOCAL_PORT, MirrorLink, local_mirror, split_mirror
 from agent.runtime.jobuser import DEFAULT_JOB_UID_RANGE, UidRange, UidRangeError, parse_uid_range
 from agent.tunnel import Hop
 from shared.constants import STOP_GRACE_S
@@ -42,6 +43,22 @@ class DockerConfig:
     volume_prefixes: tuple[str, ...] = ()  # host paths under these may be mounted; none by default
     pids_limit: int = DEFAULT_PIDS_LIMIT
     image_dir: Path | None = None  # image archives (.tar) loaded before any pull; None: <state_dir>/images
+    mirror_via_link: bool = False  # the mirror is reached through the agent's bastion or proxy
+    mirror_local_port: int = DEFAULT_LOCAL_PORT  # ... at 127.0.0.1:this port, where the engine pulls from
+
+    def pull_mirror(self) -> str | None:
+        """The mirror as the engine names it in a pull: 127.0.0.1:PORT/prefix when the agent's link carries
+        it, else as configured."""
+        if self.mirror_via_link and self.registry_mirror:
+            return local_mirror(self.registry_mirror, self.mirror_local_port)
+        return self.registry_mirror
+
+    def mirror_link(self) -> MirrorLink | None:
+        """What the agent's link must carry for the engine's pulls; None when it carries none."""
+        if not (self.mirror_via_link and self.registry_mirror):
+            return None
+        host, port, _ = split_mirror(self.registry_mirror)
+        return MirrorLink(host, port, self.mirror_local_port)
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,8 @@ _DOCKER_FIELDS = {
     "volume_prefixes",
     "pids_limit",
     "image_dir",
+    "mirror_via_link",
+    "mirror_local_port",
 }
 
 
@@ -171,6 +190,11 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         raise ConfigError(str(exc)) from None
     if bastion and proxy:
         raise ConfigError("proxy: set either a bastion or a proxy, not both")
+    docker = parse_docker_config(raw.get("docker") or {}, raw.get("docker_socket"))
+    if docker.mirror_via_link and not (bastion or proxy):
+        raise ConfigError(
+            "docker.mirror_via_link: needs a bastion or a proxy (the route the mirror is reached by)"
+        )
 
     try:
         stop_after_s = parse_stop_after_s(raw.get("stop_after_coordinator_lost"))
@@ -196,7 +220,7 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         ca_file=path_of("ca_file"),
         cert_file=path_of("cert_file"),
         key_file=path_of("key_file"),
-        docker=parse_docker_config(raw.get("docker") or {}, raw.get("docker_socket")),
+        docker=docker,
         bastion=bastion,
         proxy=proxy,
     )
@@ -220,8 +244,14 @@ def parse_docker_config(raw: Any, socket_shorthand: Any = None) -> DockerConfig:
     pids_limit = raw.get("pids_limit", DEFAULT_PIDS_LIMIT)
     if isinstance(pids_limit, bool) or not isinstance(pids_limit, int) or pids_limit < 1:
         raise ConfigError(f"docker.pids_limit: expected a positive integer, got {pids_limit!r}")
-    if not isinstance(raw.get("allow_privileged", False), bool):
-        raise ConfigError("docker.allow_privileged: expected true or false")
+    for flag in ("allow_privileged", "mirror_via_link"):
+        if not isinstance(raw.get(flag, False), bool):
+            raise ConfigError(f"docker.{flag}: expected true or false")
+    if raw.get("mirror_via_link") and not raw.get("registry_mirror"):
+        raise ConfigError("docker.mirror_via_link: needs docker.registry_mirror (the mirror to reach)")
+    local_port = raw.get("mirror_local_port", DEFAULT_LOCAL_PORT)
+    if isinstance(local_port, bool) or not isinstance(local_port, int) or not 0 < local_port < 65536:
+        raise ConfigError(f"docker.mirror_local_port: expected a port number, got {local_port!r}")
     return DockerConfig(
         socket=docker_socket_url(raw.get("socket") or socket_shorthand or default_docker_socket()),
         registry_mirror=str(raw["registry_mirror"]).rstrip("/") if raw.get("registry_mirror") else None,
@@ -231,6 +261,8 @@ def parse_docker_config(raw: Any, socket_shorthand: Any = None) -> DockerConfig:
         volume_prefixes=tuple(prefixes),
         pids_limit=pids_limit,
         image_dir=Path(raw["image_dir"]) if raw.get("image_dir") else None,
+        mirror_via_link=raw.get("mirror_via_link", False),
+        mirror_local_port=local_port,
     )
 
 

@@ -65,7 +65,7 @@ async def sync_loop(
             inventory=inventory if state.coordinator_generation != generation else None,
             allocations=executor.statuses(),
             desired_index=state.desired_index,
-            transport=client.transport.description,
+            transport=client.transport.route,
             link_error=link_error,
             link_error_age_s=link_error_age_s,
         )

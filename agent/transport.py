@@ -22,11 +22,13 @@ from aiohttp.abc import ResolveResult
 from aiohttp.helpers import ceil_timeout
 
 from agent.keepalive import keepalive_socket
-from agent.tunnel import Hop, Tunnel
+from agent.mirror_link import MirrorLink, MirrorRelay
+from agent.tunnel import Hop, TcpForward, Tunnel
 from shared.wire import MAX_LINK_ERROR_CHARS, MAX_TRANSPORT_CHARS
 
 LINK_ERROR_REPORT_S = 600.0  # a link failure is reported in syncs for this long after it happened
 PROXY_ERRORS = (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)
+MIRROR_ROUTE = "; image mirror through the same route"
 
 
 class UnixSocketTLSConnector(aiohttp.TCPConnector):
@@ -72,9 +74,13 @@ class Transport:
     """One way to the coordinator. `description` says which (for `gpuctl hosts -v`); `link_error()` is the
     last failure of the proxy or tunnel, reported in syncs for a while after it heals."""
 
-    def __init__(self, proxy: str | None = None, tunnel: Tunnel | None = None) -> None:
+    def __init__(
+        self, proxy: str | None = None, tunnel: Tunnel | None = None, mirror: MirrorLink | None = None
+    ) -> None:
         self.proxy = proxy
         self.tunnel = tunnel
+        # Through a proxy the agent relays the engine's pulls itself; a tunnel carries them as a forward.
+        self.relay = MirrorRelay(mirror, proxy) if mirror is not None and proxy and tunnel is None else None
         self._proxy_error, self._proxy_error_at = "", 0.0
         if tunnel is not None:
             self.description = tunnel.describe()
@@ -83,6 +89,9 @@ class Transport:
         else:
             self.description = "direct"
         self.description = self.description[:MAX_TRANSPORT_CHARS]
+        carried = mirror is not None and (tunnel is not None or self.relay is not None)
+        # what the coordinator shows as this host's route (`gpuctl hosts -v`)
+        self.route = (self.description + (MIRROR_ROUTE if carried else ""))[:MAX_TRANSPORT_CHARS]
 
     def session(self, ssl_context: ssl.SSLContext, limit: int = 100) -> aiohttp.ClientSession:
         """A new session that reaches the coordinator this way. The caller closes it."""
@@ -102,9 +111,12 @@ class Transport:
             self._proxy_error_at = time.time()
 
     async def run(self) -> None:
-        """Keep the tunnel up until cancelled (nothing to do for a proxy or a direct connection)."""
+        """Keep the tunnel (or the mirror's relay) up until cancelled; nothing to do for a plain proxy or a
+        direct connection."""
         if self.tunnel is not None:
             await self.tunnel.run()
+        elif self.relay is not None:
+            await self.relay.run()
         else:
             await asyncio.Event().wait()
 
@@ -170,9 +182,18 @@ def _bypassed(host: str, no_proxy: str) -> bool:
     return bool(urllib.request.proxy_bypass_environment(host, {"no": no_proxy}))  # type: ignore[attr-defined]
 
 
-def make_transport(coordinator: str, hops: tuple[Hop, ...], proxy: str | None, runtime_dir: Any) -> Transport:
-    """The transport the config asks for: a tunnel when it names bastions, else the proxy (if any)."""
+def make_transport(
+    coordinator: str,
+    hops: tuple[Hop, ...],
+    proxy: str | None,
+    runtime_dir: Any,
+    mirror: MirrorLink | None = None,
+) -> Transport:
+    """The transport the config asks for: a tunnel when it names bastions, else the proxy (if any); either
+    also carries the registry mirror when `mirror` is given."""
     if hops:
         parts = urlsplit(coordinator)
-        return Transport(tunnel=Tunnel(hops, runtime_dir, parts.hostname or "", parts.port or 443))
-    return Transport(proxy=proxy)
+        forwards = (TcpForward(mirror.local_port, mirror.host, mirror.port),) if mirror else ()
+        tunnel = Tunnel(hops, runtime_dir, parts.hostname or "", parts.port or 443, forwards)
+        return Transport(tunnel=tunnel, mirror=mirror)
+    return Transport(proxy=proxy, mirror=mirror)

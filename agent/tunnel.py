@@ -36,6 +36,15 @@ HEALTH_INTERVAL_S = 1.0
 STDERR_LINES = 50  # of ssh's stderr kept to explain an exit
 
 
+@dataclass(frozen=True)
+class TcpForward:
+    """127.0.0.1:`local_port` on this host to `host`:`port` as the last hop reaches it."""
+
+    local_port: int
+    host: str
+    port: int
+
+
 class HopError(ValueError):
     """A bastion setting that cannot be used; one line naming the field."""
 
@@ -92,9 +101,15 @@ def ssh_config(hops: tuple[Hop, ...]) -> str:
 
 
 def ssh_command(
-    config_file: Path, hops: tuple[Hop, ...], socket_path: Path, target_host: str, target_port: int
+    config_file: Path,
+    hops: tuple[Hop, ...],
+    socket_path: Path,
+    target_host: str,
+    target_port: int,
+    tcp_forwards: tuple[TcpForward, ...] = (),
 ) -> list[str]:
-    """ssh's argv: a local forward from `socket_path` to the coordinator, through every hop."""
+    """ssh's argv: a local forward from `socket_path` to the coordinator, through every hop (and one from
+    127.0.0.1:PORT for each of `tcp_forwards`, such as the registry mirror)."""
     argv = [SSH, "-F", str(config_file), "-N", "-T"]
     argv += [
         "-o",
@@ -106,9 +121,14 @@ def ssh_command(
     ]
     if len(hops) > 1:
         argv += ["-J", ",".join(f"hop{i}" for i in range(len(hops) - 1))]
-    target = f"[{target_host}]" if ":" in target_host else target_host
-    argv += ["-L", f"{socket_path}:{target}:{target_port}", f"hop{len(hops) - 1}"]
-    return argv
+    argv += ["-L", f"{socket_path}:{_bracketed(target_host)}:{target_port}"]
+    for forward in tcp_forwards:
+        argv += ["-L", f"127.0.0.1:{forward.local_port}:{_bracketed(forward.host)}:{forward.port}"]
+    return [*argv, f"hop{len(hops) - 1}"]
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def explain(stderr_lines: list[str], hops: tuple[Hop, ...]) -> str:
@@ -135,6 +155,8 @@ def explain(stderr_lines: list[str], hops: tuple[Hop, ...]) -> str:
         return f"bastion {hop_of(m.group(1))} port {m.group(2)}: {m.group(3).strip()}"
     if m := re.search(r"(?:Could not resolve hostname|ssh: Could not resolve hostname) (\S+?):? (.+)", text):
         return f"bastion {m.group(1)}: cannot resolve the name ({m.group(2).strip()})"
+    if m := re.search(r"bind \[?127\.0\.0\.1\]?:(\d+): (.+)", text):
+        return f"ssh tunnel: cannot listen on 127.0.0.1:{m.group(1)} (docker.mirror_local_port): {m.group(2).strip()}"
     if m := re.search(r"channel \d+: open failed: .*|Connection closed by .*|Connection reset by .*", text):
         return f"bastion: {m.group(0).strip()}"
     for line in reversed(stderr_lines):
@@ -151,7 +173,14 @@ def _fingerprint(text: str) -> str:
 class Tunnel:
     """Keeps one ssh process forwarding `socket_path` to the coordinator. Not thread-safe; one per agent."""
 
-    def __init__(self, hops: tuple[Hop, ...], runtime_dir: Path, target_host: str, target_port: int) -> None:
+    def __init__(
+        self,
+        hops: tuple[Hop, ...],
+        runtime_dir: Path,
+        target_host: str,
+        target_port: int,
+        tcp_forwards: tuple[TcpForward, ...] = (),
+    ) -> None:
         if not hops:
             raise HopError("bastion: at least one hop")
         for i, hop in enumerate(hops):
@@ -162,6 +191,7 @@ class Tunnel:
         self.socket_path = runtime_dir / "coordinator.sock"
         self.config_file = runtime_dir / "ssh_config"
         self.target = (target_host, target_port)
+        self.tcp_forwards = tcp_forwards
         self.error = ""  # why the tunnel is down now; "" while it is up (or before its first try)
         self.last_error = ""  # the most recent failure, kept after it heals (reported in the next sync)
         self.last_error_at = 0.0
@@ -174,7 +204,7 @@ class Tunnel:
         return "bastion " + " → ".join(str(h) for h in self.hops)
 
     def command(self) -> list[str]:
-        return ssh_command(self.config_file, self.hops, self.socket_path, *self.target)
+        return ssh_command(self.config_file, self.hops, self.socket_path, *self.target, self.tcp_forwards)
 
     async def run(self) -> None:
         """Supervise until cancelled: start ssh, wait for its socket, watch it, restart with backoff."""

@@ -62,8 +62,10 @@ def image_from_rootfs(rootfs_tar: bytes) -> Image:
 
 
 @contextmanager
-def fake_registry(image: Image, username: str, password: str, layer_seconds: float) -> Iterator[str]:
-    """Serve `image` under every name and tag on 127.0.0.1; yields "127.0.0.1:PORT"."""
+def fake_registry(
+    image: Image, username: str, password: str, layer_seconds: float, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[str]:
+    """Serve `image` under every name and tag on `host` (a free port by default); yields "HOST:PORT"."""
     expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
     class Handler(BaseHTTPRequestHandler):
@@ -113,12 +115,18 @@ def fake_registry(image: Image, username: str, password: str, layer_seconds: flo
                 self.wfile.write(chunk)
                 time.sleep(slow_s / len(chunks))
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"127.0.0.1:{server.server_address[1]}"
+        yield f"{host}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def serve_until_killed(host: str, port: int, username: str, password: str) -> None:
+    """An empty image's registry on host:port until the process is killed (for a registry in a namespace)."""
+    with fake_registry(image_from_rootfs(b""), username, password, 0.0, host, port):
+        threading.Event().wait()

@@ -97,16 +97,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_tinyproxy(net: Network, ns: str, address: str, port: int, root: Path, allow: str) -> None:
-    """tinyproxy on `address:port` in `ns`, allowing clients from `allow` and CONNECT to any port."""
+def start_tinyproxy(
+    net: Network,
+    ns: str,
+    address: str,
+    port: int,
+    root: Path,
+    allow: str,
+    connect_ports: tuple[int, ...] = (),
+) -> None:
+    """tinyproxy on `address:port` in `ns`, allowing clients from `allow` and CONNECT to `connect_ports`
+    (any port when empty: no ConnectPort line at all allows every port; `ConnectPort 0` is not "any" in every
+    version)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "tinyproxy.conf").write_text(
         f"Port {port}\nListen {address}\nTimeout 600\nMaxClients 50\nAllow {allow}\n"
-        f'LogLevel Connect\nPidFile "{root}/tinyproxy.pid"\nConnectPort 0\n'
+        f'LogLevel Connect\nPidFile "{root}/tinyproxy.pid"\n'
+        + "".join(f"ConnectPort {p}\n" for p in connect_ports)
     )
-    # ConnectPort 0 is not "any" in every version; no ConnectPort line at all allows every port.
-    text = (root / "tinyproxy.conf").read_text().replace("ConnectPort 0\n", "")
-    (root / "tinyproxy.conf").write_text(text)
     net.popen(ns, ["tinyproxy", "-d", "-c", str(root / "tinyproxy.conf")], root / "tinyproxy.log")
 
     def listening() -> bool:

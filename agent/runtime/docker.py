@@ -43,6 +43,11 @@ log = logging.getLogger("gpuctl.agent")
 JOIN_TIMEOUT_S = 2.0
 
 
+def registry_of(config: DockerConfig) -> Registry:
+    """Where this host's engine pulls from, with the agent's credentials. Pure."""
+    return Registry(config.pull_mirror(), config.registry_username, config.registry_password)
+
+
 class DockerRuntime:
     name = "docker"
 
@@ -63,7 +68,7 @@ class DockerRuntime:
             client=client,
             inventory=inventory,
             name=host,
-            registry=Registry(config.registry_mirror, config.registry_username, config.registry_password),
+            registry=registry_of(config),
             pids_limit=config.pids_limit,
             closing=threading.Event(),
             signal_async=self._submit,
