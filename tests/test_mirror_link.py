@@ -20,6 +20,7 @@ from agent.mirror_link import MirrorLink, MirrorRelay
 from agent.runtime.docker import registry_of
 from agent.runtime.image import mirror_reference
 from agent.tunnel import TcpForward, ssh_command
+from tests.docker_engine import Engine, busybox_rootfs, busybox_static
 from tests.fake_registry import fake_registry, image_from_rootfs
 from tests.login_site import Site, login_site
 from tests.netns import SSHD, require_tools, wait_until
@@ -227,3 +228,49 @@ async def _wait_listening(port: int) -> None:
             writer.close()
             await writer.wait_closed()
             return
+
+
+async def test_the_engine_pulls_an_image_through_the_relay_and_the_proxy(
+    tmp_path: Path, docker_engine: Engine
+) -> None:
+    """End to end: the real engine pulls `127.0.0.1:RELAY/team/tool:7`; the relay carries it through tinyproxy
+    (CONNECT to the registry's port only) to the registry, which the engine is never told about."""
+    require_tools("tinyproxy")
+    proxy_port, relay_port = free_port(), free_port()
+    conf = tmp_path / "tinyproxy.conf"
+    with fake_registry(
+        image_from_rootfs(busybox_rootfs(busybox_static())), "puller", "s3cret", 0.0
+    ) as registry:
+        registry_port = int(registry.rsplit(":", 1)[1])
+        conf.write_text(
+            f"Port {proxy_port}\nListen 127.0.0.1\nAllow 127.0.0.1\nLogLevel Connect\n"
+            f'PidFile "{tmp_path}/tinyproxy.pid"\nConnectPort {registry_port}\n'
+        )
+        with (tmp_path / "tinyproxy.log").open("wb") as out:
+            proxy = await asyncio.create_subprocess_exec(
+                "tinyproxy", "-d", "-c", str(conf), stdout=out, stderr=subprocess.STDOUT
+            )
+        relay = MirrorRelay(
+            MirrorLink("127.0.0.1", registry_port, relay_port), f"http://127.0.0.1:{proxy_port}"
+        )
+        task = asyncio.create_task(relay.run())
+        reference = f"127.0.0.1:{relay_port}/team/tool:7"
+        try:
+            await _wait_listening(proxy_port)
+            await _wait_listening(relay_port)
+            auth = {"username": "puller", "password": "s3cret"}
+            await asyncio.to_thread(docker_engine.client.images.pull, reference, auth_config=auth)
+            output = await asyncio.to_thread(
+                docker_engine.client.containers.run,
+                reference,
+                ["echo", "pulled through the relay"],
+                remove=True,
+            )
+            assert output == b"pulled through the relay\n"
+            assert f"CONNECT 127.0.0.1:{registry_port}" in (tmp_path / "tinyproxy.log").read_text()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            proxy.terminate()
+            await asyncio.wait_for(proxy.wait(), 10)
+            await asyncio.to_thread(docker_engine.client.images.remove, reference, force=True)
