@@ -24,6 +24,7 @@ import docker
 import pytest
 
 from agent.runtime.engine import EngineUnavailable, connect
+from tests.real_parts import part_missing
 
 IMAGE = "gpuctl-test/busybox:1"
 START_TIMEOUT_S = 30.0
@@ -40,10 +41,7 @@ class Engine:
 
 def unavailable(reason: str) -> NoReturn:
     """Fail under CI, skip elsewhere: the tests that need a real engine must not pass silently in CI."""
-    message = f"needs a Docker engine: {reason}"
-    if os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    part_missing(f"needs a Docker engine: {reason}")
 
 
 def busybox_static() -> Path:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.real_parts import part_missing
 
 SSHD = "/usr/sbin/sshd"
 
@@ -25,9 +25,7 @@ def unavailable(reason: str) -> None:
     message = (
         f"needs network namespaces, sshd and tinyproxy (run as root; scripts/test installs them): {reason}"
     )
-    if os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    part_missing(message)
 
 
 def require_tools(*tools: str) -> None:

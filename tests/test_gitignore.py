@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from cli.files import pack
 from cli.gitignore import ignored, parse
+from tests.real_parts import part_missing
 
 # --- the matcher, case by case -----------------------------------------------------------------------------
 
@@ -248,9 +249,7 @@ def projects(draw: st.DrawFn) -> dict[str, bytes]:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One git repository for every example: `git init` costs more than the rest of one together."""
     if shutil.which("git") is None:  # scripts/test installs it: under CI its absence is a failure
-        if os.environ.get("CI"):
-            pytest.fail("git is not installed")
-        pytest.skip("needs git")
+        part_missing("needs git (scripts/test installs it)")
     root = tmp_path_factory.mktemp("repo")
     subprocess.run(["git", "init", "-q"], cwd=root, env=GIT_ENV, check=True)
     return root

@@ -29,6 +29,7 @@ from types import ModuleType
 import pytest
 
 from tests.docker_engine import Engine
+from tests.real_parts import part_missing
 
 pytestmark = pytest.mark.integration
 
@@ -42,10 +43,7 @@ URL = "https://localhost:8443"
 
 
 def missing(what: str) -> None:
-    message = f"packaging test needs {what}"
-    if os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    part_missing(f"packaging test needs {what}")
 
 
 def need(tool: str, package: str) -> str:
