@@ -18,6 +18,7 @@ from coordinator.http import (
 )
 from coordinator.quota import QuotaExceeded
 from coordinator.service import Coordinator
+from coordinator.store import HostRow
 from shared import constants as C
 from shared.wire import MAX_LOG_BYTES, SubmitRequest
 
@@ -71,7 +72,7 @@ async def upload_files(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
-    everything = request.query.get("all", "") in ("1", "true")
+    everything = _flag(request, "all")
     jobs = coord.store.list_jobs(everything, project=project_scope(request))
     return json_response([coord.job_view(j) for j in jobs])
 
@@ -97,7 +98,7 @@ async def job_logs(request: web.Request) -> web.Response:
     max_bytes = min(int_query(request, "max_bytes", C.LOG_CHUNK_MAX_BYTES), C.LOG_CHUNK_MAX_BYTES)
     attempt = int_query(request, "attempt", 0, MAX_ATTEMPT) or None  # 0: the latest
     data, complete = coord.read_logs(job, offset, max_bytes, attempt)
-    if not data and not complete and request.query.get("follow") in ("1", "true"):
+    if not data and not complete and _flag(request, "follow"):
         await coord.log_waiters.wait(job.id, C.LOG_FOLLOW_WAIT_S)
         job = coord.find_job(job.id, scope)
         data, complete = coord.read_logs(job, offset, max_bytes, attempt)
@@ -120,6 +121,16 @@ async def list_hosts(request: web.Request) -> web.Response:
     return response
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    """A yes/no query parameter: `?NAME=1` or `?NAME=true`."""
+    return request.query.get(name, "") in ("1", "true")
+
+
+def _host_answer(host: HostRow) -> web.Response:
+    """What a change to a host answers: which host, and its status now."""
+    return json_response({"id": host.id, "name": host.name, "status": host.status})
+
+
 async def get_host(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     return json_response(coord.host_detail(request.match_info["ref"], project_scope(request)))
@@ -128,25 +139,25 @@ async def get_host(request: web.Request) -> web.Response:
 async def remove_host(request: web.Request) -> web.Response:
     require_admin(request)
     coord = request.app[COORDINATOR]
-    force = request.query.get("force", "") in ("1", "true")
+    force = _flag(request, "force")
     host = coord.remove_host(coord.find_host(request.match_info["ref"]), force)
-    return json_response({"id": host.id, "name": host.name, "status": host.status})
+    return _host_answer(host)
 
 
 async def drain_host(request: web.Request) -> web.Response:
     """No new work on the host; `?stop=1` stops what runs there now (an interruption for retry)."""
     require_admin(request)
     coord = request.app[COORDINATOR]
-    stop = request.query.get("stop", "") in ("1", "true")
+    stop = _flag(request, "stop")
     host = coord.drain(coord.find_host(request.match_info["ref"]), stop)
-    return json_response({"id": host.id, "name": host.name, "status": host.status})
+    return _host_answer(host)
 
 
 async def undrain_host(request: web.Request) -> web.Response:
     require_admin(request)
     coord = request.app[COORDINATOR]
     host = coord.undrain(coord.find_host(request.match_info["ref"]))
-    return json_response({"id": host.id, "name": host.name, "status": host.status})
+    return _host_answer(host)
 
 
 def add_routes(app: web.Application) -> None:
