@@ -99,6 +99,7 @@ class HostOps:
         return HostDetail(host=view, allocations=allocations)
 
     def _host_view(self, h: HostRow, busy_blocks: int) -> HostView:
+        link = self.links.of(h.id)
         return HostView(
             id=h.id,
             name=h.name,
@@ -109,9 +110,9 @@ class HostOps:
             last_seen=self.last_seen.get(h.id, h.last_seen),
             simulated=bool(h.inventory and h.inventory.simulated),
             warnings=self.problems.of(h.id),
-            transport=self.links.of(h.id).transport,
-            link_error=self.links.of(h.id).error,
-            link_error_at=self.links.of(h.id).error_at,
+            transport=link.transport,
+            link_error=link.error,
+            link_error_at=link.error_at,
         )
 
     def find_host(self, ref: str) -> HostRow:
