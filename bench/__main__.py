@@ -1,0 +1,228 @@
+"""The bench: `python -m bench [--only a,c] [--quick] [--json PATH]` (or `bench/run`).
+
+Sections: (a) the scheduler alone, (b) a simulated fleet, (c) end to end on real processes, (d) the same
+workload on a one-node Slurm, (e) the CLI's wall time per call beside sbatch and squeue. Each prints its
+table as it ends; the gpuctl/Slurm ratio comes last, and everything goes to one JSON file. A section whose
+module is not there, or whose tools are missing, shows as "not run" with the reason; one that fails shows
+its error in one line and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from bench.report import table
+
+SECTIONS = {
+    "a": "scheduler alone",
+    "b": "simulated fleet",
+    "c": "end to end, plain processes",
+    "d": "Slurm, one node of 8 GPU GRES",
+    "e": "CLI wall time per call",
+}
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How much each section does: the full run fits in ten minutes on two cores, --quick in about two."""
+
+    array_jobs: int  # (c): one array per cluster
+    loop_jobs: int  # (c): `gpuctl submit -d` calls per shell loop
+    slurm_jobs: int  # (d): for the loop and for the array
+    many_hosts: int  # (c): the second cluster
+    fleet_sizes: tuple[int, ...]  # (b)
+    cli_runs: int  # (e): calls of each command
+
+
+FULL = Counts(1000, 300, 300, 100, (1000, 5000, 10000), 20)
+QUICK = Counts(200, 50, 50, 100, (1000,), 5)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--only", default="abcde", type=_sections, help="sections to run, e.g. a,c (default: all)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer jobs and sizes: a smoke run of every section"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=Path("bench-results.json"), help="where to write the results"
+    )
+    parser.add_argument("--loop-jobs", type=_positive, help="(c) jobs per shell loop (full: 300, quick: 50)")
+    parser.add_argument("--array-jobs", type=_positive, help="(c) jobs per array (full: 1000, quick: 200)")
+    parser.add_argument(
+        "--slurm-jobs", type=_positive, help="(d) jobs per loop and array (full: 300, quick: 50)"
+    )
+    return parser.parse_args(argv)
+
+
+def _sections(text: str) -> str:
+    chosen = text.replace(",", "").replace(" ", "").lower()
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown section {unknown[0] if unknown else '(none)'!r}; known: a-e"
+        )
+    return "".join(s for s in SECTIONS if s in chosen)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def counts_for(args: argparse.Namespace) -> Counts:
+    base = QUICK if args.quick else FULL
+    return Counts(
+        args.array_jobs or base.array_jobs,
+        args.loop_jobs or base.loop_jobs,
+        args.slurm_jobs or base.slurm_jobs,
+        base.many_hosts,
+        base.fleet_sizes,
+        base.cli_runs,
+    )
+
+
+def section_runners(quick: bool, counts: Counts) -> dict[str, Callable[[], dict[str, object]]]:
+    """Each section as a call that returns its dict with "rows"; imports happen inside, so that a section
+    whose module is missing costs only its own line."""
+
+    def scheduler() -> dict[str, object]:
+        return _module("bench.scheduler").run(quick=quick)
+
+    def fleet() -> dict[str, object]:
+        return _module("bench.fleet").run(sizes=counts.fleet_sizes)
+
+    def e2e() -> dict[str, object]:
+        from bench import e2e
+
+        return e2e.run(counts.array_jobs, counts.loop_jobs, counts.many_hosts)
+
+    def slurm() -> dict[str, object]:
+        from bench import slurm
+
+        if reason := slurm.missing():
+            raise NotRun(reason)
+        return slurm.run(counts.slurm_jobs, counts.slurm_jobs)
+
+    def cli() -> dict[str, object]:
+        from bench.cli_side import run
+
+        return run(counts.cli_runs)
+
+    return {"a": scheduler, "b": fleet, "c": e2e, "d": slurm, "e": cli}
+
+
+class NotRun(Exception):
+    """A section that cannot run here; its message says why, in a few words, starting with "not run"."""
+
+
+def _module(name: str) -> object:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            raise NotRun(f"not run: no {name}") from None
+        raise
+
+
+def run_section(key: str, runner: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """The section's result, timed; on failure a result that says what went wrong in one line."""
+    started = time.monotonic()
+    try:
+        result = runner()
+    except NotRun as exc:
+        result = {"status": str(exc), "rows": []}
+    except Exception as exc:  # one section's failure must not cost the others their figures
+        traceback.print_exc()
+        result = {"status": f"failed: {type(exc).__name__}: {exc}".splitlines()[0], "rows": []}
+    result.setdefault("status", "ok")
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def ratio_rows(results: dict[str, dict[str, object]]) -> list[dict[str, object]]:
+    """gpuctl's jobs/s over Slurm's for each workload that both ran on one host."""
+
+    def by_run(key: str) -> dict[str, dict[str, object]]:
+        rows = results.get(key, {}).get("rows", [])
+        return {str(r["run"]).split(" ", 1)[1]: r for r in rows if isinstance(r, dict)}
+
+    gpuctl, slurm = by_run("c"), by_run("d")
+    out = []
+    for workload in ("1 host, loop", "1 host, array"):
+        ours, theirs = gpuctl.get(workload, {}).get("jobs_per_s"), slurm.get(workload, {}).get("jobs_per_s")
+        if isinstance(ours, float) and isinstance(theirs, float) and theirs > 0:
+            out.append(
+                {
+                    "workload": workload,
+                    "gpuctl_jobs_per_s": ours,
+                    "slurm_jobs_per_s": theirs,
+                    "gpuctl/slurm": ours / theirs,
+                }
+            )
+    return out
+
+
+def section_lines(key: str, result: dict[str, object]) -> list[str]:
+    title = f"({key}) {SECTIONS[key]}" if key in SECTIONS else key
+    head = f"{title}: {result['status']}" if result.get("status", "ok") != "ok" else title
+    rows = result.get("rows") or []
+    return [head, *table(rows), ""]
+
+
+def machine() -> dict[str, object]:
+    return {
+        "cpus": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C, so every section stops what it started
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)
+    counts = counts_for(args)
+    runners = section_runners(args.quick, counts)
+    report: dict[str, object] = {"started_at": time.time(), "machine": machine(), "counts": vars(counts)}
+    results: dict[str, dict[str, object]] = {}
+    m = report["machine"]
+    print(
+        f"gpuctl bench{' (quick)' if args.quick else ''}: {m['cpus']} CPUs, load {m['load_avg_1m']:.2f}, "
+        f"Python {m['python']}\n",
+        flush=True,
+    )
+    for key in args.only:
+        print(f"running ({key}) {SECTIONS[key]} ...", file=sys.stderr, flush=True)
+        results[key] = run_section(key, runners[key])
+        print("\n".join(section_lines(key, results[key])), flush=True)
+    ratios = ratio_rows(results)
+    if ratios:
+        print("\n".join(section_lines("gpuctl/Slurm, jobs completed per second", {"rows": ratios})))
+    report.update(sections=results, ratio=ratios, wall_s=round(time.time() - float(report["started_at"]), 1))
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
