@@ -46,7 +46,7 @@ class Counts:
     cli_runs: int  # (e): calls of each command
 
 
-FULL = Counts(1000, 300, 300, 100, (1000, 5000, 10000), 20)
+FULL = Counts(1000, 200, 200, 100, (1000, 5000, 10000), 20)
 QUICK = Counts(200, 50, 50, 100, (1000,), 5)
 
 
@@ -61,10 +61,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--json", type=Path, default=Path("bench-results.json"), help="where to write the results"
     )
-    parser.add_argument("--loop-jobs", type=_positive, help="(c) jobs per shell loop (full: 300, quick: 50)")
+    parser.add_argument("--loop-jobs", type=_positive, help="(c) jobs per shell loop (full: 200, quick: 50)")
     parser.add_argument("--array-jobs", type=_positive, help="(c) jobs per array (full: 1000, quick: 200)")
     parser.add_argument(
-        "--slurm-jobs", type=_positive, help="(d) jobs per loop and array (full: 300, quick: 50)"
+        "--slurm-jobs", type=_positive, help="(d) jobs per loop and array (full: 200, quick: 50)"
     )
     return parser.parse_args(argv)
 
@@ -211,17 +211,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Python {m['python']}\n",
         flush=True,
     )
-    for key in args.only:
-        print(f"running ({key}) {SECTIONS[key]} ...", file=sys.stderr, flush=True)
-        results[key] = run_section(key, runners[key])
-        print("\n".join(section_lines(key, results[key])), flush=True)
+    try:
+        for key in args.only:
+            print(f"running ({key}) {SECTIONS[key]} ...", file=sys.stderr, flush=True)
+            results[key] = run_section(key, runners[key])
+            print("\n".join(section_lines(key, results[key])), flush=True)
+    except KeyboardInterrupt:  # what was started is stopped by now; keep what was measured
+        report["interrupted"] = True
+        print("interrupted", file=sys.stderr)
     ratios = ratio_rows(results)
     if ratios:
         print("\n".join(section_lines("gpuctl/Slurm, jobs completed per second", {"rows": ratios})))
     report.update(sections=results, ratio=ratios, wall_s=round(time.time() - float(report["started_at"]), 1))
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results: {args.json}")
-    return 0
+    return 130 if report.get("interrupted") else 0
 
 
 if __name__ == "__main__":
