@@ -34,12 +34,14 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
 
 
 def cell(value: object) -> str:
-    """A value as a table shows it: floats to three significant figures (no exponent below a million),
-    None as a dash."""
+    """A value as a table shows it: floats to three significant figures, thousands separated, None as a
+    dash."""
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
         if math.isnan(value):
             return "-"

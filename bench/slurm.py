@@ -101,18 +101,21 @@ def _measure(slurm: Slurm, n: int, label: str, command: list[str]) -> Workload:
         time.sleep(POLL_S / 5)
     span_s = time.time() - started  # the moment the last record appeared (to POLL_S / 5)
     jobs = records[before:]
-    submitted, allocated = _ctld_times(slurm.root / "slurmctld.log")
-    latencies = [allocated[r["JobId"]] - submitted[r.get("ArrayJobId", r["JobId"])] for r in jobs]
+    submitted, allocated = ctld_times((slurm.root / "slurmctld.log").read_text(errors="replace"))
+    latencies = [latency_s(r, submitted, allocated) for r in jobs]
     failed = sum(r["JobState"] != "COMPLETED" for r in jobs)
     return Workload(label, n, submit_s, latencies, span_s, failed)
 
 
 def _records(path: Path) -> list[dict[str, str]]:
-    """jobcomp/filetxt's lines as dicts (`Key=Value` pairs, blank-separated)."""
     try:
-        text = path.read_text()
+        return parse_jobcomp(path.read_text())
     except FileNotFoundError:
         return []
+
+
+def parse_jobcomp(text: str) -> list[dict[str, str]]:
+    """jobcomp/filetxt's lines as dicts (`Key=Value` pairs, blank-separated), one per ended job."""
     return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in text.splitlines() if line.startswith("JobId=")]
 
 
@@ -123,13 +126,21 @@ _ALLOCATE = re.compile(
 )
 
 
-def _ctld_times(log: Path) -> tuple[dict[str, float], dict[str, float]]:
+def ctld_times(log_text: str) -> tuple[dict[str, float], dict[str, float]]:
     """When slurmctld accepted each submission and allocated each job, to the millisecond, from its log
-    (jobcomp's times are whole seconds). Allocation precedes the job's start on the node by a few ms."""
-    text = log.read_text(errors="replace")
-    submitted = {m[2]: _time(m[1]) for m in _SUBMIT.finditer(text)}
-    allocated = {m[3] or m[2]: _time(m[1]) for m in _ALLOCATE.finditer(text)}
+    (jobcomp's times are whole seconds), by job id. Allocation precedes the job's start on the node by a
+    few ms."""
+    submitted = {m[2]: _time(m[1]) for m in _SUBMIT.finditer(log_text)}
+    allocated = {m[3] or m[2]: _time(m[1]) for m in _ALLOCATE.finditer(log_text)}
     return submitted, allocated
+
+
+def latency_s(record: dict[str, str], submitted: dict[str, float], allocated: dict[str, float]) -> float:
+    """Submit-to-running of one job: from slurmctld's log, else (a line it did not write) jobcomp's seconds."""
+    own, base = record["JobId"], record.get("ArrayJobId", record["JobId"])
+    if own in allocated and base in submitted:
+        return allocated[own] - submitted[base]
+    return _time(record["StartTime"] + ".0") - _time(record["SubmitTime"] + ".0")
 
 
 def _time(text: str) -> float:

@@ -6,6 +6,7 @@ import pytest
 
 from bench.__main__ import FULL, QUICK, counts_for, parse_args, ratio_rows, section_lines
 from bench.report import WIDTH, cell, percentile, summary_ms, table
+from bench.slurm import ctld_times, latency_s, parse_jobcomp
 
 
 def test_percentile_is_a_measured_value_by_nearest_rank() -> None:
@@ -38,16 +39,16 @@ def test_cells_show_three_significant_figures() -> None:
         "12,346",
         "0",
     ]
-    assert [cell(v) for v in (None, True, 7, "x")] == ["-", "yes", "7", "x"]
+    assert [cell(v) for v in (None, True, 7, 10000, "x")] == ["-", "yes", "7", "10,000", "x"]
 
 
 def test_table_aligns_numbers_right_and_text_left() -> None:
     lines = table([{"run": "a", "jobs": 1000, "p50_ms": 1.5}, {"run": "longer", "jobs": 5, "p50_ms": None}])
     assert lines == [
-        "run     jobs  p50_ms",
-        "------  ----  ------",
-        "a       1000    1.50",
-        "longer     5       -",
+        "run      jobs  p50_ms",
+        "------  -----  ------",
+        "a       1,000    1.50",
+        "longer      5       -",
     ]
 
 
@@ -105,3 +106,32 @@ def test_ratio_compares_the_workloads_both_ran() -> None:
         {"workload": "1 host, loop", "gpuctl_jobs_per_s": 40.0, "slurm_jobs_per_s": 4.0, "gpuctl/slurm": 10.0}
     ]
     assert ratio_rows({"c": results["c"]}) == []
+
+
+# Lines as Slurm 22.05 (Debian 12) writes them: a plain job (1) and task 1 of array 4, whose own id is 5
+CTLD_LOG = """\
+[2026-11-29T09:46:47.751] _slurm_rpc_submit_batch_job: JobId=1 InitPrio=4294901759 usec=950
+[2026-11-29T09:46:49.751] sched: Allocate JobId=1 NodeList=bench #CPUs=1 Partition=bench
+[2026-11-29T09:46:49.915] _slurm_rpc_submit_batch_job: JobId=4 InitPrio=4294901756 usec=467
+[2026-11-29T09:46:52.772] sched/backfill: _start_job: Started JobId=4_1(5) in bench on bench
+"""
+JOBCOMP = """\
+JobId=1 UserId=root(0) JobState=COMPLETED StartTime=2026-11-29T09:46:49 EndTime=2026-11-29T09:46:49 \
+SubmitTime=2026-11-29T09:46:47 ExitCode=0:0
+JobId=5 UserId=root(0) JobState=COMPLETED StartTime=2026-11-29T09:46:52 EndTime=2026-11-29T09:46:52 \
+SubmitTime=2026-11-29T09:46:49 ArrayJobId=4 ArrayTaskId=1 ExitCode=0:0
+"""
+
+
+def test_slurm_submit_to_running_comes_from_slurmctld_to_the_millisecond() -> None:
+    records = parse_jobcomp(JOBCOMP)
+    assert [(r["JobId"], r["JobState"], r.get("ArrayJobId")) for r in records] == [
+        ("1", "COMPLETED", None),
+        ("5", "COMPLETED", "4"),
+    ]
+    submitted, allocated = ctld_times(CTLD_LOG)
+    assert [round(latency_s(r, submitted, allocated), 3) for r in records] == [2.0, 2.857]
+
+
+def test_slurm_submit_to_running_falls_back_to_jobcomp_seconds() -> None:
+    assert [latency_s(r, {}, {}) for r in parse_jobcomp(JOBCOMP)] == [2.0, 3.0]
