@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -140,8 +140,9 @@ def _module(name: str) -> object:
         raise
 
 
-def run_section(key: str, runner: Callable[[], dict[str, object]]) -> dict[str, object]:
-    """The section's result, timed; on failure a result that says what went wrong in one line."""
+def run_section(runner: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """The section's result, with its wall time and the machine's load as it ended (the machine may be
+    shared: the load says how far to trust the figures); on failure, what went wrong in one line."""
     started = time.monotonic()
     try:
         result = runner()
@@ -152,6 +153,7 @@ def run_section(key: str, runner: Callable[[], dict[str, object]]) -> dict[str, 
         result = {"status": f"failed: {type(exc).__name__}: {exc}".splitlines()[0], "rows": []}
     result.setdefault("status", "ok")
     result["wall_s"] = round(time.monotonic() - started, 1)
+    result["load_avg_1m"] = os.getloadavg()[0]
     return result
 
 
@@ -180,6 +182,8 @@ def ratio_rows(results: dict[str, dict[str, object]]) -> list[dict[str, object]]
 
 def section_lines(key: str, result: dict[str, object]) -> list[str]:
     title = f"({key}) {SECTIONS[key]}" if key in SECTIONS else key
+    if "wall_s" in result:
+        title += f" [{result['wall_s']:.0f} s, load {result['load_avg_1m']:.1f}]"
     head = f"{title}: {result['status']}" if result.get("status", "ok") != "ok" else title
     rows = result.get("rows") or []
     return [head, *table(rows), ""]
@@ -203,18 +207,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     counts = counts_for(args)
     runners = section_runners(args.quick, counts)
-    report: dict[str, object] = {"started_at": time.time(), "machine": machine(), "counts": vars(counts)}
+    info = machine()
+    report: dict[str, object] = {"started_at": time.time(), "machine": info, "counts": asdict(counts)}
     results: dict[str, dict[str, object]] = {}
-    m = report["machine"]
     print(
-        f"gpuctl bench{' (quick)' if args.quick else ''}: {m['cpus']} CPUs, load {m['load_avg_1m']:.2f}, "
-        f"Python {m['python']}\n",
+        f"gpuctl bench{' (quick)' if args.quick else ''}: {info['cpus']} CPUs, load {info['load_avg_1m']:.2f}, "
+        f"Python {info['python']}\n",
         flush=True,
     )
     try:
         for key in args.only:
             print(f"running ({key}) {SECTIONS[key]} ...", file=sys.stderr, flush=True)
-            results[key] = run_section(key, runners[key])
+            results[key] = run_section(runners[key])
             print("\n".join(section_lines(key, results[key])), flush=True)
     except KeyboardInterrupt:  # what was started is stopped by now; keep what was measured
         report["interrupted"] = True

@@ -31,7 +31,7 @@ from tests.harness import kill_leftover_jobs
 
 AGENTS_PER_PROCESS = 25  # 100 hosts in 4 processes: two per core, and ~25 agents' job starts per event loop
 SIMULATED = "8xH100:80GB"
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 120.0  # 100 hosts on a loaded two-core machine take a while
 STOP_TIMEOUT_S = 10.0
 PORT_RANGE = (20000, 32000)
 
