@@ -136,7 +136,7 @@ def array_counts(array: ArraySummary) -> str:
 
 
 def tasks_table(array: JobView, tasks: list[JobView]) -> Table:
-    """`gpuctl ps ARRAY`: its tasks, one row each, under a caption with the array's counts."""
+    """`gpuctl ps ARRAY`: its tasks, one row each, under a title with the array's counts."""
     table = jobs_table(tasks)
     if array.array is not None:
         table.title = f"{clean(array.name)}: {array_counts(array.array)}"

@@ -117,7 +117,7 @@ async def job_logs(request: web.Request) -> web.Response:
     continue (X-Next-Offset) and whether the log is complete (X-Complete: the job ended, all bytes here)."""
     coord = request.app[COORDINATOR]
     scope = project_scope(request)
-    job = coord.one_job(coord.find_target(request.match_info["ref"], scope))
+    job = coord.find_job(request.match_info["ref"], scope)
     offset = int_query(request, "offset", 0, MAX_LOG_BYTES)
     max_bytes = min(int_query(request, "max_bytes", C.LOG_CHUNK_MAX_BYTES), C.LOG_CHUNK_MAX_BYTES)
     attempt = int_query(request, "attempt", 0, MAX_ATTEMPT) or None  # 0: the latest

@@ -110,19 +110,9 @@ class Coordinator(HostOps, LostHosts, AgentSide, ArrayOps):
         return spec
 
     def find_job(self, ref: str, project: str | None = None) -> JobRow:
-        """By id, id prefix or name; only among `project`'s jobs if given (another project's job is not found)."""
-        jobs = self.store.find_jobs(ref, project)
-        exact = [j for j in jobs if j.id == ref]
-        if exact:
-            return exact[0]
-        by_name = [j for j in jobs if j.name == ref]
-        if by_name:
-            return by_name[0]  # the newest job of that name, as docker and dstack resolve names
-        if len(jobs) > 1:
-            raise Ambiguous(f"{ref!r} matches {len(jobs)} jobs: " + ", ".join(j.id for j in jobs[:5]))
-        if not jobs:
-            raise NotFound(f"no job {ref!r}")
-        return jobs[0]
+        """By id, id prefix or name, or `ARRAY[INDEX]`; only among `project`'s jobs if given (another
+        project's job is not found). A whole array is refused with the way to name one of its tasks."""
+        return self.one_job(self.find_target(ref, project))
 
     def stop(self, job: JobRow) -> JobRow:
         """Ask a job to stop. Idempotent: a finished job stays as it is."""

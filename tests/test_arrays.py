@@ -17,7 +17,9 @@ from cli.api import Api, ApiError
 from cli.main import main as gpuctl
 from shared.spec import parse_spec
 from shared.wire import JobView
+from tests.docker_engine import Engine
 from tests.harness import FAST, Cluster, cluster, reachable_tmpdir
+from tests.test_docker import start_docker_agent
 from tests.test_secrets import member
 
 
@@ -76,6 +78,19 @@ async def test_each_task_sees_its_index_and_slurms_variables_in_its_environment(
             assert "count=5/5 min=0 max=9" in log
         by_name = (await c.full_log("train[9]")).decode()  # the newest array of that name
         assert "index=9 " in by_name
+
+
+async def test_a_task_in_a_container_sees_the_same_variables(docker_engine: Engine) -> None:
+    async with cluster() as c:
+        start_docker_agent(c, docker_engine, "dock-arrays")
+        spec = parse_spec(
+            f"image: {docker_engine.image}\ncommands:\n"
+            '  - echo "index=$GPUCTL_ARRAY_INDEX slurm=$SLURM_ARRAY_TASK_ID max=$SLURM_ARRAY_TASK_MAX"\n'
+        )
+        array = await asyncio.to_thread(c.api.submit_array, spec, "3,5")
+        for index in (3, 5):
+            log = (await c.full_log(f"{array.id}[{index}]")).decode()
+            assert log == f"index={index} slurm={index} max=5\n"
 
 
 def overlap(intervals: list[tuple[float, float]]) -> int:
