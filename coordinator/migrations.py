@@ -122,6 +122,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX arrays_project ON arrays(project, submitted_at);
     ALTER TABLE jobs ADD COLUMN array_id TEXT REFERENCES arrays(id);
     ALTER TABLE jobs ADD COLUMN array_index INTEGER;
-    CREATE UNIQUE INDEX jobs_array ON jobs(array_id, array_index)
+    CREATE UNIQUE INDEX jobs_array ON jobs(array_id, array_index);
+    CREATE INDEX jobs_array_status ON jobs(array_id, status)
     """,
 ]
