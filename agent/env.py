@@ -1,11 +1,11 @@
 """The environment a job sees: a standard PATH, HOME and LANG, its spec's variables, then the GPUCTL_* /
 DSTACK_* facts and the device variables that show it exactly the GPUs of its blocks (these win over the
-spec, so a job cannot widen them). Nothing comes from the agent's own environment: its PATH may point into
+spec, so a job cannot widen them), and a job array's task its index. Nothing comes from the agent's own environment: its PATH may point into
 root's home, and its secrets are none of the job's business."""
 
 from __future__ import annotations
 
-from shared.wire import AllocationSpec, Inventory
+from shared.wire import AllocationSpec, ArrayTask, Inventory
 
 _VISIBLE_VAR = {
     "nvidia": "CUDA_VISIBLE_DEVICES",
@@ -54,5 +54,22 @@ def job_env(alloc: AllocationSpec, inventory: Inventory, work_dir: str) -> dict[
     env["GPUCTL_BLOCKS"] = ",".join(str(b) for b in alloc.blocks)
     if inventory.simulated:
         env["GPUCTL_SIMULATED"] = "1"
+    if alloc.array is not None:
+        env.update(array_env(alloc.array))
     env.update(device_env(alloc, inventory))
     return env
+
+
+def array_env(task: ArrayTask) -> dict[str, str]:
+    """A task of a job array: its index and the array's shape, under our names and Slurm's (so an sbatch
+    script that reads $SLURM_ARRAY_TASK_ID runs unchanged). The array id is ours, not a Slurm number."""
+    return {
+        "GPUCTL_ARRAY_JOB_ID": task.array_id,
+        "GPUCTL_ARRAY_INDEX": str(task.index),
+        "GPUCTL_ARRAY_TASK_COUNT": str(task.count),
+        "SLURM_ARRAY_JOB_ID": task.array_id,
+        "SLURM_ARRAY_TASK_ID": str(task.index),
+        "SLURM_ARRAY_TASK_COUNT": str(task.count),
+        "SLURM_ARRAY_TASK_MIN": str(task.min_index),
+        "SLURM_ARRAY_TASK_MAX": str(task.max_index),
+    }

@@ -16,6 +16,7 @@ from shared import tls
 from shared.constants import API_PREFIX, COORDINATOR_WARNING_HEADER
 from shared.spec import TaskSpec
 from shared.wire import (
+    ArraySubmitRequest,
     FleetLimit,
     HostDetail,
     HostView,
@@ -79,6 +80,10 @@ class Api:
     def submit(self, spec: TaskSpec) -> JobView:
         return self._call("POST", "/jobs", JobView, SubmitRequest(spec=spec))
 
+    def submit_array(self, spec: TaskSpec, array: str) -> JobView:
+        """One job per index of `array` (Slurm's syntax), in one request; answers the array folded."""
+        return self._call("POST", "/arrays", JobView, ArraySubmitRequest(spec=spec, array=array))
+
     def upload_files(self, archive: bytes) -> str:
         """Store a files archive on the coordinator; answers its id (idempotent: the sha256 of the bytes)."""
         status, _, data = self._request("POST", "/files", archive, "application/gzip")
@@ -90,6 +95,11 @@ class Api:
 
     def job(self, ref: str) -> JobView:
         return self._call("GET", f"/jobs/{urllib.parse.quote(ref, safe='')}", JobView)
+
+    def tasks(self, ref: str, include_finished: bool) -> list[JobView]:
+        """An array's tasks (those still to finish, unless `include_finished`)."""
+        query = "?all=1" if include_finished else ""
+        return self._call("GET", f"/jobs/{urllib.parse.quote(ref, safe='')}/tasks{query}", list[JobView])
 
     def stop(self, ref: str) -> JobView:
         return self._call("POST", f"/jobs/{urllib.parse.quote(ref, safe='')}/stop", JobView)

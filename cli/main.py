@@ -17,9 +17,19 @@ from cli.api import Api, ApiError
 from cli.files import pack
 from cli.follow import follow_logs
 from cli.host_detail import host_detail
-from cli.render import attempts_table, hosts_table, jobs_table, print_table, terminal, waiting_line
+from cli.render import (
+    attempts_table,
+    clean,
+    hosts_table,
+    jobs_table,
+    print_table,
+    tasks_table,
+    terminal,
+    waiting_line,
+)
 from cli.session import api, call
 from cli.shell import completion, print_version
+from shared.arrays import check_array
 from shared.spec import (
     ROOT_FILES_NEED_IMAGE,
     GpuRequest,
@@ -149,6 +159,10 @@ def _flag_gpu(text: str) -> GpuRequest | None:
     multiple=True,
     help="Copy into the job's working directory (repeatable): `.` (honours .gitignore), `src/`, `a.py:b.py`.",
 )
+@click.option(
+    "--array",
+    help="One job per index, Slurm's syntax: 1-1000, 0,6,16-32, 0-15:4; %N runs at most N at once (1-1000%50).",
+)
 @click.argument("command", nargs=-1)
 def submit(
     file: Path | None,
@@ -158,22 +172,32 @@ def submit(
     detach: bool,
     as_json: bool,
     files: tuple[str, ...],
+    array: str | None,
     command: tuple[str, ...],
 ) -> None:
-    """Submit a job. Without -d, follow its logs and exit with its exit code, like `docker run`."""
+    """Submit a job. Without -d, follow its logs and exit with its exit code, like `docker run`.
+
+    With --array, submit a job array in one request and return: each task finds its index in
+    $GPUCTL_ARRAY_INDEX and $SLURM_ARRAY_TASK_ID; `gpuctl ps ARRAY` lists the tasks."""
     try:
         submission = build_spec(file, name, gpu, image, command, files)
+        if array is not None:
+            check_array(array, source="submit")
     except SpecError as exc:
         raise click.ClickException(str(exc)) from None
     client = api()
     try:
-        job = client.submit(upload_files(client, submission))
+        spec = upload_files(client, submission)
+        job = client.submit(spec) if array is None else client.submit_array(spec, array)
     except SpecError as exc:
         raise click.ClickException(str(exc)) from None
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(msgspec.json.encode(job).decode())
+        return
+    if job.array is not None:
+        click.echo(job.id if detach else f"array {job.id} ({clean(job.name)}): {job.array.task_count} tasks")
         return
     click.echo(job.id if detach else f"job {job.id} ({job.name}) {job.status}")
     if job.status == "pending":
@@ -192,9 +216,17 @@ def submit(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (attempts included).")
 @click.argument("job", required=False)
 def ps(show_all: bool, as_json: bool, job: str | None) -> None:
-    """List jobs (running and pending; -a for all); `ps -a JOB` lists the job's attempts."""
+    """List jobs (running and pending; -a for all), an array as one line; `ps -a JOB` lists the job's
+    attempts, `ps ARRAY` the array's tasks still to finish (`ps -a ARRAY`: all of them)."""
     if job is not None:
         view = call(lambda client: client.job(job))
+        if view.array is not None:
+            tasks = call(lambda client: client.tasks(view.id, show_all))
+            if as_json:
+                click.echo(msgspec.json.encode(tasks).decode())
+            else:
+                print_table(tasks_table(view, tasks))
+            return
         if as_json:
             click.echo(msgspec.json.encode(view).decode())
         else:
@@ -217,7 +249,8 @@ def ps(show_all: bool, as_json: bool, job: str | None) -> None:
 @click.option("--attempt", type=click.IntRange(min=1), help="The attempt to show (default: the last).")
 @click.argument("job")
 def logs(follow: bool, as_json: bool, attempt: int | None, job: str) -> None:
-    """Print a job's output; with -f, say why it waits while it is pending (on stderr)."""
+    """Print a job's output; with -f, say why it waits while it is pending (on stderr). For one task of
+    an array, JOB[INDEX]."""
     try:
         code = follow_logs(api(), job, follow=follow, as_json=as_json, attempt=attempt)
     except KeyboardInterrupt:
@@ -230,13 +263,15 @@ def logs(follow: bool, as_json: bool, attempt: int | None, job: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the stopped job as JSON.")
 @click.argument("job")
 def stop(as_json: bool, job: str) -> None:
-    """Stop a job: SIGTERM, then SIGKILL after the grace period."""
+    """Stop a job: SIGTERM, then SIGKILL after the grace period. An array: all of its tasks; JOB[INDEX]:
+    that one."""
     view = call(lambda client: client.stop(job))
     if as_json:
         click.echo(msgspec.json.encode(view).decode())
         return
+    what = "array" if view.array is not None else "job"
     click.echo(
-        f"job {view.id} {'stopping' if view.status in ('assigned', 'pulling', 'running') else view.status}"
+        f"{what} {view.id} {'stopping' if view.status in ('assigned', 'pulling', 'running') else view.status}"
     )
 
 

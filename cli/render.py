@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.describe import describe_gpus, describe_request
-from shared.wire import HostView, JobView
+from shared.wire import ArraySummary, HostView, JobView
 
 # Escape sequences whole (CSI `ESC [ ... m`, OSC `ESC ] ... BEL`, two-character ones), then any other C0 or C1
 # control, DEL included: what a user, an agent or a driver wrote must not move the cursor or recolour a terminal.
@@ -105,6 +105,9 @@ def jobs_table(jobs: list[JobView]) -> Table:
     )
     for job in jobs:
         gpus = ",".join(map(str, job.gpus)) if job.gpus else describe_request(job.spec.resources.gpu)
+        reason = job.reason or ""
+        if job.array is not None:  # the counts say more than any one task's reason
+            reason = array_counts(job.array)
         table.add_row(
             job.id,
             plain(job.name),
@@ -113,8 +116,30 @@ def jobs_table(jobs: list[JobView]) -> Table:
             plain(job.host or "-"),
             plain(gpus),
             ago(job.submitted_at),
-            plain(job.reason or ""),
+            plain(reason),
         )
+    return table
+
+
+# The order in which an array's counts are said: what ended, then what runs, then what waits.
+_COUNT_ORDER = ("done", "failed", "stopped", "lost", "running", "pulling", "assigned", "retrying", "pending")
+
+
+def array_counts(array: ArraySummary) -> str:
+    """`812 done, 150 running, 38 pending`, with the array's limit when it has one. Pure."""
+    counts = dict(array.counts)
+    counts["pending"] = counts.get("pending", 0) + counts.pop("submitted", 0)
+    words = [f"{counts[status]} {status}" for status in _COUNT_ORDER if counts.get(status)]
+    words += [f"{n} {status}" for status, n in sorted(counts.items()) if n and status not in _COUNT_ORDER]
+    limit = f" (at most {array.task_limit} at once)" if array.task_limit else ""
+    return ", ".join(words) + limit
+
+
+def tasks_table(array: JobView, tasks: list[JobView]) -> Table:
+    """`gpuctl ps ARRAY`: its tasks, one row each, under a title with the array's counts."""
+    table = jobs_table(tasks)
+    if array.array is not None:
+        table.title = f"{clean(array.name)}: {array_counts(array.array)}"
     return table
 
 

@@ -11,6 +11,7 @@ import time
 
 from coordinator import leases
 from coordinator.accounts import Accounts, Invalid
+from coordinator.array_store import ArrayStore
 from coordinator.attempts import end_attempt, event_of
 from coordinator.host_ops import NotFound
 from coordinator.host_problems import INVENTORY, HostProblems
@@ -40,6 +41,7 @@ class AgentSide:
     """Part of the Coordinator: what it holds is declared here, set in its __init__."""
 
     store: Store
+    arrays: ArrayStore
     settings: Settings
     accounts: Accounts
     logs: LogStore
@@ -156,6 +158,7 @@ class AgentSide:
                     cpus=alloc.cpus,
                     memory_mib=alloc.memory_mib,
                     log_cap_bytes=self.settings.log_cap_bytes,
+                    array=self.arrays.task_facts(job),
                 )
             )
         return SyncResponse(

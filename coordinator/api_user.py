@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from coordinator.array_store import ArrayRow
 from coordinator.filestore import TooLarge
 from coordinator.http import (
     COORDINATOR,
@@ -20,7 +21,7 @@ from coordinator.quota import QuotaExceeded
 from coordinator.service import Coordinator
 from coordinator.store import HostRow
 from shared import constants as C
-from shared.wire import MAX_LOG_BYTES, SubmitRequest
+from shared.wire import MAX_LOG_BYTES, ArraySubmitRequest, SubmitRequest
 
 MAX_ATTEMPT = 2**31
 
@@ -36,6 +37,16 @@ async def submit(request: web.Request) -> web.Response:
     _refuse_if_disk_low(coord)
     project = request[PRINCIPAL].project or "default"
     return json_response(coord.job_view(coord.submit(req.spec, project)), 201)
+
+
+async def submit_array(request: web.Request) -> web.Response:
+    """One job per index of the array, in one request and one transaction; answers the array folded."""
+    req = await body(request, ArraySubmitRequest)
+    assert isinstance(req, ArraySubmitRequest)
+    coord = request.app[COORDINATOR]
+    _refuse_if_disk_low(coord)
+    project = request[PRINCIPAL].project or "default"
+    return json_response(coord.array_view(coord.submit_array(req.spec, req.array, project)), 201)
 
 
 def _refuse_if_disk_low(coord: Coordinator) -> None:
@@ -73,19 +84,32 @@ async def upload_files(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     everything = _flag(request, "all")
-    jobs = coord.store.list_jobs(everything, project=project_scope(request))
-    return json_response([coord.job_view(j) for j in jobs])
+    return json_response(coord.job_views(everything, project_scope(request)))
 
 
 async def get_job(request: web.Request) -> web.Response:
+    """A job, an array (folded) or one task of it, `ARRAY[INDEX]`."""
     coord = request.app[COORDINATOR]
-    return json_response(coord.job_view(coord.find_job(request.match_info["ref"], project_scope(request))))
+    return json_response(coord.view(coord.find_target(request.match_info["ref"], project_scope(request))))
+
+
+async def array_tasks(request: web.Request) -> web.Response:
+    """An array's tasks still to finish; `?all=1`: every task."""
+    coord = request.app[COORDINATOR]
+    target = coord.find_target(request.match_info["ref"], project_scope(request))
+    if not isinstance(target, ArrayRow):
+        raise HTTPError(400, f"job: {target.id} ({target.name}) is not an array", "job")
+    return json_response(coord.task_views(target, _flag(request, "all")))
 
 
 async def stop_job(request: web.Request) -> web.Response:
+    """A job, or every task of an array, or one task (`ARRAY[INDEX]`)."""
     coord = request.app[COORDINATOR]
-    job = coord.find_job(request.match_info["ref"], project_scope(request))
-    return json_response(coord.job_view(coord.stop(job)))
+    target = coord.find_target(request.match_info["ref"], project_scope(request))
+    if isinstance(target, ArrayRow):
+        coord.stop_array(target)
+        return json_response(coord.array_view(target))
+    return json_response(coord.job_view(coord.stop(target)))
 
 
 async def job_logs(request: web.Request) -> web.Response:
@@ -163,9 +187,11 @@ async def undrain_host(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_post(f"{C.API_PREFIX}/jobs", submit)
+    app.router.add_post(f"{C.API_PREFIX}/arrays", submit_array)
     app.router.add_post(f"{C.API_PREFIX}/files", upload_files)
     app.router.add_get(f"{C.API_PREFIX}/jobs", list_jobs)
     app.router.add_get(f"{C.API_PREFIX}/jobs/{{ref}}", get_job)
+    app.router.add_get(f"{C.API_PREFIX}/jobs/{{ref}}/tasks", array_tasks)
     app.router.add_post(f"{C.API_PREFIX}/jobs/{{ref}}/stop", stop_job)
     app.router.add_get(f"{C.API_PREFIX}/jobs/{{ref}}/logs", job_logs)
     app.router.add_get(f"{C.API_PREFIX}/hosts", list_hosts)

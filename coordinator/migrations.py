@@ -106,4 +106,23 @@ MIGRATIONS: list[str] = [
     ALTER TABLE allocations ADD COLUMN interrupted TEXT NOT NULL DEFAULT '';
     ALTER TABLE jobs ADD COLUMN retry_since REAL
     """,
+    # 5: job arrays (`submit --array`): one row per array, one job row per task with its array and index
+    """
+    CREATE TABLE arrays (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        project TEXT NOT NULL,
+        indices TEXT NOT NULL,
+        task_count INTEGER NOT NULL,
+        min_index INTEGER NOT NULL,
+        max_index INTEGER NOT NULL,
+        task_limit INTEGER NOT NULL,
+        submitted_at REAL NOT NULL
+    );
+    CREATE INDEX arrays_project ON arrays(project, submitted_at);
+    ALTER TABLE jobs ADD COLUMN array_id TEXT REFERENCES arrays(id);
+    ALTER TABLE jobs ADD COLUMN array_index INTEGER;
+    CREATE UNIQUE INDEX jobs_array ON jobs(array_id, array_index);
+    CREATE INDEX jobs_array_status ON jobs(array_id, status)
+    """,
 ]

@@ -15,6 +15,9 @@ import msgspec
 
 from coordinator.accounts import Accounts
 from coordinator.agent_side import AgentSide
+from coordinator.array_ops import ArrayOps
+from coordinator.array_store import ArrayStore
+from coordinator.arrays import within_limits
 from coordinator.attempts import attempt_views
 from coordinator.disk import DiskGuard
 from coordinator.filestore import FileStore
@@ -44,7 +47,8 @@ log = logging.getLogger("gpuctl.coordinator")
 __all__ = ["Ambiguous", "Busy", "Coordinator", "NotFound", "Settings"]
 
 
-class Coordinator(HostOps, LostHosts, AgentSide):  # the parts first: their stubs of each other come last
+# The parts first: their stubs of each other come last.
+class Coordinator(HostOps, LostHosts, AgentSide, ArrayOps):
     def __init__(
         self,
         store: Store,
@@ -55,6 +59,7 @@ class Coordinator(HostOps, LostHosts, AgentSide):  # the parts first: their stub
         files: FileStore | None = None,
     ) -> None:
         self.store = store
+        self.arrays = ArrayStore(store)
         self.ca = ca  # signs agent certificates (enrollment, renewal)
         self.accounts = Accounts(store)
         self.logs = logs
@@ -80,13 +85,7 @@ class Coordinator(HostOps, LostHosts, AgentSide):  # the parts first: their stub
 
     def submit(self, spec: TaskSpec, project: str = "default") -> JobRow:
         """Accept a job of `project` (committed before the answer), then try to place it at once."""
-        spec = apply_submit_rules(validate_spec(spec), self.settings.python_image)
-        self.secrets.check(spec, project)
-        for archive_id in archive_ids(spec):
-            if not self.files.has(archive_id):
-                raise SpecError(
-                    "files", f"archive {archive_id[:12]} is not on the coordinator; upload it first"
-                )
+        spec = self.accepted_spec(spec, project)
         for _ in range(5):
             job_id = secrets.token_hex(4)
             if self.store.get_job(job_id) is None:
@@ -99,40 +98,49 @@ class Coordinator(HostOps, LostHosts, AgentSide):  # the parts first: their stub
         assert fresh is not None
         return fresh
 
+    def accepted_spec(self, spec: TaskSpec, project: str) -> TaskSpec:
+        """The spec as the coordinator runs it; SpecError naming the field if it may not run here."""
+        spec = apply_submit_rules(validate_spec(spec), self.settings.python_image)
+        self.secrets.check(spec, project)
+        for archive_id in archive_ids(spec):
+            if not self.files.has(archive_id):
+                raise SpecError(
+                    "files", f"archive {archive_id[:12]} is not on the coordinator; upload it first"
+                )
+        return spec
+
     def find_job(self, ref: str, project: str | None = None) -> JobRow:
-        """By id, id prefix or name; only among `project`'s jobs if given (another project's job is not found)."""
-        jobs = self.store.find_jobs(ref, project)
-        exact = [j for j in jobs if j.id == ref]
-        if exact:
-            return exact[0]
-        by_name = [j for j in jobs if j.name == ref]
-        if by_name:
-            return by_name[0]  # the newest job of that name, as docker and dstack resolve names
-        if len(jobs) > 1:
-            raise Ambiguous(f"{ref!r} matches {len(jobs)} jobs: " + ", ".join(j.id for j in jobs[:5]))
-        if not jobs:
-            raise NotFound(f"no job {ref!r}")
-        return jobs[0]
+        """By id, id prefix or name, or `ARRAY[INDEX]`; only among `project`'s jobs if given (another
+        project's job is not found). A whole array is refused with the way to name one of its tasks."""
+        return self.one_job(self.find_target(ref, project))
 
     def stop(self, job: JobRow) -> JobRow:
         """Ask a job to stop. Idempotent: a finished job stays as it is."""
         if job.status.terminal:
             return job
-        alloc = self.store.latest_allocation(job.id)
-        with self.store.tx() as db:
-            self.store.request_stop(db, job.id)
-            if alloc is None or alloc.state.terminal:
-                self.store.set_job_state(db, job, JobState.STOPPED, "stopped before it started")
-            else:
-                self.store.set_desired(db, alloc.id, "stop")
-                self.store.bump_index(db, alloc.host_id)
-        if alloc is not None:
-            self.host_waiters.changed(alloc.host_id)
-        self.log_waiters.changed(job.id)
+        self.stop_jobs([job])
         log.info("job %s stop requested", job.id)
         fresh = self.store.get_job(job.id)
         assert fresh is not None
         return fresh
+
+    def stop_jobs(self, jobs: list[JobRow]) -> None:
+        """Ask jobs that have not ended to stop, in one transaction (a whole array at once)."""
+        hosts = set()
+        with self.store.tx() as db:
+            for job in jobs:
+                alloc = self.store.latest_allocation(job.id)
+                self.store.request_stop(db, job.id)
+                if alloc is None or alloc.state.terminal:
+                    self.store.set_job_state(db, job, JobState.STOPPED, "stopped before it started")
+                else:
+                    self.store.set_desired(db, alloc.id, "stop")
+                    self.store.bump_index(db, alloc.host_id)
+                    hosts.add(alloc.host_id)
+        for host_id in hosts:
+            self.host_waiters.changed(host_id)
+        for job in jobs:
+            self.log_waiters.changed(job.id)
 
     def job_view(self, job: JobRow) -> JobView:
         allocs = self.store.allocations_of(job.id)
@@ -165,6 +173,8 @@ class Coordinator(HostOps, LostHosts, AgentSide):  # the parts first: their stub
             attempt=alloc.attempt if alloc else 0,
             attempts=attempts,
             allocation_status=alloc_status,
+            array_id=job.array_id or "",
+            array_index=job.array_index,
         )
 
     def read_logs(
@@ -223,12 +233,13 @@ class Coordinator(HostOps, LostHosts, AgentSide):  # the parts first: their stub
             self.store.jobs_in(JobState.SUBMITTED, JobState.PENDING, JobState.RETRYING)
         )
         jobs = [j for j in jobs if j.status is not JobState.RETRYING or self._retry_due(j)]
-        if not jobs:
+        by_id = {j.id: j for j in jobs}
+        jobs, held = within_limits(jobs, self.arrays.loads({j.array_id for j in jobs if j.array_id}))
+        if not jobs and not held:
             return 0
         pending = [PendingJob(j.id, j.spec, j.seq, j.priority, j.project) for j in jobs]
         result, skipped = schedule_skipping(pending, self._capacity())
         self.problems.replace(SCHEDULER, skipped)
-        by_id = {j.id: j for j in jobs}
         with self.store.tx() as db:
             for p in result.placements:
                 alloc_id = "a-" + secrets.token_hex(6)
@@ -237,7 +248,7 @@ class Coordinator(HostOps, LostHosts, AgentSide):  # the parts first: their stub
                 )
                 self.store.set_job_state(db, by_id[p.job_id], JobState.ASSIGNED)
                 self.store.bump_index(db, p.host_id)
-            for job_id, reason in result.pending.items():
+            for job_id, reason in (result.pending | held).items():
                 self.store.set_job_state(db, by_id[job_id], JobState.PENDING, reason)
         for p in result.placements:
             log.info("job %s placed on %s blocks %s", p.job_id, p.host_id, list(p.blocks))

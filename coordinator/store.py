@@ -39,6 +39,8 @@ class JobRow:
     finished_at: float | None
     project: str = "default"
     retry_since: float | None = None  # when the current run of failures began (see coordinator/retry.py)
+    array_id: str | None = None  # a task of that array (coordinator/array_store.py)
+    array_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -164,9 +166,10 @@ class Store:
         return [_job(r) for r in rows]
 
     def list_jobs(
-        self, include_finished: bool, limit: int = 1000, project: str | None = None
+        self, include_finished: bool, limit: int = 1000, project: str | None = None, tasks: bool = True
     ) -> list[JobRow]:
-        where = "WHERE (? IS NULL OR project=?)"
+        """Newest first; without `tasks`, no task of an array (a listing shows each array as one line)."""
+        where = "WHERE (? IS NULL OR project=?)" + ("" if tasks else " AND array_id IS NULL")
         if not include_finished:
             where += f" AND status NOT IN ({', '.join(repr(s.value) for s in JobState if s.terminal)})"
         rows = self.db.execute(
@@ -370,6 +373,8 @@ def _job(row: sqlite3.Row) -> JobRow:
         finished_at=row["finished_at"],
         project=row["project"],
         retry_since=row["retry_since"],
+        array_id=row["array_id"],
+        array_index=row["array_index"],
     )
 
 

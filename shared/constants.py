@@ -22,6 +22,7 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024  # every body but a files archive's
 MAX_FILES_ARCHIVE_BYTES = 64 * 1024 * 1024  # a job's `files:` as a tar.gz; read in chunks, never whole
 FILES_CHUNK_BYTES = 256 * 1024
 UPLOAD_QUOTA_BYTES = 1024**3  # stored files archives per project
+MAX_ARRAY_TASKS = 10_000  # tasks in one job array (`submit --array`): one request may not flood the store
 DISK_FLOOR_BYTES = 1024**3  # the coordinator refuses new submits and uploads with less free space
 HOST_UNREACHABLE_AFTER_S = 30.0  # a host not seen for this long is unreachable: no new work there
 HOST_LOST_AFTER_S = 600.0  # ... and past this, its allocations are lost (a retry policy may place them again)

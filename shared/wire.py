@@ -11,6 +11,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from shared.arrays import MAX_ARRAY_CHARS
 from shared.spec import TaskSpec
 
 # Every integer that arrives is bounded, so none overflows SQLite's 64 bits or a file offset: an out-of-range
@@ -110,6 +111,16 @@ class Inventory(FrozenWire, frozen=True):
 # --- sync: the one long poll -------------------------------------------------------------------------
 
 
+class ArrayTask(FrozenWire, frozen=True):
+    """Which task of which array an allocation runs, with the facts Slurm gives an array task."""
+
+    array_id: str
+    index: int
+    count: int  # tasks in the array
+    min_index: int
+    max_index: int
+
+
 class AllocationSpec(FrozenWire, frozen=True):
     """Desired state of one allocation on one host, chosen by the coordinator."""
 
@@ -126,6 +137,7 @@ class AllocationSpec(FrozenWire, frozen=True):
     nodes_num: int = 1
     master_addr: str = ""
     log_cap_bytes: int = 0  # the most log bytes the coordinator keeps of it (0: no cap); see agent/logcap.py
+    array: ArrayTask | None = None  # set when the job is one task of an array
 
 
 class AllocationStatus(FrozenWire, frozen=True):
@@ -172,6 +184,22 @@ class SubmitRequest(Wire):
     spec: TaskSpec
 
 
+class ArraySubmitRequest(Wire):
+    """`POST /api/v1/arrays`: one job per index of `array` (Slurm's syntax, shared/arrays.py), one spec."""
+
+    spec: TaskSpec
+    array: Annotated[str, Meta(max_length=MAX_ARRAY_CHARS)]
+
+
+class ArraySummary(Wire):
+    """An array folded into one view: how many of its tasks are in each status."""
+
+    indices: str  # as submitted, without the `%N`: "1-1000"
+    task_count: int
+    task_limit: int = 0  # at most this many tasks placed at once; 0: no limit
+    counts: dict[str, int] = {}  # status -> tasks
+
+
 class AttemptView(Wire):
     """One attempt of a job (one allocation): where, when, and how it ended."""
 
@@ -205,6 +233,9 @@ class JobView(Wire):
     attempt: int = 0  # the latest attempt's number (0: never placed)
     attempts: list[AttemptView] = []  # first to last
     allocation_status: str = ""  # the latest attempt's state; `unknown` while its host is unreachable
+    array: ArraySummary | None = None  # set on a whole array, folded: the id and name are the array's
+    array_id: str = ""  # set on one task of an array, with its index
+    array_index: int | None = None
 
 
 class HostView(Wire):
