@@ -23,9 +23,10 @@ Not thread-safe: the coordinator calls it from its event loop only.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from coordinator.host_rank import Ranking
 from coordinator.locality import block_levels, choose_blocks
 from coordinator.safe_schedule import failed_on, unsound
 from coordinator.scheduler import (
@@ -289,7 +290,7 @@ class _Group:
         self.counts: dict[str, tuple[int, int]] = {}  # ready host it fits -> (free matching blocks, need)
         self._free_hosts: dict[int, int] = {}  # free matching blocks -> how many ready hosts have that many
         self._needs: dict[int, int] = {}  # need -> how many ready hosts
-        self.ranking = _Ranking()
+        self.ranking = Ranking()
         self.told = ""  # what its jobs were last told
         self._untold: dict[str, str] = {}  # job id -> what it was told, for jobs not told `told`
 
@@ -378,54 +379,3 @@ def _bump(counter: dict[int, int], key: int, by: int) -> None:
     counter[key] = counter.get(key, 0) + by
     if not counter[key]:
         del counter[key]
-
-
-class _Ranking:
-    """Hosts by rank (GPUs wasted, blocks to spare, name, id): `schedule()`'s order of preference. Hosts of
-    one (wasted, spare) bucket sit in a heap by name; a host that moved lingers in its old heap until it
-    comes to the top."""
-
-    def __init__(self) -> None:
-        self._buckets: dict[tuple[int, int], _Bucket] = {}
-        self._at: dict[str, tuple[int, int]] = {}
-
-    def put(self, host_id: str, name: str, rank: tuple[int, int] | None) -> None:
-        old = self._at.pop(host_id, None)
-        if old is not None and old != rank:
-            bucket = self._buckets[old]
-            bucket.members.pop(host_id)
-            if not bucket.members:
-                del self._buckets[old]
-        if rank is not None:
-            self._at[host_id] = rank
-            if old != rank:
-                self._buckets.setdefault(rank, _Bucket()).add(host_id, name)
-
-    def best(self) -> str | None:
-        if not self._buckets:
-            return None
-        return self._buckets[min(self._buckets)].first()
-
-    def ordered(self) -> Iterator[str]:
-        """All ranked hosts, best first (sorts: for the rare job the best host would split)."""
-        for rank in sorted(self._buckets):
-            members = self._buckets[rank].members
-            yield from sorted(members, key=lambda h: (members[h], h))
-
-
-class _Bucket:
-    def __init__(self) -> None:
-        self.members: dict[str, str] = {}  # host id -> name
-        self._heap: list[tuple[str, str]] = []
-
-    def add(self, host_id: str, name: str) -> None:
-        self.members[host_id] = name
-        heapq.heappush(self._heap, (name, host_id))
-        if len(self._heap) > 2 * len(self.members) + 16:
-            self._heap = [(n, h) for h, n in self.members.items()]
-            heapq.heapify(self._heap)
-
-    def first(self) -> str:
-        while self.members.get(self._heap[0][1]) != self._heap[0][0]:
-            heapq.heappop(self._heap)
-        return self._heap[0][1]
