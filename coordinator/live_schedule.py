@@ -192,11 +192,10 @@ class LiveSchedule:
         return splits(host.free_matching(gpu), need, host.matching_of(gpu), host.levels)
 
     def _tell(self, reasons: dict[str, str]) -> None:
-        hosts = [h.cap for h in self.hosts.values()]
         for key in self._rereason:
             group = self._groups.get(key)
             if group is not None and group.jobs:
-                group.tell(group.reason(hosts, self.hosts), reasons)
+                group.tell(group.reason(self.hosts), reasons)
         self._rereason = set()
 
     # --- hosts and groups --------------------------------------------------------------------------
@@ -355,12 +354,12 @@ class _Group:
             _bump(self._free_hosts, old[0], -1)
             _bump(self._needs, old[1], -1)
 
-    def reason(self, caps: list[HostCapacity], hosts: Mapping[str, _Host]) -> str:
+    def reason(self, hosts: Mapping[str, _Host]) -> str:
         """`schedule()`'s reason for a job of this group left pending."""
-        if not caps:
+        if not hosts:
             return NO_HOSTS
         if not self.possible:
-            return never_fits(caps, self.fits)
+            return never_fits((h.cap for h in hosts.values()), self.fits)
         if not self.counts:
             return none_ready(hosts[h].cap for h in self.possible)
         return too_busy(self.spec, min(self._needs), max(self._free_hosts))
