@@ -9,6 +9,7 @@ run from scratch on the same jobs and hosts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import msgspec
 from hypothesis import HealthCheck, given, settings
@@ -17,8 +18,9 @@ from hypothesis import strategies as st
 from coordinator.live_schedule import LiveSchedule
 from coordinator.safe_schedule import schedule_skipping
 from coordinator.scheduler import HostCapacity, PendingJob, schedule
-from shared.spec import GpuRequest, Range, Resources, TaskSpec, validate_spec
+from shared.spec import GpuRequest, Range, Resources, TaskSpec, parse_spec, validate_spec
 from shared.wire import Inventory
+from tests.fakes import fixture_inventory
 from tests.test_scheduler import CPU_MIN, GPU_REQUEST, IMAGE, PRIORITY, hosts_strategy, inventory
 
 PROJECTS = ("default", "ml")
@@ -202,3 +204,18 @@ def _misnumbered(inv: Inventory) -> Inventory:
     blocks = list(inv.blocks)
     blocks[1] = msgspec.structs.replace(blocks[1], index=5)
     return msgspec.structs.replace(inv, blocks=tuple(blocks))
+
+
+def test_a_job_goes_to_a_looser_host_rather_than_be_split_across_islands(tmp_path: Path) -> None:
+    """The pass's second choice, which random fleets seldom reach: the best-ranked host would split the job
+    across NVLink islands, a looser one keeps it together (tests/test_placement_topology.py's cases)."""
+    islands = fixture_inventory(tmp_path, "nvml", "a100_sxm4_2x4")
+    split = HostCapacity("split", "a-split", islands, frozenset({0, 4, 5}))  # free: 3 + 2, spare 1
+    whole = HostCapacity("whole", "b-whole", islands, frozenset())  # free: 4 + 4, spare 4
+    broken = HostCapacity("split", "a-split", islands, frozenset({0, 1}))  # free: 2 + 4, spare 3
+    four = PendingJob("four", parse_spec("commands: [train]\nresources: {gpu: 4}\n"), 1)
+    three = PendingJob("three", parse_spec("commands: [train]\nresources: {gpu: 3}\n"), 1)
+    for job, hosts in (([four], [split, whole]), ([three], [broken, whole]), ([four], [split])):
+        live = LiveSchedule()
+        live.sync(job, hosts, {})
+        assert live.settle().placements == schedule(job, hosts).placements
