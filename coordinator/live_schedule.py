@@ -92,18 +92,22 @@ class LiveSchedule:
 
     def set_host(self, cap: HostCapacity) -> None:
         """A host as it is now: added, or its inventory, fleet, readiness or busy blocks changed. Idempotent."""
-        base = replace(cap, busy_blocks=frozenset())
         host = self.hosts.get(cap.host_id)
-        if host is None and self._skipped_caps.get(cap.host_id) == base:
+        left_out = self._skipped_caps.get(cap.host_id)
+        if host is None and left_out is not None and _same_shape(left_out, cap):
             return  # still left out: the same inventory fails the same way
-        free = {b.index for b in cap.inventory.blocks} - cap.busy_blocks
-        if host is None or not _same_shape(host.cap, base):
+        if host is None or not _same_shape(host.cap, cap):  # the one comparison of inventories
             self.remove_host(cap.host_id)
-            self._add_host(base, free)
-        elif host.cap != base or host.free != free:
-            became_ready = base.ready and not host.cap.ready
+            self._add_host(replace(cap, busy_blocks=frozenset()), host_free(cap))
+            return
+        readiness_changed = (host.cap.ready, host.cap.not_ready) != (cap.ready, cap.not_ready)
+        free = host_free(cap)
+        if readiness_changed or host.free != free:
+            became_ready = cap.ready and not host.cap.ready
             grew = bool(free - host.free)
-            host.cap, host.free = base, free
+            if readiness_changed:
+                host.cap = replace(cap, busy_blocks=frozenset())
+            host.free = free
             self._host_changed(host, helps=grew or became_ready)
 
     def remove_host(self, host_id: str) -> None:
@@ -223,7 +227,7 @@ class LiveSchedule:
     def _leave_out(self, cap: HostCapacity, why: str) -> None:
         self.remove_host(cap.host_id)
         self.skipped[cap.host_id] = why
-        self._skipped_caps[cap.host_id] = replace(cap, busy_blocks=frozenset())
+        self._skipped_caps[cap.host_id] = cap
 
     def _host_changed(self, host: _Host, *, helps: bool) -> None:
         """Update the groups that fit the host; with `helps` (more free blocks, ready now), re-try them."""
@@ -256,8 +260,12 @@ class LiveSchedule:
 
 
 def _same_shape(a: HostCapacity, b: HostCapacity) -> bool:
-    """Whether two states of a host fit every request alike (they may differ in readiness)."""
-    return (a.name, a.inventory, a.fleet, a.projects) == (b.name, b.inventory, b.fleet, b.projects)
+    """Whether two states of a host fit every request alike (they may differ in readiness, busy blocks)."""
+    return (a.name, a.fleet, a.projects, a.inventory) == (b.name, b.fleet, b.projects, b.inventory)
+
+
+def host_free(cap: HostCapacity) -> set[int]:
+    return {b.index for b in cap.inventory.blocks} - cap.busy_blocks
 
 
 class _Host:
