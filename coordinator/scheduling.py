@@ -98,10 +98,11 @@ class Scheduling:
                 self.live.remove_job(job_id)
 
     def _refresh_hosts(self, host_ids: Iterable[str]) -> None:
-        """Read the hosts again; a job whose allocation on one of them ended is read again too."""
+        """Read the hosts again; a job whose allocation on one of them ended or began (a returning host's
+        job revived there) is read again too."""
         host_ids = list(host_ids)
         limits = self.accounts.fleet_projects() if host_ids else {}
-        ended: set[str] = set()
+        moved: set[str] = set()
         for host_id in host_ids:
             row, active = self.store.get_host(host_id), self.store.active_allocations(host_id)
             busy = frozenset(b for a in active for b in a.blocks)
@@ -110,10 +111,10 @@ class Scheduling:
             else:
                 self.live.set_host(self._host_capacity(row, busy, limits.get(row.fleet)))
             now_on = {a.job_id for a in active}
-            ended |= self.jobs_on.pop(host_id, set()) - now_on
+            moved |= self.jobs_on.pop(host_id, set()) ^ now_on
             if now_on:
                 self.jobs_on[host_id] = now_on
-        self._refresh_jobs(ended)
+        self._refresh_jobs(moved)
 
     def _settle(self) -> int:
         """Place what fits now and write it; a placement whose job left the queue unseen (stopped) is not
