@@ -55,6 +55,9 @@ class Settled:
 
 
 class LiveSchedule:
+    """The queue and the fleet as the scheduler sees them. Changes are applied as they come; `settle()`
+    then places and reports. Every change is idempotent."""
+
     def __init__(self) -> None:
         self.hosts: dict[str, _Host] = {}
         self.skipped: dict[str, str] = {}  # host id -> why it is left out of scheduling
@@ -164,7 +167,7 @@ class LiveSchedule:
         return settled
 
     def pending(self) -> dict[str, str]:
-        """Every queued job's current reason (for tests and views; costs the whole queue)."""
+        """Every queued job's current reason (for tests: it costs the whole queue)."""
         return {job_id: self._groups[key].told for job_id, key in self._group_of.items()}
 
     def _place(self, group: _Group, job: PendingJob) -> Placement | None:
