@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterable
 
 from coordinator import leases
 from coordinator.accounts import Accounts, Invalid
@@ -54,7 +55,7 @@ class AgentSide:
     _last_seen_stored: dict[str, float]
     unseen_generation: set[str]
 
-    def kick(self) -> None:
+    def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         raise NotImplementedError
 
     def lease_s(self) -> float:
@@ -79,10 +80,11 @@ class AgentSide:
             self.store.set_inventory(host_id, req.inventory, generation_of(req.inventory))
             log.info("host %s inventory generation %s", host_id, generation_of(req.inventory))
             changed = True
+        was_unseen = host_id in self.unseen_generation
         unseen = self._note_generation(host_id, req, host.generation)
-        changed |= self._fold_statuses(host_id, req.allocations)
+        changed |= self._fold_statuses(host_id, req.allocations) or unseen != was_unseen
         if changed:
-            self.kick()
+            self.kick(hosts=(host_id,))
         host = self._host(host_id)
         if host.desired_index <= req.desired_index and not unseen:  # unseen: ask for the inventory now
             await self.host_waiters.wait(host_id, self._poll_timeout_s())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections.abc import Iterable
 
 from coordinator.array_store import ArrayRow, ArrayStore
 from coordinator.arrays import array_status
@@ -27,7 +28,7 @@ class ArrayOps:
     arrays: ArrayStore
     settings: Settings
 
-    def kick(self) -> None:
+    def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         raise NotImplementedError
 
     def accepted_spec(self, spec: TaskSpec, project: str) -> TaskSpec:
@@ -60,7 +61,7 @@ class ArrayOps:
         )
         self.arrays.insert(row, list(zip(task_ids, parsed.indices, strict=True)), "waiting for the scheduler")
         log.info("array %s submitted (%s[%s], %d tasks)", row.id, row.name, row.indices, row.task_count)
-        self.kick()  # committed: from here on, no failure may make the submit an error
+        self.kick(jobs=task_ids)  # committed: from here on, no failure may make the submit an error
         fresh = self.arrays.get(row.id)
         assert fresh is not None
         return fresh

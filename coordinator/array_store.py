@@ -128,6 +128,25 @@ class ArrayStore:
         ).fetchall()
         return [_job(r) for r in rows]
 
+    def queued_tasks(self, array_id: str, limit: int) -> list[JobRow]:
+        """Its first `limit` tasks still waiting to be placed, in queue order."""
+        rows = self.store.db.execute(
+            "SELECT * FROM jobs WHERE array_id=? AND status IN ('submitted','pending','retrying')"
+            " ORDER BY priority DESC, seq LIMIT ?",
+            (array_id, limit),
+        ).fetchall()
+        return [_job(r) for r in rows]
+
+    def hold_rest(self, array_id: str, let_in: set[str], reason: str) -> None:
+        """Mark every waiting task of the array but `let_in` pending with `reason`, where it is not so yet
+        (a retrying task keeps its state until its back-off is over)."""
+        with self.store.tx() as db:
+            db.execute(
+                "UPDATE jobs SET status='pending', reason=? WHERE array_id=? AND status IN ('submitted','pending')"
+                " AND NOT (status='pending' AND reason=?) AND id NOT IN (SELECT value FROM json_each(?))",
+                (reason, array_id, reason, json.dumps(sorted(let_in))),
+            )
+
     def task(self, array_id: str, index: int) -> JobRow | None:
         row = self.store.db.execute(
             "SELECT * FROM jobs WHERE array_id=? AND array_index=?", (array_id, index)

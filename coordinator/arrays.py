@@ -48,9 +48,13 @@ def within_limits(jobs: Sequence[T], loads: Mapping[str, ArrayLoad]) -> tuple[li
             room[array_id] -= 1
             eligible.append(job)
         else:
-            limit = loads[array_id].limit  # reached, counting the tasks let through in this pass
-            held[job.id] = f"array at its limit: {limit} of {limit} running"
+            held[job.id] = held_reason(loads[array_id].limit)  # counting the tasks let through in this pass
     return eligible, held
+
+
+def held_reason(limit: int) -> str:
+    """Why a task of an array with a `%N` limit waits while that many of its tasks are placed."""
+    return f"array at its limit: {limit} of {limit} running"
 
 
 # An array's status is its busiest task's: running while any runs, then pulling, assigned, waiting;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 from coordinator import leases
 from coordinator.accounts import Accounts
@@ -47,7 +48,7 @@ class HostOps:
     started_at: float
     _host_count: tuple[float, int]
 
-    def kick(self) -> None:
+    def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         raise NotImplementedError
 
     def lease_s(self) -> float:
@@ -151,7 +152,7 @@ class HostOps:
         for alloc in active:
             self.log_waiters.changed(alloc.job_id)
         log.warning("host %s (%s) removed; %d certificates revoked", host.name, host.id, revoked)
-        self.kick()
+        self.kick(hosts=(host.id,))
         return self._fresh_host(host.id)
 
     def drain(self, host: HostRow, stop: bool = False) -> HostRow:
@@ -167,6 +168,7 @@ class HostOps:
                 self.store.bump_index(db, host.id)
         self.host_waiters.changed(host.id)
         log.info("host %s drained%s", host.name, " (its jobs are stopped)" if stop else "")
+        self.kick(hosts=(host.id,))  # no new work there, and the reasons of jobs that fit it say so
         return self._fresh_host(host.id)
 
     def undrain(self, host: HostRow) -> HostRow:
@@ -174,7 +176,7 @@ class HostOps:
         with self.store.tx() as db:
             self.store.set_host_status(db, host, HostState.READY)
         log.info("host %s takes work again", host.name)
-        self.kick()
+        self.kick(hosts=(host.id,))
         return self._fresh_host(host.id)
 
     def _fresh_host(self, host_id: str) -> HostRow:

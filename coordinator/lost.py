@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 from coordinator import leases
 from coordinator.attempts import end_attempt, event_of
@@ -27,7 +28,7 @@ class LostHosts:
     host_waiters: Waiters
     log_waiters: Waiters
 
-    def kick(self) -> None:
+    def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         raise NotImplementedError
 
     def lease_s(self) -> float:

@@ -31,13 +31,17 @@ async def protocol_middleware(request: web.Request, handler: Handler) -> web.Str
     reason = refusal(ours, agent)
     host_id = request.get(HOST_ID)
     if reason is None:
-        if host_id is not None:
+        if host_id is not None and coord.problems.has(host_id, PROTOCOL):
             coord.problems.clear(host_id, PROTOCOL)
+            coord.kick(hosts=(host_id,))  # it takes work again
         return await handler(request)
     if host_id is not None:
         if coord.store.get_host(host_id) is None:  # never synced: list it, so `hosts` can say why
             coord.store.ensure_host(host_id, host_id)
+        refused_before = coord.problems.has(host_id, PROTOCOL)
         coord.problems.set(host_id, PROTOCOL, f"refused: {reason}")
+        if not refused_before:
+            coord.kick(hosts=(host_id,))  # no new work there
     answer = error(426, reason, C.PROTOCOL_HEADER)
     answer.headers[C.PROTOCOL_HEADER] = ours
     return answer

@@ -3,6 +3,8 @@
 `schedule()` trusts each inventory it is given. Before a pass, hosts whose stored inventory fails the same
 check as an arriving one are left out; if the pass still raises, one pass per host finds the hosts it raises
 on, and the pass runs again without them. Pure, like the scheduler: the caller records the skipped hosts.
+The scheduler kept between changes (live_schedule.py) leaves hosts out by the same two rules, one host at
+a time.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ def schedule_skipping(
     skipped: dict[str, str] = {}
     sound = []
     for host in hosts:
-        problem = inventory_problem(host.inventory)
+        problem = unsound(host)
         if problem is None:
             sound.append(host)
         else:
-            skipped[host.host_id] = f"left out of scheduling, its stored inventory is unsound: {problem}"
+            skipped[host.host_id] = problem
     try:
         return place(jobs, sound), skipped
     except Exception:
@@ -37,9 +39,19 @@ def schedule_skipping(
         try:
             place(jobs, [host])
         except Exception as exc:
-            skipped[host.host_id] = (
-                f"left out of scheduling, a pass failed on it: {type(exc).__name__}: {exc}"
-            )
+            skipped[host.host_id] = failed_on(exc)
         else:
             kept.append(host)
     return place(jobs, kept), skipped
+
+
+def unsound(host: HostCapacity) -> str | None:
+    """Why the host's stored inventory keeps it out of scheduling (it fails the check an arriving one
+    gets), or None."""
+    problem = inventory_problem(host.inventory)
+    return None if problem is None else f"left out of scheduling, its stored inventory is unsound: {problem}"
+
+
+def failed_on(exc: Exception) -> str:
+    """Why a host that the scheduler raised on is left out."""
+    return f"left out of scheduling, a pass failed on it: {type(exc).__name__}: {exc}"

@@ -12,7 +12,7 @@ pending gets one human reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator.locality import Levels, block_levels, choose_blocks, closeness
@@ -64,9 +64,9 @@ def schedule(jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity]) -> Sched
     """Place what fits now, in priority-then-FIFO order; give every other job its reason. Pure."""
     state = _Pass(hosts)
     result = ScheduleResult()
-    stuck: dict[_FitKey, list[PendingJob]] = {}
+    stuck: dict[FitKey, list[PendingJob]] = {}
     for job in sorted(jobs, key=lambda j: (-j.priority, j.seq)):
-        key = _fit_key(job)
+        key = fit_key(job)
         if key in stuck:  # free blocks only shrink during a pass: an identical request cannot fit either
             stuck[key].append(job)
             continue
@@ -88,7 +88,7 @@ class _Pass:
         self.hosts = hosts
         self.by_id = {h.host_id: h for h in hosts}
         self.free = {h.host_id: _free_blocks(h) for h in hosts if h.ready}
-        self._fits: dict[_FitKey, dict[str, int | str]] = {}
+        self._fits: dict[FitKey, dict[str, int | str]] = {}
         self._matching: dict[tuple[GpuRequest | None, str], frozenset[int]] = {}
         self._levels: dict[str, Levels] = {}
 
@@ -99,7 +99,7 @@ class _Pass:
 
     def fits(self, job: PendingJob) -> dict[str, int | str]:
         spec = job.spec
-        key = _fit_key(job)
+        key = fit_key(job)
         if key not in self._fits:
             self._fits[key] = {
                 h.host_id: admits(h, spec, job.project) or fit(spec, h.inventory) for h in self.hosts
@@ -110,10 +110,7 @@ class _Pass:
         """The host's blocks whose GPUs the job's request accepts, busy or free."""
         key = (spec.resources.gpu, host_id)
         if key not in self._matching:
-            inventory = self.by_id[host_id].inventory
-            self._matching[key] = frozenset(
-                b.index for b in inventory.blocks if _gpus_match(spec.resources.gpu, _devices(b, inventory))
-            )
+            self._matching[key] = matching_blocks(spec.resources.gpu, self.by_id[host_id].inventory)
         return self._matching[key]
 
     def free_matching(self, spec: TaskSpec, host_id: str) -> list[int]:
@@ -131,7 +128,8 @@ class _Pass:
                 continue
             eligible = self.free_matching(job.spec, host_id)
             if len(eligible) >= need:
-                rank = (self._gpus_wasted(job.spec, host_id), len(eligible) - need, self.by_id[host_id].name)
+                spare = len(eligible) - need
+                rank = (self._gpus_wasted(job.spec, host_id), spare, self.by_id[host_id].name, host_id)
                 candidates.append((rank, host_id, eligible, need))
         if not candidates:
             return None
@@ -143,9 +141,7 @@ class _Pass:
         chosen = choose_blocks(eligible, need, self.levels(host_id))
         taken = set(chosen)
         self.free[host_id] = [b for b in self.free[host_id] if b not in taken]
-        inventory = self.by_id[host_id].inventory
-        with_gpus = job.spec.resources.gpu is not None
-        return _placement(job.job_id, host_id, chosen, inventory, with_gpus=with_gpus)
+        return placement_of(job, self.by_id[host_id], chosen)
 
     def _gpus_wasted(self, spec: TaskSpec, host_id: str) -> int:
         """1 when a job that asks for no GPU would take blocks of a GPU host (their GPUs then sit idle)."""
@@ -154,30 +150,57 @@ class _Pass:
     def _split(self, spec: TaskSpec, candidate: _Candidate) -> bool:
         """Whether the host's free blocks hold the job less closely than its blocks could, all free."""
         _, host_id, eligible, need = candidate
-        levels = self.levels(host_id)
-        return closeness(eligible, need, levels) > closeness(
-            sorted(self.matching(spec, host_id)), need, levels
-        )
+        return splits(eligible, need, self.matching(spec, host_id), self.levels(host_id))
 
     def reason(self, job: PendingJob) -> str:
-        spec = job.spec
         if not self.hosts:
-            return "no hosts registered"
+            return NO_HOSTS
         fits = self.fits(job)
         possible = {h: n for h, n in fits.items() if isinstance(n, int)}
         if not possible:
-            parts = sorted({f"{h.name} {fits[h.host_id]}" for h in self.hosts})
-            more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
-            return "no host can ever fit this job: " + "; ".join(parts[:3]) + more
+            return never_fits(self.hosts, fits)
         ready = [h for h in possible if h in self.free]
         if not ready:
-            names = ", ".join(sorted(_named(self.by_id[h]) for h in possible))
-            return f"the hosts that fit this job are not ready: {names}"
+            return none_ready(self.by_id[h] for h in possible)
         need = min(possible[h] for h in ready)
-        largest = max(len(self.free_matching(spec, h)) for h in ready)
-        gpu = spec.resources.gpu
-        what = " ".join(gpu.names) + " " if gpu and gpu.names else ""
-        return f"no host with {need} free {what}blocks; largest free: {largest}"
+        largest = max(len(self.free_matching(job.spec, h)) for h in ready)
+        return too_busy(job.spec, need, largest)
+
+
+NO_HOSTS = "no hosts registered"
+
+
+def never_fits(hosts: Iterable[HostCapacity], fits: Mapping[str, int | str]) -> str:
+    """The reason of a job no host fits, busy or free: the first three hosts' refusals."""
+    parts = sorted({f"{h.name} {fits[h.host_id]}" for h in hosts})
+    more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
+    return "no host can ever fit this job: " + "; ".join(parts[:3]) + more
+
+
+def none_ready(possible: Iterable[HostCapacity]) -> str:
+    names = ", ".join(sorted(_named(h) for h in possible))
+    return f"the hosts that fit this job are not ready: {names}"
+
+
+def too_busy(spec: TaskSpec, need: int, largest: int) -> str:
+    """The reason of a job that ready hosts fit, none with enough free blocks now."""
+    gpu = spec.resources.gpu
+    what = " ".join(gpu.names) + " " if gpu and gpu.names else ""
+    return f"no host with {need} free {what}blocks; largest free: {largest}"
+
+
+def splits(eligible: Sequence[int], need: int, matching: Iterable[int], levels: Levels) -> bool:
+    """Whether `need` of the `eligible` free blocks sit less closely than `need` of all `matching` blocks
+    could (two NVLink islands where one would hold the job)."""
+    return closeness(eligible, need, levels) > closeness(sorted(matching), need, levels)
+
+
+def matching_blocks(gpu: GpuRequest | None, inventory: Inventory) -> frozenset[int]:
+    """The host's blocks whose GPUs the request accepts, busy or free."""
+    if gpu is None:
+        return frozenset(b.index for b in inventory.blocks)
+    devices = _devices(inventory)
+    return frozenset(b.index for b in inventory.blocks if _gpus_match(gpu, devices[b.index]))
 
 
 def _named(host: HostCapacity) -> str:
@@ -205,7 +228,8 @@ def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
         return refusal
     shape = inventory.blocks[0]
     res = spec.resources
-    eligible = [b for b in inventory.blocks if _gpus_match(res.gpu, _devices(b, inventory))]
+    devices = _devices(inventory)
+    eligible = [b for b in inventory.blocks if _gpus_match(res.gpu, devices[b.index])]
     need = max(1, _gpu_blocks(res.gpu, len(shape.gpus)) if res.gpu else 0, *_share_blocks(res, shape))
     if res.gpu and not eligible:
         return _no_matching_gpu(res.gpu, inventory)
@@ -218,12 +242,13 @@ def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
     return need
 
 
-# ((GPUs wasted, free blocks to spare, name), host id, free blocks, need); the first part ranks hosts
-_Candidate = tuple[tuple[int, int, str], str, list[int], int]
-_FitKey = tuple[Resources, bool, tuple[str, ...], bool, tuple[str, ...], str]
+# ((GPUs wasted, free blocks to spare, name, host id), host id, free blocks, need); the first part ranks hosts
+Rank = tuple[int, int, str, str]
+_Candidate = tuple[Rank, str, list[int], int]
+FitKey = tuple[Resources, bool, tuple[str, ...], bool, tuple[str, ...], str]
 
 
-def _fit_key(job: PendingJob) -> _FitKey:
+def fit_key(job: PendingJob) -> FitKey:
     """Everything of a job that `fit` and `admits` read: jobs with equal keys fit (or not) on the same hosts."""
     spec = job.spec
     return (spec.resources, spec.image is None, spec.volumes, spec.privileged, spec.fleets, job.project)
@@ -260,9 +285,10 @@ def _share_blocks(res: Resources, shape: Block) -> list[int]:
     return needs
 
 
-def _devices(block: Block, inventory: Inventory) -> list[GpuDevice]:
+def _devices(inventory: Inventory) -> dict[int, list[GpuDevice]]:
+    """Each block's GPU devices, by block index."""
     by_index = {g.index: g for g in inventory.gpus}
-    return [by_index[i] for i in block.gpus if i in by_index]
+    return {b.index: [by_index[i] for i in b.gpus if i in by_index] for b in inventory.blocks}
 
 
 def memory_matches(wanted: Range, device: GpuDevice) -> bool:
@@ -300,16 +326,14 @@ def _free_blocks(host: HostCapacity) -> list[int]:
     return [b.index for b in host.inventory.blocks if b.index not in host.busy_blocks]
 
 
-def _placement(
-    job_id: str, host_id: str, blocks: list[int], inventory: Inventory, *, with_gpus: bool
-) -> Placement:
+def placement_of(job: PendingJob, host: HostCapacity, blocks: list[int]) -> Placement:
     """The blocks' devices, CPU ids and memory; no GPU at all for a job that asks for none."""
-    chosen = [inventory.blocks[b] for b in blocks]
+    chosen = [host.inventory.blocks[b] for b in blocks]
     return Placement(
-        job_id,
-        host_id,
+        job.job_id,
+        host.host_id,
         tuple(blocks),
-        tuple(g for b in chosen for g in b.gpus) if with_gpus else (),
+        tuple(g for b in chosen for g in b.gpus) if job.spec.resources.gpu is not None else (),
         tuple(c for b in chosen for c in b.cpus),
         sum(b.memory_mib for b in chosen),
     )

@@ -1,6 +1,6 @@
 """The coordinator's core: jobs in, desired state out, actual state folded back in.
 
-This module holds the user's side (submit, stop, views, logs) and scheduling; the agent's side (sync, log
+This module holds the user's side (submit, stop, views, logs); scheduling is in scheduling.py, the agent's side (sync, log
 chunks) is in agent_side.py, hosts (leases, drain, remove) in host_ops.py, lost allocations in lost.py, and
 the pure policies beneath them in leases.py and retry.py.
 """
@@ -17,27 +17,25 @@ from coordinator.accounts import Accounts
 from coordinator.agent_side import AgentSide
 from coordinator.array_ops import ArrayOps
 from coordinator.array_store import ArrayStore
-from coordinator.arrays import within_limits
 from coordinator.attempts import attempt_views
 from coordinator.disk import DiskGuard
 from coordinator.filestore import FileStore
 from coordinator.host_ops import Ambiguous, Busy, HostOps, NotFound
-from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
+from coordinator.host_problems import HostProblems
 from coordinator.links import Links
+from coordinator.live_schedule import LiveSchedule
 from coordinator.logstore import LogStore
 from coordinator.lost import LostHosts
 from coordinator.quota import UploadQuota
-from coordinator.retry import next_attempt_at, waited_too_long
-from coordinator.safe_schedule import schedule_skipping
-from coordinator.scheduler import HostCapacity, PendingJob
+from coordinator.scheduling import Scheduling
 from coordinator.secrets import Secrets, ensure_key
 from coordinator.settings import Settings
-from coordinator.store import HostRow, JobRow, Store
+from coordinator.store import JobRow, Store
 from coordinator.submit_rules import apply_submit_rules, archive_ids
 from coordinator.waiters import Waiters
 from shared import tls
 from shared.spec import SpecError, TaskSpec, redacted, validate_spec
-from shared.states import ALLOC_UNKNOWN, HostState, JobState
+from shared.states import ALLOC_UNKNOWN, JobState
 from shared.units import format_duration_s
 from shared.wire import (
     JobView,
@@ -47,8 +45,8 @@ log = logging.getLogger("gpuctl.coordinator")
 __all__ = ["Ambiguous", "Busy", "Coordinator", "NotFound", "Settings"]
 
 
-# The parts first: their stubs of each other come last.
-class Coordinator(HostOps, LostHosts, AgentSide, ArrayOps):
+# The parts first, scheduling before the parts that call kick; their stubs of each other come last.
+class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ArrayOps):
     def __init__(
         self,
         store: Store,
@@ -80,6 +78,10 @@ class Coordinator(HostOps, LostHosts, AgentSide, ArrayOps):
         self.problems = HostProblems()  # why a host takes no work, shown on it in `gpuctl hosts`
         self.started_at = time.time()  # every host counts as seen then: one full lease before it is judged
         self._host_count = (0.0, 0)
+        self.live = LiveSchedule()  # the queue and fleet as the scheduler sees them (scheduling.py)
+        self.live_synced = False
+        self.admitted: dict[str, set[str]] = {}
+        self.jobs_on: dict[str, set[str]] = {}
 
     # --- user side ---------------------------------------------------------------------------------
 
@@ -93,7 +95,9 @@ class Coordinator(HostOps, LostHosts, AgentSide, ArrayOps):
         name = spec.name or f"job-{job_id[:4]}"
         job = self.store.insert_job(job_id, name, spec, "waiting for the scheduler", project)
         log.info("job %s submitted (%s)", job.id, job.name)
-        self.kick()  # the job is committed: from here on, no failure may make its submit an error
+        self.kick(
+            jobs=(job.id,)
+        )  # the job is committed: from here on, no failure may make its submit an error
         fresh = self.store.get_job(job.id)
         assert fresh is not None
         return fresh
@@ -141,6 +145,7 @@ class Coordinator(HostOps, LostHosts, AgentSide, ArrayOps):
             self.host_waiters.changed(host_id)
         for job in jobs:
             self.log_waiters.changed(job.id)
+        self.kick(jobs=[job.id for job in jobs])  # out of the queue
 
     def job_view(self, job: JobRow) -> JobView:
         allocs = self.store.allocations_of(job.id)
@@ -215,100 +220,3 @@ class Coordinator(HostOps, LostHosts, AgentSide, ArrayOps):
         if removed:
             log.info("deleted %d files archive(s) no live job needs", len(removed))
         return removed
-
-    # --- scheduling --------------------------------------------------------------------------------
-
-    def kick(self) -> None:
-        """A scheduling pass after a change that is already committed: a failure is logged (and the
-        housekeeping loop tries again), never answered to the caller, whose change stands."""
-        try:
-            self.schedule_pass()
-        except Exception:
-            log.exception("scheduling pass failed; the next housekeeping beat tries again")
-
-    def schedule_pass(self) -> int:
-        """Place what fits and record a reason on every job that stays pending; a host the pass cannot
-        use is left out and says why (`gpuctl hosts`). Returns placements made."""
-        jobs = self._give_up_waiting(
-            self.store.jobs_in(JobState.SUBMITTED, JobState.PENDING, JobState.RETRYING)
-        )
-        jobs = [j for j in jobs if j.status is not JobState.RETRYING or self._retry_due(j)]
-        by_id = {j.id: j for j in jobs}
-        jobs, held = within_limits(jobs, self.arrays.loads({j.array_id for j in jobs if j.array_id}))
-        if not jobs and not held:
-            return 0
-        pending = [PendingJob(j.id, j.spec, j.seq, j.priority, j.project) for j in jobs]
-        result, skipped = schedule_skipping(pending, self._capacity())
-        self.problems.replace(SCHEDULER, skipped)
-        with self.store.tx() as db:
-            for p in result.placements:
-                alloc_id = "a-" + secrets.token_hex(6)
-                self.store.insert_allocation(
-                    db, alloc_id, p.job_id, p.host_id, p.blocks, p.gpus, p.cpus, p.memory_mib
-                )
-                self.store.set_job_state(db, by_id[p.job_id], JobState.ASSIGNED)
-                self.store.bump_index(db, p.host_id)
-            for job_id, reason in (result.pending | held).items():
-                self.store.set_job_state(db, by_id[job_id], JobState.PENDING, reason)
-        for p in result.placements:
-            log.info("job %s placed on %s blocks %s", p.job_id, p.host_id, list(p.blocks))
-            self.host_waiters.changed(p.host_id)
-            self.log_waiters.changed(p.job_id)
-        return len(result.placements)
-
-    def _retry_due(self, job: JobRow) -> bool:
-        """Whether a retrying job's back-off is over (the housekeeping beat places it then)."""
-        ended = [a.finished_at for a in self.store.allocations_of(job.id)]
-        due = next_attempt_at(
-            ended, job.retry_since, self.settings.retry_delay_s, self.settings.retry_delay_max_s
-        )
-        return time.time() >= due
-
-    def _give_up_waiting(self, jobs: list[JobRow]) -> list[JobRow]:
-        """Fail the pending jobs whose `no-capacity` retry duration ran out; answers the others."""
-        now, waiting = time.time(), []
-        for job in jobs:
-            if not waited_too_long(job.spec.retry, now, job.submitted_at, job.retry_since):
-                waiting.append(job)
-                continue
-            with self.store.tx() as db:
-                why = (
-                    f"no capacity for {format_duration_s(job.spec.retry.duration_s if job.spec.retry else 0)}"
-                )
-                self.store.set_job_state(db, job, JobState.FAILED, f"{why}: {job.reason}")
-            log.info("job %s failed: %s", job.id, why)
-            self.log_waiters.changed(job.id)
-        return waiting
-
-    def _capacity(self) -> list[HostCapacity]:
-        busy: dict[str, set[int]] = {}
-        for alloc in self.store.active_allocations():
-            busy.setdefault(alloc.host_id, set()).update(alloc.blocks)
-        limits = self.accounts.fleet_projects()
-        return [
-            HostCapacity(
-                h.id,
-                h.name,
-                h.inventory,
-                frozenset(busy.get(h.id, ())),
-                not (why := self._not_ready(h)),
-                h.fleet,
-                limits.get(h.fleet),
-                why,
-            )
-            for h in self.store.list_hosts()
-            if h.inventory is not None and h.status != HostState.REMOVED
-        ]
-
-    def _not_ready(self, h: HostRow) -> str:
-        """Why the host takes no new work now (shown in a pending job's reason), or "" when it does."""
-        status = self.host_status(h)
-        if status != "ready":
-            return status
-        if h.id in self.unseen_generation:
-            return "its inventory is not here yet"
-        if h.inventory is not None and h.inventory.no_new_work:
-            return "its agent takes no new work (gpuctl hosts says why)"
-        if self.problems.has(h.id, INVENTORY) or self.problems.has(h.id, PROTOCOL):
-            return "refused (gpuctl hosts says why)"
-        return ""

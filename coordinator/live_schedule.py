@@ -1,0 +1,391 @@
+"""The scheduler kept between changes: a change re-tries only the requests it can help, on an index of free
+blocks, so its cost follows what it touches, not the length of the queue or the size of the fleet.
+
+`schedule()` (scheduler.py) stays the policy and the reference: after every change, `settle()` places exactly
+what `schedule()` would place from scratch on the same jobs and hosts, and gives the same reasons. Why that
+holds: after `settle()` nothing more fits (a pass from scratch would place nothing). A pass tries jobs in
+priority-then-FIFO order and gives up on a request (a fit key) at its first job that does not fit; free
+blocks only shrink during a pass. So after a change only a request the change may help can place anything:
+one that gained a job while it had none, or one that fits a host that gained free blocks, became ready,
+came or changed. `settle()` re-tries exactly those, their jobs merged in the pass's order, each request
+until its first job that does not fit.
+
+Pending jobs are grouped by request. A group knows, for each ready host it fits, the host's free matching
+blocks, and ranks the hosts that can take its next job by (GPUs wasted, blocks to spare, name), the pass's
+order: the best host is found without a scan of the fleet. A change of one host updates the groups that fit
+it; a request never seen before computes its fit on every host once, as a pass does.
+
+A group's reason is computed when its inputs change, and reported only for jobs whose reason changed.
+Hosts whose inventory is unsound, or that the scheduler raises on, are left out one by one (safe_schedule.py).
+Not thread-safe: the coordinator calls it from its event loop only.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from coordinator.host_rank import Ranking
+from coordinator.locality import block_levels, choose_blocks
+from coordinator.safe_schedule import failed_on, unsound
+from coordinator.scheduler import (
+    NO_HOSTS,
+    FitKey,
+    HostCapacity,
+    PendingJob,
+    Placement,
+    admits,
+    fit,
+    fit_key,
+    matching_blocks,
+    never_fits,
+    none_ready,
+    placement_of,
+    splits,
+    too_busy,
+)
+from shared.spec import GpuRequest
+
+
+@dataclass
+class Settled:
+    placements: list[Placement] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # job id -> its new reason; changed ones only
+
+
+class LiveSchedule:
+    """The queue and the fleet as the scheduler sees them. Changes are applied as they come; `settle()`
+    then places and reports. Every change is idempotent."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, _Host] = {}
+        self.skipped: dict[str, str] = {}  # host id -> why it is left out of scheduling
+        self._skipped_caps: dict[str, HostCapacity] = {}
+        self._groups: dict[FitKey, _Group] = {}
+        self._group_of: dict[str, FitKey] = {}  # job id -> its group
+        self._retry: set[FitKey] = set()  # groups a change may have helped
+        self._rereason: set[FitKey] = set()  # groups whose reason may have changed
+
+    # --- changes -----------------------------------------------------------------------------------
+
+    def add_job(self, job: PendingJob, told: str = "") -> None:
+        """A job became eligible (submitted, due for a retry), or changed; `told`: the reason it shows now.
+        Idempotent."""
+        key = self._group_of.get(job.job_id)
+        if key is not None:
+            if self._groups[key].jobs[job.job_id] == job:
+                return
+            self.remove_job(job.job_id)
+        key = fit_key(job)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = self._new_group(key, job)
+        if not group.jobs:  # a group with jobs gave up on its first: this one, alike, cannot fit either
+            self._retry.add(key)
+        group.add(job, told)
+        self._group_of[job.job_id] = key
+        self._rereason.add(key)
+
+    def remove_job(self, job_id: str) -> None:
+        """A job is no longer eligible (placed, stopped, given up). Idempotent."""
+        key = self._group_of.pop(job_id, None)
+        if key is not None:
+            self._groups[key].discard(job_id)
+
+    def set_host(self, cap: HostCapacity) -> None:
+        """A host as it is now: added, or its inventory, fleet, readiness or busy blocks changed. Idempotent."""
+        host = self.hosts.get(cap.host_id)
+        left_out = self._skipped_caps.get(cap.host_id)
+        if host is None and left_out is not None and _same_shape(left_out, cap):
+            return  # still left out: the same inventory fails the same way
+        if host is None or not _same_shape(host.cap, cap):  # the one comparison of inventories
+            self.remove_host(cap.host_id)
+            self._add_host(replace(cap, busy_blocks=frozenset()), host_free(cap))
+            return
+        readiness_changed = (host.cap.ready, host.cap.not_ready) != (cap.ready, cap.not_ready)
+        free = host_free(cap)
+        if readiness_changed or host.free != free:
+            became_ready = cap.ready and not host.cap.ready
+            grew = bool(free - host.free)
+            if readiness_changed:
+                host.cap = replace(cap, busy_blocks=frozenset())
+            host.free = free
+            self._host_changed(host, helps=grew or became_ready)
+
+    def remove_host(self, host_id: str) -> None:
+        """The host is gone (removed, or no inventory). Idempotent."""
+        self.skipped.pop(host_id, None)
+        self._skipped_caps.pop(host_id, None)
+        host = self.hosts.pop(host_id, None)
+        if host is None:
+            return
+        for group in self._groups.values():
+            group.forget(host_id)
+        self._rereason.update(self._groups)  # the hosts named in "no host can ever fit" changed
+
+    def sync(
+        self, jobs: Iterable[PendingJob], hosts: Iterable[HostCapacity], told: Mapping[str, str]
+    ) -> None:
+        """Make the whole state what the store says (the housekeeping beat's re-sync): each difference is
+        applied as the change it is, so drift is corrected and an unchanged state costs no placement work.
+        Groups left without jobs are dropped."""
+        hosts = list(hosts)
+        for host_id in (self.hosts.keys() | self._skipped_caps.keys()) - {h.host_id for h in hosts}:
+            self.remove_host(host_id)
+        for cap in hosts:
+            self.set_host(cap)
+        wanted = {j.job_id: j for j in jobs}
+        for job_id in self._group_of.keys() - wanted.keys():
+            self.remove_job(job_id)
+        for job in wanted.values():
+            self.add_job(job, told.get(job.job_id, ""))
+        for key in [k for k, g in self._groups.items() if not g.jobs]:
+            self._drop_group(key)
+
+    # --- placing -----------------------------------------------------------------------------------
+
+    def settle(self) -> Settled:
+        """Place what the changes since the last call let fit, in priority-then-FIFO order; answer the
+        placements (already taken out of the free blocks, their jobs out of the queue) and the reasons
+        that changed."""
+        settled = Settled()
+        retry, self._retry = self._retry, set()
+        heads = [(g.head(), key) for key in retry if (g := self._groups.get(key)) is not None and g.jobs]
+        heapq.heapify(heads)
+        while heads:
+            _, key = heapq.heappop(heads)
+            group = self._groups[key]
+            placement = self._place(group, group.first())
+            if placement is None:
+                continue  # the pass gives up on this request here
+            settled.placements.append(placement)
+            self.remove_job(placement.job_id)
+            if group.jobs:
+                heapq.heappush(heads, (group.head(), key))
+        self._tell(settled.reasons)
+        return settled
+
+    def pending(self) -> dict[str, str]:
+        """Every queued job's current reason (for tests: it costs the whole queue)."""
+        return {job_id: self._groups[key].told for job_id, key in self._group_of.items()}
+
+    def _place(self, group: _Group, job: PendingJob) -> Placement | None:
+        """`schedule()`'s choice for the job: the best ranked host, unless its free blocks would split the
+        job wider than the host allows and a later one keeps it together; the closest blocks there."""
+        while (best := group.ranking.best()) is not None:
+            gpu = group.spec.resources.gpu
+            host = self.hosts[best]
+            try:
+                need = group.need(best)
+                if need > 1 and self._splits(host, gpu, need):
+                    others = (h for h in group.ranking.ordered() if h != best)
+                    host = next(
+                        (self.hosts[h] for h in others if not self._splits(self.hosts[h], gpu, need)), host
+                    )
+                    need = group.need(host.cap.host_id)
+                chosen = choose_blocks(host.free_matching(gpu), need, host.levels)
+            except Exception as exc:  # one bad host never stops placement on the others
+                self._leave_out(host.cap, failed_on(exc))
+                continue
+            placement = placement_of(job, host.cap, chosen)
+            host.free -= set(chosen)
+            self._host_changed(host, helps=False)
+            return placement
+        return None
+
+    @staticmethod
+    def _splits(host: _Host, gpu: GpuRequest | None, need: int) -> bool:
+        return splits(host.free_matching(gpu), need, host.matching_of(gpu), host.levels)
+
+    def _tell(self, reasons: dict[str, str]) -> None:
+        for key in self._rereason:
+            group = self._groups.get(key)
+            if group is not None and group.jobs:
+                group.tell(group.reason(self.hosts), reasons)
+        self._rereason = set()
+
+    # --- hosts and groups --------------------------------------------------------------------------
+
+    def _add_host(self, cap: HostCapacity, free: set[int]) -> None:
+        problem = unsound(cap)
+        if problem is not None:
+            self._leave_out(cap, problem)
+            return
+        try:
+            host = _Host(cap)
+            fits = {key: group.fit_on(cap) for key, group in self._groups.items()}
+        except Exception as exc:
+            self._leave_out(cap, failed_on(exc))
+            return
+        host.free = free
+        self.hosts[cap.host_id] = host
+        for key, need in fits.items():
+            self._groups[key].fits[cap.host_id] = need
+            if isinstance(need, int):
+                host.groups.add(key)
+        self._rereason.update(self._groups)  # the hosts named in "no host can ever fit" changed
+        self._host_changed(host, helps=True)
+
+    def _leave_out(self, cap: HostCapacity, why: str) -> None:
+        self.remove_host(cap.host_id)
+        self.skipped[cap.host_id] = why
+        self._skipped_caps[cap.host_id] = cap
+
+    def _host_changed(self, host: _Host, *, helps: bool) -> None:
+        """Update the groups that fit the host; with `helps` (more free blocks, ready now), re-try them."""
+        for key in host.groups:
+            self._groups[key].update(host)
+        self._rereason.update(host.groups)
+        if helps and host.cap.ready:
+            self._retry.update(host.groups)
+
+    def _new_group(self, key: FitKey, job: PendingJob) -> _Group:
+        group = _Group(job)
+        for host_id, host in list(self.hosts.items()):
+            try:
+                need = group.fit_on(host.cap)
+            except Exception as exc:
+                self._leave_out(host.cap, failed_on(exc))
+                continue
+            group.fits[host_id] = need
+            if isinstance(need, int):
+                host.groups.add(key)
+                group.update(host)
+        return group
+
+    def _drop_group(self, key: FitKey) -> None:
+        group = self._groups.pop(key)
+        for host_id in group.possible:
+            self.hosts[host_id].groups.discard(key)
+        self._retry.discard(key)
+        self._rereason.discard(key)
+
+
+def _same_shape(a: HostCapacity, b: HostCapacity) -> bool:
+    """Whether two states of a host fit every request alike (they may differ in readiness, busy blocks)."""
+    return (a.name, a.fleet, a.projects, a.inventory) == (b.name, b.fleet, b.projects, b.inventory)
+
+
+def host_free(cap: HostCapacity) -> set[int]:
+    return {b.index for b in cap.inventory.blocks} - cap.busy_blocks
+
+
+class _Host:
+    def __init__(self, cap: HostCapacity) -> None:
+        self.cap = cap  # busy blocks are in `free`, not here
+        self.free: set[int] = set()
+        self.levels = block_levels(cap.inventory)
+        self.groups: set[FitKey] = set()  # the groups whose request fits this host
+        self._matching: dict[GpuRequest | None, frozenset[int]] = {}
+
+    def matching_of(self, gpu: GpuRequest | None) -> frozenset[int]:
+        if gpu not in self._matching:
+            self._matching[gpu] = matching_blocks(gpu, self.cap.inventory)
+        return self._matching[gpu]
+
+    def free_matching(self, gpu: GpuRequest | None) -> list[int]:
+        return sorted(self.free & self.matching_of(gpu))
+
+
+class _Group:
+    """The queued jobs of one request, and what the hosts can do for it."""
+
+    def __init__(self, job: PendingJob) -> None:
+        self.spec, self.project = job.spec, job.project  # all that fit and admits read
+        self.jobs: dict[str, PendingJob] = {}
+        self._order: list[tuple[int, int, str]] = []  # heap of (-priority, seq, id); removed ids linger
+        self.fits: dict[str, int | str] = {}  # host id -> blocks it needs there, or why it never fits
+        self.possible: set[str] = set()  # hosts it fits, ready or not
+        self.counts: dict[str, tuple[int, int]] = {}  # ready host it fits -> (free matching blocks, need)
+        self._free_hosts: dict[int, int] = {}  # free matching blocks -> how many ready hosts have that many
+        self._needs: dict[int, int] = {}  # need -> how many ready hosts
+        self.ranking = Ranking()
+        self.told = ""  # what its jobs were last told
+        self._untold: dict[str, str] = {}  # job id -> what it was told, for jobs not told `told`
+
+    def fit_on(self, cap: HostCapacity) -> int | str:
+        return admits(cap, self.spec, self.project) or fit(self.spec, cap.inventory)
+
+    def need(self, host_id: str) -> int:
+        need = self.fits[host_id]
+        assert isinstance(need, int)
+        return need
+
+    def add(self, job: PendingJob, told: str) -> None:
+        self.jobs[job.job_id] = job
+        heapq.heappush(self._order, (-job.priority, job.seq, job.job_id))
+        self._untold[job.job_id] = told
+
+    def discard(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+        self._untold.pop(job_id, None)
+        if len(self._order) > 2 * len(self.jobs) + 16:  # keep the lingering entries few
+            self._order = [e for e in self._order if self._queued(e)]
+            heapq.heapify(self._order)
+
+    def head(self) -> tuple[int, int, str]:
+        while not self._queued(self._order[0]):
+            heapq.heappop(self._order)
+        return self._order[0]
+
+    def _queued(self, entry: tuple[int, int, str]) -> bool:
+        job = self.jobs.get(entry[2])
+        return job is not None and (-job.priority, job.seq) == entry[:2]
+
+    def first(self) -> PendingJob:
+        return self.jobs[self.head()[2]]
+
+    def update(self, host: _Host) -> None:
+        """Re-count the host: its free matching blocks if it is ready and fits, and its rank."""
+        host_id = host.cap.host_id
+        self._uncount(host_id)
+        need = self.fits.get(host_id)
+        rank = None
+        if isinstance(need, int):
+            self.possible.add(host_id)
+            if host.cap.ready:
+                free = len(host.free & host.matching_of(self.spec.resources.gpu))
+                self.counts[host_id] = (free, need)
+                _bump(self._free_hosts, free, 1)
+                _bump(self._needs, need, 1)
+                wasted = int(self.spec.resources.gpu is None and bool(host.cap.inventory.gpus))
+                rank = (wasted, free - need) if free >= need else None
+        self.ranking.put(host_id, host.cap.name, rank)
+
+    def forget(self, host_id: str) -> None:
+        self._uncount(host_id)
+        self.ranking.put(host_id, "", None)
+        self.fits.pop(host_id, None)
+        self.possible.discard(host_id)
+
+    def _uncount(self, host_id: str) -> None:
+        old = self.counts.pop(host_id, None)
+        if old is not None:
+            _bump(self._free_hosts, old[0], -1)
+            _bump(self._needs, old[1], -1)
+
+    def reason(self, hosts: Mapping[str, _Host]) -> str:
+        """`schedule()`'s reason for a job of this group left pending."""
+        if not hosts:
+            return NO_HOSTS
+        if not self.possible:
+            return never_fits((h.cap for h in hosts.values()), self.fits)
+        if not self.counts:
+            return none_ready(hosts[h].cap for h in self.possible)
+        return too_busy(self.spec, min(self._needs), max(self._free_hosts))
+
+    def tell(self, reason: str, reasons: dict[str, str]) -> None:
+        """Add to `reasons` the jobs whose reason changes to `reason`."""
+        if reason != self.told:
+            reasons.update((job_id, reason) for job_id in self.jobs if self._untold.get(job_id) != reason)
+        else:
+            reasons.update((job_id, reason) for job_id, told in self._untold.items() if told != reason)
+        self.told = reason
+        self._untold = {}
+
+
+def _bump(counter: dict[int, int], key: int, by: int) -> None:
+    counter[key] = counter.get(key, 0) + by
+    if not counter[key]:
+        del counter[key]

@@ -1,0 +1,261 @@
+"""Scheduling in the coordinator: the store's queue and fleet kept in a LiveSchedule that each change is told
+of, its placements and changed reasons written back.
+
+A change names what it touches (`kick(jobs=..., hosts=...)`): those hosts are read again from the store
+(their row and active allocations; a job whose allocation there ended is read again too), those jobs pass
+the one eligibility filter (`_eligible`) again, and only the requests they may help are re-tried. A kick
+that names nothing, and the housekeeping beat, re-sync the whole state from the store (`schedule_pass`):
+that corrects any drift, and picks up what time alone changes (a retry back-off over, a lease run out).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+
+from coordinator.accounts import Accounts
+from coordinator.array_store import ArrayStore
+from coordinator.arrays import held_reason, within_limits
+from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
+from coordinator.live_schedule import LiveSchedule, Settled
+from coordinator.retry import next_attempt_at, waited_too_long
+from coordinator.scheduler import HostCapacity, PendingJob, Placement
+from coordinator.settings import Settings
+from coordinator.store import HostRow, JobRow, Store
+from coordinator.waiters import Waiters
+from shared.states import HostState, JobState
+from shared.units import format_duration_s
+
+log = logging.getLogger("gpuctl.coordinator")
+QUEUED = (JobState.SUBMITTED, JobState.PENDING, JobState.RETRYING)
+
+
+class Scheduling:
+    """Part of the Coordinator: what it holds is declared here, set in its __init__."""
+
+    store: Store
+    settings: Settings
+    accounts: Accounts
+    problems: HostProblems
+    host_waiters: Waiters
+    log_waiters: Waiters
+    unseen_generation: set[str]
+    arrays: ArrayStore
+    live: LiveSchedule
+    live_synced: bool  # False until the first re-sync, and after a failed change: the next kick re-syncs
+    jobs_on: dict[str, set[str]]  # host id -> the jobs with an active allocation there
+    admitted: dict[str, set[str]]  # array id -> its tasks the `%N` limit let into the live state
+    host_status: Callable[[HostRow], str]  # HostOps's; declared only, as Scheduling comes first
+
+    def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
+        """Schedule after a change that is already committed, touching the named jobs and hosts (none
+        named: a whole re-sync). A failure is logged (the housekeeping beat re-syncs), never answered to
+        the caller, whose change stands."""
+        jobs, hosts = set(jobs), set(hosts)
+        try:
+            if not self.live_synced or not (jobs or hosts):
+                self.schedule_pass()
+                return
+            self._refresh_hosts(hosts)
+            self._refresh_jobs(jobs)
+            self._settle()
+        except Exception:
+            self.live_synced = False
+            log.exception("scheduling failed; the next housekeeping beat tries again")
+
+    def schedule_pass(self) -> int:
+        """Re-sync the whole state from the store and place what fits; record a reason on every job that
+        stays pending, where it changed. A host the scheduler cannot use is left out and says why (`gpuctl
+        hosts`). Returns placements made."""
+        now = time.time()
+        rows = self._give_up_waiting(self.store.jobs_in(*QUEUED))
+        queue = [j for j in rows if self._eligible(j, now)]
+        queue, held = within_limits(queue, self.arrays.loads({j.array_id for j in queue if j.array_id}))
+        self.admitted = {}
+        for job in queue:
+            if job.array_id is not None:
+                self.admitted.setdefault(job.array_id, set()).add(job.id)
+        self._hold(rows, held)
+        self.live.sync([_pending(j) for j in queue], self._capacity(), {j.id: _told(j) for j in queue})
+        self.live_synced = True
+        return self._settle()
+
+    def _eligible(self, job: JobRow, now: float) -> bool:
+        """The one filter between the queue and the scheduler: a job waiting to start, unless its retry
+        back-off is not over. A rule that holds jobs back joins here; when what held a job back ends, a
+        `kick(jobs=...)` naming it lets it in."""
+        if job.status in (JobState.SUBMITTED, JobState.PENDING):
+            return True
+        return job.status is JobState.RETRYING and self._retry_due(job, now)
+
+    def _retry_due(self, job: JobRow, now: float) -> bool:
+        """Whether a retrying job's back-off is over (the housekeeping beat places it then)."""
+        ended = [a.finished_at for a in self.store.allocations_of(job.id)]
+        due = next_attempt_at(
+            ended, job.retry_since, self.settings.retry_delay_s, self.settings.retry_delay_max_s
+        )
+        return now >= due
+
+    def _refresh_jobs(self, job_ids: Iterable[str]) -> None:
+        now = time.time()
+        rows = {job_id: self.store.get_job(job_id) for job_id in job_ids}
+        limited = self.arrays.loads({j.array_id for j in rows.values() if j is not None and j.array_id})
+        for job_id, job in rows.items():
+            if job is not None and job.array_id in limited:
+                continue  # its array's `%N` limit decides, below
+            if job is not None and self._eligible(job, now):
+                self.live.add_job(_pending(job), _told(job))
+            else:
+                self.live.remove_job(job_id)
+        for array_id, load in limited.items():
+            self._refresh_array(array_id, load.limit, now)
+
+    def _refresh_array(self, array_id: str, limit: int, now: float) -> None:
+        """Let the first waiting tasks of an array with a `%N` limit into the live state, as many as its
+        placed tasks leave room for, and hold the others. Reads at most `limit` tasks (the others' reasons
+        are set in one statement): the cost of a change does not grow with the rest of the queue."""
+        rows = self.arrays.queued_tasks(array_id, limit)
+        queue = [j for j in rows if self._eligible(j, now)]
+        queue, _ = within_limits(queue, self.arrays.loads({array_id}))
+        let_in = {j.id for j in queue}
+        for job_id in self.admitted.pop(array_id, set()) - let_in:
+            self.live.remove_job(job_id)
+        for job in rows:
+            if job.id not in let_in:
+                self.live.remove_job(job.id)
+        for job in queue:
+            self.live.add_job(_pending(job), _told(job))
+        if let_in:
+            self.admitted[array_id] = let_in
+        self.arrays.hold_rest(array_id, let_in, held_reason(limit))
+
+    def _hold(self, rows: list[JobRow], held: dict[str, str]) -> None:
+        """Write the reason of each task an array's limit holds back, where it changed."""
+        changed = [
+            j for j in rows if j.id in held and (j.reason != held[j.id] or j.status is not JobState.PENDING)
+        ]
+        if not changed:
+            return
+        with self.store.tx() as db:
+            for job in changed:
+                self.store.set_job_state(db, job, JobState.PENDING, held[job.id])
+
+    def _refresh_hosts(self, host_ids: Iterable[str]) -> None:
+        """Read the hosts again; a job whose allocation on one of them ended or began (a returning host's
+        job revived there) is read again too."""
+        host_ids = list(host_ids)
+        limits = self.accounts.fleet_projects() if host_ids else {}
+        moved: set[str] = set()
+        for host_id in host_ids:
+            row, active = self.store.get_host(host_id), self.store.active_allocations(host_id)
+            busy = frozenset(b for a in active for b in a.blocks)
+            if row is None or row.inventory is None or row.status == HostState.REMOVED:
+                self.live.remove_host(host_id)
+            else:
+                self.live.set_host(self._host_capacity(row, busy, limits.get(row.fleet)))
+            now_on = {a.job_id for a in active}
+            moved |= self.jobs_on.pop(host_id, set()) ^ now_on
+            if now_on:
+                self.jobs_on[host_id] = now_on
+        self._refresh_jobs(moved)
+
+    def _settle(self) -> int:
+        """Place what fits now and write it; a placement whose job left the queue unseen (stopped) is not
+        written, and its host is read again so its blocks come back. Returns placements made."""
+        placed = 0
+        while True:
+            settled = self.live.settle()
+            self.problems.replace(SCHEDULER, self.live.skipped)
+            stale = self._write(settled)
+            placed += len(settled.placements) - len(stale)
+            if not stale:
+                return placed
+            self._refresh_hosts({p.host_id for p in stale})
+
+    def _write(self, settled: Settled) -> list[Placement]:
+        """Allocations for the placements, reasons that changed; answers the placements not written."""
+        stale, written = [], []
+        with self.store.tx() as db:
+            for p in settled.placements:
+                job = self.store.get_job(p.job_id)
+                if job is None or job.status not in QUEUED:
+                    stale.append(p)
+                    continue
+                alloc_id = "a-" + secrets.token_hex(6)
+                self.store.insert_allocation(
+                    db, alloc_id, p.job_id, p.host_id, p.blocks, p.gpus, p.cpus, p.memory_mib
+                )
+                self.store.set_job_state(db, job, JobState.ASSIGNED)
+                self.store.bump_index(db, p.host_id)
+                written.append(p)
+            for job_id, reason in settled.reasons.items():
+                job = self.store.get_job(job_id)
+                if job is not None and job.status in QUEUED:
+                    self.store.set_job_state(db, job, JobState.PENDING, reason)
+        for p in written:
+            self.jobs_on.setdefault(p.host_id, set()).add(p.job_id)
+            log.info("job %s placed on %s blocks %s", p.job_id, p.host_id, list(p.blocks))
+            self.host_waiters.changed(p.host_id)
+            self.log_waiters.changed(p.job_id)
+        return stale
+
+    def _give_up_waiting(self, jobs: list[JobRow]) -> list[JobRow]:
+        """Fail the pending jobs whose `no-capacity` retry duration ran out; answers the others."""
+        now, waiting = time.time(), []
+        for job in jobs:
+            if not waited_too_long(job.spec.retry, now, job.submitted_at, job.retry_since):
+                waiting.append(job)
+                continue
+            with self.store.tx() as db:
+                why = (
+                    f"no capacity for {format_duration_s(job.spec.retry.duration_s if job.spec.retry else 0)}"
+                )
+                self.store.set_job_state(db, job, JobState.FAILED, f"{why}: {job.reason}")
+            log.info("job %s failed: %s", job.id, why)
+            self.log_waiters.changed(job.id)
+        return waiting
+
+    def _capacity(self) -> list[HostCapacity]:
+        """Every host the scheduler may use, with its busy blocks; notes which jobs run where."""
+        busy: dict[str, set[int]] = {}
+        self.jobs_on = {}
+        for alloc in self.store.active_allocations():
+            busy.setdefault(alloc.host_id, set()).update(alloc.blocks)
+            self.jobs_on.setdefault(alloc.host_id, set()).add(alloc.job_id)
+        limits = self.accounts.fleet_projects()
+        return [
+            self._host_capacity(h, frozenset(busy.get(h.id, ())), limits.get(h.fleet))
+            for h in self.store.list_hosts()
+            if h.inventory is not None and h.status != HostState.REMOVED
+        ]
+
+    def _host_capacity(
+        self, h: HostRow, busy: frozenset[int], projects: frozenset[str] | None
+    ) -> HostCapacity:
+        assert h.inventory is not None
+        why = self._not_ready(h)
+        return HostCapacity(h.id, h.name, h.inventory, busy, not why, h.fleet, projects, why)
+
+    def _not_ready(self, h: HostRow) -> str:
+        """Why the host takes no new work now (shown in a pending job's reason), or "" when it does."""
+        status = self.host_status(h)
+        if status != "ready":
+            return status
+        if h.id in self.unseen_generation:
+            return "its inventory is not here yet"
+        if h.inventory is not None and h.inventory.no_new_work:
+            return "its agent takes no new work (gpuctl hosts says why)"
+        if self.problems.has(h.id, INVENTORY) or self.problems.has(h.id, PROTOCOL):
+            return "refused (gpuctl hosts says why)"
+        return ""
+
+
+def _pending(job: JobRow) -> PendingJob:
+    return PendingJob(job.id, job.spec, job.seq, job.priority, job.project)
+
+
+def _told(job: JobRow) -> str:
+    """The reason the job shows; none for a job not yet marked pending, so that it is marked."""
+    return job.reason if job.status is JobState.PENDING else ""
