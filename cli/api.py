@@ -12,9 +12,9 @@ from typing import TypeVar
 import msgspec
 
 from cli.config import CliConfig
-from shared import tls
 from shared.constants import API_PREFIX, COORDINATOR_WARNING_HEADER
 from shared.spec import TaskSpec
+from shared.tls_contexts import client_context
 from shared.wire import (
     FleetLimit,
     HostDetail,
@@ -54,7 +54,7 @@ class Api:
             raise ApiError(f"url: the coordinator must be https://, got {config.url!r}")
         self.host, self.port = parsed.hostname or "localhost", parsed.port or 443
         self.timeout_s = timeout_s
-        self._ssl: ssl.SSLContext = tls.client_context(config.ca_file)
+        self._ssl: ssl.SSLContext = client_context(config.ca_file)
 
     def _request(
         self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import yaml
 
-from shared import tls
-
 
 @dataclass(frozen=True)
 class CliConfig:
@@ -45,6 +43,8 @@ def load_cli_config() -> CliConfig:
 
 def save_cli_config(config: CliConfig, path: Path | None = None) -> Path:
     """Written 0600: it holds a bearer token."""
+    from shared import tls  # its certificate authority imports cryptography, which reading needs not
+
     path = path or config_path()
     text = yaml.safe_dump({"url": config.url, "token": config.token, "ca_file": str(config.ca_file)})
     tls.write_private(path, text.encode())
