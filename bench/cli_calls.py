@@ -23,6 +23,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.cli_startup import timings_ms
+
 SPEC = "name: bench-cli\ncommands: ['true']\nresources: {gpu: 1}\n"
 DEV_START_TIMEOUT_S = 60.0
 
@@ -34,17 +36,6 @@ def gpuctl_command() -> str:
     if found is None:
         raise SystemExit("no `gpuctl` console script: pip install -e .")
     return found
-
-
-def timings_ms(command: list[str], env: dict[str, str], runs: int) -> list[float]:
-    """Wall time of each of `runs` calls; one call first, untimed, warms the page cache."""
-    subprocess.run(command, env=env, check=True, capture_output=True)
-    out = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(command, env=env, check=True, capture_output=True)
-        out.append((time.perf_counter() - started) * 1000)
-    return out
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -64,13 +55,13 @@ def measure(env: dict[str, str], spec_path: Path, runs: int = 20) -> dict[str, d
         "ps": [gpuctl, "ps"],
         "--version": [gpuctl, "--version"],
     }
-    return {name: summary(timings_ms(command, full_env, runs)) for name, command in commands.items()}
+    return {name: summary(timings_ms(command, runs, full_env)) for name, command in commands.items()}
 
 
 @contextlib.contextmanager
 def dev_coordinator(root: Path) -> Iterator[dict[str, str]]:
     """`gpuctl dev` in a child process with its state under `root`; yields the env that points the CLI at
-    it, once it answers `gpuctl ps`."""
+    it, once its agent is ready (so that the jobs submitted run, and `ps` lists a short queue)."""
     env = {"GPUCTL_CONFIG": str(root / "cli.yaml")}
     full_env = {**os.environ, **env}
     state = root / "dev"
@@ -79,7 +70,8 @@ def dev_coordinator(root: Path) -> Iterator[dict[str, str]]:
     child = subprocess.Popen([*command, "--state-dir", str(state)], env=full_env, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + DEV_START_TIMEOUT_S
-        while subprocess.run([gpuctl_command(), "ps"], env=full_env, capture_output=True).returncode != 0:
+        hosts = [gpuctl_command(), "hosts", "--json"]
+        while '"ready"' not in subprocess.run(hosts, env=full_env, capture_output=True, text=True).stdout:
             if child.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"gpuctl dev did not start:\n{(root / 'dev.log').read_text()}")
             time.sleep(0.2)
