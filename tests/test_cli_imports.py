@@ -43,6 +43,14 @@ def test_cli_modules_import_only_cli_and_shared() -> None:
     assert offenders == []
 
 
+def test_every_name_of_the_spec_package_is_found_in_its_modules() -> None:
+    """shared.spec loads a name's module on first use (so that `ps` loads no YAML grammar): each name it
+    lists must live in one of the modules it looks in."""
+    import shared.spec
+
+    assert [name for name in shared.spec.__all__ if getattr(shared.spec, name, None) is None] == []
+
+
 def test_the_rule_sees_lazy_imports() -> None:
     assert "coordinator.scheduler" in imported_modules("def f():\n    from coordinator.scheduler import x\n")
 
