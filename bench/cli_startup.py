@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 
 
-def timings_ms(command: list[str], runs: int) -> list[float]:
-    subprocess.run(command, check=True, capture_output=True)  # warm the page cache
+def timings_ms(command: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
+    """Wall time of each of `runs` calls; one call first, untimed, warms the page cache."""
+    subprocess.run(command, env=env, check=True, capture_output=True)
     out = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
+        subprocess.run(command, env=env, check=True, capture_output=True)
         out.append((time.perf_counter() - started) * 1000)
     return out
 

@@ -1,20 +1,25 @@
-"""The CLI's client of the user API: small, synchronous, standard library HTTP over TLS with a bearer token."""
+"""The CLI's client of the user API: small, synchronous, standard library HTTP over TLS with a bearer token.
+
+One client keeps its connections alive between requests, so the calls of one CLI run (submit, then its log)
+share one TLS handshake."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import select
 import ssl
 import urllib.parse
+import weakref
 from dataclasses import dataclass
 from typing import TypeVar
 
 import msgspec
 
 from cli.config import CliConfig
-from shared import tls
 from shared.constants import API_PREFIX, COORDINATOR_WARNING_HEADER
 from shared.spec import TaskSpec
+from shared.tls_contexts import client_context
 from shared.wire import (
     ArraySubmitRequest,
     FleetLimit,
@@ -48,6 +53,9 @@ class LogChunk:
 
 
 class Api:
+    """Safe to share between threads: each request takes an idle connection or opens one, and gives it back
+    when its answer is read whole."""
+
     def __init__(self, config: CliConfig, timeout_s: float = 60.0) -> None:
         self.config = config
         parsed = urllib.parse.urlsplit(config.url)
@@ -55,22 +63,43 @@ class Api:
             raise ApiError(f"url: the coordinator must be https://, got {config.url!r}")
         self.host, self.port = parsed.hostname or "localhost", parsed.port or 443
         self.timeout_s = timeout_s
-        self._ssl: ssl.SSLContext = tls.client_context(config.ca_file)
+        self._ssl: ssl.SSLContext = client_context(config.ca_file)
+        self._idle: list[http.client.HTTPSConnection] = []
+        self.connections_opened = 0  # TLS connections made, for the tests and benches of keep-alive
+        weakref.finalize(self, _close_all, self._idle)
+
+    def _connection(self) -> http.client.HTTPSConnection:
+        """An idle connection whose server has not closed it (a readable idle socket is an EOF, or bytes
+        nobody asked for: either way it is closed, and http.client re-opens it on the next request), else a
+        new one."""
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = http.client.HTTPSConnection(
+                self.host, self.port, context=self._ssl, timeout=self.timeout_s
+            )
+        if conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+            conn.close()
+        if conn.sock is None:
+            self.connections_opened += 1
+        return conn
 
     def _request(
         self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self._ssl, timeout=self.timeout_s)
+        conn = self._connection()
         headers = {"Authorization": f"Bearer {self.config.token}", "Content-Type": content_type}
         try:
             conn.request(method, API_PREFIX + path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
-        except (OSError, http.client.HTTPException) as exc:
-            raise ApiError(f"cannot reach the coordinator at {self.config.url}: {exc}") from None
-        finally:
-            conn.close()
+        except BaseException as exc:
+            conn.close()  # half a request or answer on it (Ctrl-C in a long poll too): it carries no other
+            if isinstance(exc, OSError | http.client.HTTPException):
+                raise ApiError(f"cannot reach the coordinator at {self.config.url}: {exc}") from None
+            raise
+        self._idle.append(conn)  # if the server said `Connection: close`, http.client has closed it already
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
 
     def _call(self, method: str, path: str, type_: type[T], body: object = None) -> T:
         status, _, data = self._request(method, path, None if body is None else msgspec.json.encode(body))
@@ -175,6 +204,11 @@ class Api:
             if exit_code.lstrip("-").isascii() and exit_code.lstrip("-").isdigit()
             else None,
         )
+
+
+def _close_all(connections: list[http.client.HTTPSConnection]) -> None:
+    for conn in connections:
+        conn.close()
 
 
 def _raise_for(status: int, data: bytes) -> None:

@@ -15,7 +15,7 @@ from typing import TypeVar
 import click
 
 from cli.api import Api, ApiError, LogChunk
-from cli.render import clean, waiting_line
+from cli.text import clean, waiting_line
 
 SAMPLE_POLL_S = 1.0
 WAITING = ("pending", "pulling", "retrying")

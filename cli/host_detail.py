@@ -9,7 +9,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.render import ago, clean, link_lines, plain
+from cli.render import ago, link_lines, plain
+from cli.text import clean
 from shared.topology import relation_word
 from shared.units import format_mib
 from shared.wire import GpuDevice, HostAllocationView, HostDetail, Inventory

@@ -1,4 +1,9 @@
-"""`gpuctl`: submit jobs, watch them, list hosts. Each command parses its flags and calls one function."""
+"""`gpuctl`: submit jobs, watch them, list hosts. Each command parses its flags and calls one function.
+
+A user waits for Python to start on every call, so each command imports what it needs when it runs, and
+this module imports click alone: `--version` loads no HTTP, TLS or YAML module, `ps` no YAML or spec
+grammar, `submit` no rich, and none of them cryptography (tests/test_cli_imports.py holds this).
+"""
 
 from __future__ import annotations
 
@@ -9,44 +14,30 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import msgspec
 
-from cli.api import Api, ApiError
-from cli.files import pack
-from cli.follow import follow_logs
-from cli.host_detail import host_detail
-from cli.render import (
-    attempts_table,
-    clean,
-    hosts_table,
-    jobs_table,
-    print_table,
-    tasks_table,
-    terminal,
-    waiting_line,
-)
-from cli.session import api, call
 from cli.shell import completion, print_version
-from shared.arrays import check_array
-from shared.spec import (
-    ROOT_FILES_NEED_IMAGE,
-    GpuRequest,
-    SpecError,
-    TaskFile,
-    TaskSpec,
-    parse_gpu,
-    parse_task,
-    validate_spec,
-)
+
+if TYPE_CHECKING:
+    from cli.api import Api
+    from shared.spec import GpuRequest, TaskSpec
 
 
 class LazyGroup(click.Group):
     """Commands whose module is imported only when they run (or when help lists them): `gpuctl dev` starts
-    a coordinator and an agent, and their imports must not slow every other command down."""
+    a coordinator and an agent, and the admin commands' imports must not slow every other command down."""
 
-    lazy: dict[str, str] = {"dev": "cli.dev:dev"}
+    lazy: dict[str, str] = {
+        "dev": "cli.dev:dev",
+        "login": "cli.login:login_command",
+        "token": "cli.admin:token",
+        "project": "cli.admin:project",
+        "user": "cli.admin:user",
+        "fleet": "cli.admin:fleet",
+        "secret": "cli.secrets:secret",
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
@@ -92,6 +83,10 @@ def build_spec(
     the file's `files:` and are relative to the current folder; the file's are relative to its folder.
     Prints the task file's warnings (fields without effect here) to stderr. Raises SpecError naming the
     field."""
+    import msgspec
+
+    from shared.spec import ROOT_FILES_NEED_IMAGE, SpecError, TaskFile, TaskSpec, parse_task, validate_spec
+
     if file is None and not command:
         raise SpecError("commands", "nothing to run: give -f FILE or a command after --", source="submit")
     task = (
@@ -128,6 +123,12 @@ def upload_files(client: Api, submission: Submission) -> TaskSpec:
     """The spec to submit: with the ids of its packed and uploaded files, if it has any. Files for absolute
     paths in the container go in an archive of their own, whose members are those paths without the
     leading "/"."""
+    if not submission.files and not submission.root_files:
+        return submission.spec
+    import msgspec
+
+    from cli.files import pack  # tarfile and the .gitignore grammar: only for a job with files
+
     changes = {}
     if submission.files:
         changes["files_archive"] = client.upload_files(pack(submission.files, submission.files_base))
@@ -138,6 +139,8 @@ def upload_files(client: Api, submission: Submission) -> TaskSpec:
 
 
 def _flag_gpu(text: str) -> GpuRequest | None:
+    from shared.spec import SpecError, parse_gpu
+
     try:
         return parse_gpu(text)
     except ValueError as exc:
@@ -179,6 +182,14 @@ def submit(
 
     With --array, submit a job array in one request and return: each task finds its index in
     $GPUCTL_ARRAY_INDEX and $SLURM_ARRAY_TASK_ID; `gpuctl ps ARRAY` lists the tasks."""
+    import msgspec
+
+    from cli.api import ApiError
+    from cli.session import api
+    from cli.text import clean, waiting_line
+    from shared.arrays import check_array
+    from shared.spec import SpecError
+
     try:
         submission = build_spec(file, name, gpu, image, command, files)
         if array is not None:
@@ -204,6 +215,8 @@ def submit(
         click.echo(waiting_line(job), err=True)
     if detach:
         return
+    from cli.follow import follow_logs
+
     try:
         sys.exit(follow_logs(client, job.id, shown_reason=job.reason if job.status == "pending" else None))
     except KeyboardInterrupt:
@@ -218,27 +231,28 @@ def submit(
 def ps(show_all: bool, as_json: bool, job: str | None) -> None:
     """List jobs (running and pending; -a for all), an array as one line; `ps -a JOB` lists the job's
     attempts, `ps ARRAY` the array's tasks still to finish (`ps -a ARRAY`: all of them)."""
-    if job is not None:
-        view = call(lambda client: client.job(job))
-        if view.array is not None:
-            tasks = call(lambda client: client.tasks(view.id, show_all))
-            if as_json:
-                click.echo(msgspec.json.encode(tasks).decode())
-            else:
-                print_table(tasks_table(view, tasks))
-            return
+    import msgspec
+
+    from cli.session import call
+
+    views = call(lambda client: [client.job(job)] if job is not None else client.jobs(show_all))
+    if job is not None and views[0].array is not None:
+        tasks = call(lambda client: client.tasks(views[0].id, show_all))
         if as_json:
-            click.echo(msgspec.json.encode(view).decode())
-        else:
-            print_table(jobs_table([view]))
-            if show_all:
-                print_table(attempts_table(view))
+            click.echo(msgspec.json.encode(tasks).decode())
+            return
+        from cli.render import print_table, tasks_table
+
+        print_table(tasks_table(views[0], tasks))
         return
-    jobs = call(lambda client: client.jobs(show_all))
     if as_json:
-        click.echo(msgspec.json.encode(jobs).decode())
-    else:
-        print_table(jobs_table(jobs))
+        click.echo(msgspec.json.encode(views[0] if job is not None else views).decode())
+        return
+    from cli.render import attempts_table, jobs_table, print_table  # rich: for people only
+
+    print_table(jobs_table(views))
+    if job is not None and show_all:
+        print_table(attempts_table(views[0]))
 
 
 @main.command()
@@ -251,6 +265,9 @@ def ps(show_all: bool, as_json: bool, job: str | None) -> None:
 def logs(follow: bool, as_json: bool, attempt: int | None, job: str) -> None:
     """Print a job's output; with -f, say why it waits while it is pending (on stderr). For one task of
     an array, JOB[INDEX]."""
+    from cli.follow import follow_logs
+    from cli.session import api
+
     try:
         code = follow_logs(api(), job, follow=follow, as_json=as_json, attempt=attempt)
     except KeyboardInterrupt:
@@ -265,6 +282,10 @@ def logs(follow: bool, as_json: bool, attempt: int | None, job: str) -> None:
 def stop(as_json: bool, job: str) -> None:
     """Stop a job: SIGTERM, then SIGKILL after the grace period. An array: all of its tasks; JOB[INDEX]:
     that one."""
+    import msgspec
+
+    from cli.session import call
+
     view = call(lambda client: client.stop(job))
     if as_json:
         click.echo(msgspec.json.encode(view).decode())
@@ -288,6 +309,10 @@ def hosts(as_json: bool, verbose: bool, force: bool, stop: bool, words: tuple[st
     now: an interruption for a job's retry policy). `gpuctl hosts undrain HOST` takes it back.
     `gpuctl hosts remove HOST [--force]` revokes the host's certificates: its next sync is refused and it
     stops pulling work; a host with jobs running needs --force."""
+    import msgspec
+
+    from cli.session import call
+
     if words[:1] in (("remove",), ("drain",), ("undrain",)):
         if len(words) != 2:
             raise click.UsageError(f"usage: gpuctl hosts {words[0]} HOST")
@@ -300,10 +325,12 @@ def hosts(as_json: bool, verbose: bool, force: bool, stop: bool, words: tuple[st
         views, warning = call(lambda client: client.hosts_and_warning())
         if as_json:
             click.echo(msgspec.json.encode(views).decode())
-        else:
-            print_table(hosts_table(views))
-            if warning:
-                click.echo(f"coordinator: {warning}")
+            return
+        from cli.render import hosts_table, print_table
+
+        print_table(hosts_table(views))
+        if warning:
+            click.echo(f"coordinator: {warning}")
         return
     details = call(
         lambda client: (
@@ -312,13 +339,18 @@ def hosts(as_json: bool, verbose: bool, force: bool, stop: bool, words: tuple[st
     )
     if as_json:
         click.echo(msgspec.json.encode(details[0] if host is not None else details).decode())
-    else:
-        console = terminal()
-        for detail in details:
-            console.print(host_detail(detail, console.width))
+        return
+    from cli.host_detail import host_detail
+    from cli.render import terminal
+
+    console = terminal()
+    for detail in details:
+        console.print(host_detail(detail, console.width))
 
 
 def _change_host(verb: str, ref: str, force: bool, stop: bool) -> str:
+    from cli.session import call
+
     if verb == "remove":
         removed = call(lambda client: client.remove_host(ref, force))
         return f"host {removed['name']} ({removed['id']}) removed; its certificates are revoked"
@@ -330,16 +362,7 @@ def _change_host(verb: str, ref: str, force: bool, stop: bool) -> str:
     return f"host {undrained['name']} {undrained['status']}: it takes new work"
 
 
-def _register() -> None:
-    from cli.admin import fleet, project, token, user
-    from cli.login import login_command
-    from cli.secrets import secret
-
-    for command in (login_command, token, project, user, fleet, secret, completion):
-        main.add_command(command)
-
-
-_register()
+main.add_command(completion)
 
 
 if __name__ == "__main__":

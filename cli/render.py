@@ -1,30 +1,19 @@
-"""Tables and short texts for people; `--json` output bypasses all of this."""
+"""Tables and short texts for people, drawn by rich; `--json` output bypasses all of this."""
 
 from __future__ import annotations
 
 import os
-import re
 import time
 
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from cli.text import clean
 from shared.describe import describe_gpus, describe_request
 from shared.wire import ArraySummary, HostView, JobView
 
-# Escape sequences whole (CSI `ESC [ ... m`, OSC `ESC ] ... BEL`, two-character ones), then any other C0 or C1
-# control, DEL included: what a user, an agent or a driver wrote must not move the cursor or recolour a terminal.
-_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 PIPE_WIDTH = 200  # output that goes to a pipe or a file, without COLUMNS, is not folded to a made-up width
-
-
-def clean(text: str) -> str:
-    """User-supplied text made safe to print: escape sequences and control characters removed, line
-    breaks and tabs as spaces. Pure."""
-    text = _CONTROLS.sub("", _ESCAPES.sub("", text))
-    return text.replace("\t", " ").replace("\n", " ")
 
 
 def plain(text: str) -> Text:
@@ -58,25 +47,6 @@ def job_status(job: JobView) -> str:
     if job.status in ("done", "failed") and job.exit_code is not None:
         return f"{job.status} ({job.exit_code})"
     return job.status
-
-
-PROGRESS_BAR_CHARS = 20
-
-
-def waiting_line(job: JobView) -> str:
-    """What `submit` prints while a job waits: its pending reason, or its image pull as a progress bar
-    (`pulling nvcr.io/nvidia/pytorch:24.08-py3 [#######.............] 35%`)."""
-    if job.allocation_status == "unknown":
-        return f"{job.status} {'to' if job.status == 'assigned' else 'on'} {clean(job.host or '?')}, waiting for it: {clean(job.reason)}"
-    if job.status != "pulling":
-        return f"{job.status}: {clean(job.reason)}"
-    image = clean(job.spec.image or "image")
-    match = re.fullmatch(r"pulling (\d+)%", job.reason)
-    if not match:
-        return f"pulling {image}"
-    percent = min(100, int(match.group(1)))
-    done = percent * PROGRESS_BAR_CHARS // 100
-    return f"pulling {image} [{'#' * done}{'.' * (PROGRESS_BAR_CHARS - done)}] {percent}%"
 
 
 def _table(*columns: str, whole: tuple[str, ...]) -> Table:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import tomllib
 from pathlib import Path
 
 import click
-from click.shell_completion import get_completion_class
 
 PACKAGE = "gpuctl"
 PROGRAM = "gpuctl"
@@ -16,6 +13,9 @@ SHELLS = ("bash", "zsh", "fish")
 
 def version() -> str:
     """The installed package's version; from a source tree that is not installed, pyproject.toml's."""
+    import importlib.metadata  # ~10 ms that only `--version` needs
+    import tomllib
+
     try:
         return importlib.metadata.version(PACKAGE)
     except importlib.metadata.PackageNotFoundError:
@@ -42,6 +42,8 @@ def completion(ctx: click.Context, shell: str) -> None:
     gpuctl completion bash > ~/.local/share/bash-completion/completions/gpuctl
 
     (zsh: a file `_gpuctl` in a folder of $fpath; fish: ~/.config/fish/completions/gpuctl.fish)."""
+    from click.shell_completion import get_completion_class
+
     root = ctx.find_root().command
     complete_var = f"_{PROGRAM.upper()}_COMPLETE"
     cls = get_completion_class(shell)

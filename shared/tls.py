@@ -1,4 +1,5 @@
-"""The certificate authority and TLS contexts. Agents talk to the coordinator only over mutual TLS.
+"""The certificate authority; the TLS contexts live in shared/tls_contexts.py. Agents talk to the coordinator
+only over mutual TLS.
 
 The CA key is ECDSA P-256. Server certificates carry serverAuth only and client certificates clientAuth only,
 so a client certificate can never act as a server.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.files import write_atomic
+from shared.tls_contexts import client_context as client_context  # re-exported: callers reach them here
+from shared.tls_contexts import server_context as server_context
 
 _CA_TTL = dt.timedelta(days=3650)
 CLOCK_SKEW = dt.timedelta(minutes=5)  # certificates start this much before they are issued
@@ -179,25 +181,3 @@ def write_private(path: Path, data: bytes) -> None:
     """Write a secret file created 0600 from the start (never world-readable, not even briefly), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data, mode=0o600)
-
-
-def server_context(cert_file: Path, key_file: Path, ca_file: Path) -> ssl.SSLContext:
-    """TLS for the coordinator's port: client certificates are verified when sent (the agent API requires
-    one; the user API uses bearer tokens instead)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
-    ctx.load_verify_locations(cafile=str(ca_file))
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
-
-
-def client_context(
-    ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None
-) -> ssl.SSLContext:
-    """TLS for agents and the CLI: the server must present a certificate of our CA for the host dialled."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file is not None and key_file is not None:
-        ctx.load_cert_chain(cert_file, key_file)
-    return ctx

@@ -7,7 +7,8 @@ import time
 import msgspec
 from rich.console import Console
 
-from cli.render import attempts_table, clean, hosts_table, jobs_table, waiting_line
+from cli.render import attempts_table, hosts_table, jobs_table
+from cli.text import clean, waiting_line
 from shared.spec import TaskSpec
 from shared.wire import AttemptView, HostView, JobView
 
