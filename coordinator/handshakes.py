@@ -5,8 +5,11 @@ agents needs.
   fleet reconnects (a coordinator restart), asyncio works on every handshake at once, in turns, so each one
   takes (fleet x 2 ms): past the handshake deadline for all of them, and the fleet never comes up (measured:
   647 of 5,000 agents up after 140 s, the coordinator at 100% CPU, 61% of it in `do_handshake`). Here a
-  connection whose ClientHello has arrived waits, unread, until one of `limit` slots is free; one that sends
-  nothing takes no slot (and meets the deadline as before), so silent clients cannot hold the gate.
+  connection whose ClientHello has arrived waits, unread, until one of `limit` slots is free, and its
+  handshake deadline runs from then: waiting its turn is not being slow, and a connection dropped from the
+  queue would only come back as one more handshake. One that sends nothing takes no slot and meets the
+  deadline as before, so silent clients cannot hold the gate; one that stalls half way holds its slot until
+  its deadline.
 - A 16 KiB read buffer (one TLS record) instead of 256 KiB. asyncio allocates and zeroes it when the
   connection opens, so ten thousand idle agent connections held 2.5 GiB of buffers (measured: 418 MiB peak
   RSS for 1,000 agents).
@@ -57,6 +60,8 @@ class LeanTLS(sslproto.SSLProtocol):
     _incoming: ssl.MemoryBIO
     _transport: Any
     _state: sslproto.SSLProtocolState
+    _loop: Any
+    _handshake_timeout_handle: Any
 
     def __init__(self, gate: HandshakeGate, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,8 +72,12 @@ class LeanTLS(sslproto.SSLProtocol):
         return self._transport is not None and self._state == sslproto.SSLProtocolState.DO_HANDSHAKE
 
     def admit(self) -> None:
-        """Our turn: read on, and go on with the ClientHello kept meanwhile (soon, not inside the caller)."""
+        """Our turn: the deadline starts, reading goes on, and so does the handshake with the ClientHello
+        kept meanwhile (soon, not inside the caller)."""
         self.holds_slot = True
+        self._handshake_timeout_handle = self._loop.call_later(
+            self._ssl_handshake_timeout, self._check_handshake_timeout
+        )
         self._transport.resume_reading()
         self._loop.call_soon(self._resume)
 
@@ -84,6 +93,7 @@ class LeanTLS(sslproto.SSLProtocol):
         if not self.holds_slot and self._incoming.pending:
             if not self.gate.enter(self):
                 self._transport.pause_reading()  # its bytes wait in the kernel, not in our memory
+                self._handshake_timeout_handle.cancel()  # until its turn
                 return
             self.holds_slot = True
         super()._do_handshake()  # type: ignore[misc]
