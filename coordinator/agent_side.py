@@ -10,10 +10,11 @@ import random
 import time
 from collections.abc import Iterable
 
-from coordinator import leases
+from coordinator import leases, work_slot
 from coordinator.accounts import Accounts, Invalid
 from coordinator.array_store import ArrayStore
 from coordinator.attempts import end_attempt, event_of
+from coordinator.group_commit import GroupCommit
 from coordinator.host_ops import NotFound
 from coordinator.host_problems import INVENTORY, HostProblems
 from coordinator.links import Links
@@ -35,7 +36,6 @@ from shared.wire import (
 )
 
 log = logging.getLogger("gpuctl.coordinator")
-LAST_SEEN_STORE_S = 60.0
 
 
 class AgentSide:
@@ -52,8 +52,9 @@ class AgentSide:
     host_waiters: Waiters
     log_waiters: Waiters
     last_seen: dict[str, float]
-    _last_seen_stored: dict[str, float]
+    _seen_unsaved: dict[str, float]
     unseen_generation: set[str]
+    inventory_writes: GroupCommit[tuple[str, Inventory, str]]  # store.set_inventories, many hosts at once
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         raise NotImplementedError
@@ -70,14 +71,17 @@ class AgentSide:
     async def sync(self, host_id: str, req: SyncRequest) -> SyncResponse:
         """Fold the agent's actual state in, then answer its desired state: at once if it changed since the
         index the agent saw, else after the next change or the poll timeout. Safe to retry."""
-        host = self.store.ensure_host(host_id, req.inventory.hostname if req.inventory else host_id)
+        host = self.store.get_host(host_id) or self.store.ensure_host(
+            host_id, req.inventory.hostname if req.inventory else host_id
+        )
         changed = self.silent_s(host_id) > self.lease_s()  # a host that (re)appears may take pending work
-        self._seen(host)
+        self._seen(host_id)
         self.links.note(host_id, req)
         stale = self.welcome_back(host_id, req.allocations)
         if req.inventory is not None and generation_of(req.inventory) != host.generation:
             self._check_inventory(host_id, req.inventory)
-            self.store.set_inventory(host_id, req.inventory, generation_of(req.inventory))
+            work_slot.release_current()  # waiting for the disk, with the rest of the fleet, is not work
+            await self.inventory_writes.put((host_id, req.inventory, generation_of(req.inventory)))
             log.info("host %s inventory generation %s", host_id, generation_of(req.inventory))
             changed = True
         was_unseen = host_id in self.unseen_generation
@@ -88,7 +92,7 @@ class AgentSide:
         host = self._host(host_id)
         if host.desired_index <= req.desired_index and not unseen:  # unseen: ask for the inventory now
             await self.host_waiters.wait(host_id, self._poll_timeout_s())
-            self._seen(host)
+            self._seen(host_id)
         return self._desired(self._host(host_id), stale)
 
     def _poll_timeout_s(self) -> float:
@@ -107,14 +111,18 @@ class AgentSide:
         field, _, message = problem.partition(": ")
         raise Invalid(field, message)
 
-    def _seen(self, host: HostRow) -> None:
-        """Note that the host's agent is there: in memory on every request, in the store (for `hosts` after
-        a coordinator restart) at most once a minute, so a poll is not a disk write."""
+    def _seen(self, host_id: str) -> None:
+        """Note that the host's agent is there, in memory: a poll is not a disk write. The store learns
+        it in batches (`unsaved_last_seen`), for `hosts` after a coordinator restart."""
         now = time.time()
-        self.last_seen[host.id] = now
-        if now - self._last_seen_stored.get(host.id, host.last_seen or 0.0) >= LAST_SEEN_STORE_S:
-            self.store.set_last_seen(host.id, now)
-            self._last_seen_stored[host.id] = now
+        self.last_seen[host_id] = now
+        self._seen_unsaved[host_id] = now
+
+    def unsaved_last_seen(self) -> dict[str, float]:
+        """The hosts seen since the last call, with when; the caller stores them (`Store.set_last_seen`,
+        off the event loop: ten thousand hosts are a few batches)."""
+        seen, self._seen_unsaved = self._seen_unsaved, {}
+        return seen
 
     def _host(self, host_id: str) -> HostRow:
         host = self.store.get_host(host_id)

@@ -3,6 +3,7 @@ certificates). Errors answer JSON `{"error": ..., "field": ...}` with a 4xx stat
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -17,6 +18,7 @@ from coordinator.protocol_check import protocol_middleware
 from coordinator.service import Ambiguous, Busy, Coordinator, NotFound
 from shared import constants as C
 from shared.spec import SpecError
+from shared.states import HostState
 from shared.tls import BadCsr, peer_identity
 
 log = logging.getLogger("gpuctl.coordinator")
@@ -88,16 +90,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+# The identity in a client certificate, parsed once per certificate rather than once per request: an agent
+# keeps its connection and its certificate for days. Bounded: a fleet of this many hosts fits.
+_identity = functools.lru_cache(maxsize=32768)(peer_identity)
+
+
 def _check_agent(request: web.Request) -> web.Response | None:
     """Refuse unless the TLS layer verified a client certificate of our CA that is not revoked."""
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if der is None:
         return error(401, "the agent API needs a client certificate of this coordinator's CA")
-    host_id, serial = peer_identity(der)
+    host_id, serial = _identity(der)
     coord = request.app[COORDINATOR]
-    host = coord.store.get_host(host_id)
-    if coord.accounts.is_revoked(serial) or (host is not None and host.status == "removed"):
+    if coord.accounts.is_revoked(serial) or coord.store.host_status(host_id) == HostState.REMOVED:
         return error(403, "this host was removed from the cluster: its certificate is revoked")
     request[HOST_ID] = host_id
     return None

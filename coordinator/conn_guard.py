@@ -6,8 +6,8 @@ connection (only its hour-long keep-alive does). So each connection sits behind 
   opened or after the first byte of a later request (bodies have their own deadline: `http.read_body`);
 - closes it at once when its address already holds `unauthenticated_per_address` connections that showed
   neither a client certificate of our CA nor, in an answered request, a known token.
-TLS handshakes time out in the listener (`tls_handshake_timeout_s`), and `raise_fd_limit` lifts the soft
-limit on open files to the hard one at start.
+TLS handshakes time out in the listener (`tls_handshake_timeout_s`) and are worked on a bounded number
+at a time (`handshakes.py`); `raise_fd_limit` lifts the soft limit on open files to the hard one at start.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from coordinator.handshakes import HandshakeGate, LeanTLS
 from coordinator.http import HOST_ID, PRINCIPAL
 from coordinator.limits import ConnectionLimits
 
 log = logging.getLogger("gpuctl.coordinator")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-FD_LIMIT_CEILING = 1 << 20  # a hard limit of "unlimited" cannot be the soft one
+FD_LIMIT_CEILING = 1 << 20
+TLS_READ_BUFFER_BYTES = 16 * 1024  # a hard limit of "unlimited" cannot be the soft one
 
 
 def raise_fd_limit() -> int:
@@ -167,7 +169,7 @@ class GuardedSite(web.BaseSite):
     def __init__(
         self, runner: web.BaseRunner, host: str, port: int, ssl_context: Any, guard: ConnectionGuard
     ) -> None:
-        super().__init__(runner, ssl_context=ssl_context)
+        super().__init__(runner, ssl_context=ssl_context, backlog=guard.limits.listen_backlog)
         self._host, self._port, self._guard = host, port, guard
 
     @property
@@ -178,12 +180,19 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: self._guard.protocol(server()),
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            ssl_handshake_timeout=self._guard.limits.tls_handshake_timeout_s,
-            reuse_address=True,
+        loop = asyncio.get_running_loop()
+        context, guard = self._ssl_context, self._guard
+        gate = HandshakeGate(guard.limits.tls_handshakes_at_once)
+
+        def accept() -> asyncio.BaseProtocol:
+            """TLS around the guard around aiohttp, as `create_server(ssl=...)` wraps them (no waiter: a
+            failed handshake closes its connection itself), behind the handshake gate."""
+            timeout_s = guard.limits.tls_handshake_timeout_s
+            inner = guard.protocol(server())
+            return LeanTLS(
+                gate, loop, inner, context, None, server_side=True, ssl_handshake_timeout=timeout_s
+            )
+
+        self._server = await loop.create_server(
+            accept, self._host, self._port, backlog=self._backlog, reuse_address=True
         )

@@ -55,8 +55,7 @@ class HostOps:
         """`unreachable_after`, scaled up with the fleet (coordinator/leases.py)."""
         now = time.time()
         if now - self._host_count[0] > HOST_COUNT_CACHE_S:
-            count = sum(1 for h in self.store.list_hosts() if h.status != HostState.REMOVED)
-            self._host_count = (now, count)
+            self._host_count = (now, self.store.count_hosts())
         return leases.unreachable_after_s(self.settings.unreachable_after_s, self._host_count[1])
 
     def silent_s(self, host_id: str, now: float | None = None) -> float:

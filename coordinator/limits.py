@@ -7,7 +7,11 @@ from dataclasses import dataclass
 HEADER_TIMEOUT_S = 15.0  # a request's line and headers must arrive within this of its first byte
 BODY_TIMEOUT_S = 60.0  # a body (or, for a files upload, each chunk of it) must arrive within this
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
+TLS_HANDSHAKES_AT_ONCE = 64  # worked on at once; more wait their turn (coordinator/handshakes.py)
 KEEPALIVE_TIMEOUT_S = 75.0  # an idle keep-alive connection closes after this (as nginx's default)
+# Connections the kernel queues before the coordinator accepts them (capped by net.core.somaxconn): a fleet
+# that reconnects at once (a coordinator restart) must not overflow it, or each lost SYN costs 1, 3, 7 s.
+LISTEN_BACKLOG = 4096
 UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS = 64  # open connections from one address without a cert or token
 
 
@@ -16,8 +20,10 @@ class ConnectionLimits:
     header_timeout_s: float = HEADER_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
     tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S
+    tls_handshakes_at_once: int = TLS_HANDSHAKES_AT_ONCE
     keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
     unauthenticated_per_address: int = UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS
+    listen_backlog: int = LISTEN_BACKLOG
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,9 @@ log = logging.getLogger("gpuctl.coordinator")
 
 HOUSEKEEPING_INTERVAL_S = 5.0
 PRUNE_EVERY_BEATS = 60  # file archives: every 5 minutes
+LAST_SEEN_SAVE_S = (
+    60.0  # liveness lives in memory; the store hears of it this often (`hosts` after a restart)
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class RunningCoordinator:
     async def close(self) -> None:
         await cancel_and_wait(self.housekeeping)
         await self.runner.cleanup()
+        await save_last_seen(self.coordinator)
         self.coordinator.store.close()
 
 
@@ -96,6 +101,7 @@ async def _housekeeping(coordinator: Coordinator) -> None:
     """Re-run the scheduler now and then, so hosts that go away or come back change placements and reasons,
     and mark lost the allocations of hosts silent too long (a beat is at most a quarter lease, so a short
     `unreachable_after` is kept to); less often, delete the file archives that no live job needs."""
+    saved_at = time.monotonic()
     for beat in itertools.count():
         await asyncio.sleep(min(HOUSEKEEPING_INTERVAL_S, coordinator.settings.unreachable_after_s / 4))
         try:
@@ -103,8 +109,16 @@ async def _housekeeping(coordinator: Coordinator) -> None:
             coordinator.schedule_pass()
             if beat % PRUNE_EVERY_BEATS == 0:
                 coordinator.prune_files()
+            if time.monotonic() - saved_at >= LAST_SEEN_SAVE_S:
+                saved_at = time.monotonic()
+                await save_last_seen(coordinator)
         except Exception:
             log.exception("housekeeping failed")
+
+
+async def save_last_seen(coordinator: Coordinator) -> None:
+    """Store when the hosts seen since the last save were seen, in a thread: the loop goes on serving."""
+    await asyncio.to_thread(coordinator.store.set_last_seen, coordinator.unsaved_last_seen())
 
 
 def ensure_admin_token(store: Store, token_file: Path) -> str:

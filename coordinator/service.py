@@ -20,6 +20,7 @@ from coordinator.array_store import ArrayStore
 from coordinator.attempts import attempt_views
 from coordinator.disk import DiskGuard
 from coordinator.filestore import FileStore
+from coordinator.group_commit import GroupCommit
 from coordinator.host_ops import Ambiguous, Busy, HostOps, NotFound
 from coordinator.host_problems import HostProblems
 from coordinator.links import Links
@@ -71,10 +72,11 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ArrayOps):
         self.log_waiters = Waiters()  # key: job id
         self.last_seen: dict[str, float] = {}  # by host id: its agent's latest request
         self.links = Links()  # by host id: how its agent reaches us, and its last link failure
-        self._last_seen_stored: dict[str, float] = {}
+        self._seen_unsaved: dict[str, float] = {}  # by host id: seen since the store last heard of it
         # Hosts whose agent runs an inventory generation not stored here (it sent none): nothing is placed
         # on them until it arrives. In memory, like liveness: the next sync says it again.
         self.unseen_generation: set[str] = set()
+        self.inventory_writes = GroupCommit(store.set_inventories)  # a fleet registering at once: one fsync
         self.problems = HostProblems()  # why a host takes no work, shown on it in `gpuctl hosts`
         self.started_at = time.time()  # every host counts as seen then: one full lease before it is judged
         self._host_count = (0.0, 0)

@@ -7,6 +7,7 @@ The schema carries a version and migrations run in order at open.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from shared.spec import TaskSpec
 from shared.states import AllocState, HostState, JobState, check_host_transition, check_job_transition
 from shared.wire import Inventory
 
+BACKGROUND_BATCH = 1000  # rows per transaction written off the loop: short, so the loop never waits long
 TERMINAL_ALLOC_STATES = tuple(s.value for s in AllocState if s.terminal)
 
 
@@ -89,9 +91,14 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
+        self._writer: sqlite3.Connection | None = None  # for batched writes made off the event loop
+        self._writer_lock = threading.Lock()
+        self._inventories: dict[str, tuple[str, Inventory]] = {}  # by host id: (generation, decoded)
         self._migrate()
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self.db.close()
 
     @contextmanager
@@ -218,10 +225,22 @@ class Store:
 
     def get_host(self, host_id: str) -> HostRow | None:
         row = self.db.execute("SELECT * FROM hosts WHERE id=?", (host_id,)).fetchone()
-        return _host(row) if row else None
+        return self._host(row) if row else None
 
     def list_hosts(self) -> list[HostRow]:
-        return [_host(r) for r in self.db.execute("SELECT * FROM hosts ORDER BY name").fetchall()]
+        return [self._host(r) for r in self.db.execute("SELECT * FROM hosts ORDER BY name").fetchall()]
+
+    def _host(self, row: sqlite3.Row) -> HostRow:
+        """A host row, its inventory decoded once per generation: a generation names one inventory (it is
+        its hash), and decoding every host's inventory on every read was a quarter of the coordinator's
+        CPU under ten thousand agents. Inventories are frozen, so sharing one is safe."""
+        inventory = None
+        if row["inventory"]:
+            generation, inventory = self._inventories.get(row["id"], ("", None))
+            if inventory is None or generation != row["generation"]:
+                inventory = msgspec.json.decode(row["inventory"], type=Inventory)
+                self._inventories[row["id"]] = (row["generation"], inventory)
+        return _host(row, inventory)
 
     def ensure_host(self, host_id: str, name: str) -> HostRow:
         with self.tx() as db:
@@ -240,9 +259,45 @@ class Store:
                 (msgspec.json.encode(inventory).decode(), generation, inventory.hostname, host_id),
             )
 
-    def set_last_seen(self, host_id: str, when: float) -> None:
-        with self.tx() as db:
-            db.execute("UPDATE hosts SET last_seen=? WHERE id=?", (when, host_id))
+    def count_hosts(self) -> int:
+        """Hosts not removed, without reading their rows (a lease's length depends on it)."""
+        return int(self.db.execute("SELECT COUNT(*) FROM hosts WHERE status != 'removed'").fetchone()[0])
+
+    def host_status(self, host_id: str) -> str | None:
+        """A host's status alone (None if unknown), for a check made on every agent request."""
+        row = self.db.execute("SELECT status FROM hosts WHERE id=?", (host_id,)).fetchone()
+        return row[0] if row else None
+
+    def set_inventories(self, rows: list[tuple[str, Inventory, str]]) -> None:
+        """`set_inventory` for many hosts (host id, inventory, generation) at once, from any thread."""
+        self.write_in_background(
+            "UPDATE hosts SET inventory=?, generation=?, name=? WHERE id=?",
+            [(msgspec.json.encode(inv).decode(), gen, inv.hostname, host_id) for host_id, inv, gen in rows],
+        )
+
+    def set_last_seen(self, seen: dict[str, float]) -> None:
+        """When each host was last seen, from any thread."""
+        self.write_in_background(
+            "UPDATE hosts SET last_seen=? WHERE id=?", [(when, host_id) for host_id, when in seen.items()]
+        )
+
+    def write_in_background(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        """Run `sql` for every row, committed (durably) before it returns, in transactions of at most
+        `BACKGROUND_BATCH` rows. Made for a thread other than the event loop's, so it writes through a
+        connection of its own, one caller at a time: WAL lets the loop's reads go on meanwhile, and a
+        write of the loop's waits at most one batch."""
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._writer.execute("PRAGMA synchronous=FULL")
+            for start in range(0, len(rows), BACKGROUND_BATCH):
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    self._writer.executemany(sql, rows[start : start + BACKGROUND_BATCH])
+                except BaseException:
+                    self._writer.execute("ROLLBACK")
+                    raise
+                self._writer.execute("COMMIT")
 
     def set_membership(self, host_id: str, fleet: str, labels: dict[str, str]) -> None:
         with self.tx() as db:
@@ -378,8 +433,7 @@ def _job(row: sqlite3.Row) -> JobRow:
     )
 
 
-def _host(row: sqlite3.Row) -> HostRow:
-    inventory = msgspec.json.decode(row["inventory"], type=Inventory) if row["inventory"] else None
+def _host(row: sqlite3.Row, inventory: Inventory | None) -> HostRow:
     return HostRow(
         id=row["id"],
         name=row["name"],

@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent.blocks import make_blocks
@@ -242,3 +243,14 @@ def test_list_jobs_hides_finished_ones_unless_asked(store: Store) -> None:
     assert [j.id for j in store.list_jobs(include_finished=False)] == ["j-2"]
     assert [j.id for j in store.list_jobs(include_finished=True)] == ["j-2", "j-1"]
     assert [j.id for j in store.jobs_in(JobState.SUBMITTED, JobState.PENDING)] == ["j-2"]
+
+
+def test_a_host_reads_back_its_new_inventory_not_the_one_read_before(store: Store) -> None:
+    old = inventory()
+    new = msgspec.structs.replace(old, hostname="dgx1-renamed", memory_mib=old.memory_mib // 2)
+    store.ensure_host("host-1", "dgx1")
+    store.set_inventory("host-1", old, generation_of(old))
+    assert store.get_host("host-1").inventory == old  # type: ignore[union-attr]
+    store.set_inventories([("host-1", new, generation_of(new))])  # through the background connection
+    [host] = store.list_hosts()
+    assert (host.inventory, host.generation) == (new, generation_of(new))

@@ -1,0 +1,97 @@
+"""The coordinator works on a bounded number of TLS handshakes at once: a connection whose ClientHello has
+arrived waits for a free slot, one that has sent nothing takes none. Real coordinator, real TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from coordinator.limits import ConnectionLimits
+from coordinator.server import RunningCoordinator, ServerConfig, start_coordinator
+from shared import tls
+from tests.harness import FAST, reachable_tmpdir
+
+LIMITS = ConnectionLimits(tls_handshakes_at_once=1, tls_handshake_timeout_s=3.0)
+
+
+@asynccontextmanager
+async def _coordinator() -> AsyncIterator[RunningCoordinator]:
+    running = await start_coordinator(
+        ServerConfig(reachable_tmpdir() / "c", "127.0.0.1", 0, ("localhost",), FAST, limits=LIMITS)
+    )
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+class RawHandshake:
+    """A client handshake driven by hand over a plain socket, so a test can stop it half way."""
+
+    def __init__(self, running: RunningCoordinator) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", running.port))
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        context = tls.client_context(running.pki.ca_cert)
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+
+    async def hello(self) -> None:
+        """Send the ClientHello and read the server's first answer: the server is working on it."""
+        self._step()
+        self.incoming.write(await asyncio.to_thread(self.sock.recv, 65536))
+
+    async def finish(self) -> None:
+        while not self._step():
+            self.incoming.write(await asyncio.to_thread(self.sock.recv, 65536))
+
+    def _step(self) -> bool:
+        try:
+            self.tls.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        self.sock.sendall(self.outgoing.read())
+        return done
+
+
+async def _healthz(running: RunningCoordinator) -> bytes:
+    context = tls.client_context(running.pki.ca_cert)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", running.port, ssl=context, server_hostname="localhost"
+    )
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+async def test_a_handshake_waits_for_the_slot_of_the_one_in_progress() -> None:
+    async with _coordinator() as running:
+        first = RawHandshake(running)
+        await first.hello()  # holds the only slot
+        second = asyncio.create_task(_healthz(running))
+        await asyncio.sleep(0.5)  # ample for a handshake on loopback: it is waiting, not slow
+        assert not second.done(), "a second handshake went ahead while the only slot was held"
+        await first.finish()  # gives the slot back
+        assert (await second).startswith(b"HTTP/1.1 200")
+        first.sock.close()
+
+
+async def test_a_silent_connection_takes_no_slot() -> None:
+    async with _coordinator() as running:
+        silent = socket.create_connection(("127.0.0.1", running.port))  # sends nothing at all
+        assert (await _healthz(running)).startswith(b"HTTP/1.1 200")
+        assert not _closed(silent), "the handshake waited until the silent connection was dropped"
+        silent.close()
+
+
+def _closed(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
