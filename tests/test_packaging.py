@@ -249,6 +249,7 @@ def _upgrade_while_a_job_runs(box: Container) -> None:
     box.stop("/tmp/coordinator.pid")
     box.start(coordinator, "/tmp/coordinator.pid", "/tmp/gpuctl-coordinator.log", user=coordinator_user)
     box.stop("/run/gpuctl-agent.pid")
+    box.wait("gpuctl ps -a --json", "the upgraded coordinator to listen")  # it may still be starting
     assert _job_status(box, job["id"]) == "running"
     box.start(agent, "/run/gpuctl-agent.pid", "/var/log/gpuctl-agent.log")
     assert box.sh("dpkg-query -W -f='${Version}' gpuctl-agent") == f"{NEXT_VERSION}-1"
