@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.agent import detect, run_agent
-from tests.harness import Cluster, cluster, kill_leftover_jobs
+from tests.harness import Cluster, child_pid, cluster, kill_leftover_jobs
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and not os.environ.get("CI"), reason="mounting a tmpfs needs root"
@@ -79,7 +79,7 @@ async def _scenario(c: Cluster, state_dir: Path) -> None:
     job = await c.submit("type: task\nname: long\ncommands: [sleep 300]\n")
     await c.wait_for(job.id, "running")
     (alloc_dir,) = state_dir.glob("allocs/*")
-    pid = int((alloc_dir / "child.pid").read_text())
+    pid = await child_pid(alloc_dir)  # "running" can come before the supervisor writes it
     fill(state_dir / "filler")
     await wait_warning(c, "state dir full: 0 bytes free")
     await asyncio.to_thread(c.api.stop, job.id)

@@ -115,10 +115,10 @@ def test_a_partition_longer_than_lost_after_is_retried_elsewhere(request: pytest
     is whole."""
     require_netns()
     ns = Namespace.make(f"gpuctl-l{os.getpid()}", f"10.232.{os.getpid() % 250}")
-    c = FaultCluster(host=ns.host_addr, coordinator_flags=("--unreachable-after", "3s", "--lost-after", "8s"))
+    c = FaultCluster(host=ns.host_addr, coordinator_flags=("--unreachable-after", "2s", "--lost-after", "4s"))
     c.namespaces["fe1"] = ns  # torn down with the cluster
     request.addfinalizer(c.close)
-    lines = 800  # 40 s and more: the cut-off copy still runs when its link comes back
+    lines = 300  # 15 s and more: the cut-off copy still runs when told to stop (about 6 s after the cut)
     c.start_coordinator()
     c.add_agent("fe1", "1xH100:80GB", netns=ns)
     ids = {c.submit("long", lines, retry_on="interruption"): "long"}
@@ -136,7 +136,7 @@ def test_a_partition_longer_than_lost_after_is_retried_elsewhere(request: pytest
     assert second.attempts[0].status == "lost", second.attempts
     ns.up()
     cut_s = time.monotonic() - cut_at
-    assert cut_s > 8, f"the link was cut for only {cut_s:.1f} s"
+    assert cut_s > 4, f"the link was cut for only {cut_s:.1f} s"
     stopped = f"stopping allocation {first.allocation_id}: stop requested"  # desired `stop`, not silence
     until(lambda: stopped in c.agent_log("fe1"), 90, "the cut-off host to stop its old copy")
     c.wait_ended(list(ids), 120)

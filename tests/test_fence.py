@@ -60,7 +60,7 @@ def _alloc_dir(c: FaultCluster, agent: str) -> Path:
 
 @pytest.mark.timeout(240)
 def test_an_agent_without_its_coordinator_stops_its_jobs_after_the_set_time(faults: FaultCluster) -> None:
-    c, lines = faults, 600  # 30 s and more: both jobs still run when the fence comes
+    c, lines = faults, 300  # 15 s and more: both jobs still run at twice the setting, well past the fence
     c.start_coordinator()
     c.add_agent("ff1", "1xH100:80GB", stop_after_coordinator_lost="4s")
     fenced = c.submit("fenced", lines)

@@ -112,13 +112,13 @@ async def test_a_removed_host_is_refused_and_its_agent_stops_pulling_work() -> N
 
 
 async def test_the_agent_renews_its_certificate_at_two_thirds_of_its_life() -> None:
-    settings = Settings(**{**FAST.__dict__, "agent_cert_ttl_s": 15})
+    settings = Settings(**{**FAST.__dict__, "agent_cert_ttl_s": 6})
     async with cluster(settings) as c:
         config = await joined_agent(c, "renewer", await new_token(c))
         first = (config.pki_dir / "agent.pem").read_bytes()
         task = asyncio.create_task(run_agent(config, detect(config)))
         try:
-            async with asyncio.timeout(30):  # renewal is due 10 s into the 15 s life
+            async with asyncio.timeout(30):  # renewal is due 4 s into the 6 s life
                 while (config.pki_dir / "agent.pem").read_bytes() == first:  # noqa: ASYNC110 - a file, no event
                     await asyncio.sleep(0.5)
             first_end = tls.cert_expiry(first)[1]

@@ -128,25 +128,51 @@ def exec_start(unit: str) -> tuple[str, str]:
     return fields["ExecStart"], fields.get("User", "root")
 
 
+@dataclass
+class Packages:
+    """The packages at the project's version, and the build of the same sources at a higher one, which runs
+    while the tests use the first (it is only needed for the upgrade)."""
+
+    first: Path
+    next_dir: Path
+    next_build: subprocess.Popen[bytes]
+
+    def wait_next(self) -> None:
+        """Until the packages at NEXT_VERSION are built."""
+        _finished(self.next_build, self.next_dir)
+
+
+def _build(out: Path, version: str) -> subprocess.Popen[bytes]:
+    out.mkdir()  # now: the container mounts it before the build fills it
+    with open(f"{out}.log", "wb") as log:
+        command = ["bash", str(ROOT / "packaging" / "build"), "--version", version, str(out)]
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _finished(build: subprocess.Popen[bytes], out: Path) -> None:
+    build.wait(timeout=1500)
+    assert build.returncode == 0, Path(f"{out}.log").read_text(errors="replace")[-3000:]
+
+
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """The packages at the project's version, and rebuilt at a higher one."""
+def packages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Packages]:
+    """The first build alone (it fills packaging/build's cache: the second then only runs nfpm), the second
+    in the background."""
     base = tmp_path_factory.mktemp("packages")
     first, second = base / VERSION, base / NEXT_VERSION
-    for out, version in ((first, VERSION), (second, NEXT_VERSION)):
-        run = subprocess.run(
-            ["bash", str(ROOT / "packaging" / "build"), "--version", version, str(out)],
-            capture_output=True,
-            text=True,
-            timeout=1500,
-        )
-        assert run.returncode == 0, run.stdout + run.stderr[-3000:]
-    yield first, second
+    _finished(_build(first, VERSION), first)
+    next_build = _build(second, NEXT_VERSION)
+    try:
+        yield Packages(first, second, next_build)
+    finally:
+        if next_build.poll() is None:
+            next_build.kill()
+            next_build.wait()
 
 
 @pytest.mark.timeout(1800)
-def test_install_run_upgrade_remove_purge_offline(packages: tuple[Path, Path], docker_engine: Engine) -> None:
-    first, second = packages
+def test_install_run_upgrade_remove_purge_offline(packages: Packages, docker_engine: Engine) -> None:
+    first, second = packages.first, packages.next_dir
     docker = [need("docker", "docker.io"), "-H", docker_engine.socket]
     tarball = rootfs_tarball()
     image = f"gpuctl-test/debian12:{tarball.stem.rsplit('-', 1)[-1]}"
@@ -164,6 +190,7 @@ def test_install_run_upgrade_remove_purge_offline(packages: tuple[Path, Path], d
     box = Container(docker, name)
     try:
         _install_and_run(box)
+        packages.wait_next()  # built meanwhile
         _upgrade_while_a_job_runs(box)
         _remove_then_purge(box)
     finally:
@@ -222,6 +249,7 @@ def _upgrade_while_a_job_runs(box: Container) -> None:
     box.stop("/tmp/coordinator.pid")
     box.start(coordinator, "/tmp/coordinator.pid", "/tmp/gpuctl-coordinator.log", user=coordinator_user)
     box.stop("/run/gpuctl-agent.pid")
+    box.wait("gpuctl ps -a --json", "the upgraded coordinator to listen")  # it may still be starting
     assert _job_status(box, job["id"]) == "running"
     box.start(agent, "/run/gpuctl-agent.pid", "/var/log/gpuctl-agent.log")
     assert box.sh("dpkg-query -W -f='${Version}' gpuctl-agent") == f"{NEXT_VERSION}-1"
@@ -249,9 +277,9 @@ def _remove_then_purge(box: Container) -> None:
     )
 
 
-def test_rpm_metadata_files_and_scripts(packages: tuple[Path, Path]) -> None:
+def test_rpm_metadata_files_and_scripts(packages: Packages) -> None:
     rpm = need("rpm", "rpm")
-    first, _ = packages
+    first = packages.first
 
     def query(package: str, *args: str) -> str:
         (path,) = first.glob(f"{package}-{VERSION}-1.x86_64.rpm")
@@ -295,12 +323,12 @@ HOST_LIBRARIES = {
 }  # fmt: skip
 
 
-def test_glibc_floor_of_every_elf_file_in_the_packages(packages: tuple[Path, Path], tmp_path: Path) -> None:
+def test_glibc_floor_of_every_elf_file_in_the_packages(packages: Packages, tmp_path: Path) -> None:
     """The highest GLIBC_x.y symbol version that any ELF file in the three packages requires (`objdump -T`) is
     RHEL 9's or lower, and the libraries they take from the host are ones every supported distribution has."""
     objdump = need("objdump", "binutils")
     dpkg_deb = need("dpkg-deb", "dpkg")
-    first, _ = packages
+    first = packages.first
     glibc_floor = _glibc_floor_module()
     for package in ("gpuctl", "gpuctl-agent", "gpuctl-coordinator"):
         (deb,) = first.glob(f"{package}_{VERSION}-1_amd64.deb")
@@ -315,8 +343,8 @@ def test_glibc_floor_of_every_elf_file_in_the_packages(packages: tuple[Path, Pat
     assert glibc_floor.from_host(opt, objdump) <= HOST_LIBRARIES
 
 
-def test_offline_bundle_checksums(packages: tuple[Path, Path], tmp_path: Path) -> None:
-    first, _ = packages
+def test_offline_bundle_checksums(packages: Packages, tmp_path: Path) -> None:
+    first = packages.first
     with tarfile.open(first / f"gpuctl-{VERSION}-amd64.tar.gz") as bundle:
         bundle.extractall(tmp_path, filter="data")
     folder = tmp_path / f"gpuctl-{VERSION}-amd64"
