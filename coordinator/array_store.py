@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import msgspec
@@ -128,14 +129,20 @@ class ArrayStore:
         ).fetchall()
         return [_job(r) for r in rows]
 
-    def queued_tasks(self, array_id: str, limit: int) -> list[JobRow]:
-        """Its first `limit` tasks still waiting to be placed, in queue order."""
-        rows = self.store.db.execute(
-            "SELECT * FROM jobs WHERE array_id=? AND status IN ('submitted','pending','retrying')"
-            " ORDER BY priority DESC, seq LIMIT ?",
-            (array_id, limit),
-        ).fetchall()
-        return [_job(r) for r in rows]
+    def queued_tasks(self, array_id: str, page: int = 100) -> Iterator[JobRow]:
+        """Its tasks still waiting to be placed, in queue order, read `page` at a time as they are taken."""
+        after = (float("inf"), -1)  # (priority, seq) of the last task given: the next page starts past it
+        while True:
+            rows = self.store.db.execute(
+                "SELECT * FROM jobs WHERE array_id=? AND status IN ('submitted','pending','retrying')"
+                " AND (priority < ? OR (priority = ? AND seq > ?)) ORDER BY priority DESC, seq LIMIT ?",
+                (array_id, after[0], after[0], after[1], page),
+            ).fetchall()
+            for row in rows:
+                yield _job(row)
+            if len(rows) < page:
+                return
+            after = (rows[-1]["priority"], rows[-1]["seq"])
 
     def hold_rest(self, array_id: str, let_in: set[str], reason: str) -> None:
         """Mark every waiting task of the array but `let_in` pending with `reason`, where it is not so yet

@@ -78,9 +78,11 @@ class Scheduling:
             if job.array_id is not None:
                 self.admitted.setdefault(job.array_id, set()).add(job.id)
         self._hold(rows, held)
+        self.live_synced = False  # until this re-sync's placements are written: a failure re-syncs again
         self.live.sync([_pending(j) for j in queue], self._capacity(), {j.id: _told(j) for j in queue})
+        placed = self._settle()
         self.live_synced = True
-        return self._settle()
+        return placed
 
     def _eligible(self, job: JobRow, now: float) -> bool:
         """The one filter between the queue and the scheduler: a job waiting to start, unless its retry
@@ -114,11 +116,19 @@ class Scheduling:
 
     def _refresh_array(self, array_id: str, limit: int, now: float) -> None:
         """Let the first waiting tasks of an array with a `%N` limit into the live state, as many as its
-        placed tasks leave room for, and hold the others. Reads at most `limit` tasks (the others' reasons
-        are set in one statement): the cost of a change does not grow with the rest of the queue."""
-        rows = self.arrays.queued_tasks(array_id, limit)
-        queue = [j for j in rows if self._eligible(j, now)]
-        queue, _ = within_limits(queue, self.arrays.loads({array_id}))
+        placed tasks leave room for, and hold the others. Reads the tasks up to the last one let in (the
+        others' reasons are set in one statement): the cost of a change does not grow with the rest of the
+        queue."""
+        loads = self.arrays.loads({array_id})
+        room = limit - loads[array_id].active if array_id in loads else limit
+        rows, queue = [], []
+        for job in self.arrays.queued_tasks(array_id):  # in queue order, read in pages
+            rows.append(job)
+            if self._eligible(job, now):  # a task waiting out its retry back-off takes no room
+                queue.append(job)
+            if len(queue) >= room:
+                break
+        queue, _ = within_limits(queue, loads)
         let_in = {j.id for j in queue}
         for job_id in self.admitted.pop(array_id, set()) - let_in:
             self.live.remove_job(job_id)
@@ -173,14 +183,18 @@ class Scheduling:
             if not stale:
                 return placed
             self._refresh_hosts({p.host_id for p in stale})
+            self._refresh_jobs({p.job_id for p in stale})  # back in the queue, unless it left it
 
     def _write(self, settled: Settled) -> list[Placement]:
-        """Allocations for the placements, reasons that changed; answers the placements not written."""
+        """Allocations for the placements, reasons that changed; answers the placements not written: those
+        whose job left the queue unseen (stopped), or whose host stopped taking work with no change to say
+        so (its lease ran out, its inventory was refused) — time alone changes that, so it is checked here,
+        at the one place where a placement becomes real."""
         stale, written = [], []
         with self.store.tx() as db:
             for p in settled.placements:
-                job = self.store.get_job(p.job_id)
-                if job is None or job.status not in QUEUED:
+                job, host = self.store.get_job(p.job_id), self.store.get_host(p.host_id)
+                if job is None or job.status not in QUEUED or host is None or self._not_ready(host):
                     stale.append(p)
                     continue
                 alloc_id = "a-" + secrets.token_hex(6)
