@@ -15,6 +15,7 @@ import contextlib
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,7 +68,9 @@ def dev_coordinator(root: Path) -> Iterator[dict[str, str]]:
     state = root / "dev"
     command = [gpuctl_command(), "dev", "--simulate-gpus", "8xH100:80GB", "--port", "0"]
     log = (root / "dev.log").open("wb")
-    child = subprocess.Popen([*command, "--state-dir", str(state)], env=full_env, stdout=log, stderr=log)
+    child = subprocess.Popen(
+        [*command, "--state-dir", str(state)], env=full_env, stdout=log, stderr=log, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + DEV_START_TIMEOUT_S
         hosts = [gpuctl_command(), "hosts", "--json"]
@@ -77,9 +80,22 @@ def dev_coordinator(root: Path) -> Iterator[dict[str, str]]:
             time.sleep(0.2)
         yield env
     finally:
-        child.terminate()
-        child.wait(timeout=30)
+        stop_group(child)
         log.close()
+
+
+def stop_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the child's whole process group (it leads one: its agent's jobs are in it too), then
+    SIGKILL to what is left after 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
 
 
 def main() -> None:
