@@ -1,5 +1,5 @@
-"""The plain-process runtime: each job runs under a small supervisor (agent.runtime.shim) in a session of
-its own, as a uid of its own (agent.runtime.jobuser) when the agent runs as root, with its output appended
+"""The plain-process runtime: each job runs under a small supervisor (agent.runtime.shim, forked by one
+fork server: agent.runtime.shim_server) in a session of its own, as a uid of its own (agent.runtime.jobuser) when the agent runs as root, with its output appended
 to the log spool, which only the agent can read.
 
 A job gets a clean login-like environment (the executor's job env plus USER, LOGNAME and SHELL; nothing of
@@ -11,18 +11,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Collection
 from pathlib import Path
 
-from agent.env import DEFAULT_PATH
 from agent.machine import kernel_cpus, this_machine
 from agent.runtime.base import Observed, RuntimeStartError
 from agent.runtime.cgroups import Cgroups, Limits, confine, gpu_device_nodes
 from agent.runtime.commands import job_script, shell_path
 from agent.runtime.jobuser import UidRange, UidRangeError, job_uid
-from agent.runtime.shim import start_time
+from agent.runtime.shim import SERVE_ARG, start_time
+from agent.runtime.shim_server import ShimServer, ShimServerError
 from shared import tls
 from shared.states import AllocState
 from shared.wire import AllocationSpec, Inventory
@@ -46,6 +45,7 @@ class ProcessRuntime:
         self.inventory = inventory
         self.pids_limit = pids_limit
         self.dev = dev  # where the GPUs' device nodes are
+        self.shims = ShimServer([*shim_command(), SERVE_ARG])  # forks each job's supervisor
 
     def start(self, alloc: AllocationSpec, env: dict[str, str], alloc_dir: Path, log_file: Path) -> None:
         # Never from env["HOME"]: the spec may set HOME, and this folder is chowned to the job as root
@@ -65,26 +65,12 @@ class ProcessRuntime:
         tls.write_private(alloc_dir / "env.json", json.dumps(env).encode())
         devices = gpu_device_nodes(alloc, self.inventory, self.dev) if self.inventory is not None else ()
         confine(self.cgroups, alloc.id, Limits(cpus, alloc.memory_mib, self.pids_limit, devices), alloc_dir)
-        argv = [*shim_command(), str(alloc_dir / "exit.json"), user]
-        argv += ["--", shell, "-c", script]
+        argv = [str(alloc_dir / "exit.json"), user, "--", shell, "-c", script]
         try:
-            # Root's, 0600: the job writes through the descriptor it inherits, and reads no other job's.
-            with open(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
-                proc = subprocess.Popen(
-                    argv,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    cwd=work_dir,
-                    env={"PATH": DEFAULT_PATH},
-                    start_new_session=True,  # outlives the agent; the agent re-adopts it after a restart
-                )
-        except OSError as exc:
+            # The log is root's, 0600: the job writes through the descriptor it inherits, reads no other job's
+            started = self.shims.start(argv, work_dir, log_file) == 0
+        except ShimServerError as exc:
             raise RuntimeStartError(f"cannot start the job: {exc}") from exc
-        try:
-            started = proc.wait(timeout=30) == 0
-        except subprocess.TimeoutExpired:
-            started = False
         if not started or not (alloc_dir / "shim.pid").exists():
             raise RuntimeStartError(
                 "the job's supervisor did not start; the allocation's output.log says why"
@@ -144,7 +130,7 @@ class ProcessRuntime:
         self.inventory = inventory  # the device nodes a new job may open
 
     def close(self) -> None:
-        pass  # supervisors are detached: they outlive the agent by design
+        self.shims.close()  # the supervisors are detached: they outlive the agent by design
 
 
 def _user_name(ids: str) -> str:
