@@ -3,6 +3,7 @@ is replaced at the next start. Real processes, as the agent's user."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from pathlib import Path
@@ -53,3 +54,14 @@ def test_a_supervisor_that_cannot_start_fails_the_fork_and_says_why_in_the_log(t
         assert runtime.shims.start(argv, tmp_path, tmp_path / "output.log") != 0
         assert "env.json" in (tmp_path / "output.log").read_text()
         assert not (tmp_path / "shim.pid").exists()
+
+
+async def test_a_jobs_end_calls_on_exit_on_the_event_loop(tmp_path: Path) -> None:
+    """The executor hears of an end at once, not at its next tick: the supervisor is watched by a pidfd."""
+    ended = asyncio.Event()
+    with contextlib.closing(ProcessRuntime(None, on_exit=ended.set)) as runtime:
+        alloc_dir = start(runtime, tmp_path, "a-1", "sleep 0.5")
+        assert not ended.is_set()
+        async with asyncio.timeout(30):
+            await ended.wait()
+        assert runtime.observe(alloc_dir).state is AllocState.EXITED  # its exit.json came first

@@ -8,11 +8,12 @@ cgroups of its own (agent.runtime.cgroups) that hold its cores, memory, pids and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from agent.machine import kernel_cpus, this_machine
@@ -38,6 +39,7 @@ class ProcessRuntime:
         inventory: Inventory | None = None,
         pids_limit: int = 32768,
         dev: Path = Path("/dev"),
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.run_as = run_as  # one named user for every job (the site's choice)
         self.uids = uids  # else, as root: a uid of its own per allocation; neither: the agent's own user
@@ -46,6 +48,7 @@ class ProcessRuntime:
         self.pids_limit = pids_limit
         self.dev = dev  # where the GPUs' device nodes are
         self.shims = ShimServer([*shim_command(), SERVE_ARG])  # forks each job's supervisor
+        self.on_exit = on_exit  # called on the event loop when a supervisor this runtime started has ended
 
     def start(self, alloc: AllocationSpec, env: dict[str, str], alloc_dir: Path, log_file: Path) -> None:
         # Never from env["HOME"]: the spec may set HOME, and this folder is chowned to the job as root
@@ -75,6 +78,8 @@ class ProcessRuntime:
             raise RuntimeStartError(
                 "the job's supervisor did not start; the allocation's output.log says why"
             )
+        if self.on_exit is not None:
+            _watch_exit(int((alloc_dir / "shim.pid").read_text().split()[0]), self.on_exit)
 
     def _job_user(self, alloc_dir: Path) -> str:
         """ "UID:GID" for the shim, or "" (the agent's own user). Raises RuntimeStartError."""
@@ -189,6 +194,28 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
     for folder, dirs, names in os.walk(root):
         for name in dirs + names:
             os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
+
+
+def _watch_exit(pid: int, on_exit: Callable[[], None]) -> None:
+    """Call `on_exit` on the running event loop once process `pid` has ended (a pidfd: the supervisor is no
+    child of the agent), so its end is seen at once rather than at the executor's next tick; a process
+    already gone calls it at once. Nothing without a running loop: the tick still sees every end."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        loop.call_soon(on_exit)
+        return
+
+    def ended() -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+        on_exit()
+
+    loop.add_reader(fd, ended)
 
 
 def _alive(pid_file: Path) -> bool:
