@@ -23,7 +23,7 @@ from agent.runtime.commands import job_script, shell_path
 from agent.runtime.jobuser import UidRange, UidRangeError, job_uid
 from agent.runtime.shim import SERVE_ARG, start_time
 from agent.runtime.shim_server import ShimServer, ShimServerError
-from shared import tls
+from shared.files import write_atomic
 from shared.states import AllocState
 from shared.wire import AllocationSpec, Inventory
 
@@ -65,7 +65,8 @@ class ProcessRuntime:
         shell, script = shell_path(alloc.spec.shell), job_script(alloc.spec.commands)
         # The supervisor may run as root: it gets an isolated interpreter (-I ignores PYTHON* variables) and a
         # fixed environment; the job's own environment (PYTHONPATH, LD_PRELOAD, ...) reaches only the job.
-        tls.write_private(alloc_dir / "env.json", json.dumps(env).encode())
+        # 0600 from the start; no fsync: the supervisor reads it once, at once, and a reboot ends the job
+        write_atomic(alloc_dir / "env.json", json.dumps(env).encode(), mode=0o600, durable=False)
         devices = gpu_device_nodes(alloc, self.inventory, self.dev) if self.inventory is not None else ()
         confine(self.cgroups, alloc.id, Limits(cpus, alloc.memory_mib, self.pids_limit, devices), alloc_dir)
         argv = [str(alloc_dir / "exit.json"), user, "--", shell, "-c", script]
