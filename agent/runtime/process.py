@@ -1,6 +1,6 @@
-"""The plain-process runtime: each job runs under a small supervisor (agent.runtime.shim, forked by one
-fork server: agent.runtime.shim_server) in a session of its own, as a uid of its own (agent.runtime.jobuser) when the agent runs as root, with its output appended
-to the log spool, which only the agent can read.
+"""The plain-process runtime: each job runs under a small supervisor (agent.runtime.shim, forked by one fork
+server: agent.runtime.shim_server) in a session of its own, as a uid of its own (agent.runtime.jobuser) when
+the agent runs as root, with its output appended to the log spool, which only the agent can read.
 
 A job gets a clean login-like environment (the executor's job env plus USER, LOGNAME and SHELL; nothing of
 the agent's own), runs pinned to its blocks' CPU cores as mapped onto this machine (agent.machine), and in
@@ -200,7 +200,8 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
 def _watch_exit(pid: int, on_exit: Callable[[], None]) -> None:
     """Call `on_exit` on the running event loop once process `pid` has ended (a pidfd: the supervisor is no
     child of the agent), so its end is seen at once rather than at the executor's next tick; a process
-    already gone calls it at once. Nothing without a running loop: the tick still sees every end."""
+    already gone calls it at once. Nothing without a running loop or pidfds (Linux before 5.3): the tick
+    still sees every end."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -209,6 +210,8 @@ def _watch_exit(pid: int, on_exit: Callable[[], None]) -> None:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         loop.call_soon(on_exit)
+        return
+    except OSError:
         return
 
     def ended() -> None:
