@@ -106,11 +106,16 @@ def _docker_warning(docker: DockerConfig, problem: str | None) -> tuple[str, ...
 
 
 def make_runtimes(
-    config: AgentConfig, inventory: Inventory, run_as: str | None, uids: UidRange | None = None
+    config: AgentConfig,
+    inventory: Inventory,
+    run_as: str | None,
+    uids: UidRange | None = None,
+    on_exit: Callable[[], None] | None = None,
 ) -> dict[str, Runtime]:
-    """The plain-process runtime, and Docker when the inventory says the engine answered."""
+    """The plain-process runtime, and Docker when the inventory says the engine answered. `on_exit`: a
+    plain-process job has ended (the executor should look now)."""
     cgroups = Cgroups() if os.geteuid() == 0 else None
-    process = ProcessRuntime(run_as, uids, cgroups, inventory, config.docker.pids_limit)
+    process = ProcessRuntime(run_as, uids, cgroups, inventory, config.docker.pids_limit, on_exit=on_exit)
     runtimes: dict[str, Runtime] = {"process": process}
     if "docker" in inventory.runtimes:
         try:
@@ -195,9 +200,9 @@ async def _run_agent(
     state.inventory = inventory
     run_as, uids = config.effective_run_as(), job_uids(config)
     check_reachable(config.state_dir / "allocs", run_as or (f"uids {uids}" if uids else None))
-    executor = Executor(
-        config.state_dir, make_runtimes(config, inventory, run_as, uids), inventory, config.stop_grace_s
-    )
+    # A job's end wakes the executor at once, which reports it with the next sync (agent/sync.py)
+    runtimes = make_runtimes(config, inventory, run_as, uids, on_exit=state.desired_changed.set)
+    executor = Executor(config.state_dir, runtimes, inventory, config.stop_grace_s)
     try:
         executor.adopt()
         ca, cert, key = config.tls_files()

@@ -3,6 +3,7 @@
 Each allocation has a folder under `<state_dir>/allocs/<id>/` that is its journal: `alloc.json` (the desired
 spec), `output.log` (the log spool), `stop.json` (a stop was asked, and why), `shipped` (log bytes the
 coordinator acknowledged), and the runtime's own files. A restarted agent rebuilds everything from these.
+A forgotten allocation's folder moves to `<state_dir>/trash/`, where a background thread deletes it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -82,6 +84,9 @@ class Executor:
         self.state_dir = state_dir
         self.root = state_dir / "allocs"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.trash = state_dir / "trash"  # forgotten allocations' folders, until the cleaner deletes them
+        self.trash.mkdir(mode=0o700, exist_ok=True)
+        self._cleaner = ThreadPoolExecutor(1, thread_name_prefix="trash")
         self.runtimes = dict(runtimes)  # by name: "process", and "docker" where the engine answers
         self.inventory = inventory
         self.stop_grace_s = stop_grace_s
@@ -111,6 +116,8 @@ class Executor:
             log.info("re-adopted allocation %s (%s)", spec.id, local.observed.state)
         for runtime in self.runtimes.values():
             runtime.sweep(set(self.allocs))
+        for leftover in self.trash.iterdir():  # what an earlier agent forgot but had not deleted yet
+            self._cleaner.submit(shutil.rmtree, leftover, ignore_errors=True)
 
     def runtime_for(self, spec: AllocationSpec) -> Runtime | None:
         """Docker for a job with an image, plain processes otherwise; None when this host lacks it."""
@@ -119,6 +126,7 @@ class Executor:
     def close(self) -> None:
         for runtime in self.runtimes.values():
             runtime.close()
+        self._cleaner.shutdown()
 
     def statuses(self) -> list[AllocationStatus]:
         """What the coordinator hears: every reason without the agent's own paths (agent/reasons.py), here,
@@ -261,8 +269,19 @@ class Executor:
                 log.warning("allocation %s: cannot release it yet (%s); trying again", alloc_id, exc)
                 return
         del self.allocs[alloc_id]
-        shutil.rmtree(local.dir, ignore_errors=True)
+        self._discard(local.dir)
         log.info("forgot allocation %s", alloc_id)
+
+    def _discard(self, folder: Path) -> None:
+        """Take an allocation's folder out of the journal at once (a rename into trash/), and delete it
+        off the event loop: rmtree there was 22% of the agent's wall time in a run of 400 `true` jobs on
+        one host (py-spy), every start and report waiting behind it."""
+        try:
+            folder = folder.rename(self.trash / folder.name)
+        except OSError:  # not there, or a name taken in trash/: delete it here
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        self._cleaner.submit(shutil.rmtree, folder, ignore_errors=True)
 
     def record_acked(self, alloc_id: str, acked: int) -> None:
         local = self.allocs.get(alloc_id)

@@ -22,7 +22,7 @@ class SharedState:
     last_sync_at: float = field(default_factory=time.monotonic)  # the last answer; the agent's start at first
     inventory: Inventory | None = None  # the latest detected; replaced whole by re-detection, never mutated
     synced_once: asyncio.Event = field(default_factory=asyncio.Event)
-    desired_changed: asyncio.Event = field(default_factory=asyncio.Event)  # sync → executor
+    desired_changed: asyncio.Event = field(default_factory=asyncio.Event)  # sync, a job ended → executor
     local_changed: asyncio.Event = field(default_factory=asyncio.Event)  # executor, re-detection → sync
     logs_written: asyncio.Event = field(default_factory=asyncio.Event)  # executor → shipper
     redetect_requested: asyncio.Event = field(default_factory=asyncio.Event)  # SIGHUP → re-detection

@@ -1,6 +1,7 @@
 """The sync loop: one long poll that reports actual state and receives desired state (the heartbeat too).
 
-A local change (a job ended) cuts the current poll short, so the coordinator hears it at once.
+A local change (a job started or ended) cuts the current poll, or the gap between two syncs, short, so the
+coordinator hears it at once (and can answer with the next placement in the same exchange).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger("gpuctl.agent")
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+COALESCE_S = 0.01  # after a local change, how long to gather more (eight jobs ending together) into one sync
 
 
 class Revoked(Exception):
@@ -82,7 +84,19 @@ async def sync_loop(
                 notify("READY=1")  # the first sync is through: systemd counts the agent as started
                 ready = True
             poll_timeout_s, gap_s = response.poll_timeout_s, response.sync_interval_s
-        await asyncio.sleep(gap_s * random.uniform(0.8, 1.2))
+        await _pause(gap_s * random.uniform(0.8, 1.2), state.local_changed)
+
+
+async def _pause(gap_s: float, local_changed: asyncio.Event) -> None:
+    """The gap before the next sync: `gap_s` (the coordinator's interval) while there is nothing new to say,
+    so an answer that comes at once never turns into a busy loop; COALESCE_S once something changed here.
+
+    The full gap after every answer used to hold each start and exit back: with 8 one-second-or-less jobs a
+    host, 0.25 s of every ~0.6 s cycle went to it (bench section c, one host, 300 `true` tasks)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(gap_s):
+            await local_changed.wait()
+            await asyncio.sleep(COALESCE_S)
 
 
 def read_deadline_s(poll_timeout_s: float) -> float:

@@ -199,13 +199,15 @@ class Store:
         reason: str = "",
         exit_code: int | None = None,
     ) -> JobRow:
-        """Move a job through the one transition table; timestamps follow the state. Answers the job as
-        it is now."""
+        """Move a job through the one transition table; timestamps follow the state (an end with an exit
+        code ran: one the agent saw start and end between two syncs starts when it is heard of). Answers
+        the job as it is now."""
         if state == job.status and reason == job.reason:
             return job
         check_job_transition(job.status, state)
         now = time.time()
-        started = now if state is JobState.RUNNING and job.started_at is None else job.started_at
+        ran = state is JobState.RUNNING or (state.terminal and exit_code is not None)
+        started = now if ran and job.started_at is None else job.started_at
         finished = now if state.terminal else None
         db.execute(
             "UPDATE jobs SET status=?, reason=?, exit_code=?, started_at=?, finished_at=? WHERE id=?",
@@ -391,14 +393,15 @@ class Store:
         reason: str,
         final_log_size: int | None,
     ) -> None:
-        """Its times follow the state: started when first running, finished when terminal (a lost one
-        that comes back is running again, unfinished)."""
+        """Its times follow the state: started when first running (or when it ends with an exit code, as
+        a job does), finished when terminal (a lost one that comes back is running again, unfinished)."""
         now = time.time()
+        ran = state is AllocState.RUNNING or (state.terminal and exit_code is not None)
         db.execute(
             "UPDATE allocations SET state=?, exit_code=?, reason=?, final_log_size=?,"
-            " started_at=COALESCE(started_at, CASE WHEN ?='running' THEN ? END),"
+            " started_at=COALESCE(started_at, CASE WHEN ? THEN ? END),"
             " finished_at=CASE WHEN ? THEN COALESCE(finished_at, ?) END WHERE id=?",
-            (state.value, exit_code, reason, final_log_size, state.value, now, state.terminal, now, alloc_id),
+            (state.value, exit_code, reason, final_log_size, ran, now, state.terminal, now, alloc_id),
         )
 
     def set_interrupted(self, db: sqlite3.Connection, alloc_id: str, why: str) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -72,9 +73,9 @@ def test_a_job_opens_its_own_gpu_nodes_and_no_other(cgroups: Cgroups, root: Path
     dev.mkdir()
     for name, minor in (("nvidia0", 0), ("nvidia1", 1), ("nvidiactl", 255)):
         os.mknod(dev / name, 0o666 | 0o020000, os.makedev(NVIDIA_MAJOR, minor))
-    runtime = ProcessRuntime(None, None, cgroups, HOST, dev=dev)
     opens = (f"(: < {dev}/{n}) 2>&1 | sed 's/^/{n}: /'" for n in ("nvidia0", "nvidiactl", "nvidia1"))
-    seen, log = run_job(runtime, root, "a-dev", "; ".join(opens) + "; cat /dev/null && echo basics ok")
+    with contextlib.closing(ProcessRuntime(None, None, cgroups, HOST, dev=dev)) as runtime:
+        seen, log = run_job(runtime, root, "a-dev", "; ".join(opens) + "; cat /dev/null && echo basics ok")
     lines = dict(line.split(": ", 1) for line in log.splitlines() if ": " in line)
     assert "not permitted" in lines["nvidia1"], log  # another allocation's GPU
     assert "not permitted" not in lines["nvidia0"] and "not permitted" not in lines["nvidiactl"], log
@@ -83,15 +84,15 @@ def test_a_job_opens_its_own_gpu_nodes_and_no_other(cgroups: Cgroups, root: Path
 
 
 def test_a_job_is_held_to_its_cores_memory_and_pids(cgroups: Cgroups, root: Path) -> None:
-    runtime = ProcessRuntime(None, None, cgroups, HOST, pids_limit=12)
-    _, log = run_job(runtime, root, "a-cpu", "grep Cpus_allowed_list /proc/self/status", cpus=(1,))
-    assert log.split()[-1] == "1", log
-    hog = "python3 -c 'b = bytearray(512 << 20); print(\"allocated\")'"
-    seen, log = run_job(runtime, root, "a-mem", hog, memory_mib=64)
-    assert "allocated" not in log and seen.exit_code != 0, log  # OOM-killed: no swap to spill to
-    forks = "for i in $(seq 30); do sleep 3 & done; wait"
-    seen, log = run_job(runtime, root, "a-pids", forks)
-    assert seen.exit_code != 0 and "fork" in log.lower(), log
+    with contextlib.closing(ProcessRuntime(None, None, cgroups, HOST, pids_limit=12)) as runtime:
+        _, log = run_job(runtime, root, "a-cpu", "grep Cpus_allowed_list /proc/self/status", cpus=(1,))
+        assert log.split()[-1] == "1", log
+        hog = "python3 -c 'b = bytearray(512 << 20); print(\"allocated\")'"
+        seen, log = run_job(runtime, root, "a-mem", hog, memory_mib=64)
+        assert "allocated" not in log and seen.exit_code != 0, log  # OOM-killed: no swap to spill to
+        forks = "for i in $(seq 30); do sleep 3 & done; wait"
+        seen, log = run_job(runtime, root, "a-pids", forks)
+        assert seen.exit_code != 0 and "fork" in log.lower(), log
 
 
 def test_a_cgroup_that_will_not_go_yet_keeps_the_allocation_not_the_agent(
@@ -117,3 +118,4 @@ def test_a_cgroup_that_will_not_go_yet_keeps_the_allocation_not_the_agent(
         blocker.rmdir()
     executor.step([], time.time())
     assert "a-busy" not in executor.allocs and not local.dir.exists()
+    executor.close()

@@ -175,6 +175,20 @@ def test_a_job_walks_to_done_with_timestamps(store: Store) -> None:
     assert done.finished_at is not None
 
 
+def test_a_job_heard_of_only_once_it_ended_ran(store: Store) -> None:
+    """A job that starts and ends between two syncs of its agent is first reported with its exit code:
+    it ran, and started when the coordinator heard of it. One that ended without running did not."""
+    assigned = []
+    for job_id in ("j-1", "j-2"):
+        store.insert_job(job_id, "train", parse_spec(SPEC_TEXT), "")
+        assigned.append(move(store, job_id, JobState.PENDING, JobState.ASSIGNED))
+    with store.tx() as db:
+        ran = store.set_job_state(db, assigned[0], JobState.DONE, exit_code=0)
+        never = store.set_job_state(db, assigned[1], JobState.FAILED, "no such image")
+    assert ran.started_at is not None and ran.started_at == ran.finished_at
+    assert never.started_at is None
+
+
 def test_an_invalid_transition_is_refused_and_changes_nothing(store: Store) -> None:
     store.insert_job("j-1", "train", parse_spec(SPEC_TEXT), "")
     done = move(store, "j-1", JobState.ASSIGNED, JobState.RUNNING, JobState.DONE)

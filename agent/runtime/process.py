@@ -1,6 +1,6 @@
-"""The plain-process runtime: each job runs under a small supervisor (agent.runtime.shim) in a session of
-its own, as a uid of its own (agent.runtime.jobuser) when the agent runs as root, with its output appended
-to the log spool, which only the agent can read.
+"""The plain-process runtime: each job runs under a small supervisor (agent.runtime.shim, forked by one fork
+server: agent.runtime.shim_server) in a session of its own, as a uid of its own (agent.runtime.jobuser) when
+the agent runs as root, with its output appended to the log spool, which only the agent can read.
 
 A job gets a clean login-like environment (the executor's job env plus USER, LOGNAME and SHELL; nothing of
 the agent's own), runs pinned to its blocks' CPU cores as mapped onto this machine (agent.machine), and in
@@ -8,22 +8,22 @@ cgroups of its own (agent.runtime.cgroups) that hold its cores, memory, pids and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
-from agent.env import DEFAULT_PATH
 from agent.machine import kernel_cpus, this_machine
 from agent.runtime.base import Observed, RuntimeStartError
 from agent.runtime.cgroups import Cgroups, Limits, confine, gpu_device_nodes
 from agent.runtime.commands import job_script, shell_path
 from agent.runtime.jobuser import UidRange, UidRangeError, job_uid
-from agent.runtime.shim import start_time
-from shared import tls
+from agent.runtime.shim import SERVE_ARG, start_time
+from agent.runtime.shim_server import ShimServer, ShimServerError
+from shared.files import write_atomic
 from shared.states import AllocState
 from shared.wire import AllocationSpec, Inventory
 
@@ -39,6 +39,7 @@ class ProcessRuntime:
         inventory: Inventory | None = None,
         pids_limit: int = 32768,
         dev: Path = Path("/dev"),
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.run_as = run_as  # one named user for every job (the site's choice)
         self.uids = uids  # else, as root: a uid of its own per allocation; neither: the agent's own user
@@ -46,6 +47,8 @@ class ProcessRuntime:
         self.inventory = inventory
         self.pids_limit = pids_limit
         self.dev = dev  # where the GPUs' device nodes are
+        self.shims = ShimServer([*shim_command(), SERVE_ARG])  # forks each job's supervisor
+        self.on_exit = on_exit  # called on the event loop when a supervisor this runtime started has ended
 
     def start(self, alloc: AllocationSpec, env: dict[str, str], alloc_dir: Path, log_file: Path) -> None:
         # Never from env["HOME"]: the spec may set HOME, and this folder is chowned to the job as root
@@ -62,33 +65,22 @@ class ProcessRuntime:
         shell, script = shell_path(alloc.spec.shell), job_script(alloc.spec.commands)
         # The supervisor may run as root: it gets an isolated interpreter (-I ignores PYTHON* variables) and a
         # fixed environment; the job's own environment (PYTHONPATH, LD_PRELOAD, ...) reaches only the job.
-        tls.write_private(alloc_dir / "env.json", json.dumps(env).encode())
+        # 0600 from the start; no fsync: the supervisor reads it once, at once, and a reboot ends the job
+        write_atomic(alloc_dir / "env.json", json.dumps(env).encode(), mode=0o600, durable=False)
         devices = gpu_device_nodes(alloc, self.inventory, self.dev) if self.inventory is not None else ()
         confine(self.cgroups, alloc.id, Limits(cpus, alloc.memory_mib, self.pids_limit, devices), alloc_dir)
-        argv = [*shim_command(), str(alloc_dir / "exit.json"), user]
-        argv += ["--", shell, "-c", script]
+        argv = [str(alloc_dir / "exit.json"), user, "--", shell, "-c", script]
         try:
-            # Root's, 0600: the job writes through the descriptor it inherits, and reads no other job's.
-            with open(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
-                proc = subprocess.Popen(
-                    argv,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    cwd=work_dir,
-                    env={"PATH": DEFAULT_PATH},
-                    start_new_session=True,  # outlives the agent; the agent re-adopts it after a restart
-                )
-        except OSError as exc:
+            # The log is root's, 0600: the job writes through the descriptor it inherits, reads no other job's
+            started = self.shims.start(argv, work_dir, log_file) == 0
+        except ShimServerError as exc:
             raise RuntimeStartError(f"cannot start the job: {exc}") from exc
-        try:
-            started = proc.wait(timeout=30) == 0
-        except subprocess.TimeoutExpired:
-            started = False
         if not started or not (alloc_dir / "shim.pid").exists():
             raise RuntimeStartError(
                 "the job's supervisor did not start; the allocation's output.log says why"
             )
+        if self.on_exit is not None:
+            _watch_exit(int((alloc_dir / "shim.pid").read_text().split()[0]), self.on_exit)
 
     def _job_user(self, alloc_dir: Path) -> str:
         """ "UID:GID" for the shim, or "" (the agent's own user). Raises RuntimeStartError."""
@@ -144,7 +136,7 @@ class ProcessRuntime:
         self.inventory = inventory  # the device nodes a new job may open
 
     def close(self) -> None:
-        pass  # supervisors are detached: they outlive the agent by design
+        self.shims.close()  # the supervisors are detached: they outlive the agent by design
 
 
 def _user_name(ids: str) -> str:
@@ -203,6 +195,31 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
     for folder, dirs, names in os.walk(root):
         for name in dirs + names:
             os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
+
+
+def _watch_exit(pid: int, on_exit: Callable[[], None]) -> None:
+    """Call `on_exit` on the running event loop once process `pid` has ended (a pidfd: the supervisor is no
+    child of the agent), so its end is seen at once rather than at the executor's next tick; a process
+    already gone calls it at once. Nothing without a running loop or pidfds (Linux before 5.3): the tick
+    still sees every end."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        loop.call_soon(on_exit)
+        return
+    except OSError:
+        return
+
+    def ended() -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+        on_exit()
+
+    loop.add_reader(fd, ended)
 
 
 def _alive(pid_file: Path) -> bool:

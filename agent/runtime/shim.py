@@ -1,5 +1,6 @@
 """The supervisor of one plain-process job: `python shim.py EXIT_FILE UID:GID -- ARGV...` (UID:GID empty:
-the job runs as the supervisor's own user).
+the job runs as the supervisor's own user). `python shim.py --serve` is a fork server of supervisors (see
+`serve`): the agent keeps one, so that a job's start is a fork, not a new interpreter.
 
 It detaches first (forks; the agent's direct child exits once the supervisor has written `shim.pid`), so the
 agent never has to reap it. It then starts the job in a process group of its own (as USER when it runs as root), passes SIGTERM/SIGINT on to
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 
 _pending: list[int] = []  # signals that came before the job existed
 _child: list[subprocess.Popen[bytes]] = []
@@ -135,5 +137,55 @@ def _join_cgroups(listing: str) -> None:
             f.write(str(os.getpid()))
 
 
+SERVE_ARG = "--serve"
+
+
+def serve() -> int:
+    """Fork a supervisor for each request on stdin, one JSON line `{"argv", "cwd", "log"}` (`argv` as for
+    `main`), and answer one line each: the exit status of the forked process, 0 once the supervisor it became
+    has detached and written `shim.pid`. The supervisor starts as a process started by the agent would: a
+    session of its own, stdin from /dev/null, stdout and stderr appended to `log` (0600), in `cwd`, with this
+    server's environment (the agent gives it a fixed one). Ends at the end of stdin: the agent is gone, and
+    the supervisors, detached, go on."""
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    for line in requests:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _supervise(request["argv"], request["cwd"], request["log"])
+        _, status = os.waitpid(pid, 0)
+        answers.write(b"%d\n" % os.waitstatus_to_exitcode(status))
+        answers.flush()
+    return 0
+
+
+def _supervise(argv: list[str], cwd: str, log: str) -> None:
+    """In the forked child: become the supervisor of `main(argv)`; never returns to the server's loop."""
+    code = 1
+    try:
+        os.setsid()
+        out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(null)
+        os.close(out)
+        os.chdir(cwd)
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()  # into the job's log, where the agent's error points
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def entry(argv: list[str]) -> int:
+    """The command line: a fork server with `--serve`, else one supervisor."""
+    return serve() if argv == [SERVE_ARG] else main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(entry(sys.argv[1:]))

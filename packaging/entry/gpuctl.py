@@ -6,7 +6,7 @@ import sys
 SHIM_ARG = "__shim__"  # agent.runtime.process.SHIM_ARG; not imported, so that start-up stays light
 
 if len(sys.argv) > 1 and sys.argv[1] == SHIM_ARG:
-    from agent.runtime.shim import main as shim
+    from agent.runtime.shim import entry as shim
 
     sys.exit(shim(sys.argv[2:]))
 

@@ -1,0 +1,67 @@
+"""The supervisors' fork server: a job's supervisor is forked from it, outlives it, and a server that died
+is replaced at the next start. Real processes, as the agent's user."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+from agent.runtime.base import Observed
+from agent.runtime.process import ProcessRuntime
+from shared.spec import TaskSpec
+from shared.states import AllocState
+from shared.wire import AllocationSpec
+
+
+def start(runtime: ProcessRuntime, root: Path, name: str, script: str) -> Path:
+    alloc = AllocationSpec(name, "j", "job", "run", TaskSpec(commands=(script,)), (0,), (0,), (), 512)
+    alloc_dir = root / name
+    alloc_dir.mkdir()
+    runtime.start(alloc, {"PATH": "/usr/bin:/bin"}, alloc_dir, alloc_dir / "output.log")
+    return alloc_dir
+
+
+def ended(runtime: ProcessRuntime, alloc_dir: Path) -> Observed:
+    deadline = time.monotonic() + 30
+    while (seen := runtime.observe(alloc_dir)).state is AllocState.RUNNING:
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.05)
+    return seen
+
+
+def test_a_supervisor_outlives_its_fork_server_which_the_next_start_replaces(tmp_path: Path) -> None:
+    with contextlib.closing(ProcessRuntime(None)) as runtime:
+        first = start(runtime, tmp_path, "a-1", "sleep 30")
+        server = runtime.shims._proc
+        assert server is not None
+        server.kill()
+        server.wait()
+        try:
+            assert runtime.observe(first).state is AllocState.RUNNING  # detached: not the server's child
+            second = start(runtime, tmp_path, "a-2", "echo from the second job")
+            assert ended(runtime, second).exit_code == 0
+            assert (second / "output.log").read_text() == "from the second job\n"
+        finally:
+            runtime.signal_stop(first, kill=True)
+        assert ended(runtime, first).exit_code == 128 + 9
+
+
+def test_a_supervisor_that_cannot_start_fails_the_fork_and_says_why_in_the_log(tmp_path: Path) -> None:
+    with contextlib.closing(ProcessRuntime(None)) as runtime:
+        argv = [str(tmp_path / "exit.json"), "", "--", "true"]  # no env.json beside it
+        assert runtime.shims.start(argv, tmp_path, tmp_path / "output.log") != 0
+        assert "env.json" in (tmp_path / "output.log").read_text()
+        assert not (tmp_path / "shim.pid").exists()
+
+
+async def test_a_jobs_end_calls_on_exit_on_the_event_loop(tmp_path: Path) -> None:
+    """The executor hears of an end at once, not at its next tick: the supervisor is watched by a pidfd."""
+    ended = asyncio.Event()
+    with contextlib.closing(ProcessRuntime(None, on_exit=ended.set)) as runtime:
+        alloc_dir = start(runtime, tmp_path, "a-1", "sleep 0.5")
+        assert not ended.is_set()
+        async with asyncio.timeout(30):
+            await ended.wait()
+        assert runtime.observe(alloc_dir).state is AllocState.EXITED  # its exit.json came first
