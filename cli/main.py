@@ -210,6 +210,13 @@ def submit(
     if job.array is not None:
         click.echo(job.id if detach else f"array {job.id} ({clean(job.name)}): {job.array.task_count} tasks")
         return
+    if job.schedule is not None:  # nothing runs yet: each time submits a job named after it
+        from cli.render import schedule_line
+
+        click.echo(
+            job.id if detach else f"schedule {job.id} ({clean(job.name)}): {schedule_line(job.schedule)}"
+        )
+        return
     click.echo(job.id if detach else f"job {job.id} ({job.name}) {job.status}")
     if job.status == "pending":
         click.echo(waiting_line(job), err=True)

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from cli.text import clean
 from shared.describe import describe_gpus, describe_request
-from shared.wire import ArraySummary, HostView, JobView
+from shared.wire import ArraySummary, HostView, JobView, ScheduleSummary
 
 PIPE_WIDTH = 200  # output that goes to a pipe or a file, without COLUMNS, is not folded to a made-up width
 
@@ -78,6 +78,8 @@ def jobs_table(jobs: list[JobView]) -> Table:
         reason = job.reason or ""
         if job.array is not None:  # the counts say more than any one task's reason
             reason = array_counts(job.array)
+        if job.schedule is not None:
+            reason = schedule_line(job.schedule)
         table.add_row(
             job.id,
             plain(job.name),
@@ -89,6 +91,17 @@ def jobs_table(jobs: list[JobView]) -> Table:
             plain(reason),
         )
     return table
+
+
+def schedule_line(schedule: ScheduleSummary) -> str:
+    """`next run 2026-11-30 03:00 UTC (cron 0 3 * * *); ran nightly@2026-11-29T03:00`. Pure."""
+    lines = "; ".join(schedule.cron)
+    if schedule.next_run_at is None:
+        text = f"stopped (cron {lines})"
+    else:
+        at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(schedule.next_run_at))
+        text = f"next run {at} (cron {lines})"
+    return f"{text}; {schedule.last_note}" if schedule.last_note else text
 
 
 # The order in which an array's counts are said: what ended, then what runs, then what waits.
