@@ -9,9 +9,9 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.text import clean
+from cli.text import clean, schedule_line
 from shared.describe import describe_gpus, describe_request
-from shared.wire import ArraySummary, HostView, JobView, ScheduleSummary
+from shared.wire import ArraySummary, HostView, JobView
 
 PIPE_WIDTH = 200  # output that goes to a pipe or a file, without COLUMNS, is not folded to a made-up width
 
@@ -91,17 +91,6 @@ def jobs_table(jobs: list[JobView]) -> Table:
             plain(reason),
         )
     return table
-
-
-def schedule_line(schedule: ScheduleSummary) -> str:
-    """`next run 2026-11-30 03:00 UTC (cron 0 3 * * *); ran nightly@2026-11-29T03:00`. Pure."""
-    lines = "; ".join(schedule.cron)
-    if schedule.next_run_at is None:
-        text = f"stopped (cron {lines})"
-    else:
-        at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(schedule.next_run_at))
-        text = f"next run {at} (cron {lines})"
-    return f"{text}; {schedule.last_note}" if schedule.last_note else text
 
 
 # The order in which an array's counts are said: what ended, then what runs, then what waits.

@@ -10,6 +10,7 @@ this module adds what cronsim leaves open: exactly five fields (it would take a 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +18,7 @@ from cronsim import CronSim, CronSimError
 
 FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
 _CRONSIM_FIELDS = {"minute": 0, "hour": 1, "day-of-month": 2, "month": 3, "day-of-week": 4}
+_ONE_VALUE_STEPPED = re.compile(r"(?:^|,)(\w+)-\1/")
 _ANY_TIME = datetime(2000, 1, 1, tzinfo=UTC)  # any start: a line's fields are checked when it is read
 
 
@@ -25,6 +27,11 @@ def cron_problem(line: str) -> str | None:
     fields = line.split()
     if len(fields) != len(FIELDS):
         return f"expected 5 fields ({' '.join(FIELDS)}), got {len(fields)} in {line!r}"
+    for name, field in zip(FIELDS, fields, strict=True):
+        if _ONE_VALUE_STEPPED.search(field):  # cronsim would run `5-5/2` from 5 to the field's end
+            return (
+                f"bad {name} field {field!r} in {line!r}: a range of one value with a step; write the value"
+            )
     try:
         CronSim(line, _ANY_TIME)
     except CronSimError as exc:

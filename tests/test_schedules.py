@@ -8,6 +8,7 @@ times lie months from today, so the real beat, running beside them, never finds 
 from __future__ import annotations
 
 import asyncio
+import gzip
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -63,8 +64,8 @@ def _field(low: int, high: int) -> st.SearchStrategy[str]:
     number = st.integers(low, high)
     ranged = st.tuples(number, number).map(lambda p: f"{min(p)}-{max(p)}")
     one = st.one_of(st.just("*"), number.map(str), ranged)
-    # cronsim reads a one-value range with a step (`5-5/2`) as `5/2`, from 5 to the field's end; Vixie cron
-    # reads it as 5. Nobody writes it: the strategy leaves it out.
+    # cronsim reads a one-value range with a step (`5-5/2`) as `5/2`, from 5 to the field's end, where Vixie
+    # cron reads 5: such a line is refused (see test_a_bad_line_names_its_field)
     wide = st.tuples(number, number).filter(lambda p: p[0] != p[1]).map(lambda p: f"{min(p)}-{max(p)}")
     stepped = st.tuples(st.sampled_from(["*", "r"]), wide, st.integers(1, 7)).map(
         lambda t: f"{t[0] if t[0] == '*' else t[1]}/{t[2]}"
@@ -129,6 +130,7 @@ def test_names_and_the_day_or_rule() -> None:
         ("* * * * 8", "bad day-of-week field '8'"),
         ("* * * *", "expected 5 fields"),
         ("0 * * * * *", "expected 5 fields"),  # no seconds field
+        ("0 0 1,5-5/2 * *", "bad day-of-month field '1,5-5/2'"),  # cronsim would read it as 5/2
     ],
 )
 def test_a_bad_line_names_its_field(line: str, problem: str) -> None:
@@ -246,10 +248,14 @@ async def test_a_coordinator_down_over_several_times_runs_once_for_the_latest() 
         assert view.name == f"nightly@{first.year + 1}-{month:02d}-01T12:30"
 
 
-async def test_stop_ends_the_schedule_and_its_run() -> None:
+async def test_stop_ends_the_schedule_and_its_run(tmp_path: Path) -> None:
     month, first = far_month()
     async with cluster() as c:
-        schedule = await c.submit(spec_text(month))
+        task = tmp_path / "nightly.yaml"
+        task.write_text(spec_text(month))
+        code, out = await asyncio.to_thread(cli, c.api, tmp_path, "submit", "-f", str(task))
+        assert code == 0 and f"(nightly): next run {first:%Y-%m-%d} 00:00 UTC" in out, out  # and returns
+        schedule = await c.job("nightly")
         [run] = coordinator(c).fire_schedules(now=at(first, seconds=1))
         stopped = await asyncio.to_thread(c.api.stop, "nightly")
         assert stopped.status == "stopped" and stopped.schedule is not None
@@ -286,7 +292,24 @@ async def test_a_bad_cron_line_is_refused_by_the_cli_and_by_the_server(tmp_path:
         with pytest.raises(ApiError) as caught:
             await asyncio.to_thread(c.api.submit, spec)
         assert "schedule.cron[0]: bad day-of-week field '9'" in str(caught.value)
+        with pytest.raises(ApiError) as caught:
+            await asyncio.to_thread(c.api.submit_array, parse_spec(spec_text(1)), "1-3")
+        assert "schedule: an array cannot be scheduled" in str(caught.value)
         assert await asyncio.to_thread(c.api.jobs, True) == []
+
+
+async def test_the_files_a_schedule_will_hand_to_its_runs_are_kept() -> None:
+    month, first = far_month()
+    async with cluster() as c:
+        archive = await asyncio.to_thread(c.api.upload_files, gzip.compress(b"for every run"))
+        spec = msgspec.structs.replace(parse_spec(spec_text(month)), files_archive=archive)
+        schedule = await c.submit_spec(spec)
+        [run] = coordinator(c).fire_schedules(now=at(first, seconds=1))
+        await asyncio.to_thread(c.api.stop, run)
+        later = at(datetime.now(UTC), days=30)  # past any grace period
+        assert coordinator(c).prune_files(now=later) == []
+        await asyncio.to_thread(c.api.stop, schedule.id)
+        assert coordinator(c).prune_files(now=later) == [archive]
 
 
 async def test_the_housekeeping_beat_runs_a_due_schedule_on_an_agent() -> None:
