@@ -49,11 +49,14 @@ class ScheduleStore:
                 ),
             )
 
-    def run(self, schedule: ScheduleRow, fired_for: float, next_at: float, job_id: str, name: str) -> None:
+    def run(self, schedule: ScheduleRow, fired_for: float, next_at: float, job_id: str, name: str) -> bool:
         """Submit the run of `fired_for` as a job and mark that time handled, in one transaction: a
-        coordinator that stops between the two did neither, so no time runs twice or is lost."""
+        coordinator that stops between the two did neither, so no time runs twice or is lost. False, and
+        nothing written, if `schedule` is stale: another pass handled its time, or it was stopped."""
         spec = msgspec.structs.replace(schedule.spec, schedule=None)
         with self.store.tx() as db:
+            if not self._handled(db, schedule, fired_for, next_at, f"ran {name}"):
+                return False
             db.execute(
                 "INSERT INTO jobs(id, name, spec, priority, status, reason, submitted_at, project, schedule_id)"
                 " VALUES (?,?,?,?,'submitted','waiting for the scheduler',?,?,?)",
@@ -67,21 +70,24 @@ class ScheduleStore:
                     schedule.id,
                 ),
             )
-            self._handled(db, schedule.id, fired_for, next_at, f"ran {name}")
+        return True
 
     def skip(self, schedule: ScheduleRow, fired_for: float, next_at: float, note: str) -> None:
         """Mark `fired_for` handled without a run (the previous run has not ended)."""
         with self.store.tx() as db:
-            self._handled(db, schedule.id, fired_for, next_at, note)
+            self._handled(db, schedule, fired_for, next_at, note)
 
     @staticmethod
     def _handled(
-        db: sqlite3.Connection, schedule_id: str, fired_for: float, next_at: float, note: str
-    ) -> None:
-        db.execute(
-            "UPDATE schedules SET fired_for=?, next_at=?, note=? WHERE id=?",
-            (fired_for, next_at, note, schedule_id),
+        db: sqlite3.Connection, schedule: ScheduleRow, fired_for: float, next_at: float, note: str
+    ) -> bool:
+        """Move the schedule on from the time it was read at to `fired_for`; False if it was not there
+        any more (compare and set: the store decides, whoever else writes it)."""
+        moved = db.execute(
+            "UPDATE schedules SET fired_for=?, next_at=?, note=? WHERE id=? AND fired_for=? AND stopped=0",
+            (fired_for, next_at, note, schedule.id, schedule.fired_for),
         )
+        return moved.rowcount == 1
 
     def stop(self, schedule_id: str) -> None:
         """No more runs. Idempotent."""
@@ -120,6 +126,12 @@ class ScheduleStore:
             "SELECT * FROM jobs WHERE schedule_id=? ORDER BY seq DESC LIMIT ?", (schedule_id, limit)
         ).fetchall()
         return [_job(r) for r in rows]
+
+    def run_count(self, schedule_id: str) -> int:
+        row = self.store.db.execute(
+            "SELECT COUNT(*) AS n FROM jobs WHERE schedule_id=?", (schedule_id,)
+        ).fetchone()
+        return int(row["n"])
 
     def _select(self, where: str, args: tuple[object, ...]) -> list[ScheduleRow]:
         rows = self.store.db.execute("SELECT * FROM schedules " + where, args).fetchall()

@@ -103,14 +103,16 @@ class ScheduleOps:
             log.info("schedule %s %s", schedule.id, note)
             return None
         job_id, name = self._free_id(), f"{schedule.name}@{at}"
-        self.schedules.run(schedule, fired_for, next_at, job_id, name)
+        if not self.schedules.run(schedule, fired_for, next_at, job_id, name):
+            return None  # stale: its time was handled, or it was stopped, since it was read
         log.info("schedule %s submitted job %s (%s)", schedule.id, job_id, name)
         return job_id
 
     def stop_schedule(self, schedule: ScheduleRow) -> None:
-        """No more runs, and its run that has not ended is asked to stop. Idempotent."""
+        """No more runs, and its run that has not ended is asked to stop (runs never overlap: only the
+        latest may not have ended). Idempotent."""
         self.schedules.stop(schedule.id)
-        self.stop_jobs([run for run in self.schedules.runs(schedule.id) if not run.status.terminal])
+        self.stop_jobs([run for run in self.schedules.runs(schedule.id, limit=1) if not run.status.terminal])
         log.info("schedule %s stopped", schedule.id)
 
     def schedule_view(self, schedule: ScheduleRow) -> JobView:
@@ -128,7 +130,7 @@ class ScheduleOps:
                 cron=schedule.spec.schedule.cron,
                 next_run_at=None if fresh.stopped else fresh.next_at,
                 last_note=fresh.note,
-                runs=len(self.schedules.runs(fresh.id)),
+                runs=self.schedules.run_count(fresh.id),
             ),
         )
 

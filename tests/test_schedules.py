@@ -238,6 +238,21 @@ async def test_each_time_runs_once_across_a_restart_and_ps_shows_the_next_run(tm
         )
 
 
+async def test_a_stale_read_of_a_schedule_runs_nothing() -> None:
+    """Two passes that read the same row (or a stop between the read and the write): the store decides."""
+    month, first = far_month()
+    async with cluster() as c:
+        schedule = await c.submit(spec_text(month))
+        schedules = coordinator(c).schedules
+        [read] = schedules.due(at(first, seconds=1))
+        assert schedules.run(read, first.timestamp(), at(first, hours=12, minutes=30), "aaaa0001", "a")
+        assert not schedules.run(read, first.timestamp(), at(first, hours=12, minutes=30), "aaaa0002", "b")
+        [again] = schedules.due(at(first, hours=13))
+        await asyncio.to_thread(c.api.stop, schedule.id)
+        assert not schedules.run(again, at(first, hours=12, minutes=30), at(first, days=365), "aaaa0003", "c")
+        assert [run.id for run in schedules.runs(schedule.id)] == ["aaaa0001"]
+
+
 async def test_a_coordinator_down_over_several_times_runs_once_for_the_latest() -> None:
     month, first = far_month()
     async with cluster() as c:
