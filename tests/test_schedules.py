@@ -155,6 +155,10 @@ def test_schedule_takes_one_line_or_a_list() -> None:
     [
         ("{cron: '0 25 * * *'}", "t.yaml:2: schedule.cron[0]: bad hour field '25'"),
         ("{cron: ['0 * * * *', '* * *']}", "t.yaml:2: schedule.cron[1]: expected 5 fields"),
+        (
+            "\n  cron:\n    - '0 * * * *'\n    - '0 0 * 13 *'",
+            "t.yaml:5: schedule.cron[1]: bad month field '13'",
+        ),
         ("{cron: []}", "t.yaml:2: schedule.cron: must name at least one cron line"),
         ("{crom: '0 * * * *'}", "t.yaml:2: schedule.crom: unknown field; did you mean 'cron'?"),
         ("'0 * * * *'", "t.yaml:2: schedule: expected a mapping"),

@@ -366,16 +366,20 @@ def _show_mib(value: float) -> str:
 
 
 def _check_schedule(schedule: Schedule | None) -> None:
-    """Each cron line is five valid fields (shared/cron.py, imported only for a spec with a schedule)."""
     if schedule is None:
         return
     if not schedule.cron:
         raise SpecError("schedule.cron", 'must name at least one cron line, such as "0 3 * * *" (UTC)')
     _check_count("schedule.cron", schedule.cron, MAX_LIST_ITEMS)
+    for index, line in enumerate(schedule.cron):
+        _check_cron_line(index, line)
+
+
+def _check_cron_line(index: int, line: str) -> None:
+    """Five valid fields (shared/cron.py, imported only for a spec with a schedule)."""
+    _check_text(f"schedule.cron[{index}]", line, MAX_COMMAND_BYTES, allow_empty=False)
     from shared.cron import cron_problem
 
-    for index, line in enumerate(schedule.cron):
-        _check_text(f"schedule.cron[{index}]", line, MAX_COMMAND_BYTES, allow_empty=False)
-        problem = cron_problem(line)
-        if problem is not None:
-            raise SpecError(f"schedule.cron[{index}]", problem)
+    problem = cron_problem(line)
+    if problem is not None:
+        raise SpecError(f"schedule.cron[{index}]", problem)

@@ -20,7 +20,6 @@ from shared.spec.checks import (
     _check_priority,
     _check_python,
     _check_retry,
-    _check_schedule,
     _check_shell,
     _check_stop_duration,
     _check_type,
@@ -160,7 +159,7 @@ def _top_level_parsers(environ: Mapping[str, str]) -> dict[str, tuple[str, _Pars
         "python": ("python", _checked(_text, _check_python)),
         "retry": ("retry", _checked(_parse_retry, _check_retry)),
         "lost_after": ("lost_after_s", _checked(_parse_duration, _check_lost_after)),
-        "schedule": ("schedule", _checked(_parse_schedule, _check_schedule)),
+        "schedule": ("schedule", _parse_schedule),
     }
 
 
