@@ -186,7 +186,7 @@ def submit(
 
     from cli.api import ApiError
     from cli.session import api
-    from cli.text import clean, waiting_line
+    from cli.text import clean, schedule_line, waiting_line
     from shared.arrays import check_array
     from shared.spec import SpecError
 
@@ -210,6 +210,11 @@ def submit(
     if job.array is not None:
         click.echo(job.id if detach else f"array {job.id} ({clean(job.name)}): {job.array.task_count} tasks")
         return
+    if job.schedule is not None:  # nothing runs yet: each time submits a job named after it
+        click.echo(
+            job.id if detach else clean(f"schedule {job.id} ({job.name}): {schedule_line(job.schedule)}")
+        )
+        return
     click.echo(job.id if detach else f"job {job.id} ({job.name}) {job.status}")
     if job.status == "pending":
         click.echo(waiting_line(job), err=True)
@@ -229,8 +234,9 @@ def submit(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (attempts included).")
 @click.argument("job", required=False)
 def ps(show_all: bool, as_json: bool, job: str | None) -> None:
-    """List jobs (running and pending; -a for all), an array as one line; `ps -a JOB` lists the job's
-    attempts, `ps ARRAY` the array's tasks still to finish (`ps -a ARRAY`: all of them)."""
+    """List jobs (running and pending; -a for all), an array as one line, a schedule with its next run;
+    `ps -a JOB` lists the job's attempts, `ps ARRAY` the array's tasks still to finish (`ps -a ARRAY`:
+    all of them)."""
     import msgspec
 
     from cli.session import call
@@ -281,7 +287,7 @@ def logs(follow: bool, as_json: bool, attempt: int | None, job: str) -> None:
 @click.argument("job")
 def stop(as_json: bool, job: str) -> None:
     """Stop a job: SIGTERM, then SIGKILL after the grace period. An array: all of its tasks; JOB[INDEX]:
-    that one."""
+    that one. A schedule: no more runs, and its run that has not ended."""
     import msgspec
 
     from cli.session import call

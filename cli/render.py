@@ -9,7 +9,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.text import clean
+from cli.text import clean, schedule_line
 from shared.describe import describe_gpus, describe_request
 from shared.wire import ArraySummary, HostView, JobView
 
@@ -78,6 +78,8 @@ def jobs_table(jobs: list[JobView]) -> Table:
         reason = job.reason or ""
         if job.array is not None:  # the counts say more than any one task's reason
             reason = array_counts(job.array)
+        if job.schedule is not None:
+            reason = schedule_line(job.schedule)
         table.add_row(
             job.id,
             plain(job.name),

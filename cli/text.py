@@ -5,10 +5,11 @@ without importing rich (~35 ms of a CLI call)."""
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shared.wire import JobView
+    from shared.wire import JobView, ScheduleSummary
 
 # Escape sequences whole (CSI `ESC [ ... m`, OSC `ESC ] ... BEL`, two-character ones), then any other C0 or C1
 # control, DEL included: what a user, an agent or a driver wrote must not move the cursor or recolour a terminal.
@@ -40,3 +41,14 @@ def waiting_line(job: JobView) -> str:
     percent = min(100, int(match.group(1)))
     done = percent * PROGRESS_BAR_CHARS // 100
     return f"pulling {image} [{'#' * done}{'.' * (PROGRESS_BAR_CHARS - done)}] {percent}%"
+
+
+def schedule_line(schedule: ScheduleSummary) -> str:
+    """`next run 2026-11-30 03:00 UTC (cron 0 3 * * *); ran nightly@2026-11-29T03:00`. Pure."""
+    lines = "; ".join(schedule.cron)
+    if schedule.next_run_at is None:
+        text = f"stopped (cron {lines})"
+    else:
+        at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(schedule.next_run_at))
+        text = f"next run {at} (cron {lines})"
+    return f"{text}; {schedule.last_note}" if schedule.last_note else text

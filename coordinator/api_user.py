@@ -18,9 +18,11 @@ from coordinator.http import (
     timed_chunks,
 )
 from coordinator.quota import QuotaExceeded
+from coordinator.schedule_store import ScheduleRow
 from coordinator.service import Coordinator
 from coordinator.store import HostRow
 from shared import constants as C
+from shared.spec import SpecError
 from shared.wire import MAX_LOG_BYTES, ArraySubmitRequest, SubmitRequest
 
 MAX_ATTEMPT = 2**31
@@ -36,6 +38,8 @@ async def submit(request: web.Request) -> web.Response:
     coord = request.app[COORDINATOR]
     _refuse_if_disk_low(coord)
     project = request[PRINCIPAL].project or "default"
+    if req.spec.schedule is not None:  # a schedule, not a job: its runs are submitted at their times
+        return json_response(coord.schedule_view(coord.submit_schedule(req.spec, project)), 201)
     return json_response(coord.job_view(coord.submit(req.spec, project)), 201)
 
 
@@ -43,6 +47,8 @@ async def submit_array(request: web.Request) -> web.Response:
     """One job per index of the array, in one request and one transaction; answers the array folded."""
     req = await body(request, ArraySubmitRequest)
     assert isinstance(req, ArraySubmitRequest)
+    if req.spec.schedule is not None:
+        raise SpecError("schedule", "an array cannot be scheduled; submit the schedule without --array")
     coord = request.app[COORDINATOR]
     _refuse_if_disk_low(coord)
     project = request[PRINCIPAL].project or "default"
@@ -90,25 +96,28 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     """A job, an array (folded) or one task of it, `ARRAY[INDEX]`."""
     coord = request.app[COORDINATOR]
-    return json_response(coord.view(coord.find_target(request.match_info["ref"], project_scope(request))))
+    return json_response(coord.view(coord.find_any(request.match_info["ref"], project_scope(request))))
 
 
 async def array_tasks(request: web.Request) -> web.Response:
     """An array's tasks still to finish; `?all=1`: every task."""
     coord = request.app[COORDINATOR]
-    target = coord.find_target(request.match_info["ref"], project_scope(request))
+    target = coord.find_any(request.match_info["ref"], project_scope(request))
     if not isinstance(target, ArrayRow):
         raise HTTPError(400, f"job: {target.id} ({target.name}) is not an array", "job")
     return json_response(coord.task_views(target, _flag(request, "all")))
 
 
 async def stop_job(request: web.Request) -> web.Response:
-    """A job, or every task of an array, or one task (`ARRAY[INDEX]`)."""
+    """A job, or every task of an array, or one task (`ARRAY[INDEX]`), or a schedule and its run."""
     coord = request.app[COORDINATOR]
-    target = coord.find_target(request.match_info["ref"], project_scope(request))
+    target = coord.find_any(request.match_info["ref"], project_scope(request))
     if isinstance(target, ArrayRow):
         coord.stop_array(target)
         return json_response(coord.array_view(target))
+    if isinstance(target, ScheduleRow):
+        coord.stop_schedule(target)
+        return json_response(coord.schedule_view(target))
     return json_response(coord.job_view(coord.stop(target)))
 
 

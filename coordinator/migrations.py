@@ -125,4 +125,24 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX jobs_array ON jobs(array_id, array_index);
     CREATE INDEX jobs_array_status ON jobs(array_id, status)
     """,
+    # 6: scheduled tasks (`schedule: {cron: ...}`): one row per schedule, each run an ordinary job naming it.
+    # `fired_for` is the latest cron time handled (run or skipped), written in the run's own transaction,
+    # so that no time runs twice across restarts; `next_at` is the next time after it (the beat's index).
+    """
+    CREATE TABLE schedules (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        project TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        fired_for REAL NOT NULL,
+        next_at REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        stopped INTEGER NOT NULL DEFAULT 0,
+        submitted_at REAL NOT NULL
+    );
+    CREATE INDEX schedules_due ON schedules(stopped, next_at);
+    CREATE INDEX schedules_project ON schedules(project, submitted_at);
+    ALTER TABLE jobs ADD COLUMN schedule_id TEXT REFERENCES schedules(id);
+    CREATE INDEX jobs_schedule ON jobs(schedule_id, seq)
+    """,
 ]

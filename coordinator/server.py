@@ -100,12 +100,14 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
 async def _housekeeping(coordinator: Coordinator) -> None:
     """Re-run the scheduler now and then, so hosts that go away or come back change placements and reasons,
     and mark lost the allocations of hosts silent too long (a beat is at most a quarter lease, so a short
-    `unreachable_after` is kept to); less often, delete the file archives that no live job needs."""
+    `unreachable_after` is kept to); submit the scheduled tasks whose time has come (a beat is at most
+    5 s, so a run starts within seconds of its minute); less often, delete the file archives that no live job needs."""
     saved_at = time.monotonic()
     for beat in itertools.count():
         await asyncio.sleep(min(HOUSEKEEPING_INTERVAL_S, coordinator.settings.unreachable_after_s / 4))
         try:
             coordinator.expire_leases()
+            coordinator.fire_schedules()
             coordinator.schedule_pass()
             if beat % PRUNE_EVERY_BEATS == 0:
                 coordinator.prune_files()

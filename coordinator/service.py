@@ -28,6 +28,8 @@ from coordinator.live_schedule import LiveSchedule
 from coordinator.logstore import LogStore
 from coordinator.lost import LostHosts
 from coordinator.quota import UploadQuota
+from coordinator.schedule_store import ScheduleStore
+from coordinator.schedules import ScheduleOps
 from coordinator.scheduling import Scheduling
 from coordinator.secrets import Secrets, ensure_key
 from coordinator.settings import Settings
@@ -47,7 +49,7 @@ __all__ = ["Ambiguous", "Busy", "Coordinator", "NotFound", "Settings"]
 
 
 # The parts first, scheduling before the parts that call kick; their stubs of each other come last.
-class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ArrayOps):
+class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayOps):
     def __init__(
         self,
         store: Store,
@@ -59,6 +61,7 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ArrayOps):
     ) -> None:
         self.store = store
         self.arrays = ArrayStore(store)
+        self.schedules = ScheduleStore(store)
         self.ca = ca  # signs agent certificates (enrollment, renewal)
         self.accounts = Accounts(store)
         self.logs = logs
@@ -117,8 +120,9 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ArrayOps):
 
     def find_job(self, ref: str, project: str | None = None) -> JobRow:
         """By id, id prefix or name, or `ARRAY[INDEX]`; only among `project`'s jobs if given (another
-        project's job is not found). A whole array is refused with the way to name one of its tasks."""
-        return self.one_job(self.find_target(ref, project))
+        project's job is not found). A whole array is refused with the way to name one of its tasks; a
+        schedule stands for its latest run."""
+        return self.one_job(self.find_any(ref, project))
 
     def stop(self, job: JobRow) -> JobRow:
         """Ask a job to stop. Idempotent: a finished job stays as it is."""
@@ -212,11 +216,11 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ArrayOps):
         return data, complete
 
     def prune_files(self, now: float | None = None) -> list[str]:
-        """Delete the uploaded archives that no job still to start or running names, once they are older
+        """Delete the uploaded archives that no job still to start or running (nor schedule) names, once they are older
         than `files_keep_s` (an upload comes just before its submit; uploading again renews it). Runs with
         no await, so no submit can slip in between the look-up and the delete. Answers the ids deleted."""
         live = self.store.jobs_in(*(state for state in JobState if not state.terminal))
-        keep = {archive_id for job in live for archive_id in archive_ids(job.spec)}
+        keep = {archive_id for job in live for archive_id in archive_ids(job.spec)} | self.schedule_archives()
         removed = self.files.prune(keep, (now or time.time()) - self.settings.files_keep_s)
         self.quota.forget(removed)
         if removed:

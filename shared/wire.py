@@ -200,6 +200,15 @@ class ArraySummary(Wire):
     counts: dict[str, int] = {}  # status -> tasks
 
 
+class ScheduleSummary(Wire):
+    """A scheduled task (`schedule: {cron: ...}`) as one view: its lines, its next time, its last one."""
+
+    cron: tuple[str, ...]  # UTC
+    next_run_at: float | None  # None once stopped; may be just past while its beat comes
+    last_note: str = ""  # what happened at the latest time: "ran nightly@2026-11-29T03:00", "skipped ..."
+    runs: int = 0
+
+
 class AttemptView(Wire):
     """One attempt of a job (one allocation): where, when, and how it ended."""
 
@@ -236,6 +245,7 @@ class JobView(Wire):
     array: ArraySummary | None = None  # set on a whole array, folded: the id and name are the array's
     array_id: str = ""  # set on one task of an array, with its index
     array_index: int | None = None
+    schedule: ScheduleSummary | None = None  # set on a schedule: the id and name are the schedule's
 
 
 class HostView(Wire):

@@ -94,7 +94,6 @@ REFUSED_VALUES = {
     "groups": "[{name: a}]",
     "startup_order": "workers-first",
     "stop_criteria": "master-done",
-    "schedule": "{cron: '0 * * * *'}",
     "entrypoint": "/bin/sh",
     "user": "ubuntu",
     "single_branch": "false",

@@ -40,6 +40,7 @@ from shared.spec.model import (
     Repo,
     Resources,
     RetryPolicy,
+    Schedule,
     SpecError,
 )
 from shared.spec.nodes import _child, _quote
@@ -362,3 +363,23 @@ def _show_number(value: float) -> str:
 
 def _show_mib(value: float) -> str:
     return format_mib(int(value)) if value >= 0 and value == int(value) else f"{value}MB"
+
+
+def _check_schedule(schedule: Schedule | None) -> None:
+    if schedule is None:
+        return
+    if not schedule.cron:
+        raise SpecError("schedule.cron", 'must name at least one cron line, such as "0 3 * * *" (UTC)')
+    _check_count("schedule.cron", schedule.cron, MAX_LIST_ITEMS)
+    for index, line in enumerate(schedule.cron):
+        _check_cron_line(index, line)
+
+
+def _check_cron_line(index: int, line: str) -> None:
+    """Five valid fields (shared/cron.py, imported only for a spec with a schedule)."""
+    _check_text(f"schedule.cron[{index}]", line, MAX_COMMAND_BYTES, allow_empty=False)
+    from shared.cron import cron_problem
+
+    problem = cron_problem(line)
+    if problem is not None:
+        raise SpecError(f"schedule.cron[{index}]", problem)

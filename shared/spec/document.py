@@ -46,6 +46,7 @@ from shared.spec.nodes import (
 )
 from shared.spec.resources import _parse_resources
 from shared.spec.retry import _parse_duration, _parse_retry
+from shared.spec.schedule import _parse_schedule
 from shared.spec.validate import NO_WORK, PYTHON_WITH_IMAGE, ROOT_FILES_NEED_IMAGE, validate_spec
 from shared.spec.values import (
     _parse_bool,
@@ -158,6 +159,7 @@ def _top_level_parsers(environ: Mapping[str, str]) -> dict[str, tuple[str, _Pars
         "python": ("python", _checked(_text, _check_python)),
         "retry": ("retry", _checked(_parse_retry, _check_retry)),
         "lost_after": ("lost_after_s", _checked(_parse_duration, _check_lost_after)),
+        "schedule": ("schedule", _parse_schedule),
     }
 
 

@@ -21,7 +21,7 @@ class FieldGroup(enum.Enum):
 
 _ACTS = (
     "type name image commands env resources nodes volumes working_dir max_duration stop_duration priority "
-    "fleets privileged files registry_auth python shell repos retry "
+    "fleets privileged files registry_auth python shell repos retry schedule "
     "lost_after"  # gpuctl's own: how long a job's host may be silent before its allocation is lost
 )
 _CLOUD_ONLY = (
@@ -37,7 +37,6 @@ REFUSED_ADVICE = {
     "groups": f"not supported yet ({_NOT_YET}); remove it",
     "startup_order": f"not supported yet ({_NOT_YET}); remove it",
     "stop_criteria": f"not supported yet ({_NOT_YET}); remove it",
-    "schedule": "not supported yet; remove it (submit from cron instead)",
     "entrypoint": "not supported yet; remove it and put the program in commands",
     "user": "not supported yet; remove it (the image's own user runs the job)",
     "single_branch": "not supported yet, except true (a repository is cloned on one branch); remove it",

@@ -72,6 +72,13 @@ class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     duration_s: int = DEFAULT_RETRY_DURATION_S
 
 
+class Schedule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """dstack's `schedule: {cron: ...}`: the spec is submitted as a job at each of these times (UTC). A
+    spec with one is a schedule, not a job (coordinator/schedules.py)."""
+
+    cron: tuple[str, ...]  # five-field cron lines (shared/cron.py)
+
+
 class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Empty only for a job with an image: it runs the image's own entrypoint and command (as dstack does).
     commands: tuple[str, ...] = ()
@@ -105,6 +112,7 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # How long its host may be silent before the job's allocation is `lost` (None: the fleet's or the
     # coordinator's `lost_after`)
     lost_after_s: int | None = None
+    schedule: Schedule | None = None  # None: one job, now
 
 
 @dataclass(frozen=True)
