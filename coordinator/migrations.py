@@ -125,4 +125,12 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX jobs_array ON jobs(array_id, array_index);
     CREATE INDEX jobs_array_status ON jobs(array_id, status)
     """,
+    # 6: per-project quotas (NULL: no limit); the queue's reads of a project's waiting jobs, and fair
+    # share's of the allocations that ended since its last look
+    """
+    ALTER TABLE projects ADD COLUMN quota_gpus INTEGER;
+    ALTER TABLE projects ADD COLUMN quota_jobs INTEGER;
+    CREATE INDEX jobs_project_status ON jobs(project, status, priority, seq);
+    CREATE INDEX allocations_finished ON allocations(finished_at)
+    """,
 ]

@@ -86,15 +86,6 @@ def over_quota(project: str, quota: Quota, load: ProjectLoad, gpus: int) -> str:
     return ""
 
 
-def describe_quota(quota: Quota | None) -> str:
-    """`16 GPUs, 100 running jobs`, or `no quota`."""
-    if quota is None or (quota.gpus is None and quota.jobs is None):
-        return "no quota"
-    parts = [f"{quota.gpus} GPUs"] if quota.gpus is not None else []
-    parts += [f"{quota.jobs} running jobs"] if quota.jobs is not None else []
-    return ", ".join(parts)
-
-
 # --- fair share -----------------------------------------------------------------------------------------
 
 

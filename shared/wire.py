@@ -324,6 +324,27 @@ class ProjectCreate(Wire):
     name: str
 
 
+class ProjectQuota(Wire):
+    """`gpuctl project quota`: at most `gpus` GPUs and `jobs` jobs placed at once (None: no limit)."""
+
+    name: str
+    gpus: int | None = None
+    jobs: int | None = None
+
+
+class QueueEntry(Wire):
+    """One waiting job of `gpuctl queue`, in the scheduler's order."""
+
+    id: str
+    name: str
+    project: str
+    status: str
+    priority: int
+    fair_share: float  # its project's factor: 1.0 used nothing lately; the higher goes first
+    submitted_at: float
+    reason: str
+
+
 class UserCreate(Wire):
     name: str
     project: str
