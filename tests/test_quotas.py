@@ -65,6 +65,7 @@ async def test_a_quota_caps_a_project_and_its_held_job_starts_when_another_ends(
 
 
 async def test_a_job_count_quota_holds_the_rest_and_queue_shows_the_order(tmp_path: Path) -> None:
+    """And the factor `queue` shows comes from the GPU-hours the project's allocations ran."""
     async with cluster() as c:
         c.start_agent("quota-b", "8xH100:80GB")
         research = await member(c, "research")
@@ -83,18 +84,19 @@ async def test_a_job_count_quota_holds_the_rest_and_queue_shows_the_order(tmp_pa
                 if (await c.job(waiting)).reason == reason:
                     break
                 await asyncio.sleep(0.05)
+        c.coordinator.coordinator.schedule_pass()  # the beat: fair share counts the running job's time
         code, out = await asyncio.to_thread(cli, research, tmp_path, "queue")
         assert code == 0, out
         lines = out.splitlines()
         assert max(map(len, lines)) <= 80, out
         assert lines[0].split() == ["#", "ID", "NAME", "PROJECT", "PRIO", "SHARE", "AGE", "REASON"]
         first = lines[1].split()
-        assert first[:2] == ["1", waiting] and "research" in first and "1.00" in first, out
+        assert first[:2] == ["1", waiting] and "research" in first and "0.50" in first, out  # all usage
         assert "at its quota" in out
         code, out = await asyncio.to_thread(cli, research, tmp_path, "queue", "--json")
         entries = json.loads(out)
-        assert [(e["id"], e["project"], e["priority"], e["reason"]) for e in entries] == [
-            (waiting, "research", 0, reason)
+        assert [(e["id"], e["project"], e["priority"], e["fair_share"], e["reason"]) for e in entries] == [
+            (waiting, "research", 0, 0.5, reason)
         ]
         code, out = await asyncio.to_thread(cli, c.api, tmp_path, "project", "quota", "research")
         assert (code, out) == (0, "project research: no quota\n")
