@@ -15,11 +15,12 @@ recomputed at the re-sync only, and fixed between two (live_schedule.py says why
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 
 from coordinator.accounts import Accounts
 from coordinator.array_store import ArrayStore
@@ -165,15 +166,16 @@ class Scheduling:
         let_in: list[JobRow] = []
         first_held: JobRow | None = None
         why = ""
-        for job in self._queued_of(project):
-            if not self._eligible(job, now) or not self._array_room(job, room):
-                continue
-            why = over_quota(project, quota, load, gpus_held(job))
-            if why:
-                first_held = job
-                break
-            load = ProjectLoad(load.gpus + gpus_held(job), load.jobs + 1)
-            let_in.append(job)
+        with contextlib.closing(self._queued_of(project)) as queued:
+            for job in queued:
+                if not self._eligible(job, now) or not self._array_room(job, room):
+                    continue
+                why = over_quota(project, quota, load, gpus_held(job))
+                if why:
+                    first_held = job
+                    break
+                load = ProjectLoad(load.gpus + gpus_held(job), load.jobs + 1)
+                let_in.append(job)
         ids = {j.id for j in let_in}
         for job_id in self.quota_admitted.pop(project, set()) - ids:
             self.live.remove_job(job_id)
@@ -230,15 +232,18 @@ class Scheduling:
         ).fetchall()
         return {r["project"]: ProjectLoad(r["gpus"], r["jobs"]) for r in rows}
 
-    def _queued_of(self, project: str) -> Iterator[JobRow]:
+    def _queued_of(self, project: str) -> Generator[JobRow, None, None]:
         """The project's waiting jobs in queue order, read as they are asked for."""
         cursor = self.store.db.execute(
             "SELECT * FROM jobs WHERE project=? AND status IN ('submitted','pending','retrying')"
             " ORDER BY priority DESC, seq",
             (project,),
         )
-        while rows := cursor.fetchmany(64):
-            yield from map(_job, rows)
+        try:
+            while rows := cursor.fetchmany(64):
+                yield from map(_job, rows)
+        finally:
+            cursor.close()
 
     def _hold_from(self, first: JobRow, reason: str) -> None:
         """Mark the project's waiting jobs from `first` on (in queue order) pending with `reason`, where

@@ -49,6 +49,7 @@ async def test_a_quota_caps_a_project_and_its_held_job_starts_when_another_ends(
         gates = [reachable_tmpdir() / f"open-{i}" for i in range(3)]
         first, second = [await submit_gated(research, f"r{i}", gates[i]) for i in range(2)]
         await wait_running(c, first, second)
+        resync = coord.schedule_pass
         monkeypatch.setattr(coord, "schedule_pass", lambda: 0)  # no beat: the changes alone must do it
         third = await submit_gated(research, "r2", gates[2])
         other = await submit_gated(c.api, "d0", gates[2])  # another project is not held
@@ -60,6 +61,8 @@ async def test_a_quota_caps_a_project_and_its_held_job_starts_when_another_ends(
         assert (await c.wait_for(first, "done", "failed")).status == "done"
         await wait_running(c, third)
         assert (await c.job(second)).status == "running"  # two at once, never three
+        monkeypatch.setattr(coord, "schedule_pass", resync)
+        assert coord.schedule_pass() == 0 and coord.live.pending() == {}  # the changes missed nothing
         for gate in gates[1:]:
             gate.touch()
 
