@@ -111,3 +111,29 @@ async def test_a_quota_for_a_project_that_does_not_exist_is_one_line_naming_it(t
     async with cluster() as c:
         code, out = await asyncio.to_thread(cli, c.api, tmp_path, "project", "quota", "nope", "--gpus", "1")
         assert code != 0 and "project: no project 'nope'; create it first" in out and "Traceback" not in out
+
+
+async def test_an_arrays_limit_and_its_projects_quota_hold_together(tmp_path: Path) -> None:
+    """A project with a quota of 3 jobs: its array's `%2` lets two tasks run, its next job takes the third
+    place, and the job after waits for the quota; the tasks the array holds say so."""
+    async with cluster() as c:
+        c.start_agent("quota-c", "8xH100:80GB")
+        research = await member(c, "research")
+        code, out = await asyncio.to_thread(
+            cli, c.api, tmp_path, "project", "quota", "research", "--jobs", "3"
+        )
+        assert code == 0, out
+        gate = reachable_tmpdir() / "open"
+        spec = parse_spec(GATED.format(name="sweep", gpus=1, gate=gate))
+        array = await asyncio.to_thread(research.submit_array, spec, "1-4%2")
+        await wait_running(c, f"{array.id}[1]", f"{array.id}[2]")
+        third = await submit_gated(research, "third", gate)
+        await wait_running(c, third)
+        fourth = await submit_gated(research, "fourth", gate)
+        await c.wait_for(fourth, "pending")
+        await asyncio.sleep(1)  # a few syncs: were either rule not kept, more would start now
+        assert (await c.job(fourth)).reason == "project research is at its quota: 3 of 3 running jobs"
+        assert (await c.job(f"{array.id}[3]")).reason == "array at its limit: 2 of 2 running"
+        gate.touch()
+        for ref in (f"{array.id}[4]", fourth):
+            assert (await c.wait_for(ref, "done", "failed")).status == "done"
