@@ -130,7 +130,9 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE projects ADD COLUMN quota_gpus INTEGER;
     ALTER TABLE projects ADD COLUMN quota_jobs INTEGER;
-    CREATE INDEX jobs_project_status ON jobs(project, status, priority, seq);
+    CREATE INDEX jobs_project_status ON jobs(project, status);
+    CREATE INDEX jobs_project_queue ON jobs(project, priority DESC, seq)
+        WHERE status IN ('submitted','pending','retrying');
     CREATE INDEX allocations_finished ON allocations(finished_at)
     """,
 ]

@@ -221,14 +221,17 @@ class Scheduling:
         return PendingJob(job.id, job.spec, job.seq, job.priority, job.project, share)
 
     def _loads(self, projects: set[str]) -> dict[str, ProjectLoad]:
-        """GPUs and jobs placed now (an allocation not yet ended holds its GPUs) of each of `projects`."""
-        marks = ",".join("?" * len(TERMINAL_ALLOC_STATES))
+        """GPUs and jobs placed now (an allocation not yet ended holds its GPUs) of each of `projects`.
+        Reads their unfinished jobs' allocations, not the history."""
+        unfinished = [s.value for s in JobState if not s.terminal]
+        ended = ",".join("?" * len(TERMINAL_ALLOC_STATES))
         rows = self.store.db.execute(
             "SELECT j.project, COALESCE(SUM(json_array_length(a.gpus)), 0) AS gpus,"
-            " COUNT(DISTINCT a.job_id) AS jobs FROM allocations a JOIN jobs j ON j.id = a.job_id"
-            f" WHERE a.state NOT IN ({marks}) AND j.project IN (SELECT value FROM json_each(?))"
+            " COUNT(DISTINCT a.job_id) AS jobs FROM jobs j JOIN allocations a ON a.job_id = j.id"
+            " WHERE j.project IN (SELECT value FROM json_each(?))"
+            f" AND j.status IN ({','.join('?' * len(unfinished))}) AND a.state NOT IN ({ended})"
             " GROUP BY j.project",
-            (*TERMINAL_ALLOC_STATES, json.dumps(sorted(projects))),
+            (json.dumps(sorted(projects)), *unfinished, *TERMINAL_ALLOC_STATES),
         ).fetchall()
         return {r["project"]: ProjectLoad(r["gpus"], r["jobs"]) for r in rows}
 
