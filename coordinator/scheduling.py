@@ -259,7 +259,7 @@ class Scheduling:
             )
 
     def _hold(self, rows: list[JobRow], held: dict[str, str]) -> None:
-        """Write the reason of each task an array's limit holds back, where it changed."""
+        """Write the reason of each job an array's limit or a project's quota holds back, where it changed."""
         changed = [
             j for j in rows if j.id in held and (j.reason != held[j.id] or j.status is not JobState.PENDING)
         ]
