@@ -1,4 +1,4 @@
-"""Admin commands: join tokens for new hosts, projects, users, fleets limited to projects."""
+"""Admin commands: join tokens for new hosts, projects and their quotas, users, fleets limited to projects."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import msgspec
 from cli.session import call
 from shared.join import parse_join_string
 from shared.units import parse_duration_s
-from shared.wire import FleetLimit, TokenCreate, UserCreate
+from shared.wire import FleetLimit, ProjectQuota, TokenCreate, UserCreate
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -72,6 +72,23 @@ def project() -> None:
 def project_create(name: str) -> None:
     call(lambda client: client.create_project(name))
     click.echo(f"project {name} created")
+
+
+@project.command("quota")
+@click.argument("name")
+@click.option(
+    "--gpus", type=click.IntRange(min=0), help="At most this many GPUs held at once (default: any)."
+)
+@click.option(
+    "--jobs", type=click.IntRange(min=0), help="At most this many jobs placed at once (default: any)."
+)
+def project_quota(name: str, gpus: int | None, jobs: int | None) -> None:
+    """Set the project's quota; neither option: no quota. Nothing is refused at submit: a job that would
+    take the project over waits, and `gpuctl queue` says why."""
+    call(lambda client: client.set_quota(ProjectQuota(name=name, gpus=gpus, jobs=jobs)))
+    limits = [f"{gpus} GPUs"] if gpus is not None else []
+    limits += [f"{jobs} running jobs"] if jobs is not None else []
+    click.echo(f"project {name}: " + (", ".join(limits) if limits else "no quota"))
 
 
 @click.group()

@@ -27,6 +27,8 @@ from shared.wire import (
     HostView,
     JobView,
     ProjectCreate,
+    ProjectQuota,
+    QueueEntry,
     SecretSet,
     SecretView,
     SubmitRequest,
@@ -165,6 +167,12 @@ class Api:
 
     def create_project(self, name: str) -> None:
         self._call("POST", "/projects", dict[str, str], ProjectCreate(name=name))
+
+    def set_quota(self, request: ProjectQuota) -> None:
+        self._call("POST", "/projects/quota", ProjectQuota, request)
+
+    def queue(self) -> list[QueueEntry]:
+        return self._call("GET", "/queue", list[QueueEntry])
 
     def create_user(self, request: UserCreate) -> UserCreated:
         return self._call("POST", "/users", UserCreated, request)

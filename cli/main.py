@@ -262,6 +262,24 @@ def ps(show_all: bool, as_json: bool, job: str | None) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def queue(as_json: bool) -> None:
+    """The waiting jobs in the order the scheduler tries them: priority, then the project's fair-share
+    factor (the project that used fewer GPU-hours lately first), then age; and why each waits."""
+    import msgspec
+
+    from cli.session import call
+
+    entries = call(lambda client: client.queue())
+    if as_json:
+        click.echo(msgspec.json.encode(entries).decode())
+        return
+    from cli.render import print_table, queue_table  # rich: for people only
+
+    print_table(queue_table(entries))
+
+
+@main.command()
 @click.option(
     "-f", "--follow", is_flag=True, help="Keep printing until the job ends; exit with its exit code."
 )

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from cli.text import clean, schedule_line
 from shared.describe import describe_gpus, describe_request
-from shared.wire import ArraySummary, HostView, JobView
+from shared.wire import ArraySummary, HostView, JobView, QueueEntry
 
 PIPE_WIDTH = 200  # output that goes to a pipe or a file, without COLUMNS, is not folded to a made-up width
 
@@ -89,6 +89,34 @@ def jobs_table(jobs: list[JobView]) -> Table:
             plain(gpus),
             ago(job.submitted_at),
             plain(reason),
+        )
+    return table
+
+
+def queue_table(entries: list[QueueEntry], now: float | None = None) -> Table:
+    """`gpuctl queue`: the waiting jobs in the scheduler's order, with what orders them (priority, then
+    fair share, then age) and why each waits; the reason wraps, so 80 columns stay readable."""
+    table = _table(
+        "#",
+        "ID",
+        "NAME",
+        "PROJECT",
+        "PRIO",
+        "SHARE",
+        "AGE",
+        "REASON",
+        whole=("#", "ID", "PRIO", "SHARE", "AGE"),
+    )
+    for position, entry in enumerate(entries, 1):
+        table.add_row(
+            str(position),
+            entry.id,
+            plain(entry.name),
+            plain(entry.project),
+            str(entry.priority),
+            f"{entry.fair_share:.2f}",
+            ago(entry.submitted_at, now).removesuffix(" ago"),
+            plain(entry.reason),
         )
     return table
 

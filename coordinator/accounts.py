@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from coordinator.queue_policy import Quota
 from coordinator.store import Store
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -85,6 +86,26 @@ class Accounts:
 
     def projects(self) -> list[str]:
         return [r["name"] for r in self.store.db.execute("SELECT name FROM projects ORDER BY name")]
+
+    def set_quota(self, project: str, gpus: int | None, jobs: int | None) -> None:
+        """The project's quota (None: no limit on that count); both None: no quota."""
+        for field, value in (("gpus", gpus), ("jobs", jobs)):
+            if value is not None and value < 0:
+                raise Invalid(field, f"expected a count of 0 or more; got {value}")
+        with self.store.tx() as db:
+            changed = db.execute(
+                "UPDATE projects SET quota_gpus=?, quota_jobs=? WHERE name=?", (gpus, jobs, project)
+            ).rowcount
+        if not changed:
+            raise Invalid("project", f"no project {project!r}; create it first")
+
+    def quotas(self) -> dict[str, Quota]:
+        """The projects that have a quota."""
+        rows = self.store.db.execute(
+            "SELECT name, quota_gpus, quota_jobs FROM projects"
+            " WHERE quota_gpus IS NOT NULL OR quota_jobs IS NOT NULL"
+        ).fetchall()
+        return {r["name"]: Quota(r["quota_gpus"], r["quota_jobs"]) for r in rows}
 
     def create_user(self, name: str, project: str, role: str) -> str:
         """A new user of `project`; returns their bearer token (shown once, stored hashed)."""

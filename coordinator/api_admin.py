@@ -1,4 +1,4 @@
-"""The admin API: join tokens, projects, users, fleets. Every route needs an admin token."""
+"""The admin API: join tokens, projects (their quotas), users, fleets. Every route needs an admin token."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from coordinator.http import COORDINATOR, HTTPError, body, json_response, requir
 from shared import constants as C
 from shared import tls
 from shared.join import JoinString
-from shared.wire import FleetLimit, ProjectCreate, TokenCreate, TokenCreated, UserCreate, UserCreated
+from shared.wire import (
+    FleetLimit,
+    ProjectCreate,
+    ProjectQuota,
+    TokenCreate,
+    TokenCreated,
+    UserCreate,
+    UserCreated,
+)
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -44,6 +52,16 @@ async def create_project(request: web.Request) -> web.Response:
     return json_response({"name": req.name}, 201)
 
 
+async def set_quota(request: web.Request) -> web.Response:
+    require_admin(request)
+    req = await body(request, ProjectQuota)
+    assert isinstance(req, ProjectQuota)
+    coord = request.app[COORDINATOR]
+    coord.accounts.set_quota(req.name, req.gpus, req.jobs)
+    coord.kick()  # the quota is committed: held jobs may start, or the project's next ones wait
+    return json_response(req)
+
+
 async def create_user(request: web.Request) -> web.Response:
     require_admin(request)
     req = await body(request, UserCreate)
@@ -67,5 +85,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{C.API_PREFIX}/tokens", list_tokens)
     app.router.add_delete(f"{C.API_PREFIX}/tokens/{{id}}", delete_token)
     app.router.add_post(f"{C.API_PREFIX}/projects", create_project)
+    app.router.add_post(f"{C.API_PREFIX}/projects/quota", set_quota)
     app.router.add_post(f"{C.API_PREFIX}/users", create_user)
     app.router.add_post(f"{C.API_PREFIX}/fleets", limit_fleet)

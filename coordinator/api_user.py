@@ -93,6 +93,11 @@ async def list_jobs(request: web.Request) -> web.Response:
     return json_response(coord.job_views(everything, project_scope(request)))
 
 
+async def queue(request: web.Request) -> web.Response:
+    """The waiting jobs in the scheduler's order (a member sees its own project's)."""
+    return json_response(request.app[COORDINATOR].queue_entries(project_scope(request)))
+
+
 async def get_job(request: web.Request) -> web.Response:
     """A job, an array (folded) or one task of it, `ARRAY[INDEX]`."""
     coord = request.app[COORDINATOR]
@@ -199,6 +204,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{C.API_PREFIX}/arrays", submit_array)
     app.router.add_post(f"{C.API_PREFIX}/files", upload_files)
     app.router.add_get(f"{C.API_PREFIX}/jobs", list_jobs)
+    app.router.add_get(f"{C.API_PREFIX}/queue", queue)
     app.router.add_get(f"{C.API_PREFIX}/jobs/{{ref}}", get_job)
     app.router.add_get(f"{C.API_PREFIX}/jobs/{{ref}}/tasks", array_tasks)
     app.router.add_post(f"{C.API_PREFIX}/jobs/{{ref}}/stop", stop_job)

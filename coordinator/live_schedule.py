@@ -4,7 +4,7 @@ blocks, so its cost follows what it touches, not the length of the queue or the 
 `schedule()` (scheduler.py) stays the policy and the reference: after every change, `settle()` places exactly
 what `schedule()` would place from scratch on the same jobs and hosts, and gives the same reasons. Why that
 holds: after `settle()` nothing more fits (a pass from scratch would place nothing). A pass tries jobs in
-priority-then-FIFO order and gives up on a request (a fit key) at its first job that does not fit; free
+queue order (priority, fair share, age) and gives up on a request (a fit key) at its first job that does not fit; free
 blocks only shrink during a pass. So after a change only a request the change may help can place anything:
 one that gained a job while it had none, or one that fits a host that gained free blocks, became ready,
 came or changed. `settle()` re-tries exactly those, their jobs merged in the pass's order, each request
@@ -14,6 +14,12 @@ Pending jobs are grouped by request. A group knows, for each ready host it fits,
 blocks, and ranks the hosts that can take its next job by (GPUs wasted, blocks to spare, name), the pass's
 order: the best host is found without a scan of the fleet. A change of one host updates the groups that fit
 it; a request never seen before computes its fit on every host once, as a pass does.
+
+A job's fair-share factor comes with it (PendingJob.share) and orders it after its priority. The jobs of a
+group share one project, so a factor only moves whole groups against each other. Factors change with usage,
+that is with time: the coordinator recomputes them at the housekeeping beat, whose re-sync re-adds the jobs
+whose factor changed, and keeps them fixed between beats. Re-ordering alone never lets a job fit (after
+`settle()` no group's first job fits), so no re-try is owed for it.
 
 A group's reason is computed when its inputs change, and reported only for jobs whose reason changed.
 Hosts whose inventory is unsound, or that the scheduler raises on, are left out one by one (safe_schedule.py).
@@ -146,7 +152,7 @@ class LiveSchedule:
     # --- placing -----------------------------------------------------------------------------------
 
     def settle(self) -> Settled:
-        """Place what the changes since the last call let fit, in priority-then-FIFO order; answer the
+        """Place what the changes since the last call let fit, in queue order; answer the
         placements (already taken out of the free blocks, their jobs out of the queue) and the reasons
         that changed."""
         settled = Settled()
@@ -294,7 +300,7 @@ class _Group:
     def __init__(self, job: PendingJob) -> None:
         self.spec, self.project = job.spec, job.project  # all that fit and admits read
         self.jobs: dict[str, PendingJob] = {}
-        self._order: list[tuple[int, int, str]] = []  # heap of (-priority, seq, id); removed ids linger
+        self._order: list[tuple[int, float, int, str]] = []  # heap of (*job.order(), id); removed linger
         self.fits: dict[str, int | str] = {}  # host id -> blocks it needs there, or why it never fits
         self.possible: set[str] = set()  # hosts it fits, ready or not
         self.counts: dict[str, tuple[int, int]] = {}  # ready host it fits -> (free matching blocks, need)
@@ -314,7 +320,7 @@ class _Group:
 
     def add(self, job: PendingJob, told: str) -> None:
         self.jobs[job.job_id] = job
-        heapq.heappush(self._order, (-job.priority, job.seq, job.job_id))
+        heapq.heappush(self._order, (*job.order(), job.job_id))
         self._untold[job.job_id] = told
 
     def discard(self, job_id: str) -> None:
@@ -324,17 +330,17 @@ class _Group:
             self._order = [e for e in self._order if self._queued(e)]
             heapq.heapify(self._order)
 
-    def head(self) -> tuple[int, int, str]:
+    def head(self) -> tuple[int, float, int, str]:
         while not self._queued(self._order[0]):
             heapq.heappop(self._order)
         return self._order[0]
 
-    def _queued(self, entry: tuple[int, int, str]) -> bool:
-        job = self.jobs.get(entry[2])
-        return job is not None and (-job.priority, job.seq) == entry[:2]
+    def _queued(self, entry: tuple[int, float, int, str]) -> bool:
+        job = self.jobs.get(entry[3])
+        return job is not None and job.order() == entry[:3]
 
     def first(self) -> PendingJob:
-        return self.jobs[self.head()[2]]
+        return self.jobs[self.head()[3]]
 
     def update(self, host: _Host) -> None:
         """Re-count the host: its free matching blocks if it is ready and fits, and its rank."""

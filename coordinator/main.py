@@ -18,6 +18,7 @@ from coordinator.server import ServerConfig, ensure_admin_token, start_coordinat
 from coordinator.service import Settings
 from coordinator.store import Store
 from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE
+from coordinator.usage import QUEUE_SETTINGS, queue_settings
 from shared import tls
 from shared.constants import DEFAULT_PORT
 from shared.sdnotify import notify
@@ -33,7 +34,16 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
             raw = yaml.safe_load(config_path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise click.ClickException(f"{config_path}: invalid YAML: {exc}".replace("\n", " ")) from None
-    known = {"state_dir", "port", "host", "server_names", "python_image", *LIMIT_SETTINGS, *LEASE_SETTINGS}
+    known = {
+        "state_dir",
+        "port",
+        "host",
+        "server_names",
+        "python_image",
+        *LIMIT_SETTINGS,
+        *LEASE_SETTINGS,
+        *QUEUE_SETTINGS,
+    }
     unknown = set(raw) - known
     if unknown:
         raise click.ClickException(
@@ -51,7 +61,8 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
 def _settings(raw: dict) -> Settings:
     python_image = _python_image(raw.get("python_image", DEFAULT_PYTHON_IMAGE))
     try:
-        return lease_settings(raw, limit_settings(raw, Settings(python_image=python_image)))
+        base = limit_settings(raw, Settings(python_image=python_image))
+        return queue_settings(raw, lease_settings(raw, base))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 

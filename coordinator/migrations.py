@@ -145,4 +145,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN schedule_id TEXT REFERENCES schedules(id);
     CREATE INDEX jobs_schedule ON jobs(schedule_id, seq)
     """,
+    # 7: per-project quotas (NULL: no limit); the queue's reads of a project's waiting jobs, and fair
+    # share's of the allocations that ended since its last look
+    """
+    ALTER TABLE projects ADD COLUMN quota_gpus INTEGER;
+    ALTER TABLE projects ADD COLUMN quota_jobs INTEGER;
+    CREATE INDEX jobs_project_status ON jobs(project, status);
+    CREATE INDEX jobs_project_queue ON jobs(project, priority DESC, seq)
+        WHERE status IN ('submitted','pending','retrying');
+    CREATE INDEX allocations_finished ON allocations(finished_at)
+    """,
 ]

@@ -1,7 +1,8 @@
 """Placement as a pure function: pending jobs and host capacity in, placements and reasons out.
 
-Order is priority (higher first), then FIFO. A job takes the smallest number of whole blocks whose resources
-satisfy its request (for CPU, memory and disk the minimum decides; the GPU count's maximum binds too, since a
+Order is priority (higher first), then the project's fair-share factor (higher first: the project that
+used fewer GPU-hours lately, coordinator/queue_policy.py), then FIFO. A job takes the smallest number of
+whole blocks whose resources satisfy its request (for CPU, memory and disk the minimum decides; the GPU count's maximum binds too, since a
 job must never see more GPUs than it asked for). Among hosts that fit, a job that asks for no GPU prefers
 hosts without GPUs; then the tightest fit wins, which keeps large free sets intact for large jobs. A job that
 asks for no GPU takes its blocks' CPU, memory and disk but none of their GPUs. On that host the job gets the closest free blocks: one NVLink/XGMI
@@ -42,6 +43,11 @@ class PendingJob:
     seq: int  # submission order
     priority: int = 0
     project: str = "default"
+    share: float = 1.0  # its project's fair-share factor: equal priorities, the higher goes first
+
+    def order(self) -> tuple[int, float, int]:
+        """Its place in the queue: priority, then fair share, then age."""
+        return (-self.priority, -self.share, self.seq)
 
 
 @dataclass(frozen=True)
@@ -61,11 +67,12 @@ class ScheduleResult:
 
 
 def schedule(jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity]) -> ScheduleResult:
-    """Place what fits now, in priority-then-FIFO order; give every other job its reason. Pure."""
+    """Place what fits now, in queue order (priority, fair share, age); give every other job its reason.
+    Pure."""
     state = _Pass(hosts)
     result = ScheduleResult()
     stuck: dict[FitKey, list[PendingJob]] = {}
-    for job in sorted(jobs, key=lambda j: (-j.priority, j.seq)):
+    for job in sorted(jobs, key=PendingJob.order):
         key = fit_key(job)
         if key in stuck:  # free blocks only shrink during a pass: an identical request cannot fit either
             stuck[key].append(job)

@@ -6,27 +6,37 @@ A change names what it touches (`kick(jobs=..., hosts=...)`): those hosts are re
 the one eligibility filter (`_eligible`) again, and only the requests they may help are re-tried. A kick
 that names nothing, and the housekeeping beat, re-sync the whole state from the store (`schedule_pass`):
 that corrects any drift, and picks up what time alone changes (a retry back-off over, a lease run out).
+
+Two rules hold jobs back before placement: an array's `%N` limit (arrays.py) and a project's quota
+(queue_policy.py). A change to a job of a project with a quota re-reads that project's head of the queue
+(the jobs its quota lets in, and the first it holds), never the rest. The projects' fair-share factors are
+recomputed at the re-sync only, and fixed between two (live_schedule.py says why that is enough).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 
 from coordinator.accounts import Accounts
 from coordinator.array_store import ArrayStore
-from coordinator.arrays import held_reason, within_limits
+from coordinator.arrays import ArrayLoad, held_reason, within_limits
 from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
 from coordinator.live_schedule import LiveSchedule, Settled
+from coordinator.queue_policy import ProjectLoad, Quota, over_quota, within_quotas
 from coordinator.retry import next_attempt_at, waited_too_long
 from coordinator.scheduler import HostCapacity, PendingJob, Placement
 from coordinator.settings import Settings
-from coordinator.store import HostRow, JobRow, Store
+from coordinator.store import TERMINAL_ALLOC_STATES, HostRow, JobRow, Store, _job
+from coordinator.usage import ProjectUsage
 from coordinator.waiters import Waiters
 from shared.states import HostState, JobState
 from shared.units import format_duration_s
+from shared.wire import QueueEntry
 
 log = logging.getLogger("gpuctl.coordinator")
 QUEUED = (JobState.SUBMITTED, JobState.PENDING, JobState.RETRYING)
@@ -47,6 +57,10 @@ class Scheduling:
     live_synced: bool  # False until the first re-sync, and after a failed change: the next kick re-syncs
     jobs_on: dict[str, set[str]]  # host id -> the jobs with an active allocation there
     admitted: dict[str, set[str]]  # array id -> its tasks the `%N` limit let into the live state
+    quotas: dict[str, Quota]  # the projects with a quota, as of the last re-sync (a change re-syncs)
+    quota_admitted: dict[str, set[str]]  # project with a quota -> its jobs it let into the live state
+    usage: ProjectUsage
+    shares: dict[str, float]  # project -> fair-share factor, as of the last re-sync; absent: 1.0
     host_status: Callable[[HostRow], str]  # HostOps's; declared only, as Scheduling comes first
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
@@ -70,19 +84,45 @@ class Scheduling:
         stays pending, where it changed. A host the scheduler cannot use is left out and says why (`gpuctl
         hosts`). Returns placements made."""
         now = time.time()
+        self.quotas, self.shares = self.accounts.quotas(), self.usage.factors(now)
         rows = self._give_up_waiting(self.store.jobs_in(*QUEUED))
         queue = [j for j in rows if self._eligible(j, now)]
         queue, held = within_limits(queue, self.arrays.loads({j.array_id for j in queue if j.array_id}))
-        self.admitted = {}
+        queue.sort(key=lambda j: (-j.priority, j.seq))  # a project's queue order: fair share is equal in it
+        gpus_of = {j.id: gpus_held(j) for j in queue if j.project in self.quotas}
+        queue, over = within_quotas(queue, gpus_of, self.quotas, self._loads(set(self.quotas)))
+        self.admitted, self.quota_admitted = {}, {}
         for job in queue:
             if job.array_id is not None:
                 self.admitted.setdefault(job.array_id, set()).add(job.id)
-        self._hold(rows, held)
+            if job.project in self.quotas:
+                self.quota_admitted.setdefault(job.project, set()).add(job.id)
+        self._hold(rows, held | over)
+        told = {j.id: _told(j) for j in queue}
         self.live_synced = False  # until this re-sync's placements are written: a failure re-syncs again
-        self.live.sync([_pending(j) for j in queue], self._capacity(), {j.id: _told(j) for j in queue})
+        self.live.sync([self._pending(j) for j in queue], self._capacity(), told)
         placed = self._settle()
         self.live_synced = True
         return placed
+
+    def queue_entries(self, project: str | None) -> list[QueueEntry]:
+        """The waiting jobs (only `project`'s if given) in the order the scheduler tries them, with what
+        orders them. Reads the whole queue: for people, not for the scheduler."""
+        jobs = [j for j in self.store.jobs_in(*QUEUED) if project is None or j.project == project]
+        jobs.sort(key=lambda j: self._pending(j).order())
+        return [
+            QueueEntry(
+                id=j.id,
+                name=j.name,
+                project=j.project,
+                status=j.status.value,
+                priority=j.priority,
+                fair_share=self.shares.get(j.project, 1.0),
+                submitted_at=j.submitted_at,
+                reason=j.reason,
+            )
+            for j in jobs
+        ]
 
     def _eligible(self, job: JobRow, now: float) -> bool:
         """The one filter between the queue and the scheduler: a job waiting to start, unless its retry
@@ -103,16 +143,61 @@ class Scheduling:
     def _refresh_jobs(self, job_ids: Iterable[str]) -> None:
         now = time.time()
         rows = {job_id: self.store.get_job(job_id) for job_id in job_ids}
+        quota_bound = {j.project for j in rows.values() if j is not None and j.project in self.quotas}
+        rows = {i: j for i, j in rows.items() if j is None or j.project not in quota_bound}
         limited = self.arrays.loads({j.array_id for j in rows.values() if j is not None and j.array_id})
         for job_id, job in rows.items():
             if job is not None and job.array_id in limited:
                 continue  # its array's `%N` limit decides, below
             if job is not None and self._eligible(job, now):
-                self.live.add_job(_pending(job), _told(job))
+                self.live.add_job(self._pending(job), _told(job))
             else:
                 self.live.remove_job(job_id)
         for array_id, load in limited.items():
             self._refresh_array(array_id, load.limit, now)
+        for project in quota_bound:  # its quota decides, and its arrays' limits with it
+            self._refresh_project(project, self.quotas[project], now)
+
+    def _refresh_project(self, project: str, quota: Quota, now: float) -> None:
+        """Let the first waiting jobs of a project with a quota into the live state, as many as its placed
+        jobs leave room for (an array's `%N` limit still applies to its tasks), and hold the others. Reads
+        the jobs it lets in and the first it holds: the cost of a change does not grow with the rest of
+        the queue (the others' reasons are set in one statement)."""
+        load = self._loads({project}).get(project, ProjectLoad())
+        room: dict[str, ArrayRoom] = {}  # by array id, as its tasks come
+        let_in: list[JobRow] = []
+        first_held: JobRow | None = None
+        why = ""
+        with contextlib.closing(self._queued_of(project)) as queued:
+            for job in queued:
+                if not self._eligible(job, now) or not self._array_room(job, room):
+                    continue
+                why = over_quota(project, quota, load, gpus_held(job))
+                if why:
+                    first_held = job
+                    break
+                load = ProjectLoad(load.gpus + gpus_held(job), load.jobs + 1)
+                let_in.append(job)
+        ids = {j.id for j in let_in}
+        for job_id in self.quota_admitted.pop(project, set()) - ids:
+            self.live.remove_job(job_id)
+        for job in let_in:
+            self.live.add_job(self._pending(job), _told(job))
+        if ids:
+            self.quota_admitted[project] = ids
+        for array_id, array in room.items():
+            if array.load is not None and array.held:
+                self.arrays.hold_rest(array_id, ids, held_reason(array.load.limit))
+        if first_held is not None:
+            self._hold_from(first_held, why)
+
+    def _array_room(self, job: JobRow, room: dict[str, ArrayRoom]) -> bool:
+        """Whether the job's array (if it has a `%N` limit) lets it in; counts it in `room` if so."""
+        if job.array_id is None:
+            return True
+        if job.array_id not in room:
+            room[job.array_id] = ArrayRoom(self.arrays.loads({job.array_id}).get(job.array_id))
+        return room[job.array_id].take()
 
     def _refresh_array(self, array_id: str, limit: int, now: float) -> None:
         """Let the first waiting tasks of an array with a `%N` limit into the live state, as many as its
@@ -136,13 +221,55 @@ class Scheduling:
             if job.id not in let_in:
                 self.live.remove_job(job.id)
         for job in queue:
-            self.live.add_job(_pending(job), _told(job))
+            self.live.add_job(self._pending(job), _told(job))
         if let_in:
             self.admitted[array_id] = let_in
         self.arrays.hold_rest(array_id, let_in, held_reason(limit))
 
+    def _pending(self, job: JobRow) -> PendingJob:
+        share = self.shares.get(job.project, 1.0)
+        return PendingJob(job.id, job.spec, job.seq, job.priority, job.project, share)
+
+    def _loads(self, projects: set[str]) -> dict[str, ProjectLoad]:
+        """GPUs and jobs placed now (an allocation not yet ended holds its GPUs) of each of `projects`.
+        Reads their unfinished jobs' allocations, not the history."""
+        unfinished = [s.value for s in JobState if not s.terminal]
+        ended = ",".join("?" * len(TERMINAL_ALLOC_STATES))
+        rows = self.store.db.execute(
+            "SELECT j.project, COALESCE(SUM(json_array_length(a.gpus)), 0) AS gpus,"
+            " COUNT(DISTINCT a.job_id) AS jobs FROM jobs j JOIN allocations a ON a.job_id = j.id"
+            " WHERE j.project IN (SELECT value FROM json_each(?))"
+            f" AND j.status IN ({','.join('?' * len(unfinished))}) AND a.state NOT IN ({ended})"
+            " GROUP BY j.project",
+            (json.dumps(sorted(projects)), *unfinished, *TERMINAL_ALLOC_STATES),
+        ).fetchall()
+        return {r["project"]: ProjectLoad(r["gpus"], r["jobs"]) for r in rows}
+
+    def _queued_of(self, project: str) -> Generator[JobRow, None, None]:
+        """The project's waiting jobs in queue order, read as they are asked for."""
+        cursor = self.store.db.execute(
+            "SELECT * FROM jobs WHERE project=? AND status IN ('submitted','pending','retrying')"
+            " ORDER BY priority DESC, seq",
+            (project,),
+        )
+        try:
+            while rows := cursor.fetchmany(64):
+                yield from map(_job, rows)
+        finally:
+            cursor.close()
+
+    def _hold_from(self, first: JobRow, reason: str) -> None:
+        """Mark the project's waiting jobs from `first` on (in queue order) pending with `reason`, where
+        they are not so yet (a retrying job keeps its state until its back-off is over)."""
+        with self.store.tx() as db:
+            db.execute(
+                "UPDATE jobs SET status='pending', reason=? WHERE project=? AND status IN ('submitted','pending')"
+                " AND NOT (status='pending' AND reason=?) AND (priority < ? OR (priority = ? AND seq >= ?))",
+                (reason, first.project, reason, first.priority, first.priority, first.seq),
+            )
+
     def _hold(self, rows: list[JobRow], held: dict[str, str]) -> None:
-        """Write the reason of each task an array's limit holds back, where it changed."""
+        """Write the reason of each job an array's limit or a project's quota holds back, where it changed."""
         changed = [
             j for j in rows if j.id in held and (j.reason != held[j.id] or j.status is not JobState.PENDING)
         ]
@@ -266,8 +393,29 @@ class Scheduling:
         return ""
 
 
-def _pending(job: JobRow) -> PendingJob:
-    return PendingJob(job.id, job.spec, job.seq, job.priority, job.project)
+class ArrayRoom:
+    """What an array's `%N` limit leaves room for while one project's queue is read in order."""
+
+    def __init__(self, load: ArrayLoad | None) -> None:
+        self.load = load  # None: no limit
+        self.left = load.limit - load.active if load is not None else 0
+        self.held = False  # whether it held a task back
+
+    def take(self) -> bool:
+        if self.load is None:
+            return True
+        self.left -= 1
+        self.held = self.held or self.left < 0
+        return self.left >= 0
+
+
+def gpus_held(job: JobRow) -> int:
+    """The GPUs a job holds once placed, as its quota counts them before: its request's maximum where it
+    has one (a placement never gives more), else its minimum."""
+    gpu = job.spec.resources.gpu
+    if gpu is None:
+        return 0
+    return int(gpu.count.max if gpu.count.max is not None else gpu.count.min or 0)
 
 
 def _told(job: JobRow) -> str:

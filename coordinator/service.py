@@ -27,6 +27,7 @@ from coordinator.links import Links
 from coordinator.live_schedule import LiveSchedule
 from coordinator.logstore import LogStore
 from coordinator.lost import LostHosts
+from coordinator.queue_policy import Quota
 from coordinator.quota import UploadQuota
 from coordinator.schedule_store import ScheduleStore
 from coordinator.schedules import ScheduleOps
@@ -35,6 +36,7 @@ from coordinator.secrets import Secrets, ensure_key
 from coordinator.settings import Settings
 from coordinator.store import JobRow, Store
 from coordinator.submit_rules import apply_submit_rules, archive_ids
+from coordinator.usage import ProjectUsage
 from coordinator.waiters import Waiters
 from shared import tls
 from shared.spec import SpecError, TaskSpec, redacted, validate_spec
@@ -87,6 +89,10 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
         self.live_synced = False
         self.admitted: dict[str, set[str]] = {}
         self.jobs_on: dict[str, set[str]] = {}
+        self.quotas: dict[str, Quota] = {}
+        self.quota_admitted: dict[str, set[str]] = {}
+        self.usage = ProjectUsage(store, s.fair_share_half_life_s)  # fair share (queue_policy.py)
+        self.shares: dict[str, float] = {}
 
     # --- user side ---------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ class Settings:
     log_cap_bytes: int = C.LOG_CAP_BYTES  # per allocation; 0: no cap
     upload_quota_bytes: int = C.UPLOAD_QUOTA_BYTES  # stored files archives per project; 0: no quota
     max_array_tasks: int = C.MAX_ARRAY_TASKS  # in one job array
+    fair_share_half_life_s: float = C.FAIR_SHARE_HALF_LIFE_S  # usage weighs half as much this long after
     disk_floor_bytes: int = C.DISK_FLOOR_BYTES  # under this much free space, refuse new submits and uploads
     disk_floor_percent: float = 0.0  # or under this share of the disk, whichever is larger
     disk_usage: DiskUsage = real_usage

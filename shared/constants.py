@@ -23,6 +23,7 @@ MAX_FILES_ARCHIVE_BYTES = 64 * 1024 * 1024  # a job's `files:` as a tar.gz; read
 FILES_CHUNK_BYTES = 256 * 1024
 UPLOAD_QUOTA_BYTES = 1024**3  # stored files archives per project
 MAX_ARRAY_TASKS = 10_000  # tasks in one job array (`submit --array`): one request may not flood the store
+FAIR_SHARE_HALF_LIFE_S = 7 * 24 * 3600.0  # a project's GPU-hours weigh half as much a week later (fair share)
 DISK_FLOOR_BYTES = 1024**3  # the coordinator refuses new submits and uploads with less free space
 HOST_UNREACHABLE_AFTER_S = 30.0  # a host not seen for this long is unreachable: no new work there
 HOST_LOST_AFTER_S = 600.0  # ... and past this, its allocations are lost (a retry policy may place them again)

@@ -27,6 +27,7 @@ MAX_HOSTNAME_CHARS = 253
 MAX_TRANSPORT_CHARS = 300  # "bastion a → b → c", "proxy host:port", "direct"
 MAX_LINK_ERROR_CHARS = 500  # one line: why the proxy or the SSH tunnel failed
 MAX_AGE_S = 10 * 365 * 24 * 3600.0
+MAX_QUOTA = 10**9  # a project's quota of GPUs or jobs: more is no limit at all, and must fit the store
 
 Index = Annotated[int, Meta(ge=0, le=MAX_INDEX)]
 Mib = Annotated[int, Meta(ge=0, le=MAX_MIB)]
@@ -332,6 +333,27 @@ class TokenCreated(Wire):
 
 class ProjectCreate(Wire):
     name: str
+
+
+class ProjectQuota(Wire):
+    """`gpuctl project quota`: at most `gpus` GPUs and `jobs` jobs placed at once (None: no limit)."""
+
+    name: str
+    gpus: Annotated[int, Meta(ge=0, le=MAX_QUOTA)] | None = None
+    jobs: Annotated[int, Meta(ge=0, le=MAX_QUOTA)] | None = None
+
+
+class QueueEntry(Wire):
+    """One waiting job of `gpuctl queue`, in the scheduler's order."""
+
+    id: str
+    name: str
+    project: str
+    status: str
+    priority: int
+    fair_share: float  # its project's factor: 1.0 used nothing lately; the higher goes first
+    submitted_at: float
+    reason: str
 
 
 class UserCreate(Wire):

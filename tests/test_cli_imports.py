@@ -99,6 +99,14 @@ def test_version_loads_click_and_nothing_that_reaches_a_coordinator() -> None:
     assert {m for m in loaded if m.startswith("cli.")} == {"cli.main", "cli.shell"}
 
 
+def test_queue_loads_no_yaml_or_cryptography_and_rich_for_people_only(dev: dict[str, str]) -> None:
+    table, as_json = loaded_by(dev, "queue"), loaded_by(dev, "queue", "--json")
+
+    assert "rich.table" in table and "rich" not in packages(as_json)
+    for loaded in (table, as_json):
+        assert packages(loaded) & (NEVER | {"yaml"}) == set()
+
+
 def test_ps_loads_no_yaml_spec_grammar_or_cryptography(dev: dict[str, str]) -> None:
     table, as_json = loaded_by(dev, "ps"), loaded_by(dev, "ps", "--json")
 

@@ -37,8 +37,8 @@ def test_an_unknown_setting_is_one_line_naming_it(tmp_path: Path) -> None:
     run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
-        "Error: prot: unknown setting (known: disk_floor, fleet_lost_after, host, log_cap, lost_after, "
-        "max_array_tasks, port, python_image, server_names, state_dir, unreachable_after, upload_quota)"
+        "Error: prot: unknown setting (known: disk_floor, fair_share_half_life, fleet_lost_after, host, log_cap, "
+        "lost_after, max_array_tasks, port, python_image, server_names, state_dir, unreachable_after, upload_quota)"
     ]
 
 
@@ -62,6 +62,19 @@ def test_init_prints_the_ca_pin_and_a_ready_login_line(tmp_path: Path) -> None:
     token = run.stdout.split("admin token:")[1].split()[0]
     assert f"CA pin:         {pin}\n" in run.stdout
     assert f"  gpuctl login https://gpu-coord.example:9443 --token {token} --ca-pin {pin}\n" in run.stdout
+
+
+def test_fair_shares_half_life_comes_from_the_config(tmp_path: Path) -> None:
+    from coordinator.main import _load
+
+    config = tmp_path / "coordinator.yaml"
+    config.write_text(f"state_dir: {tmp_path}\nfair_share_half_life: 3d\n")
+    assert _load(config, None, None, None).settings.fair_share_half_life_s == 3 * 86400
+    config.write_text(f"state_dir: {tmp_path}\nfair_share_half_life: never\n")
+    run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
+    assert run.stderr.strip() == (
+        "Error: fair_share_half_life: expected a duration like 30s or 10m, got 'never'"
+    )
 
 
 def test_lease_settings_come_from_the_config_and_the_flags_win(tmp_path: Path) -> None:

@@ -88,6 +88,8 @@ ROUTES = [
     Route("GET", "/api/v1/tokens", "user"),
     Route("DELETE", "/api/v1/tokens/{ref}", "user", refs=("token",)),
     Route("POST", "/api/v1/projects", "user", lambda r: {"name": "p"}),
+    Route("POST", "/api/v1/projects/quota", "user", lambda r: {"name": "default", "gpus": 8, "jobs": 100}),
+    Route("GET", "/api/v1/queue", "user"),
     Route("POST", "/api/v1/users", "user", lambda r: {"name": "u", "project": "default", "role": "member"}),
     Route("POST", "/api/v1/fleets", "user", lambda r: {"name": "dc1", "projects": ["default"]}),
     Route(

@@ -1,0 +1,73 @@
+"""Each project's recent GPU-hours, read from the allocations in the store, for fair share (the policy is in
+queue_policy.py). `coordinator.yaml` sets how fast usage is forgotten:
+
+fair_share_half_life: 7d        # an hour of GPUs weighs half as much this long after it ran
+
+Read at the housekeeping beat, at a cost that follows what changed, not the history: the allocations that
+ended since the last look are added to decayed totals kept in memory (their end times are read again a
+minute back, as a write may land late; the ids already counted are skipped), and the running ones are
+counted fresh. At start, the allocations that ended within ten half-lives are read once (older ones weigh
+less than a thousandth).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from coordinator.queue_policy import Usage, fair_share_factors
+from coordinator.settings import Settings
+from coordinator.store import Store
+from shared.units import positive_duration_s
+
+QUEUE_SETTINGS = ("fair_share_half_life",)
+LATE_WRITE_S = 60.0  # an allocation's end may be stored this long after the time it records
+HORIZON_HALF_LIVES = 10
+
+
+def queue_settings(raw: dict, base: Settings) -> Settings:
+    """`base` with the queue settings `raw` sets. Raises ValueError with one line naming the setting."""
+    if "fair_share_half_life" not in raw:
+        return base
+    try:
+        half_life_s = positive_duration_s(raw["fair_share_half_life"])
+    except ValueError as exc:
+        raise ValueError(f"fair_share_half_life: {exc}") from None
+    return dataclasses.replace(base, fair_share_half_life_s=half_life_s)
+
+
+class ProjectUsage:
+    def __init__(self, store: Store, half_life_s: float) -> None:
+        self.store = store
+        now = time.time()
+        self.usage = Usage(half_life_s, now)
+        self._looked_at = now - HORIZON_HALF_LIVES * half_life_s
+        self._counted: dict[str, float] = {}  # allocation id -> its end, for ends within LATE_WRITE_S
+
+    def factors(self, now: float | None = None) -> dict[str, float]:
+        """Each project's fair-share factor as of now; a project absent has 1.0 (it used nothing lately)."""
+        now = time.time() if now is None else now
+        self.usage.advance(now)
+        self._add_ended(now)
+        running = self.store.db.execute(
+            "SELECT j.project, json_array_length(a.gpus) AS gpus, a.started_at FROM allocations a"
+            " JOIN jobs j ON j.id = a.job_id WHERE a.finished_at IS NULL AND a.started_at IS NOT NULL"
+        ).fetchall()
+        return fair_share_factors(
+            self.usage.with_running((r["project"], r["gpus"], r["started_at"]) for r in running)
+        )
+
+    def _add_ended(self, now: float) -> None:
+        since = self._looked_at - LATE_WRITE_S
+        rows = self.store.db.execute(
+            "SELECT a.id, j.project, json_array_length(a.gpus) AS gpus, a.started_at, a.finished_at"
+            " FROM allocations a JOIN jobs j ON j.id = a.job_id"
+            " WHERE a.finished_at > ? AND a.started_at IS NOT NULL",
+            (since,),
+        ).fetchall()
+        for r in rows:
+            if r["id"] not in self._counted:
+                self.usage.add_ended(r["project"], r["gpus"], r["started_at"], r["finished_at"])
+                self._counted[r["id"]] = r["finished_at"]
+        self._looked_at = now
+        self._counted = {a: end for a, end in self._counted.items() if end > now - LATE_WRITE_S}
