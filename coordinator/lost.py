@@ -27,6 +27,8 @@ class LostHosts:
     settings: Settings
     host_waiters: Waiters
     log_waiters: Waiters
+    last_seen: dict[str, float]
+    started_at: float
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         raise NotImplementedError
@@ -36,6 +38,15 @@ class LostHosts:
 
     def silent_s(self, host_id: str, now: float | None = None) -> float:
         raise NotImplementedError
+
+    def lapsed_hosts(self, since: float, now: float) -> set[str] | None:
+        """The hosts whose lease ran out in (since, now]: from then they take no new work, a change that is
+        only time passing, which the scheduler hears of from the housekeeping beat. None when the leases
+        this coordinator's start gave out ran out then: every host not seen since did (a full re-sync)."""
+        lease_s = self.lease_s()
+        if since < self.started_at + lease_s <= now:
+            return None
+        return {host_id for host_id, seen in self.last_seen.items() if since < seen + lease_s <= now}
 
     def expire_leases(self, now: float | None = None) -> int:
         """Mark lost the allocations of hosts silent past their `lost_after` (the job's, its fleet's or
