@@ -55,7 +55,7 @@ from agent.transport import Transport
 from cli.api import Api
 from cli.config import CliConfig
 from shared import constants as C
-from shared import tls
+from shared import gc_settings, tls
 from shared.backoff import Backoff
 from shared.join import JoinString, parse_join_string
 from shared.wire import EnrollRequest, EnrollResponse, SyncRequest, TokenCreate, generation_of
@@ -300,6 +300,7 @@ async def _fleet(conn: Connection, url: str, folder: Path, indices: range, ramp_
     conn.send("ready")
     await loop.run_in_executor(None, conn.recv)  # "go"
     started = time.monotonic()
+    gc_settings.for_many_connections()  # a worker holds 2,500 agents: full collections paused it 2 s
     ups = [asyncio.Event() for _ in agents]
     starting = asyncio.Semaphore(BRINGUP_AT_ONCE)
     for n, (agent, up) in enumerate(zip(agents, ups, strict=True)):
