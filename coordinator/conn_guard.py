@@ -27,7 +27,6 @@ from coordinator.limits import ConnectionLimits
 log = logging.getLogger("gpuctl.coordinator")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FD_LIMIT_CEILING = 1 << 20
-TLS_READ_BUFFER_BYTES = 16 * 1024  # a hard limit of "unlimited" cannot be the soft one
 
 
 def raise_fd_limit() -> int:

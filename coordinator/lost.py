@@ -27,6 +27,8 @@ class LostHosts:
     settings: Settings
     host_waiters: Waiters
     log_waiters: Waiters
+    last_seen: dict[str, float]
+    started_at: float
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         raise NotImplementedError
@@ -37,16 +39,30 @@ class LostHosts:
     def silent_s(self, host_id: str, now: float | None = None) -> float:
         raise NotImplementedError
 
+    def lapsed_hosts(self, since: float, now: float) -> set[str] | None:
+        """The hosts whose lease ran out in (since, now]: from then they take no new work, a change that is
+        only time passing, which the scheduler hears of from the housekeeping beat. None when the leases
+        this coordinator's start gave out ran out then: every host not seen since did (a full re-sync)."""
+        lease_s = self.lease_s()
+        if since < self.started_at + lease_s <= now:
+            return None
+        return {host_id for host_id, seen in self.last_seen.items() if since < seen + lease_s <= now}
+
     def expire_leases(self, now: float | None = None) -> int:
         """Mark lost the allocations of hosts silent past their `lost_after` (the job's, its fleet's or
-        the coordinator's); each job's retry policy decides what follows. Answers how many were lost."""
+        the coordinator's); each job's retry policy decides what follows. Answers how many were lost.
+        Only hosts that hold allocations can lose one, and liveness is in memory: a beat reads the
+        active allocations, not every host of the fleet."""
         now = now or time.time()
         lease_s, lost = self.lease_s(), 0
-        for host in self.store.list_hosts():
-            silent_s = self.silent_s(host.id, now)
-            if host.status == HostState.REMOVED or silent_s <= lease_s:
+        for host_id, allocs in _by_host(self.store.active_allocations()).items():
+            silent_s = self.silent_s(host_id, now)
+            if silent_s <= lease_s:
                 continue
-            for alloc in self.store.active_allocations(host.id):
+            host = self.store.get_host(host_id)
+            if host is None or host.status == HostState.REMOVED:
+                continue
+            for alloc in allocs:
                 job = self.store.get_job(alloc.job_id)
                 assert job is not None
                 fleet_s = self.settings.fleet_lost_after_s.get(host.fleet)
@@ -115,3 +131,11 @@ class LostHosts:
         log.info("allocation %s of job %s is back on its host: %s", alloc.id, job.id, state)
         self.host_waiters.changed(alloc.host_id)
         self.log_waiters.changed(job.id)
+
+
+def _by_host(allocs: list[AllocRow]) -> dict[str, list[AllocRow]]:
+    """Allocations grouped by host, each host's in the order given."""
+    grouped: dict[str, list[AllocRow]] = {}
+    for alloc in allocs:
+        grouped.setdefault(alloc.host_id, []).append(alloc)
+    return grouped

@@ -19,7 +19,7 @@ from coordinator.service import Settings
 from coordinator.store import Store
 from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE
 from coordinator.usage import QUEUE_SETTINGS, queue_settings
-from shared import tls
+from shared import gc_settings, tls
 from shared.constants import DEFAULT_PORT
 from shared.sdnotify import notify
 
@@ -164,6 +164,7 @@ def run(
     async def serve() -> None:
         running = await start_coordinator(config)
         ensure_admin_token(running.coordinator.store, config.state_dir / "admin-token")
+        gc_settings.for_many_connections()
         notify("READY=1")  # listening: systemd may start what comes after it
         try:
             await asyncio.Event().wait()

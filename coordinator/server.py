@@ -24,11 +24,13 @@ from coordinator.service import Coordinator, Settings
 from coordinator.store import Store
 from shared import tls
 from shared.aio import cancel_and_wait
+from shared.states import JobState
 
 log = logging.getLogger("gpuctl.coordinator")
 
 HOUSEKEEPING_INTERVAL_S = 5.0
 PRUNE_EVERY_BEATS = 60  # file archives: every 5 minutes
+RESYNC_LOOP_SHARE = 0.005  # of the event loop's time, at most, for the beat's full re-sync (`Resync`)
 LAST_SEEN_SAVE_S = (
     60.0  # liveness lives in memory; the store hears of it this often (`hosts` after a restart)
 )
@@ -98,17 +100,18 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
 
 
 async def _housekeeping(coordinator: Coordinator) -> None:
-    """Re-run the scheduler now and then, so hosts that go away or come back change placements and reasons,
+    """Tell the scheduler what time alone changed, so hosts that go away change placements and reasons,
     and mark lost the allocations of hosts silent too long (a beat is at most a quarter lease, so a short
     `unreachable_after` is kept to); submit the scheduled tasks whose time has come (a beat is at most
     5 s, so a run starts within seconds of its minute); less often, delete the file archives that no live job needs."""
     saved_at = time.monotonic()
+    resync = Resync()
     for beat in itertools.count():
         await asyncio.sleep(min(HOUSEKEEPING_INTERVAL_S, coordinator.settings.unreachable_after_s / 4))
         try:
             coordinator.expire_leases()
             coordinator.fire_schedules()
-            coordinator.schedule_pass()
+            resync.beat(coordinator)
             if beat % PRUNE_EVERY_BEATS == 0:
                 coordinator.prune_files()
             if time.monotonic() - saved_at >= LAST_SEEN_SAVE_S:
@@ -116,6 +119,32 @@ async def _housekeeping(coordinator: Coordinator) -> None:
                 await save_last_seen(coordinator)
         except Exception:
             log.exception("housekeeping failed")
+
+
+class Resync:
+    """The beat's scheduling. A full re-sync from the store (`schedule_pass`) corrects any drift and gives
+    up on jobs that waited too long, but it reads every host: at 10,000 hosts it held the event loop
+    330-800 ms, every 5 s beat, and each sync that arrived meanwhile waited (sync p99 1,446 ms against a
+    p50 of 32 ms). So it runs at most `RESYNC_LOOP_SHARE` of the time (every beat for a small fleet, about
+    every 100 s for 10,000 hosts), and the beats between tell the scheduler only what time changed: the
+    hosts whose lease ran out, and the retrying jobs (whose back-off may be over)."""
+
+    def __init__(self) -> None:
+        self.due_at = 0.0  # monotonic
+        self.judged_at = time.time()
+
+    def beat(self, coordinator: Coordinator) -> None:
+        now = time.time()
+        lapsed = coordinator.lapsed_hosts(self.judged_at, now)
+        self.judged_at = now
+        if lapsed is None or time.monotonic() >= self.due_at:
+            started = time.monotonic()
+            coordinator.schedule_pass()
+            self.due_at = time.monotonic() + (time.monotonic() - started) / RESYNC_LOOP_SHARE
+            return
+        retrying = {job.id for job in coordinator.store.jobs_in(JobState.RETRYING)}
+        if lapsed or retrying:  # a kick naming nothing would re-sync
+            coordinator.kick(hosts=lapsed, jobs=retrying)
 
 
 async def save_last_seen(coordinator: Coordinator) -> None:

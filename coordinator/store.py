@@ -23,6 +23,10 @@ from shared.wire import Inventory
 
 BACKGROUND_BATCH = 1000  # rows per transaction written off the loop: short, so the loop never waits long
 TERMINAL_ALLOC_STATES = tuple(s.value for s in AllocState if s.terminal)
+_LISTED = (
+    "id, name, generation, desired_index, last_seen, status, fleet, labels"  # a HostRow but its inventory
+)
+INVENTORIES_PER_READ = 500  # host ids in one query (SQLite's limit on parameters is higher)
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,33 @@ class Store:
         return self._host(row) if row else None
 
     def list_hosts(self) -> list[HostRow]:
-        return [self._host(r) for r in self.db.execute("SELECT * FROM hosts ORDER BY name").fetchall()]
+        """Every host, by name. An inventory (3.6 KiB of JSON for 8 GPUs) is read only where its generation
+        is not the one decoded already: reading them all was 100-270 ms of the 250-340 ms that listing
+        10,000 hosts took, once per re-sync of the scheduler."""
+        rows = self.db.execute(f"SELECT {_LISTED} FROM hosts ORDER BY name").fetchall()
+        self._read_inventories([r["id"] for r in rows if r["generation"] != self._decoded(r["id"])])
+        return [self._listed_host(r) for r in rows]
+
+    def _decoded(self, host_id: str) -> str:
+        """The generation of the host's inventory decoded already ("" when none: no inventory either)."""
+        return self._inventories.get(host_id, ("", None))[0]
+
+    def _read_inventories(self, host_ids: list[str]) -> None:
+        for start in range(0, len(host_ids), INVENTORIES_PER_READ):
+            chunk = host_ids[start : start + INVENTORIES_PER_READ]
+            sql = f"SELECT id, generation, inventory FROM hosts WHERE id IN ({','.join('?' * len(chunk))})"
+            for row in self.db.execute(sql, chunk).fetchall():
+                if row["inventory"]:
+                    inventory = msgspec.json.decode(row["inventory"], type=Inventory)
+                    self._inventories[row["id"]] = (row["generation"], inventory)
+
+    def _listed_host(self, row: sqlite3.Row) -> HostRow:
+        if not row["generation"]:
+            return _host(row, None)
+        generation, inventory = self._inventories.get(row["id"], ("", None))
+        if generation != row["generation"]:  # a new inventory came between the two reads: read it whole
+            return self.get_host(row["id"]) or _host(row, None)
+        return _host(row, inventory)
 
     def _host(self, row: sqlite3.Row) -> HostRow:
         """A host row, its inventory decoded once per generation: a generation names one inventory (it is

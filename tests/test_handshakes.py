@@ -9,6 +9,9 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
+
+from coordinator.handshakes import LeanTLS
 from coordinator.limits import ConnectionLimits
 from coordinator.server import RunningCoordinator, ServerConfig, start_coordinator
 from shared import tls
@@ -76,6 +79,27 @@ async def test_a_handshake_waits_for_the_slot_of_the_one_in_progress() -> None:
         assert not second.done(), "a second handshake went ahead while the only slot was held"
         await first.finish()  # gives the slot back
         assert (await second).startswith(b"HTTP/1.1 200")
+        first.sock.close()
+
+
+async def test_a_client_that_hung_up_while_waiting_for_its_turn_costs_no_handshake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    admitted: list[LeanTLS] = []
+    admit = LeanTLS.admit
+    monkeypatch.setattr(LeanTLS, "admit", lambda tls: (admitted.append(tls), admit(tls)))
+    async with _coordinator() as running:
+        first = RawHandshake(running)
+        await first.hello()  # holds the only slot
+        gone = RawHandshake(running)
+        gone._step()  # its ClientHello waits for the slot...
+        await asyncio.sleep(0.2)
+        gone.sock.close()  # ...and it gives up
+        waiting = asyncio.create_task(_healthz(running))
+        await asyncio.sleep(0.2)
+        await first.finish()
+        assert (await waiting).startswith(b"HTTP/1.1 200")
+        assert len(admitted) == 1, "a handshake was worked on for a client that had hung up"
         first.sock.close()
 
 

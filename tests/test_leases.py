@@ -9,8 +9,10 @@ import json
 
 import aiohttp
 import msgspec
+import pytest
 
 from agent.agent import detect
+from coordinator import server
 from shared.wire import SyncResponse
 from tests.agent_session import agent_session, sync_body
 from tests.faults import SHORT_LEASES, host_status, wait_attempt, wait_host, wait_stopped
@@ -45,6 +47,24 @@ async def test_a_silent_host_is_unreachable_then_its_job_lost_and_a_return_resum
         assert log.splitlines() == [f"tick {n}" for n in range(80)], "the log lost bytes on the way"
         assert (await c.job(job.id)).status == "done"
         await c.wait_for(other.id, "done")  # the host takes work again
+
+
+async def test_between_full_re_syncs_a_host_whose_lease_ran_out_takes_no_new_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large fleet's beat re-syncs in full only now and then; the beats between tell the scheduler of
+    the hosts whose lease ran out."""
+    monkeypatch.setattr(server, "RESYNC_LOOP_SHARE", 1e-9)  # past the first ones, no full re-sync comes
+    async with cluster(SHORT_LEASES) as c:
+        c.start_agent("h1", "2xH100:80GB")  # a GPU stays free
+        job = await c.submit(TICKS)
+        await c.wait_for(job.id, "running")
+        await c.stop_agent("h1")
+        await wait_host(c, "h1", "unreachable", timeout_s=10)
+        await asyncio.sleep(0.5)  # two beats
+        other = await c.submit("commands: [true]\nresources: {gpu: 1}\n")
+        await asyncio.sleep(0.5)
+        assert (await c.job(other.id)).status == "pending", "an unreachable host took new work"
 
 
 async def test_stop_of_a_job_on_an_unreachable_host_ends_stopped_once_lost() -> None:
