@@ -1,5 +1,5 @@
-"""TLS on the coordinator's port: asyncio's own TLS protocol, with two changes that a fleet of ten thousand
-agents needs.
+"""TLS on the coordinator's port: asyncio's own TLS protocol, with what a fleet of ten thousand agents needs,
+and a bound per address so that no one client can stall the others' handshakes.
 
 - A bound on handshakes worked on at once. A server handshake costs about 2 ms of CPU here; when a whole
   fleet reconnects (a coordinator restart), asyncio works on every handshake at once, in turns, so each one
@@ -10,6 +10,12 @@ agents needs.
   queue would only come back as one more handshake. One that sends nothing takes no slot and meets the
   deadline as before, so silent clients cannot hold the gate; one that stalls half way holds its slot until
   its deadline.
+- A bound per address: at most `per_address` connections from one address before the end of their
+  handshake (silent, waiting or in one); a connection past it is closed at once. Without it one client
+  could send a byte on each of `limit` connections and stall: every slot held for a deadline, every other
+  client's handshake (agents reconnecting, every `gpuctl` call) queued behind, again and again. An honest
+  client never has that many handshakes under way (agents behind one login node share its address; they
+  retry with back-off and jitter).
 - One read buffer for all connections instead of one each. asyncio gives each connection its own 256 KiB
   buffer, allocated and zeroed when it opens, so ten thousand idle agent connections held 2.5 GiB of
   buffers (measured: 418 MiB peak RSS for 1,000 agents); 16 KiB each still made 160 MiB of the 914 MiB
@@ -35,10 +41,27 @@ class HandshakeGate:
     """Slots for handshakes in progress, and the connections waiting for one (first come, first served).
     Not thread-safe: the event loop's thread only."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_address: int) -> None:
         self.limit = limit
+        self.per_address = per_address
         self.busy = 0
         self.waiting: deque[LeanTLS] = deque()
+        self.arrived: dict[str, int] = {}  # by address: connections before their handshake's end
+
+    def arrive(self, address: str) -> bool:
+        """A connection from `address` opened; False when that address has its share already."""
+        if self.arrived.get(address, 0) >= self.per_address:
+            return False
+        self.arrived[address] = self.arrived.get(address, 0) + 1
+        return True
+
+    def depart(self, address: str) -> None:
+        """A connection counted by `arrive` ended its handshake, or closed."""
+        left = self.arrived[address] - 1
+        if left:
+            self.arrived[address] = left
+        else:
+            del self.arrived[address]
 
     def enter(self, tls: LeanTLS) -> bool:
         """Take a slot, or queue `tls` for the next free one (then False)."""
@@ -76,6 +99,16 @@ class LeanTLS(sslproto.SSLProtocol):
         self._ssl_buffer, self._ssl_buffer_view = _read_buffer  # its own goes at once
         self.gate = gate
         self.holds_slot = False
+        self.address: str | None = None  # while counted by the gate's `arrive`
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if peer else ""
+        if self.gate.arrive(address):
+            self.address = address
+        else:
+            transport.abort()  # its share is taken: connection_lost follows
 
     def is_open(self) -> bool:
         """Still waiting for its handshake, its client still there. A client that gave up while waiting
@@ -118,16 +151,23 @@ class LeanTLS(sslproto.SSLProtocol):
 
     def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
         self._release()
+        self._depart()
         super()._on_handshake_complete(handshake_exc)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._release()
+        self._depart()
         super().connection_lost(exc)
 
     def _release(self) -> None:
         if self.holds_slot:
             self.holds_slot = False
             self.gate.leave()
+
+    def _depart(self) -> None:
+        if self.address is not None:
+            self.gate.depart(self.address)
+            self.address = None
 
 
 def _hung_up(sock: Any) -> bool:

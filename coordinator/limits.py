@@ -8,6 +8,9 @@ HEADER_TIMEOUT_S = 15.0  # a request's line and headers must arrive within this 
 BODY_TIMEOUT_S = 60.0  # a body (or, for a files upload, each chunk of it) must arrive within this
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 TLS_HANDSHAKES_AT_ONCE = 64  # worked on at once; more wait their turn (coordinator/handshakes.py)
+# Connections from one address still before their handshake's end (silent, waiting or in it); more are
+# closed at once: a client retries, and one address cannot hold the handshake slots of all the others.
+TLS_HANDSHAKES_PER_ADDRESS = 8
 KEEPALIVE_TIMEOUT_S = 75.0  # an idle keep-alive connection closes after this (as nginx's default)
 # Connections the kernel queues before the coordinator accepts them (capped by net.core.somaxconn): a fleet
 # that reconnects at once (a coordinator restart) must not overflow it, or each lost SYN costs 1, 3, 7 s.
@@ -21,6 +24,7 @@ class ConnectionLimits:
     body_timeout_s: float = BODY_TIMEOUT_S
     tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S
     tls_handshakes_at_once: int = TLS_HANDSHAKES_AT_ONCE
+    tls_handshakes_per_address: int = TLS_HANDSHAKES_PER_ADDRESS
     keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
     unauthenticated_per_address: int = UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS
     listen_backlog: int = LISTEN_BACKLOG

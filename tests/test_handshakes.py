@@ -119,3 +119,54 @@ def _closed(sock: socket.socket) -> bool:
         return False
     except ConnectionError:
         return True
+
+
+async def test_one_address_cannot_stall_the_handshakes_of_the_others() -> None:
+    """A client that sends one byte on many connections and stalls gets its share of handshakes, the rest
+    of its connections closed at once; a client from another address is answered meanwhile, not queued
+    behind the stalled ones until their deadlines."""
+    limits = ConnectionLimits(
+        tls_handshakes_at_once=3, tls_handshakes_per_address=2, tls_handshake_timeout_s=6.0
+    )
+    running = await start_coordinator(
+        ServerConfig(reachable_tmpdir() / "c", "127.0.0.1", 0, ("localhost",), FAST, limits=limits)
+    )
+    stalled = []
+    try:
+        for _ in range(6):
+            sock = socket.create_connection(("127.0.0.1", running.port))
+            sock.sendall(b"\x16")  # the first byte of a handshake record, then nothing
+            stalled.append(sock)
+        await asyncio.sleep(0.3)
+        closed = [sock for sock in stalled if await asyncio.to_thread(_closed, sock)]
+        assert len(closed) == 4, "connections past the address's share were not closed"
+
+        context = tls.client_context(running.pki.ca_cert)
+        reader, writer = await asyncio.wait_for(  # well inside the stalled ones' 6 s deadline
+            asyncio.open_connection(
+                "127.0.0.1",
+                running.port,
+                ssl=context,
+                server_hostname="localhost",
+                local_addr=("127.0.0.2", 0),
+            ),
+            3.0,
+        )
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 3.0)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    finally:
+        for sock in stalled:
+            sock.close()
+        await running.close()
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server closed (or reset) this connection; waits up to a second for it."""
+    sock.settimeout(1.0)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
