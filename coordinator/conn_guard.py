@@ -181,7 +181,12 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         context, guard = self._ssl_context, self._guard
-        gate = HandshakeGate(guard.limits.tls_handshakes_at_once, guard.limits.tls_handshakes_per_address)
+        limits = guard.limits
+        gate = HandshakeGate(
+            limits.tls_handshakes_at_once,
+            limits.tls_handshakes_per_address,
+            limits.unauthenticated_per_address,
+        )
 
         def accept() -> asyncio.BaseProtocol:
             """TLS around the guard around aiohttp, as `create_server(ssl=...)` wraps them (no waiter: a

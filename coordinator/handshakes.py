@@ -10,12 +10,11 @@ and a bound per address so that no one client can stall the others' handshakes.
   queue would only come back as one more handshake. One that sends nothing takes no slot and meets the
   deadline as before, so silent clients cannot hold the gate; one that stalls half way holds its slot until
   its deadline.
-- A bound per address: at most `per_address` connections from one address before the end of their
-  handshake (silent, waiting or in one); a connection past it is closed at once. Without it one client
-  could send a byte on each of `limit` connections and stall: every slot held for a deadline, every other
-  client's handshake (agents reconnecting, every `gpuctl` call) queued behind, again and again. An honest
-  client never has that many handshakes under way (agents behind one login node share its address; they
-  retry with back-off and jitter).
+- A bound per address: at most `per_address` of the slots go to one address, its other connections wait
+  for one of its own; and at most `open_per_address` connections of one address may be before their
+  handshake's end (silent, waiting or in one), a connection past that is closed at once. Without it one
+  client could send a byte on each of `limit` connections and stall: every slot held for a deadline, every
+  other client's handshake (agents reconnecting, every `gpuctl` call) queued behind, again and again.
 - One read buffer for all connections instead of one each. asyncio gives each connection its own 256 KiB
   buffer, allocated and zeroed when it opens, so ten thousand idle agent connections held 2.5 GiB of
   buffers (measured: 418 MiB peak RSS for 1,000 agents); 16 KiB each still made 160 MiB of the 914 MiB
@@ -38,47 +37,63 @@ _read_buffer = (_bytes, memoryview(_bytes))  # every connection's (the event loo
 
 
 class HandshakeGate:
-    """Slots for handshakes in progress, and the connections waiting for one (first come, first served).
-    Not thread-safe: the event loop's thread only."""
+    """Slots for handshakes in progress, at most `per_address` of them for one address, and the connections
+    waiting for one (by address, first come, first served). At most `open_per_address` connections of one
+    address may be before their handshake's end. Not thread-safe: the event loop's thread only."""
 
-    def __init__(self, limit: int, per_address: int) -> None:
+    def __init__(self, limit: int, per_address: int, open_per_address: int) -> None:
         self.limit = limit
         self.per_address = per_address
+        self.open_per_address = open_per_address
         self.busy = 0
-        self.waiting: deque[LeanTLS] = deque()
+        self.held: dict[str, int] = {}  # by address: slots
+        self.waiting: dict[str, deque[LeanTLS]] = {}  # by address, the longest waiting address first
         self.arrived: dict[str, int] = {}  # by address: connections before their handshake's end
 
     def arrive(self, address: str) -> bool:
-        """A connection from `address` opened; False when that address has its share already."""
-        if self.arrived.get(address, 0) >= self.per_address:
+        """A connection from `address` opened; False when that address has as many as it may already."""
+        if self.arrived.get(address, 0) >= self.open_per_address:
             return False
-        self.arrived[address] = self.arrived.get(address, 0) + 1
+        _bump(self.arrived, address, 1)
         return True
 
     def depart(self, address: str) -> None:
         """A connection counted by `arrive` ended its handshake, or closed."""
-        left = self.arrived[address] - 1
-        if left:
-            self.arrived[address] = left
-        else:
-            del self.arrived[address]
+        _bump(self.arrived, address, -1)
 
-    def enter(self, tls: LeanTLS) -> bool:
-        """Take a slot, or queue `tls` for the next free one (then False)."""
-        if self.busy < self.limit:
+    def enter(self, tls: LeanTLS, address: str) -> bool:
+        """Take a slot, or queue `tls` for the next free one its address may have (then False)."""
+        if self.busy < self.limit and self.held.get(address, 0) < self.per_address:
             self.busy += 1
+            _bump(self.held, address, 1)
             return True
-        self.waiting.append(tls)
+        self.waiting.setdefault(address, deque()).append(tls)
         return False
 
-    def leave(self) -> None:
-        """Give a slot back; the longest waiting connection still open gets it."""
+    def leave(self, address: str) -> None:
+        """Give a slot back; it goes to the longest waiting connection still open whose address has room."""
         self.busy -= 1
-        while self.waiting and self.busy < self.limit:
-            tls = self.waiting.popleft()
-            if tls.is_open():
-                self.busy += 1
-                tls.admit()
+        _bump(self.held, address, -1)
+        for waiting_address in list(self.waiting):
+            queue = self.waiting[waiting_address]
+            while queue and self.busy < self.limit and self.held.get(waiting_address, 0) < self.per_address:
+                tls = queue.popleft()
+                if tls.is_open():
+                    self.busy += 1
+                    _bump(self.held, waiting_address, 1)
+                    tls.admit()
+            if not queue:
+                del self.waiting[waiting_address]
+            if self.busy >= self.limit:
+                return
+
+
+def _bump(counts: dict[str, int], key: str, by: int) -> None:
+    left = counts.get(key, 0) + by
+    if left:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 class LeanTLS(sslproto.SSLProtocol):
@@ -99,16 +114,16 @@ class LeanTLS(sslproto.SSLProtocol):
         self._ssl_buffer, self._ssl_buffer_view = _read_buffer  # its own goes at once
         self.gate = gate
         self.holds_slot = False
-        self.address: str | None = None  # while counted by the gate's `arrive`
+        self.address = ""
+        self.counted = False  # by the gate's `arrive`, until its handshake's end
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if peer else ""
-        if self.gate.arrive(address):
-            self.address = address
-        else:
-            transport.abort()  # its share is taken: connection_lost follows
+        self.address = str(peer[0]) if peer else ""
+        self.counted = self.gate.arrive(self.address)
+        if not self.counted:
+            transport.abort()  # its address has too many connections under way: connection_lost follows
 
     def is_open(self) -> bool:
         """Still waiting for its handshake, its client still there. A client that gave up while waiting
@@ -142,7 +157,7 @@ class LeanTLS(sslproto.SSLProtocol):
         # Called at connection time with nothing to read (cheap: it only asks for more), then whenever bytes
         # arrive: those are the work, so they wait for a slot.
         if not self.holds_slot and self._incoming.pending:
-            if not self.gate.enter(self):
+            if not self.gate.enter(self, self.address):
                 self._transport.pause_reading()  # its bytes wait in the kernel, not in our memory
                 self._handshake_timeout_handle.cancel()  # until its turn
                 return
@@ -162,12 +177,12 @@ class LeanTLS(sslproto.SSLProtocol):
     def _release(self) -> None:
         if self.holds_slot:
             self.holds_slot = False
-            self.gate.leave()
+            self.gate.leave(self.address)
 
     def _depart(self) -> None:
-        if self.address is not None:
+        if self.counted:
+            self.counted = False
             self.gate.depart(self.address)
-            self.address = None
 
 
 def _hung_up(sock: Any) -> bool:

@@ -8,8 +8,8 @@ HEADER_TIMEOUT_S = 15.0  # a request's line and headers must arrive within this 
 BODY_TIMEOUT_S = 60.0  # a body (or, for a files upload, each chunk of it) must arrive within this
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 TLS_HANDSHAKES_AT_ONCE = 64  # worked on at once; more wait their turn (coordinator/handshakes.py)
-# Connections from one address still before their handshake's end (silent, waiting or in it); more are
-# closed at once: a client retries, and one address cannot hold the handshake slots of all the others.
+# Of those, at most this many for one address at once (its others wait for one of its own): one address
+# cannot hold the slots of all the others.
 TLS_HANDSHAKES_PER_ADDRESS = 8
 KEEPALIVE_TIMEOUT_S = 75.0  # an idle keep-alive connection closes after this (as nginx's default)
 # Connections the kernel queues before the coordinator accepts them (capped by net.core.somaxconn): a fleet
