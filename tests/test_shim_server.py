@@ -56,6 +56,30 @@ def test_a_supervisor_that_cannot_start_fails_the_fork_and_says_why_in_the_log(t
         assert not (tmp_path / "shim.pid").exists()
 
 
+def test_starts_sent_together_are_answered_in_order(tmp_path: Path) -> None:
+    """The agent sends a step's starts, then reads their answers: each comes, in the order asked."""
+    with contextlib.closing(ProcessRuntime(None)) as runtime:
+        folders = []
+        for name in ("a-1", "a-2", "a-3"):
+            folder = tmp_path / name
+            folder.mkdir()
+            if name != "a-2":  # its supervisor cannot start: no env.json
+                (folder / "env.json").write_text("{}")
+            folders.append(folder)
+            runtime.shims.send([str(folder / "exit.json"), "", "--", "true"], folder, folder / "output.log")
+        assert [runtime.shims.answer() for _ in folders] == [0, 1, 0]
+        assert [(f / "shim.pid").exists() for f in folders] == [True, False, True]
+
+
+async def test_jobs_started_in_one_step_run_each(tmp_path: Path) -> None:
+    """On the event loop, a start does not wait for its fork: observing the job reads its answer."""
+    with contextlib.closing(ProcessRuntime(None)) as runtime:
+        folders = [start(runtime, tmp_path, f"a-{n}", f"echo job {n}") for n in range(4)]
+        for n, folder in enumerate(folders):
+            assert ended(runtime, folder).exit_code == 0
+            assert (folder / "output.log").read_text() == f"job {n}\n"
+
+
 async def test_a_jobs_end_calls_on_exit_on_the_event_loop(tmp_path: Path) -> None:
     """The executor hears of an end at once, not at its next tick: the supervisor is watched by a pidfd."""
     ended = asyncio.Event()
