@@ -147,9 +147,10 @@ class Executor:
             )
             for a in self.allocs.values()
         }
+        started: list[LocalAlloc] = []
         for action in reconcile(desired, actual, fence):
             if isinstance(action, Start):
-                self._start(action.alloc, now)
+                started += self._start(action.alloc, now)
             elif isinstance(action, Stop):
                 self._stop(self.allocs[action.alloc_id], action.reason, now)
             elif isinstance(action, Forget):
@@ -158,6 +159,8 @@ class Executor:
                 self.gone[action.alloc_id] = AllocationStatus(
                     id=action.alloc_id, state=AllocState.FAILED.value, reason="this host has no record of it"
                 )
+        for local in started:  # after every start is asked for: a runtime may start them side by side
+            self._started(local)
         return self._report_worthy(before) != self._report_worthy(self.statuses())
 
     @staticmethod
@@ -206,7 +209,9 @@ class Executor:
                 self._stop(local, reason, now)
         return not running
 
-    def _start(self, spec: AllocationSpec, now: float) -> None:
+    def _start(self, spec: AllocationSpec, now: float) -> list[LocalAlloc]:
+        """Ask the runtime to start the allocation: [it], to observe once the step's starts are all asked
+        for (`_started`); [] when it failed to start."""
         path = self.root / spec.id
         local = LocalAlloc(spec, path, now)
         self.allocs[spec.id] = local
@@ -221,17 +226,29 @@ class Executor:
             self._place_files(spec, path / "work")
             runtime.start(spec, env, path, local.log_file)
         except (RuntimeStartError, OSError, subprocess.SubprocessError) as exc:  # a full disk fails one job
-            local.observed = Observed(AllocState.FAILED, None, str(exc), time.time())
-            log.warning("allocation %s failed to start: %s", spec.id, exc)
+            self._failed_to_start(local, str(exc))
+            return []
+        return [local]
+
+    def _started(self, local: LocalAlloc) -> None:
+        runtime = self.runtime_for(local.spec)
+        assert runtime is not None
+        local.observed = runtime.observe(local.dir)  # a container may be pulling its image first
+        if local.observed.state is AllocState.FAILED:
+            self._failed_to_start(local, local.observed.reason)
             return
-        local.observed = runtime.observe(path)  # a container may be pulling its image first
         log.info(
             "allocation %s of job %s started by %s (gpus %s)",
-            spec.id,
-            spec.job_id,
+            local.spec.id,
+            local.spec.job_id,
             runtime.name,
-            list(spec.gpus),
+            list(local.spec.gpus),
         )
+
+    @staticmethod
+    def _failed_to_start(local: LocalAlloc, reason: str) -> None:
+        local.observed = Observed(AllocState.FAILED, None, reason, time.time())
+        log.warning("allocation %s failed to start: %s", local.spec.id, reason)
 
     def _place_files(self, spec: AllocationSpec, work_dir: Path) -> None:
         """Move the job's staged inputs in: its repos and `files:` as its working directory, its files at

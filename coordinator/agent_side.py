@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Iterable
 
@@ -182,29 +183,51 @@ class AgentSide:
         )
 
     def _fold_statuses(self, host_id: str, statuses: list[AllocationStatus]) -> bool:
-        """Record what the agent reports; True if an allocation ended (its blocks are free again)."""
-        freed = False
+        """Record what the agent reports, all of one sync in one transaction; True if an allocation ended
+        (its blocks are free again).
+
+        One commit per status was 28% of the coordinator's samples in a run of 1,000 `true` tasks on one
+        host (py-spy: Store.tx's COMMIT, a WAL fsync each, eight a sync when eight jobs end together)."""
+        news = []
         for status in statuses:
-            alloc = self.store.get_allocation(status.id)
-            if alloc is None or alloc.host_id != host_id or alloc.state.terminal:
-                continue  # unknown here: absent from the desired state, so the agent stops and forgets it
-            try:
-                state = AllocState(status.state)
-            except ValueError:
-                log.warning(
-                    "host %s reports allocation %s in unknown state %r", host_id, alloc.id, status.state
-                )
-                continue
-            final = status.log_size if state.terminal else None
-            reported = (state, status.exit_code, final, status.reason)
-            if reported == (alloc.state, alloc.exit_code, alloc.final_log_size, alloc.reason):
-                continue  # the same again; a new reason alone ("pulling 35%" → "pulling 60%") is news
-            freed |= self._record(alloc, state, status, final)
-        return freed
+            found = self._news(host_id, status)
+            if found is not None:
+                news.append((*found, status))
+        if not news:
+            return False
+        with self.store.tx() as db:
+            recorded = [self._record(db, alloc, state, status) for alloc, state, status in news]
+        for alloc, state, status in news:
+            log.info("allocation %s of job %s: %s (exit %s)", alloc.id, alloc.job_id, state, status.exit_code)
+            self.log_waiters.changed(alloc.job_id)
+        return any(recorded)
+
+    def _news(self, host_id: str, status: AllocationStatus) -> tuple[AllocRow, AllocState] | None:
+        """The allocation and the state a status reports, if it says something new of one of this host's
+        allocations still running here; else None."""
+        alloc = self.store.get_allocation(status.id)
+        if alloc is None or alloc.host_id != host_id or alloc.state.terminal:
+            return None  # unknown here: absent from the desired state, so the agent stops and forgets it
+        try:
+            state = AllocState(status.state)
+        except ValueError:
+            log.warning("host %s reports allocation %s in unknown state %r", host_id, alloc.id, status.state)
+            return None
+        final = status.log_size if state.terminal else None
+        if (state, status.exit_code, final, status.reason) == (
+            alloc.state,
+            alloc.exit_code,
+            alloc.final_log_size,
+            alloc.reason,
+        ):
+            return None  # the same again; a new reason alone ("pulling 35%" → "pulling 60%") is news
+        return alloc, state
 
     def _record(
-        self, alloc: AllocRow, state: AllocState, status: AllocationStatus, final: int | None
+        self, db: sqlite3.Connection, alloc: AllocRow, state: AllocState, status: AllocationStatus
     ) -> bool:
+        """Write one status in the caller's transaction; True if the allocation ended."""
+        final = status.log_size if state.terminal else None
         job = self.store.get_job(alloc.job_id)
         assert job is not None
         job_state = job_state_for(state, status.exit_code, job.stop_requested)
@@ -212,22 +235,19 @@ class AgentSide:
         if alloc.interrupted and state.terminal:  # stopped from outside (a drain --stop): say so
             job_state, reason = JobState.STOPPED, alloc.interrupted
         latest = self.store.latest_allocation(job.id)
-        with self.store.tx() as db:
-            self.store.update_allocation(db, alloc.id, state, status.exit_code, status.reason, final)
-            # Actual state may step back (a re-adopting agent says "starting" for a job we know runs); a job
-            # only moves forward, so such a report updates the allocation and leaves the job as it is. An
-            # attempt that was placed again elsewhere no longer speaks for its job.
-            if latest is not None and latest.id != alloc.id:
-                pass
-            elif state.terminal and job_state in JOB_TRANSITIONS[job.status]:
-                event = event_of(job_state, alloc.interrupted)
-                end_attempt(self.store, db, job, alloc, job_state, event, reason, status.exit_code)
-            elif job_state in JOB_TRANSITIONS[job.status]:
-                self.store.set_job_state(db, job, job_state, reason, status.exit_code)
-            if state.terminal:
-                self.store.bump_index(db, alloc.host_id)
-        log.info("allocation %s of job %s: %s (exit %s)", alloc.id, job.id, state, status.exit_code)
-        self.log_waiters.changed(job.id)
+        self.store.update_allocation(db, alloc.id, state, status.exit_code, status.reason, final)
+        # Actual state may step back (a re-adopting agent says "starting" for a job we know runs); a job
+        # only moves forward, so such a report updates the allocation and leaves the job as it is. An
+        # attempt that was placed again elsewhere no longer speaks for its job.
+        if latest is not None and latest.id != alloc.id:
+            pass
+        elif state.terminal and job_state in JOB_TRANSITIONS[job.status]:
+            event = event_of(job_state, alloc.interrupted)
+            end_attempt(self.store, db, job, alloc, job_state, event, reason, status.exit_code)
+        elif job_state in JOB_TRANSITIONS[job.status]:
+            self.store.set_job_state(db, job, job_state, reason, status.exit_code)
+        if state.terminal:
+            self.store.bump_index(db, alloc.host_id)
         return state.terminal
 
     def append_log(self, host_id: str, alloc_id: str, offset: int, data: bytes) -> int:

@@ -50,10 +50,34 @@ def test_a_supervisor_outlives_its_fork_server_which_the_next_start_replaces(tmp
 
 def test_a_supervisor_that_cannot_start_fails_the_fork_and_says_why_in_the_log(tmp_path: Path) -> None:
     with contextlib.closing(ProcessRuntime(None)) as runtime:
-        argv = [str(tmp_path / "exit.json"), "", "--", "true"]  # no env.json beside it
+        argv = [str(tmp_path / "exit.json"), "", "--", "true"]  # no start.json beside it
         assert runtime.shims.start(argv, tmp_path, tmp_path / "output.log") != 0
-        assert "env.json" in (tmp_path / "output.log").read_text()
+        assert "start.json" in (tmp_path / "output.log").read_text()
         assert not (tmp_path / "shim.pid").exists()
+
+
+def test_starts_sent_together_are_answered_in_order(tmp_path: Path) -> None:
+    """The agent sends a step's starts, then reads their answers: each comes, in the order asked."""
+    with contextlib.closing(ProcessRuntime(None)) as runtime:
+        folders = []
+        for name in ("a-1", "a-2", "a-3"):
+            folder = tmp_path / name
+            folder.mkdir()
+            if name != "a-2":  # its supervisor cannot start: no start.json
+                (folder / "start.json").write_text('{"env": {}, "cpus": [], "cgroups": []}')
+            folders.append(folder)
+            runtime.shims.send([str(folder / "exit.json"), "", "--", "true"], folder, folder / "output.log")
+        assert [runtime.shims.answer() for _ in folders] == [0, 1, 0]
+        assert [(f / "shim.pid").exists() for f in folders] == [True, False, True]
+
+
+async def test_jobs_started_in_one_step_run_each(tmp_path: Path) -> None:
+    """On the event loop, a start does not wait for its fork: observing the job reads its answer."""
+    with contextlib.closing(ProcessRuntime(None)) as runtime:
+        folders = [start(runtime, tmp_path, f"a-{n}", f"echo job {n}") for n in range(4)]
+        for n, folder in enumerate(folders):
+            assert ended(runtime, folder).exit_code == 0
+            assert (folder / "output.log").read_text() == f"job {n}\n"
 
 
 async def test_a_jobs_end_calls_on_exit_on_the_event_loop(tmp_path: Path) -> None:

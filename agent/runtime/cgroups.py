@@ -23,7 +23,6 @@ from shared.wire import AllocationSpec, Inventory
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "gpuctl"
-JOIN_FILE = "cgroups"  # in the allocation's folder: one cgroup folder a line, for the supervisor to join
 V1_CONTROLLERS = ("cpuset", "memory", "pids", "devices")
 # Docker's defaults: mknod of anything, and the basic character devices (null, zero, full, random,
 # urandom, tty, console, ptmx, the pseudo-terminals).
@@ -172,10 +171,9 @@ class Cgroups:
                     time.sleep(0.05)
 
 
-def confine(cgroups: Cgroups | None, name: str, limits: Limits, alloc_dir: Path) -> None:
-    """Create the allocation's cgroups and tell its supervisor which to join (none: no cgroups here)."""
-    dirs = cgroups.create(name, limits) if cgroups is not None and cgroups.version else []
-    (alloc_dir / JOIN_FILE).write_text("".join(f"{d}\n" for d in dirs))
+def confine(cgroups: Cgroups | None, name: str, limits: Limits) -> list[Path]:
+    """Create the allocation's cgroups; the folders its supervisor must join (none: no cgroups here)."""
+    return cgroups.create(name, limits) if cgroups is not None and cgroups.version else []
 
 
 def _device_rule(node: str) -> str:

@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 
+START_FILE = "start.json"  # beside EXIT_FILE: {"env": the job's, "cpus": ids to pin to, "cgroups": folders}
 _pending: list[int] = []  # signals that came before the job existed
 _child: list[subprocess.Popen[bytes]] = []
 
@@ -86,11 +87,13 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, _handler)
     exit_file, user, sep, *command = argv
     assert sep == "--" and command, "usage: shim EXIT_FILE UID:GID -- ARGV..."
-    with open(os.path.join(os.path.dirname(exit_file), "env.json")) as f:
-        job_env = json.load(f)
-    _pin(os.path.join(os.path.dirname(exit_file), "cpus"))
+    with open(os.path.join(os.path.dirname(exit_file), START_FILE)) as f:
+        start = json.load(f)
+    job_env = start["env"]
+    if start["cpus"]:  # before detaching: a refusal fails the start, and says why in the log
+        os.sched_setaffinity(0, start["cpus"])  # this supervisor, and so the job it starts
     _detach(os.path.join(os.path.dirname(exit_file), "shim.pid"))
-    _join_cgroups(os.path.join(os.path.dirname(exit_file), "cgroups"))
+    _join_cgroups(start["cgroups"])
     ids = [int(n) for n in user.split(":")] if user and os.geteuid() == 0 else None
     child = subprocess.Popen(
         command,
@@ -113,25 +116,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _pin(cpus_file: str) -> None:
-    """Pin this supervisor, and so the job it starts, to the CPU ids in `cpus_file` (`0,1`), if there is one.
-    Before detaching: a refusal fails the start, and says why in the log."""
-    try:
-        with open(cpus_file) as f:
-            text = f.read().strip()
-    except FileNotFoundError:
-        return
-    os.sched_setaffinity(0, {int(cpu) for cpu in text.split(",")})
-
-
-def _join_cgroups(listing: str) -> None:
-    """Move this supervisor into the allocation's cgroups (one folder a line), so the job it starts and
-    every child of the job are inside them. A missing listing: none to join."""
-    try:
-        with open(listing) as f:
-            folders = f.read().split()
-    except FileNotFoundError:
-        return
+def _join_cgroups(folders: list[str]) -> None:
+    """Move this supervisor into the allocation's cgroups, so the job it starts and every child of the job
+    are inside them."""
     for folder in folders:
         with open(os.path.join(folder, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))

@@ -11,6 +11,7 @@ import json
 import select
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 from agent.env import DEFAULT_PATH
 
@@ -22,36 +23,56 @@ class ShimServerError(RuntimeError):
 
 
 class ShimServer:
-    """One fork server, started on first use and again after it died. Not safe concurrently (the agent
-    starts jobs from its one event loop thread)."""
+    """One fork server, started on first use and again after it died. Requests are pipelined: `send` them
+    all, then read each `answer` in turn. Not safe concurrently (the agent starts jobs from its one event
+    loop thread)."""
 
     def __init__(self, command: list[str]) -> None:
         self.command = command  # how to run `shim.py --serve` (agent.runtime.process.shim_command)
         self._proc: subprocess.Popen[bytes] | None = None
+        self.unanswered = 0  # starts sent whose answer was not read yet
 
     def start(self, argv: list[str], cwd: Path, log_file: Path) -> int:
-        """Fork a supervisor running `shim.main(argv)` in `cwd`, its output appended to `log_file`; the exit
-        status of the fork, 0 once the supervisor has detached and written its `shim.pid`. Raises
-        ShimServerError when the server cannot be started or does not answer in START_TIMEOUT_S."""
+        """`send`, then its `answer`."""
+        self.send(argv, cwd, log_file)
+        return self.answer()
+
+    def send(self, argv: list[str], cwd: Path, log_file: Path) -> None:
+        """Ask for a supervisor running `shim.main(argv)` in `cwd`, its output appended to `log_file`; its
+        `answer` comes later, in the order asked, so the agent prepares the next job while this one forks.
+        Raises ShimServerError when the server cannot be started."""
         request = json.dumps({"argv": argv, "cwd": str(cwd), "log": str(log_file)}).encode() + b"\n"
         try:
-            return self._ask(request)
+            proc = self._running()
+            assert proc.stdin is not None
+            proc.stdin.write(request)  # a step's few requests fit the pipe: this does not wait for the server
         except (OSError, ValueError) as exc:
-            self.close()
-            raise ShimServerError(f"the supervisors' fork server failed: {exc}") from exc
+            self._fail(exc)
+        self.unanswered += 1
 
-    def _ask(self, request: bytes) -> int:
-        proc = self._running()
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(request)
-        proc.stdin.flush()
-        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_S)
-        if not ready:
-            raise ValueError(f"no answer in {START_TIMEOUT_S:.0f} s")
-        answer = proc.stdout.readline()
-        if not answer:
-            raise ValueError(f"it exited with {proc.wait()}")
+    def answer(self) -> int:
+        """The exit status of the fork for the oldest unanswered `send`: 0 once its supervisor has detached
+        and written its `shim.pid`. Raises ShimServerError when the server does not answer in
+        START_TIMEOUT_S (it is stopped, and every unanswered start with it)."""
+        assert self.unanswered, "no start waits for an answer"
+        proc = self._proc
+        try:
+            if proc is None or proc.stdout is None:
+                raise ValueError("it was stopped")
+            ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_S)
+            if not ready:
+                raise ValueError(f"no answer in {START_TIMEOUT_S:.0f} s")
+            answer = proc.stdout.readline()
+            if not answer:
+                raise ValueError(f"it exited with {proc.wait()}")
+        except (OSError, ValueError) as exc:
+            self._fail(exc)
+        self.unanswered -= 1
         return int(answer)
+
+    def _fail(self, exc: Exception) -> NoReturn:
+        self.close()
+        raise ShimServerError(f"the supervisors' fork server failed: {exc}") from exc
 
     def _running(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is not None:
@@ -62,6 +83,7 @@ class ShimServer:
                 self.command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
+                bufsize=0,  # unbuffered: an answer read ahead into a buffer would hide from select()
                 env={"PATH": DEFAULT_PATH},
                 start_new_session=True,
             )
@@ -70,6 +92,7 @@ class ShimServer:
     def close(self) -> None:
         """Stop the server (the end of its stdin); the supervisors it forked run on. Idempotent."""
         proc, self._proc = self._proc, None
+        self.unanswered = 0  # their answers went with the server's pipe
         if proc is None:
             return
         for pipe in (proc.stdin, proc.stdout):
