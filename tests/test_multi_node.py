@@ -1,0 +1,86 @@
+"""Multi-node jobs end to end: a real coordinator, real agents with simulated GPUs running plain processes.
+Every node writes what it was told (its rank, the node count, the master's and the peers' addresses, its MPI
+hostfile) to a file of its own in a folder the test reads."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Cluster, cluster
+
+pytestmark = pytest.mark.asyncio
+
+GANG = """
+name: {name}
+nodes: 2
+resources: {{gpu: 2}}
+commands:
+  - out={out}/node-$GPUCTL_NODE_RANK
+  - echo "rank=$GPUCTL_NODE_RANK/$DSTACK_NODE_RANK of=$GPUCTL_NODES_NUM/$DSTACK_NODES_NUM" > $out
+  - echo "master=$GPUCTL_MASTER_NODE_IP/$DSTACK_MASTER_NODE_IP" >> $out
+  - echo "ips=$(echo "$GPUCTL_NODES_IPS" | paste -sd,) gpus=$GPUCTL_GPUS_PER_NODE/$GPUCTL_GPUS_NUM" >> $out
+  - "sed 's/^/hostfile: /' $GPUCTL_MPI_HOSTFILE >> $out"
+  - echo "node $GPUCTL_NODE_RANK done"
+"""
+
+
+def shared_folder(c: Cluster) -> Path:
+    """A folder every node's job user may write to (jobs run as uids of their own)."""
+    out = c.root / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    return out
+
+
+async def all_nodes_ended(c: Cluster, job_id: str) -> None:
+    """Wait until every node's allocation has ended (the job is done as soon as its node 0 is)."""
+    store = c.coordinator.coordinator.store
+    async with asyncio.timeout(60):
+        while True:
+            if all(a.state.terminal for a in store.allocations_of(job_id)):
+                return
+            await asyncio.sleep(0.1)
+
+
+def start_hosts(c: Cluster, *names: str) -> None:
+    for i, name in enumerate(names):
+        c.start_agent(name, "2xH100:80GB", internal_ip=f"127.0.0.{i + 1}")
+
+
+async def test_each_node_of_a_two_node_job_is_told_the_same_peers_and_its_own_rank() -> None:
+    async with cluster() as c:
+        out = shared_folder(c)
+        start_hosts(c, "a", "b")
+        job = await c.submit(GANG.format(name="pair", out=out))
+        await c.wait_for(job.id, "done")
+        await all_nodes_ended(c, job.id)
+        seen = {rank: (out / f"node-{rank}").read_text().splitlines() for rank in (0, 1)}
+    for rank in (0, 1):
+        assert seen[rank] == [
+            f"rank={rank}/{rank} of=2/2",
+            "master=127.0.0.1/127.0.0.1",
+            "ips=127.0.0.1,127.0.0.2 gpus=2/4",
+            "hostfile: 127.0.0.1 slots=2",
+            "hostfile: 127.0.0.2 slots=2",
+        ]
+
+
+async def test_a_two_node_job_waits_holding_nothing_while_one_host_is_busy() -> None:
+    async with cluster() as c:
+        out = shared_folder(c)
+        start_hosts(c, "a", "b")
+        blocker = await c.submit("name: blocker\nresources: {gpu: 1}\ncommands: [sleep 600]\n")
+        await c.wait_for(blocker.id, "running")
+        job = await c.submit(GANG.format(name="pair", out=out))
+        pending = await c.wait_for(job.id, "pending")
+        assert "waiting for 2 hosts of one fleet with room at once; now 1" in pending.reason
+        small = await c.submit("name: small\nresources: {gpu: 2}\ncommands: [echo small]\n")
+        await c.wait_for(small.id, "done")  # the free host's blocks were not held for the pair
+        assert c.coordinator.coordinator.store.allocations_of(job.id) == []
+        await asyncio.to_thread(c.api.stop, blocker.id)
+        await c.wait_for(job.id, "done")
+        await all_nodes_ended(c, job.id)
+        assert sorted(p.name for p in out.iterdir()) == ["node-0", "node-1"]
