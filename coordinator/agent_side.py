@@ -229,7 +229,7 @@ class AgentSide:
             # Actual state may step back (a re-adopting agent says "starting" for a job we know runs); a job
             # only moves forward, so such a report updates the allocation and leaves the job as it is. An
             # attempt that was placed again elsewhere no longer speaks for its job.
-            if latest is not None and latest.id != alloc.id:
+            if latest is not None and latest.attempt != alloc.attempt:
                 pass
             elif state.terminal and job_state in JOB_TRANSITIONS[job.status]:
                 event = event_of(job_state, alloc.interrupted)

@@ -84,3 +84,34 @@ async def test_a_two_node_job_waits_holding_nothing_while_one_host_is_busy() -> 
         await c.wait_for(job.id, "done")
         await all_nodes_ended(c, job.id)
         assert sorted(p.name for p in out.iterdir()) == ["node-0", "node-1"]
+
+
+FIRST_ATTEMPT_FAILS = """
+name: {name}
+nodes: 2
+resources: {{gpu: 2}}
+retry: {{on_events: [error], duration: 1h}}
+commands:
+  - first={out}/first-attempt-$GPUCTL_NODE_RANK
+  - if [ ! -e $first ] && [ $GPUCTL_NODE_RANK = 0 ]; then touch $first; sleep 600; fi
+  - if [ ! -e $first ]; then touch $first; exit 3; fi
+  - echo "node $GPUCTL_NODE_RANK of attempt 2"
+"""
+
+
+async def test_a_failing_node_stops_its_peer_and_the_job_retries_as_one() -> None:
+    async with cluster() as c:
+        out = shared_folder(c)
+        start_hosts(c, "a", "b")
+        job = await c.submit(FIRST_ATTEMPT_FAILS.format(name="pair", out=out))
+        done = await c.wait_for(job.id, "done", "failed", "stopped")
+        await all_nodes_ended(c, job.id)
+        allocs = c.coordinator.coordinator.store.allocations_of(job.id)
+    assert done.status == "done"
+    assert [(a.attempt, a.node, a.state.value, a.exit_code) for a in allocs] == [
+        (1, 0, "stopped", 143),  # its sleep was stopped (SIGTERM) when node 1 failed
+        (1, 1, "exited", 3),
+        (2, 0, "exited", 0),
+        (2, 1, "exited", 0),
+    ]
+    assert allocs[0].interrupted == "node 1 failed"
