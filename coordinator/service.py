@@ -195,11 +195,12 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
         )
 
     def read_logs(
-        self, job: JobRow, offset: int, max_bytes: int, attempt: int | None = None
+        self, job: JobRow, offset: int, max_bytes: int, attempt: int | None = None, node: int = 0
     ) -> tuple[bytes, bool]:
         """Bytes of the log of the job's attempt number `attempt` (default: its latest) from `offset`, and
         whether that log is complete (the attempt ended and every byte its agent reported has arrived).
-        Raises NotFound for an attempt the job has not had."""
+        A multi-node job's attempt has one log per node (`node`: its rank). Raises NotFound for an attempt
+        or a node the job has not had."""
         allocs = self.store.allocations_of(job.id)
         if attempt is not None:
             allocs = [a for a in allocs if a.attempt == attempt]
@@ -207,8 +208,11 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
                 raise NotFound(f"job {job.id} has no attempt {attempt}")
         if not allocs:
             return b"", job.status.terminal
-        alloc = allocs[-1]
-        latest = attempt is None or self.store.latest_allocation(job.id) == alloc
+        nodes = [a for a in allocs if a.attempt == allocs[-1].attempt]
+        if node >= len(nodes):
+            raise NotFound(f"job {job.id} has no node {node} (nodes: {len(nodes)})")
+        alloc = next(a for a in nodes if a.node == node)
+        latest = (attempt is None or self.store.latest_allocation(job.id) == alloc) and node == 0
         ended = job.status.terminal if latest else alloc.state.terminal
         data = self.logs.read(alloc.id, offset, max_bytes)
         end = offset + len(data)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Cluster, cluster
+from tests.test_arrays import cli
 
 pytestmark = pytest.mark.asyncio
 
@@ -50,7 +51,7 @@ def start_hosts(c: Cluster, *names: str) -> None:
         c.start_agent(name, "2xH100:80GB", internal_ip=f"127.0.0.{i + 1}")
 
 
-async def test_each_node_of_a_two_node_job_is_told_the_same_peers_and_its_own_rank() -> None:
+async def test_each_node_of_a_two_node_job_is_told_the_same_peers_and_its_own_rank(tmp_path: Path) -> None:
     async with cluster() as c:
         out = shared_folder(c)
         start_hosts(c, "a", "b")
@@ -58,6 +59,14 @@ async def test_each_node_of_a_two_node_job_is_told_the_same_peers_and_its_own_ra
         await c.wait_for(job.id, "done")
         await all_nodes_ended(c, job.id)
         seen = {rank: (out / f"node-{rank}").read_text().splitlines() for rank in (0, 1)}
+        logs = [
+            await asyncio.to_thread(cli, c.api, tmp_path, "logs", job.id, *n) for n in ((), ("--node", "1"))
+        ]
+        assert await asyncio.to_thread(cli, c.api, tmp_path, "logs", job.id, "--node", "2") == (
+            1,
+            f"Error: job {job.id} has no node 2 (nodes: 2)\n",
+        )
+    assert logs == [(0, "node 0 done\n"), (0, "node 1 done\n")]
     for rank in (0, 1):
         assert seen[rank] == [
             f"rank={rank}/{rank} of=2/2",
