@@ -161,7 +161,7 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
 
     def job_view(self, job: JobRow) -> JobView:
         allocs = self.store.allocations_of(job.id)
-        alloc = allocs[-1] if allocs else None
+        alloc = next(a for a in allocs if a.attempt == allocs[-1].attempt) if allocs else None  # its node 0
         names = {h.id: h.name for h in map(self.store.get_host, {a.host_id for a in allocs}) if h}
         attempts = attempt_views(allocs, names)
         reason, alloc_status = job.reason, alloc.state.value if alloc else ""
@@ -170,7 +170,8 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
             if silent_s > self.lease_s():  # its last reported state may be stale
                 alloc_status = ALLOC_UNKNOWN
                 reason = f"unreachable for {format_duration_s(int(silent_s))}"
-                attempts[-1] = msgspec.structs.replace(attempts[-1], status=ALLOC_UNKNOWN, reason=reason)
+                i = allocs.index(alloc)
+                attempts[i] = msgspec.structs.replace(attempts[i], status=ALLOC_UNKNOWN, reason=reason)
         return JobView(
             id=job.id,
             name=job.name,

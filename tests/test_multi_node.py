@@ -5,10 +5,12 @@ hostfile) to a file of its own in a folder the test reads."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from coordinator.store import AllocRow
 from tests.harness import Cluster, cluster
 from tests.test_arrays import cli
 
@@ -36,14 +38,19 @@ def shared_folder(c: Cluster) -> Path:
     return out
 
 
-async def all_nodes_ended(c: Cluster, job_id: str) -> None:
-    """Wait until every node's allocation has ended (the job is done as soon as its node 0 is)."""
+async def until_nodes(c: Cluster, job_id: str, ready: Callable[[list[AllocRow]], bool]) -> None:
+    """Wait until the job's allocations (every node of every attempt) are as `ready` wants them."""
     store = c.coordinator.coordinator.store
     async with asyncio.timeout(60):
         while True:
-            if all(a.state.terminal for a in store.allocations_of(job_id)):
+            if ready(store.allocations_of(job_id)):
                 return
             await asyncio.sleep(0.1)
+
+
+async def all_nodes_ended(c: Cluster, job_id: str) -> None:
+    """Wait until every node's allocation has ended and reported its end."""
+    await until_nodes(c, job_id, lambda allocs: all(a.state.terminal for a in allocs))
 
 
 def start_hosts(c: Cluster, *names: str) -> None:
@@ -124,3 +131,17 @@ async def test_a_failing_node_stops_its_peer_and_the_job_retries_as_one() -> Non
         (2, 1, "exited", 0),
     ]
     assert allocs[0].interrupted == "node 1 failed"
+
+
+async def test_ps_counts_the_running_nodes(tmp_path: Path) -> None:
+    async with cluster() as c:
+        start_hosts(c, "a", "b")
+        job = await c.submit("name: pair\nnodes: 2\nresources: {gpu: 2}\ncommands: [sleep 600]\n")
+        await until_nodes(c, job.id, lambda allocs: [a.state.value for a in allocs] == ["running"] * 2)
+        code, table = await asyncio.to_thread(cli, c.api, tmp_path, "ps")
+        await asyncio.to_thread(c.api.stop, job.id)
+        await c.wait_for(job.id, "stopped")
+    assert code == 0
+    (row,) = [line.split() for line in table.splitlines() if line.split()[:1] == [job.id]]
+    assert row[2:4] == ["2/2", "running"]
+    assert max(len(line) for line in table.splitlines()) <= 80
