@@ -207,28 +207,31 @@ class LiveSchedule:
     def _place_gang(self, group: _Group, job: PendingJob) -> list[Placement]:
         """`schedule()`'s choice for a multi-node job: `gang_hosts` over the group's ranked hosts, the closest
         blocks on each; all of them or none."""
-        ranked = ((h, self.hosts[h].cap.fleet) for h in group.ranking.ordered())
-        gpu = group.spec.resources.gpu
-        while True:
-            chosen: list[tuple[_Host, list[int]]] = []
-            for host_id in gang_hosts(ranked, job.spec.nodes) or ():
-                host = self.hosts[host_id]
-                try:
-                    chosen.append(
-                        (host, choose_blocks(host.free_matching(gpu), group.need(host_id), host.levels))
-                    )
-                except Exception as exc:  # one bad host never stops placement on the others
-                    self._leave_out(host.cap, failed_on(exc))
-                    break
-            else:
-                break
-            ranked = ((h, self.hosts[h].cap.fleet) for h in group.ranking.ordered())
+        chosen = self._gang_blocks(group, job.spec.nodes)
         placements = []
         for node, (host, blocks) in enumerate(chosen):
             placements.append(placement_of(job, host.cap, blocks, node))
             host.free -= set(blocks)
             self._host_changed(host, helps=False)
         return placements
+
+    def _gang_blocks(self, group: _Group, nodes: int) -> list[tuple[_Host, list[int]]]:
+        """Each node's host and blocks, or none; a host the choice raises on is left out, and the choice
+        made again without it."""
+        gpu = group.spec.resources.gpu
+        while True:
+            ranked = ((h, self.hosts[h].cap.fleet) for h in group.ranking.ordered())
+            chosen = []
+            for host_id in gang_hosts(ranked, nodes) or ():
+                host = self.hosts[host_id]
+                try:
+                    blocks = choose_blocks(host.free_matching(gpu), group.need(host_id), host.levels)
+                except Exception as exc:  # one bad host never stops placement on the others
+                    self._leave_out(host.cap, failed_on(exc))
+                    break
+                chosen.append((host, blocks))
+            else:
+                return chosen
 
     @staticmethod
     def _splits(host: _Host, gpu: GpuRequest | None, need: int) -> bool:

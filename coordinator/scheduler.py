@@ -6,7 +6,8 @@ whole blocks whose resources satisfy its request (for CPU, memory and disk the m
 job must never see more GPUs than it asked for). Among hosts that fit, a job that asks for no GPU prefers
 hosts without GPUs; then the tightest fit wins, which keeps large free sets intact for large jobs. A job that
 asks for no GPU takes its blocks' CPU, memory and disk but none of their GPUs. On that host the job gets the closest free blocks: one NVLink/XGMI
-island, else one PCIe root, else one NUMA node, best fit first (coordinator/locality.py). Every job left
+island, else one PCIe root, else one NUMA node, best fit first (coordinator/locality.py). A multi-node job
+(`nodes: N`) takes such blocks on N hosts of one fleet at once, or nothing (`gang_hosts`). Every job left
 pending gets one human reason.
 """
 
