@@ -21,6 +21,7 @@ from agent.fence import fence_reason
 from agent.files import FilePrep
 from agent.identity import JoinError, check_not_expired, finish_pending_pair, join, renew_loop
 from agent.lock import hold_state_dir
+from agent.peer_address import internal_ip
 from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
 from agent.runtime.base import Runtime
 from agent.runtime.cgroups import Cgroups
@@ -61,6 +62,7 @@ def detect(config: AgentConfig) -> Inventory:
         hostname=config.name,
         volume_prefixes=config.docker.volume_prefixes,
         privileged_allowed=config.docker.allow_privileged,
+        internal_ip=internal_ip(config.internal_ip, config.coordinator),
         warnings=inventory.warnings + _docker_warning(config.docker, docker_problem) + _isolation_warning(),
     )
 

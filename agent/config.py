@@ -20,6 +20,7 @@ from agent.runtime.jobuser import DEFAULT_JOB_UID_RANGE, UidRange, UidRangeError
 from agent.tunnel import Hop
 from shared.constants import STOP_GRACE_S
 from shared.units import parse_memory_mib
+from shared.wire import is_ip_address
 
 DEFAULT_CONFIG = Path("/etc/gpuctl/agent.yaml")
 DEFAULT_DOCKER_SOCKET = "unix:///var/run/docker.sock"
@@ -81,6 +82,7 @@ class AgentConfig:
     docker: DockerConfig = field(default_factory=DockerConfig)
     bastion: tuple[Hop, ...] = ()  # SSH hops to the coordinator, first hop first; () dials directly
     proxy: str | None = None  # an HTTP CONNECT proxy; None: HTTPS_PROXY / NO_PROXY; "": none at all
+    internal_ip: str | None = None  # the address peers of a multi-node job reach; None: detected
 
     @property
     def runtime_dir(self) -> Path:
@@ -132,6 +134,7 @@ _FIELDS = {
     "docker",
     "bastion",
     "proxy",
+    "internal_ip",
 }
 _DOCKER_FIELDS = {
     "socket",
@@ -201,6 +204,10 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
     except ValueError as exc:
         raise ConfigError(f"stop_after_coordinator_lost: {exc}") from None
 
+    internal_ip = raw.get("internal_ip")
+    if internal_ip is not None and not is_ip_address(str(internal_ip)):
+        raise ConfigError(f"internal_ip: expected an IP address, got {internal_ip!r}")
+
     def path_of(key: str) -> Path | None:
         return Path(raw[key]) if raw.get(key) else None
 
@@ -223,6 +230,7 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         docker=docker,
         bastion=bastion,
         proxy=proxy,
+        internal_ip=str(internal_ip) if internal_ip is not None else None,
     )
 
 

@@ -1,12 +1,16 @@
 """The environment a job sees: a standard PATH, HOME and LANG, its spec's variables, then the GPUCTL_* /
-DSTACK_* facts and the device variables that show it exactly the GPUs of its blocks (these win over the
-spec, so a job cannot widen them), and a job array's task its index. Nothing comes from the agent's own environment: its PATH may point into
+DSTACK_* facts (a multi-node job's rank, node count, master and peers' IPs, MPI hostfile) and the device
+variables that show it exactly the GPUs of its blocks (these win over the spec, so a job cannot widen them),
+and a job array's task its index. Nothing comes from the agent's own environment: its PATH may point into
 root's home, and its secrets are none of the job's business."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from shared.wire import AllocationSpec, ArrayTask, Inventory
 
+MPI_HOSTFILE = ".gpuctl_mpi_hostfile"  # in the work dir, where the job's user can read it
 _VISIBLE_VAR = {
     "nvidia": "CUDA_VISIBLE_DEVICES",
     "amd": "ROCR_VISIBLE_DEVICES",
@@ -42,10 +46,14 @@ def job_env(alloc: AllocationSpec, inventory: Inventory, work_dir: str) -> dict[
         "NODE_RANK": str(alloc.node_rank),
         "NODES_NUM": str(alloc.nodes_num),
         "MASTER_NODE_IP": alloc.master_addr or "127.0.0.1",
-        "NODES_IPS": alloc.master_addr or "127.0.0.1",
+        "NODES_IPS": "\n".join(alloc.nodes_ips)
+        or alloc.master_addr
+        or "127.0.0.1",  # one per line, as dstack
         "GPUS_PER_NODE": gpus_per_node,
         "GPUS_NUM": str(len(alloc.gpus) * alloc.nodes_num),
     }
+    if alloc.nodes_num > 1:
+        facts["MPI_HOSTFILE"] = str(Path(work_dir) / MPI_HOSTFILE)
     for name, value in facts.items():
         env[f"GPUCTL_{name}"] = value
         env[f"DSTACK_{name}"] = value
@@ -58,6 +66,15 @@ def job_env(alloc: AllocationSpec, inventory: Inventory, work_dir: str) -> dict[
         env.update(array_env(alloc.array))
     env.update(device_env(alloc, inventory))
     return env
+
+
+def write_mpi_hostfile(alloc: AllocationSpec, work_dir: Path) -> None:
+    """A multi-node job's MPI hostfile in its work dir: one line per node, `IP slots=GPUS` (each node has the
+    GPUs of this one: a gang's nodes take alike blocks)."""
+    if alloc.nodes_num > 1:
+        lines = (f"{ip} slots={len(alloc.gpus)}\n" for ip in alloc.nodes_ips)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        (work_dir / MPI_HOSTFILE).write_text("".join(lines))
 
 
 def array_env(task: ArrayTask) -> dict[str, str]:

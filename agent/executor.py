@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 
 from agent import logcap
-from agent.env import job_env
+from agent.env import job_env, write_mpi_hostfile
 from agent.files import ROOT_FILES, FilePrep, has_inputs
 from agent.reasons import public_reason
 from agent.reconcile import Forget, Local, ReportGone, Start, Stop, reconcile
@@ -224,6 +224,7 @@ class Executor:
             if runtime is None:
                 raise RuntimeStartError("this host has no Docker engine for a job with an image")
             self._place_files(spec, path / "work")
+            write_mpi_hostfile(spec, path / "work")
             runtime.start(spec, env, path, local.log_file)
         except (RuntimeStartError, OSError, subprocess.SubprocessError) as exc:  # a full disk fails one job
             self._failed_to_start(local, str(exc))

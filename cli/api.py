@@ -195,10 +195,12 @@ class Api:
     def host_detail(self, ref: str) -> HostDetail:
         return self._call("GET", f"/hosts/{urllib.parse.quote(ref, safe='')}", HostDetail)
 
-    def logs(self, ref: str, offset: int, follow: bool, attempt: int | None = None) -> LogChunk:
-        """A chunk of the log of the job's attempt number `attempt` (None: its latest)."""
+    def logs(
+        self, ref: str, offset: int, follow: bool, attempt: int | None = None, node: int = 0
+    ) -> LogChunk:
+        """A chunk of the log of the job's attempt number `attempt` (None: its latest), of its node `node`."""
         query = urllib.parse.urlencode(
-            {"offset": offset, "follow": "1" if follow else "0", "attempt": attempt or 0}
+            {"offset": offset, "follow": "1" if follow else "0", "attempt": attempt or 0, "node": node}
         )
         status, headers, data = self._request("GET", f"/jobs/{urllib.parse.quote(ref, safe='')}/logs?{query}")
         _raise_for(status, data)

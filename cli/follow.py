@@ -30,6 +30,7 @@ def follow_logs(
     as_json: bool = False,
     shown_reason: str | None = None,
     attempt: int | None = None,
+    node: int = 0,
 ) -> int:
     """Print the job's log until it is complete (or, without `follow`, what there is now). Returns the job's
     exit code (1 for a job that ended without one, 0 while it has not ended). While the job waits, its
@@ -41,7 +42,9 @@ def follow_logs(
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
         chunk = _request(
-            functools.partial(client.logs, ref, offset, follow=follow and not waiting, attempt=attempt)
+            functools.partial(
+                client.logs, ref, offset, follow=follow and not waiting, attempt=attempt, node=node
+            )
         )
         done = chunk.complete or not follow
         if as_json:

@@ -285,15 +285,16 @@ def queue(as_json: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per chunk: offset, text, status, ...")
 @click.option("--attempt", type=click.IntRange(min=1), help="The attempt to show (default: the last).")
+@click.option("--node", type=click.IntRange(min=0), default=0, help="A multi-node job's node (default: 0).")
 @click.argument("job")
-def logs(follow: bool, as_json: bool, attempt: int | None, job: str) -> None:
+def logs(follow: bool, as_json: bool, attempt: int | None, node: int, job: str) -> None:
     """Print a job's output; with -f, say why it waits while it is pending (on stderr). For one task of
     an array, JOB[INDEX]."""
     from cli.follow import follow_logs
     from cli.session import api
 
     try:
-        code = follow_logs(api(), job, follow=follow, as_json=as_json, attempt=attempt)
+        code = follow_logs(api(), job, follow=follow, as_json=as_json, attempt=attempt, node=node)
     except KeyboardInterrupt:
         sys.exit(130)
     if follow:

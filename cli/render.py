@@ -46,6 +46,9 @@ def job_status(job: JobView) -> str:
         return "unknown"
     if job.status in ("done", "failed") and job.exit_code is not None:
         return f"{job.status} ({job.exit_code})"
+    if job.spec.nodes > 1 and job.status == "running":  # how many of its nodes run: `1/2 running`
+        running = sum(1 for a in job.attempts if a.attempt == job.attempt and a.status == "running")
+        return f"{running}/{job.spec.nodes} running"
     return job.status
 
 

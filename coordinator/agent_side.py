@@ -10,6 +10,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from coordinator import leases, work_slot
 from coordinator.accounts import Accounts, Invalid
@@ -170,6 +171,7 @@ class AgentSide:
                     memory_mib=alloc.memory_mib,
                     log_cap_bytes=self.settings.log_cap_bytes,
                     array=self.arrays.task_facts(job),
+                    **self._peers(alloc, job.spec.nodes),
                 )
             )
         return SyncResponse(
@@ -181,6 +183,16 @@ class AgentSide:
             sync_interval_s=self.settings.sync_interval_s,
             log_chunk_max_bytes=self.settings.log_chunk_max_bytes,
         )
+
+    def _peers(self, alloc: AllocRow, nodes: int) -> dict[str, Any]:
+        """A multi-node job's node facts: its rank, and its attempt's hosts' internal IPs by rank."""
+        if nodes == 1:
+            return {}
+        ranks = {
+            a.node: a.host_id for a in self.store.allocations_of(alloc.job_id) if a.attempt == alloc.attempt
+        }
+        ips = tuple(_internal_ip(self.store.get_host(ranks[rank])) for rank in sorted(ranks))
+        return {"node_rank": alloc.node, "nodes_num": nodes, "master_addr": ips[0], "nodes_ips": ips}
 
     def _fold_statuses(self, host_id: str, statuses: list[AllocationStatus]) -> bool:
         """Record what the agent reports, all of one sync in one transaction; True if an allocation ended
@@ -239,7 +251,7 @@ class AgentSide:
         # Actual state may step back (a re-adopting agent says "starting" for a job we know runs); a job
         # only moves forward, so such a report updates the allocation and leaves the job as it is. An
         # attempt that was placed again elsewhere no longer speaks for its job.
-        if latest is not None and latest.id != alloc.id:
+        if latest is not None and latest.attempt != alloc.attempt:
             pass
         elif state.terminal and job_state in JOB_TRANSITIONS[job.status]:
             event = event_of(job_state, alloc.interrupted)
@@ -257,3 +269,8 @@ class AgentSide:
         acked = self.logs.append(alloc_id, offset, data, self.settings.log_cap_bytes)
         self.log_waiters.changed(alloc.job_id)
         return acked
+
+
+def _internal_ip(host: HostRow | None) -> str:
+    """The address the host's peers reach it by: its agent's report ("" if it reported none)."""
+    return host.inventory.internal_ip if host is not None and host.inventory is not None else ""

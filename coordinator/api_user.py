@@ -22,7 +22,7 @@ from coordinator.schedule_store import ScheduleRow
 from coordinator.service import Coordinator
 from coordinator.store import HostRow
 from shared import constants as C
-from shared.spec import SpecError
+from shared.spec import MAX_NODES, SpecError
 from shared.wire import MAX_LOG_BYTES, ArraySubmitRequest, SubmitRequest
 
 MAX_ATTEMPT = 2**31
@@ -135,11 +135,12 @@ async def job_logs(request: web.Request) -> web.Response:
     offset = int_query(request, "offset", 0, MAX_LOG_BYTES)
     max_bytes = min(int_query(request, "max_bytes", C.LOG_CHUNK_MAX_BYTES), C.LOG_CHUNK_MAX_BYTES)
     attempt = int_query(request, "attempt", 0, MAX_ATTEMPT) or None  # 0: the latest
-    data, complete = coord.read_logs(job, offset, max_bytes, attempt)
+    node = int_query(request, "node", 0, MAX_NODES - 1)
+    data, complete = coord.read_logs(job, offset, max_bytes, attempt, node)
     if not data and not complete and _flag(request, "follow"):
         await coord.log_waiters.wait(job.id, C.LOG_FOLLOW_WAIT_S)
         job = coord.find_job(job.id, scope)
-        data, complete = coord.read_logs(job, offset, max_bytes, attempt)
+        data, complete = coord.read_logs(job, offset, max_bytes, attempt, node)
     headers = {
         "X-Next-Offset": str(offset + len(data)),
         "X-Complete": "1" if complete else "0",

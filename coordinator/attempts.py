@@ -11,6 +11,8 @@ from coordinator.store import AllocRow, JobRow, Store
 from shared.states import JobState
 from shared.wire import AttemptView
 
+_RUNNING = frozenset({JobState.ASSIGNED, JobState.PULLING, JobState.RUNNING})  # an attempt under way
+
 
 def end_attempt(
     store: Store,
@@ -24,7 +26,15 @@ def end_attempt(
 ) -> JobRow:
     """The job's latest attempt ended: the job takes `outcome`, unless `event` is one its retry policy
     retries (and no stop was asked), in which case it waits for its next attempt (`retrying`). Answers the
-    job as it is now."""
+    job as it is now. One node of a multi-node job speaks for the whole attempt: a node that ends otherwise
+    than done stops the others, and the job is done only once every node is."""
+    if job.spec.nodes > 1:
+        if job.status not in _RUNNING:
+            return job  # another node ended this attempt already (and stopped this one)
+        peers = [a for a in store.allocations_of(job.id) if a.attempt == alloc.attempt and a.id != alloc.id]
+        if outcome is JobState.DONE and any(not a.state.terminal for a in peers):
+            return job
+        _stop_peers(store, db, alloc, peers, f"node {alloc.node} {reason or outcome.value}")
     if event is not None and not job.stop_requested:
         now = time.time()
         decision = after_failure(job.spec.retry, event, now, job.retry_since, alloc.started_at)
@@ -34,6 +44,18 @@ def end_attempt(
             why = f"attempt {alloc.attempt} {reason or outcome.value}; retrying on {event.value}"
             return store.set_job_state(db, job, JobState.RETRYING, why)
     return store.set_job_state(db, job, outcome, reason, exit_code)
+
+
+def _stop_peers(
+    store: Store, db: sqlite3.Connection, alloc: AllocRow, peers: list[AllocRow], why: str
+) -> None:
+    """Stop the attempt's nodes still running, as stopped from outside: their own ends then move the job no
+    more (the attempt has ended once already)."""
+    for peer in peers:
+        if not peer.state.terminal and not peer.interrupted:
+            store.set_desired(db, peer.id, "stop")
+            store.set_interrupted(db, peer.id, why)
+            store.bump_index(db, peer.host_id)
 
 
 def event_of(outcome: JobState, interrupted: str) -> Event | None:

@@ -44,12 +44,15 @@ from coordinator.scheduler import (
     admits,
     fit,
     fit_key,
+    gang_busy,
+    gang_hosts,
     matching_blocks,
     never_fits,
     none_ready,
     placement_of,
     splits,
     too_busy,
+    too_few_hosts,
 )
 from shared.spec import GpuRequest
 
@@ -162,11 +165,12 @@ class LiveSchedule:
         while heads:
             _, key = heapq.heappop(heads)
             group = self._groups[key]
-            placement = self._place(group, group.first())
-            if placement is None:
+            job = group.first()
+            placements = self._place_gang(group, job) if job.spec.nodes > 1 else self._place(group, job)
+            if not placements:
                 continue  # the pass gives up on this request here
-            settled.placements.append(placement)
-            self.remove_job(placement.job_id)
+            settled.placements.extend(placements)
+            self.remove_job(job.job_id)
             if group.jobs:
                 heapq.heappush(heads, (group.head(), key))
         self._tell(settled.reasons)
@@ -176,7 +180,7 @@ class LiveSchedule:
         """Every queued job's current reason (for tests: it costs the whole queue)."""
         return {job_id: self._groups[key].told for job_id, key in self._group_of.items()}
 
-    def _place(self, group: _Group, job: PendingJob) -> Placement | None:
+    def _place(self, group: _Group, job: PendingJob) -> list[Placement]:
         """`schedule()`'s choice for the job: the best ranked host, unless its free blocks would split the
         job wider than the host allows and a later one keeps it together; the closest blocks there."""
         while (best := group.ranking.best()) is not None:
@@ -197,8 +201,37 @@ class LiveSchedule:
             placement = placement_of(job, host.cap, chosen)
             host.free -= set(chosen)
             self._host_changed(host, helps=False)
-            return placement
-        return None
+            return [placement]
+        return []
+
+    def _place_gang(self, group: _Group, job: PendingJob) -> list[Placement]:
+        """`schedule()`'s choice for a multi-node job: `gang_hosts` over the group's ranked hosts, the closest
+        blocks on each; all of them or none."""
+        chosen = self._gang_blocks(group, job.spec.nodes)
+        placements = []
+        for node, (host, blocks) in enumerate(chosen):
+            placements.append(placement_of(job, host.cap, blocks, node))
+            host.free -= set(blocks)
+            self._host_changed(host, helps=False)
+        return placements
+
+    def _gang_blocks(self, group: _Group, nodes: int) -> list[tuple[_Host, list[int]]]:
+        """Each node's host and blocks, or none; a host the choice raises on is left out, and the choice
+        made again without it."""
+        gpu = group.spec.resources.gpu
+        while True:
+            ranked = ((h, self.hosts[h].cap.fleet) for h in group.ranking.ordered())
+            chosen = []
+            for host_id in gang_hosts(ranked, nodes) or ():
+                host = self.hosts[host_id]
+                try:
+                    blocks = choose_blocks(host.free_matching(gpu), group.need(host_id), host.levels)
+                except Exception as exc:  # one bad host never stops placement on the others
+                    self._leave_out(host.cap, failed_on(exc))
+                    break
+                chosen.append((host, blocks))
+            else:
+                return chosen
 
     @staticmethod
     def _splits(host: _Host, gpu: GpuRequest | None, need: int) -> bool:
@@ -377,8 +410,15 @@ class _Group:
             return NO_HOSTS
         if not self.possible:
             return never_fits((h.cap for h in hosts.values()), self.fits)
+        nodes = self.spec.nodes
+        if nodes > 1 and (few := too_few_hosts(nodes, (hosts[h].cap.fleet for h in self.possible))):
+            return few
         if not self.counts:
             return none_ready(hosts[h].cap for h in self.possible)
+        if nodes > 1:
+            return gang_busy(
+                nodes, (hosts[h].cap.fleet for h, (free, need) in self.counts.items() if free >= need)
+            )
         return too_busy(self.spec, min(self._needs), max(self._free_hosts))
 
     def tell(self, reason: str, reasons: dict[str, str]) -> None:

@@ -78,7 +78,7 @@ class LostHosts:
         with self.store.tx() as db:
             self.store.update_allocation(db, alloc.id, AllocState.LOST, None, why, None)
             latest = self.store.latest_allocation(job.id)
-            if not job.status.terminal and latest is not None and latest.id == alloc.id:
+            if not job.status.terminal and latest is not None and latest.attempt == alloc.attempt:
                 outcome = JobState.STOPPED if job.stop_requested else JobState.LOST
                 end_attempt(self.store, db, job, alloc, outcome, event_of(JobState.LOST, ""), why)
             self.store.bump_index(db, host.id)

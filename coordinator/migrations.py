@@ -155,4 +155,8 @@ MIGRATIONS: list[str] = [
         WHERE status IN ('submitted','pending','retrying');
     CREATE INDEX allocations_finished ON allocations(finished_at)
     """,
+    # 8: multi-node jobs: one allocation per node of an attempt, each with its rank (0 for every older one)
+    """
+    ALTER TABLE allocations ADD COLUMN node INTEGER NOT NULL DEFAULT 0
+    """,
 ]

@@ -6,13 +6,15 @@ whole blocks whose resources satisfy its request (for CPU, memory and disk the m
 job must never see more GPUs than it asked for). Among hosts that fit, a job that asks for no GPU prefers
 hosts without GPUs; then the tightest fit wins, which keeps large free sets intact for large jobs. A job that
 asks for no GPU takes its blocks' CPU, memory and disk but none of their GPUs. On that host the job gets the closest free blocks: one NVLink/XGMI
-island, else one PCIe root, else one NUMA node, best fit first (coordinator/locality.py). Every job left
+island, else one PCIe root, else one NUMA node, best fit first (coordinator/locality.py). A multi-node job
+(`nodes: N`) takes such blocks on N hosts of one fleet at once, or nothing (`gang_hosts`). Every job left
 pending gets one human reason.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -58,6 +60,7 @@ class Placement:
     gpus: tuple[int, ...]
     cpus: tuple[int, ...]
     memory_mib: int
+    node: int = 0  # its rank among the job's nodes (a multi-node job has one placement per node)
 
 
 @dataclass
@@ -77,11 +80,11 @@ def schedule(jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity]) -> Sched
         if key in stuck:  # free blocks only shrink during a pass: an identical request cannot fit either
             stuck[key].append(job)
             continue
-        placement = state.place(job)
-        if placement is None:
+        placements = state.place(job)
+        if not placements:
             stuck[key] = [job]
         else:
-            result.placements.append(placement)
+            result.placements.extend(placements)
     for same in stuck.values():
         reason = state.reason(same[0])  # after every placement of this pass: what the user will see
         result.pending.update((job.job_id, reason) for job in same)
@@ -124,11 +127,12 @@ class _Pass:
         matching = self.matching(spec, host_id)
         return [b for b in self.free[host_id] if b in matching]
 
-    def place(self, job: PendingJob) -> Placement | None:
+    def place(self, job: PendingJob) -> list[Placement]:
         """The tightest-fitting ready host's closest free matching blocks, taken out of the free set (for a
         job that asks for no GPU, hosts without GPUs first). A host
         whose free blocks would split the job wider than the host's topology allows (two NVLink islands
-        where one could hold it) is passed over for the next tightest one that keeps it together."""
+        where one could hold it) is passed over for the next tightest one that keeps it together.
+        A multi-node job takes such blocks on each of its hosts (`gang_hosts`), all of them or none."""
         candidates: list[_Candidate] = []
         for host_id, need in self.fits(job).items():
             if not isinstance(need, int) or host_id not in self.free:
@@ -139,7 +143,9 @@ class _Pass:
                 rank = (self._gpus_wasted(job.spec, host_id), spare, self.by_id[host_id].name, host_id)
                 candidates.append((rank, host_id, eligible, need))
         if not candidates:
-            return None
+            return []
+        if job.spec.nodes > 1:
+            return self._place_gang(job, sorted(candidates, key=lambda c: c[0]))
         best = min(candidates, key=lambda c: c[0])
         if best[3] > 1 and self._split(job.spec, best):
             ranked = sorted(candidates, key=lambda c: c[0])
@@ -148,7 +154,19 @@ class _Pass:
         chosen = choose_blocks(eligible, need, self.levels(host_id))
         taken = set(chosen)
         self.free[host_id] = [b for b in self.free[host_id] if b not in taken]
-        return placement_of(job, self.by_id[host_id], chosen)
+        return [placement_of(job, self.by_id[host_id], chosen)]
+
+    def _place_gang(self, job: PendingJob, ranked: list[_Candidate]) -> list[Placement]:
+        by_id = {c[1]: c for c in ranked}
+        hosts = gang_hosts(((c[1], self.by_id[c[1]].fleet) for c in ranked), job.spec.nodes)
+        placements = []
+        for node, host_id in enumerate(hosts or ()):
+            _, _, eligible, need = by_id[host_id]
+            chosen = choose_blocks(eligible, need, self.levels(host_id))
+            taken = set(chosen)
+            self.free[host_id] = [b for b in self.free[host_id] if b not in taken]
+            placements.append(placement_of(job, self.by_id[host_id], chosen, node))
+        return placements
 
     def _gpus_wasted(self, spec: TaskSpec, host_id: str) -> int:
         """1 when a job that asks for no GPU would take blocks of a GPU host (their GPUs then sit idle)."""
@@ -166,15 +184,50 @@ class _Pass:
         possible = {h: n for h, n in fits.items() if isinstance(n, int)}
         if not possible:
             return never_fits(self.hosts, fits)
+        nodes = job.spec.nodes
+        if nodes > 1 and (few := too_few_hosts(nodes, (self.by_id[h].fleet for h in possible))):
+            return few
         ready = [h for h in possible if h in self.free]
         if not ready:
             return none_ready(self.by_id[h] for h in possible)
+        if nodes > 1:
+            room = (self.by_id[h].fleet for h in ready if len(self.free_matching(job.spec, h)) >= possible[h])
+            return gang_busy(nodes, room)
         need = min(possible[h] for h in ready)
         largest = max(len(self.free_matching(job.spec, h)) for h in ready)
         return too_busy(job.spec, need, largest)
 
 
 NO_HOSTS = "no hosts registered"
+
+
+def gang_hosts(ranked: Iterable[tuple[str, str]], nodes: int) -> list[str] | None:
+    """The hosts of a multi-node job: of the (host id, fleet) pairs that can take one node now, best first,
+    the first `nodes` of the first fleet to gather that many; None if no fleet has that many now. One fleet:
+    its hosts are the ones that share a network."""
+    by_fleet: dict[str, list[str]] = {}
+    for host_id, fleet in ranked:
+        hosts = by_fleet.setdefault(fleet, [])
+        hosts.append(host_id)
+        if len(hosts) == nodes:
+            return hosts
+    return None
+
+
+def too_few_hosts(nodes: int, fleets: Iterable[str]) -> str:
+    """The reason of a multi-node job whose fleets (one per host that fits it, busy or free) never hold
+    `nodes` such hosts; "" when one does."""
+    counts = Counter(fleets)
+    if max(counts.values(), default=0) >= nodes:
+        return ""
+    fleet, most = max(sorted(counts.items()), key=lambda c: c[1])
+    return f"no fleet has {nodes} hosts that can fit this job; most: {most} in fleet {fleet}"
+
+
+def gang_busy(nodes: int, fleets: Iterable[str]) -> str:
+    """The reason of a multi-node job that waits for room (`fleets`: one per ready host with room now)."""
+    most = max(Counter(fleets).values(), default=0)
+    return f"waiting for {nodes} hosts of one fleet with room at once; now {most}"
 
 
 def never_fits(hosts: Iterable[HostCapacity], fits: Mapping[str, int | str]) -> str:
@@ -252,13 +305,15 @@ def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
 # ((GPUs wasted, free blocks to spare, name, host id), host id, free blocks, need); the first part ranks hosts
 Rank = tuple[int, int, str, str]
 _Candidate = tuple[Rank, str, list[int], int]
-FitKey = tuple[Resources, bool, tuple[str, ...], bool, tuple[str, ...], str]
+FitKey = tuple[Resources, bool, tuple[str, ...], bool, tuple[str, ...], str, int]
 
 
 def fit_key(job: PendingJob) -> FitKey:
-    """Everything of a job that `fit` and `admits` read: jobs with equal keys fit (or not) on the same hosts."""
+    """Everything of a job that `fit` and `admits` read, and its number of nodes: jobs with equal keys fit
+    (or not) on the same hosts."""
     spec = job.spec
-    return (spec.resources, spec.image is None, spec.volumes, spec.privileged, spec.fleets, job.project)
+    key = (spec.resources, spec.image is None, spec.volumes, spec.privileged, spec.fleets, job.project)
+    return (*key, spec.nodes)
 
 
 def _policy_refusal(spec: TaskSpec, inventory: Inventory) -> str | None:
@@ -333,7 +388,7 @@ def _free_blocks(host: HostCapacity) -> list[int]:
     return [b.index for b in host.inventory.blocks if b.index not in host.busy_blocks]
 
 
-def placement_of(job: PendingJob, host: HostCapacity, blocks: list[int]) -> Placement:
+def placement_of(job: PendingJob, host: HostCapacity, blocks: list[int], node: int = 0) -> Placement:
     """The blocks' devices, CPU ids and memory; no GPU at all for a job that asks for none."""
     chosen = [host.inventory.blocks[b] for b in blocks]
     return Placement(
@@ -343,6 +398,7 @@ def placement_of(job: PendingJob, host: HostCapacity, blocks: list[int]) -> Plac
         tuple(g for b in chosen for g in b.gpus) if job.spec.resources.gpu is not None else (),
         tuple(c for b in chosen for c in b.cpus),
         sum(b.memory_mib for b in chosen),
+        node,
     )
 
 

@@ -316,21 +316,29 @@ class Scheduling:
         """Allocations for the placements, reasons that changed; answers the placements not written: those
         whose job left the queue unseen (stopped), or whose host stopped taking work with no change to say
         so (its lease ran out, its inventory was refused) — time alone changes that, so it is checked here,
-        at the one place where a placement becomes real."""
+        at the one place where a placement becomes real. A multi-node job's nodes are written all or none."""
         stale, written = [], []
+        by_job: dict[str, list[Placement]] = {}
+        for p in settled.placements:
+            by_job.setdefault(p.job_id, []).append(p)
         with self.store.tx() as db:
-            for p in settled.placements:
-                job, host = self.store.get_job(p.job_id), self.store.get_host(p.host_id)
-                if job is None or job.status not in QUEUED or host is None or self._not_ready(host):
-                    stale.append(p)
+            for job_id, nodes in by_job.items():
+                job, hosts = self.store.get_job(job_id), [self.store.get_host(p.host_id) for p in nodes]
+                if (
+                    job is None
+                    or job.status not in QUEUED
+                    or any(h is None or self._not_ready(h) for h in hosts)
+                ):
+                    stale.extend(nodes)
                     continue
-                alloc_id = "a-" + secrets.token_hex(6)
-                self.store.insert_allocation(
-                    db, alloc_id, p.job_id, p.host_id, p.blocks, p.gpus, p.cpus, p.memory_mib
-                )
+                for p in nodes:
+                    alloc_id = "a-" + secrets.token_hex(6)
+                    self.store.insert_allocation(
+                        db, alloc_id, p.job_id, p.host_id, p.blocks, p.gpus, p.cpus, p.memory_mib, p.node
+                    )
+                    self.store.bump_index(db, p.host_id)
                 self.store.set_job_state(db, job, JobState.ASSIGNED)
-                self.store.bump_index(db, p.host_id)
-                written.append(p)
+                written.extend(nodes)
             for job_id, reason in settled.reasons.items():
                 job = self.store.get_job(job_id)
                 if job is not None and job.status in QUEUED:

@@ -161,7 +161,7 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
 
     def job_view(self, job: JobRow) -> JobView:
         allocs = self.store.allocations_of(job.id)
-        alloc = allocs[-1] if allocs else None
+        alloc = next(a for a in allocs if a.attempt == allocs[-1].attempt) if allocs else None  # its node 0
         names = {h.id: h.name for h in map(self.store.get_host, {a.host_id for a in allocs}) if h}
         attempts = attempt_views(allocs, names)
         reason, alloc_status = job.reason, alloc.state.value if alloc else ""
@@ -170,7 +170,8 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
             if silent_s > self.lease_s():  # its last reported state may be stale
                 alloc_status = ALLOC_UNKNOWN
                 reason = f"unreachable for {format_duration_s(int(silent_s))}"
-                attempts[-1] = msgspec.structs.replace(attempts[-1], status=ALLOC_UNKNOWN, reason=reason)
+                i = allocs.index(alloc)
+                attempts[i] = msgspec.structs.replace(attempts[i], status=ALLOC_UNKNOWN, reason=reason)
         return JobView(
             id=job.id,
             name=job.name,
@@ -195,11 +196,12 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
         )
 
     def read_logs(
-        self, job: JobRow, offset: int, max_bytes: int, attempt: int | None = None
+        self, job: JobRow, offset: int, max_bytes: int, attempt: int | None = None, node: int = 0
     ) -> tuple[bytes, bool]:
         """Bytes of the log of the job's attempt number `attempt` (default: its latest) from `offset`, and
         whether that log is complete (the attempt ended and every byte its agent reported has arrived).
-        Raises NotFound for an attempt the job has not had."""
+        A multi-node job's attempt has one log per node (`node`: its rank). Raises NotFound for an attempt
+        or a node the job has not had."""
         allocs = self.store.allocations_of(job.id)
         if attempt is not None:
             allocs = [a for a in allocs if a.attempt == attempt]
@@ -207,8 +209,11 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
                 raise NotFound(f"job {job.id} has no attempt {attempt}")
         if not allocs:
             return b"", job.status.terminal
-        alloc = allocs[-1]
-        latest = attempt is None or self.store.latest_allocation(job.id) == alloc
+        nodes = [a for a in allocs if a.attempt == allocs[-1].attempt]
+        if node >= len(nodes):
+            raise NotFound(f"job {job.id} has no node {node} (nodes: {len(nodes)})")
+        alloc = next(a for a in nodes if a.node == node)
+        latest = (attempt is None or self.store.latest_allocation(job.id) == alloc) and node == 0
         ended = job.status.terminal if latest else alloc.state.terminal
         data = self.logs.read(alloc.id, offset, max_bytes)
         end = offset + len(data)

@@ -81,6 +81,7 @@ class AllocRow:
     started_at: float | None = None
     finished_at: float | None = None
     interrupted: str = ""  # why the coordinator ended it from outside (a drain --stop): an interruption
+    node: int = 0  # its rank among the nodes of a multi-node job's attempt
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -358,14 +359,16 @@ class Store:
         gpus: tuple[int, ...],
         cpus: tuple[int, ...],
         memory_mib: int,
+        node: int = 0,
     ) -> None:
-        """A new attempt of the job: numbered one past its latest."""
+        """A new attempt of the job: numbered one past its latest. The nodes of a multi-node job's attempt
+        are written in one transaction, rank 0 first, the others in the same attempt."""
         (attempt,) = db.execute(
-            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM allocations WHERE job_id=?", (job_id,)
+            "SELECT COALESCE(MAX(attempt), 0) + ? FROM allocations WHERE job_id=?", (node == 0, job_id)
         ).fetchone()
         db.execute(
-            "INSERT INTO allocations(id, job_id, host_id, blocks, gpus, cpus, memory_mib, created_at, attempt)"
-            " VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO allocations(id, job_id, host_id, blocks, gpus, cpus, memory_mib, created_at, attempt,"
+            " node) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 alloc_id,
                 job_id,
@@ -376,6 +379,7 @@ class Store:
                 memory_mib,
                 time.time(),
                 attempt,
+                node,
             ),
         )
 
@@ -408,8 +412,9 @@ class Store:
         return [_alloc(r) for r in rows]
 
     def latest_allocation(self, job_id: str) -> AllocRow | None:
+        """Its last attempt's allocation (node 0's, for a multi-node job: what `logs` shows by default)."""
         row = self.db.execute(
-            "SELECT * FROM allocations WHERE job_id=? ORDER BY attempt DESC, created_at DESC LIMIT 1",
+            "SELECT * FROM allocations WHERE job_id=? ORDER BY attempt DESC, node, created_at DESC LIMIT 1",
             (job_id,),
         ).fetchone()
         return _alloc(row) if row else None
@@ -499,4 +504,5 @@ def _alloc(row: sqlite3.Row) -> AllocRow:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         interrupted=row["interrupted"],
+        node=row["node"],
     )

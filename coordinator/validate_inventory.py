@@ -14,12 +14,14 @@ to no more than the host's. Sizes and counts are bounded on the wire (shared/wir
 
 from __future__ import annotations
 
-from shared.wire import Block, Inventory
+from shared.wire import Block, Inventory, is_ip_address
 
 
 def inventory_problem(inventory: Inventory) -> str | None:
     """The first inconsistency, as one line naming the field (`inventory.blocks[3].index: 5, expected 3`),
     or None when the inventory is sound."""
+    if inventory.internal_ip and not is_ip_address(inventory.internal_ip):
+        return f"inventory.internal_ip: {inventory.internal_ip!r} is not an IP address"
     devices = [g.index for g in inventory.gpus]
     duplicate = _first_duplicate(devices)
     if duplicate is not None:

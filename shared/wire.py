@@ -6,6 +6,7 @@ renamed or re-typed, so an older agent keeps talking to a newer coordinator.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
 import msgspec
@@ -24,6 +25,7 @@ MAX_LOG_BYTES = 2**40  # a log's offset or size: 1 TiB, inside every filesystem'
 MAX_INDEX_VALUE = 2**62  # desired-state indices
 MAX_TTL_S = 10 * 365 * 24 * 3600
 MAX_HOSTNAME_CHARS = 253
+MAX_IP_CHARS = 45  # the longest textual IPv6 address (an IPv4-mapped one)
 MAX_TRANSPORT_CHARS = 300  # "bastion a → b → c", "proxy host:port", "direct"
 MAX_LINK_ERROR_CHARS = 500  # one line: why the proxy or the SSH tunnel failed
 MAX_AGE_S = 10 * 365 * 24 * 3600.0
@@ -107,6 +109,17 @@ class Inventory(FrozenWire, frozen=True):
     volume_prefixes: tuple[str, ...] = ()  # host paths under these may be mounted into containers
     privileged_allowed: bool = False  # the agent's config lets jobs ask for privileged containers
     no_new_work: str = ""  # why the host takes no new work right now (its state dir is full, ...)
+    # the address its peers reach it by, for multi-node jobs; "" when unknown (validate_inventory.py checks it)
+    internal_ip: Annotated[str, Meta(max_length=MAX_IP_CHARS)] = ""
+
+
+def is_ip_address(text: str) -> bool:
+    """Whether the text is an IPv4 or IPv6 address (an inventory's `internal_ip`, agent.yaml's)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 # --- sync: the one long poll -------------------------------------------------------------------------
@@ -137,6 +150,7 @@ class AllocationSpec(FrozenWire, frozen=True):
     node_rank: int = 0
     nodes_num: int = 1
     master_addr: str = ""
+    nodes_ips: tuple[str, ...] = ()  # a multi-node job's hosts' internal IPs, by node rank
     log_cap_bytes: int = 0  # the most log bytes the coordinator keeps of it (0: no cap); see agent/logcap.py
     array: ArrayTask | None = None  # set when the job is one task of an array
 

@@ -19,7 +19,7 @@ from coordinator.scheduler import HostCapacity, PendingJob, ScheduleResult, sche
 from coordinator.validate_inventory import inventory_problem
 from shared.aio import cancel_and_wait
 from shared.spec import parse_spec
-from shared.wire import Inventory, generation_of
+from shared.wire import Inventory, generation_of, is_ip_address
 from tests.agent_session import agent_session, sync_body
 from tests.harness import FAST, Cluster, cluster, reachable_tmpdir
 
@@ -50,6 +50,20 @@ def test_a_detected_inventory_is_sound() -> None:
     assert inventory_problem(_inventory("this-machine", None)) is None
 
 
+def test_a_detected_inventory_has_an_internal_ip_and_agent_yaml_overrides_it() -> None:
+    root = reachable_tmpdir()
+    try:
+        config = AgentConfig(coordinator="https://127.0.0.1:1", state_dir=root, simulate="1xH100")
+        assert is_ip_address(detect(config).internal_ip)  # the route's source, else a non-loopback address
+        config = AgentConfig(
+            coordinator="https://x", state_dir=root, simulate="1xH100", internal_ip="fd00::7"
+        )
+        assert detect(config).internal_ip == "fd00::7"
+    finally:
+        shutil.rmtree(root)
+    assert inventory_problem(msgspec.structs.replace(SOUND, internal_ip="fd00::7")) is None
+
+
 def test_blocks_that_share_cores_are_sound() -> None:
     """`blocks: auto` on a host with fewer cores than GPUs gives blocks a shared core: the agent's own
     inventory must pass, or such a host could never sync."""
@@ -67,6 +81,10 @@ def test_blocks_that_share_cores_are_sound() -> None:
     ("broken", "expected"),
     [
         (_with_block(SOUND, 3, index=5), "inventory.blocks[3].index: 5, expected 3"),
+        (
+            msgspec.structs.replace(SOUND, internal_ip="10.0.0"),
+            "inventory.internal_ip: '10.0.0' is not an IP",
+        ),
         (_with_block(SOUND, 1, gpus=(7,)), "inventory.blocks[1].gpus: GPU 7 is not among the host's devices"),
         (_with_block(SOUND, 1, gpus=(0,)), "inventory.blocks[1].gpus: GPU 0 is also named by block 0"),
         (_with_block(SOUND, 2, cpus=(99, 99)), "inventory.blocks[2].cpus: CPU core 99 is also named by this"),

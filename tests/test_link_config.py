@@ -100,3 +100,12 @@ def test_https_proxy_from_the_environment_unless_no_proxy_names_the_host() -> No
     assert env_proxy("https://gpuctl.dc1.example:8443", env) == "http://proxy.corp:3128"
     assert env_proxy("https://c.internal:8443", env) is None
     assert env_proxy("https://c.example:8443", {}) is None
+
+
+def test_internal_ip_must_be_an_ip_address() -> None:
+    assert (
+        load_config(MISSING, {"coordinator": "https://c:1", "internal_ip": "10.1.2.3"}).internal_ip
+        == "10.1.2.3"
+    )
+    with pytest.raises(ConfigError, match="^internal_ip: expected an IP address, got 'node-7'$"):
+        load_config(MISSING, {"coordinator": "https://c:1", "internal_ip": "node-7"})

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from coordinator.live_schedule import LiveSchedule
 from coordinator.safe_schedule import schedule_skipping
-from coordinator.scheduler import HostCapacity, PendingJob, schedule
+from coordinator.scheduler import HostCapacity, PendingJob, Placement, schedule
 from shared.spec import GpuRequest, Range, Resources, TaskSpec, parse_spec, validate_spec
 from shared.wire import Inventory
 from tests.fakes import fixture_inventory
@@ -75,15 +75,17 @@ def fleets(draw: st.DrawFn) -> list[HostCapacity]:
     return hosts
 
 
-Ask = tuple[Resources, str | None, str]  # resources, image, project
+Ask = tuple[Resources, str | None, str, int]  # resources, image, project, nodes
 
 
 @st.composite
 def requests(draw: st.DrawFn) -> Ask:
-    """Mostly plain requests (no GPU, or 1 or 2 of any model), which random hosts often fit; else any."""
+    """Mostly plain requests (no GPU, or 1 or 2 of any model), which random hosts often fit; else any. Some
+    are multi-node jobs."""
     gpu = draw(st.one_of(SIMPLE_GPU, SIMPLE_GPU, GPU_REQUEST))
     resources = Resources(gpu=gpu, cpu=draw(st.one_of(st.none(), CPU_MIN)))
-    return resources, draw(st.one_of(st.none(), IMAGE)), draw(st.sampled_from(PROJECTS))
+    nodes = draw(st.sampled_from((1, 1, 2, 3)))
+    return resources, draw(st.one_of(st.none(), IMAGE)), draw(st.sampled_from(PROJECTS)), nodes
 
 
 # A change: (kind, a number that picks what it applies to, a request index, a priority)
@@ -102,10 +104,11 @@ def _apply(world: World, live: LiveSchedule, change: tuple[str, int, int, int], 
     host_ids = sorted(world.hosts)
     host_id = host_ids[pick % len(host_ids)]
     if kind == "submit":
-        resources, image, project = asks[ask % len(asks)]
+        resources, image, project, nodes = asks[ask % len(asks)]
         spec = validate_spec(
             TaskSpec(commands=("true",), image=image, resources=resources, priority=priority)
         )
+        spec = msgspec.structs.replace(spec, nodes=nodes)  # the scheduler places what the spec may refuse
         world.seq += 1
         share = world.shares.get(project, 1.0)
         job = PendingJob(f"j{world.seq}", spec, world.seq, priority, project, share)
@@ -172,9 +175,8 @@ def test_after_each_change_the_live_state_places_what_a_full_pass_would(
         settled = live.settle()
         assert settled.placements == expected.placements, change
         told.update(settled.reasons)
+        _took(world, settled.placements)
         for p in settled.placements:
-            world.allocations[p.job_id] = (p.host_id, p.blocks)
-            del world.pending[p.job_id]
             told.pop(p.job_id, None)
         assert {j: told[j] for j in world.pending} == expected.pending, change
         assert live.pending() == expected.pending
@@ -199,13 +201,18 @@ def test_a_resync_from_scratch_changes_nothing_after_the_changes(
     live.sync([], world.capacity(), {})
     for change in changes:
         _apply(world, live, change, asks)
-        for p in live.settle().placements:
-            world.allocations[p.job_id] = (p.host_id, p.blocks)
-            del world.pending[p.job_id]
+        _took(world, live.settle().placements)
     before = live.pending()
     live.sync(world.pending.values(), world.capacity(), before)
     assert live.settle().placements == []
     assert live.pending() == before
+
+
+def _took(world: World, placements: list[Placement]) -> None:
+    """The placements become allocations, one per node of a multi-node job (a change may end one alone)."""
+    for p in placements:
+        world.allocations[f"{p.job_id}/{p.node}"] = (p.host_id, p.blocks)
+        world.pending.pop(p.job_id, None)
 
 
 def test_a_resync_corrects_an_end_it_was_not_told() -> None:

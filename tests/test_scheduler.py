@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -691,3 +692,36 @@ def test_a_pending_reason_names_every_condition_of_the_request(request_text: str
     result = schedule([job("j", request_text)], [host()])
 
     assert result.pending["j"] == f"no host can ever fit this job: h1 has 8xH100 (80GB), {described}"
+
+
+# --- multi-node jobs -------------------------------------------------------------------------------------
+
+
+def gang(job_id: str, nodes: int, resources: str = "gpu: 8", seq: int = 0) -> PendingJob:
+    """A multi-node job (the spec refuses `nodes` above 1 until the coordinator runs them: built directly)."""
+    spec = job(job_id, resources, seq=seq).spec
+    return PendingJob(job_id, msgspec.structs.replace(spec, nodes=nodes), seq)
+
+
+def test_a_multi_node_job_takes_every_node_at_once_with_its_rank() -> None:
+    result = schedule([gang("g", 2)], [host("a"), host("b"), host("c", busy=[0])])
+
+    assert [(p.node, p.host_id, len(p.gpus)) for p in result.placements] == [(0, "id-a", 8), (1, "id-b", 8)]
+
+
+def test_a_multi_node_job_holds_nothing_while_one_host_is_busy_and_smaller_jobs_go_on() -> None:
+    hosts = [host("a"), host("b", busy=[0])]
+
+    result = schedule([gang("g", 2, seq=1), job("small", "gpu: 1", seq=2)], hosts)
+
+    assert [p.job_id for p in result.placements] == ["small"]  # nothing of g, and a is free to others
+    assert result.pending == {"g": "waiting for 2 hosts of one fleet with room at once; now 1"}
+
+
+def test_a_multi_node_job_stays_within_one_fleet() -> None:
+    hosts = [host("a"), replace(host("b"), fleet="other"), replace(host("c"), fleet="other")]
+
+    result = schedule([gang("g", 2)], hosts)
+    assert {p.host_id for p in result.placements} == {"id-b", "id-c"}
+    result = schedule([gang("g", 3)], hosts)
+    assert result.pending == {"g": "no fleet has 3 hosts that can fit this job; most: 2 in fleet other"}

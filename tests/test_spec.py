@@ -447,7 +447,7 @@ BAD_SPECS = [
     ("commands: [x]\npriority: 101\n", "spec.yaml:2: priority: must be between 0 and 100"),
     ("commands: [x]\npriority: -1\n", "spec.yaml:2: priority: must be between 0 and 100"),
     ("commands: [x]\nnodes: 0\n", "spec.yaml:2: nodes: must be between 1"),
-    ("commands: [x]\nnodes: 2\n", "spec.yaml:2: nodes: multi-node jobs are not supported yet"),
+    ("commands: [x]\nnodes: 1001\n", "spec.yaml:2: nodes: must be between 1 and 1000, got 1001"),
     ("commands: [x]\nnodes: [1]\n", "spec.yaml:2: nodes: expected a single value, got a list"),
     ("type: service\ncommands: [x]\n", "spec.yaml:1: type: only 'task' is supported"),
     ("name: My_Task\ncommands: [x]\n", "spec.yaml:1: name: expected lowercase letters"),

@@ -145,9 +145,9 @@ def test_docker_and_nvcc_say_what_to_use_instead() -> None:
     assert parse("commands: [x]\nsingle_branch: true\n").warnings == ()
 
 
-def test_multi_node_fields_are_refused_like_nodes() -> None:
-    assert "not supported yet" in error("commands: [x]\nnodes: 2\n")
-    assert "not supported yet (multi-node jobs" in error("commands: [x]\nstartup_order: workers-first\n")
+def test_multi_node_fields_other_than_nodes_are_refused() -> None:
+    assert parse("commands: [x]\nnodes: 2\n").spec.nodes == 2
+    assert "not supported yet (node groups" in error("commands: [x]\nstartup_order: workers-first\n")
 
 
 def test_a_task_that_asks_for_the_dstack_cli_is_refused_by_name() -> None:
@@ -253,7 +253,7 @@ def test_a_bad_gpu_and_a_bad_memory_are_both_reported() -> None:
 
 def test_problems_of_several_fields_come_sorted_by_line() -> None:
     with pytest.raises(SpecError) as caught:
-        parse("commands: [x]\npriority: 500\nbackends: [aws]\nname: Bad_Name\ncomands: [y]\nnodes: 2\n")
+        parse("commands: [x]\npriority: 500\nbackends: [aws]\nname: Bad_Name\ncomands: [y]\nnodes: 0\n")
     assert [e.line for e in caught.value.errors] == [2, 4, 5, 6]
     assert (caught.value.field, caught.value.line) == ("priority", 2)
 

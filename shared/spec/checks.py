@@ -129,8 +129,6 @@ def _check_env(env: dict[str, str]) -> None:
 def _check_nodes(nodes: int) -> None:
     if not 1 <= nodes <= MAX_NODES:
         raise SpecError("nodes", f"must be between 1 and {MAX_NODES}, got {nodes}")
-    if nodes > 1:  # refused rather than silently run on one node
-        raise SpecError("nodes", f"multi-node jobs are not supported yet, got {nodes}; use nodes: 1")
 
 
 def _check_volume(index: int, volume: str) -> None:

@@ -29,7 +29,7 @@ _CLOUD_ONLY = (
     "idle_duration utilization_policy tags backend_options"
 )
 _DEPRECATED = "home_dir setup pool_name instance_name retry_policy termination_policy termination_idle_time"
-_NOT_YET = "multi-node jobs are not supported yet"
+_NOT_YET = "node groups, startup order and stop criteria of multi-node jobs are not supported yet"
 
 # Why each refused field is refused, and what to do instead.
 REFUSED_ADVICE = {

@@ -1,0 +1,160 @@
+"""Multi-node jobs end to end: a real coordinator, real agents with simulated GPUs running plain processes.
+Every node writes what it was told (its rank, the node count, the master's and the peers' addresses, its MPI
+hostfile) to a file of its own in a folder the test reads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from coordinator.store import AllocRow
+from shared.spec import SpecError, parse_spec, validate_spec
+from tests.harness import Cluster, cluster
+from tests.test_arrays import cli
+
+pytestmark = pytest.mark.asyncio
+
+GANG = """
+name: {name}
+nodes: 2
+resources: {{gpu: 2}}
+commands:
+  - out={out}/node-$GPUCTL_NODE_RANK
+  - echo "rank=$GPUCTL_NODE_RANK/$DSTACK_NODE_RANK of=$GPUCTL_NODES_NUM/$DSTACK_NODES_NUM" > $out
+  - echo "master=$GPUCTL_MASTER_NODE_IP/$DSTACK_MASTER_NODE_IP" >> $out
+  - echo "ips=$(echo "$GPUCTL_NODES_IPS" | paste -sd,) gpus=$GPUCTL_GPUS_PER_NODE/$GPUCTL_GPUS_NUM" >> $out
+  - "sed 's/^/hostfile: /' $GPUCTL_MPI_HOSTFILE >> $out"
+  - echo "node $GPUCTL_NODE_RANK done"
+"""
+
+
+def shared_folder(c: Cluster) -> Path:
+    """A folder every node's job user may write to (jobs run as uids of their own)."""
+    out = c.root / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    return out
+
+
+async def until_nodes(c: Cluster, job_id: str, ready: Callable[[list[AllocRow]], bool]) -> None:
+    """Wait until the job's allocations (every node of every attempt) are as `ready` wants them."""
+    store = c.coordinator.coordinator.store
+    async with asyncio.timeout(60):
+        while True:
+            if ready(store.allocations_of(job_id)):
+                return
+            await asyncio.sleep(0.1)
+
+
+async def all_nodes_ended(c: Cluster, job_id: str) -> None:
+    """Wait until every node's allocation has ended and reported its end."""
+    await until_nodes(c, job_id, lambda allocs: all(a.state.terminal for a in allocs))
+
+
+def start_hosts(c: Cluster, *names: str) -> None:
+    for i, name in enumerate(names):
+        c.start_agent(name, "2xH100:80GB", internal_ip=f"127.0.0.{i + 1}")
+
+
+async def test_each_node_of_a_two_node_job_is_told_the_same_peers_and_its_own_rank(tmp_path: Path) -> None:
+    async with cluster() as c:
+        out = shared_folder(c)
+        start_hosts(c, "a", "b")
+        job = await c.submit(GANG.format(name="pair", out=out))
+        await c.wait_for(job.id, "done")
+        await all_nodes_ended(c, job.id)
+        seen = {rank: (out / f"node-{rank}").read_text().splitlines() for rank in (0, 1)}
+        logs = [
+            await asyncio.to_thread(cli, c.api, tmp_path, "logs", job.id, *n) for n in ((), ("--node", "1"))
+        ]
+        assert await asyncio.to_thread(cli, c.api, tmp_path, "logs", job.id, "--node", "2") == (
+            1,
+            f"Error: job {job.id} has no node 2 (nodes: 2)\n",
+        )
+    assert logs == [(0, "node 0 done\n"), (0, "node 1 done\n")]
+    for rank in (0, 1):
+        assert seen[rank] == [
+            f"rank={rank}/{rank} of=2/2",
+            "master=127.0.0.1/127.0.0.1",
+            "ips=127.0.0.1,127.0.0.2 gpus=2/4",
+            "hostfile: 127.0.0.1 slots=2",
+            "hostfile: 127.0.0.2 slots=2",
+        ]
+
+
+async def test_a_two_node_job_waits_holding_nothing_while_one_host_is_busy() -> None:
+    async with cluster() as c:
+        out = shared_folder(c)
+        start_hosts(c, "a", "b")
+        blocker = await c.submit("name: blocker\nresources: {gpu: 1}\ncommands: [sleep 600]\n")
+        await c.wait_for(blocker.id, "running")
+        job = await c.submit(GANG.format(name="pair", out=out))
+        pending = await c.wait_for(job.id, "pending")
+        assert "waiting for 2 hosts of one fleet with room at once; now 1" in pending.reason
+        small = await c.submit("name: small\nresources: {gpu: 2}\ncommands: [echo small]\n")
+        await c.wait_for(small.id, "done")  # the free host's blocks were not held for the pair
+        assert c.coordinator.coordinator.store.allocations_of(job.id) == []
+        await asyncio.to_thread(c.api.stop, blocker.id)
+        await c.wait_for(job.id, "done")
+        await all_nodes_ended(c, job.id)
+        assert sorted(p.name for p in out.iterdir()) == ["node-0", "node-1"]
+
+
+FIRST_ATTEMPT_FAILS = """
+name: {name}
+nodes: 2
+resources: {{gpu: 2}}
+retry: {{on_events: [error], duration: 1h}}
+commands:
+  - first={out}/first-attempt-$GPUCTL_NODE_RANK
+  - if [ ! -e $first ] && [ $GPUCTL_NODE_RANK = 0 ]; then touch $first; sleep 600; fi
+  - if [ ! -e $first ]; then touch $first; exit 3; fi
+  - echo "node $GPUCTL_NODE_RANK of attempt 2"
+"""
+
+
+async def test_a_failing_node_stops_its_peer_and_the_job_retries_as_one() -> None:
+    async with cluster() as c:
+        out = shared_folder(c)
+        start_hosts(c, "a", "b")
+        job = await c.submit(FIRST_ATTEMPT_FAILS.format(name="pair", out=out))
+        done = await c.wait_for(job.id, "done", "failed", "stopped")
+        await all_nodes_ended(c, job.id)
+        allocs = c.coordinator.coordinator.store.allocations_of(job.id)
+    assert done.status == "done"
+    assert [(a.attempt, a.node, a.state.value, a.exit_code) for a in allocs] == [
+        (1, 0, "stopped", 143),  # its sleep was stopped (SIGTERM) when node 1 failed
+        (1, 1, "exited", 3),
+        (2, 0, "exited", 0),
+        (2, 1, "exited", 0),
+    ]
+    assert allocs[0].interrupted == "node 1 failed"
+
+
+async def test_ps_counts_the_running_nodes(tmp_path: Path) -> None:
+    async with cluster() as c:
+        start_hosts(c, "a", "b")
+        job = await c.submit("name: pair\nnodes: 2\nresources: {gpu: 2}\ncommands: [sleep 600]\n")
+        await until_nodes(c, job.id, lambda allocs: [a.state.value for a in allocs] == ["running"] * 2)
+        code, table = await asyncio.to_thread(cli, c.api, tmp_path, "ps")
+        await asyncio.to_thread(c.api.stop, job.id)
+        await c.wait_for(job.id, "stopped")
+    assert code == 0
+    (row,) = [line.split() for line in table.splitlines() if line.split()[:1] == [job.id]]
+    assert row[2:4] == ["2/2", "running"]
+    assert max(len(line) for line in table.splitlines()) <= 80
+
+
+@pytest.mark.parametrize("runtime", ["image: busybox", "python: '3.11'"])
+async def test_a_multi_node_job_in_a_container_is_refused_naming_nodes(runtime: str) -> None:
+    text = f"type: task\nnodes: 2\n{runtime}\ncommands: [hostname]\n"
+    with pytest.raises(SpecError, match="^spec:1: nodes: more than one node runs as plain processes only"):
+        parse_spec(text)
+    one_node = parse_spec(text.replace("nodes: 2", "nodes: 1"))
+    # the coordinator's check of a spec sent as JSON
+    with pytest.raises(SpecError, match="^spec: nodes: more than one node"):
+        validate_spec(msgspec.structs.replace(one_node, nodes=2))
