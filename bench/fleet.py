@@ -409,7 +409,8 @@ def measure(n: int) -> dict[str, Any]:
             return _measure_running(n, coordinator, workers) | {"enroll_s": enroll_s}
         finally:
             for _, conn in workers:
-                conn.send("stop")
+                with contextlib.suppress(OSError):  # a worker that died has closed its end
+                    conn.send("stop")
             for proc, _ in workers:
                 proc.join(timeout=30)
                 proc.kill()
