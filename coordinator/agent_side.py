@@ -250,8 +250,10 @@ class AgentSide:
         self.store.update_allocation(db, alloc.id, state, status.exit_code, status.reason, final)
         # Actual state may step back (a re-adopting agent says "starting" for a job we know runs); a job
         # only moves forward, so such a report updates the allocation and leaves the job as it is. An
-        # attempt that was placed again elsewhere no longer speaks for its job.
-        if latest is not None and latest.attempt != alloc.attempt:
+        # attempt that was placed again elsewhere no longer speaks for its job, and neither does an allocation
+        # being stopped from outside until it has ended (a multi-node job's peer stopped by a failed node
+        # could otherwise say "running" once more and take back a job already retrying).
+        if latest is not None and latest.attempt != alloc.attempt or alloc.interrupted and not state.terminal:
             pass
         elif state.terminal and job_state in JOB_TRANSITIONS[job.status]:
             event = event_of(job_state, alloc.interrupted)
