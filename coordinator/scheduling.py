@@ -154,7 +154,7 @@ class Scheduling:
             else:
                 self.live.remove_job(job_id)
         for array_id, load in limited.items():
-            self._refresh_array(array_id, load.limit, now)
+            self._refresh_array(array_id, load, now)
         for project in quota_bound:  # its quota decides, and its arrays' limits with it
             self._refresh_project(project, self.quotas[project], now)
 
@@ -199,13 +199,12 @@ class Scheduling:
             room[job.array_id] = ArrayRoom(self.arrays.loads({job.array_id}).get(job.array_id))
         return room[job.array_id].take()
 
-    def _refresh_array(self, array_id: str, limit: int, now: float) -> None:
+    def _refresh_array(self, array_id: str, load: ArrayLoad, now: float) -> None:
         """Let the first waiting tasks of an array with a `%N` limit into the live state, as many as its
         placed tasks leave room for, and hold the others. Reads the tasks up to the last one let in (the
         others' reasons are set in one statement): the cost of a change does not grow with the rest of the
         queue."""
-        loads = self.arrays.loads({array_id})
-        room = limit - loads[array_id].active if array_id in loads else limit
+        room = load.limit - load.active
         rows, queue = [], []
         for job in self.arrays.queued_tasks(array_id):  # in queue order, read in pages
             rows.append(job)
@@ -213,7 +212,7 @@ class Scheduling:
                 queue.append(job)
             if len(queue) >= room:
                 break
-        queue, _ = within_limits(queue, loads)
+        queue, _ = within_limits(queue, {array_id: load})
         let_in = {j.id for j in queue}
         for job_id in self.admitted.pop(array_id, set()) - let_in:
             self.live.remove_job(job_id)
@@ -224,7 +223,7 @@ class Scheduling:
             self.live.add_job(self._pending(job), _told(job))
         if let_in:
             self.admitted[array_id] = let_in
-        self.arrays.hold_rest(array_id, let_in, held_reason(limit))
+        self.arrays.hold_rest(array_id, let_in, held_reason(load.limit))
 
     def _pending(self, job: JobRow) -> PendingJob:
         share = self.shares.get(job.project, 1.0)
