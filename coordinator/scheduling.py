@@ -320,14 +320,18 @@ class Scheduling:
         by_job: dict[str, list[Placement]] = {}
         for p in settled.placements:
             by_job.setdefault(p.job_id, []).append(p)
+        takes_work: dict[str, bool] = {}  # by host id: read once per settle, not once per placement
+
+        def ready(host_id: str) -> bool:
+            if host_id not in takes_work:
+                host = self.store.get_host(host_id)
+                takes_work[host_id] = host is not None and not self._not_ready(host)
+            return takes_work[host_id]
+
         with self.store.tx() as db:
             for job_id, nodes in by_job.items():
-                job, hosts = self.store.get_job(job_id), [self.store.get_host(p.host_id) for p in nodes]
-                if (
-                    job is None
-                    or job.status not in QUEUED
-                    or any(h is None or self._not_ready(h) for h in hosts)
-                ):
+                job = self.store.get_job(job_id)
+                if job is None or job.status not in QUEUED or not all(ready(p.host_id) for p in nodes):
                     stale.extend(nodes)
                     continue
                 for p in nodes:
