@@ -118,7 +118,8 @@ def ssh_files(alloc: AllocationSpec, home: str, in_container: bool) -> dict[str,
 def write_ssh_files(files: Mapping[str, tuple[str, int]], work_dir: Path) -> None:
     """Write `~/.ssh` into the node's work dir (the caller gives it to the job's user)."""
     folder = work_dir / SSH_DIR
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)  # before any key is in it (a `files:` upload may have brought the folder)
     for name, (text, mode) in files.items():
         path = folder / name
         path.write_text(text)
@@ -128,15 +129,6 @@ def write_ssh_files(files: Mapping[str, tuple[str, int]], work_dir: Path) -> Non
 def nss_wrapper() -> str | None:
     """The path of libnss_wrapper.so on this host, or None."""
     return next((found for pattern in NSS_WRAPPER_GLOBS for found in sorted(glob.glob(pattern))), None)
-
-
-def missing_for_process() -> str | None:
-    """Why a plain-process job's nodes cannot ssh to each other on this host, or None."""
-    if not Path(SSHD).exists():
-        return f"this host has no {SSHD} (openssh-server)"
-    if nss_wrapper() is None:
-        return "this host has no libnss_wrapper.so (libnss-wrapper), which ssh needs for the job's uid"
-    return None
 
 
 def login_files(uid: int, gid: int, home: str, passwd: str, group: str) -> dict[str, tuple[str, int]]:
@@ -190,10 +182,11 @@ def prepare_process(
     """Write a plain-process node's `~/.ssh` (keys, sshd and client configs, its passwd for nss_wrapper,
     its sessions' environment) into its work dir; answers the job's environment and its script's first
     line (this node's sshd, or why there is none)."""
-    why = missing_for_process()
     library = nss_wrapper()
-    if why is not None or library is None:
-        return dict(env), off_notice(why or "")
+    if not Path(SSHD).exists():
+        return dict(env), off_notice(f"this host has no {SSHD} (openssh-server)")
+    if library is None:
+        return dict(env), off_notice("this host has no libnss_wrapper.so (libnss-wrapper) for the job's uid")
     home = str(work_dir)
     env = {**env, **process_env(env, home, library)}
     passwd, group = Path("/etc/passwd").read_text(), Path("/etc/group").read_text()

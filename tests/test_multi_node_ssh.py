@@ -4,15 +4,19 @@ uid, real `ssh` and Debian's Open MPI `mpirun`; and a two-node job in containers
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.config import DockerConfig
 from agent.job_ssh import SSHD, nss_wrapper
-from tests.docker_engine import Engine
+from tests.docker_engine import Engine, busybox_rootfs, busybox_static
 from tests.harness import cluster
 from tests.real_parts import part_missing
 from tests.test_container_isolation import commands, member_of, submit
@@ -33,11 +37,12 @@ def need_ssh_and_mpi() -> None:
             part_missing(f"needs {what}")
 
 
-def peer_job(name: str, out: Path, node_0: list[str]) -> str:
-    """A two-node job: node 0 runs `node_0` and then says it is done; node 1 waits for that (its sshd must
-    outlive node 0's use of it)."""
+def peer_job(name: str, out: Path | str, node_0: list[str], every_node: tuple[str, ...] = ()) -> str:
+    """A two-node job: each node runs `every_node`, then node 0 runs `node_0` and says it is done; node 1
+    waits for that (its sshd must outlive node 0's use of it)."""
     done = f"{out}/{name}-done"
     return f"name: {name}\nnodes: 2\nresources: {{gpu: 2}}\n" + commands(
+        *every_node,
         'peer=$(echo "$GPUCTL_NODES_IPS" | sed -n 2p)',
         'if [ "$GPUCTL_NODE_RANK" = 1 ]; then until [ -e ' + done + " ]; do sleep 0.1; done; exit 0; fi",
         *node_0,
@@ -66,9 +71,9 @@ async def test_node_0_runs_a_command_on_node_1_over_ssh_and_mpirun_reaches_both_
         done = await c.wait_for(job.id, "done", "failed", "stopped")
         await all_nodes_ended(c, job.id)
         log = (await c.full_log(job.id)).decode()
+        assert done.status == "done", log
         remote, me = (out / "ssh").read_text().splitlines()
         ranks = (out / "mpi").read_text().splitlines()
-    assert done.status == "done", log
     rank, user, uid = remote.split()
     assert (rank, user) == ("rank=1", "user=gpuctl-job")  # node 1's own environment, as its own user
     assert uid != me.replace("me=", "uid=")  # another uid: the session ran on the other node
@@ -145,8 +150,8 @@ async def test_a_two_node_container_job_is_on_the_hosts_network_with_its_hostfil
         await all_nodes_ended(c, job.id)
         log = (await c.full_log(job.id)).decode()
         port = c.coordinator.coordinator.store.allocations_of(job.id)[0].ssh_port
+        assert done.status == "done", log
         seen = {rank: (out / f"node-{rank}").read_text().splitlines() for rank in (0, 1)}
-    assert done.status == "done", log
     for rank in (0, 1):
         assert seen[rank] == [
             f"net={os.readlink('/proc/self/ns/net')}",  # the host's own network namespace
@@ -156,3 +161,72 @@ async def test_a_two_node_container_job_is_on_the_hosts_network_with_its_hostfil
             "Host 127.0.0.1 127.0.0.2",
             f"    Port {port}",
         ]
+
+
+SSH_IMAGE = "gpuctl-test/busybox-sshd:1"
+SSH_PROGRAMS = ("/usr/sbin/sshd", "/usr/bin/ssh")
+
+
+def with_host_files(rootfs: bytes, paths: list[str], passwd: bytes) -> bytes:
+    """`rootfs` (a tar) with these host files at their own paths (symlinks resolved) and this passwd."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(rootfs)) as base, tarfile.open(fileobj=out, mode="w") as tar:
+        for member in base.getmembers():
+            if member.name != "etc/passwd":  # the engine refuses a path twice in one layer
+                tar.addfile(member, base.extractfile(member) if member.isfile() else None)
+        for path in paths:
+            tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
+        entry = tarfile.TarInfo("etc/passwd")
+        entry.size = len(passwd)
+        tar.addfile(entry, io.BytesIO(passwd))
+    return out.getvalue()
+
+
+def libraries_of(programs: tuple[str, ...]) -> list[str]:
+    """The shared libraries (and the loader) the programs load, as `ldd` lists them."""
+    out = subprocess.run(["ldd", *programs], capture_output=True, text=True, check=True).stdout
+    return sorted({word for word in out.split() if word.startswith("/") and not word.endswith(":")})
+
+
+@pytest.fixture(scope="module", name="sshd_image")
+def sshd_image_fixture(docker_engine: Engine) -> Iterator[str]:
+    """A job image with an sshd and an ssh, as dstack's images have: busybox plus the host's OpenSSH
+    programs and their libraries (no registry needed), with sshd's privilege separation user."""
+    need_ssh_and_mpi()
+    passwd = b"root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/bin/false\n"
+    rootfs = with_host_files(
+        busybox_rootfs(busybox_static()), [*SSH_PROGRAMS, *libraries_of(SSH_PROGRAMS)], passwd
+    )
+    repository, tag = SSH_IMAGE.split(":")
+    docker_engine.client.api.import_image_from_data(rootfs, repository=repository, tag=tag)
+    yield SSH_IMAGE
+    docker_engine.client.api.remove_image(SSH_IMAGE, force=True)
+
+
+async def test_node_0_of_a_container_job_runs_a_command_in_node_1s_container_over_ssh(
+    docker_engine: Engine, sshd_image: str
+) -> None:
+    async with cluster() as c:
+        out = shared_folder(c)
+        for i, name in enumerate(("sa", "sb")):
+            c.start_agent(
+                name,
+                "2xH100:80GB",
+                internal_ip=f"127.0.0.{i + 1}",
+                docker=DockerConfig(socket=docker_engine.socket, volume_prefixes=(str(out),)),
+            )
+        job = await c.submit(
+            f"image: {sshd_image}\nvolumes: [{out}:/out]\n"
+            + peer_job(
+                "boxes",
+                "/out",
+                ["ssh $peer cat /workflow/me > /out/ssh"],
+                every_node=("echo node $GPUCTL_NODE_RANK > /workflow/me",),
+            )
+        )
+        done = await c.wait_for(job.id, "done", "failed", "stopped")
+        await all_nodes_ended(c, job.id)
+        log = (await c.full_log(job.id)).decode()
+        assert done.status == "done", log
+        said = (out / "ssh").read_text()
+    assert said == "node 1\n"  # node 1's own /workflow: the session ran in its container

@@ -4,7 +4,8 @@ the agent runs as root, with its output appended to the log spool, which only th
 
 A job gets a clean login-like environment (the executor's job env plus USER, LOGNAME and SHELL; nothing of
 the agent's own), runs pinned to its blocks' CPU cores as mapped onto this machine (agent.machine), and in
-cgroups of its own (agent.runtime.cgroups) that hold its cores, memory, pids and devices."""
+cgroups of its own (agent.runtime.cgroups) that hold its cores, memory, pids and devices. A node of a
+multi-node job starts its sshd first, as the job's user (agent.job_ssh)."""
 
 from __future__ import annotations
 
