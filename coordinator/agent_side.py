@@ -185,14 +185,16 @@ class AgentSide:
         )
 
     def _peers(self, alloc: AllocRow, nodes: int) -> dict[str, Any]:
-        """A multi-node job's node facts: its rank, and its attempt's hosts' internal IPs by rank."""
+        """A multi-node job's node facts: its rank, its attempt's hosts' internal IPs by rank, and what its
+        nodes need to ssh to each other (its sshd port, the seed of its keys)."""
         if nodes == 1:
             return {}
         ranks = {
             a.node: a.host_id for a in self.store.allocations_of(alloc.job_id) if a.attempt == alloc.attempt
         }
         ips = tuple(_internal_ip(self.store.get_host(ranks[rank])) for rank in sorted(ranks))
-        return {"node_rank": alloc.node, "nodes_num": nodes, "master_addr": ips[0], "nodes_ips": ips}
+        ssh = {"ssh_port": alloc.ssh_port, "ssh_seed": self.secrets.job_ssh_seed(alloc.job_id)}
+        return {"node_rank": alloc.node, "nodes_num": nodes, "master_addr": ips[0], "nodes_ips": ips, **ssh}
 
     def _fold_statuses(self, host_id: str, statuses: list[AllocationStatus]) -> bool:
         """Record what the agent reports, all of one sync in one transaction; True if an allocation ended

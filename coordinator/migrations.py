@@ -159,4 +159,9 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE allocations ADD COLUMN node INTEGER NOT NULL DEFAULT 0
     """,
+    # 9: the port of a multi-node job's sshd on each of its hosts (0: none), the same for every node of an
+    # attempt and unlike any other live allocation's on those hosts
+    """
+    ALTER TABLE allocations ADD COLUMN ssh_port INTEGER NOT NULL DEFAULT 0
+    """,
 ]

@@ -35,7 +35,6 @@ from shared.spec.model import Problems, SpecError, TaskSpec
 
 NO_WORK = "a task without an image needs at least one command"
 PYTHON_WITH_IMAGE = "python and image cannot be used together: python picks the image; drop one of them"
-MULTI_NODE_CONTAINER = "more than one node runs as plain processes only for now (no image: or python:); run it without a container"
 ROOT_FILES_NEED_IMAGE = "an absolute path needs a container (image:); a plain process can only take paths in its working directory"
 
 
@@ -95,7 +94,6 @@ def _checks(spec: TaskSpec) -> list[Callable[[], None]]:
         lambda: _check_schedule(spec.schedule),
         lambda: _check_work(spec.commands, spec.image),
         lambda: _check_python_without_image(spec.python, spec.image),
-        lambda: _check_nodes_without_container(spec.nodes, spec.image, spec.python),
         lambda: _check_root_files(spec.root_files_archive is not None, spec.image, spec.python),
     ]
 
@@ -104,13 +102,6 @@ def _check_work(commands: tuple[str, ...], image: str | None) -> None:
     """Something to run: commands, or an image's own entrypoint."""
     if not commands and image is None:
         raise SpecError("commands", f"missing; {NO_WORK}")
-
-
-def _check_nodes_without_container(nodes: int, image: str | None, python: str | None) -> None:
-    """Multi-node jobs run as plain processes for now: a container would need the host's network and the
-    hostfile inside it, which are not there yet."""
-    if nodes > 1 and (image is not None or python is not None):
-        raise SpecError("nodes", MULTI_NODE_CONTAINER)
 
 
 def _check_python_without_image(python: str | None, image: str | None) -> None:
