@@ -17,7 +17,7 @@ from coordinator.accounts import Accounts
 from coordinator.agent_side import AgentSide
 from coordinator.array_ops import ArrayOps
 from coordinator.array_store import ArrayStore
-from coordinator.attempts import attempt_views
+from coordinator.attempts import NEVER_STARTED, attempt_views, stop_attempt
 from coordinator.disk import DiskGuard
 from coordinator.filestore import FileStore
 from coordinator.group_commit import GroupCommit
@@ -148,11 +148,9 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
                 alloc = self.store.latest_allocation(job.id)
                 self.store.request_stop(db, job.id)
                 if alloc is None or alloc.state.terminal:
-                    self.store.set_job_state(db, job, JobState.STOPPED, "stopped before it started")
+                    self.store.set_job_state(db, job, JobState.STOPPED, NEVER_STARTED)
                 else:
-                    self.store.set_desired(db, alloc.id, "stop")
-                    self.store.bump_index(db, alloc.host_id)
-                    hosts.add(alloc.host_id)
+                    hosts |= stop_attempt(self.store, db, job, alloc)
         for host_id in hosts:
             self.host_waiters.changed(host_id)
         for job in jobs:
