@@ -163,7 +163,8 @@ class AgentSide:
             attempt = self._attempt(alloc, job.spec.nodes)
             if alloc.desired == "run" and waits_for(job.spec, alloc, attempt):
                 continue
-            spec = node_spec(job.spec, alloc.node)
+            peers = self._peers(alloc, attempt)
+            spec = node_spec(job.spec, alloc.node, peers.get("nodes_ips", (_internal_ip(host),)))
             allocations.append(
                 AllocationSpec(
                     id=alloc.id,
@@ -177,7 +178,7 @@ class AgentSide:
                     memory_mib=alloc.memory_mib,
                     log_cap_bytes=self.settings.log_cap_bytes,
                     array=self.arrays.task_facts(job),
-                    **self._peers(alloc, attempt),
+                    **peers,
                 )
             )
         return SyncResponse(

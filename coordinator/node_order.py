@@ -12,14 +12,20 @@ import msgspec
 
 from coordinator.store import AllocRow
 from shared.spec import TaskSpec
+from shared.spec.node_refs import expand_node_refs, group_sizes
 
 
-def node_spec(spec: TaskSpec, rank: int) -> TaskSpec:
-    """The spec node `rank` runs: its group's commands, with the groups left out (its agent needs none)."""
+def node_spec(spec: TaskSpec, rank: int, ips: tuple[str, ...]) -> TaskSpec:
+    """The spec node `rank` runs: its group's commands, with the groups left out (its agent needs none), and
+    each `${{ groups[i].nodes[j].IP_ADDRESS }}` replaced by that node's IP (`ips`: every node's, by rank)."""
     group = spec.group_of(rank)
-    if group is None:
+    commands = spec.commands if group is None else group.commands
+    if any("${{" in command for command in commands):
+        sizes = group_sizes(spec.groups, spec.nodes)
+        commands = tuple(expand_node_refs(command, sizes, ips) for command in commands)
+    if group is None and commands == spec.commands:
         return spec
-    return msgspec.structs.replace(spec, commands=group.commands, groups=())
+    return msgspec.structs.replace(spec, commands=commands, groups=())
 
 
 def waits_for(spec: TaskSpec, alloc: AllocRow, attempt: list[AllocRow]) -> str:

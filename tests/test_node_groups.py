@@ -97,23 +97,26 @@ async def test_under_master_done_the_master_ends_the_job_and_its_workers_are_sto
     assert nodes[1].interrupted == f"node 0 {'done' if code == 0 else 'failed'}"
 
 
+# A head and workers, as dstack's node groups example (a Ray cluster) has them: the workers reach the head
+# by `${{ groups[0].nodes[0].IP_ADDRESS }}`. OUT is the folder each node writes what it saw to.
 GROUPS = """
 name: ray
 groups:
   - name: head
     nodes: 1
     commands:
-      - out={out}/head-$GPUCTL_NODE_RANK
+      - out=OUT/head-$GPUCTL_NODE_RANK
       - echo "head rank=$GPUCTL_NODE_RANK of=$DSTACK_NODES_NUM master=$DSTACK_MASTER_NODE_IP" > $out
       - echo "ips=$(echo "$GPUCTL_NODES_IPS" | paste -sd,)" >> $out
-    resources: {{gpu: 2}}
+    resources: {gpu: 2}
   - name: workers
     nodes: 2
     commands:
-      - out={out}/worker-$GPUCTL_NODE_RANK
+      - out=OUT/worker-$GPUCTL_NODE_RANK
       - echo "worker rank=$GPUCTL_NODE_RANK of=$DSTACK_NODES_NUM master=$DSTACK_MASTER_NODE_IP" > $out
       - echo "ips=$(echo "$GPUCTL_NODES_IPS" | paste -sd,)" >> $out
-    resources: {{gpu: 2}}
+      - echo "head=${{ groups[0].nodes[0].IP_ADDRESS }} last=${{groups[1].nodes[1].IP_ADDRESS}}" >> $out
+    resources: {gpu: 2}
 """
 
 
@@ -122,16 +125,26 @@ async def test_each_group_runs_its_own_commands_with_ranks_in_group_order() -> N
     async with cluster() as c:
         out = shared_folder(c)
         start_hosts(c, "a", "b", "c")
-        job = await c.submit(GROUPS.format(out=out))
-        await c.wait_for(job.id, "done")
+        job = await c.submit(GROUPS.replace("OUT", str(out)))
+        ended = await c.wait_for(job.id, "done", "failed")
         await all_nodes_ended(c, job.id)
         seen = {p.name: p.read_text().splitlines() for p in out.iterdir()}
     ips = "ips=127.0.0.1,127.0.0.2,127.0.0.3"
+    refs = "head=127.0.0.1 last=127.0.0.3"
+    assert ended.status == "done"
     assert seen == {
         "head-0": ["head rank=0 of=3 master=127.0.0.1", ips],
-        "worker-1": ["worker rank=1 of=3 master=127.0.0.1", ips],
-        "worker-2": ["worker rank=2 of=3 master=127.0.0.1", ips],
+        "worker-1": ["worker rank=1 of=3 master=127.0.0.1", ips, refs],
+        "worker-2": ["worker rank=2 of=3 master=127.0.0.1", ips, refs],
     }
+
+
+@pytest.mark.asyncio
+async def test_a_one_node_task_is_one_group_of_one_node() -> None:
+    async with cluster() as c:
+        c.start_agent("a", "1xH100:80GB", internal_ip="10.9.8.7")
+        job = await c.submit("commands: ['echo ${{ groups[0].nodes[0].IP_ADDRESS }}']\n")
+        assert await c.full_log(job.id) == b"10.9.8.7\n"
 
 
 @pytest.mark.parametrize(
@@ -155,6 +168,19 @@ async def test_each_group_runs_its_own_commands_with_ranks_in_group_order() -> N
         (
             "groups:\n  - {commands: [a], resources: {gpu: 1}}\n  - {commands: [b], resources: {gpu: 2}}\n",
             "spec:3: groups[1].resources: must be the same in every group",
+        ),
+        (
+            "groups:\n  - commands: [a]\n  - nodes: 2\n    commands:\n      - b\n"
+            "      - echo ${{ groups[1].nodes[2].IP_ADDRESS }}\n",
+            "spec:6: groups[1].commands[1]: '${{ groups[1].nodes[2].IP_ADDRESS }}': no such node; group 1 has 2",
+        ),
+        (
+            "nodes: 2\ncommands:\n  - echo ${{ groups[1].nodes[0].IP_ADDRESS }}\n",
+            "spec:3: commands[0]: '${{ groups[1].nodes[0].IP_ADDRESS }}': no such node; 1 group(s)",
+        ),
+        (
+            "nodes: 2\ncommands: ['echo ${{ groups[0].node[0].IP }}']\n",
+            "spec:2: commands[0]: '${{ groups[0].node[0].IP }}': expected ${{ groups[I].nodes[J].IP_ADDRESS }}",
         ),
         (
             "nodes: 2\nstartup_order: master\ncommands: [a]\n",

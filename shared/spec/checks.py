@@ -46,6 +46,7 @@ from shared.spec.model import (
     Schedule,
     SpecError,
 )
+from shared.spec.node_refs import check_node_refs, group_sizes
 from shared.spec.nodes import _child, _quote
 from shared.units import format_mib
 
@@ -179,6 +180,16 @@ def _check_group(index: int, group: NodeGroup, has_image: bool) -> None:
     _check_count(f"{path}.commands", group.commands, MAX_LIST_ITEMS)
     for number, command in enumerate(group.commands):
         _check_text(f"{path}.commands[{number}]", command, MAX_COMMAND_BYTES)
+
+
+def _check_node_refs(commands: tuple[str, ...], groups: tuple[NodeGroup, ...], nodes: int) -> None:
+    """Every `${{ groups[i].nodes[j].IP_ADDRESS }}` in the task's or a group's commands names a node."""
+    sizes = group_sizes(groups, nodes)
+    for index, command in enumerate(commands):
+        check_node_refs(f"commands[{index}]", command, sizes)
+    for number, group in enumerate(groups):
+        for index, command in enumerate(group.commands):
+            check_node_refs(f"groups[{number}].commands[{index}]", command, sizes)
 
 
 def _check_startup_order(order: str) -> None:

@@ -35,6 +35,7 @@ from shared.spec.fields import unknown_field_message as _unknown_top_level
 from shared.spec.groups import _parse_groups
 from shared.spec.inputs import _parse_env, _parse_registry_auth
 from shared.spec.model import Problems, SpecError, TaskFile, TaskSpec
+from shared.spec.node_refs import check_node_refs, group_sizes
 from shared.spec.nodes import (
     _at,
     _checked,
@@ -112,6 +113,7 @@ def _build_task(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskFile:
             )
     _check_together(root, nodes, fields, copies, problems)
     _check_group_commands(nodes, fields, problems)
+    _check_node_refs(nodes, fields, problems)
     problems.raise_any()
     with _at(root):
         spec = validate_spec(TaskSpec(**fields))
@@ -209,6 +211,26 @@ def _check_group_commands(nodes: dict[str, yaml.Node], fields: dict[str, Any], p
     for index, item in enumerate(_items(nodes["groups"], "groups")):
         with problems.collect(), _at(item):
             _check_group(index, fields["groups"][index], has_image="image" in fields)
+
+
+def _check_node_refs(nodes: dict[str, yaml.Node], fields: dict[str, Any], problems: Problems) -> None:
+    """`${{ groups[i].nodes[j].IP_ADDRESS }}` in the task's or a group's commands, each at its line."""
+    if problems.found:
+        return
+    lists = [("commands", nodes.get("commands"))]
+    if "groups" in fields:
+        for number, group in enumerate(_items(nodes["groups"], "groups")):
+            lists.append((f"groups[{number}].commands", _value_of(group, "commands")))
+    sizes = group_sizes(fields.get("groups", ()), fields.get("nodes", 1))
+    for path, node in lists:
+        if node is not None and not _is_null(node):
+            for index, item in enumerate(_items(node, path)):
+                with problems.collect(), _at(item):
+                    check_node_refs(f"{path}[{index}]", _text(item, path), sizes)
+
+
+def _value_of(mapping: yaml.Node, key: str) -> yaml.Node | None:
+    return next((value for _, name, value in _entries(mapping, "") if name == key), None)
 
 
 def _check_together(
