@@ -9,6 +9,7 @@ import time
 from coordinator.node_order import ends_attempt_when_done, waits_for
 from coordinator.retry import Event, after_failure
 from coordinator.store import AllocRow, JobRow, Store
+from shared.spec import TaskSpec
 from shared.states import AllocState, JobState
 from shared.wire import AttemptView
 
@@ -98,14 +99,15 @@ def event_of(outcome: JobState, interrupted: str) -> Event | None:
     return None
 
 
-def attempt_views(allocs: list[AllocRow], host_names: dict[str, str]) -> list[AttemptView]:
+def attempt_views(allocs: list[AllocRow], host_names: dict[str, str], spec: TaskSpec) -> list[AttemptView]:
+    """Every attempt's nodes; a node held back by its startup order says what it waits for."""
     return [
         AttemptView(
             attempt=a.attempt,
             allocation_id=a.id,
             host=host_names.get(a.host_id, a.host_id),
             status=a.state.value,
-            reason=a.interrupted or a.reason,
+            reason=a.interrupted or a.reason or _waiting(spec, a, allocs),
             exit_code=a.exit_code,
             placed_at=a.created_at,
             started_at=a.started_at,
@@ -113,3 +115,15 @@ def attempt_views(allocs: list[AllocRow], host_names: dict[str, str]) -> list[At
         )
         for a in allocs
     ]
+
+
+def held_reason(spec: TaskSpec, allocs: list[AllocRow]) -> str:
+    """Which node of the latest attempt its startup order holds back, and what it waits for ("" if none)."""
+    latest = [a for a in allocs if a.attempt == allocs[-1].attempt]
+    return next((f"node {a.node} {why}" for a in latest if (why := _waiting(spec, a, allocs))), "")
+
+
+def _waiting(spec: TaskSpec, alloc: AllocRow, allocs: list[AllocRow]) -> str:
+    if spec.nodes == 1 or alloc.state.terminal:
+        return ""
+    return waits_for(spec, alloc, [a for a in allocs if a.attempt == alloc.attempt])

@@ -17,7 +17,7 @@ from coordinator.accounts import Accounts
 from coordinator.agent_side import AgentSide
 from coordinator.array_ops import ArrayOps
 from coordinator.array_store import ArrayStore
-from coordinator.attempts import NEVER_STARTED, attempt_views, stop_attempt
+from coordinator.attempts import NEVER_STARTED, attempt_views, held_reason, stop_attempt
 from coordinator.disk import DiskGuard
 from coordinator.filestore import FileStore
 from coordinator.group_commit import GroupCommit
@@ -161,8 +161,8 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
         allocs = self.store.allocations_of(job.id)
         alloc = next(a for a in allocs if a.attempt == allocs[-1].attempt) if allocs else None  # its node 0
         names = {h.id: h.name for h in map(self.store.get_host, {a.host_id for a in allocs}) if h}
-        attempts = attempt_views(allocs, names)
-        reason, alloc_status = job.reason, alloc.state.value if alloc else ""
+        attempts = attempt_views(allocs, names, job.spec)
+        reason, alloc_status = job.reason or held_reason(job.spec, allocs), alloc.state.value if alloc else ""
         if alloc is not None and not alloc.state.terminal:
             silent_s = self.silent_s(alloc.host_id)
             if silent_s > self.lease_s():  # its last reported state may be stale

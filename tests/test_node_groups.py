@@ -56,6 +56,7 @@ async def test_a_node_that_starts_later_starts_only_once_the_first_has(
         await c.stop_agent(host_of_first)  # still reachable for the coordinator: its lease runs
         job = await c.submit(ORDERED.format(order=order, out=out))
         await until_nodes(c, job.id, lambda allocs: len(allocs) == 2)
+        waiting = await c.job(job.id)  # the coordinator holds `then` back, and says so
         c.start_agent(host_of_first, "2xH100:80GB", internal_ip=f"127.0.0.{first + 1}")
         await c.wait_for(job.id, "done")
         await all_nodes_ended(c, job.id)
@@ -66,6 +67,9 @@ async def test_a_node_that_starts_later_starts_only_once_the_first_has(
     first_started = nodes[first].started_at
     assert first_started is not None
     assert then_started > first_started
+    why = f"waiting for node {first} to start (startup_order: {order})"
+    assert waiting.reason == f"node {then} {why}"
+    assert [(a.status, a.reason) for a in waiting.attempts][then] == ("starting", why)
 
 
 MASTER_DONE = """
