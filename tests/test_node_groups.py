@@ -13,7 +13,13 @@ import pytest
 from coordinator.store import AllocRow
 from shared.spec import SpecError, parse_spec, validate_spec
 from tests.harness import Cluster, cluster
-from tests.test_multi_node import all_nodes_ended, shared_folder, start_hosts, until_nodes
+from tests.test_multi_node import (
+    FIRST_ATTEMPT_FAILS,
+    all_nodes_ended,
+    shared_folder,
+    start_hosts,
+    until_nodes,
+)
 
 
 async def hosts_ready(c: Cluster, *names: str) -> None:
@@ -311,3 +317,27 @@ async def test_a_job_stopped_while_a_node_waits_for_its_peer_ends_every_node(
     assert stopped.status == "stopped"
     assert [nodes[n].started_at for n in (0, 1)] == [None, None]
     assert (nodes[held].state.value, nodes[held].reason) == ("stopped", "stopped before it started")
+
+
+@pytest.mark.asyncio
+async def test_a_job_with_a_startup_order_retries_as_one_and_keeps_the_order() -> None:
+    """master-first: node 1 fails in the first attempt and stops node 0; the second attempt starts in
+    order again, node 1 once node 0 has started."""
+    text = FIRST_ATTEMPT_FAILS.replace("nodes: 2\n", "nodes: 2\nstartup_order: master-first\n")
+    async with cluster() as c:
+        out = shared_folder(c)
+        start_hosts(c, "a", "b")
+        job = await c.submit(text.format(name="pair", out=out))
+        done = await c.wait_for(job.id, "done", "failed", "stopped")
+        await all_nodes_ended(c, job.id)
+        allocs = c.coordinator.coordinator.store.allocations_of(job.id)
+    assert done.status == "done"
+    assert [(a.attempt, a.node, a.state.value, a.exit_code) for a in allocs] == [
+        (1, 0, "stopped", 143),
+        (1, 1, "exited", 3),
+        (2, 0, "exited", 0),
+        (2, 1, "exited", 0),
+    ]
+    for master, worker in (allocs[0:2], allocs[2:4]):
+        assert master.started_at is not None and worker.started_at is not None
+        assert worker.started_at > master.started_at
