@@ -161,6 +161,7 @@ async def test_a_one_node_task_is_one_group_of_one_node() -> None:
     ("text", "error"),
     [
         ("groups: []\n", "spec:1: groups: must not be empty"),
+        ("groups: 3\n", "spec:1: groups: expected a list of groups, got '3'"),
         ("nodes: 2\ngroups: [{commands: [a]}]\n", "spec:1: nodes: not allowed with groups"),
         ("commands: [a]\ngroups:\n  - commands: [b]\n", "spec:1: commands: not allowed with groups"),
         ("groups:\n  - commands: [a]\n  - nodes: 0\n    commands: [b]\n", "spec:3: groups[1].nodes: must be"),

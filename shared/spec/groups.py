@@ -19,7 +19,7 @@ import yaml
 from shared.spec.checks import _check_group, _check_group_names
 from shared.spec.fields import REFUSED_ADVICE
 from shared.spec.model import NodeGroup, Resources, SpecError
-from shared.spec.nodes import _at, _fail, _fields, _integer, _is_null, _items, _line, _text
+from shared.spec.nodes import _at, _describe, _fail, _fields, _integer, _is_null, _items, _line, _text
 from shared.spec.resources import _parse_resources
 
 _GROUP_FIELDS = ("name", "nodes", "commands", "resources", "ports")
@@ -28,7 +28,9 @@ ALIKE_RESOURCES = "must be the same in every group for now (a job's nodes take a
 
 def _parse_groups(node: yaml.Node, path: str) -> tuple[tuple[NodeGroup, ...], Resources | None]:
     """The groups, and the resources they give (None when none gives any)."""
-    items = _items(node, path)
+    if not isinstance(node, yaml.SequenceNode):
+        _fail(node, path, f"expected a list of groups, got {_describe(node)}")
+    items = node.value
     if not items:
         _fail(node, path, "must not be empty; remove it, or give each group its nodes and commands")
     groups, resources = [], []
@@ -50,9 +52,8 @@ def _parse_group(node: yaml.Node, path: str, index: int) -> tuple[NodeGroup, Res
     nodes = _integer(fields["nodes"], f"{path}.nodes") if "nodes" in fields else 1
     commands = []
     if "commands" in fields and not _is_null(fields["commands"]):
-        commands = [
-            _text(item, f"{path}.commands[{n}]") for n, item in enumerate(_items(fields["commands"], path))
-        ]
+        items = _items(fields["commands"], f"{path}.commands")
+        commands = [_text(item, f"{path}.commands[{n}]") for n, item in enumerate(items)]
     group = NodeGroup(name=name, nodes=nodes, commands=tuple(commands))
     try:
         _check_group(index, group, has_image=True)  # a group without commands is judged with the task
