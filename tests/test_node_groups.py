@@ -219,7 +219,7 @@ def test_the_coordinator_checks_a_spec_sent_as_json_the_same_way() -> None:
         validate_spec(msgspec.structs.replace(spec, stop_criteria="first-done"))
 
 
-# dstack's examples/distributed-training/torchrun/.dstack.yml (dstackai/dstack, master, August 2026), as it
+# dstack's examples/distributed-training/torchrun/.dstack.yml (dstackai/dstack at commit 511c318c), as it
 # is there. What the test changes of it, and why, is in `runnable` below.
 DSTACK_TORCHRUN = """\
 type: task
@@ -260,14 +260,20 @@ for arg in "$@"; do echo "$arg" >> "$out"; done
 def runnable(text: str, torchrun: Path) -> str:
     """dstack's file, changed only where this test machine differs: no `python:` (a multi-node job runs as
     plain processes for now), no internet (the clone becomes the folder it would make, the requirements'
-    install goes), and no PyTorch (`torchrun` is the script above)."""
-    lines = [line for line in text.splitlines(keepends=True) if line not in ("python: 3.12\n",)]
-    changed = "".join(lines).replace(
-        "git clone https://github.com/pytorch/examples.git pytorch-examples",
-        "mkdir -p pytorch-examples/distributed/ddp-tutorial-series",
-    )
-    changed = changed.replace("  - uv pip install -r requirements.txt\n", "")
-    return changed.replace("    torchrun \\", f"    {torchrun} \\")
+    install goes), and no PyTorch (`torchrun` is the script above). Each change must find its text."""
+    changes = [
+        ("python: 3.12\n", ""),
+        (
+            "git clone https://github.com/pytorch/examples.git pytorch-examples",
+            "mkdir -p pytorch-examples/distributed/ddp-tutorial-series",
+        ),
+        ("  - uv pip install -r requirements.txt\n", ""),
+        ("    torchrun \\", f"    {torchrun} \\"),
+    ]
+    for old, new in changes:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
 
 
 @pytest.mark.asyncio
