@@ -12,10 +12,12 @@ from shared.spec.checks import (
     _check_env,
     _check_files_archive,
     _check_fleets,
+    _check_groups,
     _check_image,
     _check_lost_after,
     _check_max_duration,
     _check_name,
+    _check_node_refs,
     _check_nodes,
     _check_priority,
     _check_python,
@@ -25,6 +27,8 @@ from shared.spec.checks import (
     _check_retry,
     _check_schedule,
     _check_shell,
+    _check_startup_order,
+    _check_stop_criteria,
     _check_stop_duration,
     _check_type,
     _check_volumes,
@@ -92,14 +96,18 @@ def _checks(spec: TaskSpec) -> list[Callable[[], None]]:
         lambda: _check_retry(spec.retry),
         lambda: _check_lost_after(spec.lost_after_s),
         lambda: _check_schedule(spec.schedule),
-        lambda: _check_work(spec.commands, spec.image),
+        lambda: _check_groups(spec.groups, spec.nodes, spec.commands, spec.image),
+        lambda: _check_node_refs(spec.commands, spec.groups, spec.nodes),
+        lambda: _check_startup_order(spec.startup_order),
+        lambda: _check_stop_criteria(spec.stop_criteria),
+        lambda: _check_work(spec.commands or spec.groups, spec.image),
         lambda: _check_python_without_image(spec.python, spec.image),
         lambda: _check_root_files(spec.root_files_archive is not None, spec.image, spec.python),
     ]
 
 
-def _check_work(commands: tuple[str, ...], image: str | None) -> None:
-    """Something to run: commands, or an image's own entrypoint."""
+def _check_work(commands: tuple[object, ...], image: str | None) -> None:
+    """Something to run: commands (or groups, which have their own), or an image's own entrypoint."""
     if not commands and image is None:
         raise SpecError("commands", f"missing; {NO_WORK}")
 
