@@ -151,6 +151,14 @@ def test_dstacks_multi_node_fields_act() -> None:
     assert (spec.nodes, spec.startup_order, spec.stop_criteria) == (3, "workers-first", "master-done")
 
 
+def test_the_shipped_nccl_tests_example_parses_as_dstack_writes_it() -> None:
+    text = (Path(__file__).parent.parent / "examples" / "nccl-tests.yaml").read_text()
+    spec = parse_spec(text)
+    validate_spec(spec)
+    assert (spec.nodes, spec.startup_order, spec.stop_criteria) == (2, "workers-first", "master-done")
+    assert "--hostfile $DSTACK_MPI_HOSTFILE" in spec.commands[0]
+
+
 def test_a_task_that_asks_for_the_dstack_cli_is_refused_by_name() -> None:
     text = """\
         type: task
