@@ -41,11 +41,10 @@ from coordinator.scheduler import (
     HostCapacity,
     PendingJob,
     Placement,
-    admits,
-    fit,
     fit_key,
     gang_busy,
     gang_hosts,
+    host_fit,
     matching_blocks,
     never_fits,
     none_ready,
@@ -303,7 +302,11 @@ class LiveSchedule:
 
 def _same_shape(a: HostCapacity, b: HostCapacity) -> bool:
     """Whether two states of a host fit every request alike (they may differ in readiness, busy blocks)."""
-    return (a.name, a.fleet, a.projects, a.inventory) == (b.name, b.fleet, b.projects, b.inventory)
+    return _shape(a) == _shape(b)
+
+
+def _shape(h: HostCapacity) -> tuple[object, ...]:
+    return (h.name, h.fleet, h.projects, h.cluster, h.inventory)
 
 
 def host_free(cap: HostCapacity) -> set[int]:
@@ -344,7 +347,7 @@ class _Group:
         self._untold: dict[str, str] = {}  # job id -> what it was told, for jobs not told `told`
 
     def fit_on(self, cap: HostCapacity) -> int | str:
-        return admits(cap, self.spec, self.project) or fit(self.spec, cap.inventory)
+        return host_fit(cap, self.spec, self.project)
 
     def need(self, host_id: str) -> int:
         need = self.fits[host_id]

@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Generator, Iterable
 
-from coordinator.accounts import Accounts
+from coordinator.accounts import OPEN_FLEET, Accounts, FleetPolicy
 from coordinator.array_store import ArrayStore
 from coordinator.arrays import ArrayLoad, held_reason, within_limits
 from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
@@ -282,7 +282,7 @@ class Scheduling:
         """Read the hosts again; a job whose allocation on one of them ended or began (a returning host's
         job revived there) is read again too."""
         host_ids = list(host_ids)
-        limits = self.accounts.fleet_projects() if host_ids else {}
+        fleets = self.accounts.fleets() if host_ids else {}
         moved: set[str] = set()
         for host_id in host_ids:
             row, active = self.store.get_host(host_id), self.store.active_allocations(host_id)
@@ -290,7 +290,7 @@ class Scheduling:
             if row is None or row.inventory is None or row.status == HostState.REMOVED:
                 self.live.remove_host(host_id)
             else:
-                self.live.set_host(self._host_capacity(row, busy, limits.get(row.fleet)))
+                self.live.set_host(self._host_capacity(row, busy, fleets.get(row.fleet, OPEN_FLEET)))
             now_on = {a.job_id for a in active}
             moved |= self.jobs_on.pop(host_id, set()) ^ now_on
             if now_on:
@@ -376,19 +376,19 @@ class Scheduling:
         for alloc in self.store.active_allocations():
             busy.setdefault(alloc.host_id, set()).update(alloc.blocks)
             self.jobs_on.setdefault(alloc.host_id, set()).add(alloc.job_id)
-        limits = self.accounts.fleet_projects()
+        fleets = self.accounts.fleets()
         return [
-            self._host_capacity(h, frozenset(busy.get(h.id, ())), limits.get(h.fleet))
+            self._host_capacity(h, frozenset(busy.get(h.id, ())), fleets.get(h.fleet, OPEN_FLEET))
             for h in self.store.list_hosts()
             if h.inventory is not None and h.status != HostState.REMOVED
         ]
 
-    def _host_capacity(
-        self, h: HostRow, busy: frozenset[int], projects: frozenset[str] | None
-    ) -> HostCapacity:
+    def _host_capacity(self, h: HostRow, busy: frozenset[int], fleet: FleetPolicy) -> HostCapacity:
         assert h.inventory is not None
         why = self._not_ready(h)
-        return HostCapacity(h.id, h.name, h.inventory, busy, not why, h.fleet, projects, why)
+        return HostCapacity(
+            h.id, h.name, h.inventory, busy, not why, h.fleet, fleet.projects, why, fleet.cluster
+        )
 
     def _not_ready(self, h: HostRow) -> str:
         """Why the host takes no new work now (shown in a pending job's reason), or "" when it does."""
