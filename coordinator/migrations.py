@@ -160,11 +160,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE allocations ADD COLUMN node INTEGER NOT NULL DEFAULT 0
     """,
     # 9: fleets' settings as dstack's fleet files write them (`placement: cluster`, `preemption: true`), and
-    # the job each allocation was stopped for (preemption): a job waits for its victims, not twice
+    # the job a preempted allocation stops for, until it has ended: that job waits for it, and preempts no more
     """
     ALTER TABLE fleets ADD COLUMN placement TEXT NOT NULL DEFAULT 'any';
     ALTER TABLE fleets ADD COLUMN preemption INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE allocations ADD COLUMN preempted_by TEXT;
-    CREATE INDEX allocations_preempted_by ON allocations(preempted_by) WHERE preempted_by IS NOT NULL
+    ALTER TABLE allocations ADD COLUMN stopping_for TEXT;
+    CREATE INDEX allocations_stopping_for ON allocations(stopping_for) WHERE stopping_for IS NOT NULL
     """,
 ]

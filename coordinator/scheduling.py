@@ -11,6 +11,7 @@ Two rules hold jobs back before placement: an array's `%N` limit (arrays.py) and
 (queue_policy.py). A change to a job of a project with a quota re-reads that project's head of the queue
 (the jobs its quota lets in, and the first it holds), never the rest. The projects' fair-share factors are
 recomputed at the re-sync only, and fixed between two (live_schedule.py says why that is enough).
+After a settle, preemption may stop lower-priority work for the first jobs that do not fit (preempting.py).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class Scheduling:
     usage: ProjectUsage
     shares: dict[str, float]  # project -> fair-share factor, as of the last re-sync; absent: 1.0
     host_status: Callable[[HostRow], str]  # HostOps's; declared only, as Scheduling comes first
+    waiting: dict[str, str]  # job id -> why it waits for the jobs it preempted (preempting.py)
+    note_waits: Callable[[], None]  # Preempting's, which comes first
+    preempt: Callable[[Iterable[str] | None], None]
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         """Schedule after a change that is already committed, touching the named jobs and hosts (none
@@ -75,6 +79,7 @@ class Scheduling:
             self._refresh_hosts(hosts)
             self._refresh_jobs(jobs)
             self._settle()
+            self.preempt(jobs)
         except Exception:
             self.live_synced = False
             log.exception("scheduling failed; the next housekeeping beat tries again")
@@ -102,6 +107,7 @@ class Scheduling:
         self.live_synced = False  # until this re-sync's placements are written: a failure re-syncs again
         self.live.sync([self._pending(j) for j in queue], self._capacity(), told)
         placed = self._settle()
+        self.preempt(None)
         self.live_synced = True
         return placed
 
@@ -301,6 +307,7 @@ class Scheduling:
         """Place what fits now and write it; a placement whose job left the queue unseen (stopped) is not
         written, and its host is read again so its blocks come back. Returns placements made."""
         placed = 0
+        self.note_waits()
         while True:
             settled = self.live.settle()
             self.problems.replace(SCHEDULER, self.live.skipped)
@@ -345,6 +352,7 @@ class Scheduling:
             for job_id, reason in settled.reasons.items():
                 job = self.store.get_job(job_id)
                 if job is not None and job.status in QUEUED:
+                    reason = self.waiting.get(job_id, reason)  # it waits for the jobs it preempted
                     self.store.set_job_state(db, job, JobState.PENDING, reason)
         for p in written:
             self.jobs_on.setdefault(p.host_id, set()).add(p.job_id)
