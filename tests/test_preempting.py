@@ -10,6 +10,7 @@ import pytest
 
 from shared.wire import FleetSet, JobView
 from tests.harness import Cluster, cluster
+from tests.test_schedules import restart
 
 pytestmark = pytest.mark.asyncio
 
@@ -120,3 +121,25 @@ async def test_a_job_whose_victim_ended_is_told_its_own_reason_again() -> None:
         assert (await c.job(high.id)).reason == "no host with 1 free blocks; largest free: 0"
         await asyncio.to_thread(c.api.stop, top.id)
         await c.wait_for(high.id, "done")
+
+
+async def test_a_restarted_coordinator_still_waits_for_the_victim_and_preempts_no_more() -> None:
+    """The agent is away while the victim should stop, so it cannot: after a restart of the coordinator,
+    its re-syncs find the job waiting for it (the store says so), and stop nothing more."""
+    async with cluster() as c:
+        await asyncio.to_thread(c.api.set_fleet, FleetSet(name="default", preemption=True))
+        c.start_agent("h1", "2xH100:80GB")
+        first = await c.submit("name: first\nresources: {gpu: 1}\ncommands: [sleep 600]\n")
+        second = await c.submit("name: second\nresources: {gpu: 1}\ncommands: [sleep 600]\n")
+        await c.wait_for(first.id, "running")
+        await c.wait_for(second.id, "running")
+        await c.stop_agent("h1")
+        high = await c.submit(HIGH)
+        await restart(c)
+        for _ in range(3):
+            c.coordinator.coordinator.kick()
+        assert sorted(desired(c, first.id) + desired(c, second.id)) == ["run", "stop"]
+        assert (await c.job(high.id)).reason == high.reason
+        c.start_agent("h1", "2xH100:80GB")  # it stops the victim; the high job takes its block
+        assert await c.full_log(high.id) == b"high ran\n"
+    assert high.reason.startswith("waiting for preempted job ")
