@@ -96,7 +96,6 @@ class Preempting:
     def _stop_for(self, job: PendingJob, choice: Preemption) -> None:
         """Stop the victims (every node of a multi-node one) for `job`, which waits for them, saying so."""
         why = f"preempted by job {job.job_id} (priority {job.priority})"
-        host_name = ""
         touched: set[str] = set()
         with self.store.tx() as db:
             for victim in choice.victims:
