@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 import msgspec
@@ -141,6 +142,32 @@ def fleet_set(name: str, placement: str | None, preemption: bool | None) -> None
     view = call(
         lambda client: client.set_fleet(FleetSet(name=name, placement=placement, preemption=preemption))
     )
+    click.echo(f"fleet {view.name}: placement {view.placement}, preemption {_on_off(view.preemption)}")
+
+
+@fleet.command("apply")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def fleet_apply(file: Path) -> None:
+    """Apply a dstack fleet file (`type: fleet`, `name`, `placement`, and `preemption`): the fleet takes its
+    settings, the defaults for those it leaves out. Its fields about hosts are ignored: hosts join a fleet
+    with a join token (gpuctl token create --fleet NAME)."""
+    from shared.spec import SpecError
+    from shared.spec.fleet import parse_fleet_file
+
+    try:
+        parsed = parse_fleet_file(file.read_text(), source=str(file))
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file}: not UTF-8 text") from None
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from None
+    if parsed.ignored:
+        click.echo(
+            f"warning: ignored here ({', '.join(parsed.ignored)}): hosts join fleet {parsed.name} with "
+            f"`gpuctl token create --fleet {parsed.name}`",
+            err=True,
+        )
+    request = FleetSet(name=parsed.name, placement=parsed.placement, preemption=parsed.preemption)
+    view = call(lambda client: client.set_fleet(request))
     click.echo(f"fleet {view.name}: placement {view.placement}, preemption {_on_off(view.preemption)}")
 
 

@@ -12,12 +12,12 @@ import pytest
 
 from cli.api import Api, ApiError
 from cli.config import CliConfig
+from shared.spec import SpecError
+from shared.spec.fleet import parse_fleet_file
 from shared.wire import FleetSet, UserCreate
 from tests.harness import Cluster, cluster
 from tests.test_arrays import cli
 from tests.test_wire_bounds import _answer, _user
-
-pytestmark = pytest.mark.asyncio
 
 PAIR = "name: pair\nnodes: 2\nresources: {gpu: 2}\ncommands: [echo node $GPUCTL_NODE_RANK]\n"
 
@@ -98,3 +98,59 @@ async def test_bad_fleet_settings_are_refused_naming_the_field(tmp_path: Path) -
     )
     assert answers[1][0] == 400 and answers[1][1]["field"] == "preemption"
     assert fleets == []  # nothing was set
+
+
+DSTACK_FLEET = """\
+type: fleet
+name: my-fleet
+placement: cluster
+ssh_config:
+  user: ubuntu
+  identity_file: ~/.ssh/id_rsa
+  hosts: [3.255.177.51, 3.255.177.52]
+"""
+
+
+async def test_a_dstack_fleet_file_applies_and_its_host_fields_are_ignored(tmp_path: Path) -> None:
+    async with cluster() as c:
+        fleet_file = tmp_path / "fleet.dstack.yml"
+        fleet_file.write_text(DSTACK_FLEET + "preemption: true\n")
+        code, said = await asyncio.to_thread(cli, c.api, tmp_path, "fleet", "apply", str(fleet_file))
+        assert code == 0
+        assert said.splitlines() == [
+            "warning: ignored here (ssh_config): hosts join fleet my-fleet with "
+            "`gpuctl token create --fleet my-fleet`",
+            "fleet my-fleet: placement cluster, preemption on",
+        ]
+        fleet_file.write_text("type: fleet\nname: my-fleet\n")  # declarative: what it leaves out is default
+        code, said = await asyncio.to_thread(cli, c.api, tmp_path, "fleet", "apply", str(fleet_file))
+        assert (code, said) == (0, "fleet my-fleet: placement any, preemption off\n")
+        fleet_file.write_text(DSTACK_FLEET.replace("cluster", "ring"))
+        code, said = await asyncio.to_thread(cli, c.api, tmp_path, "fleet", "apply", str(fleet_file))
+        assert (code, said) == (1, f"Error: {fleet_file}:3: placement: expected cluster or any, got 'ring'\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            "type: fleet\nname: f\npreemption: maybe\n",
+            "fleet:3: preemption: expected true or false, got 'maybe'",
+        ),
+        ("type: task\nname: f\n", "fleet:1: type: expected 'fleet', got 'task'"),
+        (
+            "type: fleet\nname: f\nplacment: cluster\n",
+            "fleet:3: placment: unknown field; did you mean 'placement'?",
+        ),
+        (
+            "type: fleet\nplacement: cluster\n",
+            "fleet: name: missing; a fleet file has `type: fleet` and a `name`",
+        ),
+        ("type: fleet\nname: [a, b]\n", "fleet:2: name: expected a string, got a list"),
+        ("", "fleet: empty file: a fleet file has `type: fleet` and a `name`"),
+    ],
+)
+def test_a_bad_fleet_file_is_one_line_naming_the_field(text: str, error: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_fleet_file(text)
+    assert str(caught.value) == error
