@@ -143,3 +143,23 @@ async def test_a_restarted_coordinator_still_waits_for_the_victim_and_preempts_n
         c.start_agent("h1", "2xH100:80GB")  # it stops the victim; the high job takes its block
         assert await c.full_log(high.id) == b"high ran\n"
     assert high.reason.startswith("waiting for preempted job ")
+
+
+async def test_a_multi_node_victim_stops_on_every_node_and_ends_as_one() -> None:
+    async with cluster() as c:
+        await asyncio.to_thread(
+            c.api.set_fleet, FleetSet(name="default", placement="cluster", preemption=True)
+        )
+        for i, name in enumerate(("a", "b")):
+            c.start_agent(name, "1xH100:80GB", internal_ip=f"127.0.0.{i + 1}")
+        pair = await c.submit("name: pair\nnodes: 2\nresources: {gpu: 1}\ncommands: [sleep 600]\n")
+        await c.wait_for(pair.id, "running")
+        high = await c.submit(HIGH)
+        stopped = await c.wait_for(pair.id, "stopped", "failed", "done")
+        await c.wait_for(high.id, "done")
+        allocs = c.coordinator.coordinator.store.allocations_of(pair.id)
+    assert (stopped.status, stopped.reason) == ("stopped", f"preempted by job {high.id} (priority 10)")
+    assert [(a.node, a.desired, a.interrupted) for a in allocs] == [
+        (0, "stop", f"preempted by job {high.id} (priority 10)"),
+        (1, "stop", f"preempted by job {high.id} (priority 10)"),
+    ]
