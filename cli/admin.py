@@ -1,8 +1,9 @@
-"""Admin commands: join tokens for new hosts, projects and their quotas, users, fleets limited to projects."""
+"""Admin commands: join tokens for new hosts, projects and their quotas, users, fleets and their settings."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 import msgspec
@@ -10,7 +11,7 @@ import msgspec
 from cli.session import call
 from shared.join import parse_join_string
 from shared.units import parse_duration_s
-from shared.wire import FleetLimit, ProjectQuota, TokenCreate, UserCreate
+from shared.wire import FleetLimit, FleetSet, ProjectQuota, TokenCreate, UserCreate
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -108,7 +109,8 @@ def user_create(name: str, project: str, role: str) -> None:
 
 @click.group()
 def fleet() -> None:
-    """Fleets: groups of hosts, which may be limited to some projects."""
+    """Fleets: groups of hosts, which may be limited to some projects, hold multi-node jobs
+    (`placement: cluster`) or let higher-priority work stop lower-priority work (`preemption`)."""
 
 
 @fleet.command("limit")
@@ -119,3 +121,68 @@ def fleet() -> None:
 def fleet_limit(name: str, projects: tuple[str, ...]) -> None:
     call(lambda client: client.limit_fleet(FleetLimit(name=name, projects=list(projects))))
     click.echo(f"fleet {name}: " + (", ".join(projects) if projects else "open to every project"))
+
+
+@fleet.command("set")
+@click.argument("name")
+@click.option(
+    "--placement",
+    type=click.Choice(["cluster", "any"]),
+    help="cluster: its hosts share one fast network, and multi-node jobs run only in such a fleet.",
+)
+@click.option(
+    "--preemption/--no-preemption",
+    default=None,
+    help="Whether a pending job may stop running jobs of strictly lower priority on its hosts.",
+)
+def fleet_set(name: str, placement: str | None, preemption: bool | None) -> None:
+    """Change a fleet's settings (dstack's fleet `placement:`, and `preemption:`); those not given stay."""
+    if placement is None and preemption is None:
+        raise click.UsageError("nothing to set: give --placement and/or --preemption/--no-preemption")
+    view = call(
+        lambda client: client.set_fleet(FleetSet(name=name, placement=placement, preemption=preemption))
+    )
+    click.echo(f"fleet {view.name}: placement {view.placement}, preemption {_on_off(view.preemption)}")
+
+
+@fleet.command("apply")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def fleet_apply(file: Path) -> None:
+    """Apply a dstack fleet file (`type: fleet`, `name`, `placement`, and `preemption`): the fleet takes its
+    settings, the defaults for those it leaves out. Its fields about hosts are ignored: hosts join a fleet
+    with a join token (gpuctl token create --fleet NAME)."""
+    from shared.spec import SpecError
+    from shared.spec.fleet import parse_fleet_file
+
+    try:
+        parsed = parse_fleet_file(file.read_text(), source=str(file))
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file}: not UTF-8 text") from None
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from None
+    if parsed.ignored:
+        click.echo(
+            f"warning: ignored here ({', '.join(parsed.ignored)}): hosts join fleet {parsed.name} with "
+            f"`gpuctl token create --fleet {parsed.name}`",
+            err=True,
+        )
+    request = FleetSet(name=parsed.name, placement=parsed.placement, preemption=parsed.preemption)
+    view = call(lambda client: client.set_fleet(request))
+    click.echo(f"fleet {view.name}: placement {view.placement}, preemption {_on_off(view.preemption)}")
+
+
+@fleet.command("list")
+def fleet_list() -> None:
+    """The fleets, with their settings and how many hosts each has."""
+    views = call(lambda client: client.fleets())
+    rows = [("FLEET", "PLACEMENT", "PREEMPTION", "HOSTS", "PROJECTS")]
+    for v in views:
+        projects = ",".join(v.projects) or "all"
+        rows.append((v.name, v.placement, _on_off(v.preemption), str(v.hosts), projects))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"

@@ -23,6 +23,8 @@ from shared.tls_contexts import client_context
 from shared.wire import (
     ArraySubmitRequest,
     FleetLimit,
+    FleetSet,
+    FleetView,
     HostDetail,
     HostView,
     JobView,
@@ -179,6 +181,12 @@ class Api:
 
     def limit_fleet(self, request: FleetLimit) -> None:
         self._call("POST", "/fleets", FleetLimit, request)
+
+    def set_fleet(self, request: FleetSet) -> FleetView:
+        return self._call("POST", "/fleets/settings", FleetView, request)
+
+    def fleets(self) -> list[FleetView]:
+        return self._call("GET", "/fleets", list[FleetView])
 
     def set_secret(self, name: str, value: str, project: str = "") -> SecretView:
         path = f"/secrets/{urllib.parse.quote(name, safe='')}"

@@ -55,11 +55,16 @@ def engine_line(socket_url: str) -> str:
 async def start_dev(
     state_dir: Path, port: int, simulate: str | None, blocks: str | int, socket_url: str
 ) -> tuple[RunningCoordinator, AgentConfig, CliConfig]:
-    """Start the coordinator, make the local agent's certificate, write the CLI config. Idempotent on disk."""
+    """Start the coordinator, make the local agent's certificate, write the CLI config. Idempotent on disk.
+    Its fleet is a cluster fleet (`placement: cluster`): a multi-node job then waits for a second host, and
+    says so, rather than for a setting."""
     running = await start_coordinator(
         ServerConfig(state_dir / "coordinator", "127.0.0.1", port, ("localhost", "127.0.0.1"))
     )
     token = ensure_admin_token(running.coordinator.store, state_dir / "coordinator" / "admin-token")
+    accounts = running.coordinator.accounts
+    if "default" not in accounts.fleets():  # one machine is one network; an admin's later choice stays
+        accounts.set_fleet("default", "cluster", None)
     agent_dir = state_dir / "agent"
     name = socket.gethostname()
     cert, key = issue_agent_cert(running.pki, name, agent_dir / "pki")

@@ -15,9 +15,11 @@ import msgspec
 
 from coordinator.queue_policy import Quota
 from coordinator.store import Store
+from shared.wire import FleetView
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 ROLES = ("admin", "member")
+PLACEMENTS = ("any", "cluster")  # dstack's fleet `placement:`
 
 
 class Refused(Exception):
@@ -41,6 +43,22 @@ class Principal:
     @property
     def admin(self) -> bool:
         return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class FleetPolicy:
+    """What a fleet's settings ask of the scheduler."""
+
+    projects: frozenset[str] | None = None  # the projects it is limited to; None: open to all
+    cluster: bool = False  # `placement: cluster`: its hosts share one fast network; multi-node jobs run here
+    preemption: bool = False  # higher-priority work may stop lower-priority work on its hosts
+
+    @property
+    def placement(self) -> str:
+        return "cluster" if self.cluster else "any"
+
+
+OPEN_FLEET = FleetPolicy()
 
 
 @dataclass(frozen=True)
@@ -138,11 +156,47 @@ class Accounts:
                 (fleet, msgspec.json.encode(sorted(projects)).decode(), time.time()),
             )
 
-    def fleet_projects(self) -> dict[str, frozenset[str]]:
-        """Fleets limited to some projects; a fleet absent here (or with an empty list) is open to all."""
-        rows = self.store.db.execute("SELECT name, projects FROM fleets").fetchall()
-        limits = {r["name"]: frozenset(msgspec.json.decode(r["projects"], type=list[str])) for r in rows}
-        return {name: projects for name, projects in limits.items() if projects}
+    def set_fleet(self, fleet: str, placement: str | None, preemption: bool | None) -> FleetPolicy:
+        """Change the fleet's `placement` and `preemption` (None: leave as is); answers its settings now."""
+        check_name("name", fleet)
+        if placement is not None and placement not in PLACEMENTS:
+            raise Invalid("placement", f"expected one of {', '.join(PLACEMENTS)}; got {placement!r}")
+        with self.store.tx() as db:
+            db.execute(
+                "INSERT INTO fleets(name, created_at) VALUES (?,?) ON CONFLICT(name) DO NOTHING",
+                (fleet, time.time()),
+            )
+            if placement is not None:
+                db.execute("UPDATE fleets SET placement=? WHERE name=?", (placement, fleet))
+            if preemption is not None:
+                db.execute("UPDATE fleets SET preemption=? WHERE name=?", (int(preemption), fleet))
+        return self.fleets()[fleet]
+
+    def fleets(self) -> dict[str, FleetPolicy]:
+        """Every fleet with a setting; a fleet absent here is open to all, `placement: any`, no preemption."""
+        rows = self.store.db.execute("SELECT name, projects, placement, preemption FROM fleets").fetchall()
+        return {
+            r["name"]: FleetPolicy(
+                frozenset(msgspec.json.decode(r["projects"], type=list[str])) or None,
+                r["placement"] == "cluster",
+                bool(r["preemption"]),
+            )
+            for r in rows
+        }
+
+    def fleet_views(self) -> list[FleetView]:
+        """Every fleet that has a setting or a host, by name."""
+        rows = self.store.db.execute(
+            "SELECT fleet, COUNT(*) AS hosts FROM hosts WHERE status != 'removed' GROUP BY fleet"
+        ).fetchall()
+        hosts = {r["fleet"]: r["hosts"] for r in rows}
+        fleets = self.fleets()
+        views = []
+        for name in sorted(hosts.keys() | fleets.keys()):
+            policy = fleets.get(name, OPEN_FLEET)
+            projects = sorted(policy.projects or ())
+            views.append(FleetView(name, policy.placement, policy.preemption, projects, hosts.get(name, 0)))
+        return views
 
     # --- join tokens -------------------------------------------------------------------------------
 

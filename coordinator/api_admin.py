@@ -1,4 +1,5 @@
-"""The admin API: join tokens, projects (their quotas), users, fleets. Every route needs an admin token."""
+"""The admin API: join tokens, projects (their quotas), users, fleets (their settings). Every route needs an
+admin token, but the list of fleets."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from shared import tls
 from shared.join import JoinString
 from shared.wire import (
     FleetLimit,
+    FleetSet,
     ProjectCreate,
     ProjectQuota,
     TokenCreate,
@@ -80,6 +82,20 @@ async def limit_fleet(request: web.Request) -> web.Response:
     return json_response(req)
 
 
+async def set_fleet(request: web.Request) -> web.Response:
+    require_admin(request)
+    req = await body(request, FleetSet)
+    assert isinstance(req, FleetSet)
+    coord = request.app[COORDINATOR]
+    coord.accounts.set_fleet(req.name, req.placement, req.preemption)
+    coord.kick()  # the settings are committed: multi-node jobs and preemption follow them now
+    return json_response(next(v for v in coord.accounts.fleet_views() if v.name == req.name))
+
+
+async def list_fleets(request: web.Request) -> web.Response:
+    return json_response(request.app[COORDINATOR].accounts.fleet_views())
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{C.API_PREFIX}/tokens", create_token)
     app.router.add_get(f"{C.API_PREFIX}/tokens", list_tokens)
@@ -88,3 +104,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{C.API_PREFIX}/projects/quota", set_quota)
     app.router.add_post(f"{C.API_PREFIX}/users", create_user)
     app.router.add_post(f"{C.API_PREFIX}/fleets", limit_fleet)
+    app.router.add_post(f"{C.API_PREFIX}/fleets/settings", set_fleet)
+    app.router.add_get(f"{C.API_PREFIX}/fleets", list_fleets)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 
 from coordinator.host_rank import Ranking
 from coordinator.locality import block_levels, choose_blocks
+from coordinator.preemption import Room
 from coordinator.safe_schedule import failed_on, unsound
 from coordinator.scheduler import (
     NO_HOSTS,
@@ -41,11 +42,10 @@ from coordinator.scheduler import (
     HostCapacity,
     PendingJob,
     Placement,
-    admits,
-    fit,
     fit_key,
     gang_busy,
     gang_hosts,
+    host_fit,
     matching_blocks,
     never_fits,
     none_ready,
@@ -244,6 +244,45 @@ class LiveSchedule:
                 group.tell(group.reason(self.hosts), reasons)
         self._rereason = set()
 
+    # --- preemption (preempting.py) ------------------------------------------------------------------
+
+    def first_waiting(self, limit: int) -> list[PendingJob]:
+        """The first job of each of the first `limit` requests in queue order: after `settle()`, the first
+        jobs that do not fit. Costs the number of requests, not of jobs."""
+        heads = heapq.nsmallest(limit, (g.head() for g in self._groups.values() if g.jobs))
+        return [self._groups[self._group_of[head[3]]].jobs[head[3]] for head in heads]
+
+    def queued(self, job_id: str) -> PendingJob | None:
+        key = self._group_of.get(job_id)
+        return self._groups[key].jobs[job_id] if key is not None else None
+
+    def rooms(self, job_id: str, fleets: frozenset[str], limit: int) -> list[Room]:
+        """The ready hosts of `fleets` that a queued job's request fits but whose free blocks do not hold it
+        now, the `limit` that miss the fewest blocks first. Costs the hosts the request fits."""
+        group = self._groups[self._group_of[job_id]]
+        gpu = group.spec.resources.gpu
+        short = []
+        for host_id, (free, need) in group.counts.items():
+            cap = self.hosts[host_id].cap
+            if free < need and cap.fleet in fleets:
+                short.append((need - free, cap.name, host_id))
+        rooms = []
+        for _, _, host_id in heapq.nsmallest(limit, short):
+            host = self.hosts[host_id]
+            free_blocks = frozenset(host.free_matching(gpu))
+            rooms.append(
+                Room(host_id, host.cap.name, group.need(host_id), free_blocks, host.matching_of(gpu))
+            )
+        return rooms
+
+    def retell(self, job_id: str) -> None:
+        """The job shows a reason of the coordinator's own (it waits for the jobs it preempted): give it its
+        reason again at the next `settle()`. Idempotent."""
+        key = self._group_of.get(job_id)
+        if key is not None:
+            self._groups[key].untell(job_id)
+            self._rereason.add(key)
+
     # --- hosts and groups --------------------------------------------------------------------------
 
     def _add_host(self, cap: HostCapacity, free: set[int]) -> None:
@@ -303,7 +342,11 @@ class LiveSchedule:
 
 def _same_shape(a: HostCapacity, b: HostCapacity) -> bool:
     """Whether two states of a host fit every request alike (they may differ in readiness, busy blocks)."""
-    return (a.name, a.fleet, a.projects, a.inventory) == (b.name, b.fleet, b.projects, b.inventory)
+    return _shape(a) == _shape(b)
+
+
+def _shape(h: HostCapacity) -> tuple[object, ...]:
+    return (h.name, h.fleet, h.projects, h.cluster, h.inventory)
 
 
 def host_free(cap: HostCapacity) -> set[int]:
@@ -344,7 +387,7 @@ class _Group:
         self._untold: dict[str, str] = {}  # job id -> what it was told, for jobs not told `told`
 
     def fit_on(self, cap: HostCapacity) -> int | str:
-        return admits(cap, self.spec, self.project) or fit(self.spec, cap.inventory)
+        return host_fit(cap, self.spec, self.project)
 
     def need(self, host_id: str) -> int:
         need = self.fits[host_id]
@@ -420,6 +463,9 @@ class _Group:
                 nodes, (hosts[h].cap.fleet for h, (free, need) in self.counts.items() if free >= need)
             )
         return too_busy(self.spec, min(self._needs), max(self._free_hosts))
+
+    def untell(self, job_id: str) -> None:
+        self._untold[job_id] = ""  # no reason is empty: the next `tell` tells it
 
     def tell(self, reason: str, reasons: dict[str, str]) -> None:
         """Add to `reasons` the jobs whose reason changes to `reason`."""

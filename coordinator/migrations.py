@@ -164,4 +164,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE allocations ADD COLUMN ssh_port INTEGER NOT NULL DEFAULT 0
     """,
+    # 10: fleets' settings as dstack's fleet files write them (`placement: cluster`, `preemption: true`), and
+    # the job a preempted allocation stops for, until it has ended: that job waits for it, and preempts no more
+    """
+    ALTER TABLE fleets ADD COLUMN placement TEXT NOT NULL DEFAULT 'any';
+    ALTER TABLE fleets ADD COLUMN preemption INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE allocations ADD COLUMN stopping_for TEXT;
+    CREATE INDEX allocations_stopping_for ON allocations(stopping_for) WHERE stopping_for IS NOT NULL
+    """,
 ]

@@ -7,8 +7,8 @@ job must never see more GPUs than it asked for). Among hosts that fit, a job tha
 hosts without GPUs; then the tightest fit wins, which keeps large free sets intact for large jobs. A job that
 asks for no GPU takes its blocks' CPU, memory and disk but none of their GPUs. On that host the job gets the closest free blocks: one NVLink/XGMI
 island, else one PCIe root, else one NUMA node, best fit first (coordinator/locality.py). A multi-node job
-(`nodes: N`) takes such blocks on N hosts of one fleet at once, or nothing (`gang_hosts`). Every job left
-pending gets one human reason.
+(`nodes: N`) takes such blocks on N hosts of one fleet with `placement: cluster` at once, or nothing
+(`gang_hosts`). Every job left pending gets one human reason.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class HostCapacity:
     fleet: str = "default"
     projects: frozenset[str] | None = None  # the fleet is limited to these projects; None: open to all
     not_ready: str = ""  # why it is not ready ("draining", "unreachable"), for a pending job's reason
+    cluster: bool = False  # its fleet has `placement: cluster` (one fast network): multi-node jobs run here
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,7 @@ class _Pass:
         spec = job.spec
         key = fit_key(job)
         if key not in self._fits:
-            self._fits[key] = {
-                h.host_id: admits(h, spec, job.project) or fit(spec, h.inventory) for h in self.hosts
-            }
+            self._fits[key] = {h.host_id: host_fit(h, spec, job.project) for h in self.hosts}
         return self._fits[key]
 
     def matching(self, spec: TaskSpec, host_id: str) -> frozenset[int]:
@@ -231,7 +230,15 @@ def gang_busy(nodes: int, fleets: Iterable[str]) -> str:
 
 
 def never_fits(hosts: Iterable[HostCapacity], fits: Mapping[str, int | str]) -> str:
-    """The reason of a job no host fits, busy or free: the first three hosts' refusals."""
+    """The reason of a job no host fits, busy or free: the first three hosts' refusals; for a multi-node
+    job that hosts outside cluster fleets would fit, what makes their fleet one."""
+    hosts = list(hosts)
+    clusterable = sorted({h.fleet for h in hosts if fits[h.host_id] == not_cluster(h.fleet)})
+    if clusterable:
+        return (
+            f"no fleet with placement: cluster fits this multi-node job; hosts of fleet "
+            f"{', '.join(clusterable)} do: gpuctl fleet set {clusterable[0]} --placement cluster"
+        )
     parts = sorted({f"{h.name} {fits[h.host_id]}" for h in hosts})
     more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
     return "no host can ever fit this job: " + "; ".join(parts[:3]) + more
@@ -265,6 +272,20 @@ def matching_blocks(gpu: GpuRequest | None, inventory: Inventory) -> frozenset[i
 
 def _named(host: HostCapacity) -> str:
     return f"{host.name} ({host.not_ready})" if host.not_ready else host.name
+
+
+def host_fit(host: HostCapacity, spec: TaskSpec, project: str) -> int | str:
+    """How many blocks of the host the job needs, or why it never runs there: its fleet is closed to the
+    job, the host cannot hold it, or (for a multi-node job only, and said only when nothing else refuses)
+    its fleet's placement is not cluster."""
+    need = admits(host, spec, project) or fit(spec, host.inventory)
+    if spec.nodes > 1 and not host.cluster and isinstance(need, int):
+        return not_cluster(host.fleet)
+    return need
+
+
+def not_cluster(fleet: str) -> str:
+    return f"is in fleet {fleet}, whose placement is not cluster"
 
 
 def admits(host: HostCapacity, spec: TaskSpec, project: str) -> str:

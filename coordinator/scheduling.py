@@ -11,6 +11,7 @@ Two rules hold jobs back before placement: an array's `%N` limit (arrays.py) and
 (queue_policy.py). A change to a job of a project with a quota re-reads that project's head of the queue
 (the jobs its quota lets in, and the first it holds), never the rest. The projects' fair-share factors are
 recomputed at the re-sync only, and fixed between two (live_schedule.py says why that is enough).
+After a settle, preemption may stop lower-priority work for the first jobs that do not fit (preempting.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Generator, Iterable
 
-from coordinator.accounts import Accounts
+from coordinator.accounts import OPEN_FLEET, Accounts, FleetPolicy
 from coordinator.array_store import ArrayStore
 from coordinator.arrays import ArrayLoad, held_reason, within_limits
 from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
@@ -64,6 +65,9 @@ class Scheduling:
     usage: ProjectUsage
     shares: dict[str, float]  # project -> fair-share factor, as of the last re-sync; absent: 1.0
     host_status: Callable[[HostRow], str]  # HostOps's; declared only, as Scheduling comes first
+    waiting: dict[str, str]  # job id -> why it waits for the jobs it preempted (preempting.py)
+    note_waits: Callable[[], None]  # Preempting's, which comes first
+    preempt: Callable[[Iterable[str] | None], None]
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         """Schedule after a change that is already committed, touching the named jobs and hosts (none
@@ -77,6 +81,7 @@ class Scheduling:
             self._refresh_hosts(hosts)
             self._refresh_jobs(jobs)
             self._settle()
+            self.preempt(jobs)
         except Exception:
             self.live_synced = False
             log.exception("scheduling failed; the next housekeeping beat tries again")
@@ -104,6 +109,7 @@ class Scheduling:
         self.live_synced = False  # until this re-sync's placements are written: a failure re-syncs again
         self.live.sync([self._pending(j) for j in queue], self._capacity(), told)
         placed = self._settle()
+        self.preempt(None)
         self.live_synced = True
         return placed
 
@@ -284,7 +290,7 @@ class Scheduling:
         """Read the hosts again; a job whose allocation on one of them ended or began (a returning host's
         job revived there) is read again too."""
         host_ids = list(host_ids)
-        limits = self.accounts.fleet_projects() if host_ids else {}
+        fleets = self.accounts.fleets() if host_ids else {}
         moved: set[str] = set()
         for host_id in host_ids:
             row, active = self.store.get_host(host_id), self.store.active_allocations(host_id)
@@ -292,7 +298,7 @@ class Scheduling:
             if row is None or row.inventory is None or row.status == HostState.REMOVED:
                 self.live.remove_host(host_id)
             else:
-                self.live.set_host(self._host_capacity(row, busy, limits.get(row.fleet)))
+                self.live.set_host(self._host_capacity(row, busy, fleets.get(row.fleet, OPEN_FLEET)))
             now_on = {a.job_id for a in active}
             moved |= self.jobs_on.pop(host_id, set()) ^ now_on
             if now_on:
@@ -303,6 +309,7 @@ class Scheduling:
         """Place what fits now and write it; a placement whose job left the queue unseen (stopped) is not
         written, and its host is read again so its blocks come back. Returns placements made."""
         placed = 0
+        self.note_waits()
         while True:
             settled = self.live.settle()
             self.problems.replace(SCHEDULER, self.live.skipped)
@@ -357,6 +364,7 @@ class Scheduling:
             for job_id, reason in settled.reasons.items():
                 job = self.store.get_job(job_id)
                 if job is not None and job.status in QUEUED:
+                    reason = self.waiting.get(job_id, reason)  # it waits for the jobs it preempted
                     self.store.set_job_state(db, job, JobState.PENDING, reason)
         for p in written:
             self.jobs_on.setdefault(p.host_id, set()).add(p.job_id)
@@ -397,19 +405,19 @@ class Scheduling:
         for alloc in self.store.active_allocations():
             busy.setdefault(alloc.host_id, set()).update(alloc.blocks)
             self.jobs_on.setdefault(alloc.host_id, set()).add(alloc.job_id)
-        limits = self.accounts.fleet_projects()
+        fleets = self.accounts.fleets()
         return [
-            self._host_capacity(h, frozenset(busy.get(h.id, ())), limits.get(h.fleet))
+            self._host_capacity(h, frozenset(busy.get(h.id, ())), fleets.get(h.fleet, OPEN_FLEET))
             for h in self.store.list_hosts()
             if h.inventory is not None and h.status != HostState.REMOVED
         ]
 
-    def _host_capacity(
-        self, h: HostRow, busy: frozenset[int], projects: frozenset[str] | None
-    ) -> HostCapacity:
+    def _host_capacity(self, h: HostRow, busy: frozenset[int], fleet: FleetPolicy) -> HostCapacity:
         assert h.inventory is not None
         why = self._not_ready(h)
-        return HostCapacity(h.id, h.name, h.inventory, busy, not why, h.fleet, projects, why)
+        return HostCapacity(
+            h.id, h.name, h.inventory, busy, not why, h.fleet, fleet.projects, why, fleet.cluster
+        )
 
     def _not_ready(self, h: HostRow) -> str:
         """Why the host takes no new work now (shown in a pending job's reason), or "" when it does."""

@@ -27,6 +27,7 @@ from coordinator.links import Links
 from coordinator.live_schedule import LiveSchedule
 from coordinator.logstore import LogStore
 from coordinator.lost import LostHosts
+from coordinator.preempting import Preempting
 from coordinator.queue_policy import Quota
 from coordinator.quota import UploadQuota
 from coordinator.schedule_store import ScheduleStore
@@ -50,8 +51,9 @@ log = logging.getLogger("gpuctl.coordinator")
 __all__ = ["Ambiguous", "Busy", "Coordinator", "NotFound", "Settings"]
 
 
-# The parts first, scheduling before the parts that call kick; their stubs of each other come last.
-class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayOps):
+# The parts first, scheduling before the parts that call kick (preemption, which scheduling calls, before it);
+# their stubs of each other come last.
+class Coordinator(Preempting, Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayOps):
     def __init__(
         self,
         store: Store,
@@ -93,6 +95,8 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
         self.quota_admitted: dict[str, set[str]] = {}
         self.usage = ProjectUsage(store, s.fair_share_half_life_s)  # fair share (queue_policy.py)
         self.shares: dict[str, float] = {}
+        self.preemptible: frozenset[str] = frozenset()  # preempting.py
+        self.waiting: dict[str, str] = {}
 
     # --- user side ---------------------------------------------------------------------------------
 

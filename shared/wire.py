@@ -390,6 +390,22 @@ class FleetLimit(Wire):
     projects: list[str] = []
 
 
+class FleetSet(Wire):
+    """`gpuctl fleet set`: dstack's fleet settings, plus ours; an absent one is left as it is."""
+
+    name: str
+    placement: str | None = None  # "cluster" (one fast network: multi-node jobs run here) or "any"
+    preemption: bool | None = None  # higher-priority work may stop lower-priority work here
+
+
+class FleetView(Wire):
+    name: str
+    placement: str
+    preemption: bool
+    projects: list[str]  # empty: open to every project
+    hosts: int
+
+
 class SecretSet(Wire):
     """`PUT /api/v1/secrets/{name}`: the value travels only in this body, never in a URL."""
 

@@ -102,6 +102,15 @@ def test_hosts_shows_resources_blocks_and_the_simulated_label(dev: dict[str, str
     assert host["total_blocks"] == 4 and host["simulated"] is True
 
 
+def test_devs_one_machine_fleet_is_a_cluster_fleet(dev: dict[str, str]) -> None:
+    """A multi-node job there waits for a second host, not for a setting."""
+    listed = gpuctl(dev, "fleet", "list").stdout.splitlines()
+    assert [line.split() for line in listed] == [
+        ["FLEET", "PLACEMENT", "PREEMPTION", "HOSTS", "PROJECTS"],
+        ["default", "cluster", "off", "1", "all"],
+    ]
+
+
 def test_logs_and_stop_of_a_running_job(dev: dict[str, str]) -> None:
     job_id = gpuctl(dev, "submit", "-d", "--", "sh", "-c", "echo hello; sleep 300").stdout.strip()
     deadline = time.monotonic() + 20

@@ -93,6 +93,13 @@ ROUTES = [
     Route("POST", "/api/v1/users", "user", lambda r: {"name": "u", "project": "default", "role": "member"}),
     Route("POST", "/api/v1/fleets", "user", lambda r: {"name": "dc1", "projects": ["default"]}),
     Route(
+        "POST",
+        "/api/v1/fleets/settings",
+        "user",
+        lambda r: {"name": "dc1", "placement": "cluster", "preemption": True},
+    ),
+    Route("GET", "/api/v1/fleets", "user"),
+    Route(
         "PUT", "/api/v1/secrets/{ref}", "user", lambda r: {"value": "s3cr3t", "project": ""}, refs=("secret",)
     ),
     Route("GET", "/api/v1/secrets", "user", queries=("project",)),

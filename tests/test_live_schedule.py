@@ -1,8 +1,8 @@
 """The scheduler kept between changes (coordinator/live_schedule.py) places exactly what a full pass would.
 
-Random fleets (varied inventories, busy blocks, ready or not, fleets limited to projects) and random
-sequences of changes (submits with priorities, ends, stops, hosts going away and coming back, limits
-changed, projects' fair-share factors changed at a re-sync, as the housekeeping beat does): after each change, its placements and the reasons its queue shows equal those of `schedule()`
+Random fleets (varied inventories, busy blocks, ready or not, fleets limited to projects, with `placement:
+cluster` or not) and random sequences of changes (submits with priorities, ends, stops, hosts going away and
+coming back, limits and placements changed, projects' fair-share factors changed at a re-sync, as the housekeeping beat does): after each change, its placements and the reasons its queue shows equal those of `schedule()`
 run from scratch on the same jobs and hosts.
 """
 
@@ -67,11 +67,14 @@ def world_of(hosts: list[HostCapacity], shares: tuple[float, ...] = ()) -> World
 
 @st.composite
 def fleets(draw: st.DrawFn) -> list[HostCapacity]:
-    """The scheduler tests' random hosts, some in a fleet limited to one project."""
+    """The scheduler tests' random hosts, some in a fleet limited to one project; either fleet may have
+    `placement: cluster` (multi-node jobs run only there)."""
     hosts = []
+    cluster = {"default": draw(st.booleans()), "gpu-a": draw(st.booleans())}
     for h in draw(hosts_strategy()):
         h = replace(h, ready=draw(st.sampled_from((True, True, True, False))))
-        hosts.append(replace(h, fleet="gpu-a", projects=frozenset({"ml"})) if draw(st.booleans()) else h)
+        h = replace(h, fleet="gpu-a", projects=frozenset({"ml"})) if draw(st.booleans()) else h
+        hosts.append(replace(h, cluster=cluster[h.fleet]))
     return hosts
 
 
@@ -91,7 +94,20 @@ def requests(draw: st.DrawFn) -> Ask:
 # A change: (kind, a number that picks what it applies to, a request index, a priority)
 CHANGE = st.tuples(
     st.sampled_from(
-        ("submit", "submit", "submit", "end", "end", "stop", "down", "up", "remove", "back", "limit")
+        (
+            "submit",
+            "submit",
+            "submit",
+            "end",
+            "end",
+            "stop",
+            "down",
+            "up",
+            "remove",
+            "back",
+            "limit",
+            "placement",
+        )
     ),
     st.integers(0, 100),
     st.integers(0, 3),
@@ -141,6 +157,13 @@ def _apply(world: World, live: LiveSchedule, change: tuple[str, int, int, int], 
         for other in host_ids:
             if world.hosts[other].fleet == "gpu-a":
                 world.hosts[other] = replace(world.hosts[other], projects=projects)
+                if other not in world.gone:
+                    live.set_host(world.host_now(other))
+    elif kind == "placement":  # a fleet's `placement` changes between cluster and any, for each of its hosts
+        fleet = ("default", "gpu-a")[pick % 2]
+        for other in host_ids:
+            if world.hosts[other].fleet == fleet:
+                world.hosts[other] = replace(world.hosts[other], cluster=not world.hosts[other].cluster)
                 if other not in world.gone:
                     live.set_host(world.host_now(other))
     elif kind == "share":  # one project's usage moved its factor: the beat re-syncs every job with it

@@ -12,6 +12,7 @@ import pytest
 
 from coordinator.store import AllocRow
 from shared.spec import parse_spec, validate_spec
+from shared.wire import FleetSet
 from tests.harness import Cluster, cluster
 from tests.test_arrays import cli
 
@@ -54,7 +55,9 @@ async def all_nodes_ended(c: Cluster, job_id: str) -> None:
     await until_nodes(c, job_id, lambda allocs: all(a.state.terminal for a in allocs))
 
 
-def start_hosts(c: Cluster, *names: str) -> None:
+async def start_hosts(c: Cluster, *names: str) -> None:
+    """Hosts of the default fleet, made a cluster fleet (multi-node jobs run only in one)."""
+    await asyncio.to_thread(c.api.set_fleet, FleetSet(name="default", placement="cluster"))
     for i, name in enumerate(names):
         c.start_agent(name, "2xH100:80GB", internal_ip=f"127.0.0.{i + 1}")
 
@@ -62,7 +65,7 @@ def start_hosts(c: Cluster, *names: str) -> None:
 async def test_each_node_of_a_two_node_job_is_told_the_same_peers_and_its_own_rank(tmp_path: Path) -> None:
     async with cluster() as c:
         out = shared_folder(c)
-        start_hosts(c, "a", "b")
+        await start_hosts(c, "a", "b")
         job = await c.submit(GANG.format(name="pair", out=out))
         await c.wait_for(job.id, "done")
         await all_nodes_ended(c, job.id)
@@ -88,7 +91,7 @@ async def test_each_node_of_a_two_node_job_is_told_the_same_peers_and_its_own_ra
 async def test_a_two_node_job_waits_holding_nothing_while_one_host_is_busy() -> None:
     async with cluster() as c:
         out = shared_folder(c)
-        start_hosts(c, "a", "b")
+        await start_hosts(c, "a", "b")
         blocker = await c.submit("name: blocker\nresources: {gpu: 1}\ncommands: [sleep 600]\n")
         await c.wait_for(blocker.id, "running")
         job = await c.submit(GANG.format(name="pair", out=out))
@@ -119,7 +122,7 @@ commands:
 async def test_a_failing_node_stops_its_peer_and_the_job_retries_as_one() -> None:
     async with cluster() as c:
         out = shared_folder(c)
-        start_hosts(c, "a", "b")
+        await start_hosts(c, "a", "b")
         job = await c.submit(FIRST_ATTEMPT_FAILS.format(name="pair", out=out))
         done = await c.wait_for(job.id, "done", "failed", "stopped")
         await all_nodes_ended(c, job.id)
@@ -136,7 +139,7 @@ async def test_a_failing_node_stops_its_peer_and_the_job_retries_as_one() -> Non
 
 async def test_ps_counts_the_running_nodes(tmp_path: Path) -> None:
     async with cluster() as c:
-        start_hosts(c, "a", "b")
+        await start_hosts(c, "a", "b")
         job = await c.submit("name: pair\nnodes: 2\nresources: {gpu: 2}\ncommands: [sleep 600]\n")
         await until_nodes(c, job.id, lambda allocs: [a.state.value for a in allocs] == ["running"] * 2)
         code, table = await asyncio.to_thread(cli, c.api, tmp_path, "ps")

@@ -703,14 +703,19 @@ def gang(job_id: str, nodes: int, resources: str = "gpu: 8", seq: int = 0) -> Pe
     return PendingJob(job_id, msgspec.structs.replace(spec, nodes=nodes), seq)
 
 
+def node(name: str, busy: Sequence[int] = (), fleet: str = "rack") -> HostCapacity:
+    """A host of a fleet with `placement: cluster`, where multi-node jobs run."""
+    return replace(host(name, busy), fleet=fleet, cluster=True)
+
+
 def test_a_multi_node_job_takes_every_node_at_once_with_its_rank() -> None:
-    result = schedule([gang("g", 2)], [host("a"), host("b"), host("c", busy=[0])])
+    result = schedule([gang("g", 2)], [node("a"), node("b"), node("c", busy=[0])])
 
     assert [(p.node, p.host_id, len(p.gpus)) for p in result.placements] == [(0, "id-a", 8), (1, "id-b", 8)]
 
 
 def test_a_multi_node_job_holds_nothing_while_one_host_is_busy_and_smaller_jobs_go_on() -> None:
-    hosts = [host("a"), host("b", busy=[0])]
+    hosts = [node("a"), node("b", busy=[0])]
 
     result = schedule([gang("g", 2, seq=1), job("small", "gpu: 1", seq=2)], hosts)
 
@@ -719,9 +724,35 @@ def test_a_multi_node_job_holds_nothing_while_one_host_is_busy_and_smaller_jobs_
 
 
 def test_a_multi_node_job_stays_within_one_fleet() -> None:
-    hosts = [host("a"), replace(host("b"), fleet="other"), replace(host("c"), fleet="other")]
+    hosts = [node("a"), node("b", fleet="other"), node("c", fleet="other")]
 
     result = schedule([gang("g", 2)], hosts)
     assert {p.host_id for p in result.placements} == {"id-b", "id-c"}
     result = schedule([gang("g", 3)], hosts)
     assert result.pending == {"g": "no fleet has 3 hosts that can fit this job; most: 2 in fleet other"}
+
+
+def test_a_multi_node_job_runs_only_in_a_cluster_fleet_and_the_reason_says_how_to_make_one() -> None:
+    anywhere = [host("a"), host("b"), replace(host("c", gpus=["L4"]), fleet="small")]
+
+    result = schedule([gang("g", 2, "gpu: H100:8"), job("one", "gpu: 8")], anywhere)
+
+    assert [p.job_id for p in result.placements] == ["one"]  # a single-node job runs in any fleet
+    assert result.pending == {
+        "g": "no fleet with placement: cluster fits this multi-node job; hosts of fleet default do: "
+        "gpuctl fleet set default --placement cluster"
+    }
+    clustered = [replace(h, cluster=True) if h.fleet == "default" else h for h in anywhere]
+    result = schedule([gang("g", 2, "gpu: H100:8")], clustered)
+    assert {p.host_id for p in result.placements} == {"id-a", "id-b"}
+
+
+def test_a_fleet_that_cannot_hold_a_multi_node_job_is_not_named_as_one_to_make_a_cluster() -> None:
+    hosts = [host("a", gpus=["L4"]), host("b", gpus=["L4"])]
+
+    result = schedule([gang("g", 2, "gpu: H100:8")], hosts)
+
+    assert result.pending["g"] == (
+        "no host can ever fit this job: a has 1xL4 (24GB), none matching 8 H100 GPUs; "
+        "b has 1xL4 (24GB), none matching 8 H100 GPUs"
+    )
