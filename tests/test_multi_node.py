@@ -55,9 +55,14 @@ async def all_nodes_ended(c: Cluster, job_id: str) -> None:
     await until_nodes(c, job_id, lambda allocs: all(a.state.terminal for a in allocs))
 
 
-async def start_hosts(c: Cluster, *names: str) -> None:
-    """Hosts of the default fleet, made a cluster fleet (multi-node jobs run only in one)."""
+async def cluster_fleet(c: Cluster) -> None:
+    """Make the default fleet a cluster fleet: multi-node jobs run only in one."""
     await asyncio.to_thread(c.api.set_fleet, FleetSet(name="default", placement="cluster"))
+
+
+async def start_hosts(c: Cluster, *names: str) -> None:
+    """Hosts of the default fleet, made a cluster fleet."""
+    await cluster_fleet(c)
     for i, name in enumerate(names):
         c.start_agent(name, "2xH100:80GB", internal_ip=f"127.0.0.{i + 1}")
 

@@ -20,7 +20,7 @@ from tests.docker_engine import Engine, busybox_rootfs, busybox_static
 from tests.harness import cluster
 from tests.real_parts import part_missing
 from tests.test_container_isolation import commands, member_of, submit
-from tests.test_multi_node import all_nodes_ended, shared_folder, start_hosts, until_nodes
+from tests.test_multi_node import all_nodes_ended, cluster_fleet, shared_folder, start_hosts, until_nodes
 
 pytestmark = pytest.mark.asyncio
 
@@ -54,7 +54,7 @@ async def test_node_0_runs_a_command_on_node_1_over_ssh_and_mpirun_reaches_both_
     need_ssh_and_mpi()
     async with cluster() as c:
         out = shared_folder(c)
-        start_hosts(c, "a", "b")
+        await start_hosts(c, "a", "b")
         job = await c.submit(
             peer_job(
                 "mpi",
@@ -89,6 +89,7 @@ async def test_another_jobs_key_and_files_do_not_let_it_in() -> None:
     need_ssh_and_mpi()
     async with cluster() as c:
         out = shared_folder(c)
+        await cluster_fleet(c)
         for i, name in enumerate(("a", "b")):
             c.start_agent(name, "4xH100:80GB", internal_ip=f"127.0.0.{i + 1}")
         alpha, beta = await member_of(c, "alpha"), await member_of(c, "beta")
@@ -128,6 +129,7 @@ async def test_a_two_node_container_job_is_on_the_hosts_network_with_its_hostfil
 ) -> None:
     async with cluster() as c:
         out = shared_folder(c)
+        await cluster_fleet(c)
         for i, name in enumerate(("da", "db")):
             c.start_agent(
                 name,
@@ -208,6 +210,7 @@ async def test_node_0_of_a_container_job_runs_a_command_in_node_1s_container_ove
 ) -> None:
     async with cluster() as c:
         out = shared_folder(c)
+        await cluster_fleet(c)
         for i, name in enumerate(("sa", "sb")):
             c.start_agent(
                 name,

@@ -56,7 +56,7 @@ async def test_a_node_that_starts_later_starts_only_once_the_first_has(
     Its own clock reading at its start comes after the coordinator learned that the first node had started."""
     async with cluster() as c:
         out = shared_folder(c)
-        start_hosts(c, "a", "b")  # equal hosts: node 0 goes to a, node 1 to b
+        await start_hosts(c, "a", "b")  # equal hosts: node 0 goes to a, node 1 to b
         await hosts_ready(c, "a", "b")
         host_of_first = "ab"[first]
         await c.stop_agent(host_of_first)  # still reachable for the coordinator: its lease runs
@@ -96,7 +96,7 @@ async def test_under_master_done_the_master_ends_the_job_and_its_workers_are_sto
     code: int, status: str
 ) -> None:
     async with cluster() as c:
-        start_hosts(c, "a", "b")
+        await start_hosts(c, "a", "b")
         job = await c.submit(MASTER_DONE.format(code=code))
         ended = await c.wait_for(job.id, "done", "failed", "stopped")
         await all_nodes_ended(c, job.id)
@@ -134,7 +134,7 @@ groups:
 async def test_each_group_runs_its_own_commands_with_ranks_in_group_order() -> None:
     async with cluster() as c:
         out = shared_folder(c)
-        start_hosts(c, "a", "b", "c")
+        await start_hosts(c, "a", "b", "c")
         job = await c.submit(GROUPS.replace("OUT", str(out)))
         ended = await c.wait_for(job.id, "done", "failed")
         await all_nodes_ended(c, job.id)
@@ -283,7 +283,7 @@ async def test_dstacks_torchrun_task_file_runs_on_two_hosts() -> None:
         torchrun = out / "torchrun"
         torchrun.write_text(FAKE_TORCHRUN)
         torchrun.chmod(0o755)
-        start_hosts(c, "a", "b")
+        await start_hosts(c, "a", "b")
         job = await c.submit(runnable(DSTACK_TORCHRUN, torchrun))
         await c.wait_for(job.id, "done")
         await all_nodes_ended(c, job.id)
@@ -311,7 +311,7 @@ async def test_a_job_stopped_while_a_node_waits_for_its_peer_ends_every_node(
     to its agent. Stopping the job ends it there and then (as `gpuctl stop` does node 0, or as a node's end
     does its peers), and the other node when its agent is back; neither started."""
     async with cluster() as c:
-        start_hosts(c, "a", "b")
+        await start_hosts(c, "a", "b")
         await hosts_ready(c, "a", "b")
         await c.stop_agent(down)
         job = await c.submit(ORDERED.format(order=order, out="/nonexistent"))
@@ -333,7 +333,7 @@ async def test_a_job_with_a_startup_order_retries_as_one_and_keeps_the_order() -
     text = FIRST_ATTEMPT_FAILS.replace("nodes: 2\n", "nodes: 2\nstartup_order: master-first\n")
     async with cluster() as c:
         out = shared_folder(c)
-        start_hosts(c, "a", "b")
+        await start_hosts(c, "a", "b")
         job = await c.submit(text.format(name="pair", out=out))
         done = await c.wait_for(job.id, "done", "failed", "stopped")
         await all_nodes_ended(c, job.id)
