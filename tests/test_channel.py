@@ -5,15 +5,24 @@ plain-process jobs, real TLS, real processes and sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from cli.api import ApiError
 from cli.config import CliConfig
-from cli.remote import ExecRequest, Forward, exec_stream, listen
+from cli.remote import LOST_EXIT_CODE, ExecRequest, Forward, exec_stream, listen
+from coordinator.api_channel import CHANNELS
+from coordinator.channels import RelayStream
+from shared import constants as C
+from shared import tls_contexts as tls
+from shared.channel import WINDOW_BYTES, BadFrame, Data, Open, RecvWindow, SendCredit, TcpOpen, encode
 from tests.harness import Cluster, child_pid, cluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -151,3 +160,169 @@ async def _http_get(port: int, path: str) -> bytes:
     body = await reader.read()
     writer.close()
     return body
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _httpd_job(port: int, big_bytes: int = 0) -> str:
+    """A plain-process job serving its work dir with busybox's httpd: `small` (known bytes), and `big`."""
+    make_big = f"head -c {big_bytes} /dev/zero > big" if big_bytes else "true"
+    return (
+        "name: web\ncommands:\n"
+        "  - for i in $(seq 1 2000); do echo line $i; done > small\n"
+        f"  - {make_big}\n"
+        f"  - exec busybox httpd -f -p 127.0.0.1:{port} -h .\n"
+    )
+
+
+SMALL = "".join(f"line {i}\n" for i in range(1, 2001)).encode()
+
+
+async def _get(port: int, path: str) -> bytes:
+    """The body of an HTTP/1.0 GET through 127.0.0.1:`port`."""
+    response = await _http_get(port, path)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head[:200]
+    return body
+
+
+async def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(what)
+
+
+async def test_port_forward_carries_many_connections_at_once(one_host: Cluster) -> None:
+    c = one_host
+    port = _free_port()
+    job_id = await _running(c, _httpd_job(port))
+    said: list[str] = []
+    servers = await listen(c.api.config, job_id, [Forward(0, port)], say=said.append)
+    local = servers[0].sockets[0].getsockname()[1]
+    assert said == [f"Forwarding from 127.0.0.1:{local} -> {port}"]
+    await _until(lambda: _answers(port), "the job's httpd to listen")
+    bodies = await asyncio.gather(*(_get(local, "/small") for _ in range(50)))
+    assert all(body == SMALL for body in bodies)
+    assert said[1:] == []
+    # a port nobody listens on: the connection closes, and the reason is said
+    dead = _free_port()
+    servers += await listen(c.api.config, job_id, [Forward(0, dead)], say=said.append)
+    assert await _http_get(servers[-1].sockets[0].getsockname()[1], "/") == b""
+    assert said[-1].startswith(f"port {dead}: port {dead} of the job: "), said
+    for server in servers:
+        server.close()
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_a_100_mb_download_is_not_held_by_the_coordinator(one_host: Cluster) -> None:
+    """The reader stops reading: the coordinator holds at most one window of the stream, and the process
+    (coordinator, agent and CLI together) does not grow by the download's size; then all of it arrives."""
+    c = one_host
+    port, size = _free_port(), 100 * 1000 * 1000
+    job_id = await _running(c, _httpd_job(port, size))
+    await _until(lambda: _answers(port), "the job's httpd to listen")
+    servers = await listen(c.api.config, job_id, [Forward(0, port)], say=lambda line: None)
+    rss_before = _rss_bytes()
+    reader, writer = await asyncio.open_connection("127.0.0.1", servers[0].sockets[0].getsockname()[1])
+    writer.write(b"GET /big HTTP/1.0\r\n\r\n")
+    streams = _coordinator_streams(c)
+
+    def stalled() -> bool:  # on a full window, or on memory a bounded relay never takes
+        full = len(streams()) == 1 and streams()[0].window.held == WINDOW_BYTES
+        return full or _rss_bytes() - rss_before >= size // 4
+
+    await _until(stalled, "the relay to stall on its window")
+    await asyncio.sleep(1.0)  # room for a relay that would buffer past its window to do so
+    assert _rss_bytes() - rss_before < size // 4
+    assert streams()[0].window.held == WINDOW_BYTES
+    received = 0
+    while chunk := await reader.read(1 << 20):
+        received += len(chunk)
+    writer.close()
+    assert received > size  # the body and the headers
+    assert _rss_bytes() - rss_before < size // 4
+    servers[0].close()
+
+
+def _coordinator_streams(c: Cluster) -> Callable[[], list[RelayStream]]:
+    channels = c.coordinator.runner.app[CHANNELS]
+    return lambda: [s for channel in channels.by_host.values() for s in channel.streams.values()]
+
+
+def _rss_bytes() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024  # type: ignore[union-attr]
+
+
+async def test_a_bad_frame_from_an_agent_closes_only_its_channel(one_host: Cluster) -> None:
+    c = one_host
+    job_id = await _running(c)
+    rogue = c.agent_config("rogue", "1xH100:80GB")  # a real certificate of this cluster; no agent runs it
+    context = tls.client_context(rogue.ca_file, rogue.cert_file, rogue.key_file)
+    url = f"{c.coordinator.url}{C.AGENT_PREFIX}/channel"
+    wrong_way = encode(Open(1, TcpOpen("a1", 22)))  # an agent may never open a stream
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        for bad in (b"\x93\xa4junk", wrong_way, encode(Data(1, b"x")) + b"trailing"):
+            async with session.ws_connect(url, headers={C.PROTOCOL_HEADER: C.PROTOCOL_VERSION}) as ws:
+                await ws.send_bytes(bad)
+                message = await ws.receive()
+                assert message.type is aiohttp.WSMsgType.CLOSE, message
+                assert ws.close_code == aiohttp.WSCloseCode.PROTOCOL_ERROR
+    # the real agent's channel was never touched
+    code, output = await _exec(c, ExecRequest(job_id, ("echo", "still here")))
+    assert (code, output.out) == (0, "still here\n")
+
+
+async def test_a_peer_past_its_window_breaks_the_protocol() -> None:
+    """What closes a channel whose agent sends more than it was granted, or grants more than it got."""
+    window = RecvWindow()
+    window.received(WINDOW_BYTES)
+    with pytest.raises(BadFrame, match="past its window"):
+        window.received(1)
+    credit = SendCredit()
+    assert await credit.take(WINDOW_BYTES + 10) == WINDOW_BYTES
+    credit.grant(100)
+    with pytest.raises(BadFrame, match="past"):
+        credit.grant(WINDOW_BYTES)
+
+
+async def test_a_dropped_channel_ends_its_streams_with_the_reason_and_the_agent_comes_back(
+    one_host: Cluster,
+) -> None:
+    c = one_host
+    job_id = await _running(c)
+    channels = c.coordinator.runner.app[CHANNELS]
+    await _until(lambda: "host-a" in channels.by_host, "the agent's channel")
+    marker = f"{os.getpid() % 1000 + 7000}"  # a sleep this test alone runs
+    output = Output()
+    request = ExecRequest(job_id, ("sh", "-c", f"echo started; exec sleep {marker}"))
+    run = asyncio.create_task(exec_stream(c.api.config, request, output))
+    await output.wait_for("started")
+    await _until(lambda: _running_sleep(marker), "the command to run")
+    old = channels.by_host["host-a"]
+    await old.ws.close()
+    assert await asyncio.wait_for(run, 30) == LOST_EXIT_CODE
+    assert output.err.startswith("gpuctl exec: host host-a: channel dropped: "), output.err
+    await _until(lambda: not _running_sleep(marker), "the cut command to be killed")
+    await _until(lambda: channels.by_host.get("host-a") not in (None, old), "the agent to reconnect")
+    code, output = await _exec(c, ExecRequest(job_id, ("echo", "again")))
+    assert (code, output.out) == (0, "again\n")
+
+
+def _running_sleep(marker: str) -> bool:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if cmdline.read_bytes() == f"sleep\0{marker}\0".encode():
+                return True
+    return False
