@@ -118,10 +118,10 @@ class Channel:
     def _open(self, frame: Open) -> None:
         if frame.stream in self.streams:
             raise BadFrame(f"open: stream {frame.stream} is open already")
-        if len(self.streams) >= MAX_STREAMS_PER_AGENT:
-            refusal = Close(frame.stream, error=f"this host has {MAX_STREAMS_PER_AGENT} streams open already")
-            self.tasks[-frame.stream] = asyncio.create_task(self._say(refusal))
-            return
+        if (
+            len(self.streams) >= MAX_STREAMS_PER_AGENT
+        ):  # the coordinator keeps to it: one that does not is broken
+            raise BadFrame(f"open: past {MAX_STREAMS_PER_AGENT} streams at once")
         stream = self.streams[frame.stream] = Stream(frame.stream, self.send)
         self.tasks[frame.stream] = asyncio.create_task(
             self._run(stream, frame.what), name=f"stream-{frame.stream}"
@@ -144,9 +144,5 @@ class Channel:
             log.error("channel: stream %d: %s", stream.id, exc)
             error = str(exc)
         self._forget(stream.id)
-        await self._say(Close(stream.id, exit_code, short(error)))
-
-    async def _say(self, frame: Close) -> None:
         with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-            await self.send(frame)
-        self.tasks.pop(-frame.stream, None)
+            await self.send(Close(stream.id, exit_code, short(error)))

@@ -104,15 +104,23 @@ def _raw(wanted: bool) -> Iterator[None]:
 @click.option("--address", default="127.0.0.1", show_default=True, help="The local address to listen on.")
 @click.option("--node", type=click.IntRange(min=0), default=0, help="A multi-node job's node (default: 0).")
 @click.argument("job")
-@click.argument("ports", nargs=-1, required=True, metavar="[LOCAL:]REMOTE...")
+@click.argument("ports", nargs=-1, metavar="[[LOCAL:]REMOTE]...")
 def port_forward(address: str, node: int, job: str, ports: tuple[str, ...]) -> None:
-    """Forward local ports to a running job's ports, until Ctrl-C. LOCAL 0 picks a free port."""
-    from cli.remote import listen, parse_forward, stderr_say
+    """Forward local ports to a running job's ports, until Ctrl-C: those named (LOCAL 0 picks a free port),
+    else those its task declares in `ports:`. Listens on 127.0.0.1 unless --address says otherwise."""
+    from cli.remote import Forward, listen, parse_forward, stderr_say
 
     try:
         forwards = [parse_forward(text) for text in ports]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="ports") from None
+    if not forwards:
+        from cli.session import call
+
+        declared = call(lambda client: client.job(job)).spec.ports
+        if not declared:
+            raise click.ClickException(f"job {job} declares no ports: name them, [LOCAL:]REMOTE")
+        forwards = [Forward(p.local_port or 0, p.port) for p in declared]
 
     async def run() -> None:
         servers = await listen(_config(), job, forwards, address, node, stderr_say)

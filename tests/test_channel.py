@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import socket
@@ -24,6 +25,7 @@ from shared import constants as C
 from shared import tls_contexts as tls
 from shared.channel import WINDOW_BYTES, BadFrame, Data, Open, RecvWindow, SendCredit, TcpOpen, encode
 from tests.harness import Cluster, child_pid, cluster
+from tests.test_cli import GPUCTL, ROOT
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -326,3 +328,53 @@ def _running_sleep(marker: str) -> bool:
             if cmdline.read_bytes() == f"sleep\0{marker}\0".encode():
                 return True
     return False
+
+
+async def _gpuctl(c: Cluster, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """The real `gpuctl` command, in a process of its own, against the cluster."""
+    config = c.root / "cli.json"
+    config.write_text(
+        json.dumps(
+            {"url": c.api.config.url, "token": c.api.config.token, "ca_file": str(c.api.config.ca_file)}
+        )
+    )
+    process = await asyncio.create_subprocess_exec(
+        *GPUCTL, *args, env=dict(os.environ, GPUCTL_CONFIG=str(config)), cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_commands_exec_and_port_forward_a_tasks_declared_ports(one_host: Cluster) -> None:
+    c = one_host
+    port = _free_port()
+    job_id = await _running(c, _httpd_job(port) + f"ports: ['*:{port}']\n")
+    assert await _gpuctl(c, "exec", job_id, "--", "sh", "-c", "echo out; echo err >&2; exit 5") == (
+        5,
+        "out\n",
+        "err\n",
+    )
+    assert await _gpuctl(c, "exec", "-i", job_id, "--", "wc", "-c", stdin=b"x" * 300_000) == (
+        0,
+        "300000\n",
+        "",
+    )
+    assert (await _gpuctl(c, "exec", "nosuchjob", "--", "true"))[2] == "Error: no job 'nosuchjob'\n"
+
+    config = c.root / "cli.json"
+    forward = await asyncio.create_subprocess_exec(
+        *GPUCTL, "port-forward", job_id, env=dict(os.environ, GPUCTL_CONFIG=str(config)), cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert forward.stderr is not None
+        line = (await asyncio.wait_for(forward.stderr.readline(), 30)).decode()
+        match = re.fullmatch(rf"Forwarding from 127\.0\.0\.1:(\d+) -> {port}\n", line)
+        assert match, line
+        await _until(lambda: _answers(port), "the job's httpd to listen")
+        assert await _get(int(match.group(1)), "/small") == SMALL
+    finally:
+        forward.terminate()
+        await forward.wait()

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from shared.spec.model import (
         RETRY_EVENTS,
         GpuRequest,
+        PortMapping,
         Range,
         RegistryAuth,
         Repo,
@@ -91,6 +92,7 @@ __all__ = [
     "RegistryAuth",
     "Repo",
     "Resources",
+    "PortMapping",
     "RetryPolicy",
     "Schedule",
     "SpecError",

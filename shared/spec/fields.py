@@ -21,7 +21,7 @@ class FieldGroup(enum.Enum):
 
 _ACTS = (
     "type name image commands env resources nodes volumes working_dir max_duration stop_duration priority "
-    "fleets privileged files registry_auth python shell repos retry schedule "
+    "fleets privileged files registry_auth python shell repos retry schedule ports "
     "lost_after"  # gpuctl's own: how long a job's host may be silent before its allocation is lost
 )
 _CLOUD_ONLY = (
@@ -33,7 +33,6 @@ _NOT_YET = "node groups, startup order and stop criteria of multi-node jobs are 
 
 # Why each refused field is refused, and what to do instead.
 REFUSED_ADVICE = {
-    "ports": "not supported yet; remove it (jobs run on the host's network: reach the port there)",
     "groups": f"not supported yet ({_NOT_YET}); remove it",
     "startup_order": f"not supported yet ({_NOT_YET}); remove it",
     "stop_criteria": f"not supported yet ({_NOT_YET}); remove it",

@@ -79,6 +79,13 @@ class Schedule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cron: tuple[str, ...]  # five-field cron lines (shared/cron.py)
 
 
+class PortMapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One of dstack's `ports:`: the job's `port`, forwarded from `local_port` (None: any free one)."""
+
+    port: int
+    local_port: int | None = None
+
+
 class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Empty only for a job with an image: it runs the image's own entrypoint and command (as dstack does).
     commands: tuple[str, ...] = ()
@@ -113,6 +120,7 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # coordinator's `lost_after`)
     lost_after_s: int | None = None
     schedule: Schedule | None = None  # None: one job, now
+    ports: tuple[PortMapping, ...] = ()  # what `gpuctl port-forward JOB` forwards when it names no port
 
 
 @dataclass(frozen=True)
