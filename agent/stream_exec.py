@@ -2,8 +2,8 @@
 code back.
 
 A plain-process job's command runs as the job's user, in the job's working directory, with the job's
-environment, inside the job's cgroups (through agent/runtime/exec_helper.py). (A container job's will use
-the engine's exec API; not yet.) With `tty`, the command gets a pseudo-terminal of its
+environment, inside the job's cgroups (through agent/runtime/exec_helper.py); a container job's through the
+engine's exec API (agent/runtime/container_exec.py). With `tty`, the command gets a pseudo-terminal of its
 own, sized and resized by the user's terminal. When the stream is cut (the user went, the channel dropped),
 the command's whole process group is killed; a command that ends by itself may leave work behind.
 """
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.executor import Executor
+from agent.runtime.container_exec import run_container_exec
+from agent.runtime.docker import DockerRuntime
 from agent.runtime.shim import START_FILE
 from agent.streams import Stream, StreamRefused, running_alloc
 from shared.aio import cancel_and_wait
@@ -64,7 +66,10 @@ async def run_exec(stream: Stream, what: ExecOpen, executor: Executor) -> int | 
     """Run the command to its end; answers its exit code (negative: the signal that killed it)."""
     local = running_alloc(executor, what.alloc_id)
     if local.spec.spec.image:
-        raise StreamRefused("exec into a container job is not supported yet; plain-process jobs only")
+        runtime = executor.runtimes.get("docker")
+        if not isinstance(runtime, DockerRuntime):
+            raise StreamRefused("this agent has no Docker engine for the job's container")
+        return await run_container_exec(stream, what, runtime.host.client)
     context = job_context(local.dir)
     argv = helper_argv(context, what.tty, what.argv)
     if what.tty:

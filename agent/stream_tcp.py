@@ -1,9 +1,8 @@
 """A tcp stream (`gpuctl port-forward`, and later services and ssh): a TCP connection from this agent to a
 port of a running job, its bytes both ways over the stream, half-closes included.
 
-The job's address is this host's loopback for a plain-process job (it shares the host's network); a
-container job's will be its container's address on the engine's network (not yet). Only a job running here
-is reached.
+The job's address is this host's loopback: plain-process jobs and containers alike run on the host's network
+(agent/runtime/container.py). Only a job running here is reached, and only while it runs.
 """
 
 from __future__ import annotations
@@ -21,13 +20,10 @@ LOOPBACK = "127.0.0.1"
 
 async def run_tcp(stream: Stream, what: TcpOpen, executor: Executor) -> int | None:
     """Carry the connection until both sides have ended it."""
-    local = running_alloc(executor, what.alloc_id)
-    if local.spec.spec.image:
-        raise StreamRefused("port-forward to a container job is not supported yet; plain-process jobs only")
-    host = LOOPBACK
+    running_alloc(executor, what.alloc_id)
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection(host, what.port)
+            reader, writer = await asyncio.open_connection(LOOPBACK, what.port)
     except TimeoutError:
         raise StreamRefused(f"port {what.port} of the job: no answer in {CONNECT_TIMEOUT_S:.0f} s") from None
     except OSError as exc:
