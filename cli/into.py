@@ -1,5 +1,5 @@
-"""The commands that reach into a running job: `gpuctl exec`, `gpuctl port-forward`, and `gpuctl audit` (who
-did, admins only). Each wires the terminal or the sockets to a plain function of cli/remote.py."""
+"""The commands that reach into a running job: `gpuctl exec`, `gpuctl port-forward`, `gpuctl attach`, and
+`gpuctl audit` (who did, admins only). Each wires the terminal or the sockets to a plain function of cli/remote.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import click
 
@@ -136,6 +136,53 @@ def port_forward(address: str, node: int, job: str, ports: tuple[str, ...]) -> N
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         pass
+
+
+@click.command("attach")
+@click.option("--node", type=click.IntRange(min=0), default=0, help="A multi-node job's node (default: 0).")
+@click.argument("job")
+def attach(node: int, job: str) -> None:
+    """Forward the ports a job declares (`ports:`) and follow its output until it ends, as dstack's attach
+    does; exits with the job's exit code."""
+    from cli.follow import follow_logs
+    from cli.remote import Forward, listen, stderr_say
+    from cli.session import api, call
+
+    client = api()
+    forwards = [Forward(p.local_port or 0, p.port) for p in call(lambda c: c.job(job)).spec.ports]
+
+    async def run() -> int:
+        servers = await listen(client.config, job, forwards, "127.0.0.1", node, stderr_say)
+        try:
+            return await _in_thread(lambda: follow_logs(client, job, follow=True, node=node))
+        finally:
+            for server in servers:
+                server.close()
+
+    try:
+        code = asyncio.run(run())
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+async def _in_thread(call: Callable[[], int]) -> int:
+    """`call` in a daemon thread: Ctrl-C need not wait for a long poll of the logs to return."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+
+    def target() -> None:
+        try:
+            result = call()
+        except BaseException as exc:  # noqa: BLE001 (handed to the loop, which raises it)
+            loop.call_soon_threadsafe(done.set_exception, exc)
+        else:
+            loop.call_soon_threadsafe(done.set_result, result)
+
+    threading.Thread(target=target, daemon=True, name="logs").start()
+    return await done
 
 
 @click.command("audit")

@@ -39,6 +39,7 @@ class LazyGroup(click.Group):
         "secret": "cli.secrets:secret",
         "exec": "cli.into:exec_command",
         "port-forward": "cli.into:port_forward",
+        "attach": "cli.into:attach",
         "audit": "cli.into:audit",
     }
 

@@ -330,16 +330,21 @@ def _running_sleep(marker: str) -> bool:
     return False
 
 
-async def _gpuctl(c: Cluster, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
-    """The real `gpuctl` command, in a process of its own, against the cluster."""
+def _cli_env(c: Cluster) -> dict[str, str]:
+    """The environment of a `gpuctl` process that talks to the cluster as its admin."""
     config = c.root / "cli.json"
     config.write_text(
         json.dumps(
             {"url": c.api.config.url, "token": c.api.config.token, "ca_file": str(c.api.config.ca_file)}
         )
     )
+    return dict(os.environ, GPUCTL_CONFIG=str(config))
+
+
+async def _gpuctl(c: Cluster, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """The real `gpuctl` command, in a process of its own, against the cluster."""
     process = await asyncio.create_subprocess_exec(
-        *GPUCTL, *args, env=dict(os.environ, GPUCTL_CONFIG=str(config)), cwd=ROOT,
+        *GPUCTL, *args, env=_cli_env(c), cwd=ROOT,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(stdin), 60)
@@ -351,21 +356,14 @@ async def test_the_commands_exec_and_port_forward_a_tasks_declared_ports(one_hos
     c = one_host
     port = _free_port()
     job_id = await _running(c, _httpd_job(port) + f"ports: ['*:{port}']\n")
-    assert await _gpuctl(c, "exec", job_id, "--", "sh", "-c", "echo out; echo err >&2; exit 5") == (
-        5,
-        "out\n",
-        "err\n",
-    )
-    assert await _gpuctl(c, "exec", "-i", job_id, "--", "wc", "-c", stdin=b"x" * 300_000) == (
-        0,
-        "300000\n",
-        "",
-    )
+    done = await _gpuctl(c, "exec", job_id, "--", "sh", "-c", "echo out; echo err >&2; exit 5")
+    assert done == (5, "out\n", "err\n")
+    done = await _gpuctl(c, "exec", "-i", job_id, "--", "wc", "-c", stdin=b"x" * 300_000)
+    assert done == (0, "300000\n", "")
     assert (await _gpuctl(c, "exec", "nosuchjob", "--", "true"))[2] == "Error: no job 'nosuchjob'\n"
 
-    config = c.root / "cli.json"
     forward = await asyncio.create_subprocess_exec(
-        *GPUCTL, "port-forward", job_id, env=dict(os.environ, GPUCTL_CONFIG=str(config)), cwd=ROOT,
+        *GPUCTL, "port-forward", job_id, env=_cli_env(c), cwd=ROOT,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -378,3 +376,26 @@ async def test_the_commands_exec_and_port_forward_a_tasks_declared_ports(one_hos
     finally:
         forward.terminate()
         await forward.wait()
+
+
+async def test_attach_forwards_the_declared_ports_and_follows_the_log_to_the_jobs_end(
+    one_host: Cluster,
+) -> None:
+    c = one_host
+    port = _free_port()
+    job_id = await _running(
+        c, _httpd_job(port).replace("exec busybox", "echo serving; exec busybox") + f"ports: ['*:{port}']\n"
+    )
+    attach = await asyncio.create_subprocess_exec(
+        *GPUCTL, "attach", job_id, env=_cli_env(c), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert attach.stdout is not None and attach.stderr is not None
+    line = (await asyncio.wait_for(attach.stderr.readline(), 30)).decode()
+    match = re.fullmatch(rf"Forwarding from 127\.0\.0\.1:(\d+) -> {port}\n", line)
+    assert match, line
+    assert (await asyncio.wait_for(attach.stdout.readline(), 30)) == b"serving\n"
+    await _until(lambda: _answers(port), "the job's httpd to listen")
+    assert await _get(int(match.group(1)), "/small") == SMALL
+    await asyncio.to_thread(c.api.stop, job_id)
+    assert await asyncio.wait_for(attach.wait(), 60) != 0  # the job's end ends it, with the job's code
