@@ -15,15 +15,26 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from cli.api import ApiError
 from cli.config import CliConfig
 from cli.remote import LOST_EXIT_CODE, ExecRequest, Forward, exec_stream, listen
 from coordinator.api_channel import CHANNELS
-from coordinator.channels import RelayStream
+from coordinator.channels import AgentChannel, NoChannel, RelayStream
 from shared import constants as C
 from shared import tls_contexts as tls
-from shared.channel import WINDOW_BYTES, BadFrame, Data, Open, RecvWindow, SendCredit, TcpOpen, encode
+from shared.channel import (
+    MAX_STREAMS_PER_AGENT,
+    WINDOW_BYTES,
+    BadFrame,
+    Data,
+    Open,
+    RecvWindow,
+    SendCredit,
+    TcpOpen,
+    encode,
+)
 from tests.harness import Cluster, child_pid, cluster
 from tests.test_cli import GPUCTL, ROOT
 
@@ -361,6 +372,10 @@ async def test_the_commands_exec_and_port_forward_a_tasks_declared_ports(one_hos
     done = await _gpuctl(c, "exec", "-i", job_id, "--", "wc", "-c", stdin=b"x" * 300_000)
     assert done == (0, "300000\n", "")
     assert (await _gpuctl(c, "exec", "nosuchjob", "--", "true"))[2] == "Error: no job 'nosuchjob'\n"
+    code, out, _ = await _gpuctl(c, "audit", "--job", job_id)
+    assert code == 0 and len(out.splitlines()) == 2, out
+    assert re.search(rf"admin +default +{job_id} node 0  exit 0 +wc -c$", out.splitlines()[0]), out
+    assert out.splitlines()[1].endswith("exit 5       sh -c 'echo out; echo err >&2; exit 5'"), out
 
     forward = await asyncio.create_subprocess_exec(
         *GPUCTL, "port-forward", job_id, env=_cli_env(c), cwd=ROOT,
@@ -399,3 +414,12 @@ async def test_attach_forwards_the_declared_ports_and_follows_the_log_to_the_job
     assert await _get(int(match.group(1)), "/small") == SMALL
     await asyncio.to_thread(c.api.stop, job_id)
     assert await asyncio.wait_for(attach.wait(), 60) != 0  # the job's end ends it, with the job's code
+
+
+def test_an_agents_channel_holds_a_bounded_number_of_streams() -> None:
+    channel = AgentChannel("host-x", web.WebSocketResponse())
+    opened = [channel.open() for _ in range(MAX_STREAMS_PER_AGENT)]
+    with pytest.raises(NoChannel, match=f"host host-x has {MAX_STREAMS_PER_AGENT} streams open"):
+        channel.open()
+    channel.forget(opened[0])
+    channel.open()
