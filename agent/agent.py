@@ -242,7 +242,7 @@ async def _run_agent(
                     exec_loop(executor, state, client, config.stop_after_coordinator_lost_s), name="executor"
                 )
                 tg.create_task(ship_loop(client, executor, state), name="logs")
-                tg.create_task(channel_loop(client, executor), name="channel")
+                tg.create_task(channel_loop(client, executor, state.synced_once), name="channel")
                 tg.create_task(
                     redetect_loop(redetect or (lambda: detect(config)), state, redetect_interval_s, adopt),
                     name="redetect",

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.client import CoordinatorClient, protocol_headers
+from agent.client import CoordinatorClient, protocol_headers, retry_after
 from agent.executor import Executor
 from agent.stream_exec import run_exec
 from agent.stream_tcp import run_tcp
@@ -54,23 +54,27 @@ Handler = Callable[[Stream, Any, Executor], Awaitable[int | None]]
 HANDLERS: dict[type, Handler] = {ExecOpen: run_exec, TcpOpen: run_tcp}
 
 
-async def channel_loop(client: CoordinatorClient, executor: Executor) -> None:
-    """Keep the channel open until cancelled."""
+async def channel_loop(client: CoordinatorClient, executor: Executor, synced: asyncio.Event) -> None:
+    """Keep the channel open until cancelled, from the first successful sync on (a coordinator that refuses
+    this agent's syncs, busy or not serving its version, hears no channel either)."""
     url = f"{client.base_url}{C.AGENT_PREFIX}/channel"
     backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
+    await synced.wait()
     while True:
-        opened_at = time.monotonic()
+        opened_at, retry_after_s = time.monotonic(), None
         try:
             async with client.session.ws_connect(
                 url, headers=protocol_headers(), heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES
             ) as ws:
                 log.info("channel to the coordinator open")
                 reason = await Channel(ws, executor).serve()
+        except aiohttp.WSServerHandshakeError as exc:  # a refusal: 429 and 503 say when to come back
+            reason, retry_after_s = f"the coordinator answered {exc.status}", retry_after(exc.headers)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             reason = reason_of(exc)
         if time.monotonic() - opened_at >= STABLE_AFTER_S:
             backoff.reset()
-        delay_s = backoff.delay_s()
+        delay_s = backoff.delay_s(retry_after_s)
         log.warning("channel to the coordinator down: %s; again in %.1f s", reason, delay_s)
         await asyncio.sleep(delay_s)
 
@@ -140,9 +144,9 @@ class Channel:
             error = str(exc)
         except (OSError, aiohttp.ClientError) as exc:
             error = reason_of(exc)
-        except BadFrame as exc:  # the coordinator broke the protocol on this stream
-            log.error("channel: stream %d: %s", stream.id, exc)
-            error = str(exc)
+        except Exception as exc:  # a fault here, or the coordinator broke the protocol: the stream still ends
+            log.exception("channel: stream %d failed", stream.id)
+            error = reason_of(exc)
         self._forget(stream.id)
         with contextlib.suppress(ConnectionError, aiohttp.ClientError):
             await self.send(Close(stream.id, exit_code, short(error)))

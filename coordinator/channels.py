@@ -163,17 +163,17 @@ class Channels:
 async def relay(stream: RelayStream, user: web.WebSocketResponse, opening: ExecOpen | TcpOpen) -> Close:
     """Open the stream on the agent, then carry it both ways until it ends; answers its Close (sent to the
     user too). A user who goes away closes the stream on the agent (its command is killed)."""
-    channel = stream.channel
-    await channel.send(Open(stream.id, opening))
-    upstream = asyncio.create_task(_from_user(stream, user))
+    channel, upstream = stream.channel, None
     try:
-        close = await _to_user(stream, user)
+        await channel.send(Open(stream.id, opening))
+        upstream = asyncio.create_task(_from_user(stream, user))
+        return await _to_user(stream, user)
     finally:
-        upstream.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await upstream
+        if upstream is not None:
+            upstream.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await upstream
         channel.forget(stream)
-    return close
 
 
 async def _to_user(stream: RelayStream, user: web.WebSocketResponse) -> Close:

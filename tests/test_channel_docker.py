@@ -37,15 +37,17 @@ async def test_exec_and_port_forward_into_a_container(docker_engine: Engine) -> 
 
         output = Output()
         resizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
-        script = "tty; stty size; trap 'stty size; exit 0' WINCH; echo waiting; while :; do sleep 0.05; done"
+        # the engine sizes an exec's terminal just after it starts (as `docker exec` does): only resizes are
+        # checked, not the size the command saw first
+        script = "tty; trap 'stty size; exit 0' WINCH; echo waiting; while :; do sleep 0.05; done"
         request = ExecRequest(job_id, ("sh", "-c", script), tty=True, rows=12, cols=34)
         run = asyncio.create_task(exec_stream(c.api.config, request, output, asyncio.Queue(), resizes))
         await output.wait_for("waiting")
         resizes.put_nowait((40, 120))
         assert await asyncio.wait_for(run, 30) == 0
         lines = output.out.replace("\r", "").split("\n")
-        assert re.fullmatch(r"/dev/pts/\d+", lines[0]) and lines[1] == "12 34", output.out
-        assert "40 120" in lines[2:], output.out
+        assert re.fullmatch(r"/dev/pts/\d+", lines[0]), output.out
+        assert "40 120" in lines[1:], output.out
 
         servers = await listen(c.api.config, job_id, [Forward(0, port)], say=lambda line: None)
         await _until(lambda: _answers(port), "the container's httpd to listen")
