@@ -159,7 +159,12 @@ async def _refuse(ws: web.WebSocketResponse, error: str) -> None:
 
 def add_routes(app: web.Application) -> None:
     coord = app[COORDINATOR]
-    app[CHANNELS] = Channels()
+    app[CHANNELS] = channels = Channels()
+
+    async def close_channels(_app: web.Application) -> None:
+        await channels.close_all()
+
+    app.on_shutdown.append(close_channels)
     app[AUDIT] = AuditLog(coord.store)
     app.router.add_get(f"{C.AGENT_PREFIX}/channel", agent_channel)
     app.router.add_get(f"{C.API_PREFIX}/jobs/{{ref}}/exec", job_exec)

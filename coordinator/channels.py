@@ -144,6 +144,12 @@ class Channels:
             raise NoChannel(f"host {host_id} has no channel open (its agent is reconnecting, or older)")
         return channel
 
+    async def close_all(self) -> None:
+        """The coordinator is stopping: every agent comes back to the next one."""
+        for channel in list(self.by_host.values()):
+            channel.end("the coordinator is stopping")
+            await channel.ws.close(code=WSCloseCode.GOING_AWAY, message=b"stopping")
+
     async def serve(self, host_id: str, ws: web.WebSocketResponse) -> None:
         channel = AgentChannel(host_id, ws)
         old, self.by_host[host_id] = self.by_host.get(host_id), channel

@@ -259,6 +259,10 @@ async def test_a_100_mb_download_is_not_held_by_the_coordinator(one_host: Cluste
     await asyncio.sleep(1.0)  # room for a relay that would buffer past its window to do so
     assert _rss_bytes() - rss_before < size // 4
     assert streams()[0].window.held == WINDOW_BYTES
+    code, output = await _exec(
+        c, ExecRequest(job_id, ("echo", "alongside"))
+    )  # the stalled stream holds no other
+    assert (code, output.out) == (0, "alongside\n")
     received = 0
     while chunk := await reader.read(1 << 20):
         received += len(chunk)
