@@ -21,9 +21,10 @@ from coordinator.host_ops import NotFound
 from coordinator.host_problems import INVENTORY, HostProblems
 from coordinator.links import Links
 from coordinator.logstore import LogStore
+from coordinator.node_order import node_spec, waits_for
 from coordinator.secrets import Secrets
 from coordinator.settings import Settings
-from coordinator.store import AllocRow, HostRow, Store
+from coordinator.store import AllocRow, HostRow, JobRow, Store
 from coordinator.validate_inventory import inventory_problem
 from coordinator.waiters import Waiters
 from shared import constants as C
@@ -152,26 +153,32 @@ class AgentSide:
         return unseen
 
     def _desired(self, host: HostRow, stale: set[str]) -> SyncResponse:
-        """Its active allocations, and those it still runs that were lost and placed again (to stop)."""
+        """Its active allocations, and those it still runs that were lost and placed again (to stop); a
+        node of a multi-node job that waits for its peers to start is left out until they have."""
         allocations = []
         lost = [a for a in self.store.allocations_in(AllocState.LOST, host.id) if a.id in stale]
         for alloc in self.store.active_allocations(host.id) + lost:
             job = self.store.get_job(alloc.job_id)
             assert job is not None
+            attempt = self._attempt(alloc, job.spec.nodes)
+            if alloc.desired == "run" and waits_for(job.spec, alloc, attempt):
+                continue
+            peers = self._peers(alloc, attempt)
+            spec = node_spec(job.spec, alloc.node, peers.get("nodes_ips", (_internal_ip(host),)))
             allocations.append(
                 AllocationSpec(
                     id=alloc.id,
                     job_id=job.id,
                     job_name=job.name,
                     desired="stop" if alloc.state.terminal else alloc.desired,
-                    spec=self.secrets.resolve(job.spec, job.project),  # for the agent's eyes only
+                    spec=self.secrets.resolve(spec, job.project),  # for the agent's eyes only
                     blocks=alloc.blocks,
                     gpus=alloc.gpus,
                     cpus=alloc.cpus,
                     memory_mib=alloc.memory_mib,
                     log_cap_bytes=self.settings.log_cap_bytes,
                     array=self.arrays.task_facts(job),
-                    **self._peers(alloc, job.spec.nodes),
+                    **peers,
                 )
             )
         return SyncResponse(
@@ -184,15 +191,22 @@ class AgentSide:
             log_chunk_max_bytes=self.settings.log_chunk_max_bytes,
         )
 
-    def _peers(self, alloc: AllocRow, nodes: int) -> dict[str, Any]:
-        """A multi-node job's node facts: its rank, and its attempt's hosts' internal IPs by rank."""
+    def _attempt(self, alloc: AllocRow, nodes: int) -> list[AllocRow]:
+        """The nodes of a multi-node job's attempt that `alloc` is one of (empty for a one-node job)."""
         if nodes == 1:
+            return []
+        return [a for a in self.store.allocations_of(alloc.job_id) if a.attempt == alloc.attempt]
+
+    def _peers(self, alloc: AllocRow, attempt: list[AllocRow]) -> dict[str, Any]:
+        """A multi-node job's node facts: its rank, its attempt's hosts' internal IPs by rank, and what its
+        nodes need to ssh to each other (its sshd port, the seed of its keys)."""
+        if not attempt:
             return {}
-        ranks = {
-            a.node: a.host_id for a in self.store.allocations_of(alloc.job_id) if a.attempt == alloc.attempt
-        }
+        ranks = {a.node: a.host_id for a in attempt}
         ips = tuple(_internal_ip(self.store.get_host(ranks[rank])) for rank in sorted(ranks))
-        return {"node_rank": alloc.node, "nodes_num": nodes, "master_addr": ips[0], "nodes_ips": ips}
+        ssh = {"ssh_port": alloc.ssh_port, "ssh_seed": self.secrets.job_ssh_seed(alloc.job_id)}
+        facts = {"node_rank": alloc.node, "nodes_num": len(ranks), "master_addr": ips[0], "nodes_ips": ips}
+        return {**facts, **ssh}
 
     def _fold_statuses(self, host_id: str, statuses: list[AllocationStatus]) -> bool:
         """Record what the agent reports, all of one sync in one transaction; True if an allocation ended
@@ -212,7 +226,9 @@ class AgentSide:
         for alloc, state, status in news:
             log.info("allocation %s of job %s: %s (exit %s)", alloc.id, alloc.job_id, state, status.exit_code)
             self.log_waiters.changed(alloc.job_id)
-        return any(recorded)
+        for host_id in {h for ended, peer_hosts in recorded for h in peer_hosts}:
+            self.host_waiters.changed(host_id)
+        return any(ended for ended, _ in recorded)
 
     def _news(self, host_id: str, status: AllocationStatus) -> tuple[AllocRow, AllocState] | None:
         """The allocation and the state a status reports, if it says something new of one of this host's
@@ -237,8 +253,9 @@ class AgentSide:
 
     def _record(
         self, db: sqlite3.Connection, alloc: AllocRow, state: AllocState, status: AllocationStatus
-    ) -> bool:
-        """Write one status in the caller's transaction; True if the allocation ended."""
+    ) -> tuple[bool, set[str]]:
+        """Write one status in the caller's transaction. Answers whether the allocation ended, and the hosts
+        of its multi-node peers whose desired state this changed (to wake once committed)."""
         final = status.log_size if state.terminal else None
         job = self.store.get_job(alloc.job_id)
         assert job is not None
@@ -262,7 +279,24 @@ class AgentSide:
             self.store.set_job_state(db, job, job_state, reason, status.exit_code)
         if state.terminal:
             self.store.bump_index(db, alloc.host_id)
-        return state.terminal
+        return state.terminal, self._peers_moved(db, job, alloc, state, status.exit_code)
+
+    def _peers_moved(
+        self, db: sqlite3.Connection, job: JobRow, alloc: AllocRow, state: AllocState, exit_code: int | None
+    ) -> set[str]:
+        """The hosts of a multi-node node's peers whose desired state its news changed: all of them when it
+        ended (its attempt may have stopped them), and, when it first started, those its start lets start
+        (their index goes up here, as stopping them raised it already)."""
+        if job.spec.nodes == 1:
+            return set()
+        peers = [a for a in self._attempt(alloc, job.spec.nodes) if a.id != alloc.id]
+        hosts = {a.host_id for a in peers}
+        started = alloc.started_at is None and (state is AllocState.RUNNING or exit_code is not None)
+        if started and job.spec.startup_order != "any":
+            for host_id in hosts:
+                self.store.bump_index(db, host_id)
+            return hosts
+        return hosts if state.terminal else set()
 
     def append_log(self, host_id: str, alloc_id: str, offset: int, data: bytes) -> int:
         alloc = self.store.get_allocation(alloc_id)

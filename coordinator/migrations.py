@@ -159,7 +159,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE allocations ADD COLUMN node INTEGER NOT NULL DEFAULT 0
     """,
-    # 9: the audit log of reaching into jobs (`gpuctl exec`): who, which job and node, when, and how it ended
+    # 9: the port of a multi-node job's sshd on each of its hosts (0: none), the same for every node of an
+    # attempt and unlike any other live allocation's on those hosts
+    """
+    ALTER TABLE allocations ADD COLUMN ssh_port INTEGER NOT NULL DEFAULT 0
+    """,
+    # 10: the audit log of reaching into jobs (`gpuctl exec`): who, which job and node, when, and how it ended
     # (ended_at NULL: still open, or cut by a coordinator restart)
     """
     CREATE TABLE audit (

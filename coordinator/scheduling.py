@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Generator, Iterable
 
@@ -34,6 +35,7 @@ from coordinator.settings import Settings
 from coordinator.store import TERMINAL_ALLOC_STATES, HostRow, JobRow, Store, _job
 from coordinator.usage import ProjectUsage
 from coordinator.waiters import Waiters
+from shared import constants as C
 from shared.states import HostState, JobState
 from shared.units import format_duration_s
 from shared.wire import QueueEntry
@@ -334,10 +336,20 @@ class Scheduling:
                 if job is None or job.status not in QUEUED or not all(ready(p.host_id) for p in nodes):
                     stale.extend(nodes)
                     continue
+                port = self._ssh_port(db, nodes)
                 for p in nodes:
                     alloc_id = "a-" + secrets.token_hex(6)
                     self.store.insert_allocation(
-                        db, alloc_id, p.job_id, p.host_id, p.blocks, p.gpus, p.cpus, p.memory_mib, p.node
+                        db,
+                        alloc_id,
+                        p.job_id,
+                        p.host_id,
+                        p.blocks,
+                        p.gpus,
+                        p.cpus,
+                        p.memory_mib,
+                        p.node,
+                        port,
                     )
                     self.store.bump_index(db, p.host_id)
                 self.store.set_job_state(db, job, JobState.ASSIGNED)
@@ -352,6 +364,15 @@ class Scheduling:
             self.host_waiters.changed(p.host_id)
             self.log_waiters.changed(p.job_id)
         return stale
+
+    def _ssh_port(self, db: sqlite3.Connection, nodes: list[Placement]) -> int:
+        """A multi-node job's sshd port: the first that no live allocation on any of its hosts holds (0 for
+        one node, or when all are held: its nodes then run without ssh between them)."""
+        if len(nodes) == 1:
+            return 0
+        held = self.store.ssh_ports_in_use(db, {p.host_id for p in nodes})
+        free = (n for n in range(C.JOB_SSH_PORT_FIRST, C.JOB_SSH_PORT_LAST + 1) if n not in held)
+        return next(free, 0)
 
     def _give_up_waiting(self, jobs: list[JobRow]) -> list[JobRow]:
         """Fail the pending jobs whose `no-capacity` retry duration ran out; answers the others."""

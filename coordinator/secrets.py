@@ -9,6 +9,7 @@ holds it.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import re
@@ -91,6 +92,12 @@ class Secrets:
     def __init__(self, store: Store, key: bytes) -> None:
         self.store = store
         self.aead = AESGCM(key)
+        self._seed_key = hmac.digest(key, b"gpuctl job ssh seeds", "sha256")  # not the cipher's key itself
+
+    def job_ssh_seed(self, job_id: str) -> str:
+        """The seed a multi-node job's agents derive its ssh keys from (agent/job_ssh.py): the same for every
+        node and attempt of the job, unguessable without the coordinator's key, and nowhere in the store."""
+        return hmac.digest(self._seed_key, job_id.encode(), "sha256").hex()
 
     def set(self, project: str, name: str, value: str) -> SecretView:
         """Create or replace. Idempotent."""

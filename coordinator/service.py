@@ -17,7 +17,7 @@ from coordinator.accounts import Accounts
 from coordinator.agent_side import AgentSide
 from coordinator.array_ops import ArrayOps
 from coordinator.array_store import ArrayStore
-from coordinator.attempts import attempt_views
+from coordinator.attempts import NEVER_STARTED, attempt_views, held_reason, stop_attempt
 from coordinator.disk import DiskGuard
 from coordinator.filestore import FileStore
 from coordinator.group_commit import GroupCommit
@@ -148,11 +148,9 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
                 alloc = self.store.latest_allocation(job.id)
                 self.store.request_stop(db, job.id)
                 if alloc is None or alloc.state.terminal:
-                    self.store.set_job_state(db, job, JobState.STOPPED, "stopped before it started")
+                    self.store.set_job_state(db, job, JobState.STOPPED, NEVER_STARTED)
                 else:
-                    self.store.set_desired(db, alloc.id, "stop")
-                    self.store.bump_index(db, alloc.host_id)
-                    hosts.add(alloc.host_id)
+                    hosts |= stop_attempt(self.store, db, job, alloc)
         for host_id in hosts:
             self.host_waiters.changed(host_id)
         for job in jobs:
@@ -163,8 +161,8 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
         allocs = self.store.allocations_of(job.id)
         alloc = next(a for a in allocs if a.attempt == allocs[-1].attempt) if allocs else None  # its node 0
         names = {h.id: h.name for h in map(self.store.get_host, {a.host_id for a in allocs}) if h}
-        attempts = attempt_views(allocs, names)
-        reason, alloc_status = job.reason, alloc.state.value if alloc else ""
+        attempts = attempt_views(allocs, names, job.spec)
+        reason, alloc_status = job.reason or held_reason(job.spec, allocs), alloc.state.value if alloc else ""
         if alloc is not None and not alloc.state.terminal:
             silent_s = self.silent_s(alloc.host_id)
             if silent_s > self.lease_s():  # its last reported state may be stale

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -82,6 +82,7 @@ class AllocRow:
     finished_at: float | None = None
     interrupted: str = ""  # why the coordinator ended it from outside (a drain --stop): an interruption
     node: int = 0  # its rank among the nodes of a multi-node job's attempt
+    ssh_port: int = 0  # a multi-node job's sshd port on every node of its attempt (0: none)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -360,6 +361,7 @@ class Store:
         cpus: tuple[int, ...],
         memory_mib: int,
         node: int = 0,
+        ssh_port: int = 0,
     ) -> None:
         """A new attempt of the job: numbered one past its latest. The nodes of a multi-node job's attempt
         are written in one transaction, rank 0 first, the others in the same attempt."""
@@ -368,7 +370,7 @@ class Store:
         ).fetchone()
         db.execute(
             "INSERT INTO allocations(id, job_id, host_id, blocks, gpus, cpus, memory_mib, created_at, attempt,"
-            " node) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " node, ssh_port) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 alloc_id,
                 job_id,
@@ -380,6 +382,7 @@ class Store:
                 time.time(),
                 attempt,
                 node,
+                ssh_port,
             ),
         )
 
@@ -403,6 +406,18 @@ class Store:
             "SELECT * FROM allocations WHERE job_id=? ORDER BY attempt, created_at", (job_id,)
         ).fetchall()
         return [_alloc(r) for r in rows]
+
+    def ssh_ports_in_use(self, db: sqlite3.Connection, host_ids: Iterable[str]) -> set[int]:
+        """The sshd ports of the live allocations on these hosts, in the caller's transaction (which sees
+        the nodes it has just written)."""
+        ids = list(host_ids)
+        marks, states = ",".join("?" * len(ids)), ",".join("?" * len(TERMINAL_ALLOC_STATES))
+        rows = db.execute(
+            f"SELECT DISTINCT ssh_port FROM allocations WHERE ssh_port > 0 AND host_id IN ({marks})"
+            f" AND state NOT IN ({states})",
+            (*ids, *TERMINAL_ALLOC_STATES),
+        ).fetchall()
+        return {int(row[0]) for row in rows}
 
     def allocations_in(self, state: AllocState, host_id: str) -> list[AllocRow]:
         rows = self.db.execute(
@@ -505,4 +520,5 @@ def _alloc(row: sqlite3.Row) -> AllocRow:
         finished_at=row["finished_at"],
         interrupted=row["interrupted"],
         node=row["node"],
+        ssh_port=row["ssh_port"],
     )

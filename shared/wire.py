@@ -151,6 +151,8 @@ class AllocationSpec(FrozenWire, frozen=True):
     nodes_num: int = 1
     master_addr: str = ""
     nodes_ips: tuple[str, ...] = ()  # a multi-node job's hosts' internal IPs, by node rank
+    ssh_port: int = 0  # a multi-node job's sshd port on every node (0: no ssh between its nodes)
+    ssh_seed: str = ""  # hex: what every node derives the job's ssh keys from (agent/job_ssh.py); secret
     log_cap_bytes: int = 0  # the most log bytes the coordinator keeps of it (0: no cap); see agent/logcap.py
     array: ArrayTask | None = None  # set when the job is one task of an array
 

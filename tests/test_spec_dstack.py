@@ -91,9 +91,6 @@ DSTACK_TASK_FIELDS = [
 # A value of each refused field that asks for something.
 REFUSED_VALUES = {
     "ports": "[8080]",
-    "groups": "[{name: a}]",
-    "startup_order": "workers-first",
-    "stop_criteria": "master-done",
     "entrypoint": "/bin/sh",
     "user": "ubuntu",
     "single_branch": "false",
@@ -145,9 +142,21 @@ def test_docker_and_nvcc_say_what_to_use_instead() -> None:
     assert parse("commands: [x]\nsingle_branch: true\n").warnings == ()
 
 
-def test_multi_node_fields_other_than_nodes_are_refused() -> None:
+def test_dstacks_multi_node_fields_act() -> None:
     assert parse("commands: [x]\nnodes: 2\n").spec.nodes == 2
-    assert "not supported yet (node groups" in error("commands: [x]\nstartup_order: workers-first\n")
+    spec = parse(
+        "groups: [{commands: [x]}, {nodes: 2, commands: [y]}]\nstartup_order: workers-first\n"
+        "stop_criteria: master-done\n"
+    ).spec
+    assert (spec.nodes, spec.startup_order, spec.stop_criteria) == (3, "workers-first", "master-done")
+
+
+def test_the_shipped_nccl_tests_example_parses_as_dstack_writes_it() -> None:
+    text = (Path(__file__).parent.parent / "examples" / "nccl-tests.yaml").read_text()
+    spec = parse_spec(text)
+    validate_spec(spec)
+    assert (spec.nodes, spec.startup_order, spec.stop_criteria) == (2, "workers-first", "master-done")
+    assert "--hostfile $DSTACK_MPI_HOSTFILE" in spec.commands[0]
 
 
 def test_a_task_that_asks_for_the_dstack_cli_is_refused_by_name() -> None:

@@ -21,8 +21,9 @@ def shell_path(shell: str | None) -> str:
     raise RuntimeStartError(f"shell: expected sh, bash or an absolute path, got {shell!r}")
 
 
-def job_script(commands: tuple[str, ...], merge_stderr: bool = False) -> str:
+def job_script(commands: tuple[str, ...], merge_stderr: bool = False, first: str = "") -> str:
     """The script the shell runs (`<shell> -c SCRIPT`). `merge_stderr`: stderr joins stdout first thing,
-    for runtimes that would otherwise read the two through separate pipes and lose their order."""
+    for runtimes that would otherwise read the two through separate pipes and lose their order. `first`:
+    lines of the agent's own to run before `set -e` and the commands (a multi-node job's sshd)."""
     head = "exec 2>&1\n" if merge_stderr else ""
-    return head + "set -e\n" + "\n".join(commands) + "\n"
+    return head + first + "set -e\n" + "\n".join(commands) + "\n"

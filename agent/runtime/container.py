@@ -16,6 +16,8 @@ from typing import Any
 
 from docker.types import DeviceRequest, LogConfig
 
+from agent.env import MPI_HOSTFILE
+from agent.job_ssh import container_prefix, wants_ssh
 from agent.runtime.commands import job_script, shell_path
 from agent.runtime.devices import DeviceGrant
 from shared.volumes import parse_volume
@@ -35,8 +37,11 @@ def container_name(alloc_id: str) -> str:
 
 def container_env(env: Mapping[str, str], alloc: AllocationSpec, grant: DeviceGrant) -> dict[str, str]:
     """The job's environment as the container sees it: the host's PATH and HOME stay out (unless the spec
-    sets them), the GPU variables are the container's own numbering."""
+    sets them), the GPU variables are the container's own numbering, the MPI hostfile is in /workflow."""
     out = {k: v for k, v in env.items() if k not in HOST_ONLY_VARS or k in alloc.spec.env}
+    for name in ("GPUCTL_MPI_HOSTFILE", "DSTACK_MPI_HOSTFILE"):
+        if name in out:  # the work dir is /workflow in here
+            out[name] = f"{WORK_DIR}/{MPI_HOSTFILE}"
     out.update(grant.env)
     out["TINI_KILL_PROCESS_GROUP"] = "1"  # docker-init sends SIGTERM to the commands, not only to sh
     return out
@@ -58,7 +63,7 @@ def create_kwargs(
     kwargs: dict[str, Any] = {
         "image": image,
         "name": container_name(alloc.id),
-        **_program(spec.commands, spec.shell, spec.working_dir),
+        **_program(spec.commands, spec.shell, spec.working_dir, wants_ssh(alloc)),
         "environment": container_env(env, alloc, grant),
         "labels": {LABEL_ALLOC: alloc.id, LABEL_JOB: alloc.job_id, LABEL_HOST: host},
         "volumes": _binds(spec.volumes, work_dir),
@@ -89,15 +94,19 @@ def create_kwargs(
     return kwargs
 
 
-def _program(commands: tuple[str, ...], shell: str | None, working_dir: str | None) -> dict[str, Any]:
+def _program(
+    commands: tuple[str, ...], shell: str | None, working_dir: str | None, ssh: bool = False
+) -> dict[str, Any]:
     """What the container runs, and where. Commands run under the job's shell in `/workflow` (or
     `working_dir`), as one stream: the engine reads stdout and stderr through two pipes and would lose their
-    relative order. Without commands the image's own entrypoint and cmd run, in the image's own working
-    directory unless `working_dir` is set (its two streams then stay apart; both reach the log)."""
+    relative order; a node of a multi-node job (`ssh`) starts the image's sshd first (agent.job_ssh).
+    Without commands the image's own entrypoint and cmd run, in the image's own working directory unless
+    `working_dir` is set (its two streams then stay apart; both reach the log), and start no sshd."""
     if not commands:
         return {"working_dir": working_dir} if working_dir else {}
+    first = container_prefix(WORK_DIR) if ssh else ""
     return {
-        "entrypoint": [shell_path(shell), "-c", job_script(commands, merge_stderr=True)],
+        "entrypoint": [shell_path(shell), "-c", job_script(commands, merge_stderr=True, first=first)],
         "command": [],
         "working_dir": working_dir or WORK_DIR,
     }

@@ -24,9 +24,10 @@ import docker
 import msgspec
 
 from agent.config import DockerConfig
+from agent.job_ssh import ssh_files, wants_ssh, write_ssh_files
 from agent.runtime.base import Observed, RuntimeStartError
 from agent.runtime.commands import shell_path
-from agent.runtime.container import LABEL_ALLOC, LABEL_HOST, container_name
+from agent.runtime.container import LABEL_ALLOC, LABEL_HOST, WORK_DIR, container_name
 from agent.runtime.container_run import ContainerRun, Host, read_exit
 from agent.runtime.devices import DeviceError, gpu_grant
 from agent.runtime.engine import ENGINE_ERRORS, reason
@@ -93,6 +94,8 @@ class DockerRuntime:
             gpu_grant(alloc, self.host.inventory)
         except (DeviceError, OSError) as exc:
             raise RuntimeStartError(f"cannot give the job its GPUs: {exc}") from None
+        if wants_ssh(alloc):  # the image's sshd and ssh read them in /workflow/.ssh
+            write_ssh_files(ssh_files(alloc, WORK_DIR, in_container=True), alloc_dir / "work")
         launch = msgspec.json.encode({"image": alloc.spec.image, "env": env})
         write_atomic(alloc_dir / "launch.json", launch, mode=0o600)  # the env may hold secrets
         self._run_for(alloc, alloc_dir)

@@ -4,7 +4,8 @@ the agent runs as root, with its output appended to the log spool, which only th
 
 A job gets a clean login-like environment (the executor's job env plus USER, LOGNAME and SHELL; nothing of
 the agent's own), runs pinned to its blocks' CPU cores as mapped onto this machine (agent.machine), and in
-cgroups of its own (agent.runtime.cgroups) that hold its cores, memory, pids and devices."""
+cgroups of its own (agent.runtime.cgroups) that hold its cores, memory, pids and devices. A node of a
+multi-node job starts its sshd first, as the job's user (agent.job_ssh)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Callable, Collection
 from pathlib import Path
 
+from agent.job_ssh import prepare_process, wants_ssh
 from agent.machine import kernel_cpus, this_machine
 from agent.runtime.base import Observed, RuntimeStartError
 from agent.runtime.cgroups import Cgroups, Limits, confine, gpu_device_nodes
@@ -59,13 +61,15 @@ class ProcessRuntime:
         work_dir = alloc_dir / "work"
         work_dir.mkdir(parents=True, exist_ok=True)
         user = self._job_user(alloc_dir)
+        uid, gid = (int(n) for n in user.split(":")) if user else (os.geteuid(), os.getegid())
+        env, first = {**login_env(_user_name(user)), **env}, ""
+        if wants_ssh(alloc):
+            env, first = prepare_process(alloc, env, work_dir, uid, gid)
         if user:
-            uid, gid = (int(n) for n in user.split(":"))
-            _chown_tree(work_dir, uid, gid)  # `files:` unpacked there are the job's own
+            _chown_tree(work_dir, uid, gid)  # `files:` unpacked there, and `.ssh`, are the job's own
         work_dir.chmod(0o700)
-        env = {**login_env(_user_name(user)), **env}
         cpus = kernel_cpus(sorted(alloc.cpus), this_machine().cpus) if alloc.cpus else ()
-        shell, script = shell_path(alloc.spec.shell), job_script(alloc.spec.commands)
+        shell, script = shell_path(alloc.spec.shell), job_script(alloc.spec.commands, first=first)
         devices = gpu_device_nodes(alloc, self.inventory, self.dev) if self.inventory is not None else ()
         cgroups = confine(self.cgroups, alloc.id, Limits(cpus, alloc.memory_mib, self.pids_limit, devices))
         write_start(alloc_dir, env, cpus, cgroups)

@@ -46,7 +46,10 @@ if TYPE_CHECKING:
     )
     from shared.spec.model import (
         RETRY_EVENTS,
+        STARTUP_ORDERS,
+        STOP_CRITERIA,
         GpuRequest,
+        NodeGroup,
         PortMapping,
         Range,
         RegistryAuth,
@@ -85,9 +88,12 @@ __all__ = [
     "NAME_RE",
     "REDACTED",
     "RETRY_EVENTS",
+    "STARTUP_ORDERS",
+    "STOP_CRITERIA",
     "ROOT_FILES_NEED_IMAGE",
     "WORKFLOW_DIR",
     "GpuRequest",
+    "NodeGroup",
     "Range",
     "RegistryAuth",
     "Repo",

@@ -34,7 +34,10 @@ from shared.spec.limits import (
 )
 from shared.spec.model import (
     RETRY_EVENTS,
+    STARTUP_ORDERS,
+    STOP_CRITERIA,
     GpuRequest,
+    NodeGroup,
     Range,
     RegistryAuth,
     Repo,
@@ -43,6 +46,7 @@ from shared.spec.model import (
     Schedule,
     SpecError,
 )
+from shared.spec.node_refs import check_node_refs, group_sizes
 from shared.spec.nodes import _child, _quote
 from shared.units import format_mib
 
@@ -53,6 +57,7 @@ _SCP_URL_RE = re.compile(
 )  # git@host:org/repo.git
 _BRANCH_RE = re.compile(r"[A-Za-z0-9._+][A-Za-z0-9._+/-]{0,254}", re.ASCII)
 _HASH_RE = re.compile(r"[0-9a-fA-F]{4,64}", re.ASCII)
+_GROUP_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}", re.ASCII)  # dstack's node group names
 
 
 def _check_text(path: str, value: str, max_bytes: int, *, allow_empty: bool = True) -> None:
@@ -129,6 +134,74 @@ def _check_env(env: dict[str, str]) -> None:
 def _check_nodes(nodes: int) -> None:
     if not 1 <= nodes <= MAX_NODES:
         raise SpecError("nodes", f"must be between 1 and {MAX_NODES}, got {nodes}")
+
+
+def _check_groups(
+    groups: tuple[NodeGroup, ...], nodes: int, commands: tuple[str, ...], image: str | None
+) -> None:
+    """dstack's node groups: unique names, each with its nodes and commands (or the job's image's own), the
+    job's `nodes` their sum and no commands of its own (each group runs its own)."""
+    if not groups:
+        return
+    _check_count("groups", groups, MAX_LIST_ITEMS)
+    for index, group in enumerate(groups):
+        _check_group(index, group, image is not None)
+    _check_group_names(groups)
+    total = sum(group.nodes for group in groups)
+    if not 1 <= total <= MAX_NODES:
+        raise SpecError("groups", f"the groups' nodes must add up to at most {MAX_NODES}, got {total}")
+    if nodes != total:
+        raise SpecError("nodes", f"must be the groups' nodes added up ({total}), got {nodes}")
+    if commands:
+        raise SpecError("commands", GROUP_COMMANDS)
+
+
+def _check_group_names(groups: tuple[NodeGroup, ...]) -> None:
+    names = [group.name for group in groups]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise SpecError(f"groups[{index}].name", f"duplicate group name {_quote(name)}")
+
+
+GROUP_COMMANDS = "not allowed with groups: each group runs its own commands; move them into the groups"
+
+
+def _check_group(index: int, group: NodeGroup, has_image: bool) -> None:
+    path = f"groups[{index}]"
+    if not _GROUP_NAME_RE.fullmatch(group.name):
+        raise SpecError(
+            f"{path}.name",
+            f"expected lowercase letters, digits and '-', at most 40 characters, got {_quote(group.name)}",
+        )
+    if not 1 <= group.nodes <= MAX_NODES:
+        raise SpecError(f"{path}.nodes", f"must be between 1 and {MAX_NODES}, got {group.nodes}")
+    if not group.commands and not has_image:
+        raise SpecError(f"{path}.commands", "missing; a group needs commands, unless the task has an image")
+    _check_count(f"{path}.commands", group.commands, MAX_LIST_ITEMS)
+    for number, command in enumerate(group.commands):
+        _check_text(f"{path}.commands[{number}]", command, MAX_COMMAND_BYTES)
+
+
+def _check_node_refs(commands: tuple[str, ...], groups: tuple[NodeGroup, ...], nodes: int) -> None:
+    """Every `${{ groups[i].nodes[j].IP_ADDRESS }}` in the task's or a group's commands names a node."""
+    sizes = group_sizes(groups, nodes)
+    for index, command in enumerate(commands):
+        check_node_refs(f"commands[{index}]", command, sizes)
+    for number, group in enumerate(groups):
+        for index, command in enumerate(group.commands):
+            check_node_refs(f"groups[{number}].commands[{index}]", command, sizes)
+
+
+def _check_startup_order(order: str) -> None:
+    if order not in STARTUP_ORDERS:
+        raise SpecError("startup_order", f"expected one of {', '.join(STARTUP_ORDERS)}, got {_quote(order)}")
+
+
+def _check_stop_criteria(criteria: str) -> None:
+    if criteria not in STOP_CRITERIA:
+        raise SpecError(
+            "stop_criteria", f"expected one of {', '.join(STOP_CRITERIA)}, got {_quote(criteria)}"
+        )
 
 
 def _check_volume(index: int, volume: str) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 
 from shared.spec.checks import (
+    GROUP_COMMANDS,
+    _check_group,
     _check_image,
     _check_lost_after,
     _check_max_duration,
@@ -21,6 +23,8 @@ from shared.spec.checks import (
     _check_python,
     _check_retry,
     _check_shell,
+    _check_startup_order,
+    _check_stop_criteria,
     _check_stop_duration,
     _check_type,
     _check_working_dir,
@@ -28,8 +32,10 @@ from shared.spec.checks import (
 from shared.spec.copies import Copy, _parse_files, _parse_repos
 from shared.spec.fields import REFUSED_ADVICE, REFUSED_DEFAULTS, TASK_FIELD_GROUPS, FieldGroup, warnings
 from shared.spec.fields import unknown_field_message as _unknown_top_level
+from shared.spec.groups import _parse_groups
 from shared.spec.inputs import _parse_env, _parse_registry_auth
 from shared.spec.model import Problems, SpecError, TaskFile, TaskSpec
+from shared.spec.node_refs import check_node_refs, group_sizes
 from shared.spec.nodes import (
     _at,
     _checked,
@@ -39,6 +45,7 @@ from shared.spec.nodes import (
     _fail,
     _integer,
     _is_null,
+    _items,
     _line,
     _Parser,
     _scalar_value,
@@ -96,6 +103,9 @@ def _build_task(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskFile:
         with problems.collect():
             fields["repos"], local_repos = _parse_repos(nodes["repos"], "repos", problems)
             copies += local_repos
+    if "groups" in nodes and not _is_null(nodes["groups"]):
+        with problems.collect():
+            _take_groups(nodes, fields)
     env_failed = "env" in nodes and not _is_null(nodes["env"]) and "env" not in fields
     if "registry_auth" in nodes and not _is_null(nodes["registry_auth"]) and not env_failed:
         with problems.collect():  # after the walk: it may refer to `env`, which may come later
@@ -103,6 +113,8 @@ def _build_task(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskFile:
                 nodes["registry_auth"], "registry_auth", fields.get("env", {})
             )
     _check_together(root, nodes, fields, copies, problems)
+    _check_group_commands(nodes, fields, problems)
+    _check_node_refs(nodes, fields, problems)
     problems.raise_any()
     with _at(root):
         spec = validate_spec(TaskSpec(**fields))
@@ -162,7 +174,23 @@ def _top_level_parsers(environ: Mapping[str, str]) -> dict[str, tuple[str, _Pars
         "lost_after": ("lost_after_s", _checked(_parse_duration, _check_lost_after)),
         "schedule": ("schedule", _parse_schedule),
         "ports": ("ports", _parse_ports),
+        "startup_order": ("startup_order", _checked(_text, _check_startup_order)),
+        "stop_criteria": ("stop_criteria", _checked(_text, _check_stop_criteria)),
     }
+
+
+def _take_groups(nodes: dict[str, yaml.Node], fields: dict[str, Any]) -> None:
+    """`groups` into `fields`: the job's nodes are theirs, added up (dstack has `nodes` or `groups`, never
+    both), and the resources they give are the task's."""
+    groups, resources = _parse_groups(nodes["groups"], "groups")
+    if "nodes" in nodes and not _is_null(nodes["nodes"]):
+        _fail(nodes["nodes"], "nodes", "not allowed with groups: each group gives its own nodes; remove it")
+    if resources is not None and "resources" in nodes and fields.get("resources", resources) != resources:
+        _fail(nodes["resources"], "resources", "differs from the groups' resources; keep one of them")
+    fields["groups"] = groups
+    fields["nodes"] = sum(group.nodes for group in groups)
+    if resources is not None:
+        fields["resources"] = resources
 
 
 def _check_refused(key: str, node: yaml.Node) -> None:
@@ -178,6 +206,35 @@ def _check_refused(key: str, node: yaml.Node) -> None:
     _fail(node, key, REFUSED_ADVICE[key])
 
 
+def _check_group_commands(nodes: dict[str, yaml.Node], fields: dict[str, Any], problems: Problems) -> None:
+    """A group without commands runs the task's image's entrypoint: it needs an image, known only now."""
+    if problems.found or "groups" not in fields:
+        return
+    for index, item in enumerate(_items(nodes["groups"], "groups")):
+        with problems.collect(), _at(item):
+            _check_group(index, fields["groups"][index], has_image="image" in fields)
+
+
+def _check_node_refs(nodes: dict[str, yaml.Node], fields: dict[str, Any], problems: Problems) -> None:
+    """`${{ groups[i].nodes[j].IP_ADDRESS }}` in the task's or a group's commands, each at its line."""
+    if problems.found:
+        return
+    lists = [("commands", nodes.get("commands"))]
+    if "groups" in fields:
+        for number, group in enumerate(_items(nodes["groups"], "groups")):
+            lists.append((f"groups[{number}].commands", _value_of(group, "commands")))
+    sizes = group_sizes(fields.get("groups", ()), fields.get("nodes", 1))
+    for path, node in lists:
+        if node is not None and not _is_null(node):
+            for index, item in enumerate(_items(node, path)):
+                with problems.collect(), _at(item):
+                    check_node_refs(f"{path}[{index}]", _text(item, path), sizes)
+
+
+def _value_of(mapping: yaml.Node, key: str) -> yaml.Node | None:
+    return next((value for _, name, value in _entries(mapping, "") if name == key), None)
+
+
 def _check_together(
     root: yaml.Node,
     nodes: dict[str, yaml.Node],
@@ -190,7 +247,9 @@ def _check_together(
     if problems.found:
         return
     commands = nodes.get("commands")
-    if not fields.get("commands") and "image" not in fields:
+    if fields.get("commands") and "groups" in fields:
+        problems.found.append(SpecError("commands", GROUP_COMMANDS, _line(nodes["commands"])))
+    if not fields.get("commands") and "image" not in fields and "groups" not in fields:
         if commands is None or _is_null(commands):
             problems.found.append(SpecError("commands", f"missing; {NO_WORK}", _line(root)))
         else:

@@ -21,7 +21,8 @@ class FieldGroup(enum.Enum):
 
 _ACTS = (
     "type name image commands env resources nodes volumes working_dir max_duration stop_duration priority "
-    "fleets privileged files registry_auth python shell repos retry schedule ports "
+    "fleets privileged files registry_auth python shell repos retry schedule groups startup_order stop_criteria "
+    "ports "
     "lost_after"  # gpuctl's own: how long a job's host may be silent before its allocation is lost
 )
 _CLOUD_ONLY = (
@@ -29,13 +30,9 @@ _CLOUD_ONLY = (
     "idle_duration utilization_policy tags backend_options"
 )
 _DEPRECATED = "home_dir setup pool_name instance_name retry_policy termination_policy termination_idle_time"
-_NOT_YET = "node groups, startup order and stop criteria of multi-node jobs are not supported yet"
 
 # Why each refused field is refused, and what to do instead.
 REFUSED_ADVICE = {
-    "groups": f"not supported yet ({_NOT_YET}); remove it",
-    "startup_order": f"not supported yet ({_NOT_YET}); remove it",
-    "stop_criteria": f"not supported yet ({_NOT_YET}); remove it",
     "entrypoint": "not supported yet; remove it and put the program in commands",
     "user": "not supported yet; remove it (the image's own user runs the job)",
     "single_branch": "not supported yet, except true (a repository is cloned on one branch); remove it",

@@ -86,6 +86,20 @@ class PortMapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     local_port: int | None = None
 
 
+STARTUP_ORDERS = ("any", "master-first", "workers-first")
+STOP_CRITERIA = ("all-done", "master-done")
+
+
+class NodeGroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One of dstack's `groups:` of a multi-node job: `nodes` nodes that run `commands`. Ranks go to the
+    groups in order (the first group's first node is the master, rank 0); every node takes the job's
+    `resources` (a gang's nodes take alike blocks)."""
+
+    name: str  # as written, else its position ("0", "1", ...), as dstack names it
+    nodes: int = 1
+    commands: tuple[str, ...] = ()
+
+
 class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Empty only for a job with an image: it runs the image's own entrypoint and command (as dstack does).
     commands: tuple[str, ...] = ()
@@ -120,7 +134,22 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # coordinator's `lost_after`)
     lost_after_s: int | None = None
     schedule: Schedule | None = None  # None: one job, now
+    # dstack's node groups; when set, `nodes` is their sum and `commands` is empty (each group has its own)
+    groups: tuple[NodeGroup, ...] = ()
+    # Of a multi-node job: which nodes start first (the others wait, placed, until those run), and whether
+    # the job ends when the master (node 0) does, its peers stopped, or when every node has
+    startup_order: str = "any"  # STARTUP_ORDERS
+    stop_criteria: str = "all-done"  # STOP_CRITERIA
     ports: tuple[PortMapping, ...] = ()  # what `gpuctl port-forward JOB` forwards when it names no port
+
+    def group_of(self, rank: int) -> NodeGroup | None:
+        """The group node `rank` belongs to (None without groups)."""
+        first = 0
+        for group in self.groups:
+            if rank < first + group.nodes:
+                return group
+            first += group.nodes
+        return None
 
 
 @dataclass(frozen=True)

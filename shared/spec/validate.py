@@ -12,10 +12,12 @@ from shared.spec.checks import (
     _check_env,
     _check_files_archive,
     _check_fleets,
+    _check_groups,
     _check_image,
     _check_lost_after,
     _check_max_duration,
     _check_name,
+    _check_node_refs,
     _check_nodes,
     _check_priority,
     _check_python,
@@ -25,6 +27,8 @@ from shared.spec.checks import (
     _check_retry,
     _check_schedule,
     _check_shell,
+    _check_startup_order,
+    _check_stop_criteria,
     _check_stop_duration,
     _check_type,
     _check_volumes,
@@ -36,7 +40,6 @@ from shared.spec.ports import _check_ports
 
 NO_WORK = "a task without an image needs at least one command"
 PYTHON_WITH_IMAGE = "python and image cannot be used together: python picks the image; drop one of them"
-MULTI_NODE_CONTAINER = "more than one node runs as plain processes only for now (no image: or python:); run it without a container"
 ROOT_FILES_NEED_IMAGE = "an absolute path needs a container (image:); a plain process can only take paths in its working directory"
 
 
@@ -95,24 +98,20 @@ def _checks(spec: TaskSpec) -> list[Callable[[], None]]:
         lambda: _check_lost_after(spec.lost_after_s),
         lambda: _check_schedule(spec.schedule),
         lambda: _check_ports(spec.ports),
-        lambda: _check_work(spec.commands, spec.image),
+        lambda: _check_groups(spec.groups, spec.nodes, spec.commands, spec.image),
+        lambda: _check_node_refs(spec.commands, spec.groups, spec.nodes),
+        lambda: _check_startup_order(spec.startup_order),
+        lambda: _check_stop_criteria(spec.stop_criteria),
+        lambda: _check_work(spec.commands or spec.groups, spec.image),
         lambda: _check_python_without_image(spec.python, spec.image),
-        lambda: _check_nodes_without_container(spec.nodes, spec.image, spec.python),
         lambda: _check_root_files(spec.root_files_archive is not None, spec.image, spec.python),
     ]
 
 
-def _check_work(commands: tuple[str, ...], image: str | None) -> None:
-    """Something to run: commands, or an image's own entrypoint."""
+def _check_work(commands: tuple[object, ...], image: str | None) -> None:
+    """Something to run: commands (or groups, which have their own), or an image's own entrypoint."""
     if not commands and image is None:
         raise SpecError("commands", f"missing; {NO_WORK}")
-
-
-def _check_nodes_without_container(nodes: int, image: str | None, python: str | None) -> None:
-    """Multi-node jobs run as plain processes for now: a container would need the host's network and the
-    hostfile inside it, which are not there yet."""
-    if nodes > 1 and (image is not None or python is not None):
-        raise SpecError("nodes", MULTI_NODE_CONTAINER)
 
 
 def _check_python_without_image(python: str | None, image: str | None) -> None:
