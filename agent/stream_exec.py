@@ -25,13 +25,13 @@ from pathlib import Path
 from agent.executor import Executor
 from agent.runtime.container_exec import run_container_exec
 from agent.runtime.docker import DockerRuntime
+from agent.runtime.exec_helper import EXEC_ARG
 from agent.runtime.shim import START_FILE
 from agent.streams import Stream, StreamRefused, running_alloc
 from shared.aio import cancel_and_wait
 from shared.channel import EXEC_STDERR, EXEC_STDOUT, Data, Eof, ExecOpen, Resize
 
 _HELPER = str(Path(__file__).with_name("runtime") / "exec_helper.py")
-EXEC_ARG = "__exec__"  # agent.runtime.exec_helper.EXEC_ARG (not imported: the helper is a script)
 
 
 @dataclass(frozen=True)
