@@ -94,8 +94,10 @@ class Channel:
         """Read frames until the channel ends; answers why it ended. Every stream ends with it."""
         try:
             async for message in self.ws:
+                if message.type is aiohttp.WSMsgType.ERROR:
+                    return reason_of(self.ws.exception() or ConnectionError("the connection failed"))
                 if message.type is not aiohttp.WSMsgType.BINARY:
-                    return f"channel: unexpected {message.type.name} message"
+                    raise BadFrame(f"a {message.type.name} message; frames are binary")
                 self._dispatch(decode_to_agent(message.data))
             return f"the coordinator closed it (code {self.ws.close_code})"
         except BadFrame as exc:
@@ -122,9 +124,7 @@ class Channel:
     def _open(self, frame: Open) -> None:
         if frame.stream in self.streams:
             raise BadFrame(f"open: stream {frame.stream} is open already")
-        if (
-            len(self.streams) >= MAX_STREAMS_PER_AGENT
-        ):  # the coordinator keeps to it: one that does not is broken
+        if len(self.streams) >= MAX_STREAMS_PER_AGENT:  # the coordinator keeps to it, or is broken
             raise BadFrame(f"open: past {MAX_STREAMS_PER_AGENT} streams at once")
         stream = self.streams[frame.stream] = Stream(frame.stream, self.send)
         self.tasks[frame.stream] = asyncio.create_task(

@@ -193,7 +193,7 @@ async def _feed_terminal(stream: Stream, master: int) -> None:
     while True:
         frame = await stream.inbox.get()
         if isinstance(frame, Resize):
-            _set_size(master, frame.rows, frame.cols)
+            _set_size(master, *stream.take_size())
         elif isinstance(frame, Data):
             view = memoryview(frame.data)
             while view:

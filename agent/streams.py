@@ -36,14 +36,31 @@ class Stream:
         self._send = send
         self.credit = SendCredit()
         self.window = RecvWindow()
-        # Bounded by the window: the coordinator sends no more Data than this side granted
+        # Bounded: Data within the window, one Eof, and one Resize at a time (the latest size wins)
         self.inbox: asyncio.Queue[Inbound] = asyncio.Queue()
+        self.size: tuple[int, int] | None = None  # the terminal size a queued Resize stands for
+        self.ended = False  # an Eof came
 
     def deliver(self, frame: Inbound) -> None:
-        """A frame for this stream, from the channel's reader. Raises BadFrame past the window."""
-        if isinstance(frame, Data):
+        """A frame for this stream, from the channel's reader. Raises BadFrame past the window, or for Data
+        or a second Eof after an Eof."""
+        if isinstance(frame, Resize):
+            queued, self.size = self.size is not None, (frame.rows, frame.cols)
+            if queued:
+                return
+        elif self.ended:
+            raise BadFrame(f"stream {self.id}: {type(frame).__name__.lower()} after its eof")
+        elif isinstance(frame, Eof):
+            self.ended = True
+        else:
             self.window.received(len(frame.data))
         self.inbox.put_nowait(frame)
+
+    def take_size(self) -> tuple[int, int]:
+        """The latest terminal size, for the Resize just taken from the inbox."""
+        size, self.size = self.size, None
+        assert size is not None
+        return size
 
     def grant(self, frame: Window) -> None:
         self.credit.grant(frame.credit)

@@ -52,15 +52,20 @@ class RelayStream:
         self.channel, self.id = channel, stream_id
         self.credit = SendCredit()  # toward the agent
         self.window = RecvWindow()  # from the agent
-        self.outbox: asyncio.Queue[FromAgent] = asyncio.Queue()  # bounded by the window
+        self.outbox: asyncio.Queue[FromAgent] = asyncio.Queue()  # bounded: the window, one Eof, one Close
+        self.ended = False  # the agent sent Eof
 
     def from_agent(self, frame: FromAgent) -> None:
-        """Raises BadFrame past the window or the credit."""
+        """Raises BadFrame past the window or the credit, or for Data or Eof after an Eof."""
         if isinstance(frame, Window):
             self.credit.grant(frame.credit)
             return
+        if self.ended and not isinstance(frame, Close):
+            raise BadFrame(f"stream {self.id}: {type(frame).__name__.lower()} after its eof")
         if isinstance(frame, Data):
             self.window.received(len(frame.data))
+        elif isinstance(frame, Eof):
+            self.ended = True
         self.outbox.put_nowait(frame)
 
     async def send_data(self, data: bytes) -> None:
@@ -201,15 +206,18 @@ async def _to_user(stream: RelayStream, user: web.WebSocketResponse) -> Close:
 async def _from_user(stream: RelayStream, user: web.WebSocketResponse) -> None:
     """The user's frames to the agent, one message at a time as the agent's credit allows. When the user
     goes (or sends what it may not), the stream closes on the agent, and the relay ends."""
-    close = Close(stream.id)
+    close, ended = Close(stream.id), False
     try:
         async for message in user:
             if message.type is not WSMsgType.BINARY:
                 break
             frame = decode_to_agent(message.data)
+            if ended and isinstance(frame, Data | Eof):  # the agent would close its whole channel for it
+                raise BadFrame(f"{type(frame).__name__.lower()} after its eof")
             if isinstance(frame, Data):
                 await stream.send_data(frame.data)
             elif isinstance(frame, Eof | Resize):
+                ended = ended or isinstance(frame, Eof)
                 await stream.channel.send(_renumbered(frame, stream.id))
             elif isinstance(frame, Close):
                 break

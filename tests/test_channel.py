@@ -20,6 +20,7 @@ from aiohttp import web
 from cli.api import ApiError
 from cli.config import CliConfig
 from cli.remote import LOST_EXIT_CODE, ExecRequest, Forward, exec_stream, listen
+from cli.wsclient import connect
 from coordinator.api_channel import CHANNELS
 from coordinator.channels import AgentChannel, NoChannel, RelayStream
 from shared import constants as C
@@ -29,10 +30,13 @@ from shared.channel import (
     WINDOW_BYTES,
     BadFrame,
     Data,
+    Eof,
+    ExecOpen,
     Open,
     RecvWindow,
     SendCredit,
     TcpOpen,
+    decode_to_agent,
     encode,
 )
 from tests.harness import Cluster, child_pid, cluster
@@ -427,3 +431,35 @@ def test_an_agents_channel_holds_a_bounded_number_of_streams() -> None:
         channel.open()
     channel.forget(opened[0])
     channel.open()
+
+
+async def test_a_users_bad_frames_close_only_their_stream(one_host: Cluster) -> None:
+    """What the agent would take for a broken coordinator (data after an eof) ends the user's stream at
+    the coordinator; the agent's channel, and every other stream on it, go on."""
+    c = one_host
+    job_id = await _running(c)
+    channels = c.coordinator.runner.app[CHANNELS]
+    await _until(lambda: "host-a" in channels.by_host, "the agent's channel")
+    channel = channels.by_host["host-a"]
+    config = c.api.config
+    ws = await connect(
+        "localhost",
+        c.coordinator.port,
+        f"/api/v1/jobs/{job_id}/exec",
+        config.token,
+        tls.client_context(config.ca_file),
+    )
+    await ws.send(encode(Open(1, ExecOpen("-", ("cat",)))))
+    for frame in (Eof(1), Data(1, b"late")):
+        await ws.send(encode(frame))
+    closes = []
+    while (message := await ws.receive()) is not None:
+        closes.append(decode_to_agent(message))
+    await ws.close()
+    assert [(type(f).__name__, getattr(f, "error", "")) for f in closes][-1] == (
+        "Close",
+        "the client sent data after its eof",
+    )
+    code, output = await _exec(c, ExecRequest(job_id, ("echo", "still")))
+    assert (code, output.out) == (0, "still\n")
+    assert channels.by_host["host-a"] is channel

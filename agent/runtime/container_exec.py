@@ -97,7 +97,7 @@ async def _feed(stream: Stream, sock: socket.socket, api: Any, exec_id: str) -> 
     while True:
         frame = await stream.inbox.get()
         if isinstance(frame, Resize):
-            await _resize(api, exec_id, frame.rows, frame.cols)
+            await _resize(api, exec_id, *stream.take_size())
         elif isinstance(frame, Eof):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
