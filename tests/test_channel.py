@@ -12,11 +12,13 @@ import re
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from agent.streams import Stream
 from cli.api import ApiError
 from cli.config import CliConfig
 from cli.remote import LOST_EXIT_CODE, ExecRequest, Forward, exec_stream, listen
@@ -26,6 +28,7 @@ from coordinator.channels import AgentChannel, NoChannel, RelayStream
 from shared import constants as C
 from shared import tls_contexts as tls
 from shared.channel import (
+    MAX_DATA_BYTES,
     MAX_STREAMS_PER_AGENT,
     WINDOW_BYTES,
     BadFrame,
@@ -34,6 +37,7 @@ from shared.channel import (
     ExecOpen,
     Open,
     RecvWindow,
+    Resize,
     SendCredit,
     TcpOpen,
     decode_to_agent,
@@ -463,3 +467,32 @@ async def test_a_users_bad_frames_close_only_their_stream(one_host: Cluster) -> 
     code, output = await _exec(c, ExecRequest(job_id, ("echo", "still")))
     assert (code, output.out) == (0, "still\n")
     assert channels.by_host["host-a"] is channel
+
+
+async def test_an_agent_streams_inbox_holds_the_window_one_eof_and_the_latest_size() -> None:
+    async def nowhere(frame: object) -> None:
+        raise AssertionError(frame)
+
+    stream = Stream(1, nowhere)
+    for rows in (10, 20, 30):
+        stream.deliver(Resize(1, rows, 80))
+    stream.deliver(Data(1, b"x" * MAX_DATA_BYTES))
+    stream.deliver(Eof(1))
+    with pytest.raises(BadFrame, match="data after its eof"):
+        stream.deliver(Data(1, b"y"))
+    with pytest.raises(BadFrame, match="eof after its eof"):
+        stream.deliver(Eof(1))
+    assert [type(f).__name__ for f in _drain(stream.inbox)] == ["Resize", "Data", "Eof"]
+    assert stream.take_size() == (30, 80)
+    fresh = Stream(2, nowhere)
+    for _ in range(WINDOW_BYTES // MAX_DATA_BYTES):
+        fresh.deliver(Data(2, b"z" * MAX_DATA_BYTES))
+    with pytest.raises(BadFrame, match="past its window"):
+        fresh.deliver(Data(2, b"z"))
+
+
+def _drain(queue: asyncio.Queue[Any]) -> list[Any]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
