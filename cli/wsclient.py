@@ -14,7 +14,7 @@ import struct
 from cli.api import ApiError
 
 MAX_MESSAGE_BYTES = 1 << 20
-OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x2, 0x8, 0x9, 0xA
+OP_CONTINUATION, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x2, 0x8, 0x9, 0xA
 
 
 class WebSocket:
@@ -52,6 +52,8 @@ class WebSocket:
             except (asyncio.IncompleteReadError, ConnectionError):
                 return None
             opcode = first & 0x0F
+            if opcode == OP_CONTINUATION or not first & 0x80:
+                raise ApiError("the coordinator sent a fragmented message; it sends whole frames")
             if opcode == OP_PING:
                 await self.send(payload, OP_PONG)
             elif opcode == OP_CLOSE:
