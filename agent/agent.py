@@ -1,4 +1,5 @@
-"""The agent: detect, then four loops under one TaskGroup: sync, executor, log shipping, re-detection."""
+"""The agent: detect, then its loops under one TaskGroup: sync, executor, log shipping, re-detection, and the
+channel that streams into jobs (exec, port-forward) travel on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import msgspec
 
+from agent.channel import channel_loop
 from agent.client import CoordinatorClient
 from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, ConfigError, DockerConfig
 from agent.detect import detect_inventory
@@ -240,6 +242,7 @@ async def _run_agent(
                     exec_loop(executor, state, client, config.stop_after_coordinator_lost_s), name="executor"
                 )
                 tg.create_task(ship_loop(client, executor, state), name="logs")
+                tg.create_task(channel_loop(client, executor, state.synced_once), name="channel")
                 tg.create_task(
                     redetect_loop(redetect or (lambda: detect(config)), state, redetect_interval_s, adopt),
                     name="redetect",

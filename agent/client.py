@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -104,8 +105,12 @@ class CoordinatorClient:
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    return retry_after(resp.headers)
+
+
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
     """`Retry-After` in seconds (the HTTP date form is not used by the coordinator, so it reads as absent)."""
-    raw = resp.headers.get("Retry-After", "").strip()
+    raw = (headers or {}).get("Retry-After", "").strip()
     try:
         value = float(raw)
     except ValueError:

@@ -1,7 +1,8 @@
 """The bench: `python -m bench [--only a,c] [--quick] [--json PATH]` (or `bench/run`).
 
 Sections: (a) the scheduler alone, (b) a simulated fleet, (c) end to end on real processes, (d) the same
-workload on a one-node Slurm, (e) the CLI's wall time per call beside sbatch and squeue. Each prints its
+workload on a one-node Slurm, (e) the CLI's wall time per call beside sbatch and squeue, (f) port-forward
+through the agent's channel beside a direct connection. Each prints its
 table as it ends; the gpuctl/Slurm ratio comes last, and everything goes to one JSON file. A section whose
 module is not there, or whose tools are missing, shows as "not run" with the reason; one that fails shows
 its error in one line and the others still run.
@@ -31,6 +32,7 @@ SECTIONS = {
     "c": "end to end, plain processes",
     "d": "Slurm, one node of 8 GPU GRES",
     "e": "CLI wall time per call",
+    "f": "port-forward through the channel",
 }
 
 
@@ -53,7 +55,7 @@ QUICK = Counts(200, 50, 50, 100, (1000,), 5)
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--only", default="abcde", type=_sections, help="sections to run, e.g. a,c (default: all)"
+        "--only", default="abcdef", type=_sections, help="sections to run, e.g. a,c (default: all)"
     )
     parser.add_argument(
         "--quick", action="store_true", help="fewer jobs and sizes: a smoke run of every section"
@@ -74,7 +76,7 @@ def _sections(text: str) -> str:
     unknown = sorted(set(chosen) - set(SECTIONS))
     if not chosen or unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown section {unknown[0] if unknown else '(none)'!r}; known: a-e"
+            f"unknown section {unknown[0] if unknown else '(none)'!r}; known: a-f"
         )
     return "".join(s for s in SECTIONS if s in chosen)
 
@@ -127,7 +129,12 @@ def section_runners(quick: bool, counts: Counts) -> dict[str, Callable[[], dict[
 
         return run(counts.cli_runs)
 
-    return {"a": scheduler, "b": fleet, "c": e2e, "d": slurm, "e": cli}
+    def port_forward() -> dict[str, object]:
+        from bench import port_forward
+
+        return port_forward.run(quick)
+
+    return {"a": scheduler, "b": fleet, "c": e2e, "d": slurm, "e": cli, "f": port_forward}
 
 
 class NotRun(Exception):

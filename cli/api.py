@@ -22,6 +22,7 @@ from shared.spec import TaskSpec
 from shared.tls_contexts import client_context
 from shared.wire import (
     ArraySubmitRequest,
+    AuditEntry,
     FleetLimit,
     FleetSet,
     FleetView,
@@ -199,6 +200,11 @@ class Api:
     def delete_secret(self, name: str, project: str = "") -> None:
         query = "?" + urllib.parse.urlencode({"project": project}) if project else ""
         self._call("DELETE", f"/secrets/{urllib.parse.quote(name, safe='')}{query}", dict[str, str])
+
+    def audit(self, job: str | None = None, limit: int = 50) -> list[AuditEntry]:
+        """The latest entries of the audit log (of one job), newest first; admins only."""
+        query = urllib.parse.urlencode({"limit": limit, **({"job": job} if job else {})})
+        return self._call("GET", f"/audit?{query}", list[AuditEntry])
 
     def host_detail(self, ref: str) -> HostDetail:
         return self._call("GET", f"/hosts/{urllib.parse.quote(ref, safe='')}", HostDetail)

@@ -37,6 +37,10 @@ class LazyGroup(click.Group):
         "user": "cli.admin:user",
         "fleet": "cli.admin:fleet",
         "secret": "cli.secrets:secret",
+        "exec": "cli.into:exec_command",
+        "port-forward": "cli.into:port_forward",
+        "attach": "cli.into:attach",
+        "audit": "cli.into:audit",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

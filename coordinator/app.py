@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from coordinator import api_admin, api_agent, api_secrets, api_user
+from coordinator import api_admin, api_agent, api_channel, api_secrets, api_user
 from coordinator.accounts import Invalid, Refused
 from coordinator.busy import BusyGate
 from coordinator.http import COORDINATOR, HOST_ID, PRINCIPAL, HTTPError, error
@@ -121,4 +121,5 @@ def make_app(coordinator: Coordinator) -> web.Application:
     api_agent.add_routes(app)
     api_admin.add_routes(app)
     api_secrets.add_routes(app)
+    api_channel.add_routes(app)
     return app

@@ -172,4 +172,23 @@ MIGRATIONS: list[str] = [
     ALTER TABLE allocations ADD COLUMN stopping_for TEXT;
     CREATE INDEX allocations_stopping_for ON allocations(stopping_for) WHERE stopping_for IS NOT NULL
     """,
+    # 11: the audit log of reaching into jobs (`gpuctl exec`): who, which job and node, when, and how it ended
+    # (ended_at NULL: still open, or cut by a coordinator restart)
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        who TEXT NOT NULL,
+        project TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        node INTEGER NOT NULL,
+        host_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        command TEXT NOT NULL,
+        ended_at REAL,
+        exit_code INTEGER,
+        error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_job ON audit(job_id, id)
+    """,
 ]

@@ -418,3 +418,20 @@ class SecretView(Wire):
 
     name: str
     updated_at: float
+
+
+class AuditEntry(Wire):
+    """One time someone reached into a job (`gpuctl exec`): who, which job, when, and how it ended."""
+
+    id: int
+    at: float
+    who: str
+    project: str
+    job_id: str
+    node: int
+    host_id: str
+    kind: str  # "exec"
+    command: list[str]
+    ended_at: float | None = None  # None: still open, or cut by a coordinator restart
+    exit_code: int | None = None
+    error: str = ""

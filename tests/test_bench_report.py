@@ -75,7 +75,7 @@ def test_arguments_choose_sections_and_counts() -> None:
     assert counts.loop_jobs == 7
     assert counts.array_jobs == QUICK.array_jobs
     assert counts_for(parse_args([])) == FULL
-    assert parse_args([]).only == "abcde"
+    assert parse_args([]).only == "abcdef"
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,16 @@ import os
 import sys
 
 SHIM_ARG = "__shim__"  # agent.runtime.process.SHIM_ARG; not imported, so that start-up stays light
+EXEC_ARG = "__exec__"  # agent.runtime.exec_helper.EXEC_ARG
 
 if len(sys.argv) > 1 and sys.argv[1] == SHIM_ARG:
     from agent.runtime.shim import entry as shim
 
     sys.exit(shim(sys.argv[2:]))
+if len(sys.argv) > 1 and sys.argv[1] == EXEC_ARG:  # a command in a plain-process job (`gpuctl exec`)
+    from agent.runtime.exec_helper import main as exec_helper
+
+    sys.exit(exec_helper(sys.argv[2:]))
 
 for rocm in ("/opt/rocm/share/amd_smi",):  # where ROCm installs the amdsmi package
     if os.path.isdir(rocm):

@@ -51,6 +51,7 @@ from shared.spec.nodes import (
     _scalar_value,
     _text,
 )
+from shared.spec.ports import _parse_ports
 from shared.spec.resources import _parse_resources
 from shared.spec.retry import _parse_duration, _parse_retry
 from shared.spec.schedule import _parse_schedule
@@ -172,6 +173,7 @@ def _top_level_parsers(environ: Mapping[str, str]) -> dict[str, tuple[str, _Pars
         "retry": ("retry", _checked(_parse_retry, _check_retry)),
         "lost_after": ("lost_after_s", _checked(_parse_duration, _check_lost_after)),
         "schedule": ("schedule", _parse_schedule),
+        "ports": ("ports", _parse_ports),
         "startup_order": ("startup_order", _checked(_text, _check_startup_order)),
         "stop_criteria": ("stop_criteria", _checked(_text, _check_stop_criteria)),
     }

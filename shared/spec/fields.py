@@ -22,6 +22,7 @@ class FieldGroup(enum.Enum):
 _ACTS = (
     "type name image commands env resources nodes volumes working_dir max_duration stop_duration priority "
     "fleets privileged files registry_auth python shell repos retry schedule groups startup_order stop_criteria "
+    "ports "
     "lost_after"  # gpuctl's own: how long a job's host may be silent before its allocation is lost
 )
 _CLOUD_ONLY = (
@@ -32,7 +33,6 @@ _DEPRECATED = "home_dir setup pool_name instance_name retry_policy termination_p
 
 # Why each refused field is refused, and what to do instead.
 REFUSED_ADVICE = {
-    "ports": "not supported yet; remove it (jobs run on the host's network: reach the port there)",
     "entrypoint": "not supported yet; remove it and put the program in commands",
     "user": "not supported yet; remove it (the image's own user runs the job)",
     "single_branch": "not supported yet, except true (a repository is cloned on one branch); remove it",

@@ -17,13 +17,13 @@ from __future__ import annotations
 import yaml
 
 from shared.spec.checks import _check_group, _check_group_names
-from shared.spec.fields import REFUSED_ADVICE
 from shared.spec.model import NodeGroup, Resources, SpecError
 from shared.spec.nodes import _at, _describe, _fail, _fields, _integer, _is_null, _items, _line, _text
 from shared.spec.resources import _parse_resources
 
 _GROUP_FIELDS = ("name", "nodes", "commands", "resources", "ports")
 ALIKE_RESOURCES = "must be the same in every group for now (a job's nodes take alike blocks)"
+GROUP_PORTS_ADVICE = "not supported yet; declare the job's ports at the top level (ports:)"
 
 
 def _parse_groups(node: yaml.Node, path: str) -> tuple[tuple[NodeGroup, ...], Resources | None]:
@@ -47,7 +47,7 @@ def _parse_groups(node: yaml.Node, path: str) -> tuple[tuple[NodeGroup, ...], Re
 def _parse_group(node: yaml.Node, path: str, index: int) -> tuple[NodeGroup, Resources | None]:
     fields = dict(_fields(node, path, _GROUP_FIELDS))
     if "ports" in fields and _items_or_empty(fields["ports"], f"{path}.ports"):
-        _fail(fields["ports"], f"{path}.ports", REFUSED_ADVICE["ports"])
+        _fail(fields["ports"], f"{path}.ports", GROUP_PORTS_ADVICE)
     name = _text(fields["name"], f"{path}.name") if "name" in fields else str(index)
     nodes = _integer(fields["nodes"], f"{path}.nodes") if "nodes" in fields else 1
     commands = []

@@ -79,6 +79,13 @@ class Schedule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cron: tuple[str, ...]  # five-field cron lines (shared/cron.py)
 
 
+class PortMapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One of dstack's `ports:`: the job's `port`, forwarded from `local_port` (None: any free one)."""
+
+    port: int
+    local_port: int | None = None
+
+
 STARTUP_ORDERS = ("any", "master-first", "workers-first")
 STOP_CRITERIA = ("all-done", "master-done")
 
@@ -133,6 +140,7 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # the job ends when the master (node 0) does, its peers stopped, or when every node has
     startup_order: str = "any"  # STARTUP_ORDERS
     stop_criteria: str = "all-done"  # STOP_CRITERIA
+    ports: tuple[PortMapping, ...] = ()  # what `gpuctl port-forward JOB` forwards when it names no port
 
     def group_of(self, rank: int) -> NodeGroup | None:
         """The group node `rank` belongs to (None without groups)."""

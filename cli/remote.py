@@ -1,0 +1,192 @@
+"""`gpuctl exec` and `gpuctl port-forward`: streams into a running job, through the coordinator and its
+channel to the job's agent (shared/channel.py has the frames). The functions here take their input and
+output as arguments, so tests call them as the commands do."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sys
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cli.api import ApiError
+from cli.config import CliConfig
+from cli.wsclient import WebSocket, connect
+from shared.channel import MAX_DATA_BYTES, Close, Data, Eof, ExecOpen, Open, Resize, decode_to_agent, encode
+from shared.constants import API_PREFIX
+from shared.tls_contexts import client_context
+
+STREAM = 1  # the one stream of a client's connection (the coordinator numbers it on the channel)
+LOST_EXIT_CODE = 255  # `gpuctl exec` when the stream ended without the command's exit code (ssh's choice)
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    ref: str
+    argv: tuple[str, ...]
+    node: int = 0
+    tty: bool = False
+    rows: int = 24
+    cols: int = 80
+
+
+async def _open(config: CliConfig, path: str) -> WebSocket:
+    parsed = urllib.parse.urlsplit(config.url)
+    host, port = parsed.hostname or "localhost", parsed.port or 443
+    return await connect(host, port, API_PREFIX + path, config.token, client_context(config.ca_file))
+
+
+async def exec_stream(
+    config: CliConfig,
+    request: ExecRequest,
+    write: Callable[[int, bytes], None],
+    stdin: asyncio.Queue[bytes] | None = None,
+    resizes: asyncio.Queue[tuple[int, int]] | None = None,
+) -> int:
+    """Run the command; `write(fd, bytes)` gets its output (fd 1 or 2), `stdin` feeds it (b"" ends it; None:
+    no input at all), `resizes` carries terminal sizes. Answers the command's exit code (128+N for a signal,
+    LOST_EXIT_CODE when the stream was cut, after saying why on stderr). Raises ApiError on a refusal."""
+    ref = urllib.parse.quote(request.ref, safe="")
+    ws = await _open(config, f"/jobs/{ref}/exec?node={request.node}")
+    opening = ExecOpen("-", request.argv, request.tty, request.rows, request.cols)
+    await ws.send(encode(Open(STREAM, opening)))
+    feeders = [asyncio.create_task(_feed(ws, stdin))]
+    if resizes is not None:
+        feeders.append(asyncio.create_task(_resize(ws, resizes)))
+    try:
+        close = await _output(ws, write)
+    finally:
+        for task in feeders:
+            task.cancel()
+        await ws.close()
+    if close.error:
+        write(2, f"gpuctl exec: {close.error}\n".encode())
+    if close.exit_code is None:
+        return LOST_EXIT_CODE if close.error else 0
+    return 128 - close.exit_code if close.exit_code < 0 else close.exit_code
+
+
+async def _feed(ws: WebSocket, stdin: asyncio.Queue[bytes] | None) -> None:
+    if stdin is None:
+        await ws.send(encode(Eof(STREAM)))
+        return
+    while data := await stdin.get():
+        for start in range(0, len(data), MAX_DATA_BYTES):
+            await ws.send(encode(Data(STREAM, data[start : start + MAX_DATA_BYTES])))
+    await ws.send(encode(Eof(STREAM)))
+
+
+async def _resize(ws: WebSocket, resizes: asyncio.Queue[tuple[int, int]]) -> None:
+    while True:
+        rows, cols = await resizes.get()
+        await ws.send(encode(Resize(STREAM, rows, cols)))
+
+
+async def _output(ws: WebSocket, write: Callable[[int, bytes], None]) -> Close:
+    while (message := await ws.receive()) is not None:
+        frame = decode_to_agent(message)
+        if isinstance(frame, Data):
+            write(frame.fd or 1, frame.data)
+        elif isinstance(frame, Close):
+            return frame
+    return Close(STREAM, error="the coordinator closed the connection")
+
+
+# --- port-forward -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Forward:
+    local: int  # 0: any free port
+    remote: int
+
+
+def parse_forward(text: str) -> Forward:
+    """`[LOCAL:]REMOTE`, kubectl's form. Raises ValueError with a one-line reason."""
+    match = re.fullmatch(r"(?:(\d{1,5}):)?(\d{1,5})", text)
+    if not match:
+        raise ValueError(f"{text!r}: expected [LOCAL:]REMOTE, such as 8888 or 9000:80")
+    local_text, remote_text = match.groups()
+    remote = int(remote_text)
+    local = remote if local_text is None else int(local_text)
+    if not 1 <= remote <= 65535 or not 0 <= local <= 65535:
+        raise ValueError(f"{text!r}: ports are between 1 and 65535 (LOCAL 0: any free port)")
+    return Forward(local, remote)
+
+
+async def listen(
+    config: CliConfig,
+    ref: str,
+    forwards: list[Forward],
+    address: str = "127.0.0.1",
+    node: int = 0,
+    say: Callable[[str], None] = print,
+) -> list[asyncio.Server]:
+    """Start one listener per forward; each connection to it becomes a stream to the job's port. The
+    caller keeps the servers (and closes them). Says where each listens."""
+    servers = []
+    for forward in forwards:
+
+        async def carry(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int = forward.remote
+        ) -> None:
+            await _carry(config, ref, port, node, reader, writer, say)
+
+        try:
+            server = await asyncio.start_server(carry, address, forward.local)
+        except OSError as exc:
+            raise ApiError(f"cannot listen on {address}:{forward.local}: {exc.strerror}") from None
+        servers.append(server)
+        bound = server.sockets[0].getsockname()[1]
+        say(f"Forwarding from {address}:{bound} -> {forward.remote}")
+    return servers
+
+
+async def _carry(
+    config: CliConfig,
+    ref: str,
+    port: int,
+    node: int,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    say: Callable[[str], None],
+) -> None:
+    try:
+        ws = await _open(config, f"/jobs/{urllib.parse.quote(ref, safe='')}/forward?port={port}&node={node}")
+    except ApiError as exc:
+        say(f"port {port}: {exc}")
+        writer.close()
+        return
+    upstream = asyncio.create_task(_local_to_remote(ws, reader))
+    try:
+        while (message := await ws.receive()) is not None:
+            frame = decode_to_agent(message)
+            if isinstance(frame, Data):
+                writer.write(frame.data)
+                await writer.drain()
+            elif isinstance(frame, Eof) and writer.can_write_eof():
+                writer.write_eof()
+            elif isinstance(frame, Close):
+                if frame.error:
+                    say(f"port {port}: {frame.error}")
+                break
+    except ConnectionError:
+        pass
+    finally:
+        upstream.cancel()
+        await ws.close()
+        writer.close()
+
+
+async def _local_to_remote(ws: WebSocket, reader: asyncio.StreamReader) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(MAX_DATA_BYTES):
+            await ws.send(encode(Data(STREAM, data)))
+        await ws.send(encode(Eof(STREAM)))
+
+
+def stderr_say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
