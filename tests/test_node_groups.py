@@ -10,12 +10,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from agent.config import DockerConfig
+from coordinator.settings import Settings
 from coordinator.store import AllocRow
 from shared.spec import SpecError, parse_spec, validate_spec
-from tests.harness import Cluster, cluster
+from tests.docker_engine import Engine
+from tests.harness import FAST, Cluster, cluster
 from tests.test_multi_node import (
     FIRST_ATTEMPT_FAILS,
     all_nodes_ended,
+    cluster_fleet,
     shared_folder,
     start_hosts,
     until_nodes,
@@ -257,12 +261,13 @@ for arg in "$@"; do echo "$arg" >> "$out"; done
 """
 
 
-def runnable(text: str, torchrun: Path) -> str:
-    """dstack's file, changed only where this test machine differs: no `python:` (a multi-node job runs as
-    plain processes for now), no internet (the clone becomes the folder it would make, the requirements'
-    install goes), and no PyTorch (`torchrun` is the script above). Each change must find its text."""
+def runnable(text: str, torchrun: Path, *, container: bool = False) -> str:
+    """dstack's file, changed only where this test machine differs: no internet (the clone becomes the folder
+    it would make, the requirements' install goes), no PyTorch (`torchrun` is the script above). As plain
+    processes, no `python:` (it picks the job's image); in containers, the folder of the script is mounted
+    where the script is. Each change must find its text."""
     changes = [
-        ("python: 3.12\n", ""),
+        ("python: 3.12\n", f"volumes: [{torchrun.parent}:{torchrun.parent}]\n" if container else ""),
         (
             "git clone https://github.com/pytorch/examples.git pytorch-examples",
             "mkdir -p pytorch-examples/distributed/ddp-tutorial-series",
@@ -270,36 +275,71 @@ def runnable(text: str, torchrun: Path) -> str:
         ("  - uv pip install -r requirements.txt\n", ""),
         ("    torchrun \\", f"    {torchrun} \\"),
     ]
+    if container:
+        changes.append(("name: train-distrib\n", "name: train-distrib\npython: 3.12\n"))
     for old, new in changes:
         assert text.count(old) == 1, old
         text = text.replace(old, new)
     return text
 
 
+def fake_torchrun(c: Cluster) -> Path:
+    out = shared_folder(c)
+    torchrun = out / "torchrun"
+    torchrun.write_text(FAKE_TORCHRUN)
+    torchrun.chmod(0o755)
+    return torchrun
+
+
+async def torchrun_seen(c: Cluster, job_id: str, out: Path) -> dict[int, list[str]]:
+    """What each node's torchrun was started with, once the job is done."""
+    ended = await c.wait_for(job_id, "done", "failed", "stopped")
+    await all_nodes_ended(c, job_id)
+    assert ended.status == "done", (await c.full_log(job_id)).decode()
+    return {rank: (out / f"torchrun-{rank}").read_text().splitlines() for rank in (0, 1)}
+
+
+def torchrun_args(rank: int) -> list[str]:
+    return [
+        "cwd=ddp-tutorial-series NCCL_DEBUG=INFO",
+        "--nproc-per-node=1",  # `gpu: 1..8` takes the range's least, 1 GPU per node
+        f"--node-rank={rank}",
+        "--nnodes=2",
+        "--master-addr=127.0.0.1",
+        "--master-port=12345",
+        "multinode.py",
+        "50",
+        "10",
+    ]
+
+
 @pytest.mark.asyncio
 async def test_dstacks_torchrun_task_file_runs_on_two_hosts() -> None:
     async with cluster() as c:
-        out = shared_folder(c)
-        torchrun = out / "torchrun"
-        torchrun.write_text(FAKE_TORCHRUN)
-        torchrun.chmod(0o755)
+        torchrun = fake_torchrun(c)
         await start_hosts(c, "a", "b")
         job = await c.submit(runnable(DSTACK_TORCHRUN, torchrun))
-        await c.wait_for(job.id, "done")
-        await all_nodes_ended(c, job.id)
-        seen = {rank: (out / f"torchrun-{rank}").read_text().splitlines() for rank in (0, 1)}
-    for rank in (0, 1):
-        assert seen[rank] == [
-            "cwd=ddp-tutorial-series NCCL_DEBUG=INFO",
-            "--nproc-per-node=1",  # `gpu: 1..8` takes the range's least, 1 GPU per node
-            f"--node-rank={rank}",
-            "--nnodes=2",
-            "--master-addr=127.0.0.1",
-            "--master-port=12345",
-            "multinode.py",
-            "50",
-            "10",
-        ]
+        seen = await torchrun_seen(c, job.id, torchrun.parent)
+    assert seen == {rank: torchrun_args(rank) for rank in (0, 1)}
+
+
+@pytest.mark.asyncio
+async def test_dstacks_torchrun_task_file_keeps_python_and_runs_in_containers_on_two_hosts(
+    docker_engine: Engine,
+) -> None:
+    """With `python: 3.12` kept: the coordinator's python_image (here the test engine's local image, as no
+    registry is reachable) is the image of both nodes, on the hosts' network."""
+    settings = Settings(**{**FAST.__dict__, "python_image": docker_engine.image})
+    async with cluster(settings) as c:
+        torchrun = fake_torchrun(c)
+        await cluster_fleet(c)
+        for i, name in enumerate(("ta", "tb")):
+            docker = DockerConfig(socket=docker_engine.socket, volume_prefixes=(str(torchrun.parent),))
+            c.start_agent(name, "2xH100:80GB", internal_ip=f"127.0.0.{i + 1}", docker=docker)
+        job = await c.submit(runnable(DSTACK_TORCHRUN, torchrun, container=True))
+        assert (await c.job(job.id)).spec.image == docker_engine.image
+        seen = await torchrun_seen(c, job.id, torchrun.parent)
+    assert seen == {rank: torchrun_args(rank) for rank in (0, 1)}
 
 
 @pytest.mark.asyncio
