@@ -93,6 +93,7 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
         self.quota_admitted: dict[str, set[str]] = {}
         self.usage = ProjectUsage(store, s.fair_share_half_life_s)  # fair share (queue_policy.py)
         self.shares: dict[str, float] = {}
+        self.plan_due_at = 0.0
 
     # --- user side ---------------------------------------------------------------------------------
 
@@ -193,6 +194,7 @@ class Coordinator(Scheduling, HostOps, LostHosts, AgentSide, ScheduleOps, ArrayO
             allocation_status=alloc_status,
             array_id=job.array_id or "",
             array_index=job.array_index,
+            estimated_start=self.estimated_start(job),
         )
 
     def read_logs(
