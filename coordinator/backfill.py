@@ -21,8 +21,9 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from coordinator.locality import Levels, choose_blocks
 
@@ -46,9 +47,8 @@ class Reservation:
         return ", ".join(name for _, name, _ in self.nodes)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A ready host that fits a job, as the planner sees it."""
+class Candidate(NamedTuple):
+    """A ready host that fits a job, as the planner sees it (a tuple: a plan makes one per host and fit)."""
 
     host_id: str
     name: str
@@ -112,7 +112,7 @@ def held_off(max_duration_s: int | None) -> str:
 def plan(
     queue: Iterable[Queued],
     candidates: Callable[[Hashable], Iterable[Candidate]],
-    free: Mapping[str, Iterable[int]],
+    free: Mapping[str, Collection[int]],
     ends: Ends,
     now: float,
     depth: int,
@@ -146,10 +146,10 @@ class _Planner:
     """One plan's state: the blocks reservations took so far, and each fit's hosts by soonest start (a
     heap whose entries are recomputed when a reservation took blocks of their host since)."""
 
-    def __init__(self, free: Mapping[str, Iterable[int]], ends: Ends, now: float) -> None:
+    def __init__(self, free: Mapping[str, Collection[int]], ends: Ends, now: float) -> None:
         self.free, self.ends, self.now = free, ends, now
         self.taken: dict[str, set[int]] = {}
-        self._times: dict[str, dict[int, float]] = {}
+        self._times: dict[tuple[str, frozenset[int]], list[tuple[float, int]]] = {}
         self._options: dict[Hashable, list[_Option]] = {}
 
     def options(self, key: Hashable, candidates: Callable[[Hashable], Iterable[Candidate]]) -> list[_Option]:
@@ -202,19 +202,17 @@ class _Planner:
         if len(times) < c.need:
             return None
         start = times[c.need - 1][0]
-        unknown = sum(1 for t, _ in times[: c.need] if math.isinf(t))
+        unknown = sum(1 for t, _ in times[: c.need] if math.isinf(t)) if math.isinf(start) else 0
         return (start, unknown, c.name, c.host_id, len(self.taken.get(c.host_id, ())), c)
 
     def _free_times(self, c: Candidate) -> list[tuple[float, int]]:
-        """The host's untaken matching blocks with when each is free (inf: unknown), soonest first."""
-        taken = self.taken.get(c.host_id, ())
-        times = self._block_times(c.host_id)
-        return sorted((times.get(b, math.inf), b) for b in c.matching if b not in taken)
-
-    def _block_times(self, host_id: str) -> dict[int, float]:
-        """When each of the host's blocks is free: now, or its estimated end; a block absent: unknown."""
-        if host_id not in self._times:
-            times = {b: max(end, self.now) for b, end in self.ends.get(host_id, {}).items()}
-            times.update((b, self.now) for b in self.free[host_id])
-            self._times[host_id] = times
-        return self._times[host_id]
+        """The host's untaken matching blocks with when each is free (inf: unknown), soonest first. Sorted
+        once per host and request: jobs of other fits mostly ask the same blocks."""
+        key = (c.host_id, c.matching)
+        times = self._times.get(key)
+        if times is None:
+            free, ends, now = self.free[c.host_id], self.ends.get(c.host_id, {}), self.now
+            times = sorted((now if b in free else max(ends.get(b, math.inf), now), b) for b in c.matching)
+            self._times[key] = times
+        taken = self.taken.get(c.host_id)
+        return [t for t in times if t[1] not in taken] if taken else times

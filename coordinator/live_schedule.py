@@ -179,7 +179,7 @@ class LiveSchedule:
         for job_id in old.by_job.keys() | new.by_job.keys():
             key = self._group_of.get(job_id)
             if key is not None:
-                self._groups[key].noted[job_id] = new.note(job_id)
+                self._groups[key].note(job_id, new.note(job_id))
                 self._rereason.add(key)
         for group in self._groups.values():
             group.ahead = new.ahead(group.head()[:3]) if group.jobs else 0
@@ -224,10 +224,9 @@ class LiveSchedule:
         gpu = group.spec.resources.gpu
         candidates = []
         for host_id, (_, need) in group.counts.items():
-            cap, host = self.hosts[host_id].cap, self.hosts[host_id]
-            candidates.append(
-                Candidate(host_id, cap.name, cap.fleet, need, host.matching_of(gpu), host.levels)
-            )
+            host = self.hosts[host_id]
+            matching = host.matching_of(gpu)
+            candidates.append(Candidate(host_id, host.cap.name, host.cap.fleet, need, matching, host.levels))
         return candidates
 
     # --- placing -----------------------------------------------------------------------------------
@@ -335,7 +334,7 @@ class LiveSchedule:
         for key in self._rereason:
             group = self._groups.get(key)
             if group is not None and group.jobs:
-                group.tell(group.reason(self.hosts, self.reserved), reasons)
+                group.tell(group.reason(self.hosts), reasons)
         self._rereason = set()
 
     # --- hosts and groups --------------------------------------------------------------------------
@@ -452,7 +451,10 @@ class _Group:
         self.told = ""  # what its jobs were last told
         self._untold: dict[str, str] = {}  # job id -> what it was told, for jobs not told `told`
         self.noted: dict[str, str] = {}  # job id -> what its reservation adds to its reason
+        self._said: dict[str, str] = {}  # job id -> what it was told, for jobs that had a note then
+        self._renoted: set[str] = set()  # jobs whose note changed since they were told
         self.ahead = 0  # the reservations ahead of its first job (Reserved.ahead)
+        self.held: set[str] = set()  # ready hosts that would take its first job now but for reservations
 
     def fit_on(self, cap: HostCapacity) -> int | str:
         return admits(cap, self.spec, self.project) or fit(self.spec, cap.inventory)
@@ -473,6 +475,8 @@ class _Group:
         self.jobs.pop(job_id, None)
         self._untold.pop(job_id, None)
         self.noted.pop(job_id, None)
+        self._said.pop(job_id, None)
+        self._renoted.discard(job_id)
         if len(self._order) > 2 * len(self.jobs) + 16:  # keep the lingering entries few
             self._order = [e for e in self._order if self._queued(e)]
             heapq.heapify(self._order)
@@ -509,7 +513,10 @@ class _Group:
             if host.cap.ready:
                 free = len(host.free & host.matching_of(self.spec.resources.gpu))
                 if host_id in reserved.on:
-                    free = len(self.usable(host, reserved))
+                    usable = len(self.usable(host, reserved))
+                    if usable < need <= free:  # it would fit but for blocks reserved ahead of it
+                        self.held.add(host_id)
+                    free = usable
                 self.counts[host_id] = (free, need)
                 _bump(self._free_hosts, free, 1)
                 _bump(self._needs, need, 1)
@@ -524,12 +531,13 @@ class _Group:
         self.possible.discard(host_id)
 
     def _uncount(self, host_id: str) -> None:
+        self.held.discard(host_id)
         old = self.counts.pop(host_id, None)
         if old is not None:
             _bump(self._free_hosts, old[0], -1)
             _bump(self._needs, old[1], -1)
 
-    def reason(self, hosts: Mapping[str, _Host], reserved: Reserved) -> str:
+    def reason(self, hosts: Mapping[str, _Host]) -> str:
         """`schedule()`'s reason for a job of this group left pending."""
         if not hosts:
             return NO_HOSTS
@@ -540,32 +548,38 @@ class _Group:
             return few
         if not self.counts:
             return none_ready(hosts[h].cap for h in self.possible)
-        held = self._held_off(hosts, reserved)
+        held = held_off(self.spec.max_duration_s) if self.held else ""
         if nodes > 1:
             room = (hosts[h].cap.fleet for h, (free, need) in self.counts.items() if free >= need)
             return gang_busy(nodes, room) + held
         return too_busy(self.spec, min(self._needs), max(self._free_hosts)) + held
 
-    def _held_off(self, hosts: Mapping[str, _Host], reserved: Reserved) -> str:
-        """`held_off`'s words if a ready host would take the first job now but for blocks reserved ahead."""
-        gpu = self.spec.resources.gpu
-        for host_id in reserved.on:
-            usable, need = self.counts.get(host_id, (0, 0))
-            if usable < need <= len(hosts[host_id].free & hosts[host_id].matching_of(gpu)):
-                return held_off(self.spec.max_duration_s)
-        return ""
-
     def tell(self, reason: str, reasons: dict[str, str]) -> None:
         """Add to `reasons` the jobs whose reason changes to `reason` (with its reservation's note, for a
         reserved job)."""
-        changed = self.jobs if reason != self.told else self._untold.keys() | self.noted.keys()
+        changed = self.jobs if reason != self.told else self._untold.keys() | self._renoted
+        before = self._said
+        if reason != self.told:
+            self._said = {}
         for job_id in changed:
-            said = reason + self.noted.get(job_id, "")
-            if self._untold.get(job_id, self.told) != said:
+            note = self.noted.get(job_id, "")
+            said = reason + note
+            if self._untold.get(job_id, before.get(job_id, self.told)) != said:
                 reasons[job_id] = said
+            if note:
+                self._said[job_id] = said
+            else:
+                self._said.pop(job_id, None)
         self.told = reason
-        self._untold = {job_id: reason + note for job_id, note in self.noted.items() if note}
-        self.noted = {job_id: note for job_id, note in self.noted.items() if note}
+        self._untold, self._renoted = {}, set()
+
+    def note(self, job_id: str, note: str) -> None:
+        """What the job's reservation adds to its reason from now on ("": it has none)."""
+        if note:
+            self.noted[job_id] = note
+        else:
+            self.noted.pop(job_id, None)
+        self._renoted.add(job_id)
 
 
 def _bump(counter: dict[int, int], key: int, by: int) -> None:

@@ -112,7 +112,8 @@ def reserve(
         key = fit_key(job)
         by_key.setdefault(key, job)
         queue.append((job.job_id, job.order(), job.spec.nodes, key))
-    return plan(queue, lambda key: state.candidates(by_key[key]), state.free, ends, now, depth)
+    free = {host_id: set(blocks) for host_id, blocks in state.free.items()}
+    return plan(queue, lambda key: state.candidates(by_key[key]), free, ends, now, depth)
 
 
 class _Pass:

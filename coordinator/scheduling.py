@@ -16,8 +16,8 @@ Backfill (backfill.py): the reservations of the first `backfill_depth` waiting j
 each change (a plan reads the hosts that fit those jobs), but at the housekeeping beat and after a change that
 made one stale (a reserved job left the queue, a job came to wait ahead of the planned ones), at most once
 per `PLAN_MIN_INTERVAL_S` and at most `PLAN_LOOP_SHARE` of the time, as the beat's re-sync is held back. A
-job's max_duration is judged against a reservation as from `PLAN_HORIZON_S` ahead, the longest a plan stands
-before the beat's next one, so that a job placed meanwhile still ends before the reserved start.
+job's max_duration is judged against a reservation as from the time the next plan is due at the latest (the
+interval, and one beat), so that a job placed while the plan stands still ends before the reserved start.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ log = logging.getLogger("gpuctl.coordinator")
 QUEUED = (JobState.SUBMITTED, JobState.PENDING, JobState.RETRYING)
 PLAN_MIN_INTERVAL_S = 1.0  # a burst of changes that each make the plan stale re-plans once
 PLAN_LOOP_SHARE = 0.02  # of the event loop's time, at most, for backfill plans (a 10,000-host plan is ~0.1 s)
-PLAN_HORIZON_S = 6.0  # past the housekeeping beat (5 s at most), by when the next plan is made
+BEAT_S = 5.0  # the housekeeping beat's longest interval (server.py): a due plan is made by then
 
 
 class Scheduling:
@@ -122,9 +122,9 @@ class Scheduling:
         started = time.monotonic()
         now = time.time()
         reservations = self.live.plan(self._ends(), now, self.settings.backfill_depth)
-        self.live.set_reservations(reservations, now + PLAN_HORIZON_S)
-        cost_s = time.monotonic() - started
-        self.plan_due_at = time.monotonic() + max(PLAN_MIN_INTERVAL_S, cost_s / PLAN_LOOP_SHARE)
+        interval_s = max(PLAN_MIN_INTERVAL_S, (time.monotonic() - started) / PLAN_LOOP_SHARE)
+        self.plan_due_at = time.monotonic() + interval_s
+        self.live.set_reservations(reservations, now + interval_s + BEAT_S)
 
     def plan_backfill(self) -> None:
         """The housekeeping beat between re-syncs: plan the reservations again if a plan is due (time alone

@@ -356,9 +356,9 @@ def test_a_freed_block_goes_to_the_project_with_the_higher_fair_share_factor() -
 
 
 def test_a_job_that_comes_ahead_of_a_reservation_may_take_its_blocks_at_once() -> None:
-    """Random changes seldom meet this: a 1-GPU job waits behind a reservation that holds the free block;
-    one alike but of a higher priority comes ahead of the reserved job, and takes the block at once, in the
-    live state as in a full pass."""
+    """Random changes seldom meet this: a 1-GPU job waits behind a reservation that holds the free block,
+    and says so; one alike but of a higher priority comes ahead of the reserved job, and takes the block at
+    once, in the live state as in a full pass."""
     h = HostCapacity("id-h", "h", inventory("h", 2, blocks=2), frozenset({0}))
     two, one = (
         validate_spec(TaskSpec(commands=("true",), resources=Resources(gpu=GpuRequest(count=Range(n, n)))))
@@ -372,6 +372,11 @@ def test_a_job_that_comes_ahead_of_a_reservation_may_take_its_blocks_at_once() -
     live.set_reservations(reservations, START)
     live.add_job(behind)
     assert live.settle().placements == []
+    held = schedule([big, behind], [h], Reserved(reservations, START)).pending
+    assert live.pending() == held
+    assert held["behind"].endswith(
+        "free blocks are reserved for a job ahead (a max_duration would let it run before it)"
+    )
     urgent = PendingJob("urgent", one, 3, priority=100)
     live.add_job(urgent)
     placements = live.settle().placements
