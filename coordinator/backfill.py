@@ -127,7 +127,7 @@ def plan(
         return reservations
     for job_id, order, nodes, key in queue:
         options = planner.options(key, candidates)
-        if not options:
+        if options is None:
             continue  # no ready host fits it: nothing to hold for it
         chosen = planner.best(options, nodes)
         if chosen is not None:
@@ -150,13 +150,18 @@ class _Planner:
         self.free, self.ends, self.now = free, ends, now
         self.taken: dict[str, set[int]] = {}
         self._times: dict[tuple[str, frozenset[int]], list[tuple[float, int]]] = {}
-        self._options: dict[Hashable, list[_Option]] = {}
+        self._options: dict[Hashable, list[_Option] | None] = {}
 
-    def options(self, key: Hashable, candidates: Callable[[Hashable], Iterable[Candidate]]) -> list[_Option]:
+    def options(
+        self, key: Hashable, candidates: Callable[[Hashable], Iterable[Candidate]]
+    ) -> list[_Option] | None:
+        """The hosts that could take the jobs of a fit key, soonest first (a heap); None if no ready host
+        fits them."""
         if key not in self._options:
-            options = [o for c in candidates(key) if (o := self._option(c)) is not None]
+            hosts = list(candidates(key))
+            options = [o for c in hosts if (o := self._option(c)) is not None]
             heapq.heapify(options)
-            self._options[key] = options
+            self._options[key] = options if hosts else None
         return self._options[key]
 
     def best(self, options: list[_Option], nodes: int) -> list[_Option] | None:

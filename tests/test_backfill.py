@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from cli.api import Api
 from coordinator.backfill import Reservation, Reserved
 from coordinator.live_schedule import LiveSchedule
-from coordinator.scheduler import HostCapacity, PendingJob, reserve, schedule
+from coordinator.scheduler import HostCapacity, PendingJob, fit, matching_blocks, reserve, schedule
 from shared.spec import GpuRequest, Range, Resources, TaskSpec, parse_spec, validate_spec
 from shared.wire import JobView
 from tests.harness import Cluster, cluster, reachable_tmpdir
@@ -129,15 +129,21 @@ def _check_plan(
     depth: int,
     waiting: list[PendingJob],
 ) -> None:
-    """At most `depth`, each on ready hosts, none sharing a block, one host per node, in queue order."""
+    """At most `depth`, each on ready hosts with the blocks the job takes there, none sharing a block, one
+    host per node, in queue order."""
     assert len(reservations) <= depth
     ready = {h.host_id for h in hosts if h.ready}
     taken = [(host_id, b) for r in reservations for host_id, _, blocks in r.nodes for b in blocks]
     assert len(taken) == len(set(taken))
     by_id = {j.job_id: j for j in waiting}
+    inventories = {h.host_id: h.inventory for h in hosts}
     for r in reservations:
-        assert len(r.nodes) == by_id[r.job_id].spec.nodes == len({h for h, _, _ in r.nodes})
+        spec = by_id[r.job_id].spec
+        assert len(r.nodes) == spec.nodes == len({h for h, _, _ in r.nodes})
         assert {h for h, _, _ in r.nodes} <= ready
+        for host_id, _, blocks in r.nodes:  # as many blocks as the job takes there, all of the kind it asks
+            assert len(blocks) == fit(spec, inventories[host_id])
+            assert set(blocks) <= matching_blocks(spec.resources.gpu, inventories[host_id])
     assert [r.order for r in reservations] == sorted(r.order for r in reservations)
 
 
@@ -277,6 +283,30 @@ def test_a_multi_node_job_is_reserved_on_hosts_of_one_fleet() -> None:
     assert r.start == NOW + 1800
     del ends["id-b"][3]  # a job there has no max_duration: its end, and so the start, is unknown
     assert reserve([gang], hosts, ends, NOW, 16)[0].start is None
+
+
+def test_the_plan_is_owed_a_new_look_when_a_reserved_job_leaves_or_a_job_waits_ahead_of_it() -> None:
+    """What makes the coordinator plan again between beats: not a job that comes to wait behind the
+    planned ones, but one ahead of them, or a reserved job leaving the queue (its blocks are free to the
+    others at once)."""
+    h = host("h", busy=range(8))
+    ends = {"id-h": dict.fromkeys(range(8), NOW + 600)}
+    live = LiveSchedule()
+    live.sync([PendingJob(f"w{i}", spec_of(8), i) for i in range(3)], [h], {})
+    live.settle()
+    reservations = live.plan(ends, NOW, 2)  # reads w0 and w1: w0 holds the host
+    assert [r.job_id for r in reservations] == ["w0"]
+    live.set_reservations(reservations, NOW)
+    live.add_job(PendingJob("later", spec_of(1), 10))
+    live.settle()
+    assert not live.replan_wanted
+    live.add_job(PendingJob("urgent", spec_of(1, priority=50), 11, priority=50))
+    live.settle()
+    assert live.replan_wanted
+    live.set_reservations(live.plan(ends, NOW, 2), NOW)
+    assert not live.replan_wanted and set(live.reserved.by_job) == {"urgent"}  # the host holds one
+    live.remove_job("urgent")
+    assert live.replan_wanted and live.reserved.by_job == {}
 
 
 # --- with a real coordinator and agent ------------------------------------------------------------------
