@@ -29,9 +29,8 @@ from coordinator.locality import Levels, choose_blocks
 
 BACKFILL_DEPTH = 16  # the waiting jobs given a reservation, at most (the `backfill_depth` setting)
 Order = tuple[int, float, int]  # PendingJob.order(): priority, fair share, age
-Ends = Mapping[
-    str, Mapping[int, float]
-]  # host id -> busy block -> estimated end; a busy block absent: unknown
+# host id -> busy block -> estimated end; a busy block absent: unknown (its job has no max_duration)
+Ends = Mapping[str, Mapping[int, float]]
 Queued = tuple[str, Order, int, Hashable]  # a pending job: id, order, nodes, fit key
 
 

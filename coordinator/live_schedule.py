@@ -98,7 +98,7 @@ class LiveSchedule:
         if key is not None:
             if self._groups[key].jobs[job.job_id] == job:
                 return
-            self.remove_job(job.job_id)
+            self._take_out(job.job_id)  # it stays queued: its reservation, if any, stands
         key = fit_key(job)
         group = self._groups.get(key)
         if group is None:
@@ -112,13 +112,16 @@ class LiveSchedule:
 
     def remove_job(self, job_id: str) -> None:
         """A job is no longer eligible (placed, stopped, given up). Idempotent."""
+        self._take_out(job_id)
+        if job_id in self.reserved.by_job:  # its blocks are held no more; the plan is owed a new look
+            self._unreserve(job_id)
+            self.replan_wanted = True
+
+    def _take_out(self, job_id: str) -> None:
         key = self._group_of.pop(job_id, None)
         if key is not None:
             self._groups[key].discard(job_id)
             self._rebar(key)
-        if job_id in self.reserved.by_job:  # its blocks are held no more; the plan is owed a new look
-            self._unreserve(job_id)
-            self.replan_wanted = True
 
     def set_host(self, cap: HostCapacity) -> None:
         """A host as it is now: added, or its inventory, fleet, readiness or busy blocks changed. Idempotent."""

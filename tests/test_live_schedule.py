@@ -201,9 +201,10 @@ def test_after_each_change_the_live_state_places_what_a_full_pass_would(
     _check_each_change(world_of(hosts, shares), asks, changes)
 
 
-# Busy fleets, where the queue waits: most changes submit, end or plan the reservations again.
+# Busy fleets, where the queue waits: most changes submit, end or plan the reservations again; a share
+# change re-adds the jobs in a new order while their reservations stand.
 BACKFILL_CHANGE = st.tuples(
-    st.sampled_from(("submit",) * 6 + ("end", "end", "stop", "plan", "plan", "plan", "down", "up")),
+    st.sampled_from(("submit",) * 6 + ("end", "end", "stop", "plan", "plan", "plan", "down", "up", "share")),
     st.integers(0, 100),
     st.integers(0, 3),
     PRIORITY,
