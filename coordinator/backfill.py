@@ -12,8 +12,8 @@ reservation took; the start is when the last of them ends (None: unknown).
 
 Placement takes the reservations as an input (scheduler.py, live_schedule.py): a job may use a reserved block
 only if it is the reserved job or ahead of it in queue order, or it has a max_duration and `now +
-max_duration` is at most the reservation's known start (`Reserved.hidden`). A reservation ends with its job's
-place in the queue (placed, stopped): its blocks are not held for a job that no longer waits. Pure.
+max_duration` is at most the reservation's known start (`Reserved.hidden`). A reservation ends when its job
+leaves the queue (placed, stopped) or moves in it (its fair share changed): it is planned again. Pure.
 """
 
 from __future__ import annotations

@@ -98,7 +98,11 @@ class LiveSchedule:
         if key is not None:
             if self._groups[key].jobs[job.job_id] == job:
                 return
-            self._take_out(job.job_id)  # it stays queued: its reservation, if any, stands
+            self._take_out(job.job_id)
+            held = self.reserved.by_job.get(job.job_id)
+            if held is not None and held.order != job.order():  # it moved in the queue: plan it again
+                self._unreserve(job.job_id)
+                self.replan_wanted = True
         key = fit_key(job)
         group = self._groups.get(key)
         if group is None:

@@ -80,7 +80,9 @@ def schedule(
     """Place what fits now, in queue order (priority, fair share, age), keeping each job off the blocks
     `reserved` for jobs ahead of it that it would not end before; give every other job its reason. Pure."""
     jobs = sorted(jobs, key=PendingJob.order)
-    state = _Pass(hosts, reserved.without(reserved.by_job.keys() - {j.job_id for j in jobs}))
+    queued = {j.job_id: j.order() for j in jobs}
+    stale = [r.job_id for r in reserved.by_job.values() if queued.get(r.job_id) != r.order]  # left, or moved
+    state = _Pass(hosts, reserved.without(stale))
     result = ScheduleResult()
     stuck: dict[FitKey, list[PendingJob]] = {}
     for job in jobs:

@@ -202,7 +202,7 @@ def test_after_each_change_the_live_state_places_what_a_full_pass_would(
 
 
 # Busy fleets, where the queue waits: most changes submit, end or plan the reservations again; a share
-# change re-adds the jobs in a new order while their reservations stand.
+# change re-adds the jobs in a new order, which ends their reservations.
 BACKFILL_CHANGE = st.tuples(
     st.sampled_from(("submit",) * 6 + ("end", "end", "stop", "plan", "plan", "plan", "down", "up", "share")),
     st.integers(0, 100),
