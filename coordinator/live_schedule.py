@@ -25,8 +25,10 @@ Backfill: the blocks reserved for waiting jobs (backfill.py; the coordinator re-
 `set_reservations`) are kept from the jobs behind them that would not end before the reserved start. Which
 reservations a group must keep off depends on where its first job stands among them (`_Group.ahead`), so
 a group's counts on the few reserved hosts are recomputed when its first job passes one; a group whose first
-job moved ahead of one is re-tried. The time a job's max_duration is judged against is the one given with
-the reservations: time passing alone only shrinks what a job may backfill onto, so no re-try is owed for it.
+job moved ahead of one is re-tried. A reservation whose job leaves the queue (or moves in it) ends at once,
+as in a pass, and the groups on its hosts are re-tried within the same settle. The time a job's max_duration
+is judged against is the one given with the reservations: time passing alone only shrinks what a job may
+backfill onto, so no re-try is owed for it.
 
 A group's reason is computed when its inputs change, and reported only for jobs whose reason changed.
 Hosts whose inventory is unsound, or that the scheduler raises on, are left out one by one (safe_schedule.py).
