@@ -6,7 +6,10 @@ GPUs on two NUMA nodes, from a cold start (the state built from the queue and th
 (2) The cost of one change on a full fleet with a queue waiting: one job submitted (it stays pending), and
 one allocation ended (its blocks are placed again at once), for hosts x queue in {1,000, 10,000}^2; beside
 it, one full pass of the reference `schedule()` over the same queue and fleet, which is what a change cost
-before. The cost of a change must not grow with the queue. Prints a table; `run()` answers JSON-able data.
+before. The cost of a change must not grow with the queue. (3) One backfill plan (coordinator/backfill.py:
+the reservations of the queue's first 16 waiting jobs, as the housekeeping beat makes it) on the same full
+fleet, half the busy blocks with a known end, and the cost of a change while those reservations hold.
+Prints a table; `run()` answers JSON-able data.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from agent.blocks import make_blocks
 from agent.detect.simulate import parse_simulated_gpus
+from coordinator.backfill import BACKFILL_DEPTH
 from coordinator.live_schedule import LiveSchedule
 from coordinator.scheduler import HostCapacity, PendingJob, schedule
 from shared.spec import GpuRequest, Range, Resources, TaskSpec
@@ -99,12 +103,54 @@ def change_costs(hosts_n: int, queue_n: int, changes: int = CHANGES) -> dict[str
     }
 
 
+def plan_costs(hosts_n: int, queue_n: int, changes: int = CHANGES) -> dict[str, Any]:
+    """Every block busy (half of them with a known end), `queue_n` jobs waiting: one plan of the
+    reservations, timed; then one submit and one end, timed as in `change_costs`, with them in force."""
+    full = frozenset(range(8))
+    hosts = [replace(host(i), busy_blocks=full) for i in range(hosts_n)]
+    live = LiveSchedule()
+    live.sync([job(i) for i in range(queue_n)], hosts, {})
+    live.settle()
+    now = time.time()
+    ends = {
+        h.host_id: {b: now + 60 * (1 + (i + b) % 60) for b in range(0, 8, 2)} for i, h in enumerate(hosts)
+    }
+    started = time.perf_counter()
+    reservations = live.plan(ends, now, BACKFILL_DEPTH)
+    live.set_reservations(reservations, now)
+    live.settle()
+    plan_s = time.perf_counter() - started
+    submit_s, end_s = [], []
+    for n in range(changes):
+        started = time.perf_counter()
+        live.add_job(job(queue_n + n))
+        live.settle()
+        submit_s.append(time.perf_counter() - started)
+    for n in range(changes):
+        freed = hosts[n % hosts_n]
+        started = time.perf_counter()
+        live.set_host(replace(freed, busy_blocks=full - {n % 8}))
+        live.settle()
+        end_s.append(time.perf_counter() - started)
+        live.set_host(freed)
+        live.settle()
+    return {
+        "hosts": hosts_n,
+        "queue": queue_n,
+        "reserved": len(reservations),
+        "plan_ms": round(plan_s * 1000, 1),
+        "submit_us": round(statistics.median(submit_s) * 1e6),
+        "end_us": round(statistics.median(end_s) * 1e6),
+    }
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """The two measures; `quick` shrinks them (1,000 hosts) for a smoke run. JSON-able."""
     sizes = (1_000,) if quick else (1_000, 10_000)
     hosts_n = sizes[-1]
     cold = placements_per_s(hosts_n, hosts_n * 2)  # a mixed queue fills about 8 GPUs per two jobs
     grid = [change_costs(h, q, 20 if quick else CHANGES) for h in sizes for q in sizes]
+    plans = [plan_costs(h, sizes[-1], 20 if quick else CHANGES) for h in sizes]
     rows = [
         {
             "measure": f"placements/s, {cold['hosts']:,} hosts x 8 blocks, queue {cold['queue']:,}",
@@ -117,8 +163,16 @@ def run(quick: bool = False) -> dict[str, Any]:
             }
             for g in grid
         ),
+        *(
+            {
+                "measure": f"one backfill plan, {p['hosts']:,} hosts, queue {p['queue']:,}",
+                "value": f"{p['plan_ms']} ms for {p['reserved']} reservations; then submit {p['submit_us']} us, "
+                f"end {p['end_us']} us",
+            }
+            for p in plans
+        ),
     ]
-    return {"placements": cold, "changes": grid, "rows": rows}
+    return {"placements": cold, "changes": grid, "plans": plans, "rows": rows}
 
 
 def main() -> None:

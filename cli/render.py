@@ -9,7 +9,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.text import clean, schedule_line
+from cli.text import clean, schedule_line, with_start
 from shared.describe import describe_gpus, describe_request
 from shared.wire import ArraySummary, HostView, JobView, QueueEntry
 
@@ -78,7 +78,7 @@ def jobs_table(jobs: list[JobView]) -> Table:
     )
     for job in jobs:
         gpus = ",".join(map(str, job.gpus)) if job.gpus else describe_request(job.spec.resources.gpu)
-        reason = job.reason or ""
+        reason = with_start(job.reason or "", job.estimated_start)
         if job.array is not None:  # the counts say more than any one task's reason
             reason = array_counts(job.array)
         if job.schedule is not None:
@@ -119,7 +119,7 @@ def queue_table(entries: list[QueueEntry], now: float | None = None) -> Table:
             str(entry.priority),
             f"{entry.fair_share:.2f}",
             ago(entry.submitted_at, now).removesuffix(" ago"),
-            plain(entry.reason),
+            plain(with_start(entry.reason, entry.estimated_start)),
         )
     return table
 

@@ -33,7 +33,7 @@ def waiting_line(job: JobView) -> str:
     if job.allocation_status == "unknown":
         return f"{job.status} {'to' if job.status == 'assigned' else 'on'} {clean(job.host or '?')}, waiting for it: {clean(job.reason)}"
     if job.status != "pulling":
-        return f"{job.status}: {clean(job.reason)}"
+        return f"{job.status}: {clean(with_start(job.reason, job.estimated_start))}"
     image = clean(job.spec.image or "image")
     match = re.fullmatch(r"pulling (\d+)%", job.reason)
     if not match:
@@ -41,6 +41,14 @@ def waiting_line(job: JobView) -> str:
     percent = min(100, int(match.group(1)))
     done = percent * PROGRESS_BAR_CHARS // 100
     return f"pulling {image} [{'#' * done}{'.' * (PROGRESS_BAR_CHARS - done)}] {percent}%"
+
+
+def with_start(reason: str, estimated_start: float | None) -> str:
+    """A waiting job's reason, with the start its backfill reservation expects where it gives one
+    (`...; blocks reserved on h3; estimated start 2026-11-29 14:05 UTC`). Pure."""
+    if estimated_start is None:
+        return reason
+    return f"{reason}; estimated start {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(estimated_start))}"
 
 
 def schedule_line(schedule: ScheduleSummary) -> str:

@@ -21,6 +21,15 @@ that is with time: the coordinator recomputes them at the housekeeping beat, who
 whose factor changed, and keeps them fixed between beats. Re-ordering alone never lets a job fit (after
 `settle()` no group's first job fits), so no re-try is owed for it.
 
+Backfill: the blocks reserved for waiting jobs (backfill.py; the coordinator re-plans them now and then,
+`set_reservations`) are kept from the jobs behind them that would not end before the reserved start. Which
+reservations a group must keep off depends on where its first job stands among them (`_Group.ahead`), so
+a group's counts on the few reserved hosts are recomputed when its first job passes one; a group whose first
+job moved ahead of one is re-tried. A reservation whose job leaves the queue (or moves in it) ends at once,
+as in a pass, and the groups on its hosts are re-tried within the same settle. The time a job's max_duration
+is judged against is the one given with the reservations: time passing alone only shrinks what a job may
+backfill onto, so no re-try is owed for it.
+
 A group's reason is computed when its inputs change, and reported only for jobs whose reason changed.
 Hosts whose inventory is unsound, or that the scheduler raises on, are left out one by one (safe_schedule.py).
 Not thread-safe: the coordinator calls it from its event loop only.
@@ -29,15 +38,17 @@ Not thread-safe: the coordinator calls it from its event loop only.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from coordinator.backfill import Candidate, Ends, Queued, Reservation, Reserved, held_off, plan
 from coordinator.host_rank import Ranking
 from coordinator.locality import block_levels, choose_blocks
 from coordinator.preemption import Room
 from coordinator.safe_schedule import failed_on, unsound
 from coordinator.scheduler import (
     NO_HOSTS,
+    NO_RESERVATIONS,
     FitKey,
     HostCapacity,
     PendingJob,
@@ -75,6 +86,10 @@ class LiveSchedule:
         self._group_of: dict[str, FitKey] = {}  # job id -> its group
         self._retry: set[FitKey] = set()  # groups a change may have helped
         self._rereason: set[FitKey] = set()  # groups whose reason may have changed
+        self.reserved = NO_RESERVATIONS
+        self.replan_wanted = False  # a reserved job left the queue, or a job newly waits ahead of the plan
+        self._planned: set[str] = set()  # the jobs the last plan read
+        self._frontier: tuple[int, float, int] | None = None  # the last one's order, if it stopped at `depth`
 
     # --- changes -----------------------------------------------------------------------------------
 
@@ -85,22 +100,34 @@ class LiveSchedule:
         if key is not None:
             if self._groups[key].jobs[job.job_id] == job:
                 return
-            self.remove_job(job.job_id)
+            self._take_out(job.job_id)
+            held = self.reserved.by_job.get(job.job_id)
+            if held is not None and held.order != job.order():  # it moved in the queue: plan it again
+                self._unreserve(job.job_id)
+                self.replan_wanted = True
         key = fit_key(job)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = self._new_group(key, job)
         if not group.jobs:  # a group with jobs gave up on its first: this one, alike, cannot fit either
             self._retry.add(key)
-        group.add(job, told)
+        group.add(job, told, self.reserved.note(job.job_id))
         self._group_of[job.job_id] = key
         self._rereason.add(key)
+        self._rebar(key)
 
     def remove_job(self, job_id: str) -> None:
         """A job is no longer eligible (placed, stopped, given up). Idempotent."""
+        self._take_out(job_id)
+        if job_id in self.reserved.by_job:  # its blocks are held no more; the plan is owed a new look
+            self._unreserve(job_id)
+            self.replan_wanted = True
+
+    def _take_out(self, job_id: str) -> None:
         key = self._group_of.pop(job_id, None)
         if key is not None:
             self._groups[key].discard(job_id)
+            self._rebar(key)
 
     def set_host(self, cap: HostCapacity) -> None:
         """A host as it is now: added, or its inventory, fleet, readiness or busy blocks changed. Idempotent."""
@@ -152,6 +179,65 @@ class LiveSchedule:
         for key in [k for k, g in self._groups.items() if not g.jobs]:
             self._drop_group(key)
 
+    def set_reservations(self, reservations: Iterable[Reservation], now: float) -> None:
+        """The blocks held for waiting jobs (backfill.py), replacing the last ones; `now`: the time a job's
+        max_duration is judged from, until the next call. Idempotent."""
+        old = self.reserved
+        new = Reserved((r for r in reservations if r.job_id in self._group_of), now)
+        self.reserved, self.replan_wanted = new, False
+        for job_id in old.by_job.keys() | new.by_job.keys():
+            key = self._group_of.get(job_id)
+            if key is not None:
+                self._groups[key].note(job_id, new.note(job_id))
+                self._rereason.add(key)
+        for group in self._groups.values():
+            group.ahead = new.ahead(group.head()[:3]) if group.jobs else 0
+        for host_id in old.on.keys() | new.on.keys():
+            host = self.hosts.get(host_id)
+            if host is not None:
+                self._host_changed(host, helps=True)  # blocks it held may be free to all now
+
+    def _unreserve(self, job_id: str) -> None:
+        """Drop the reservation of a job that left the queue: its hosts' blocks are free to the others."""
+        gone = self.reserved.by_job[job_id]
+        self.reserved = self.reserved.without([job_id])
+        for group in self._groups.values():  # the ranks behind it moved up one
+            group.ahead = self.reserved.ahead(group.head()[:3]) if group.jobs else 0
+        for host_id, _, _ in gone.nodes:
+            host = self.hosts.get(host_id)
+            if host is not None:
+                self._host_changed(host, helps=True)
+
+    def plan(self, ends: Ends, now: float, depth: int) -> list[Reservation]:
+        """`reserve()` (scheduler.py) on the queue and hosts as they are: the reservations of the first
+        `depth` waiting jobs that a ready host fits. Notes which jobs it read, so that a job that comes to
+        wait ahead of them asks for a new plan (`replan_wanted`)."""
+        self._planned, self._frontier = set(), None
+        groups = {key: g for key, g in self._groups.items() if g.jobs and g.counts}  # a ready host fits it
+        heads = (heapq.nsmallest(depth, g.jobs.values(), key=PendingJob.order) for g in groups.values())
+        merged = heapq.merge(*heads, key=PendingJob.order)  # a group gives at most `depth`: each is read
+        free = {host_id: host.free for host_id, host in self.hosts.items()}
+        return plan(self._read(merged, depth), self._candidates, free, ends, now, depth)
+
+    def _read(self, jobs: Iterable[PendingJob], depth: int) -> Iterator[Queued]:
+        """The jobs as the planner reads them, noting each (every one it is given counts to `depth`)."""
+        for job in jobs:
+            self._planned.add(job.job_id)
+            if len(self._planned) == depth:
+                self._frontier = job.order()
+            yield job.job_id, job.order(), job.spec.nodes, self._group_of[job.job_id]
+
+    def _candidates(self, key: Hashable) -> list[Candidate]:
+        """The ready hosts that fit the group's jobs, as the planner sees them."""
+        group = self._groups[key]  # type: ignore[index]
+        gpu = group.spec.resources.gpu
+        candidates = []
+        for host_id, (_, need) in group.counts.items():
+            host = self.hosts[host_id]
+            matching = host.matching_of(gpu)
+            candidates.append(Candidate(host_id, host.cap.name, host.cap.fleet, need, matching, host.levels))
+        return candidates
+
     # --- placing -----------------------------------------------------------------------------------
 
     def settle(self) -> Settled:
@@ -162,12 +248,19 @@ class LiveSchedule:
         retry, self._retry = self._retry, set()
         heads = [(g.head(), key) for key in retry if (g := self._groups.get(key)) is not None and g.jobs]
         heapq.heapify(heads)
-        while heads:
+        while heads or self._retry:
+            if self._retry:  # a reserved job placed: the blocks it held may let jobs behind it fit
+                more, self._retry = self._retry - {key for _, key in heads}, set()
+                for key in more:
+                    if (g := self._groups.get(key)) is not None and g.jobs:
+                        heapq.heappush(heads, (g.head(), key))
+                continue
             _, key = heapq.heappop(heads)
             group = self._groups[key]
             job = group.first()
             placements = self._place_gang(group, job) if job.spec.nodes > 1 else self._place(group, job)
             if not placements:
+                self._waits(job)
                 continue  # the pass gives up on this request here
             settled.placements.extend(placements)
             self.remove_job(job.job_id)
@@ -178,23 +271,31 @@ class LiveSchedule:
 
     def pending(self) -> dict[str, str]:
         """Every queued job's current reason (for tests: it costs the whole queue)."""
-        return {job_id: self._groups[key].told for job_id, key in self._group_of.items()}
+        return {
+            job_id: self._groups[key].told + self._groups[key].noted.get(job_id, "")
+            for job_id, key in self._group_of.items()
+        }
+
+    def _waits(self, job: PendingJob) -> None:
+        """A job found it cannot start now: if the last plan did not read it and it is ahead of the last
+        one it read, the plan is owed a new look."""
+        if job.job_id not in self._planned and (self._frontier is None or job.order() < self._frontier):
+            self.replan_wanted = True
 
     def _place(self, group: _Group, job: PendingJob) -> list[Placement]:
         """`schedule()`'s choice for the job: the best ranked host, unless its free blocks would split the
         job wider than the host allows and a later one keeps it together; the closest blocks there."""
         while (best := group.ranking.best()) is not None:
-            gpu = group.spec.resources.gpu
             host = self.hosts[best]
             try:
                 need = group.need(best)
-                if need > 1 and self._splits(host, gpu, need):
+                if need > 1 and self._splits(group, host, need):
                     others = (h for h in group.ranking.ordered() if h != best)
                     host = next(
-                        (self.hosts[h] for h in others if not self._splits(self.hosts[h], gpu, need)), host
+                        (self.hosts[h] for h in others if not self._splits(group, self.hosts[h], need)), host
                     )
                     need = group.need(host.cap.host_id)
-                chosen = choose_blocks(host.free_matching(gpu), need, host.levels)
+                chosen = choose_blocks(group.usable(host, self.reserved), need, host.levels)
             except Exception as exc:  # one bad host never stops placement on the others
                 self._leave_out(host.cap, failed_on(exc))
                 continue
@@ -218,14 +319,15 @@ class LiveSchedule:
     def _gang_blocks(self, group: _Group, nodes: int) -> list[tuple[_Host, list[int]]]:
         """Each node's host and blocks, or none; a host the choice raises on is left out, and the choice
         made again without it."""
-        gpu = group.spec.resources.gpu
         while True:
             ranked = ((h, self.hosts[h].cap.fleet) for h in group.ranking.ordered())
             chosen = []
             for host_id in gang_hosts(ranked, nodes) or ():
                 host = self.hosts[host_id]
                 try:
-                    blocks = choose_blocks(host.free_matching(gpu), group.need(host_id), host.levels)
+                    blocks = choose_blocks(
+                        group.usable(host, self.reserved), group.need(host_id), host.levels
+                    )
                 except Exception as exc:  # one bad host never stops placement on the others
                     self._leave_out(host.cap, failed_on(exc))
                     break
@@ -233,9 +335,9 @@ class LiveSchedule:
             else:
                 return chosen
 
-    @staticmethod
-    def _splits(host: _Host, gpu: GpuRequest | None, need: int) -> bool:
-        return splits(host.free_matching(gpu), need, host.matching_of(gpu), host.levels)
+    def _splits(self, group: _Group, host: _Host, need: int) -> bool:
+        gpu = group.spec.resources.gpu
+        return splits(group.usable(host, self.reserved), need, host.matching_of(gpu), host.levels)
 
     def _tell(self, reasons: dict[str, str]) -> None:
         for key in self._rereason:
@@ -269,7 +371,7 @@ class LiveSchedule:
         rooms = []
         for _, _, host_id in heapq.nsmallest(limit, short):
             host = self.hosts[host_id]
-            free_blocks = frozenset(host.free_matching(gpu))
+            free_blocks = frozenset(host.free & host.matching_of(gpu))
             rooms.append(
                 Room(host_id, host.cap.name, group.need(host_id), free_blocks, host.matching_of(gpu))
             )
@@ -313,7 +415,7 @@ class LiveSchedule:
     def _host_changed(self, host: _Host, *, helps: bool) -> None:
         """Update the groups that fit the host; with `helps` (more free blocks, ready now), re-try them."""
         for key in host.groups:
-            self._groups[key].update(host)
+            self._groups[key].update(host, self.reserved)
         self._rereason.update(host.groups)
         if helps and host.cap.ready:
             self._retry.update(host.groups)
@@ -329,8 +431,26 @@ class LiveSchedule:
             group.fits[host_id] = need
             if isinstance(need, int):
                 host.groups.add(key)
-                group.update(host)
+                group.update(host, self.reserved)
         return group
+
+    def _rebar(self, key: FitKey) -> None:
+        """After the group's first job changed: if it now stands behind another number of reservations,
+        recount its reserved hosts; if behind fewer, re-try it (blocks it kept off may be its to use)."""
+        group = self._groups[key]
+        if not self.reserved.on or not group.jobs:
+            return
+        ahead = self.reserved.ahead(group.head()[:3])
+        if ahead == group.ahead:
+            return
+        if ahead < group.ahead:
+            self._retry.add(key)
+        group.ahead = ahead
+        for host_id in self.reserved.on:
+            host = self.hosts.get(host_id)
+            if host is not None and key in host.groups:
+                group.update(host, self.reserved)
+        self._rereason.add(key)
 
     def _drop_group(self, key: FitKey) -> None:
         group = self._groups.pop(key)
@@ -366,9 +486,6 @@ class _Host:
             self._matching[gpu] = matching_blocks(gpu, self.cap.inventory)
         return self._matching[gpu]
 
-    def free_matching(self, gpu: GpuRequest | None) -> list[int]:
-        return sorted(self.free & self.matching_of(gpu))
-
 
 class _Group:
     """The queued jobs of one request, and what the hosts can do for it."""
@@ -385,6 +502,11 @@ class _Group:
         self.ranking = Ranking()
         self.told = ""  # what its jobs were last told
         self._untold: dict[str, str] = {}  # job id -> what it was told, for jobs not told `told`
+        self.noted: dict[str, str] = {}  # job id -> what its reservation adds to its reason
+        self._said: dict[str, str] = {}  # job id -> what it was told, for jobs that had a note then
+        self._renoted: set[str] = set()  # jobs whose note changed since they were told
+        self.ahead = 0  # the reservations ahead of its first job (Reserved.ahead)
+        self.held: set[str] = set()  # ready hosts that would take its first job now but for reservations
 
     def fit_on(self, cap: HostCapacity) -> int | str:
         return host_fit(cap, self.spec, self.project)
@@ -394,14 +516,19 @@ class _Group:
         assert isinstance(need, int)
         return need
 
-    def add(self, job: PendingJob, told: str) -> None:
+    def add(self, job: PendingJob, told: str, note: str) -> None:
         self.jobs[job.job_id] = job
         heapq.heappush(self._order, (*job.order(), job.job_id))
         self._untold[job.job_id] = told
+        if note:
+            self.noted[job.job_id] = note
 
     def discard(self, job_id: str) -> None:
         self.jobs.pop(job_id, None)
         self._untold.pop(job_id, None)
+        self.noted.pop(job_id, None)
+        self._said.pop(job_id, None)
+        self._renoted.discard(job_id)
         if len(self._order) > 2 * len(self.jobs) + 16:  # keep the lingering entries few
             self._order = [e for e in self._order if self._queued(e)]
             heapq.heapify(self._order)
@@ -418,8 +545,17 @@ class _Group:
     def first(self) -> PendingJob:
         return self.jobs[self.head()[3]]
 
-    def update(self, host: _Host) -> None:
-        """Re-count the host: its free matching blocks if it is ready and fits, and its rank."""
+    def usable(self, host: _Host, reserved: Reserved) -> list[int]:
+        """The host's free matching blocks the group's first job may take (`schedule()`'s `usable`)."""
+        free = host.free & host.matching_of(self.spec.resources.gpu)
+        host_id = host.cap.host_id
+        if host_id in reserved.on:
+            free -= reserved.hidden(host_id, self.ahead, self.spec.max_duration_s)
+        return sorted(free)
+
+    def update(self, host: _Host, reserved: Reserved) -> None:
+        """Re-count the host: the free matching blocks its first job may take if it is ready and fits, and
+        its rank."""
         host_id = host.cap.host_id
         self._uncount(host_id)
         need = self.fits.get(host_id)
@@ -428,6 +564,11 @@ class _Group:
             self.possible.add(host_id)
             if host.cap.ready:
                 free = len(host.free & host.matching_of(self.spec.resources.gpu))
+                if host_id in reserved.on:
+                    usable = len(self.usable(host, reserved))
+                    if usable < need <= free:  # it would fit but for blocks reserved ahead of it
+                        self.held.add(host_id)
+                    free = usable
                 self.counts[host_id] = (free, need)
                 _bump(self._free_hosts, free, 1)
                 _bump(self._needs, need, 1)
@@ -442,6 +583,7 @@ class _Group:
         self.possible.discard(host_id)
 
     def _uncount(self, host_id: str) -> None:
+        self.held.discard(host_id)
         old = self.counts.pop(host_id, None)
         if old is not None:
             _bump(self._free_hosts, old[0], -1)
@@ -458,23 +600,41 @@ class _Group:
             return few
         if not self.counts:
             return none_ready(hosts[h].cap for h in self.possible)
+        held = held_off(self.spec.max_duration_s) if self.held else ""
         if nodes > 1:
-            return gang_busy(
-                nodes, (hosts[h].cap.fleet for h, (free, need) in self.counts.items() if free >= need)
-            )
-        return too_busy(self.spec, min(self._needs), max(self._free_hosts))
+            room = (hosts[h].cap.fleet for h, (free, need) in self.counts.items() if free >= need)
+            return gang_busy(nodes, room) + held
+        return too_busy(self.spec, min(self._needs), max(self._free_hosts)) + held
 
     def untell(self, job_id: str) -> None:
         self._untold[job_id] = ""  # no reason is empty: the next `tell` tells it
 
     def tell(self, reason: str, reasons: dict[str, str]) -> None:
-        """Add to `reasons` the jobs whose reason changes to `reason`."""
+        """Add to `reasons` the jobs whose reason changes to `reason` (with its reservation's note, for a
+        reserved job)."""
+        changed = self.jobs if reason != self.told else self._untold.keys() | self._renoted
+        before = self._said
         if reason != self.told:
-            reasons.update((job_id, reason) for job_id in self.jobs if self._untold.get(job_id) != reason)
-        else:
-            reasons.update((job_id, reason) for job_id, told in self._untold.items() if told != reason)
+            self._said = {}
+        for job_id in changed:
+            note = self.noted.get(job_id, "")
+            said = reason + note
+            if self._untold.get(job_id, before.get(job_id, self.told)) != said:
+                reasons[job_id] = said
+            if note:
+                self._said[job_id] = said
+            else:
+                self._said.pop(job_id, None)
         self.told = reason
-        self._untold = {}
+        self._untold, self._renoted = {}, set()
+
+    def note(self, job_id: str, note: str) -> None:
+        """What the job's reservation adds to its reason from now on ("": it has none)."""
+        if note:
+            self.noted[job_id] = note
+        else:
+            self.noted.pop(job_id, None)
+        self._renoted.add(job_id)
 
 
 def _bump(counter: dict[int, int], key: int, by: int) -> None:

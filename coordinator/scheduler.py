@@ -8,16 +8,19 @@ hosts without GPUs; then the tightest fit wins, which keeps large free sets inta
 asks for no GPU takes its blocks' CPU, memory and disk but none of their GPUs. On that host the job gets the closest free blocks: one NVLink/XGMI
 island, else one PCIe root, else one NUMA node, best fit first (coordinator/locality.py). A multi-node job
 (`nodes: N`) takes such blocks on N hosts of one fleet with `placement: cluster` at once, or nothing
-(`gang_hosts`). Every job left pending gets one human reason.
+(`gang_hosts`). Every job left pending gets one human reason. Backfill: the blocks reserved for jobs that
+wait (coordinator/backfill.py) are kept from the jobs behind them that would not end before their reserved
+start.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from coordinator.backfill import Candidate, Ends, Reservation, Reserved, held_off, plan
 from coordinator.locality import Levels, block_levels, choose_blocks, closeness
 from shared.describe import describe_gpus, describe_request, rounded_memory_mib
 from shared.spec import GpuRequest, Range, Resources, TaskSpec
@@ -70,13 +73,21 @@ class ScheduleResult:
     pending: dict[str, str] = field(default_factory=dict)  # job id -> reason
 
 
-def schedule(jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity]) -> ScheduleResult:
-    """Place what fits now, in queue order (priority, fair share, age); give every other job its reason.
-    Pure."""
-    state = _Pass(hosts)
+NO_RESERVATIONS = Reserved((), 0.0)
+
+
+def schedule(
+    jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity], reserved: Reserved = NO_RESERVATIONS
+) -> ScheduleResult:
+    """Place what fits now, in queue order (priority, fair share, age), keeping each job off the blocks
+    `reserved` for jobs ahead of it that it would not end before; give every other job its reason. Pure."""
+    jobs = sorted(jobs, key=PendingJob.order)
+    queued = {j.job_id: j.order() for j in jobs}
+    stale = [r.job_id for r in reserved.by_job.values() if queued.get(r.job_id) != r.order]  # left, or moved
+    state = _Pass(hosts, reserved.without(stale))
     result = ScheduleResult()
     stuck: dict[FitKey, list[PendingJob]] = {}
-    for job in sorted(jobs, key=PendingJob.order):
+    for job in jobs:
         key = fit_key(job)
         if key in stuck:  # free blocks only shrink during a pass: an identical request cannot fit either
             stuck[key].append(job)
@@ -86,17 +97,35 @@ def schedule(jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity]) -> Sched
             stuck[key] = [job]
         else:
             result.placements.extend(placements)
+            state.reserved = state.reserved.without([job.job_id])  # placed: nothing to hold for it
     for same in stuck.values():
         reason = state.reason(same[0])  # after every placement of this pass: what the user will see
-        result.pending.update((job.job_id, reason) for job in same)
+        result.pending.update((job.job_id, reason + state.reserved.note(job.job_id)) for job in same)
     return result
+
+
+def reserve(
+    jobs: Iterable[PendingJob], hosts: Sequence[HostCapacity], ends: Ends, now: float, depth: int
+) -> list[Reservation]:
+    """The reservations of the first `depth` of the pending `jobs` that a ready host fits (backfill.py's
+    `plan`), on the hosts as they are. Pure."""
+    state = _Pass(hosts, NO_RESERVATIONS)
+    by_key: dict[Hashable, PendingJob] = {}
+    queue = []
+    for job in sorted(jobs, key=PendingJob.order):
+        key = fit_key(job)
+        by_key.setdefault(key, job)
+        queue.append((job.job_id, job.order(), job.spec.nodes, key))
+    free = {host_id: set(blocks) for host_id, blocks in state.free.items()}
+    return plan(queue, lambda key: state.candidates(by_key[key]), free, ends, now, depth)
 
 
 class _Pass:
     """The free blocks during one pass, with caches keyed by request: many queued jobs ask the same."""
 
-    def __init__(self, hosts: Sequence[HostCapacity]) -> None:
+    def __init__(self, hosts: Sequence[HostCapacity], reserved: Reserved) -> None:
         self.hosts = hosts
+        self.reserved = reserved
         self.by_id = {h.host_id: h for h in hosts}
         self.free = {h.host_id: _free_blocks(h) for h in hosts if h.ready}
         self._fits: dict[FitKey, dict[str, int | str]] = {}
@@ -126,6 +155,26 @@ class _Pass:
         matching = self.matching(spec, host_id)
         return [b for b in self.free[host_id] if b in matching]
 
+    def usable(self, job: PendingJob, host_id: str) -> list[int]:
+        """The free matching blocks the job may take: not those reserved for a job ahead that it would not
+        end before."""
+        eligible = self.free_matching(job.spec, host_id)
+        if host_id not in self.reserved.on:
+            return eligible
+        ahead = self.reserved.ahead(job.order())
+        hidden = self.reserved.hidden(host_id, ahead, job.spec.max_duration_s)
+        return [b for b in eligible if b not in hidden]
+
+    def candidates(self, job: PendingJob) -> list[Candidate]:
+        """The ready hosts that fit the job, as the backfill planner sees them."""
+        return [
+            Candidate(
+                h, self.by_id[h].name, self.by_id[h].fleet, need, self.matching(job.spec, h), self.levels(h)
+            )
+            for h, need in self.fits(job).items()
+            if isinstance(need, int) and h in self.free
+        ]
+
     def place(self, job: PendingJob) -> list[Placement]:
         """The tightest-fitting ready host's closest free matching blocks, taken out of the free set (for a
         job that asks for no GPU, hosts without GPUs first). A host
@@ -136,7 +185,7 @@ class _Pass:
         for host_id, need in self.fits(job).items():
             if not isinstance(need, int) or host_id not in self.free:
                 continue
-            eligible = self.free_matching(job.spec, host_id)
+            eligible = self.usable(job, host_id)
             if len(eligible) >= need:
                 spare = len(eligible) - need
                 rank = (self._gpus_wasted(job.spec, host_id), spare, self.by_id[host_id].name, host_id)
@@ -189,12 +238,23 @@ class _Pass:
         ready = [h for h in possible if h in self.free]
         if not ready:
             return none_ready(self.by_id[h] for h in possible)
+        held = self._held_off(job, possible)
         if nodes > 1:
-            room = (self.by_id[h].fleet for h in ready if len(self.free_matching(job.spec, h)) >= possible[h])
-            return gang_busy(nodes, room)
+            room = (self.by_id[h].fleet for h in ready if len(self.usable(job, h)) >= possible[h])
+            return gang_busy(nodes, room) + held
         need = min(possible[h] for h in ready)
-        largest = max(len(self.free_matching(job.spec, h)) for h in ready)
-        return too_busy(job.spec, need, largest)
+        largest = max(len(self.usable(job, h)) for h in ready)
+        return too_busy(job.spec, need, largest) + held
+
+    def _held_off(self, job: PendingJob, possible: Mapping[str, int]) -> str:
+        """`held_off`'s words if a ready host would take the job now but for blocks reserved ahead of it."""
+        for h in self.reserved.on:
+            need = possible.get(h)
+            if need is None or h not in self.free:
+                continue
+            if len(self.usable(job, h)) < need <= len(self.free_matching(job.spec, h)):
+                return held_off(job.spec.max_duration_s)
+        return ""
 
 
 NO_HOSTS = "no hosts registered"
@@ -326,15 +386,15 @@ def fit(spec: TaskSpec, inventory: Inventory) -> int | str:
 # ((GPUs wasted, free blocks to spare, name, host id), host id, free blocks, need); the first part ranks hosts
 Rank = tuple[int, int, str, str]
 _Candidate = tuple[Rank, str, list[int], int]
-FitKey = tuple[Resources, bool, tuple[str, ...], bool, tuple[str, ...], str, int]
+FitKey = tuple[Resources, bool, tuple[str, ...], bool, tuple[str, ...], str, int, int | None]
 
 
 def fit_key(job: PendingJob) -> FitKey:
-    """Everything of a job that `fit` and `admits` read, and its number of nodes: jobs with equal keys fit
-    (or not) on the same hosts."""
+    """Everything of a job that `fit` and `admits` read, its number of nodes and its max_duration (which
+    reserved blocks it may backfill onto): jobs with equal keys fit (or not) on the same hosts."""
     spec = job.spec
     key = (spec.resources, spec.image is None, spec.volumes, spec.privileged, spec.fleets, job.project)
-    return (*key, spec.nodes)
+    return (*key, spec.nodes, spec.max_duration_s)
 
 
 def _policy_refusal(spec: TaskSpec, inventory: Inventory) -> str | None:

@@ -12,6 +12,13 @@ Two rules hold jobs back before placement: an array's `%N` limit (arrays.py) and
 (the jobs its quota lets in, and the first it holds), never the rest. The projects' fair-share factors are
 recomputed at the re-sync only, and fixed between two (live_schedule.py says why that is enough).
 After a settle, preemption may stop lower-priority work for the first jobs that do not fit (preempting.py).
+
+Backfill (backfill.py): the reservations of the first `backfill_depth` waiting jobs are planned again, not at
+each change (a plan reads the hosts that fit those jobs), but at the housekeeping beat and after a change that
+made one stale (a reserved job left the queue, a job came to wait ahead of the planned ones), at most once
+per `PLAN_MIN_INTERVAL_S` and at most `PLAN_LOOP_SHARE` of the time, as the beat's re-sync is held back. A
+job's max_duration is judged against a reservation as from the time the next plan is due at the latest (the
+interval, and one beat), so that a job placed while the plan stands still ends before the reserved start.
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ from shared.wire import QueueEntry
 
 log = logging.getLogger("gpuctl.coordinator")
 QUEUED = (JobState.SUBMITTED, JobState.PENDING, JobState.RETRYING)
+PLAN_MIN_INTERVAL_S = 1.0  # a burst of changes that each make the plan stale re-plans once
+PLAN_LOOP_SHARE = 0.02  # of the event loop's time, at most, for plans (10,000 full hosts: 0.3-0.6 s, bench a)
+BEAT_S = 5.0  # the housekeeping beat's longest interval (server.py): a due plan is made by then
 
 
 class Scheduling:
@@ -68,6 +78,7 @@ class Scheduling:
     waiting: dict[str, str]  # job id -> why it waits for the jobs it preempted (preempting.py)
     note_waits: Callable[[], None]  # Preempting's, which comes first
     preempt: Callable[[Iterable[str] | None], None]
+    plan_due_at: float  # monotonic: no backfill plan before this (PLAN_MIN_INTERVAL_S, PLAN_LOOP_SHARE)
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         """Schedule after a change that is already committed, touching the named jobs and hosts (none
@@ -108,10 +119,53 @@ class Scheduling:
         told = {j.id: _told(j) for j in queue}
         self.live_synced = False  # until this re-sync's placements are written: a failure re-syncs again
         self.live.sync([self._pending(j) for j in queue], self._capacity(), told)
-        placed = self._settle()
+        placed = self._settle(beat=True)
         self.preempt(None)
         self.live_synced = True
         return placed
+
+    def replan(self) -> None:
+        """Plan the backfill reservations again from the hosts and queue as they are, and hand them to the
+        scheduler (the next settle places by them)."""
+        started = time.monotonic()
+        now = time.time()
+        reservations = self.live.plan(self._ends(), now, self.settings.backfill_depth)
+        interval_s = max(PLAN_MIN_INTERVAL_S, (time.monotonic() - started) / PLAN_LOOP_SHARE)
+        self.plan_due_at = time.monotonic() + interval_s
+        self.live.set_reservations(reservations, now + interval_s + BEAT_S)
+
+    def plan_backfill(self) -> None:
+        """The housekeeping beat between re-syncs: plan the reservations again if a plan is due (time alone
+        moves their starts), and place what that lets fit. A failure is logged, as a kick's."""
+        if not self.live_synced or time.monotonic() < self.plan_due_at:
+            return
+        try:
+            self.replan()
+            self._place()
+        except Exception:
+            self.live_synced = False
+            log.exception("backfill planning failed; the next housekeeping beat tries again")
+
+    def estimated_start(self, job: JobRow) -> float | None:
+        """When a waiting job's reservation expects it to start, if it has one with a known start."""
+        reservation = self.live.reserved.by_job.get(job.id)
+        return reservation.start if reservation is not None and job.status in QUEUED else None
+
+    def _ends(self) -> dict[str, dict[int, float]]:
+        """Each busy block's estimated end (its allocation's placement plus its job's max_duration), by host;
+        the blocks of a job without max_duration are absent (their end is not known)."""
+        ended = ",".join("?" * len(TERMINAL_ALLOC_STATES))
+        rows = self.store.db.execute(
+            "SELECT a.host_id, a.blocks, a.created_at + json_extract(j.spec, '$.max_duration_s') AS ends_at"
+            f" FROM allocations a JOIN jobs j ON j.id = a.job_id WHERE a.state NOT IN ({ended})"
+            " AND json_extract(j.spec, '$.max_duration_s') IS NOT NULL",
+            TERMINAL_ALLOC_STATES,
+        ).fetchall()
+        ends: dict[str, dict[int, float]] = {}
+        for row in rows:
+            on = ends.setdefault(row["host_id"], {})
+            on.update((b, row["ends_at"]) for b in json.loads(row["blocks"]))
+        return ends
 
     def queue_entries(self, project: str | None) -> list[QueueEntry]:
         """The waiting jobs (only `project`'s if given) in the order the scheduler tries them, with what
@@ -128,6 +182,7 @@ class Scheduling:
                 fair_share=self.shares.get(j.project, 1.0),
                 submitted_at=j.submitted_at,
                 reason=j.reason,
+                estimated_start=self.estimated_start(j),
             )
             for j in jobs
         ]
@@ -305,7 +360,16 @@ class Scheduling:
                 self.jobs_on[host_id] = now_on
         self._refresh_jobs(moved)
 
-    def _settle(self) -> int:
+    def _settle(self, *, beat: bool = False) -> int:
+        """Place what fits now and write it; then, if the backfill plan is stale (or at the beat) and a new
+        one is due, plan again and place what that lets fit. Returns placements made."""
+        placed = self._place()
+        if (beat or self.live.replan_wanted) and time.monotonic() >= self.plan_due_at:
+            self.replan()
+            placed += self._place()
+        return placed
+
+    def _place(self) -> int:
         """Place what fits now and write it; a placement whose job left the queue unseen (stopped) is not
         written, and its host is read again so its blocks come back. Returns placements made."""
         placed = 0

@@ -127,7 +127,7 @@ class Resync:
     330-800 ms, every 5 s beat, and each sync that arrived meanwhile waited (sync p99 1,446 ms against a
     p50 of 32 ms). So it runs at most `RESYNC_LOOP_SHARE` of the time (every beat for a small fleet, about
     every 100 s for 10,000 hosts), and the beats between tell the scheduler only what time changed: the
-    hosts whose lease ran out, and the retrying jobs (whose back-off may be over)."""
+    hosts whose lease ran out, and the retrying jobs (whose back-off may be over), and plan backfill again."""
 
     def __init__(self) -> None:
         self.due_at = 0.0  # monotonic
@@ -145,6 +145,7 @@ class Resync:
         retrying = {job.id for job in coordinator.store.jobs_in(JobState.RETRYING)}
         if lapsed or retrying:  # a kick naming nothing would re-sync
             coordinator.kick(hosts=lapsed, jobs=retrying)
+        coordinator.plan_backfill()
 
 
 async def save_last_seen(coordinator: Coordinator) -> None:

@@ -97,6 +97,7 @@ class Coordinator(Preempting, Scheduling, HostOps, LostHosts, AgentSide, Schedul
         self.shares: dict[str, float] = {}
         self.preemptible: frozenset[str] = frozenset()  # preempting.py
         self.waiting: dict[str, str] = {}
+        self.plan_due_at = 0.0
 
     # --- user side ---------------------------------------------------------------------------------
 
@@ -195,6 +196,7 @@ class Coordinator(Preempting, Scheduling, HostOps, LostHosts, AgentSide, Schedul
             allocation_status=alloc_status,
             array_id=job.array_id or "",
             array_index=job.array_index,
+            estimated_start=self.estimated_start(job),
         )
 
     def read_logs(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from coordinator.backfill import BACKFILL_DEPTH
 from coordinator.disk import DiskUsage, real_usage
 from coordinator.limits import BusyLimits
 from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE
@@ -27,6 +28,9 @@ class Settings:
     upload_quota_bytes: int = C.UPLOAD_QUOTA_BYTES  # stored files archives per project; 0: no quota
     max_array_tasks: int = C.MAX_ARRAY_TASKS  # in one job array
     fair_share_half_life_s: float = C.FAIR_SHARE_HALF_LIFE_S  # usage weighs half as much this long after
+    backfill_depth: int = (
+        BACKFILL_DEPTH  # waiting jobs given a reservation (coordinator/backfill.py); 0: none
+    )
     disk_floor_bytes: int = C.DISK_FLOOR_BYTES  # under this much free space, refuse new submits and uploads
     disk_floor_percent: float = 0.0  # or under this share of the disk, whichever is larger
     disk_usage: DiskUsage = real_usage

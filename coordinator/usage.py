@@ -2,6 +2,7 @@
 queue_policy.py). `coordinator.yaml` sets how fast usage is forgotten:
 
 fair_share_half_life: 7d        # an hour of GPUs weighs half as much this long after it ran
+backfill_depth: 16              # waiting jobs given a backfill reservation (coordinator/backfill.py); 0: none
 
 Read at the housekeeping beat, at a cost that follows what changed, not the history: the allocations that
 ended since the last look are added to decayed totals kept in memory (their end times are read again a
@@ -20,13 +21,21 @@ from coordinator.settings import Settings
 from coordinator.store import Store
 from shared.units import positive_duration_s
 
-QUEUE_SETTINGS = ("fair_share_half_life",)
+QUEUE_SETTINGS = ("fair_share_half_life", "backfill_depth")
+MAX_BACKFILL_DEPTH = 1000
 LATE_WRITE_S = 60.0  # an allocation's end may be stored this long after the time it records
 HORIZON_HALF_LIVES = 10
 
 
 def queue_settings(raw: dict, base: Settings) -> Settings:
     """`base` with the queue settings `raw` sets. Raises ValueError with one line naming the setting."""
+    if "backfill_depth" in raw:
+        depth = raw["backfill_depth"]
+        if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= MAX_BACKFILL_DEPTH:
+            raise ValueError(
+                f"backfill_depth: expected a whole number from 0 to {MAX_BACKFILL_DEPTH}, got {depth!r}"
+            )
+        base = dataclasses.replace(base, backfill_depth=depth)
     if "fair_share_half_life" not in raw:
         return base
     try:

@@ -263,6 +263,7 @@ class JobView(Wire):
     array_id: str = ""  # set on one task of an array, with its index
     array_index: int | None = None
     schedule: ScheduleSummary | None = None  # set on a schedule: the id and name are the schedule's
+    estimated_start: float | None = None  # a waiting job's, when its backfill reservation gives one
 
 
 class HostView(Wire):
@@ -370,6 +371,7 @@ class QueueEntry(Wire):
     fair_share: float  # its project's factor: 1.0 used nothing lately; the higher goes first
     submitted_at: float
     reason: str
+    estimated_start: float | None = None  # when its backfill reservation expects it to start, if known
 
 
 class UserCreate(Wire):

@@ -37,7 +37,7 @@ def test_an_unknown_setting_is_one_line_naming_it(tmp_path: Path) -> None:
     run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
-        "Error: prot: unknown setting (known: disk_floor, fair_share_half_life, fleet_lost_after, host, log_cap, "
+        "Error: prot: unknown setting (known: backfill_depth, disk_floor, fair_share_half_life, fleet_lost_after, host, log_cap, "
         "lost_after, max_array_tasks, port, python_image, server_names, state_dir, unreachable_after, upload_quota)"
     ]
 
@@ -75,6 +75,17 @@ def test_fair_shares_half_life_comes_from_the_config(tmp_path: Path) -> None:
     assert run.stderr.strip() == (
         "Error: fair_share_half_life: expected a duration like 30s or 10m, got 'never'"
     )
+
+
+def test_backfill_depth_comes_from_the_config(tmp_path: Path) -> None:
+    from coordinator.main import _load
+
+    config = tmp_path / "coordinator.yaml"
+    config.write_text(f"state_dir: {tmp_path}\nbackfill_depth: 0\n")
+    assert _load(config, None, None, None).settings.backfill_depth == 0
+    config.write_text(f"state_dir: {tmp_path}\nbackfill_depth: lots\n")
+    run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
+    assert run.stderr.strip() == "Error: backfill_depth: expected a whole number from 0 to 1000, got 'lots'"
 
 
 def test_lease_settings_come_from_the_config_and_the_flags_win(tmp_path: Path) -> None:

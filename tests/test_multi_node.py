@@ -111,6 +111,8 @@ async def test_a_two_node_job_waits_holding_nothing_while_one_host_is_busy() -> 
         assert sorted(p.name for p in out.iterdir()) == ["node-0", "node-1"]
 
 
+# Node 1 fails its first attempt once node 0 has marked its own: node 0 stopped before its mark would sleep
+# again in the second attempt.
 FIRST_ATTEMPT_FAILS = """
 name: {name}
 nodes: 2
@@ -119,7 +121,7 @@ retry: {{on_events: [error], duration: 1h}}
 commands:
   - first={out}/first-attempt-$GPUCTL_NODE_RANK
   - if [ ! -e $first ] && [ $GPUCTL_NODE_RANK = 0 ]; then touch $first; sleep 600; fi
-  - if [ ! -e $first ]; then touch $first; exit 3; fi
+  - if [ ! -e $first ]; then touch $first; while [ ! -e {out}/first-attempt-0 ]; do sleep 0.05; done; exit 3; fi
   - echo "node $GPUCTL_NODE_RANK of attempt 2"
 """
 

@@ -7,10 +7,10 @@ import time
 import msgspec
 from rich.console import Console
 
-from cli.render import attempts_table, hosts_table, jobs_table
+from cli.render import attempts_table, hosts_table, jobs_table, queue_table
 from cli.text import clean, waiting_line
 from shared.spec import TaskSpec
-from shared.wire import AttemptView, HostView, JobView
+from shared.wire import AttemptView, HostView, JobView, QueueEntry
 
 
 def view(status: str, reason: str, image: str | None = "nvcr.io/nvidia/pytorch:24.08-py3") -> JobView:
@@ -87,3 +87,14 @@ def test_a_crash_looping_job_shows_its_latest_attempts_and_counts_the_rest() -> 
     page = printed(attempts_table(job))
     assert "a-000000000177" in page and "a-000000000158" in page and "a-000000000157" not in page
     assert "157 earlier attempts not shown; --json lists them all" in page
+
+
+def test_a_reserved_job_shows_its_estimated_start_within_80_columns() -> None:
+    reason = "no host with 8 free blocks; largest free: 3; blocks reserved on gpu-node-7"
+    job = msgspec.structs.replace(view("pending", reason, None), estimated_start=1_795_000_000.0)
+    entry = QueueEntry("j", "train", "research", "pending", 0, 1.0, time.time(), reason, 1_795_000_000.0)
+    said = "estimated start 2026-11-18 11:06 UTC"
+    assert waiting_line(job) == f"pending: {reason}; {said}"
+    for page in (printed(jobs_table([job]), 80), printed(queue_table([entry]), 80)):
+        assert max(map(len, page.splitlines())) <= 80
+        assert "estimated" in page and "2026-11-18 11:06" in page  # the reason wraps
