@@ -269,9 +269,9 @@ def test_short_jobs_backfill_onto_reserved_blocks_until_the_reserved_start() -> 
 def test_a_multi_node_job_is_reserved_on_hosts_of_one_fleet() -> None:
     """The fleet whose latest node frees soonest; a host of another fleet never joins it."""
     hosts = [
-        host("a", busy=range(8)),
-        host("b", busy=range(8)),
-        replace(host("c", busy=range(8)), fleet="other"),
+        replace(host("a", busy=range(8)), cluster=True),
+        replace(host("b", busy=range(8)), cluster=True),
+        replace(host("c", busy=range(8)), fleet="other", cluster=True),
     ]
     ends = {"id-a": dict.fromkeys(range(8), NOW + 900), "id-b": dict.fromkeys(range(8), NOW + 1800)}
     ends["id-c"] = dict.fromkeys(range(8), NOW + 60)
