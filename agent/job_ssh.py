@@ -16,7 +16,8 @@ A plain-process job's uid has no passwd entry, and OpenSSH (client and server) w
 cannot look up: nss_wrapper (Debian's libnss-wrapper, preloaded) gives the job a passwd of its own whose one
 added user, `gpuctl-job` on every node, has the work dir as home; its sessions get the job's environment
 (`~/.ssh/environment`). In a container, the image's own sshd runs (as dstack's images have one), as the
-image's user, with the files in /workflow/.ssh. Without sshd or nss_wrapper on a host, the job runs all the
+image's user, with the files in /workflow/.ssh; its sessions get the container's environment and the image's
+PATH. Without sshd or nss_wrapper on a host, the job runs all the
 same, and its log says first thing why its nodes cannot ssh to each other.
 """
 
@@ -101,8 +102,8 @@ def ssh_files(alloc: AllocationSpec, home: str, in_container: bool) -> dict[str,
         + (f"ListenAddress {own_ip}\n" if own_ip else "")
         + f"HostKey {ssh}/ssh_host_ed25519_key\nAuthorizedKeysFile {ssh}/authorized_keys\nPidFile none\n"
         "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "AllowTcpForwarding no\nX11Forwarding no\nLogLevel ERROR\n"
-        + ("PermitRootLogin prohibit-password\n" if in_container else "PermitUserEnvironment yes\n")
+        "AllowTcpForwarding no\nX11Forwarding no\nLogLevel ERROR\nPermitUserEnvironment yes\n"
+        + ("PermitRootLogin prohibit-password\n" if in_container else "")
     )
     return {
         "id_ed25519": (keys.user_private, 0o600),
@@ -166,13 +167,28 @@ def process_prefix(home: str) -> str:
     return f"{SSHD} -D -e -f {config} &\n"
 
 
+def container_ssh_files(
+    alloc: AllocationSpec, home: str, env: Mapping[str, str]
+) -> dict[str, tuple[str, int]]:
+    """A container node's `.ssh` (`home`: the work dir as the container sees it), with its sessions'
+    environment (`env`: the container's). Pure."""
+    return {
+        **ssh_files(alloc, home, in_container=True),
+        "environment": (session_environment(env), 0o600),
+    }
+
+
 def container_prefix(home: str) -> str:
-    """The container script's first lines: the image's sshd if it has one, and the job's client config
-    where the image's user's ssh reads it (an existing one is kept)."""
+    """The container script's first lines: the image's sshd if it has one, and the job's client config and
+    sessions' environment where the image's user's ssh and sshd read them (existing ones are kept). The
+    environment gets the image's PATH, which sshd would otherwise replace with its own (the image's mpirun
+    would then not find its orted on the other nodes)."""
     ssh = f"{home}/{SSH_DIR}"
     return (
         f"if [ -x {SSHD} ]; then mkdir -p /run/sshd && {SSHD} -D -e -f {ssh}/sshd_config & fi\n"
         f'[ -e "$HOME/.ssh/config" ] || {{ mkdir -p "$HOME/.ssh" && cp {ssh}/config "$HOME/.ssh/config"; }}\n'
+        f'[ -e "$HOME/.ssh/environment" ] || (umask 077 && mkdir -p "$HOME/.ssh"'
+        f' && {{ cat {ssh}/environment; echo "PATH=$PATH"; }} > "$HOME/.ssh/environment")\n'
     )
 
 

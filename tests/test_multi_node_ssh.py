@@ -167,6 +167,7 @@ async def test_a_two_node_container_job_is_on_the_hosts_network_with_its_hostfil
 
 SSH_IMAGE = "gpuctl-test/busybox-sshd:1"
 SSH_PROGRAMS = ("/usr/sbin/sshd", "/usr/bin/ssh")
+IMAGE_PATH = "/usr/local/mpi/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def with_host_files(rootfs: bytes, paths: list[str], passwd: bytes) -> bytes:
@@ -193,14 +194,17 @@ def libraries_of(programs: tuple[str, ...]) -> list[str]:
 @pytest.fixture(scope="module", name="sshd_image")
 def sshd_image_fixture(docker_engine: Engine) -> Iterator[str]:
     """A job image with an sshd and an ssh, as dstack's images have: busybox plus the host's OpenSSH
-    programs and their libraries (no registry needed), with sshd's privilege separation user."""
+    programs and their libraries (no registry needed), with sshd's privilege separation user, and a PATH of
+    its own, as NVIDIA's images have (their Open MPI is in /usr/local/mpi/bin)."""
     need_ssh_and_mpi()
     passwd = b"root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/bin/false\n"
     rootfs = with_host_files(
         busybox_rootfs(busybox_static()), [*SSH_PROGRAMS, *libraries_of(SSH_PROGRAMS)], passwd
     )
     repository, tag = SSH_IMAGE.split(":")
-    docker_engine.client.api.import_image_from_data(rootfs, repository=repository, tag=tag)
+    docker_engine.client.api.import_image_from_data(
+        rootfs, repository=repository, tag=tag, changes=[f"ENV PATH={IMAGE_PATH}"]
+    )
     yield SSH_IMAGE
     docker_engine.client.api.remove_image(SSH_IMAGE, force=True)
 
@@ -223,13 +227,14 @@ async def test_node_0_of_a_container_job_runs_a_command_in_node_1s_container_ove
             + peer_job(
                 "boxes",
                 "/out",
-                ["ssh $peer cat /workflow/me > /out/ssh"],
-                every_node=("echo node $GPUCTL_NODE_RANK > /workflow/me",),
+                ["ssh $peer 'cat /workflow/me; echo node $GPUCTL_NODE_RANK path=$PATH' > /out/ssh"],
+                every_node=("echo node $GPUCTL_NODE_RANK path=$PATH > /workflow/me",),
             )
         )
         done = await c.wait_for(job.id, "done", "failed", "stopped")
         await all_nodes_ended(c, job.id)
         log = (await c.full_log(job.id)).decode()
         assert done.status == "done", log
-        said = (out / "ssh").read_text()
-    assert said == "node 1\n"  # node 1's own /workflow: the session ran in its container
+        mine, session = (out / "ssh").read_text().splitlines()
+    assert mine == f"node 1 path={IMAGE_PATH}"  # node 1's own /workflow: the session ran in its container...
+    assert session == mine  # ...with node 1's job environment and the image's PATH (mpirun's orted needs it)
