@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from shared.files import fresh_folder, write_fresh
 from shared.wire import AllocationSpec
 
 SSHD = "/usr/sbin/sshd"
@@ -117,14 +118,13 @@ def ssh_files(alloc: AllocationSpec, home: str, in_container: bool) -> dict[str,
 
 
 def write_ssh_files(files: Mapping[str, tuple[str, int]], work_dir: Path) -> None:
-    """Write `~/.ssh` into the node's work dir (the caller gives it to the job's user)."""
+    """Write `~/.ssh` into the node's work dir (the caller gives it to the job's user). The job's `files:` or
+    `repos:` may have put a link there, at the folder or one of its files: it is replaced, never followed."""
     folder = work_dir / SSH_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    fresh_folder(folder)
     folder.chmod(0o700)  # before any key is in it (a `files:` upload may have brought the folder)
     for name, (text, mode) in files.items():
-        path = folder / name
-        path.write_text(text)
-        path.chmod(mode)
+        write_fresh(folder / name, text.encode(), mode)
 
 
 def nss_wrapper() -> str | None:

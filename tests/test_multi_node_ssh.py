@@ -17,7 +17,8 @@ import pytest
 from agent.config import DockerConfig
 from agent.job_ssh import SSHD, nss_wrapper
 from tests.docker_engine import Engine, busybox_rootfs, busybox_static
-from tests.harness import cluster
+from tests.git_http import git_http_server
+from tests.harness import cluster, reachable_tmpdir
 from tests.real_parts import part_missing
 from tests.test_container_isolation import commands, member_of, submit
 from tests.test_multi_node import all_nodes_ended, cluster_fleet, shared_folder, start_hosts, until_nodes
@@ -122,6 +123,51 @@ async def test_another_jobs_key_and_files_do_not_let_it_in() -> None:
     assert second_port != port  # their sshds share the two hosts, never a port
     assert "key unreadable" in log and "Permission denied (publickey)" in log, log
     assert "LEAK" not in log and "PRIVATE KEY" not in log, log
+
+
+def repo_of_links(repo: Path, links: dict[str, Path]) -> None:
+    """A git repository of one commit that holds these links (name: target)."""
+    repo.mkdir()
+    for name, target in links.items():
+        (repo / name).symlink_to(target)
+    for args in (("init", "-q"), ("add", "."), ("commit", "-qm", "links")):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args], cwd=repo, check=True
+        )
+
+
+async def test_links_a_jobs_repo_puts_where_the_agent_writes_are_replaced_not_followed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The agent writes `.ssh` and the hostfile as root into the work dir, which the job's repository filled:
+    a link it holds there (`.ssh -> /etc`) must not let the job write root's files."""
+    need_ssh_and_mpi()
+    for name in ("no_proxy", "NO_PROXY"):  # git takes the agent's proxy variables: not for the local server
+        monkeypatch.setenv(name, "127.0.0.1")
+    root = reachable_tmpdir()
+    etc, preload = root / "etc", root / "ld.so.preload"
+    etc.mkdir()
+    (etc / "environment").write_text("KEPT=1\n")
+    preload.write_text("kept\n")
+    repo_of_links(root / "links", {".ssh": etc, ".gpuctl_mpi_hostfile": preload})
+    try:
+        with git_http_server(root) as base:
+            async with cluster() as c:
+                out = shared_folder(c)
+                await start_hosts(c, "a", "b")
+                job = await c.submit(
+                    peer_job("links", out, [f"ssh $peer echo ssh reached node 1 > {out}/ssh"])
+                    + f"repos: [{{url: '{base}/links', path: .}}]\n"
+                )
+                done = await c.wait_for(job.id, "done", "failed", "stopped")
+                await all_nodes_ended(c, job.id)
+                log = (await c.full_log(job.id)).decode()
+                said = (out / "ssh").read_text() if (out / "ssh").exists() else ""
+        assert (done.status, said) == ("done", "ssh reached node 1\n"), log
+        assert [p.name for p in etc.iterdir()] == ["environment"] and etc.stat().st_mode & 0o777 == 0o755
+        assert ((etc / "environment").read_text(), preload.read_text()) == ("KEPT=1\n", "kept\n")
+    finally:
+        shutil.rmtree(root)
 
 
 async def test_a_two_node_container_job_is_on_the_hosts_network_with_its_hostfile_and_ssh_config(
