@@ -17,8 +17,8 @@ cannot look up: nss_wrapper (Debian's libnss-wrapper, preloaded) gives the job a
 added user, `gpuctl-job` on every node, has the work dir as home; its sessions get the job's environment
 (`~/.ssh/environment`). In a container, the image's own sshd runs (as dstack's images have one), as the
 image's user, with the files in /workflow/.ssh; its sessions get the container's environment and the image's
-PATH. Without sshd or nss_wrapper on a host, the job runs all the
-same, and its log says first thing why its nodes cannot ssh to each other.
+PATH. Without sshd or nss_wrapper on a host, or sshd in an image, the job runs all the same, and its log says
+first thing why its nodes cannot ssh to each other.
 """
 
 from __future__ import annotations
@@ -179,13 +179,14 @@ def container_ssh_files(
 
 
 def container_prefix(home: str) -> str:
-    """The container script's first lines: the image's sshd if it has one, and the job's client config and
-    sessions' environment where the image's user's ssh and sshd read them (existing ones are kept). The
-    environment gets the image's PATH, which sshd would otherwise replace with its own (the image's mpirun
-    would then not find its orted on the other nodes)."""
+    """The container script's first lines: the image's sshd if it has one (else why not, in the log), and
+    the job's client config and sessions' environment where the image's user's ssh and sshd read them
+    (existing ones are kept). The environment gets the image's PATH, which sshd would otherwise replace with
+    its own (the image's mpirun would then not find its orted on the other nodes)."""
     ssh = f"{home}/{SSH_DIR}"
     return (
-        f"if [ -x {SSHD} ]; then mkdir -p /run/sshd && {SSHD} -D -e -f {ssh}/sshd_config & fi\n"
+        f"if [ -x {SSHD} ]; then mkdir -p /run/sshd && {SSHD} -D -e -f {ssh}/sshd_config &\n"
+        f"else {off_notice(f'the image has no {SSHD} (openssh-server)')}fi\n"
         f'[ -e "$HOME/.ssh/config" ] || {{ mkdir -p "$HOME/.ssh" && cp {ssh}/config "$HOME/.ssh/config"; }}\n'
         f'[ -e "$HOME/.ssh/environment" ] || (umask 077 && mkdir -p "$HOME/.ssh"'
         f' && {{ cat {ssh}/environment; echo "PATH=$PATH"; }} > "$HOME/.ssh/environment")\n'

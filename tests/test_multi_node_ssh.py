@@ -199,6 +199,9 @@ async def test_a_two_node_container_job_is_on_the_hosts_network_with_its_hostfil
         log = (await c.full_log(job.id)).decode()
         port = c.coordinator.coordinator.store.allocations_of(job.id)[0].ssh_port
         assert done.status == "done", log
+        assert log.startswith(  # the image has none: node 0's log says why its nodes cannot ssh
+            f"gpuctl: no ssh between the nodes of this job: the image has no {SSHD} (openssh-server)\n"
+        ), log
         seen = {rank: (out / f"node-{rank}").read_text().splitlines() for rank in (0, 1)}
     for rank in (0, 1):
         assert seen[rank] == [
