@@ -11,10 +11,9 @@ from __future__ import annotations
 import msgspec
 
 from coordinator.store import AllocRow
+from shared.describe import first_few
 from shared.spec import TaskSpec
 from shared.spec.node_refs import expand_node_refs, group_sizes
-
-NAMED_NODES = 3  # a reason names this many of the nodes a node waits for, and counts the rest (one line)
 
 
 def node_spec(spec: TaskSpec, rank: int, ips: tuple[str, ...]) -> TaskSpec:
@@ -42,9 +41,7 @@ def waits_for(spec: TaskSpec, alloc: AllocRow, attempt: list[AllocRow]) -> str:
     waiting = [str(a.node) for a in first if a.started_at is None]
     if not waiting:
         return ""
-    named = ", ".join(waiting[:NAMED_NODES])
-    more = f" and {len(waiting) - NAMED_NODES} more" if len(waiting) > NAMED_NODES else ""
-    return f"waiting for node {named}{more} to start (startup_order: {spec.startup_order})"
+    return f"waiting for node {first_few(waiting)} to start (startup_order: {spec.startup_order})"
 
 
 def ends_attempt_when_done(spec: TaskSpec, alloc: AllocRow) -> bool:

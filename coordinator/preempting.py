@@ -24,12 +24,12 @@ from coordinator.preemption import Preemption, Running, choose
 from coordinator.scheduler import PendingJob
 from coordinator.store import Store
 from coordinator.waiters import Waiters
+from shared.describe import first_few
 from shared.states import AllocState, JobState
 
 log = logging.getLogger("gpuctl.coordinator")
 PREEMPT_LOOKS = 4  # requests looked at per re-sync
 PREEMPT_HOSTS = 16  # hosts looked at per request
-NAMED_VICTIMS = 3  # a waiting job's reason names this many of its victims, and counts the rest
 
 
 class Preempting:
@@ -128,5 +128,4 @@ class Preempting:
 def waiting_reason(victims: list[str], host: str) -> str:
     """The reason of a job that waits for the jobs it preempted to stop: one line, naming the first few."""
     jobs = "job" if len(victims) == 1 else "jobs"
-    more = f" and {len(victims) - NAMED_VICTIMS} more" if len(victims) > NAMED_VICTIMS else ""
-    return f"waiting for preempted {jobs} {', '.join(victims[:NAMED_VICTIMS])}{more} to stop on host {host}"
+    return f"waiting for preempted {jobs} {first_few(victims)} to stop on host {host}"
