@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shared.files import write_fresh
 from shared.wire import AllocationSpec, ArrayTask, Inventory
 
 MPI_HOSTFILE = ".gpuctl_mpi_hostfile"  # in the work dir, where the job's user can read it
@@ -74,7 +75,7 @@ def write_mpi_hostfile(alloc: AllocationSpec, work_dir: Path) -> None:
     if alloc.nodes_num > 1:
         lines = (f"{ip} slots={len(alloc.gpus)}\n" for ip in alloc.nodes_ips)
         work_dir.mkdir(parents=True, exist_ok=True)
-        (work_dir / MPI_HOSTFILE).write_text("".join(lines))
+        write_fresh(work_dir / MPI_HOSTFILE, "".join(lines).encode(), 0o644)  # a link there is not followed
 
 
 def array_env(task: ArrayTask) -> dict[str, str]:

@@ -16,8 +16,9 @@ A plain-process job's uid has no passwd entry, and OpenSSH (client and server) w
 cannot look up: nss_wrapper (Debian's libnss-wrapper, preloaded) gives the job a passwd of its own whose one
 added user, `gpuctl-job` on every node, has the work dir as home; its sessions get the job's environment
 (`~/.ssh/environment`). In a container, the image's own sshd runs (as dstack's images have one), as the
-image's user, with the files in /workflow/.ssh. Without sshd or nss_wrapper on a host, the job runs all the
-same, and its log says first thing why its nodes cannot ssh to each other.
+image's user, with the files in /workflow/.ssh; its sessions get the container's environment and the image's
+PATH. Without sshd or nss_wrapper on a host, or sshd in an image, the job runs all the same, and its log says
+first thing why its nodes cannot ssh to each other.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from shared.files import fresh_folder, write_fresh
 from shared.wire import AllocationSpec
 
 SSHD = "/usr/sbin/sshd"
@@ -101,8 +103,8 @@ def ssh_files(alloc: AllocationSpec, home: str, in_container: bool) -> dict[str,
         + (f"ListenAddress {own_ip}\n" if own_ip else "")
         + f"HostKey {ssh}/ssh_host_ed25519_key\nAuthorizedKeysFile {ssh}/authorized_keys\nPidFile none\n"
         "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "AllowTcpForwarding no\nX11Forwarding no\nLogLevel ERROR\n"
-        + ("PermitRootLogin prohibit-password\n" if in_container else "PermitUserEnvironment yes\n")
+        "AllowTcpForwarding no\nX11Forwarding no\nLogLevel ERROR\nPermitUserEnvironment yes\n"
+        + ("PermitRootLogin prohibit-password\n" if in_container else "")
     )
     return {
         "id_ed25519": (keys.user_private, 0o600),
@@ -116,14 +118,13 @@ def ssh_files(alloc: AllocationSpec, home: str, in_container: bool) -> dict[str,
 
 
 def write_ssh_files(files: Mapping[str, tuple[str, int]], work_dir: Path) -> None:
-    """Write `~/.ssh` into the node's work dir (the caller gives it to the job's user)."""
+    """Write `~/.ssh` into the node's work dir (the caller gives it to the job's user). The job's `files:` or
+    `repos:` may have put a link there, at the folder or one of its files: it is replaced, never followed."""
     folder = work_dir / SSH_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    fresh_folder(folder)
     folder.chmod(0o700)  # before any key is in it (a `files:` upload may have brought the folder)
     for name, (text, mode) in files.items():
-        path = folder / name
-        path.write_text(text)
-        path.chmod(mode)
+        write_fresh(folder / name, text.encode(), mode)
 
 
 def nss_wrapper() -> str | None:
@@ -166,13 +167,29 @@ def process_prefix(home: str) -> str:
     return f"{SSHD} -D -e -f {config} &\n"
 
 
+def container_ssh_files(
+    alloc: AllocationSpec, home: str, env: Mapping[str, str]
+) -> dict[str, tuple[str, int]]:
+    """A container node's `.ssh` (`home`: the work dir as the container sees it), with its sessions'
+    environment (`env`: the container's). Pure."""
+    return {
+        **ssh_files(alloc, home, in_container=True),
+        "environment": (session_environment(env), 0o600),
+    }
+
+
 def container_prefix(home: str) -> str:
-    """The container script's first lines: the image's sshd if it has one, and the job's client config
-    where the image's user's ssh reads it (an existing one is kept)."""
+    """The container script's first lines: the image's sshd if it has one (else why not, in the log), and
+    the job's client config and sessions' environment where the image's user's ssh and sshd read them
+    (existing ones are kept). The environment gets the image's PATH, which sshd would otherwise replace with
+    its own (the image's mpirun would then not find its orted on the other nodes)."""
     ssh = f"{home}/{SSH_DIR}"
     return (
-        f"if [ -x {SSHD} ]; then mkdir -p /run/sshd && {SSHD} -D -e -f {ssh}/sshd_config & fi\n"
+        f"if [ -x {SSHD} ]; then mkdir -p /run/sshd && {SSHD} -D -e -f {ssh}/sshd_config &\n"
+        f"else {off_notice(f'the image has no {SSHD} (openssh-server)')}fi\n"
         f'[ -e "$HOME/.ssh/config" ] || {{ mkdir -p "$HOME/.ssh" && cp {ssh}/config "$HOME/.ssh/config"; }}\n'
+        f'[ -e "$HOME/.ssh/environment" ] || (umask 077 && mkdir -p "$HOME/.ssh"'
+        f' && {{ cat {ssh}/environment; echo "PATH=$PATH"; }} > "$HOME/.ssh/environment")\n'
     )
 
 

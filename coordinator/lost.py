@@ -88,7 +88,8 @@ class LostHosts:
 
     def welcome_back(self, host_id: str, statuses: list[AllocationStatus]) -> set[str]:
         """The host reports allocations this coordinator marked lost: one whose job was not placed again
-        (nor stopped) meanwhile is its own again, with the state reported; the others must stop. Answers
+        (nor stopped) meanwhile is its own again, with the state reported, unless it is a node of a
+        multi-node job (its peers were stopped); the others must stop. Answers
         the ids of those that still run and must stop (they go out as desired `stop`)."""
         stale: set[str] = set()
         for status in statuses:
@@ -102,7 +103,14 @@ class LostHosts:
             job = self.store.get_job(alloc.job_id)
             assert job is not None
             latest = self.store.latest_allocation(job.id)
-            revivable = job.status in REVIVABLE and not job.stop_requested and not alloc.interrupted
+            # A multi-node job's attempt ended with its node's loss, which stopped the other nodes (one fate):
+            # the node alone must not take the job back.
+            revivable = (
+                job.status in REVIVABLE
+                and not job.stop_requested
+                and not alloc.interrupted
+                and job.spec.nodes == 1
+            )
             if revivable and latest is not None and latest.id == alloc.id and state is not AllocState.LOST:
                 self._revive(alloc, job, state, status)
             elif not state.terminal:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from coordinator.store import AllocRow
+from shared.describe import first_few
 from shared.spec import TaskSpec
 from shared.spec.node_refs import expand_node_refs, group_sizes
 
@@ -40,7 +41,7 @@ def waits_for(spec: TaskSpec, alloc: AllocRow, attempt: list[AllocRow]) -> str:
     waiting = [str(a.node) for a in first if a.started_at is None]
     if not waiting:
         return ""
-    return f"waiting for node {', '.join(waiting)} to start (startup_order: {spec.startup_order})"
+    return f"waiting for node {first_few(waiting)} to start (startup_order: {spec.startup_order})"
 
 
 def ends_attempt_when_done(spec: TaskSpec, alloc: AllocRow) -> bool:

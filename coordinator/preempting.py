@@ -24,6 +24,7 @@ from coordinator.preemption import Preemption, Running, choose
 from coordinator.scheduler import PendingJob
 from coordinator.store import Store
 from coordinator.waiters import Waiters
+from shared.describe import first_few
 from shared.states import AllocState, JobState
 
 log = logging.getLogger("gpuctl.coordinator")
@@ -125,6 +126,6 @@ class Preempting:
 
 
 def waiting_reason(victims: list[str], host: str) -> str:
-    """The reason of a job that waits for the jobs it preempted to stop."""
+    """The reason of a job that waits for the jobs it preempted to stop: one line, naming the first few."""
     jobs = "job" if len(victims) == 1 else "jobs"
-    return f"waiting for preempted {jobs} {', '.join(victims)} to stop on host {host}"
+    return f"waiting for preempted {jobs} {first_few(victims)} to stop on host {host}"

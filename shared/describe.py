@@ -12,6 +12,12 @@ from shared.units import format_mib
 from shared.wire import GpuDevice, Inventory
 
 
+def first_few(names: list[str], shown: int = 3) -> str:
+    """`a, b, c and 7 more`: a reason that names things stays one line however many there are."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def rounded_memory_mib(device: GpuDevice) -> int:
     """Devices report a little less than their marketed size (an H100 80GB has 81559 MiB): whole GiB."""
     return round(device.memory_mib / 1024) * 1024

@@ -7,6 +7,7 @@ renamed or re-typed, so an older agent keeps talking to a newer coordinator.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated
 
 import msgspec
@@ -26,6 +27,9 @@ MAX_INDEX_VALUE = 2**62  # desired-state indices
 MAX_TTL_S = 10 * 365 * 24 * 3600
 MAX_HOSTNAME_CHARS = 253
 MAX_IP_CHARS = 45  # the longest textual IPv6 address (an IPv4-mapped one)
+# An IPv6 scope (`fe80::1%eth0`): an interface's name or number. Python takes any text after the `%`, spaces and
+# newlines too, and an internal IP goes into its peers' ssh config, known_hosts and commands.
+_SCOPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}", re.ASCII)
 MAX_TRANSPORT_CHARS = 300  # "bastion a → b → c", "proxy host:port", "direct"
 MAX_LINK_ERROR_CHARS = 500  # one line: why the proxy or the SSH tunnel failed
 MAX_AGE_S = 10 * 365 * 24 * 3600.0
@@ -114,12 +118,14 @@ class Inventory(FrozenWire, frozen=True):
 
 
 def is_ip_address(text: str) -> bool:
-    """Whether the text is an IPv4 or IPv6 address (an inventory's `internal_ip`, agent.yaml's)."""
+    """Whether the text is an IPv4 or IPv6 address (an inventory's `internal_ip`, agent.yaml's), its scope
+    (if any) an interface's name or number."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
         return False
-    return True
+    _, scoped, scope = text.partition("%")
+    return not scoped or _SCOPE_RE.fullmatch(scope) is not None
 
 
 # --- sync: the one long poll -------------------------------------------------------------------------

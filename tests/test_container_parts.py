@@ -84,7 +84,8 @@ def test_create_kwargs_carry_the_blocks_share_and_nothing_of_the_hosts_shell() -
     assert kwargs["volumes"] == ["/state/a-1/work:/workflow:rw", "/mnt/data:/data:rw"]
     assert kwargs["labels"] == {"gpuctl.allocation": "a-1", "gpuctl.job": "j-1", "gpuctl.host": "h"}
     assert kwargs["security_opt"] == ["no-new-privileges"] and not kwargs["privileged"]
-    assert "cap_add" not in kwargs  # Docker's default capability set, never more
+    assert "cap_add" not in kwargs  # Docker's default capability set, never more...
+    assert kwargs["cap_drop"] == ["NET_RAW"]  # ...less raw sockets, which see the host's traffic
     assert (kwargs["privileged"], kwargs["network_mode"], kwargs["init"]) == (False, "host", True)
     assert "shm_size" not in kwargs
 

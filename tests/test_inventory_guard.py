@@ -62,6 +62,7 @@ def test_a_detected_inventory_has_an_internal_ip_and_agent_yaml_overrides_it() -
     finally:
         shutil.rmtree(root)
     assert inventory_problem(msgspec.structs.replace(SOUND, internal_ip="fd00::7")) is None
+    assert inventory_problem(msgspec.structs.replace(SOUND, internal_ip="fe80::7%eth0.100")) is None
 
 
 def test_blocks_that_share_cores_are_sound() -> None:
@@ -84,6 +85,14 @@ def test_blocks_that_share_cores_are_sound() -> None:
         (
             msgspec.structs.replace(SOUND, internal_ip="10.0.0"),
             "inventory.internal_ip: '10.0.0' is not an IP",
+        ),
+        (  # peers' ssh config, known_hosts and commands (${{ groups[i].nodes[j].IP_ADDRESS }}) hold it
+            msgspec.structs.replace(SOUND, internal_ip="fe80::1%x\nProxyCommand=sh"),
+            "inventory.internal_ip: 'fe80::1%x\\nProxyCommand=sh' is not an IP",
+        ),
+        (
+            msgspec.structs.replace(SOUND, internal_ip="fe80::1%x;id>y"),
+            "inventory.internal_ip: 'fe80::1%x;id>y' is not an IP",
         ),
         (_with_block(SOUND, 1, gpus=(7,)), "inventory.blocks[1].gpus: GPU 7 is not among the host's devices"),
         (_with_block(SOUND, 1, gpus=(0,)), "inventory.blocks[1].gpus: GPU 0 is also named by block 0"),

@@ -109,3 +109,5 @@ def test_internal_ip_must_be_an_ip_address() -> None:
     )
     with pytest.raises(ConfigError, match="^internal_ip: expected an IP address, got 'node-7'$"):
         load_config(MISSING, {"coordinator": "https://c:1", "internal_ip": "node-7"})
+    with pytest.raises(ConfigError, match="^internal_ip: expected an IP address, got 'fe80::1%x;id'$"):
+        load_config(MISSING, {"coordinator": "https://c:1", "internal_ip": "fe80::1%x;id"})

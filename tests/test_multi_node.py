@@ -13,6 +13,7 @@ import pytest
 from coordinator.store import AllocRow
 from shared.spec import parse_spec, validate_spec
 from shared.wire import FleetSet
+from tests.faults import SHORT_LEASES
 from tests.harness import Cluster, cluster
 from tests.test_arrays import cli
 
@@ -164,3 +165,26 @@ async def test_a_multi_node_job_may_run_in_a_container(runtime: str) -> None:
     spec = parse_spec(text)
     assert spec.nodes == 2
     assert validate_spec(spec) == spec  # the coordinator's check of a spec sent as JSON
+
+
+async def test_a_lost_node_that_comes_back_after_its_peers_were_stopped_is_stopped_too() -> None:
+    """Node 0's host falls silent past lost_after: the attempt ends and node 1 is stopped. When the host
+    returns with node 0 still running, node 0 must not take the job back alone: it is stopped, and the job
+    stays lost (one job, one fate)."""
+    async with cluster(SHORT_LEASES) as c:
+        await start_hosts(c, "a", "b")
+        job = await c.submit(
+            "name: pair\nnodes: 2\nresources: {gpu: 2}\n"
+            "commands: ['for n in $(seq 0 99); do sleep 0.1; done; echo node $GPUCTL_NODE_RANK finished']\n"
+        )
+        await until_nodes(c, job.id, lambda allocs: [a.state.value for a in allocs] == ["running"] * 2)
+        await c.stop_agent("a")  # node 0's host: its node runs on, unseen
+        await c.wait_for(job.id, "lost", timeout_s=15)
+        await until_nodes(c, job.id, lambda allocs: allocs[1].state.terminal)  # node 1 stopped
+        c.start_agent("a", "2xH100:80GB", internal_ip="127.0.0.1")
+        # node 0's end, whole, once its host has told what became of it
+        await until_nodes(c, job.id, lambda allocs: allocs[0].final_log_size is not None)
+        ended = await c.job(job.id)
+        log = (await c.full_log(job.id, timeout_s=30)).decode()
+    assert ended.status == "lost", (ended.status, ended.reason)
+    assert "finished" not in log, log

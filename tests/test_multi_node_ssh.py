@@ -17,7 +17,8 @@ import pytest
 from agent.config import DockerConfig
 from agent.job_ssh import SSHD, nss_wrapper
 from tests.docker_engine import Engine, busybox_rootfs, busybox_static
-from tests.harness import cluster
+from tests.git_http import git_http_server
+from tests.harness import cluster, reachable_tmpdir
 from tests.real_parts import part_missing
 from tests.test_container_isolation import commands, member_of, submit
 from tests.test_multi_node import all_nodes_ended, cluster_fleet, shared_folder, start_hosts, until_nodes
@@ -124,6 +125,51 @@ async def test_another_jobs_key_and_files_do_not_let_it_in() -> None:
     assert "LEAK" not in log and "PRIVATE KEY" not in log, log
 
 
+def repo_of_links(repo: Path, links: dict[str, Path]) -> None:
+    """A git repository of one commit that holds these links (name: target)."""
+    repo.mkdir()
+    for name, target in links.items():
+        (repo / name).symlink_to(target)
+    for args in (("init", "-q"), ("add", "."), ("commit", "-qm", "links")):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args], cwd=repo, check=True
+        )
+
+
+async def test_links_a_jobs_repo_puts_where_the_agent_writes_are_replaced_not_followed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The agent writes `.ssh` and the hostfile as root into the work dir, which the job's repository filled:
+    a link it holds there (`.ssh -> /etc`) must not let the job write root's files."""
+    need_ssh_and_mpi()
+    for name in ("no_proxy", "NO_PROXY"):  # git takes the agent's proxy variables: not for the local server
+        monkeypatch.setenv(name, "127.0.0.1")
+    root = reachable_tmpdir()
+    etc, preload = root / "etc", root / "ld.so.preload"
+    etc.mkdir()
+    (etc / "environment").write_text("KEPT=1\n")
+    preload.write_text("kept\n")
+    repo_of_links(root / "links", {".ssh": etc, ".gpuctl_mpi_hostfile": preload})
+    try:
+        with git_http_server(root) as base:
+            async with cluster() as c:
+                out = shared_folder(c)
+                await start_hosts(c, "a", "b")
+                job = await c.submit(
+                    peer_job("links", out, [f"ssh $peer echo ssh reached node 1 > {out}/ssh"])
+                    + f"repos: [{{url: '{base}/links', path: .}}]\n"
+                )
+                done = await c.wait_for(job.id, "done", "failed", "stopped")
+                await all_nodes_ended(c, job.id)
+                log = (await c.full_log(job.id)).decode()
+                said = (out / "ssh").read_text() if (out / "ssh").exists() else ""
+        assert (done.status, said) == ("done", "ssh reached node 1\n"), log
+        assert [p.name for p in etc.iterdir()] == ["environment"] and etc.stat().st_mode & 0o777 == 0o755
+        assert ((etc / "environment").read_text(), preload.read_text()) == ("KEPT=1\n", "kept\n")
+    finally:
+        shutil.rmtree(root)
+
+
 async def test_a_two_node_container_job_is_on_the_hosts_network_with_its_hostfile_and_ssh_config(
     docker_engine: Engine,
 ) -> None:
@@ -153,6 +199,9 @@ async def test_a_two_node_container_job_is_on_the_hosts_network_with_its_hostfil
         log = (await c.full_log(job.id)).decode()
         port = c.coordinator.coordinator.store.allocations_of(job.id)[0].ssh_port
         assert done.status == "done", log
+        assert log.startswith(  # the image has none: node 0's log says why its nodes cannot ssh
+            f"gpuctl: no ssh between the nodes of this job: the image has no {SSHD} (openssh-server)\n"
+        ), log
         seen = {rank: (out / f"node-{rank}").read_text().splitlines() for rank in (0, 1)}
     for rank in (0, 1):
         assert seen[rank] == [
@@ -167,6 +216,7 @@ async def test_a_two_node_container_job_is_on_the_hosts_network_with_its_hostfil
 
 SSH_IMAGE = "gpuctl-test/busybox-sshd:1"
 SSH_PROGRAMS = ("/usr/sbin/sshd", "/usr/bin/ssh")
+IMAGE_PATH = "/usr/local/mpi/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def with_host_files(rootfs: bytes, paths: list[str], passwd: bytes) -> bytes:
@@ -193,14 +243,17 @@ def libraries_of(programs: tuple[str, ...]) -> list[str]:
 @pytest.fixture(scope="module", name="sshd_image")
 def sshd_image_fixture(docker_engine: Engine) -> Iterator[str]:
     """A job image with an sshd and an ssh, as dstack's images have: busybox plus the host's OpenSSH
-    programs and their libraries (no registry needed), with sshd's privilege separation user."""
+    programs and their libraries (no registry needed), with sshd's privilege separation user, and a PATH of
+    its own, as NVIDIA's images have (their Open MPI is in /usr/local/mpi/bin)."""
     need_ssh_and_mpi()
     passwd = b"root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/bin/false\n"
     rootfs = with_host_files(
         busybox_rootfs(busybox_static()), [*SSH_PROGRAMS, *libraries_of(SSH_PROGRAMS)], passwd
     )
     repository, tag = SSH_IMAGE.split(":")
-    docker_engine.client.api.import_image_from_data(rootfs, repository=repository, tag=tag)
+    docker_engine.client.api.import_image_from_data(
+        rootfs, repository=repository, tag=tag, changes=[f"ENV PATH={IMAGE_PATH}"]
+    )
     yield SSH_IMAGE
     docker_engine.client.api.remove_image(SSH_IMAGE, force=True)
 
@@ -223,13 +276,14 @@ async def test_node_0_of_a_container_job_runs_a_command_in_node_1s_container_ove
             + peer_job(
                 "boxes",
                 "/out",
-                ["ssh $peer cat /workflow/me > /out/ssh"],
-                every_node=("echo node $GPUCTL_NODE_RANK > /workflow/me",),
+                ["ssh $peer 'cat /workflow/me; echo node $GPUCTL_NODE_RANK path=$PATH' > /out/ssh"],
+                every_node=("echo node $GPUCTL_NODE_RANK path=$PATH > /workflow/me",),
             )
         )
         done = await c.wait_for(job.id, "done", "failed", "stopped")
         await all_nodes_ended(c, job.id)
         log = (await c.full_log(job.id)).decode()
         assert done.status == "done", log
-        said = (out / "ssh").read_text()
-    assert said == "node 1\n"  # node 1's own /workflow: the session ran in its container
+        mine, session = (out / "ssh").read_text().splitlines()
+    assert mine == f"node 1 path={IMAGE_PATH}"  # node 1's own /workflow: the session ran in its container...
+    assert session == mine  # ...with node 1's job environment and the image's PATH (mpirun's orted needs it)

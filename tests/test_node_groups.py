@@ -11,9 +11,11 @@ import msgspec
 import pytest
 
 from agent.config import DockerConfig
+from coordinator.node_order import waits_for
 from coordinator.settings import Settings
 from coordinator.store import AllocRow
 from shared.spec import SpecError, parse_spec, validate_spec
+from shared.states import AllocState
 from tests.docker_engine import Engine
 from tests.harness import FAST, Cluster, cluster
 from tests.test_multi_node import (
@@ -388,3 +390,18 @@ async def test_a_job_with_a_startup_order_retries_as_one_and_keeps_the_order() -
     for master, worker in (allocs[0:2], allocs[2:4]):
         assert master.started_at is not None and worker.started_at is not None
         assert worker.started_at > master.started_at
+
+
+def test_a_master_held_by_many_workers_names_a_few_and_counts_the_rest() -> None:
+    """workers-first over 100 nodes: the reason stays one short line however many workers have not started."""
+    spec = parse_spec("nodes: 100\nstartup_order: workers-first\ncommands: [x]\n")
+    attempt = [
+        AllocRow(f"a-{n}", "j", "h", (0,), (), (), 1, "run", AllocState.STARTING, None, "", None, node=n)
+        for n in range(100)
+    ]
+    assert waits_for(spec, attempt[0], attempt) == (
+        "waiting for node 1, 2, 3 and 96 more to start (startup_order: workers-first)"
+    )
+    assert waits_for(spec, attempt[0], attempt[:3]) == (
+        "waiting for node 1, 2 to start (startup_order: workers-first)"
+    )

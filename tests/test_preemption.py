@@ -8,6 +8,7 @@ from itertools import combinations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coordinator.preempting import waiting_reason
 from coordinator.preemption import Preemption, Room, Running, choose
 
 ALL = frozenset(range(8))
@@ -115,3 +116,16 @@ def test_the_choice_stops_the_least_of_every_way_that_makes_room(hosts: list[Roo
     else:
         assert choice is not None
         assert (choice.host_id, sorted(v.job_id for v in choice.victims)) == best[1:]
+
+
+def test_a_job_waiting_for_many_victims_names_a_few_and_counts_the_rest() -> None:
+    """One line, however many one-core jobs a large request stopped on a CPU host of many blocks."""
+    victims = [f"j{n:07d} (priority 0)" for n in range(200)]
+    assert (
+        waiting_reason(victims[:1], "cpu-1")
+        == "waiting for preempted job j0000000 (priority 0) to stop on host cpu-1"
+    )
+    assert waiting_reason(victims, "cpu-1") == (
+        "waiting for preempted jobs j0000000 (priority 0), j0000001 (priority 0), j0000002 (priority 0)"
+        " and 197 more to stop on host cpu-1"
+    )

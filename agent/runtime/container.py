@@ -76,6 +76,9 @@ def create_kwargs(
         # Docker's default capabilities and nothing more; setuid binaries in the image cannot add any.
         # A privileged container (only where the host allows it) is root on the host anyway.
         "security_opt": [] if spec.privileged else ["no-new-privileges"],
+        # Less NET_RAW: on the host's network a raw or packet socket sees every packet of the host, other
+        # jobs' NCCL and MPI traffic included, and could forge theirs.
+        "cap_drop": [] if spec.privileged else ["NET_RAW"],
         "log_config": LogConfig(type=LogConfig.types.JSON),  # the copier reads it back; journald could not
         "detach": True,
     }

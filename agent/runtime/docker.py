@@ -24,10 +24,10 @@ import docker
 import msgspec
 
 from agent.config import DockerConfig
-from agent.job_ssh import ssh_files, wants_ssh, write_ssh_files
+from agent.job_ssh import container_ssh_files, wants_ssh, write_ssh_files
 from agent.runtime.base import Observed, RuntimeStartError
 from agent.runtime.commands import shell_path
-from agent.runtime.container import LABEL_ALLOC, LABEL_HOST, WORK_DIR, container_name
+from agent.runtime.container import LABEL_ALLOC, LABEL_HOST, WORK_DIR, container_env, container_name
 from agent.runtime.container_run import ContainerRun, Host, read_exit
 from agent.runtime.devices import DeviceError, gpu_grant
 from agent.runtime.engine import ENGINE_ERRORS, reason
@@ -91,11 +91,12 @@ class DockerRuntime:
             raise RuntimeStartError(refusal)
         shell_path(alloc.spec.shell)  # an unknown shell fails here, with its reason, not in the thread
         try:
-            gpu_grant(alloc, self.host.inventory)
+            grant = gpu_grant(alloc, self.host.inventory)
         except (DeviceError, OSError) as exc:
             raise RuntimeStartError(f"cannot give the job its GPUs: {exc}") from None
         if wants_ssh(alloc):  # the image's sshd and ssh read them in /workflow/.ssh
-            write_ssh_files(ssh_files(alloc, WORK_DIR, in_container=True), alloc_dir / "work")
+            inside = container_env(env, alloc, grant)
+            write_ssh_files(container_ssh_files(alloc, WORK_DIR, inside), alloc_dir / "work")
         launch = msgspec.json.encode({"image": alloc.spec.image, "env": env})
         write_atomic(alloc_dir / "launch.json", launch, mode=0o600)  # the env may hold secrets
         self._run_for(alloc, alloc_dir)

@@ -9,7 +9,7 @@ groups:
     commands: [ray start --address=$DSTACK_MASTER_NODE_IP:6379 --block]
 
 Every node of a job takes alike blocks, so a group's `resources` (dstack's per-group field) is taken only when
-every group gives the same; it then stands for the task's. A group's `ports` is refused, as the task's is.
+every group gives the same; it then stands for the task's. A group's `ports` is refused: the task's own `ports:` names them.
 """
 
 from __future__ import annotations
