@@ -18,6 +18,10 @@ added user, `gpuctl-job` on every node, has the work dir as home; its sessions g
 (`~/.ssh/environment`). In a container, the image's own sshd runs (as dstack's images have one), as the
 image's user, with the files in /workflow/.ssh. Without sshd or nss_wrapper on a host, the job runs all the
 same, and its log says first thing why its nodes cannot ssh to each other.
+
+A dev environment (`type: dev-environment`) runs the same sshd, on one node: it listens on loopback only,
+where the agent's channel reaches it (agent/stream_ssh.py adds each user's key to `authorized_keys` first),
+and it also allows local forwards (VS Code's Remote-SSH) and sftp (scp).
 """
 
 from __future__ import annotations
