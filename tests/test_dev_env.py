@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,52 @@ async def test_ssh_runs_a_command_through_openssh_and_passes_its_exit_code_back(
     entries = await ended_sessions(c, job_id)
     sessions = [(e.who, e.kind, e.command, e.exit_code, e.error) for e in entries]
     assert sessions == [("admin", "ssh", [], None, "")] * 4  # refused on its host key: it still happened
+
+
+async def test_a_local_forward_through_ssh_reaches_a_server_in_the_dev_environment(
+    dev_env: tuple[Cluster, str, dict[str, str]],
+) -> None:
+    """What VS Code's Remote-SSH does: a server started over ssh, reached through ssh's local forward."""
+    c, job_id, env = dev_env
+    config = c.root / "ssh_config"
+    config.write_text((await gpuctl(env, "ssh-config", job_id)).out)
+    remote, local = _free_port(), _free_port()
+    server = f"echo forwarded > page && exec busybox httpd -f -p 127.0.0.1:{remote} -h ."
+    forward = f"-L127.0.0.1:{local}:127.0.0.1:{remote}"
+    ssh = await asyncio.create_subprocess_exec(
+        "ssh", "-F", str(config), "-oExitOnForwardFailure=yes", forward, f"gpuctl-{job_id}", server, env=env
+    )
+    try:
+        assert await _get_until_served(local) == b"forwarded\n"
+    finally:
+        ssh.terminate()
+        await ssh.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _get_until_served(port: int) -> bytes:
+    """GET /page through the forward, again until ssh listens and the server answers."""
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except ConnectionRefusedError:  # ssh does not listen yet
+                await asyncio.sleep(0.2)
+                continue
+            writer.write(b"GET /page HTTP/1.0\r\n\r\n")
+            try:
+                answer = await reader.read()
+            except ConnectionResetError:  # ssh's forward found no server listening yet
+                answer = b""
+            writer.close()
+            if answer:
+                return answer.split(b"\r\n\r\n", 1)[1]
+            await asyncio.sleep(0.2)
 
 
 async def ended_sessions(c: Cluster, job_id: str) -> list[AuditEntry]:
