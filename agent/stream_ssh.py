@@ -7,11 +7,15 @@ own sshd, which the host's network does not reach from outside."""
 
 from __future__ import annotations
 
+import asyncio
+
 from agent.executor import Executor
 from agent.job_ssh import authorize, wants_ssh
-from agent.stream_tcp import run_tcp
+from agent.stream_tcp import LOOPBACK, run_tcp
 from agent.streams import Stream, StreamRefused, running_alloc
 from shared.channel import SshOpen, TcpOpen
+
+SSHD_START_S = 10.0
 
 
 async def run_ssh(stream: Stream, what: SshOpen, executor: Executor) -> int | None:
@@ -24,4 +28,23 @@ async def run_ssh(stream: Stream, what: SshOpen, executor: Executor) -> int | No
         raise StreamRefused(
             "the job's sshd is not set up: its log says why (openssh-server, libnss-wrapper)"
         ) from None
+    await _sshd_listening(local.spec.ssh_port)
     return await run_tcp(stream, TcpOpen(what.alloc_id, local.spec.ssh_port), executor)
+
+
+async def _sshd_listening(port: int) -> None:
+    """Wait up to SSHD_START_S for the job's sshd to listen: it starts with the job, so a session asked for
+    as the job turns running may come first. A connection made to find out is closed at once (the sshd
+    logs nothing for it at its LogLevel ERROR); one that fails to the end leaves run_tcp to say why."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SSHD_START_S
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(LOOPBACK, port)
+        except OSError:
+            if loop.time() >= deadline:
+                return
+            await asyncio.sleep(0.1)
+        else:
+            writer.close()
+            return

@@ -111,12 +111,15 @@ async def job_ssh_host(request: web.Request) -> web.Response:
 
 
 def _dev_target(request: web.Request) -> tuple[JobRow, AllocRow, AgentChannel]:
-    """`_target`, for a dev environment only (a task runs no sshd to reach): 400 otherwise."""
+    """`_target`, for a dev environment only (a task runs no sshd to reach): 400 otherwise, and 409 for
+    one placed when every sshd port of its host was taken."""
     job, alloc, channel = _target(request)
-    if not is_dev(job.spec) or not alloc.ssh_port:
+    if not is_dev(job.spec):
         raise HTTPError(
             400, f"job: {job.id} ({job.name}) is no dev environment (type: dev-environment)", "job"
         )
+    if not alloc.ssh_port:
+        raise HTTPError(409, f"job: {job.id} ({job.name}) has no sshd: every ssh port of its host was taken")
     return job, alloc, channel
 
 
