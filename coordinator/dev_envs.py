@@ -19,6 +19,7 @@ from coordinator.store import JobRow
 from shared.job_keys import CONTAINER_LOGIN, JOB_LOGIN, job_keys
 from shared.spec.dev_env import is_dev
 from shared.states import JobState
+from shared.units import format_duration_s
 from shared.wire import SshHost
 
 log = logging.getLogger("gpuctl.coordinator")
@@ -75,8 +76,19 @@ async def stop_idle(coord: Coordinator, sessions: Sessions) -> None:
             now, running = time.time(), coord.store.jobs_in(JobState.RUNNING)
             for job in running:
                 if sessions.idle(job, now):
-                    log.info("job %s: no ssh session for its inactivity_duration; stopping it", job.id)
-                    coord.stop(job)
+                    _stop(coord, job)
             sessions.forget_all_but({job.id for job in running})
         except Exception:
             log.exception("stopping idle dev environments failed")
+
+
+def _stop(coord: Coordinator, job: JobRow) -> None:
+    """Stop an idle dev environment, saying why where `gpuctl ps` shows it: its allocation is stopped from
+    outside, as a drained host's are (a stop asked for is never retried)."""
+    why = f"no ssh session for {format_duration_s(job.spec.inactivity_duration_s or 0)} (inactivity_duration)"
+    log.info("job %s: %s; stopping it", job.id, why)
+    coord.stop(job)
+    alloc = coord.store.latest_allocation(job.id)
+    if alloc is not None and not alloc.state.terminal:
+        with coord.store.tx() as db:
+            coord.store.set_interrupted(db, alloc.id, why)

@@ -243,7 +243,7 @@ async def test_an_idle_dev_environment_stops_after_its_inactivity_duration_not_d
         assert (ran.code, ran.out) == (0, "still here\n"), ran.err  # a session longer than the duration
         assert (await c.job(job.id)).status == "running"
         stopped = await c.wait_for(job.id, "stopped", "failed", "done", timeout_s=60)
-        assert stopped.status == "stopped"
+        assert (stopped.status, stopped.reason) == ("stopped", "no ssh session for 6s (inactivity_duration)")
 
         never = await c.submit(DEV.replace("name: dev", "name: never") + "inactivity_duration: 2s\n")
         assert (await c.wait_for(never.id, "stopped", "failed", "done", timeout_s=60)).status == "stopped"
