@@ -8,20 +8,21 @@ import asyncio
 import os
 import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from agent.job_ssh import SSHD, nss_wrapper
+from agent.job_ssh import SSHD, nss_wrapper, ssh_files, write_ssh_files
 from cli.api import ApiError
 from cli.config import CliConfig, save_cli_config
 from coordinator.dev_envs import Sessions
 from coordinator.store import JobRow
 from shared.spec import SpecError, TaskSpec, parse_task
 from shared.states import JobState
-from shared.wire import AuditEntry, UserCreate
+from shared.wire import AllocationSpec, AuditEntry, UserCreate
 from tests.harness import Cluster, cluster
 from tests.real_parts import part_missing
 from tests.test_cli import GPUCTL, ROOT
@@ -261,6 +262,32 @@ def test_idle_counts_from_the_latest_of_start_last_session_and_coordinator_start
     assert not Sessions(now=9000.0).idle(job, 9059.0)  # a restarted coordinator gives a full duration
     off = _job_row(parse_task(DEV).spec, started_at=1000.0)
     assert not sessions.idle(off, 10**9)  # inactivity_duration: off by default
+
+
+def test_a_dev_environments_sshd_listens_on_loopback_only_with_forwards_and_sftp(tmp_path: Path) -> None:
+    """Read back by OpenSSH's own sshd (-T: its effective configuration)."""
+    need_ssh()
+    alloc = AllocationSpec(
+        id="a-1",
+        job_id="j",
+        job_name="dev",
+        desired="run",
+        spec=parse_task(DEV).spec,
+        blocks=(0,),
+        gpus=(),
+        cpus=(0,),
+        memory_mib=1024,
+        ssh_port=10023,
+        ssh_seed="11" * 32,
+    )
+    files = ssh_files(alloc, str(tmp_path), in_container=False)
+    assert files["config"][0] == ""  # no peers to reach
+    write_ssh_files(files, tmp_path)
+    config = tmp_path / ".ssh" / "sshd_config"
+    out = subprocess.run([SSHD, "-T", "-f", str(config)], capture_output=True, text=True, check=True).stdout
+    settings = set(out.splitlines())
+    expected = {"listenaddress 127.0.0.1:10023", "allowtcpforwarding local", "subsystem sftp internal-sftp"}
+    assert expected <= settings, out
 
 
 @pytest.mark.parametrize(
