@@ -4,7 +4,7 @@ coordinator opens streams into this host's jobs (shared/channel.py has the frame
 It travels like the sync (the same session: mTLS, and the same proxy or bastion tunnel), and carries no
 desired state: a channel that drops ends only the streams open on it, each with its reason (their processes
 are killed), and comes back after a wait with backoff and jitter. Each stream kind is a small handler
-(agent/stream_exec.py, agent/stream_tcp.py) run as a task of its own, so one slow stream never holds the
+(agent/stream_exec.py, agent/stream_tcp.py, agent/stream_ssh.py) run as a task of its own, so one slow stream never holds the
 reader; a frame that breaks the protocol closes the channel.
 """
 
@@ -22,6 +22,7 @@ import aiohttp
 from agent.client import CoordinatorClient, protocol_headers, retry_after
 from agent.executor import Executor
 from agent.stream_exec import run_exec
+from agent.stream_ssh import run_ssh
 from agent.stream_tcp import run_tcp
 from agent.streams import Stream, StreamRefused
 from shared import constants as C
@@ -35,6 +36,7 @@ from shared.channel import (
     ExecOpen,
     Frame,
     Open,
+    SshOpen,
     TcpOpen,
     Window,
     decode_to_agent,
@@ -51,7 +53,7 @@ STABLE_AFTER_S = 30.0  # a channel up this long starts again from the shortest w
 HEARTBEAT_S = 20.0  # a ping this often; no pong within half of it closes the channel (a silent partition)
 
 Handler = Callable[[Stream, Any, Executor], Awaitable[int | None]]
-HANDLERS: dict[type, Handler] = {ExecOpen: run_exec, TcpOpen: run_tcp}
+HANDLERS: dict[type, Handler] = {ExecOpen: run_exec, TcpOpen: run_tcp, SshOpen: run_ssh}
 
 
 async def channel_loop(client: CoordinatorClient, executor: Executor, synced: asyncio.Event) -> None:
@@ -135,7 +137,7 @@ class Channel:
         self.streams.pop(stream_id, None)
         return self.tasks.pop(stream_id)
 
-    async def _run(self, stream: Stream, what: ExecOpen | TcpOpen) -> None:
+    async def _run(self, stream: Stream, what: ExecOpen | TcpOpen | SshOpen) -> None:
         """The stream's handler, then its Close (unless the coordinator closed it: then it is cancelled)."""
         exit_code, error = None, ""
         try:

@@ -19,6 +19,10 @@ added user, `gpuctl-job` on every node, has the work dir as home; its sessions g
 image's user, with the files in /workflow/.ssh; its sessions get the container's environment and the image's
 PATH. Without sshd or nss_wrapper on a host, or sshd in an image, the job runs all the same, and its log says
 first thing why its nodes cannot ssh to each other.
+
+A dev environment (`type: dev-environment`) runs the same sshd, on one node: it listens on loopback only,
+where the agent's channel reaches it (agent/stream_ssh.py adds each user's key to `authorized_keys` first),
+and it also allows local forwards (VS Code's Remote-SSH) and sftp (scp).
 """
 
 from __future__ import annotations
@@ -26,64 +30,30 @@ from __future__ import annotations
 import glob
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from shared.files import fresh_folder, write_fresh
+from shared.job_keys import JOB_LOGIN, job_keys
+from shared.spec.dev_env import is_dev
 from shared.wire import AllocationSpec
 
 SSHD = "/usr/sbin/sshd"
 SSH_DIR = ".ssh"  # in the job's work dir, its home
-LOGIN = "gpuctl-job"  # a plain-process job's user name on every node (its uids differ from node to node)
+LOGIN = JOB_LOGIN
 NSS_WRAPPER_GLOBS = (
     "/usr/lib/*/libnss_wrapper.so",
     "/usr/lib64/libnss_wrapper.so",
     "/usr/lib/libnss_wrapper.so",
 )
+LOOPBACK = "127.0.0.1"
+AUTHORIZED_KEYS = "authorized_keys"
 CONNECT_ATTEMPTS = 30  # one a second: the nodes start independently, a peer's sshd may not listen yet
 
 
-@dataclass(frozen=True)
-class JobKeys:
-    user_private: str  # OpenSSH format
-    user_public: str  # "ssh-ed25519 AAAA..."
-    host_private: str
-    host_public: str
-
-
 def wants_ssh(alloc: AllocationSpec) -> bool:
-    """Whether the allocation is a node of a job whose nodes ssh to each other."""
-    return alloc.nodes_num > 1 and alloc.ssh_port > 0 and bool(alloc.ssh_seed)
-
-
-def job_keys(seed_hex: str) -> JobKeys:
-    """The job's user and host keys, the same on every node for one seed. Pure."""
-    seed = bytes.fromhex(seed_hex)
-    user, host = _derive(seed, b"user"), _derive(seed, b"host")
-    return JobKeys(_private(user), _public(user), _private(host), _public(host))
-
-
-def _derive(seed: bytes, role: bytes) -> Ed25519PrivateKey:
-    raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"gpuctl job ssh " + role).derive(seed)
-    return Ed25519PrivateKey.from_private_bytes(raw)
-
-
-def _private(key: Ed25519PrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    ).decode()
-
-
-def _public(key: Ed25519PrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
+    """Whether the allocation runs an sshd: a node of a job whose nodes ssh to each other, or a dev
+    environment (which people reach over the channel: `gpuctl ssh`)."""
+    return (alloc.nodes_num > 1 or is_dev(alloc.spec)) and alloc.ssh_port > 0 and bool(alloc.ssh_seed)
 
 
 def ssh_files(alloc: AllocationSpec, home: str, in_container: bool) -> dict[str, tuple[str, int]]:
@@ -96,20 +66,27 @@ def ssh_files(alloc: AllocationSpec, home: str, in_container: bool) -> dict[str,
         f"Host {' '.join(peers)}\n    Port {alloc.ssh_port}\n    IdentityFile {ssh}/id_ed25519\n"
         f"    IdentitiesOnly yes\n    UserKnownHostsFile {ssh}/known_hosts\n    StrictHostKeyChecking yes\n"
         f"    ConnectionAttempts {CONNECT_ATTEMPTS}\n"
+        if peers
+        else ""
     )
-    own_ip = alloc.nodes_ips[alloc.node_rank] if alloc.node_rank < len(alloc.nodes_ips) else ""
+    # A dev environment's sshd listens on loopback only: the agent's channel reaches it there, no one else
+    own_ip = alloc.nodes_ips[alloc.node_rank] if alloc.node_rank < len(alloc.nodes_ips) else LOOPBACK
+    # VS Code's Remote-SSH reaches its server through a local forward; scp and sftp need the sftp server
+    dev = is_dev(alloc.spec)
+    forwarding = "local" if dev else "no"
     server = (
         f"Port {alloc.ssh_port}\n"
-        + (f"ListenAddress {own_ip}\n" if own_ip else "")
+        + f"ListenAddress {own_ip}\n"
         + f"HostKey {ssh}/ssh_host_ed25519_key\nAuthorizedKeysFile {ssh}/authorized_keys\nPidFile none\n"
         "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "AllowTcpForwarding no\nX11Forwarding no\nLogLevel ERROR\nPermitUserEnvironment yes\n"
+        f"AllowTcpForwarding {forwarding}\nX11Forwarding no\nLogLevel ERROR\nPermitUserEnvironment yes\n"
+        + ("Subsystem sftp internal-sftp\n" if dev else "")
         + ("PermitRootLogin prohibit-password\n" if in_container else "")
     )
     return {
         "id_ed25519": (keys.user_private, 0o600),
         "id_ed25519.pub": (keys.user_public + "\n", 0o644),
-        "authorized_keys": (keys.user_public + "\n", 0o600),
+        AUTHORIZED_KEYS: (keys.user_public + "\n", 0o600),
         "known_hosts": (known, 0o644),
         "config": (client, 0o600),
         "ssh_host_ed25519_key": (keys.host_private, 0o600),
@@ -219,3 +196,13 @@ def prepare_process(
 def off_notice(why: str) -> str:
     """The job script's first line when its nodes cannot ssh to each other here: its log says why."""
     return f"echo {shlex.quote(f'gpuctl: no ssh between the nodes of this job: {why}')} >&2\n"
+
+
+def authorize(work_dir: Path, public_key: str) -> None:
+    """Let `public_key` log in to the job's sshd (a person's, `gpuctl ssh`), beside the job's own key.
+    Idempotent; the agent's event loop only (read, then append)."""
+    path = work_dir / SSH_DIR / AUTHORIZED_KEYS
+    if public_key in path.read_text().splitlines():
+        return
+    with path.open("a") as keys:
+        keys.write(public_key + "\n")

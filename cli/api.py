@@ -34,6 +34,7 @@ from shared.wire import (
     QueueEntry,
     SecretSet,
     SecretView,
+    SshHost,
     SubmitRequest,
     TokenCreate,
     TokenCreated,
@@ -205,6 +206,10 @@ class Api:
         """The latest entries of the audit log (of one job), newest first; admins only."""
         query = urllib.parse.urlencode({"limit": limit, **({"job": job} if job else {})})
         return self._call("GET", f"/audit?{query}", list[AuditEntry])
+
+    def ssh_host(self, ref: str) -> SshHost:
+        """Whom `gpuctl ssh` logs in to a running dev environment as, and its sshd's host key."""
+        return self._call("GET", f"/jobs/{urllib.parse.quote(ref, safe='')}/ssh-host", SshHost)
 
     def host_detail(self, ref: str) -> HostDetail:
         return self._call("GET", f"/hosts/{urllib.parse.quote(ref, safe='')}", HostDetail)

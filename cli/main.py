@@ -41,6 +41,9 @@ class LazyGroup(click.Group):
         "port-forward": "cli.into:port_forward",
         "attach": "cli.into:attach",
         "audit": "cli.into:audit",
+        "ssh": "cli.ssh:ssh_command",
+        "ssh-config": "cli.ssh:ssh_config",
+        "ssh-proxy": "cli.ssh:ssh_proxy",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

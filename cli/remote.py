@@ -154,12 +154,28 @@ async def _carry(
     writer: asyncio.StreamWriter,
     say: Callable[[str], None],
 ) -> None:
+    path = f"/jobs/{urllib.parse.quote(ref, safe='')}/forward?port={port}&node={node}"
+    await carry(config, path, f"port {port}", reader, writer, say)
+
+
+async def carry(
+    config: CliConfig,
+    path: str,
+    label: str,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    say: Callable[[str], None],
+) -> bool:
+    """Carry a byte stream (a local connection, `gpuctl ssh-proxy`'s stdin and stdout) over the stream that
+    the WebSocket at `path` opens, until either side ends it; answers whether it ended cleanly. Says why
+    it did not, after `label`."""
     try:
-        ws = await _open(config, f"/jobs/{urllib.parse.quote(ref, safe='')}/forward?port={port}&node={node}")
+        ws = await _open(config, path)
     except ApiError as exc:
-        say(f"port {port}: {exc}")
+        say(f"{label}: {exc}")
         writer.close()
-        return
+        return False
+    clean = False
     upstream = asyncio.create_task(_local_to_remote(ws, reader))
     try:
         while (message := await ws.receive()) is not None:
@@ -171,7 +187,8 @@ async def _carry(
                 writer.write_eof()
             elif isinstance(frame, Close):
                 if frame.error:
-                    say(f"port {port}: {frame.error}")
+                    say(f"{label}: {frame.error}")
+                clean = not frame.error
                 break
     except ConnectionError:
         pass
@@ -179,6 +196,7 @@ async def _carry(
         upstream.cancel()
         await ws.close()
         writer.close()
+    return clean
 
 
 async def _local_to_remote(ws: WebSocket, reader: asyncio.StreamReader) -> None:

@@ -163,7 +163,7 @@ class AgentSide:
             attempt = self._attempt(alloc, job.spec.nodes)
             if alloc.desired == "run" and waits_for(job.spec, alloc, attempt):
                 continue
-            peers = self._peers(alloc, attempt)
+            peers = self._peers(alloc, attempt) or self._dev_ssh(alloc)
             spec = node_spec(job.spec, alloc.node, peers.get("nodes_ips", (_internal_ip(host),)))
             allocations.append(
                 AllocationSpec(
@@ -207,6 +207,12 @@ class AgentSide:
         ssh = {"ssh_port": alloc.ssh_port, "ssh_seed": self.secrets.job_ssh_seed(alloc.job_id)}
         facts = {"node_rank": alloc.node, "nodes_num": len(ranks), "master_addr": ips[0], "nodes_ips": ips}
         return {**facts, **ssh}
+
+    def _dev_ssh(self, alloc: AllocRow) -> dict[str, Any]:
+        """What a dev environment's sshd needs (its port on loopback, the seed of its keys); {} for a task."""
+        if not alloc.ssh_port:
+            return {}
+        return {"ssh_port": alloc.ssh_port, "ssh_seed": self.secrets.job_ssh_seed(alloc.job_id)}
 
     def _fold_statuses(self, host_id: str, statuses: list[AllocationStatus]) -> bool:
         """Record what the agent reports, all of one sync in one transaction; True if an allocation ended

@@ -1,6 +1,6 @@
-"""The audit log: every time someone reached into a job (`gpuctl exec`), kept in the store. A row is written
-when the command starts (so a cut connection or a coordinator restart still leaves it) and completed with how
-it ended."""
+"""The audit log: every time someone reached into a job (`gpuctl exec`, `gpuctl ssh`), kept in the store. A
+row is written when the command or session starts (so a cut connection or a coordinator restart still leaves
+it) and completed with how it ended."""
 
 from __future__ import annotations
 
@@ -18,14 +18,22 @@ class AuditLog:
         self.store = store
 
     def started(
-        self, who: str, project: str, job_id: str, node: int, host_id: str, command: list[str]
+        self,
+        who: str,
+        project: str,
+        job_id: str,
+        node: int,
+        host_id: str,
+        command: list[str],
+        kind: str = "exec",
     ) -> int:
-        """Record an exec that is starting (committed before it runs); answers its entry's id."""
+        """Record an exec (or an ssh session) that is starting, committed before it runs; answers its
+        entry's id."""
         with self.store.tx() as db:
             cursor = db.execute(
                 "INSERT INTO audit (at, who, project, job_id, node, host_id, kind, command)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'exec', ?)",
-                (time.time(), who, project, job_id, node, host_id, json.dumps(command)),
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), who, project, job_id, node, host_id, kind, json.dumps(command)),
             )
         assert cursor.lastrowid is not None
         return cursor.lastrowid

@@ -31,6 +31,7 @@ from shared.channel import (
     RecvWindow,
     Resize,
     SendCredit,
+    SshOpen,
     TcpOpen,
     Window,
     decode_from_agent,
@@ -171,7 +172,9 @@ class Channels:
         log.info("host %s: channel closed: %s", host_id, reason)
 
 
-async def relay(stream: RelayStream, user: web.WebSocketResponse, opening: ExecOpen | TcpOpen) -> Close:
+async def relay(
+    stream: RelayStream, user: web.WebSocketResponse, opening: ExecOpen | TcpOpen | SshOpen
+) -> Close:
     """Open the stream on the agent, then carry it both ways until it ends; answers its Close (sent to the
     user too). A user who goes away closes the stream on the agent (its command is killed)."""
     channel, upstream = stream.channel, None

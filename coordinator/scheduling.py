@@ -44,6 +44,7 @@ from coordinator.store import TERMINAL_ALLOC_STATES, HostRow, JobRow, Store, _jo
 from coordinator.usage import ProjectUsage
 from coordinator.waiters import Waiters
 from shared import constants as C
+from shared.spec.dev_env import is_dev
 from shared.states import HostState, JobState
 from shared.units import format_duration_s
 from shared.wire import QueueEntry
@@ -407,7 +408,7 @@ class Scheduling:
                 if job is None or job.status not in QUEUED or not all(ready(p.host_id) for p in nodes):
                     stale.extend(nodes)
                     continue
-                port = self._ssh_port(db, nodes)
+                port = self._ssh_port(db, nodes, is_dev(job.spec))
                 for p in nodes:
                     alloc_id = "a-" + secrets.token_hex(6)
                     self.store.insert_allocation(
@@ -437,10 +438,10 @@ class Scheduling:
             self.log_waiters.changed(p.job_id)
         return stale
 
-    def _ssh_port(self, db: sqlite3.Connection, nodes: list[Placement]) -> int:
-        """A multi-node job's sshd port: the first that no live allocation on any of its hosts holds (0 for
-        one node, or when all are held: its nodes then run without ssh between them)."""
-        if len(nodes) == 1:
+    def _ssh_port(self, db: sqlite3.Connection, nodes: list[Placement], dev: bool) -> int:
+        """A multi-node job's or a dev environment's sshd port: the first that no live allocation on any of
+        its hosts holds (0 for a one-node task, or when all are held: its nodes then run without ssh)."""
+        if len(nodes) == 1 and not dev:
             return 0
         held = self.store.ssh_ports_in_use(db, {p.host_id for p in nodes})
         free = (n for n in range(C.JOB_SSH_PORT_FIRST, C.JOB_SSH_PORT_LAST + 1) if n not in held)

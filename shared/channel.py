@@ -4,7 +4,7 @@
 
 The agent dials out, so the coordinator reaches into a host (a shell in a job, a job's port) over a
 connection the host opened. Many streams share the channel: the coordinator opens one with `Open`, naming a
-kind (`ExecOpen`, `TcpOpen`; later kinds, such as ssh into a dev environment, are new `Open` payloads) and a
+kind (`ExecOpen`, `TcpOpen`, `SshOpen`; a later kind is a new `Open` payload) and a
 stream id it chose; `Data`, `Eof`, `Resize` and `Close` then carry the stream's id.
 
 Flow control is by credit, per stream and per direction: each side may send a stream at most WINDOW_BYTES of
@@ -32,6 +32,7 @@ MAX_STREAMS_PER_AGENT = 256  # streams open at once on one agent's channel
 MAX_ARGV = 256  # arguments of an exec'd command
 MAX_ARG_CHARS = 8192
 MAX_ERROR_CHARS = 500
+PUBLIC_KEY_PATTERN = r"^ssh-ed25519 [A-Za-z0-9+/]{68}$"  # the key `gpuctl ssh` makes: 32 bytes, its header
 MAX_FRAME_BYTES = MAX_DATA_BYTES + 64 * 1024  # a WebSocket message: the largest Data or Open, with room
 
 StreamId = Annotated[int, Meta(ge=1, le=2**31 - 1)]
@@ -40,6 +41,7 @@ Port = Annotated[int, Meta(ge=1, le=65535)]
 TermSize = Annotated[int, Meta(ge=1, le=10_000)]
 AllocId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 Arg = Annotated[str, Meta(max_length=MAX_ARG_CHARS)]
+PublicKey = Annotated[str, Meta(max_length=200, pattern=PUBLIC_KEY_PATTERN)]
 ExitCode = Annotated[int, Meta(ge=-(2**31), le=2**32 - 1)]  # negative: killed by that signal
 
 EXEC_STDOUT, EXEC_STDERR = 1, 2  # Data.fd of an exec stream's output; input (stdin, a socket's bytes) is 0
@@ -66,9 +68,17 @@ class TcpOpen(_Frame, tag="tcp", frozen=True):
     port: Port
 
 
+class SshOpen(_Frame, tag="ssh", frozen=True):
+    """A connection to the sshd of the allocation's dev environment, which first lets `public_key` (the
+    user's, `gpuctl ssh`) log in."""
+
+    alloc_id: AllocId
+    public_key: PublicKey
+
+
 class Open(_Frame, tag="open", frozen=True):
     stream: StreamId
-    what: ExecOpen | TcpOpen
+    what: ExecOpen | TcpOpen | SshOpen
 
 
 class Data(_Frame, tag="data", frozen=True):

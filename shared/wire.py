@@ -428,8 +428,17 @@ class SecretView(Wire):
     updated_at: float
 
 
+class SshHost(Wire):
+    """How `gpuctl ssh` logs in to a running dev environment: as `user`, pinning `host_key` (its sshd's)."""
+
+    job_id: str
+    user: str
+    host_key: str  # "ssh-ed25519 AAAA..."
+
+
 class AuditEntry(Wire):
-    """One time someone reached into a job (`gpuctl exec`): who, which job, when, and how it ended."""
+    """One time someone reached into a job (`gpuctl exec`, `gpuctl ssh`): who, which job, when, and how it
+    ended."""
 
     id: int
     at: float
@@ -438,7 +447,7 @@ class AuditEntry(Wire):
     job_id: str
     node: int
     host_id: str
-    kind: str  # "exec"
+    kind: str  # "exec" or "ssh" (no command, no exit code: a session)
     command: list[str]
     ended_at: float | None = None  # None: still open, or cut by a coordinator restart
     exit_code: int | None = None

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent import job_ssh
-from agent.job_ssh import SSHD, job_keys, prepare_process, session_environment, ssh_files, write_ssh_files
+from agent.job_ssh import SSHD, prepare_process, session_environment, ssh_files, write_ssh_files
+from shared.job_keys import job_keys
 from shared.spec import parse_spec
 from shared.wire import AllocationSpec
 

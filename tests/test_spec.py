@@ -449,7 +449,7 @@ BAD_SPECS = [
     ("commands: [x]\nnodes: 0\n", "spec.yaml:2: nodes: must be between 1"),
     ("commands: [x]\nnodes: 1001\n", "spec.yaml:2: nodes: must be between 1 and 1000, got 1001"),
     ("commands: [x]\nnodes: [1]\n", "spec.yaml:2: nodes: expected a single value, got a list"),
-    ("type: service\ncommands: [x]\n", "spec.yaml:1: type: only 'task' is supported"),
+    ("type: service\ncommands: [x]\n", "spec.yaml:1: type: only 'task' and 'dev-environment' are supported"),
     ("name: My_Task\ncommands: [x]\n", "spec.yaml:1: name: expected lowercase letters"),
     ("name: " + "a" * 61 + "\ncommands: [x]\n", "spec.yaml:1: name: "),
     ("name: 1abc\ncommands: [x]\n", "spec.yaml:1: name: "),

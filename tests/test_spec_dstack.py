@@ -230,7 +230,7 @@ def test_a_file_without_those_fields_has_no_warnings() -> None:
         ("retries: 3", "did you mean 'retry'?"),
         ("gpu: H100", "t.yaml:2: gpu: unknown field; gpu belongs under resources (resources: {gpu: ...})"),
         ("port: 80", "port belongs to dstack's service configurations, gpuctl runs tasks"),
-        ("ide: vscode", "ide belongs to dstack's dev-environment configurations"),
+        ("ide: vscode", "t.yaml:2: ide: unknown field; ide is for type: dev-environment"),
     ],
 )
 def test_unknown_fields_never_point_at_a_field_of_another_kind_unsaid(text: str, expected: str) -> None:

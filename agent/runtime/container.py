@@ -20,6 +20,7 @@ from agent.env import MPI_HOSTFILE
 from agent.job_ssh import container_prefix, wants_ssh
 from agent.runtime.commands import job_script, shell_path
 from agent.runtime.devices import DeviceGrant
+from shared.spec.dev_env import job_commands
 from shared.volumes import parse_volume
 from shared.wire import AllocationSpec
 
@@ -63,7 +64,7 @@ def create_kwargs(
     kwargs: dict[str, Any] = {
         "image": image,
         "name": container_name(alloc.id),
-        **_program(spec.commands, spec.shell, spec.working_dir, wants_ssh(alloc)),
+        **_program(job_commands(spec), spec.shell, spec.working_dir, wants_ssh(alloc)),
         "environment": container_env(env, alloc, grant),
         "labels": {LABEL_ALLOC: alloc.id, LABEL_JOB: alloc.job_id, LABEL_HOST: host},
         "volumes": _binds(spec.volumes, work_dir),

@@ -26,6 +26,7 @@ from agent.runtime.jobuser import UidRange, UidRangeError, job_uid
 from agent.runtime.shim import SERVE_ARG, START_FILE, start_time
 from agent.runtime.shim_server import ShimServer, ShimServerError
 from shared.files import write_atomic
+from shared.spec.dev_env import job_commands
 from shared.states import AllocState
 from shared.wire import AllocationSpec, Inventory
 
@@ -69,7 +70,7 @@ class ProcessRuntime:
             _chown_tree(work_dir, uid, gid)  # `files:` unpacked there, and `.ssh`, are the job's own
         work_dir.chmod(0o700)
         cpus = kernel_cpus(sorted(alloc.cpus), this_machine().cpus) if alloc.cpus else ()
-        shell, script = shell_path(alloc.spec.shell), job_script(alloc.spec.commands, first=first)
+        shell, script = shell_path(alloc.spec.shell), job_script(job_commands(alloc.spec), first=first)
         devices = gpu_device_nodes(alloc, self.inventory, self.dev) if self.inventory is not None else ()
         cgroups = confine(self.cgroups, alloc.id, Limits(cpus, alloc.memory_mib, self.pids_limit, devices))
         write_start(alloc_dir, env, cpus, cgroups)

@@ -80,8 +80,8 @@ def _check_count(path: str, items: tuple[Any, ...] | dict[str, str], max_items: 
 
 
 def _check_type(value: str) -> None:
-    if value != "task":
-        raise SpecError("type", f"only 'task' is supported, got {_quote(value)}")
+    if value not in ("task", "dev-environment"):
+        raise SpecError("type", f"only 'task' and 'dev-environment' are supported, got {_quote(value)}")
 
 
 def _check_name(name: str) -> None:

@@ -30,6 +30,7 @@ from shared.spec.checks import (
     _check_working_dir,
 )
 from shared.spec.copies import Copy, _parse_files, _parse_repos
+from shared.spec.dev_env import DEV_ENVIRONMENT, DEV_FIELDS, USE_INIT, VERSION_IGNORED, dev_parsers
 from shared.spec.fields import REFUSED_ADVICE, REFUSED_DEFAULTS, TASK_FIELD_GROUPS, FieldGroup, warnings
 from shared.spec.fields import unknown_field_message as _unknown_top_level
 from shared.spec.groups import _parse_groups
@@ -93,8 +94,9 @@ def _build_task(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskFile:
     if root is None or _is_null(root):
         raise SpecError("", "empty spec; expected a mapping with at least 'commands'", 1)
     problems = Problems()
-    nodes = _top_level_nodes(root, problems)
-    fields = _parse_fields(nodes, environ, problems)
+    dev = _declares_dev(root)
+    nodes = _top_level_nodes(root, problems, dev)
+    fields = _parse_fields(nodes, environ, problems, dev)
     copies: list[Copy] = []
     if "files" in nodes and not _is_null(nodes["files"]):
         with problems.collect():
@@ -120,15 +122,25 @@ def _build_task(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskFile:
         spec = validate_spec(TaskSpec(**fields))
     files = tuple((c.local, c.target) for c in copies if not c.target.startswith("/"))
     root_files = tuple((c.local, c.target) for c in copies if c.target.startswith("/"))
-    return TaskFile(spec, files, root_files, warnings(nodes))
+    ignored = (VERSION_IGNORED,) if "version" in nodes else ()
+    return TaskFile(spec, files, root_files, warnings(nodes) + ignored)
 
 
-def _top_level_nodes(root: yaml.Node, problems: Problems) -> dict[str, yaml.Node]:
-    """The value node of each known top-level field, in order; an unknown field is a problem."""
+def _declares_dev(root: yaml.Node) -> bool:
+    """Whether the file says `type: dev-environment` (its own fields are known then)."""
+    found = _value_of(root, "type") if isinstance(root, yaml.MappingNode) else None
+    return isinstance(found, yaml.ScalarNode) and found.value == DEV_ENVIRONMENT
+
+
+def _top_level_nodes(root: yaml.Node, problems: Problems, dev: bool) -> dict[str, yaml.Node]:
+    """The value node of each known top-level field, in order; an unknown field is a problem, and so are
+    `commands` in a dev environment (it has `init`)."""
     nodes = {}
     with problems.collect():
         for key_node, key, value_node in _entries(root, ""):
-            if key in TASK_FIELD_GROUPS:
+            if dev and key == "commands":
+                problems.found.append(SpecError("commands", USE_INIT, _line(key_node)))
+            elif key in TASK_FIELD_GROUPS or (dev and key in DEV_FIELDS):
                 nodes[key] = value_node
             else:
                 problems.found.append(SpecError(_child("", key), _unknown_top_level(key), _line(key_node)))
@@ -136,18 +148,23 @@ def _top_level_nodes(root: yaml.Node, problems: Problems) -> dict[str, yaml.Node
 
 
 def _parse_fields(
-    nodes: dict[str, yaml.Node], environ: Mapping[str, str], problems: Problems
+    nodes: dict[str, yaml.Node], environ: Mapping[str, str], problems: Problems, dev: bool
 ) -> dict[str, Any]:
     """TaskSpec fields from the top-level fields that map onto one; refused fields are checked here."""
-    parsers = _top_level_parsers(environ)
+    parsers: dict[str, tuple[str | None, _Parser]] = {
+        **_top_level_parsers(environ),
+        **(dev_parsers() if dev else {}),
+    }
     fields: dict[str, Any] = {}
     for key, node in nodes.items():
         with problems.collect():
-            if TASK_FIELD_GROUPS[key] is FieldGroup.REFUSED:
+            if TASK_FIELD_GROUPS.get(key) is FieldGroup.REFUSED:
                 _check_refused(key, node)
             elif key in parsers and not _is_null(node):
                 attribute, parse = parsers[key]
-                fields[attribute] = parse(node, key)
+                value = parse(node, key)
+                if attribute is not None:
+                    fields[attribute] = value
     return fields
 
 
@@ -249,7 +266,8 @@ def _check_together(
     commands = nodes.get("commands")
     if fields.get("commands") and "groups" in fields:
         problems.found.append(SpecError("commands", GROUP_COMMANDS, _line(nodes["commands"])))
-    if not fields.get("commands") and "image" not in fields and "groups" not in fields:
+    dev = fields.get("type") == DEV_ENVIRONMENT  # it runs init, then stays up: init may be empty
+    if not fields.get("commands") and "image" not in fields and "groups" not in fields and not dev:
         if commands is None or _is_null(commands):
             problems.found.append(SpecError("commands", f"missing; {NO_WORK}", _line(root)))
         else:

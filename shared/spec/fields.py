@@ -100,6 +100,8 @@ def unknown_field_message(key: str) -> str:
     a field without effect says so, so that a typo never leads to a field that silently does nothing."""
     if key in _RESOURCE_KEYS:
         return f"unknown field; {key} belongs under resources (resources: {{{key}: ...}})"
+    if key in _OTHER_KINDS["dev-environment"].split():
+        return f"unknown field; {key} is for type: dev-environment"
     for kind, names in _OTHER_KINDS.items():
         if key in names.split():
             return f"unknown field; {key} belongs to dstack's {kind} configurations, gpuctl runs tasks"

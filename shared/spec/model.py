@@ -141,6 +141,10 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     startup_order: str = "any"  # STARTUP_ORDERS
     stop_criteria: str = "all-done"  # STOP_CRITERIA
     ports: tuple[PortMapping, ...] = ()  # what `gpuctl port-forward JOB` forwards when it names no port
+    # A dev environment's (shared/spec/dev_env.py): its IDE (None: ssh only), and how long it may go with
+    # no ssh session or exec before it is stopped (None: off)
+    ide: str | None = None
+    inactivity_duration_s: int | None = None
 
     def group_of(self, rank: int) -> NodeGroup | None:
         """The group node `rank` belongs to (None without groups)."""

@@ -34,6 +34,7 @@ from shared.spec.checks import (
     _check_volumes,
     _check_working_dir,
 )
+from shared.spec.dev_env import check_dev, is_dev
 from shared.spec.limits import REDACTED
 from shared.spec.model import Problems, SpecError, TaskSpec
 from shared.spec.ports import _check_ports
@@ -102,14 +103,16 @@ def _checks(spec: TaskSpec) -> list[Callable[[], None]]:
         lambda: _check_node_refs(spec.commands, spec.groups, spec.nodes),
         lambda: _check_startup_order(spec.startup_order),
         lambda: _check_stop_criteria(spec.stop_criteria),
-        lambda: _check_work(spec.commands or spec.groups, spec.image),
+        lambda: _check_work(spec.commands or spec.groups or is_dev(spec), spec.image),
+        lambda: check_dev(spec),
         lambda: _check_python_without_image(spec.python, spec.image),
         lambda: _check_root_files(spec.root_files_archive is not None, spec.image, spec.python),
     ]
 
 
-def _check_work(commands: tuple[object, ...], image: str | None) -> None:
-    """Something to run: commands (or groups, which have their own), or an image's own entrypoint."""
+def _check_work(commands: object, image: str | None) -> None:
+    """Something to run: commands (or groups, which have their own, or a dev environment, which stays up),
+    or an image's own entrypoint."""
     if not commands and image is None:
         raise SpecError("commands", f"missing; {NO_WORK}")
 
