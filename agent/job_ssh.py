@@ -28,7 +28,10 @@ and it also allows local forwards (VS Code's Remote-SSH) and sftp (scp).
 from __future__ import annotations
 
 import glob
+import os
+import secrets
 import shlex
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -200,9 +203,25 @@ def off_notice(why: str) -> str:
 
 def authorize(work_dir: Path, public_key: str) -> None:
     """Let `public_key` log in to the job's sshd (a person's, `gpuctl ssh`), beside the job's own key.
-    Idempotent; the agent's event loop only (read, then append)."""
-    path = work_dir / SSH_DIR / AUTHORIZED_KEYS
-    if public_key in path.read_text().splitlines():
-        return
-    with path.open("a") as keys:
-        keys.write(public_key + "\n")
+    Idempotent; the agent's event loop only. The job's user may have put links in its `.ssh` since it
+    started: none is followed (a link to root's authorized_keys would have the agent, root, let the person
+    in to the host), the file is written anew beside the old one and renamed over it, keeping its owner and
+    mode. Raises OSError when `.ssh` or the file is not what the agent made (a link, gone)."""
+    folder = os.open(work_dir / SSH_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        with os.fdopen(os.open(AUTHORIZED_KEYS, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)) as old:
+            held = os.fstat(old.fileno())
+            if not stat.S_ISREG(held.st_mode):
+                raise OSError(f"{SSH_DIR}/{AUTHORIZED_KEYS} is not a file")
+            text = old.read()
+        if public_key in text.splitlines():
+            return
+        temporary = f".{AUTHORIZED_KEYS}.{secrets.token_hex(4)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        with os.fdopen(os.open(temporary, flags, 0o600, dir_fd=folder), "w") as new:
+            os.fchown(new.fileno(), held.st_uid, held.st_gid)
+            os.fchmod(new.fileno(), stat.S_IMODE(held.st_mode))
+            new.write(text + ("\n" if text and not text.endswith("\n") else "") + public_key + "\n")
+        os.rename(temporary, AUTHORIZED_KEYS, src_dir_fd=folder, dst_dir_fd=folder)
+    finally:
+        os.close(folder)

@@ -28,6 +28,8 @@ async def run_ssh(stream: Stream, what: SshOpen, executor: Executor) -> int | No
         raise StreamRefused(
             "the job's sshd is not set up: its log says why (openssh-server, libnss-wrapper)"
         ) from None
+    except OSError as exc:  # the job replaced its .ssh or authorized_keys (a link): never followed
+        raise StreamRefused(f"the job's .ssh is not as its agent made it: {exc.strerror or exc}") from None
     await _sshd_listening(local.spec.ssh_port)
     return await run_tcp(stream, TcpOpen(what.alloc_id, local.spec.ssh_port), executor)
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from agent import job_ssh
-from agent.job_ssh import SSHD, prepare_process, session_environment, ssh_files, write_ssh_files
+from agent.job_ssh import (
+    SSHD,
+    authorize,
+    prepare_process,
+    session_environment,
+    ssh_files,
+    write_ssh_files,
+)
 from shared.job_keys import job_keys
 from shared.spec import parse_spec
 from shared.wire import AllocationSpec
@@ -104,3 +111,35 @@ def test_a_host_without_sshd_runs_the_job_and_its_log_says_why(
         said.stderr
         == f"gpuctl: no ssh between the nodes of this job: this host has no {tmp_path}/no-sshd (openssh-server)\n"
     )
+
+
+def test_a_persons_key_is_added_beside_the_jobs_and_only_once(tmp_path: Path) -> None:
+    write_ssh_files(ssh_files(node(0), "/home/job", in_container=False), tmp_path)
+    keys = tmp_path / ".ssh" / "authorized_keys"
+    before = keys.read_text()
+    authorize(tmp_path, "ssh-ed25519 AAAAperson me@laptop")
+    authorize(tmp_path, "ssh-ed25519 AAAAperson me@laptop")
+    assert keys.read_text() == before + "ssh-ed25519 AAAAperson me@laptop\n"
+    assert oct(keys.stat().st_mode & 0o777) == oct(0o600)
+
+
+@pytest.mark.parametrize("link", ["authorized_keys", ".ssh"])
+def test_a_link_the_job_put_in_its_ssh_folder_is_never_followed(tmp_path: Path, link: str) -> None:
+    """The job's user owns its work dir: a link from its authorized_keys (or its .ssh) to root's must not
+    have the agent, as root, add a person's key there."""
+    work, outside = tmp_path / "work", tmp_path / "root-ssh"
+    work.mkdir()
+    outside.mkdir()
+    write_ssh_files(ssh_files(node(0), "/home/job", in_container=False), work)
+    (outside / "authorized_keys").write_text("ssh-ed25519 AAAAroot root@host\n")
+    target = work / ".ssh" / "authorized_keys" if link == "authorized_keys" else work / ".ssh"
+    if link == ".ssh":
+        for f in target.iterdir():
+            f.unlink()
+        target.rmdir()
+    else:
+        target.unlink()
+    target.symlink_to(outside / "authorized_keys" if link == "authorized_keys" else outside)
+    with pytest.raises(OSError):
+        authorize(work, "ssh-ed25519 AAAAperson me@laptop")
+    assert (outside / "authorized_keys").read_text() == "ssh-ed25519 AAAAroot root@host\n"
