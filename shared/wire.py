@@ -263,6 +263,7 @@ class JobView(Wire):
     array_id: str = ""  # set on one task of an array, with its index
     array_index: int | None = None
     schedule: ScheduleSummary | None = None  # set on a schedule: the id and name are the schedule's
+    service_path: str = ""  # set on a service (an array of replicas): where the coordinator serves it
 
 
 class HostView(Wire):

@@ -55,6 +55,7 @@ from shared.spec.ports import _parse_ports
 from shared.spec.resources import _parse_resources
 from shared.spec.retry import _parse_duration, _parse_retry
 from shared.spec.schedule import _parse_schedule
+from shared.spec.service import SERVICE_FIELDS, SERVICE_TYPE, parse_service
 from shared.spec.validate import NO_WORK, PYTHON_WITH_IMAGE, ROOT_FILES_NEED_IMAGE, validate_spec
 from shared.spec.values import (
     _parse_bool,
@@ -93,8 +94,10 @@ def _build_task(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskFile:
     if root is None or _is_null(root):
         raise SpecError("", "empty spec; expected a mapping with at least 'commands'", 1)
     problems = Problems()
-    nodes = _top_level_nodes(root, problems)
+    nodes, service_nodes = _top_level_nodes(root, problems)
     fields = _parse_fields(nodes, environ, problems)
+    with problems.collect(), _at(root):
+        fields["service"] = parse_service(service_nodes, fields.get("type") == SERVICE_TYPE)
     copies: list[Copy] = []
     if "files" in nodes and not _is_null(nodes["files"]):
         with problems.collect():
@@ -123,16 +126,21 @@ def _build_task(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskFile:
     return TaskFile(spec, files, root_files, warnings(nodes))
 
 
-def _top_level_nodes(root: yaml.Node, problems: Problems) -> dict[str, yaml.Node]:
-    """The value node of each known top-level field, in order; an unknown field is a problem."""
-    nodes = {}
+def _top_level_nodes(
+    root: yaml.Node, problems: Problems
+) -> tuple[dict[str, yaml.Node], dict[str, yaml.Node]]:
+    """The value node of each known top-level field, in order: a task's fields, and a service's; an unknown
+    field is a problem."""
+    nodes, service_nodes = {}, {}
     with problems.collect():
         for key_node, key, value_node in _entries(root, ""):
             if key in TASK_FIELD_GROUPS:
                 nodes[key] = value_node
+            elif key in SERVICE_FIELDS:
+                service_nodes[key] = value_node
             else:
                 problems.found.append(SpecError(_child("", key), _unknown_top_level(key), _line(key_node)))
-    return nodes
+    return nodes, service_nodes
 
 
 def _parse_fields(

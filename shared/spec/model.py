@@ -86,6 +86,17 @@ class PortMapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     local_port: int | None = None
 
 
+class ServiceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """dstack's service fields (shared/spec/service.py): the coordinator serves the service's `replicas`
+    jobs' `port` at `/services/PROJECT/NAME/`, to its project's members only unless `auth` is false, with
+    that prefix taken off the path the application sees unless `strip_prefix` is false."""
+
+    port: int
+    replicas: int = 1
+    auth: bool = True
+    strip_prefix: bool = True
+
+
 STARTUP_ORDERS = ("any", "master-first", "workers-first")
 STOP_CRITERIA = ("all-done", "master-done")
 
@@ -141,6 +152,7 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     startup_order: str = "any"  # STARTUP_ORDERS
     stop_criteria: str = "all-done"  # STOP_CRITERIA
     ports: tuple[PortMapping, ...] = ()  # what `gpuctl port-forward JOB` forwards when it names no port
+    service: ServiceSpec | None = None  # set exactly when `type` is "service"
 
     def group_of(self, rank: int) -> NodeGroup | None:
         """The group node `rank` belongs to (None without groups)."""
