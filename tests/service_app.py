@@ -1,7 +1,7 @@
 """A replica of a test service: a small HTTP/1.1 server that a job runs from its source text (`APP`).
 
 `GET /who`: which replica answers ($GPUCTL_ARRAY_INDEX). `GET /echo-request`: the request line and headers
-it got, as JSON. `POST /upload`: the body's size and sha256. `GET /stream`: a chunked answer whose first
+it got, as JSON. `POST /upload`: the body's size and sha256 (and "chunked" for a chunked one). `GET /stream`: a chunked answer whose first
 chunk goes out at once and whose last waits until `GET /release` comes: a proxy that held the answer whole
 would never pass the first chunk on.
 
@@ -34,7 +34,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             self._chunk(b"data: first\n\n")
-            released.wait(60)
+            released.wait()
             self._chunk(b"data: last\n\n")
             self._chunk(b"")
         elif self.path == "/release":
@@ -44,12 +44,26 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404)
 
     def do_POST(self) -> None:
-        left, digest = int(self.headers["Content-Length"]), hashlib.sha256()
+        digest, size = hashlib.sha256(), 0
+        for data in self._body():
+            digest.update(data)
+            size += len(data)
+        self._send(
+            f"{size} {digest.hexdigest()} {self.headers.get('Transfer-Encoding', '')}".strip().encode()
+        )
+
+    def _body(self):  # type: ignore[no-untyped-def]
+        if self.headers.get("Transfer-Encoding") == "chunked":
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                yield self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+            return
+        left = int(self.headers["Content-Length"])
         while left:
             data = self.rfile.read(min(left, 1 << 16))
-            digest.update(data)
+            yield data
             left -= len(data)
-        self._send(f"{int(self.headers['Content-Length'])} {digest.hexdigest()}".encode())
 
     def _send(self, body: bytes) -> None:
         self.send_response(200)
