@@ -205,8 +205,13 @@ async def test_a_replica_whose_port_does_not_listen_takes_no_request(one_host: C
     deaf_id = await _submit(c, _service("deaf", _free_port(), command="sleep 600"))
     await c.wait_for(f"{deaf_id}[0]", "running")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=_ssl(c))) as session:
-        status, body = await Caller(c, session, c.api.config.token).get("/services/default/deaf/")
-    assert status == 503 and b"service deaf: no replica is ready (1 of 1 running)" in body, body
+        caller = Caller(c, session, c.api.config.token)
+        # not even a request that could not be retried elsewhere is sent: the check keeps it from the replica
+        status, body = await caller.request(
+            "POST", "/services/default/deaf/", data=io.BytesIO(b"x" * 100_000)
+        )
+        assert status == 503 and b"service deaf: no replica is ready (1 of 1 running)" in body, body
+        assert (await caller.get("/services/default/deaf/"))[0] == 503
 
 
 async def test_a_chunked_answer_streams_and_a_large_body_goes_up_whole(one_host: Cluster) -> None:
@@ -232,3 +237,12 @@ async def test_a_chunked_answer_streams_and_a_large_body_goes_up_whole(one_host:
             "POST", "/services/default/stream/upload", data=io.BytesIO(body)
         )
         assert (status, answer) == (200, f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode())
+
+        async def pieces() -> AsyncIterator[bytes]:  # no length known: the body goes up chunked
+            for start in range(0, len(body), 100_000):
+                yield body[start : start + 100_000]
+
+        upload = f"{c.coordinator.url}/services/default/stream/upload"
+        async with session.post(upload, data=pieces(), headers=headers) as response:
+            answer = await response.read()
+        assert answer == f"{len(body)} {hashlib.sha256(body).hexdigest()} chunked".encode()
