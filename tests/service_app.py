@@ -3,7 +3,7 @@
 `GET /who`: which replica answers ($GPUCTL_ARRAY_INDEX). `GET /echo-request`: the request line and headers
 it got, as JSON. `POST /upload`: the body's size and sha256 (and "chunked" for a chunked one). `GET /stream`: a chunked answer whose first
 chunk goes out at once and whose last waits until `GET /release` comes: a proxy that held the answer whole
-would never pass the first chunk on.
+would never pass the first chunk on. `GET /drip`: a chunk every 50 ms, until the caller goes.
 
 Run as `python3 -c "$APP" PORT`. It binds with SO_REUSEPORT: the agents of a test share one machine's
 loopback, so two replicas (run as one user) listen on the same port there, as they would on two hosts.
@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 released = threading.Event()
@@ -37,6 +38,16 @@ class Handler(BaseHTTPRequestHandler):
             released.wait()
             self._chunk(b"data: last\n\n")
             self._chunk(b"")
+        elif self.path == "/drip":  # a chunk every 50 ms until the caller goes
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                while True:
+                    self._chunk(b"drop\n")
+                    time.sleep(0.05)
+            except OSError:
+                return
         elif self.path == "/release":
             released.set()
             self._send(b"released")

@@ -20,11 +20,12 @@ import msgspec
 import pytest
 from yarl import URL
 
+from cli.api import ApiError
 from cli.render import jobs_table
 from shared.spec import parse_spec
 from shared.wire import UserCreate
 from tests.harness import Cluster, cluster
-from tests.test_channel import _free_port
+from tests.test_channel import _coordinator_streams, _free_port, _until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -170,6 +171,8 @@ async def test_only_the_projects_members_call_a_service_unless_auth_is_off(one_h
     closed, opened = _free_port(), _free_port()
     await _submit(c, _service("private", closed))
     await _submit(c, _service("public", opened, "auth: false\n"))
+    with pytest.raises(ApiError, match="service private already runs in project default; stop it first"):
+        await _submit(c, _service("private", _free_port()))
     await asyncio.to_thread(c.api.create_project, "other")
     outsider = await asyncio.to_thread(c.api.create_user, UserCreate(name="eve", project="other"))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=_ssl(c))) as session:
@@ -214,7 +217,9 @@ async def test_a_replica_whose_port_does_not_listen_takes_no_request(one_host: C
         assert (await caller.get("/services/default/deaf/"))[0] == 503
 
 
-async def test_a_chunked_answer_streams_and_a_large_body_goes_up_whole(one_host: Cluster) -> None:
+async def test_a_chunked_answer_streams_and_a_large_body_goes_up_whole(
+    one_host: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
     c = one_host
     port = _free_port()
     await _submit(c, _service("stream", port))
@@ -246,3 +251,13 @@ async def test_a_chunked_answer_streams_and_a_large_body_goes_up_whole(one_host:
         async with session.post(upload, data=pieces(), headers=headers) as response:
             answer = await response.read()
         assert answer == f"{len(body)} {hashlib.sha256(body).hexdigest()} chunked".encode()
+
+        # a caller who goes mid-answer: the replica's stream closes, and nothing is an internal error
+        async with session.get(
+            f"{c.coordinator.url}/services/default/stream/drip", headers=headers
+        ) as response:
+            assert await response.content.readuntil(b"\n") == b"drop\n"
+            response.close()
+        streams = _coordinator_streams(c)
+        await _until(lambda: not streams(), "the replica's stream to close")
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
