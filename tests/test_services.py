@@ -18,10 +18,12 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
+from multidict import CIMultiDict
 from yarl import URL
 
 from cli.api import ApiError
 from cli.render import jobs_table
+from coordinator.service_http import ResponseHead, chunk, content_length, request_head, response_headers
 from shared.spec import parse_spec
 from shared.wire import UserCreate
 from tests.harness import Cluster, cluster
@@ -173,6 +175,8 @@ async def test_only_the_projects_members_call_a_service_unless_auth_is_off(one_h
     await _submit(c, _service("public", opened, "auth: false\n"))
     with pytest.raises(ApiError, match="service private already runs in project default; stop it first"):
         await _submit(c, _service("private", _free_port()))
+    with pytest.raises(ApiError, match="replicas: a service's replicas are its array"):
+        await asyncio.to_thread(c.api.submit_array, parse_spec(_service("arr", 80)), "0-1")
     await asyncio.to_thread(c.api.create_project, "other")
     outsider = await asyncio.to_thread(c.api.create_user, UserCreate(name="eve", project="other"))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=_ssl(c))) as session:
@@ -261,3 +265,32 @@ async def test_a_chunked_answer_streams_and_a_large_body_goes_up_whole(
         streams = _coordinator_streams(c)
         await _until(lambda: not streams(), "the replica's stream to close")
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_hop_by_hop_headers_and_framing_stay_on_this_side() -> None:
+    head = ResponseHead(
+        200,
+        "OK",
+        CIMultiDict(
+            [
+                ("Content-Type", "text/plain"),
+                ("Connection", "keep-alive, X-Hop"),
+                ("X-Hop", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("Transfer-Encoding", "chunked"),
+                ("Content-Length", "3"),
+                ("Set-Cookie", "a=1"),
+                ("Set-Cookie", "b=2"),
+            ]
+        ),
+    )
+    assert list(response_headers(head).items()) == [
+        ("Content-Type", "text/plain"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+    ]
+    assert content_length(head) is None  # chunked wins over a length
+    assert request_head("GET", "/v1/models", [("Accept", "*/*")], "") == (
+        b"GET /v1/models HTTP/1.1\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )
+    assert chunk(b"abc") == b"3\r\nabc\r\n" and chunk(b"") == b"0\r\n\r\n"
