@@ -10,8 +10,8 @@ reaches the replica. A path with a dot segment (`..`, `%2e%2e`) or a control cha
 replica sees only paths under its own root. Only the service's own replicas' port is ever dialled.
 
 A request that cannot reach its replica (the port refuses, the channel drops before an answer) is tried
-once more on the next ready replica when it is safe to: an idempotent method with a body small enough to
-have been held whole. Any other request is streamed both ways and never held.
+once more on the next ready replica when it is safe to: an idempotent method, with no body or one small
+enough to be held whole for it. Any other request is streamed both ways and never held.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ async def serve(request: web.Request) -> web.StreamResponse:
             except UpstreamError as exc:
                 replicas.failed(service, replica)
                 log.info("service %s/%s: replica %s failed: %s", project, name, replica.job.name, exc)
-                if exc.answered or held is None or request.method not in IDEMPOTENT or tried > 1:
+                if exc.answered or held is None or tried > 1:
                     raise HTTPError(502, f"service {name}: replica {replica.job.name}: {exc}") from None
     running = len(replicas.running(service))
     raise HTTPError(503, f"service {name}: no replica is ready ({running} of {spec.replicas} running)")
@@ -127,11 +127,11 @@ def _target(request: web.Request, prefix: str, strip: bool) -> str:
 
 
 async def _held_body(request: web.Request) -> bytes | None:
-    """The whole body when it is small (b"" for none), else None: it is streamed."""
+    """The whole body of a request that may be retried (b"" for none), else None: it is streamed."""
     if not request.body_exists:
         return b""
     length = request.content_length
-    if length is None or length > HELD_BODY_BYTES:
+    if request.method not in IDEMPOTENT or length is None or length > HELD_BODY_BYTES:
         return None
     return await read_body(request)
 

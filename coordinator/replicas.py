@@ -78,10 +78,11 @@ class Replicas:
         """The ready replicas, round robin: the first is the one whose turn it is, the others follow (for a
         retry). A replica not known ready is checked first, and skipped if it fails."""
         replicas = self.running(service)
+        if not replicas:
+            self._health.pop(service.id, None)
+            return
         health = self._health.setdefault(service.id, _Health())
         health.keep_only({r.alloc.id for r in replicas})
-        if not replicas:
-            return
         start, health.turn = health.turn % len(replicas), health.turn + 1
         for replica in replicas[start:] + replicas[:start]:
             if await self._is_ready(replica, health):

@@ -24,10 +24,11 @@ from yarl import URL
 from cli.api import ApiError
 from cli.render import jobs_table
 from coordinator.service_http import ResponseHead, chunk, content_length, request_head, response_headers
+from shared.channel import WINDOW_BYTES
 from shared.spec import parse_spec
 from shared.wire import UserCreate
 from tests.harness import Cluster, cluster
-from tests.test_channel import _coordinator_streams, _free_port, _until
+from tests.test_channel import _coordinator_streams, _free_port, _rss_bytes, _until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -265,6 +266,39 @@ async def test_a_chunked_answer_streams_and_a_large_body_goes_up_whole(
         streams = _coordinator_streams(c)
         await _until(lambda: not streams(), "the replica's stream to close")
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_100_mb_answer_to_a_slow_caller_is_not_held_by_the_coordinator(one_host: Cluster) -> None:
+    """The caller stops reading: the coordinator holds at most the stream's window, and the process does not
+    grow by the answer's size; then all of it arrives."""
+    c = one_host
+    port, size = _free_port(), 100 * 1000 * 1000
+    await _submit(c, _service("big", port))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=_ssl(c))) as session:
+        await Caller(c, session, c.api.config.token).until_ok("/services/default/big/who")
+    host, tls_port = URL(c.coordinator.url).host, URL(c.coordinator.url).port
+    rss_before = _rss_bytes()
+    reader, writer = await asyncio.open_connection(host, tls_port, ssl=_ssl(c))
+    writer.write(
+        f"GET /services/default/big/zeros/{size} HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {c.api.config.token}\r\nConnection: close\r\n\r\n".encode()
+    )
+    streams = _coordinator_streams(c)
+
+    def stalled() -> bool:  # on a full window, or on memory a bounded relay never takes
+        full = len(streams()) == 1 and streams()[0].window.held == WINDOW_BYTES
+        return full or _rss_bytes() - rss_before >= size // 4
+
+    await _until(stalled, "the answer to stall on the stream's window")
+    await asyncio.sleep(1.0)  # room for a relay that would buffer past its window to do so
+    assert _rss_bytes() - rss_before < size // 4
+    assert streams()[0].window.held == WINDOW_BYTES
+    received = 0
+    while piece := await reader.read(1 << 20):
+        received += len(piece)
+    writer.close()
+    assert received > size  # the body and the head
+    assert _rss_bytes() - rss_before < size // 4
 
 
 def test_hop_by_hop_headers_and_framing_stay_on_this_side() -> None:
