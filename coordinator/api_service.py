@@ -70,7 +70,8 @@ def refuse_array(spec: TaskSpec) -> None:
 
 async def redirect(request: web.Request) -> web.StreamResponse:
     """`/services/P/N` to `/services/P/N/`: relative links in the application's pages then resolve."""
-    location = request.rel_url.raw_path + "/" + (f"?{request.query_string}" if request.query_string else "")
+    query = request.rel_url.raw_query_string
+    location = request.rel_url.raw_path + "/" + (f"?{query}" if query else "")
     raise web.HTTPPermanentRedirect(location)
 
 
