@@ -87,18 +87,21 @@ async def serve(request: web.Request) -> web.StreamResponse:
         _authorize(request, service.project)
     target = _target(request, f"{C.SERVICES_PREFIX}/{project}/{name}", spec.strip_prefix)
     held = await _held_body(request)
-    tried = 0
+    failure = ""
     async with contextlib.aclosing(replicas.in_turn(service)) as turns:
         async for replica in turns:
-            tried += 1
             log.debug("service %s/%s: %s %s to %s", project, name, request.method, target, replica.job.name)
             try:
                 return await _forward(request, replica, target, held, spec)
             except UpstreamError as exc:
                 replicas.failed(service, replica)
                 log.info("service %s/%s: replica %s failed: %s", project, name, replica.job.name, exc)
-                if exc.answered or held is None or tried > 1:
-                    raise HTTPError(502, f"service {name}: replica {replica.job.name}: {exc}") from None
+                retry = not failure and not exc.answered and held is not None
+                failure = f"service {name}: replica {replica.job.name}: {exc}"
+                if not retry:
+                    break
+    if failure:
+        raise HTTPError(502, failure)
     running = len(replicas.running(service))
     raise HTTPError(503, f"service {name}: no replica is ready ({running} of {spec.replicas} running)")
 

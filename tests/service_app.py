@@ -3,7 +3,8 @@
 `GET /who`: which replica answers ($GPUCTL_ARRAY_INDEX). `GET /echo-request`: the request line and headers
 it got, as JSON. `POST /upload`: the body's size and sha256 (and "chunked" for a chunked one). `GET /stream`: a chunked answer whose first
 chunk goes out at once and whose last waits until `GET /release` comes: a proxy that held the answer whole
-would never pass the first chunk on. `GET /drip`: a chunk every 50 ms, until the caller goes. `GET /zeros/N`: N zero bytes.
+would never pass the first chunk on. `GET /drip`: a chunk every 50 ms, until the caller goes. `GET /zeros/N`: N zero bytes. `GET /exit`: the process
+exits with 3.
 
 Run as `python3 -c "$APP" PORT`. It binds with SO_REUSEPORT: the agents of a test share one machine's
 loopback, so two replicas (run as one user) listen on the same port there, as they would on two hosts.
@@ -56,6 +57,8 @@ class Handler(BaseHTTPRequestHandler):
             block = bytes(1 << 20)
             for start in range(0, size, len(block)):
                 self.wfile.write(block[: size - start])
+        elif self.path == "/exit":  # the application fails
+            os._exit(3)
         elif self.path == "/release":
             released.set()
             self._send(b"released")

@@ -222,6 +222,19 @@ async def test_a_replica_whose_port_does_not_listen_takes_no_request(one_host: C
         assert (await caller.get("/services/default/deaf/"))[0] == 503
 
 
+async def test_a_failed_replica_is_restarted_per_its_retry_policy(one_host: Cluster) -> None:
+    """dstack's `retry:` acts on each replica: one that exits with an error starts again and serves."""
+    c = one_host
+    service_id = await _submit(c, _service("phoenix", _free_port(), "retry: {on_events: [error]}\n"))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=_ssl(c))) as session:
+        caller = Caller(c, session, c.api.config.token)
+        await caller.until_ok("/services/default/phoenix/who")
+        assert (await caller.get("/services/default/phoenix/exit"))[0] == 502  # its answer never came
+        assert (await c.job(f"{service_id}[0]")).attempt == 1
+        assert await caller.until_ok("/services/default/phoenix/who") == b"replica 0"
+        assert (await c.job(f"{service_id}[0]")).attempt == 2
+
+
 async def test_a_chunked_answer_streams_and_a_large_body_goes_up_whole(
     one_host: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
