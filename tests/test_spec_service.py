@@ -3,6 +3,8 @@ them, and a one-line error naming the field for what gpuctl does not do, from YA
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -42,7 +44,7 @@ def test_the_forms_dstack_writes() -> None:
         ("port: 80\nreplicas: 1..4", "spec:4: replicas: a range (1..4) scales with dstack's `scaling`"),
         ("port: 80\nreplicas: [{count: 1}]", "spec:4: replicas: expected a single value, got a list"),
         ("port: 80\nauth: maybe", "spec:4: auth: expected true or false, got 'maybe'"),
-        ("port: 80\nmodel: llama", "spec:4: model: not supported yet: the coordinator forwards"),
+        ("port: 80\nmodel: llama", "spec:4: model: not supported yet: dstack's model endpoint is not served"),
         (
             "port: 80\ngateway: my-gw",
             "spec:4: gateway: not supported: services are served by the coordinator",
@@ -81,3 +83,9 @@ def test_json_specs_are_checked_alike(service: ServiceSpec | None, field: str) -
     task = msgspec.structs.replace(spec, type="task", service=ServiceSpec(80))
     with pytest.raises(SpecError, match="port"):
         validate_spec(task)
+
+
+def test_the_shipped_example_parses() -> None:
+    example = Path(__file__).parent.parent / "examples" / "llm-service.yaml"
+    spec = parse_spec(example.read_text(), environ={"HF_TOKEN": "hf_x"})
+    assert (spec.name, spec.service) == ("llama31", ServiceSpec(8000, replicas=2))

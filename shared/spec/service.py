@@ -24,7 +24,8 @@ _ACTS = ("port", "replicas", "auth", "strip_prefix")
 SERVICE_REFUSED = {
     "gateway": "not supported: services are served by the coordinator at /services/PROJECT/NAME/; "
     "remove it or set gateway: false",
-    "model": "not supported yet: the coordinator forwards the service's own API unchanged; remove it",
+    "model": "not supported yet: dstack's model endpoint is not served; remove it (the application's own "
+    "OpenAI-compatible API is, at /services/PROJECT/NAME/v1/)",
     "https": "not supported: the coordinator serves every service over its own HTTPS; remove it",
     "scaling": "not supported yet: replicas is a fixed count; remove it",
     "rate_limits": "not supported yet; remove it",
