@@ -10,6 +10,7 @@ dstack's `scaling`, which gpuctl does not do. The coordinator serves the service
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import yaml
 
@@ -46,21 +47,23 @@ def parse_service(nodes: dict[str, yaml.Node], is_service: bool) -> ServiceSpec 
             _fail(node, key, f"belongs to services; add `type: service` (or remove {key})")
         return None
     for key in SERVICE_REFUSED:
-        if key in nodes and not _asks_for_nothing(nodes[key]):
+        if key in nodes and not _asks_for_nothing(key, nodes[key]):
             _fail(nodes[key], key, SERVICE_REFUSED[key])
     if "port" not in nodes or _is_null(nodes["port"]):
         raise SpecError("port", "missing; a service needs the port its application listens on")
-    service = ServiceSpec(port=_parse_port(nodes["port"]))
+    fields: dict[str, Any] = {"port": _parse_port(nodes["port"])}
     if "replicas" in nodes and not _is_null(nodes["replicas"]):
-        service = ServiceSpec(service.port, replicas=_parse_replicas(nodes["replicas"]))
-    flags = {key: _parse_bool(nodes[key], key) for key in ("auth", "strip_prefix") if key in nodes}
-    return ServiceSpec(service.port, service.replicas, **flags)
+        fields["replicas"] = _parse_replicas(nodes["replicas"])
+    for key in ("auth", "strip_prefix"):
+        if key in nodes and not _is_null(nodes[key]):
+            fields[key] = _parse_bool(nodes[key], key)
+    return ServiceSpec(**fields)
 
 
-def _asks_for_nothing(node: yaml.Node) -> bool:
+def _asks_for_nothing(key: str, node: yaml.Node) -> bool:
     if isinstance(node, yaml.SequenceNode | yaml.MappingNode):
         return not node.value
-    return _scalar_value(node, "") in (None, False)
+    return _scalar_value(node, key) in (None, False)
 
 
 def _parse_port(node: yaml.Node) -> int:
