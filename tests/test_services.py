@@ -11,7 +11,9 @@ import io
 import json
 import logging
 import os
+import re
 import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,13 +24,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from cli.api import ApiError
-from cli.render import jobs_table
+from cli.config import save_cli_config
 from coordinator.service_http import ResponseHead, chunk, content_length, request_head, response_headers
 from shared.channel import WINDOW_BYTES
 from shared.spec import parse_spec
 from shared.wire import UserCreate
 from tests.harness import Cluster, cluster
 from tests.test_channel import _coordinator_streams, _free_port, _rss_bytes, _until
+from tests.test_cli import GPUCTL, ROOT
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -127,11 +130,6 @@ async def test_two_replicas_answer_in_turn_and_one_stopped_leaves_the_other_serv
         assert "authorization" not in names and "x-secret" not in names
         assert got["headers"]["X-Forwarded-Prefix"] == "/services/default/chat"
 
-        views = await asyncio.to_thread(c.api.jobs, False)
-        assert f"{c.coordinator.url}/services/default/chat/" in _rendered(
-            jobs_table(views, c.coordinator.url)
-        )
-
         # requests keep succeeding while replica 0 stops, and go to replica 1 alone
         await asyncio.to_thread(c.api.stop, f"{service_id}[0]")
         caplog.clear()
@@ -148,18 +146,31 @@ async def test_two_replicas_answer_in_turn_and_one_stopped_leaves_the_other_serv
         assert status == 404
 
 
+async def test_the_cli_submits_a_service_and_ps_shows_its_url(one_host: Cluster, tmp_path: Path) -> None:
+    c = one_host
+    config = save_cli_config(c.api.config, tmp_path / "config.yaml")
+    spec_file = tmp_path / "web.yaml"
+    spec_file.write_text(_service("web", _free_port(), "env: [APP]\n"))
+    env = dict(os.environ, GPUCTL_CONFIG=str(config), APP=APP)
+    url = f"{c.coordinator.url}/services/default/web/"
+    submitted = await _cli(env, "submit", "-f", str(spec_file))
+    assert re.fullmatch(rf"service [0-9a-f]{{8}} \(web\[0-0\]\) at {re.escape(url)}\n", submitted)
+    listed = await _cli(env, "ps")
+    assert url in listed and "web[0-0]" in listed
+
+
+async def _cli(env: dict[str, str], *args: str) -> str:
+    done = await asyncio.to_thread(
+        subprocess.run, [*GPUCTL, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def _chosen(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The replica each request went to, in order, from the coordinator's log."""
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("service default/chat: ")]
     return [line.rsplit(" to ", 1)[1] for line in lines]
-
-
-def _rendered(table: object) -> str:
-    from rich.console import Console
-
-    console = Console(width=400, record=True)
-    console.print(table)
-    return console.export_text()
 
 
 @pytest.fixture
