@@ -11,6 +11,7 @@ Hop-by-hop headers (RFC 9110 section 7.6.1, and those a `Connection` header name
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterable
 
 from multidict import CIMultiDict
@@ -34,6 +35,10 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     )
 )
+
+_CODE = re.compile(r"[1-5][0-9][0-9]")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header's name (RFC 9110 section 5.6.2)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # never in a header's value nor a reason (a tab may be)
 
 
 class UpstreamError(Exception):
@@ -129,7 +134,9 @@ async def response_head(upstream: Upstream) -> ResponseHead:
     """The final response's status and headers (1xx interim answers skipped). Raises UpstreamError."""
     while True:
         head = await _one_head(upstream)
-        if head.status >= 200 or head.status == 101:
+        if head.status == 101:  # no Upgrade header ever reaches a replica
+            raise UpstreamError("the replica switched protocols, which no request asked", True)
+        if head.status >= 200:
             return head
 
 
@@ -137,14 +144,14 @@ async def _one_head(upstream: Upstream) -> ResponseHead:
     status_line = (await upstream.line(MAX_HEAD_BYTES)).decode("latin-1")
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or not (code.isdigit() and len(code) == 3):
+    if not version.startswith("HTTP/1.") or not _CODE.fullmatch(code) or _CONTROL.search(reason):
         raise UpstreamError(f"not an HTTP/1 answer: {status_line[:80]!r}", True)
     headers: CIMultiDict[str] = CIMultiDict()
     size = len(status_line)
     while line := (await upstream.line(MAX_HEAD_BYTES - size)).decode("latin-1"):
         size += len(line) + 2
         name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip() or len(headers) >= MAX_HEADERS:
+        if not colon or not _TOKEN.fullmatch(name) or _CONTROL.search(value) or len(headers) >= MAX_HEADERS:
             raise UpstreamError(f"a bad header line in the answer: {line[:80]!r}", True)
         headers.add(name, value.strip())
     return ResponseHead(int(code), reason.strip(), headers)

@@ -4,7 +4,7 @@
 it got, as JSON. `POST /upload`: the body's size and sha256 (and "chunked" for a chunked one). `GET /stream`: a chunked answer whose first
 chunk goes out at once and whose last waits until `GET /release` comes: a proxy that held the answer whole
 would never pass the first chunk on. `GET /drip`: a chunk every 50 ms, until the caller goes. `GET /zeros/N`: N zero bytes. `GET /exit`: the process
-exits with 3.
+exits with 3. `GET /bad-header`: an answer with a bare LF in a header.
 
 Run as `python3 -c "$APP" PORT`. It binds with SO_REUSEPORT: the agents of a test share one machine's
 loopback, so two replicas (run as one user) listen on the same port there, as they would on two hosts.
@@ -57,6 +57,9 @@ class Handler(BaseHTTPRequestHandler):
             block = bytes(1 << 20)
             for start in range(0, size, len(block)):
                 self.wfile.write(block[: size - start])
+        elif self.path == "/bad-header":  # a header value with a bare LF: a header injected past a proxy
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-A: a\nSet-Cookie: stolen=1\r\nContent-Length: 0\r\n\r\n")
+            self.close_connection = True
         elif self.path == "/exit":  # the application fails
             os._exit(3)
         elif self.path == "/release":

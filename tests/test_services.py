@@ -211,6 +211,8 @@ async def test_only_the_projects_members_call_a_service_unless_auth_is_off(one_h
         ):
             status, body = await member.get(path)
             assert status == 400 and b"dot segments" in body, (path, body)
+        status, body = await member.get("/services/default/private/bad-header")  # a header smuggled in
+        assert status == 502 and b"a bad header line in the answer" in body, body
         assert (await member.get("/services/default/nothing/who"))[0] == 404
         async with session.get(
             f"{c.coordinator.url}/services/default/private", allow_redirects=False
