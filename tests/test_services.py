@@ -151,7 +151,7 @@ async def test_the_cli_submits_a_service_and_ps_shows_its_url(one_host: Cluster,
     config = save_cli_config(c.api.config, tmp_path / "config.yaml")
     spec_file = tmp_path / "web.yaml"
     spec_file.write_text(_service("web", _free_port(), "env: [APP]\n"))
-    env = dict(os.environ, GPUCTL_CONFIG=str(config), APP=APP)
+    env = dict(os.environ, GPUCTL_CONFIG=str(config), APP=APP, COLUMNS="300")  # the URL on one line
     url = f"{c.coordinator.url}/services/default/web/"
     submitted = await _cli(env, "submit", "-f", str(spec_file))
     assert re.fullmatch(rf"service [0-9a-f]{{8}} \(web\[0-0\]\) at {re.escape(url)}\n", submitted)
