@@ -149,7 +149,7 @@ async def _forward(
         stream = replica.channel.open()
     except NoChannel as exc:
         raise UpstreamError(str(exc), answered=False) from None
-    sending: asyncio.Task[None] | None = None
+    sending: asyncio.Task[HTTPError | None] | None = None
     try:
         await stream.channel.send(Open(stream.id, TcpOpen(replica.alloc.id, spec.port)))
         chunked = held is None and request.content_length is None
@@ -163,6 +163,10 @@ async def _forward(
         if held is None:
             sending = asyncio.create_task(_send_body(request, stream, chunked))
         return await _answer(request, Upstream(stream))
+    except UpstreamError:
+        if sending is not None and sending.done() and (refusal := sending.result()) is not None:
+            raise refusal from None  # the caller's body failed, not the replica
+        raise
     except ConnectionError as exc:  # the channel dropped as the request went up
         raise UpstreamError(f"its host's channel dropped: {exc}", answered=False) from None
     finally:
@@ -199,17 +203,21 @@ def _headers(request: web.Request, spec: ServiceSpec) -> list[tuple[str, str]]:
     return kept + forwarded
 
 
-async def _send_body(request: web.Request, stream: RelayStream, chunked: bool) -> None:
-    """The user's body up to the replica as it comes, at the stream's credit. A body that stalls or breaks
-    ends the stream with the reason (the replica's answer would never come)."""
+async def _send_body(request: web.Request, stream: RelayStream, chunked: bool) -> HTTPError | None:
+    """The user's body up to the replica as it comes, at the stream's credit. A body that stalls ends the
+    stream (the replica's answer would never come), and is the answer (408). A channel that drops ends the
+    stream itself (coordinator/channels.py)."""
     try:
         async for piece in timed_chunks(request, MAX_DATA_BYTES):
             await stream.send_data(chunk(piece) if chunked else piece)
         if chunked:
             await stream.send_data(chunk(b""))
-    except (HTTPError, ConnectionError) as exc:
-        reason = exc.message if isinstance(exc, HTTPError) else str(exc)
-        stream.outbox.put_nowait(Close(stream.id, error=f"the request body: {reason}"))
+    except HTTPError as refusal:
+        stream.outbox.put_nowait(Close(stream.id, error=refusal.message))
+        return refusal
+    except ConnectionError:
+        pass
+    return None
 
 
 async def _answer(request: web.Request, upstream: Upstream) -> web.StreamResponse:
