@@ -5,8 +5,8 @@ A service is a job array (coordinator/array_ops.py) whose tasks are its replicas
 placed, retried and stopped as any job is. A replica takes requests while its job runs, no stop was asked,
 its host's channel is open, and its port has accepted a connection: the check opens a tcp stream to the
 port and half-closes it at once; a refusal (nothing listens yet, the job is gone) comes back as a Close
-with an error, while an HTTP server answers the half-close by closing cleanly. A replica that passed stays ready until a request to it fails; one that failed is checked again
-no sooner than RECHECK_S later.
+with an error, while an HTTP server answers the half-close by closing cleanly. A replica that passed stays
+ready until a request to it fails; one that failed is checked again no sooner than RECHECK_S later.
 """
 
 from __future__ import annotations
