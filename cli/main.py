@@ -214,6 +214,10 @@ def submit(
     if as_json:
         click.echo(msgspec.json.encode(job).decode())
         return
+    if job.service_path:
+        url = client.config.url.rstrip("/") + job.service_path
+        click.echo(job.id if detach else clean(f"service {job.id} ({job.name}) at {url}"))
+        return
     if job.array is not None:
         click.echo(job.id if detach else f"array {job.id} ({clean(job.name)}): {job.array.task_count} tasks")
         return
@@ -263,7 +267,7 @@ def ps(show_all: bool, as_json: bool, job: str | None) -> None:
         return
     from cli.render import attempts_table, jobs_table, print_table  # rich: for people only
 
-    print_table(jobs_table(views))
+    print_table(jobs_table(views, call(lambda client: client.config.url)))
     if job is not None and show_all:
         print_table(attempts_table(views[0]))
 

@@ -64,7 +64,8 @@ def _table(*columns: str, whole: tuple[str, ...]) -> Table:
     return table
 
 
-def jobs_table(jobs: list[JobView]) -> Table:
+def jobs_table(jobs: list[JobView], coordinator_url: str = "") -> Table:
+    """`gpuctl ps`: a service (an array of replicas) says its URL, on `coordinator_url`, after its counts."""
     table = _table(
         "ID",
         "NAME",
@@ -81,6 +82,8 @@ def jobs_table(jobs: list[JobView]) -> Table:
         reason = with_start(job.reason or "", job.estimated_start)
         if job.array is not None:  # the counts say more than any one task's reason
             reason = array_counts(job.array)
+        if job.service_path:
+            reason = f"{reason}; {coordinator_url.rstrip('/')}{job.service_path}"
         if job.schedule is not None:
             reason = schedule_line(job.schedule)
         table.add_row(

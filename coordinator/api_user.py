@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from coordinator.api_service import refuse_array, submit_service
 from coordinator.array_store import ArrayRow
 from coordinator.filestore import TooLarge
 from coordinator.http import (
@@ -40,6 +41,8 @@ async def submit(request: web.Request) -> web.Response:
     project = request[PRINCIPAL].project or "default"
     if req.spec.schedule is not None:  # a schedule, not a job: its runs are submitted at their times
         return json_response(coord.schedule_view(coord.submit_schedule(req.spec, project)), 201)
+    if req.spec.service is not None:  # an array of replicas
+        return json_response(coord.array_view(submit_service(request.app, req.spec, project)), 201)
     return json_response(coord.job_view(coord.submit(req.spec, project)), 201)
 
 
@@ -49,6 +52,7 @@ async def submit_array(request: web.Request) -> web.Response:
     assert isinstance(req, ArraySubmitRequest)
     if req.spec.schedule is not None:
         raise SpecError("schedule", "an array cannot be scheduled; submit the schedule without --array")
+    refuse_array(req.spec)
     coord = request.app[COORDINATOR]
     _refuse_if_disk_low(coord)
     project = request[PRINCIPAL].project or "default"

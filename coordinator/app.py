@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from coordinator import api_admin, api_agent, api_channel, api_secrets, api_user
+from coordinator import api_admin, api_agent, api_channel, api_secrets, api_service, api_user
 from coordinator.accounts import Invalid, Refused
 from coordinator.busy import BusyGate
-from coordinator.http import COORDINATOR, HOST_ID, PRINCIPAL, HTTPError, error
+from coordinator.http import COORDINATOR, HOST_ID, PRINCIPAL, HTTPError, error, principal_of
 from coordinator.protocol_check import protocol_middleware
 from coordinator.service import Ambiguous, Busy, Coordinator, NotFound
 from shared import constants as C
@@ -79,12 +79,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             if refusal is not None:
                 return refusal
     elif path.startswith(C.API_PREFIX + "/"):
-        header = request.headers.get("Authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        principal = request.app[COORDINATOR].accounts.authenticate(token) if token else None
+        principal = principal_of(request)
         if principal is None:
             return error(401, "missing or unknown API token (see `gpuctl dev` or ask an admin for a token)")
         request[PRINCIPAL] = principal
+    elif path.startswith(C.SERVICES_PREFIX + "/"):
+        pass  # each service says whether it needs a token (coordinator/api_service.py)
     elif path != "/healthz":
         return error(404, "not found")
     return await handler(request)
@@ -122,4 +122,5 @@ def make_app(coordinator: Coordinator) -> web.Application:
     api_admin.add_routes(app)
     api_secrets.add_routes(app)
     api_channel.add_routes(app)
+    api_service.add_routes(app)
     return app

@@ -13,6 +13,7 @@ from coordinator.arrays import array_status
 from coordinator.host_ops import Ambiguous, NotFound
 from coordinator.settings import Settings
 from coordinator.store import JobRow, Store
+from shared import constants as C
 from shared.arrays import parse_array
 from shared.spec import TaskSpec, redacted
 from shared.wire import ArraySummary, JobView
@@ -143,6 +144,7 @@ class ArrayOps:
                 task_limit=array.task_limit,
                 counts=counts,
             ),
+            service_path=f"{C.SERVICES_PREFIX}/{array.project}/{array.name}/" if array.spec.service else "",
         )
 
     def job_views(self, include_finished: bool, project: str | None) -> list[JobView]:

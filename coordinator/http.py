@@ -31,6 +31,13 @@ def error(status: int, message: str, field: str = "") -> web.Response:
     return json_response(ErrorBody(error=message, field=field), status)
 
 
+def principal_of(request: web.Request) -> Principal | None:
+    """Whose API token the request carries (`Authorization: Bearer TOKEN`); None for none or an unknown one."""
+    header = request.headers.get("Authorization", "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    return request.app[COORDINATOR].accounts.authenticate(token) if token else None
+
+
 class HTTPError(Exception):
     """Raised by handlers; the error middleware answers it as JSON."""
 

@@ -3,6 +3,7 @@
 API_PREFIX = "/api/v1"
 COORDINATOR_WARNING_HEADER = "X-Coordinator-Warning"  # on `GET /hosts`: e.g. its disk is under the floor
 AGENT_PREFIX = "/agent/v1"
+SERVICES_PREFIX = "/services"  # a service is served at SERVICES_PREFIX/PROJECT/NAME/
 AGENT_VERSION = "0.1.0"
 # The agent protocol's version, sent on every agent request. A coordinator serves agents of its own major
 # version whose minor is within one of its own, so a fleet upgrades one side at a time. An agent that sends

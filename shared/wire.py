@@ -270,6 +270,7 @@ class JobView(Wire):
     array_index: int | None = None
     schedule: ScheduleSummary | None = None  # set on a schedule: the id and name are the schedule's
     estimated_start: float | None = None  # a waiting job's, when its backfill reservation gives one
+    service_path: str = ""  # set on a service (an array of replicas): where the coordinator serves it
 
 
 class HostView(Wire):

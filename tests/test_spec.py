@@ -449,7 +449,7 @@ BAD_SPECS = [
     ("commands: [x]\nnodes: 0\n", "spec.yaml:2: nodes: must be between 1"),
     ("commands: [x]\nnodes: 1001\n", "spec.yaml:2: nodes: must be between 1 and 1000, got 1001"),
     ("commands: [x]\nnodes: [1]\n", "spec.yaml:2: nodes: expected a single value, got a list"),
-    ("type: service\ncommands: [x]\n", "spec.yaml:1: type: only 'task' and 'dev-environment' are supported"),
+    ("type: batch\ncommands: [x]\n", "spec.yaml:1: type: expected one of task, service, dev-environment"),
     ("name: My_Task\ncommands: [x]\n", "spec.yaml:1: name: expected lowercase letters"),
     ("name: " + "a" * 61 + "\ncommands: [x]\n", "spec.yaml:1: name: "),
     ("name: 1abc\ncommands: [x]\n", "spec.yaml:1: name: "),
@@ -635,7 +635,8 @@ GOOD = TaskSpec(commands=("x",))
     [
         (TaskSpec(commands=()), "commands"),
         (TaskSpec(commands=("x", "y" * (64 * 1024 + 1))), "commands[1]"),
-        (msgspec.structs.replace(GOOD, type="service"), "type"),
+        (msgspec.structs.replace(GOOD, type="batch"), "type"),
+        (msgspec.structs.replace(GOOD, type="service"), "port"),
         (msgspec.structs.replace(GOOD, name="Bad Name"), "name"),
         (msgspec.structs.replace(GOOD, name="a" * 61), "name"),
         (msgspec.structs.replace(GOOD, image="i" * 513), "image"),

@@ -229,7 +229,7 @@ def test_a_file_without_those_fields_has_no_warnings() -> None:
         ("region: [x]", "did you mean 'regions'? (a cloud-only field: accepted, but ignored on-prem)"),
         ("retries: 3", "did you mean 'retry'?"),
         ("gpu: H100", "t.yaml:2: gpu: unknown field; gpu belongs under resources (resources: {gpu: ...})"),
-        ("port: 80", "port belongs to dstack's service configurations, gpuctl runs tasks"),
+        ("port: 80", "t.yaml:2: port: belongs to services; add `type: service` (or remove port)"),
         ("ide: vscode", "t.yaml:2: ide: unknown field; ide is for type: dev-environment"),
     ],
 )

@@ -79,9 +79,12 @@ def _check_count(path: str, items: tuple[Any, ...] | dict[str, str], max_items: 
         raise SpecError(path, f"too many entries: {len(items)}, at most {max_items}")
 
 
+SPEC_TYPES = ("task", "service", "dev-environment")
+
+
 def _check_type(value: str) -> None:
-    if value not in ("task", "dev-environment"):
-        raise SpecError("type", f"only 'task' and 'dev-environment' are supported, got {_quote(value)}")
+    if value not in SPEC_TYPES:
+        raise SpecError("type", f"expected one of {', '.join(SPEC_TYPES)}, got {_quote(value)}")
 
 
 def _check_name(name: str) -> None:

@@ -56,6 +56,7 @@ from shared.spec.ports import _parse_ports
 from shared.spec.resources import _parse_resources
 from shared.spec.retry import _parse_duration, _parse_retry
 from shared.spec.schedule import _parse_schedule
+from shared.spec.service import SERVICE_FIELDS, SERVICE_TYPE, parse_service
 from shared.spec.validate import NO_WORK, PYTHON_WITH_IMAGE, ROOT_FILES_NEED_IMAGE, validate_spec
 from shared.spec.values import (
     _parse_bool,
@@ -95,8 +96,10 @@ def _build_task(root: yaml.Node | None, environ: Mapping[str, str]) -> TaskFile:
         raise SpecError("", "empty spec; expected a mapping with at least 'commands'", 1)
     problems = Problems()
     dev = _declares_dev(root)
-    nodes = _top_level_nodes(root, problems, dev)
+    nodes, service_nodes = _top_level_nodes(root, problems, dev)
     fields = _parse_fields(nodes, environ, problems, dev)
+    with problems.collect(), _at(root):
+        fields["service"] = parse_service(service_nodes, fields.get("type") == SERVICE_TYPE)
     copies: list[Copy] = []
     if "files" in nodes and not _is_null(nodes["files"]):
         with problems.collect():
@@ -132,19 +135,23 @@ def _declares_dev(root: yaml.Node) -> bool:
     return isinstance(found, yaml.ScalarNode) and found.value == DEV_ENVIRONMENT
 
 
-def _top_level_nodes(root: yaml.Node, problems: Problems, dev: bool) -> dict[str, yaml.Node]:
-    """The value node of each known top-level field, in order; an unknown field is a problem, and so are
-    `commands` in a dev environment (it has `init`)."""
-    nodes = {}
+def _top_level_nodes(
+    root: yaml.Node, problems: Problems, dev: bool
+) -> tuple[dict[str, yaml.Node], dict[str, yaml.Node]]:
+    """The value node of each known top-level field, in order: a task's fields, and a service's; an unknown
+    field is a problem, and so are `commands` in a dev environment (it has `init`)."""
+    nodes, service_nodes = {}, {}
     with problems.collect():
         for key_node, key, value_node in _entries(root, ""):
             if dev and key == "commands":
                 problems.found.append(SpecError("commands", USE_INIT, _line(key_node)))
             elif key in TASK_FIELD_GROUPS or (dev and key in DEV_FIELDS):
                 nodes[key] = value_node
+            elif key in SERVICE_FIELDS:
+                service_nodes[key] = value_node
             else:
                 problems.found.append(SpecError(_child("", key), _unknown_top_level(key), _line(key_node)))
-    return nodes
+    return nodes, service_nodes
 
 
 def _parse_fields(

@@ -80,7 +80,6 @@ _SUGGESTION_NOTES = {
 }
 _RESOURCE_KEYS = ("gpu", "cpu", "memory", "disk", "shm_size")
 _OTHER_KINDS = {
-    "service": "port gateway model https auth replicas scaling rate_limits probes strip_prefix",
     "dev-environment": "ide version init inactivity_duration",
 }
 

@@ -86,6 +86,17 @@ class PortMapping(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     local_port: int | None = None
 
 
+class ServiceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """dstack's service fields (shared/spec/service.py): the coordinator serves the service's `replicas`
+    jobs' `port` at `/services/PROJECT/NAME/`, to its project's members only unless `auth` is false, with
+    that prefix taken off the path the application sees unless `strip_prefix` is false."""
+
+    port: int
+    replicas: int = 1
+    auth: bool = True
+    strip_prefix: bool = True
+
+
 STARTUP_ORDERS = ("any", "master-first", "workers-first")
 STOP_CRITERIA = ("all-done", "master-done")
 
@@ -145,6 +156,7 @@ class TaskSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # no ssh session or exec before it is stopped (None: off)
     ide: str | None = None
     inactivity_duration_s: int | None = None
+    service: ServiceSpec | None = None  # set exactly when `type` is "service"
 
     def group_of(self, rank: int) -> NodeGroup | None:
         """The group node `rank` belongs to (None without groups)."""

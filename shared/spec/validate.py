@@ -38,6 +38,7 @@ from shared.spec.dev_env import check_dev, is_dev
 from shared.spec.limits import REDACTED
 from shared.spec.model import Problems, SpecError, TaskSpec
 from shared.spec.ports import _check_ports
+from shared.spec.service import check_service
 
 NO_WORK = "a task without an image needs at least one command"
 PYTHON_WITH_IMAGE = "python and image cannot be used together: python picks the image; drop one of them"
@@ -99,6 +100,7 @@ def _checks(spec: TaskSpec) -> list[Callable[[], None]]:
         lambda: _check_lost_after(spec.lost_after_s),
         lambda: _check_schedule(spec.schedule),
         lambda: _check_ports(spec.ports),
+        lambda: check_service(spec.type, spec.service, spec.nodes, spec.schedule is not None),
         lambda: _check_groups(spec.groups, spec.nodes, spec.commands, spec.image),
         lambda: _check_node_refs(spec.commands, spec.groups, spec.nodes),
         lambda: _check_startup_order(spec.startup_order),
