@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import shutil
 import subprocess
 import tarfile
@@ -214,7 +215,7 @@ async def test_a_two_node_container_job_is_on_the_hosts_network_with_its_hostfil
         ]
 
 
-SSH_IMAGE = "gpuctl-test/busybox-sshd:1"
+SSH_IMAGE = "gpuctl-test/busybox-sshd"  # tagged per use: tests on other workers share the engine
 SSH_PROGRAMS = ("/usr/sbin/sshd", "/usr/bin/ssh")
 IMAGE_PATH = "/usr/local/mpi/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -250,12 +251,12 @@ def sshd_image_fixture(docker_engine: Engine) -> Iterator[str]:
     rootfs = with_host_files(
         busybox_rootfs(busybox_static()), [*SSH_PROGRAMS, *libraries_of(SSH_PROGRAMS)], passwd
     )
-    repository, tag = SSH_IMAGE.split(":")
+    tag = secrets.token_hex(4)
     docker_engine.client.api.import_image_from_data(
-        rootfs, repository=repository, tag=tag, changes=[f"ENV PATH={IMAGE_PATH}"]
+        rootfs, repository=SSH_IMAGE, tag=tag, changes=[f"ENV PATH={IMAGE_PATH}"]
     )
-    yield SSH_IMAGE
-    docker_engine.client.api.remove_image(SSH_IMAGE, force=True)
+    yield f"{SSH_IMAGE}:{tag}"
+    docker_engine.client.api.remove_image(f"{SSH_IMAGE}:{tag}", force=True)
 
 
 async def test_node_0_of_a_container_job_runs_a_command_in_node_1s_container_over_ssh(
