@@ -22,6 +22,8 @@ import termios
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
+
 from agent.executor import Executor
 from agent.runtime.container_exec import run_container_exec
 from agent.runtime.docker import DockerRuntime
@@ -57,6 +59,14 @@ def job_context(alloc_dir: Path) -> JobContext:
     return JobContext(user, work_dir, dict(start["env"]), list(start["cgroups"]))
 
 
+def docker_client(executor: Executor) -> docker.DockerClient:
+    """The engine that runs this agent's container jobs. Raises StreamRefused."""
+    runtime = executor.runtimes.get("docker")
+    if not isinstance(runtime, DockerRuntime):
+        raise StreamRefused("this agent has no Docker engine for the job's container")
+    return runtime.host.client
+
+
 def helper_argv(context: JobContext, tty: bool, argv: tuple[str, ...]) -> list[str]:
     head = [sys.executable, EXEC_ARG] if getattr(sys, "frozen", False) else [sys.executable, "-I", _HELPER]
     return [*head, context.user, json.dumps(context.cgroups), "1" if tty else "0", "--", *argv]
@@ -66,10 +76,7 @@ async def run_exec(stream: Stream, what: ExecOpen, executor: Executor) -> int | 
     """Run the command to its end; answers its exit code (negative: the signal that killed it)."""
     local = running_alloc(executor, what.alloc_id)
     if local.spec.spec.image:
-        runtime = executor.runtimes.get("docker")
-        if not isinstance(runtime, DockerRuntime):
-            raise StreamRefused("this agent has no Docker engine for the job's container")
-        return await run_container_exec(stream, what, runtime.host.client)
+        return await run_container_exec(stream, what, docker_client(executor))
     context = job_context(local.dir)
     argv = helper_argv(context, what.tty, what.argv)
     if what.tty:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -239,6 +240,67 @@ async def test_port_forward_carries_many_connections_at_once(one_host: Cluster) 
     assert said[-1].startswith(f"port {dead}: port {dead} of the job: "), said
     for server in servers:
         server.close()
+
+
+async def test_port_forward_reaches_only_the_jobs_own_listening_sockets(one_host: Cluster) -> None:
+    """Every job of a host shares its loopback: a member of one project must not reach, through a job of
+    theirs, another project's job's server on that host, or what the host itself serves on its loopback."""
+    c = one_host
+    from cli.api import Api
+    from shared.spec import parse_spec
+    from shared.wire import UserCreate
+
+    await asyncio.to_thread(c.api.create_project, "other")
+    created = await asyncio.to_thread(c.api.create_user, UserCreate(name="bob", project="other"))
+    other = Api(CliConfig(c.api.config.url, created.token, c.api.config.ca_file))
+    theirs_port, mine_port = _free_port(), _free_port()
+    theirs = await asyncio.to_thread(other.submit, parse_spec(_httpd_job(theirs_port), environ=os.environ))
+    mine = await _running(c, _httpd_job(mine_port))
+    await c.wait_for(theirs.id, "running")
+    await _until(lambda: _answers(theirs_port) and _answers(mine_port), "both httpds to listen")
+    with socket.socket() as hosts_own:  # a server of the host's (the agent's, sshd, ...) on its loopback
+        hosts_own.bind(("127.0.0.1", 0))
+        hosts_own.listen()
+        said: list[str] = []
+        forwards = [Forward(0, theirs_port), Forward(0, hosts_own.getsockname()[1]), Forward(0, mine_port)]
+        servers = await listen(c.api.config, mine, forwards, say=said.append)
+        ports = [server.sockets[0].getsockname()[1] for server in servers]
+        assert await _http_get(ports[0], "/small") == b""
+        assert await _http_get(ports[1], "/") == b""
+        for server in servers[:2]:
+            server.close()
+        assert said[3:] == [
+            f"port {theirs_port}: port {theirs_port} of the job: no process of the job listens on it",
+            f"port {hosts_own.getsockname()[1]}: port {hosts_own.getsockname()[1]} of the job: "
+            "no process of the job listens on it",
+        ]
+        assert await _get(ports[2], "/small") == SMALL  # its own port still is
+        servers[2].close()
+
+
+async def test_a_job_with_no_cgroups_of_its_own_listens_through_the_tree_under_its_supervisor() -> None:
+    """An agent that confines no job (not root) finds the job's sockets among its supervisor's descendants;
+    a socket on an address that 127.0.0.1 does not reach is not the port's."""
+    from agent.job_sockets import job_listens
+
+    server = "import socket, sys, time; s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen(); "
+    server += "print(s.getsockname()[1], flush=True); time.sleep(600)"
+    supervisor = await asyncio.create_subprocess_exec(
+        "sh", "-c", 'python3 -c "$0" 127.0.0.1 & python3 -c "$0" 127.0.0.2 & wait', server,
+        stdout=asyncio.subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    assert supervisor.stdout is not None
+    try:
+        ports = {int(await supervisor.stdout.readline()) for _ in range(2)}
+        with socket.socket() as outside:
+            outside.bind(("127.0.0.1", 0))
+            outside.listen()
+            seen = {p: await asyncio.to_thread(job_listens, supervisor.pid, [], p) for p in ports}
+            assert sorted(seen.values()) == [False, True]  # the one on 127.0.0.2 is not reached
+            assert not await asyncio.to_thread(job_listens, supervisor.pid, [], outside.getsockname()[1])
+    finally:
+        os.killpg(supervisor.pid, signal.SIGKILL)
+        await supervisor.wait()
 
 
 def _answers(port: int) -> bool:
