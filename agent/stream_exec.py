@@ -24,6 +24,7 @@ from pathlib import Path
 
 import docker
 
+from agent.env import DEFAULT_PATH
 from agent.executor import Executor
 from agent.runtime.container_exec import run_container_exec
 from agent.runtime.docker import DockerRuntime
@@ -34,6 +35,7 @@ from shared.aio import cancel_and_wait
 from shared.channel import EXEC_STDERR, EXEC_STDOUT, Data, Eof, ExecOpen, Resize
 
 _HELPER = str(Path(__file__).with_name("runtime") / "exec_helper.py")
+HELPER_ENV = {"PATH": DEFAULT_PATH}  # the helper may be root: the job's environment is the command's alone
 
 
 @dataclass(frozen=True)
@@ -42,21 +44,21 @@ class JobContext:
 
     user: str  # "UID:GID", or "" for the agent's own user
     work_dir: Path
-    env: dict[str, str]
+    start_file: Path  # the environment and cgroups its supervisor started it with
     cgroups: list[str]
 
 
 def job_context(alloc_dir: Path) -> JobContext:
-    """Read from the job's own files: its work dir (owned by the job's user), and the environment and
-    cgroups its supervisor started it with. Raises StreamRefused when they are gone."""
-    work_dir = alloc_dir / "work"
+    """Read from the job's own files: its work dir (owned by the job's user), and its start record. Raises
+    StreamRefused when they are gone."""
+    work_dir, start_file = alloc_dir / "work", alloc_dir / START_FILE
     try:
-        start = json.loads((alloc_dir / START_FILE).read_text())
+        start = json.loads(start_file.read_text())
         owner = work_dir.stat()
     except (OSError, ValueError) as exc:
         raise StreamRefused(f"the job's start record cannot be read: {exc}") from None
     user = f"{owner.st_uid}:{owner.st_gid}" if os.geteuid() == 0 and owner.st_uid != 0 else ""
-    return JobContext(user, work_dir, dict(start["env"]), list(start["cgroups"]))
+    return JobContext(user, work_dir, start_file, list(start["cgroups"]))
 
 
 def docker_client(executor: Executor) -> docker.DockerClient:
@@ -69,7 +71,7 @@ def docker_client(executor: Executor) -> docker.DockerClient:
 
 def helper_argv(context: JobContext, tty: bool, argv: tuple[str, ...]) -> list[str]:
     head = [sys.executable, EXEC_ARG] if getattr(sys, "frozen", False) else [sys.executable, "-I", _HELPER]
-    return [*head, context.user, json.dumps(context.cgroups), "1" if tty else "0", "--", *argv]
+    return [*head, str(context.start_file), context.user, "1" if tty else "0", "--", *argv]
 
 
 async def run_exec(stream: Stream, what: ExecOpen, executor: Executor) -> int | None:
@@ -91,7 +93,7 @@ async def _with_pipes(stream: Stream, context: JobContext, argv: list[str]) -> i
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=context.work_dir,
-        env=context.env,
+        env=HELPER_ENV,
         start_new_session=True,
     )
     assert process.stdin and process.stdout and process.stderr
@@ -136,7 +138,7 @@ async def _with_terminal(stream: Stream, what: ExecOpen, context: JobContext, ar
     _set_size(master, what.rows, what.cols)
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv, stdin=slave, stdout=slave, stderr=slave, cwd=context.work_dir, env=context.env
+            *argv, stdin=slave, stdout=slave, stderr=slave, cwd=context.work_dir, env=HELPER_ENV
         )
     finally:
         os.close(slave)

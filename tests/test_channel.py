@@ -119,6 +119,19 @@ async def test_exec_runs_as_the_job_in_its_folder_with_its_env_and_returns_the_e
     assert (code, output.out) == (0, "hello\nthrough stdin\n" * 1000)
 
 
+async def test_the_jobs_environment_reaches_the_command_not_the_helper_that_runs_as_root(
+    one_host: Cluster,
+) -> None:
+    """exec's helper runs as root until it becomes the job's user: the job's LD_PRELOAD or LD_LIBRARY_PATH
+    (a member writes the spec's env) would run a member's code as root in it. LD_DEBUG stands for them here:
+    the dynamic loader obeys it as it would them, and says which program it loads."""
+    c = one_host
+    job_id = await _running(c, "name: envjob\nenv: [LD_DEBUG=files]\ncommands: ['sleep 600']")
+    code, output = await _exec(c, ExecRequest(job_id, ("sh", "-c", 'echo "$LD_DEBUG"')))
+    assert (code, output.out) == (0, "files\n")  # the command has it
+    assert "libpython" not in output.err, output.err[:500]  # the helper, the agent's Python, did not
+
+
 async def _job_uid(alloc_dir: Path) -> str:
     """The uid the job's own processes run as, as the kernel sees it."""
     pid = await child_pid(alloc_dir)
