@@ -188,6 +188,29 @@ async def test_a_member_of_another_project_gets_403_and_every_exec_is_audited(on
     assert entries[0].ended_at is not None and entries[0].ended_at >= entries[0].at
 
 
+async def test_a_member_reaches_their_own_job_of_a_name_another_project_uses_too(one_host: Cluster) -> None:
+    """A job's name is unique within nothing: `gpuctl exec NAME` finds the caller's own job of that name,
+    as `gpuctl logs NAME` does, even when another project's is newer."""
+    c = one_host
+    from cli.api import Api
+    from shared.spec import parse_spec
+    from shared.wire import UserCreate
+
+    members = []
+    for project in ("alpha", "beta"):
+        await asyncio.to_thread(c.api.create_project, project)
+        created = await asyncio.to_thread(c.api.create_user, UserCreate(name=f"{project}-1", project=project))
+        members.append(CliConfig(c.api.config.url, created.token, c.api.config.ca_file))
+    jobs = []
+    for config in members:  # beta's job is the newer
+        spec = parse_spec("name: twin\ncommands: ['sleep 600']", environ=os.environ)
+        jobs.append(await asyncio.to_thread(Api(config).submit, spec))
+        await c.wait_for(jobs[-1].id, "running")
+    output = Output()
+    code = await exec_stream(members[0], ExecRequest("twin", ("sh", "-c", "echo $GPUCTL_JOB_ID")), output)
+    assert (code, output.out, output.err) == (0, f"{jobs[0].id}\n", "")
+
+
 async def _http_get(port: int, path: str) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
