@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -75,7 +76,13 @@ def _stdin_queue(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[bytes]:
     def read() -> None:
         while True:
             data = os.read(0, 65536)
-            asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
+            try:
+                asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
+            except (
+                concurrent.futures.CancelledError,
+                RuntimeError,
+            ):  # the command ended: the rest is dropped
+                return
             if not data:
                 return
 

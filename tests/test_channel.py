@@ -503,6 +503,13 @@ async def test_the_commands_exec_and_port_forward_a_tasks_declared_ports(one_hos
         await forward.wait()
 
 
+async def test_exec_of_a_command_that_reads_no_input_ends_cleanly_with_input_left(one_host: Cluster) -> None:
+    """`gpuctl exec -i JOB -- true < big`: the command ends first, the rest of stdin is dropped; no more."""
+    c = one_host
+    job_id = await _running(c)
+    assert await _gpuctl(c, "exec", "-i", job_id, "--", "true", stdin=b"x" * 20_000_000) == (0, "", "")
+
+
 async def test_attach_forwards_the_declared_ports_and_follows_the_log_to_the_jobs_end(
     one_host: Cluster,
 ) -> None:
