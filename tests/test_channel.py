@@ -315,25 +315,43 @@ async def test_port_forward_reaches_only_the_jobs_own_listening_sockets(one_host
 
 
 async def test_a_job_with_no_cgroups_of_its_own_listens_through_the_tree_under_its_supervisor() -> None:
-    """An agent that confines no job (not root) finds the job's sockets among its supervisor's descendants;
-    a socket on an address that 127.0.0.1 does not reach is not the port's."""
+    """An agent that confines no job (not root) finds the job's sockets among its supervisor's descendants.
+    A socket on an address that 127.0.0.1 does not reach is not the port's; nor does a job's IPv6-only
+    [::]:PORT make another's 127.0.0.1:PORT the job's."""
     from agent.job_sockets import job_listens
 
-    server = "import socket, sys, time; s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen(); "
-    server += "print(s.getsockname()[1], flush=True); time.sleep(600)"
+    server = (
+        "import os, socket, sys, time\n"
+        "v6 = ':' in sys.argv[1]\n"
+        "s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)\n"
+        "if v6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n"
+        "s.bind((sys.argv[1], 0))\n"
+        "s.listen()\n"
+        "os.write(1, f'{sys.argv[1]} {s.getsockname()[1]}\\n'.encode())  # one write: three share the pipe\n"
+        "time.sleep(600)\n"
+    )
     supervisor = await asyncio.create_subprocess_exec(
-        "sh", "-c", 'python3 -c "$0" 127.0.0.1 & python3 -c "$0" 127.0.0.2 & wait', server,
+        "sh", "-c", 'for a in 127.0.0.1 127.0.0.2 ::; do python3 -c "$0" $a & done; wait', server,
         stdout=asyncio.subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     assert supervisor.stdout is not None
+
+    async def listens(port: int) -> bool:
+        return await asyncio.to_thread(job_listens, supervisor.pid, [], port)
+
     try:
-        ports = {int(await supervisor.stdout.readline()) for _ in range(2)}
+        lines = [(await supervisor.stdout.readline()).decode().split() for _ in range(3)]
+        ports = {address: int(port) for address, port in lines}
+        assert await listens(ports["127.0.0.1"])
+        assert not await listens(ports["127.0.0.2"])
         with socket.socket() as outside:
             outside.bind(("127.0.0.1", 0))
             outside.listen()
-            seen = {p: await asyncio.to_thread(job_listens, supervisor.pid, [], p) for p in ports}
-            assert sorted(seen.values()) == [False, True]  # the one on 127.0.0.2 is not reached
-            assert not await asyncio.to_thread(job_listens, supervisor.pid, [], outside.getsockname()[1])
+            assert not await listens(outside.getsockname()[1])
+        with socket.socket() as beside:  # the host's, on the port of the job's IPv6-only socket
+            beside.bind(("127.0.0.1", ports["::"]))
+            beside.listen()
+            assert not await listens(ports["::"])
     finally:
         os.killpg(supervisor.pid, signal.SIGKILL)
         await supervisor.wait()
