@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -69,19 +68,33 @@ def _write(fd: int, data: bytes) -> None:
     stream.flush()
 
 
+class _StdinQueue(asyncio.Queue[bytes]):
+    """Chunks of stdin that a thread reads at most `ahead` of what the stream took: each one taken frees a
+    place for the thread's next read."""
+
+    def __init__(self, ahead: int) -> None:
+        super().__init__()
+        self.room = threading.Semaphore(ahead)
+
+    def get_nowait(self) -> bytes:  # what `get` returns through, too
+        data = super().get_nowait()
+        self.room.release()
+        return data
+
+
 def _stdin_queue(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[bytes]:
-    """This process's stdin, read by a thread (it may be a file, a pipe or a terminal), a little ahead."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+    """This process's stdin, read by a thread (it may be a file, a pipe or a terminal), a little ahead. A
+    command that ends before its input does leaves the rest unread: the thread hands nothing to a loop that
+    has closed (no coroutine of its own that could be left unawaited)."""
+    queue = _StdinQueue(ahead=4)
 
     def read() -> None:
         while True:
+            queue.room.acquire()
             data = os.read(0, 65536)
             try:
-                asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
-            except (
-                concurrent.futures.CancelledError,
-                RuntimeError,
-            ):  # the command ended: the rest is dropped
+                loop.call_soon_threadsafe(queue.put_nowait, data)
+            except RuntimeError:  # the loop has closed: the command ended
                 return
             if not data:
                 return
