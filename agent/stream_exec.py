@@ -159,15 +159,9 @@ async def _with_terminal(stream: Stream, what: ExecOpen, context: JobContext, ar
 
 async def _pump_terminal(stream: Stream, master: int) -> None:
     """The terminal's output, until its far end is closed by every process (EIO)."""
-    loop = asyncio.get_running_loop()
     while True:
         budget = await stream.read_budget()
-        readable = loop.create_future()
-        loop.add_reader(master, readable.set_result, None)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(master)
+        await _ready(master)
         try:
             data = os.read(master, budget)
         except BlockingIOError:  # nothing after all: give the budget back and wait again
@@ -198,7 +192,6 @@ async def _drain_terminal(stream: Stream, master: int, output: asyncio.Task[None
 
 
 async def _feed_terminal(stream: Stream, master: int) -> None:
-    loop = asyncio.get_running_loop()
     while True:
         frame = await stream.inbox.get()
         if isinstance(frame, Resize):
@@ -209,13 +202,22 @@ async def _feed_terminal(stream: Stream, master: int) -> None:
                 try:
                     view = view[os.write(master, view) :]
                 except BlockingIOError:
-                    writable = loop.create_future()
-                    loop.add_writer(master, writable.set_result, None)
-                    try:
-                        await writable
-                    finally:
-                        loop.remove_writer(master)
+                    await _ready(master, writing=True)
             await stream.passed_on(len(frame.data))
+
+
+async def _ready(fd: int, writing: bool = False) -> None:
+    """Wait until the terminal can be read (or written)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    watch, unwatch = (
+        (loop.add_writer, loop.remove_writer) if writing else (loop.add_reader, loop.remove_reader)
+    )
+    watch(fd, ready.set_result, None)
+    try:
+        await ready
+    finally:
+        unwatch(fd)
 
 
 def _set_size(fd: int, rows: int, cols: int) -> None:

@@ -10,7 +10,8 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import click
 
@@ -47,14 +48,18 @@ def exec_command(interactive: bool, tty: bool, node: int, job: str, command: tup
             loop.add_signal_handler(signal.SIGWINCH, lambda: resizes.put_nowait(_size()))
         return await exec_stream(_config(), request, _write, stdin, resizes if tty else None)
 
+    with _raw(tty and interactive and sys.stdin.isatty()):
+        sys.exit(_run(run()))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command's loop: a refusal is a one-line error, Ctrl-C exits 130."""
     try:
-        with _raw(tty and interactive and sys.stdin.isatty()):
-            code = asyncio.run(run())
+        return asyncio.run(main)
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        return 130
 
 
 def _size() -> tuple[int, int]:
@@ -179,13 +184,7 @@ def attach(node: int, job: str) -> None:
             for server in servers:
                 server.close()
 
-    try:
-        code = asyncio.run(run())
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+    sys.exit(_run(run()))
 
 
 async def _in_thread(call: Callable[[], int]) -> int:
