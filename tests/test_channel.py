@@ -211,6 +211,28 @@ async def test_a_member_reaches_their_own_job_of_a_name_another_project_uses_too
     assert (code, output.out, output.err) == (0, f"{jobs[0].id}\n", "")
 
 
+async def test_exec_is_refused_in_one_line_for_a_node_the_job_lacks_and_a_job_that_ended(
+    one_host: Cluster,
+) -> None:
+    c = one_host
+    job_id = await _running(c)
+    for node, error in (
+        (1, f"node: job {job_id} has 1 node(s); no node 1"),
+        (10**6, "node: 1000000 is over the limit of"),
+    ):
+        with pytest.raises(ApiError, match=re.escape(error)):
+            await exec_stream(c.api.config, ExecRequest(job_id, ("true",), node=node), Output())
+    await asyncio.to_thread(c.api.stop, job_id)
+    await c.wait_for(job_id, "stopped")
+    with pytest.raises(ApiError, match=rf"^job {job_id} \(sleeper\) is stopped, not running$"):
+        await exec_stream(c.api.config, ExecRequest(job_id, ("true",)), Output())
+    said: list[str] = []
+    servers = await listen(c.api.config, job_id, [Forward(0, 80)], say=said.append)
+    assert await _http_get(servers[0].sockets[0].getsockname()[1], "/") == b""
+    servers[0].close()
+    assert said[1:] == [f"port 80: job {job_id} (sleeper) is stopped, not running"]
+
+
 async def _http_get(port: int, path: str) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
