@@ -5,7 +5,8 @@ A plain-process job's command runs as the job's user, in the job's working direc
 environment, inside the job's cgroups (through agent/runtime/exec_helper.py); a container job's through the
 engine's exec API (agent/runtime/container_exec.py). With `tty`, the command gets a pseudo-terminal of its
 own, sized and resized by the user's terminal. When the stream is cut (the user went, the channel dropped),
-the command's whole process group is killed; a command that ends by itself may leave work behind.
+every process of the command's session is killed (it has one of its own); a command that ends by itself may
+leave work behind.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ async def _with_pipes(stream: Stream, context: JobContext, argv: list[str]) -> i
         )
         return await process.wait()
     except BaseException:
-        _kill_group(process.pid)
+        _kill_session(process.pid)
         raise
     finally:
         stdin.cancel()
@@ -138,7 +139,13 @@ async def _with_terminal(stream: Stream, what: ExecOpen, context: JobContext, ar
     _set_size(master, what.rows, what.cols)
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv, stdin=slave, stdout=slave, stderr=slave, cwd=context.work_dir, env=HELPER_ENV
+            *argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=context.work_dir,
+            env=HELPER_ENV,
+            start_new_session=True,  # before it runs: a cut at once still finds its session
         )
     finally:
         os.close(slave)
@@ -150,7 +157,7 @@ async def _with_terminal(stream: Stream, what: ExecOpen, context: JobContext, ar
         await _drain_terminal(stream, master, output)
         return code
     except BaseException:
-        _kill_group(process.pid)
+        _kill_session(process.pid)
         raise
     finally:
         await cancel_and_wait(stdin, output)  # before the terminal closes: neither may touch it after
@@ -225,7 +232,16 @@ def _set_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _kill_group(pid: int) -> None:
-    """A command whose stream was cut dies, with whatever it started. Idempotent."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+def _kill_session(pid: int) -> None:
+    """A command whose stream was cut dies, with whatever it started in its session: an interactive shell
+    gives each of its jobs a process group of its own. A pass that finds none left ends it. Idempotent."""
+    for _ in range(5):
+        killed = 0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if os.getsid(int(entry)) == pid:
+                        os.kill(int(entry), signal.SIGKILL)
+                        killed += 1
+        if not killed:
+            return

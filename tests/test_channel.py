@@ -483,6 +483,25 @@ async def test_a_dropped_channel_ends_its_streams_with_the_reason_and_the_agent_
     assert (code, output.out) == (0, "again\n")
 
 
+async def test_a_cut_terminal_kills_what_its_shell_started_in_jobs_of_their_own(one_host: Cluster) -> None:
+    """An interactive shell puts each job it starts in a process group of its own; when the stream is cut,
+    those die with the shell, not only the shell's own group."""
+    c = one_host
+    job_id = await _running(c)
+    marker = f"{os.getpid() % 1000 + 8000}"
+    output = Output()
+    stdin: asyncio.Queue[bytes] = asyncio.Queue()
+    stdin.put_nowait(f"sleep {marker} &\necho st''arted\n".encode())
+    request = ExecRequest(job_id, ("bash", "--norc", "-i"), tty=True)
+    run = asyncio.create_task(exec_stream(c.api.config, request, output, stdin, asyncio.Queue()))
+    await output.wait_for("started")
+    await _until(lambda: _running_sleep(marker), "the background job to run")
+    run.cancel()  # the user's connection goes
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    await _until(lambda: not _running_sleep(marker), "the shell's background job to be killed")
+
+
 def _running_sleep(marker: str) -> bool:
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):

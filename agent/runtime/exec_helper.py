@@ -33,8 +33,7 @@ def main(argv: list[str]) -> int:
     for folder in start["cgroups"]:  # while still root: the job's limits hold for what runs here too
         with open(os.path.join(folder, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
-    if tty == "1":
-        os.setsid()
+    if tty == "1":  # started in a session of its own, which has no terminal yet
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # stdin is the terminal: job control and SIGWINCH work
     if user and os.geteuid() == 0:
         uid, gid = (int(n) for n in user.split(":"))
