@@ -16,7 +16,6 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
 import struct
 import sys
 import termios
@@ -31,7 +30,7 @@ from agent.runtime.container_exec import run_container_exec
 from agent.runtime.docker import DockerRuntime
 from agent.runtime.exec_helper import EXEC_ARG
 from agent.runtime.shim import START_FILE
-from agent.streams import Stream, StreamRefused, running_alloc
+from agent.streams import Stream, StreamRefused, kill_session, running_alloc
 from shared.aio import cancel_and_wait
 from shared.channel import EXEC_STDERR, EXEC_STDOUT, Data, Eof, ExecOpen, Resize
 
@@ -105,7 +104,7 @@ async def _with_pipes(stream: Stream, context: JobContext, argv: list[str]) -> i
         )
         return await process.wait()
     except BaseException:
-        _kill_session(process.pid)
+        kill_session(process.pid)
         raise
     finally:
         stdin.cancel()
@@ -157,7 +156,7 @@ async def _with_terminal(stream: Stream, what: ExecOpen, context: JobContext, ar
         await _drain_terminal(stream, master, output)
         return code
     except BaseException:
-        _kill_session(process.pid)
+        kill_session(process.pid)
         raise
     finally:
         await cancel_and_wait(stdin, output)  # before the terminal closes: neither may touch it after
@@ -230,18 +229,3 @@ async def _ready(fd: int, writing: bool = False) -> None:
 def _set_size(fd: int, rows: int, cols: int) -> None:
     """The terminal's size; the kernel tells its foreground process group (SIGWINCH)."""
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def _kill_session(pid: int) -> None:
-    """A command whose stream was cut dies, with whatever it started in its session: an interactive shell
-    gives each of its jobs a process group of its own. A pass that finds none left ends it. Idempotent."""
-    for _ in range(5):
-        killed = 0
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    if os.getsid(int(entry)) == pid:
-                        os.kill(int(entry), signal.SIGKILL)
-                        killed += 1
-        if not killed:
-            return
