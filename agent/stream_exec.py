@@ -104,7 +104,8 @@ async def _with_pipes(stream: Stream, context: JobContext, argv: list[str]) -> i
         )
         return await process.wait()
     except BaseException:
-        kill_session(process.pid)
+        if process.returncode is None:  # else its number may be another's now
+            kill_session(process.pid)
         raise
     finally:
         stdin.cancel()
@@ -156,7 +157,8 @@ async def _with_terminal(stream: Stream, what: ExecOpen, context: JobContext, ar
         await _drain_terminal(stream, master, output)
         return code
     except BaseException:
-        kill_session(process.pid)
+        if process.returncode is None:  # else its number may be another's now
+            kill_session(process.pid)
         raise
     finally:
         await cancel_and_wait(stdin, output)  # before the terminal closes: neither may touch it after

@@ -108,11 +108,11 @@ def running_alloc(executor: Executor, alloc_id: str) -> LocalAlloc:
 
 
 def kill_session(pid: int) -> None:
-    """A command whose stream was cut dies (`pid`, by its number on this host), with whatever it started in
-    its session: an interactive shell gives each of its jobs a process group of its own. A pass that finds
-    none left ends it. Idempotent."""
+    """A command whose stream was cut dies (`pid`, by its number on this host, still running: its number
+    is not another's), with whatever it started in its session: an interactive shell gives each of its jobs
+    a process group of its own. A pass that finds none left ends it. Idempotent."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)  # it may lead no session (an engine's exec)
     for _ in range(5):
         killed = 0
         for entry in os.listdir("/proc"):

@@ -112,6 +112,6 @@ async def _resize(api: Any, exec_id: str, rows: int, cols: int) -> None:
 async def _kill(api: Any, exec_id: str) -> None:
     """The exec's process and its session, by its pid on this host (the engine reports it). Idempotent."""
     with contextlib.suppress(docker.errors.APIError, KeyError):
-        pid = int((await asyncio.to_thread(api.exec_inspect, exec_id))["Pid"])
-        if pid > 0:
-            kill_session(pid)
+        inspected = await asyncio.to_thread(api.exec_inspect, exec_id)
+        if inspected["Running"] and inspected["Pid"] > 0:  # an ended one's pid may be another's now
+            kill_session(int(inspected["Pid"]))
