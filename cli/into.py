@@ -134,18 +134,23 @@ def port_forward(address: str, node: int, job: str, ports: tuple[str, ...]) -> N
     """Forward local ports to a running job's ports, until Ctrl-C: those named (LOCAL 0 picks a free port),
     else those its task declares in `ports:`. Listens on 127.0.0.1 unless --address says otherwise."""
     from cli.remote import Forward, listen, parse_forward, stderr_say
+    from shared.states import JobState
 
     try:
         forwards = [parse_forward(text) for text in ports]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="ports") from None
-    if not forwards:
-        from cli.session import call
+    from cli.session import call
 
-        declared = call(lambda client: client.job(job)).spec.ports
-        if not declared:
+    view = call(
+        lambda client: client.job(job)
+    )  # a job it cannot reach is one line now, not each connection's
+    if JobState(view.status).terminal:
+        raise click.ClickException(f"job {view.id} ({view.name}) is {view.status}, not running")
+    if not forwards:
+        if not view.spec.ports:
             raise click.ClickException(f"job {job} declares no ports: name them, [LOCAL:]REMOTE")
-        forwards = [Forward(p.local_port or 0, p.port) for p in declared]
+        forwards = [Forward(p.local_port or 0, p.port) for p in view.spec.ports]
 
     async def run() -> None:
         servers = await listen(_config(), job, forwards, address, node, stderr_say)

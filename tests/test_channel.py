@@ -527,7 +527,12 @@ async def _gpuctl(c: Cluster, *args: str, stdin: bytes = b"") -> tuple[int, str,
         *GPUCTL, *args, env=_cli_env(c), cwd=ROOT,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin), 60)
+    finally:
+        if process.returncode is None:  # a command that did not end: not left running after the test
+            process.kill()
+            await process.wait()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -567,6 +572,17 @@ async def test_exec_of_a_command_that_reads_no_input_ends_cleanly_with_input_lef
     c = one_host
     job_id = await _running(c)
     assert await _gpuctl(c, "exec", "-i", job_id, "--", "true", stdin=b"x" * 20_000_000) == (0, "", "")
+
+
+async def test_port_forward_to_a_job_it_cannot_reach_says_so_and_exits(one_host: Cluster) -> None:
+    """Not a listener that answers each connection with the same refusal, until Ctrl-C."""
+    c = one_host
+    job_id = await _running(c)
+    assert await _gpuctl(c, "port-forward", "nosuchjob", "8080") == (1, "", "Error: no job 'nosuchjob'\n")
+    await asyncio.to_thread(c.api.stop, job_id)
+    await c.wait_for(job_id, "stopped")
+    done = await _gpuctl(c, "port-forward", job_id, "8080")
+    assert done == (1, "", f"Error: job {job_id} (sleeper) is stopped, not running\n")
 
 
 async def test_attach_forwards_the_declared_ports_and_follows_the_log_to_the_jobs_end(
