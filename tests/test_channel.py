@@ -24,6 +24,7 @@ from cli.api import ApiError
 from cli.config import CliConfig
 from cli.remote import LOST_EXIT_CODE, ExecRequest, Forward, exec_stream, listen
 from cli.wsclient import connect
+from coordinator import api_channel
 from coordinator.api_channel import CHANNELS
 from coordinator.channels import AgentChannel, NoChannel, RelayStream
 from shared import constants as C
@@ -500,6 +501,31 @@ async def test_a_cut_terminal_kills_what_its_shell_started_in_jobs_of_their_own(
     with contextlib.suppress(asyncio.CancelledError):
         await run
     await _until(lambda: not _running_sleep(marker), "the shell's background job to be killed")
+
+
+async def test_a_user_who_leaves_while_the_command_reads_no_input_cuts_it(
+    one_host: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's input fills the command's window (it reads none): the coordinator waits for the agent's
+    credit with the user's data in hand and reads no more, so it sees the user go only when the heartbeat
+    finds the connection dead and aiohttp cancels the stream's handler. The command is killed still."""
+    c = one_host
+    monkeypatch.setattr(api_channel, "HEARTBEAT_S", 1.0)
+    job_id = await _running(c)
+    marker = f"{os.getpid() % 1000 + 10000}"
+    output = Output()
+    stdin: asyncio.Queue[bytes] = asyncio.Queue()
+    for _ in range(64):
+        stdin.put_nowait(b"x" * 65536)  # 4 MiB: past the window, the pipe and the sockets' buffers
+    request = ExecRequest(job_id, ("sh", "-c", f"echo started; exec sleep {marker}"))
+    run = asyncio.create_task(exec_stream(c.api.config, request, output, stdin))
+    await output.wait_for("started")
+    await _until(lambda: _running_sleep(marker), "the command to run")
+    await _until(lambda: stdin.empty(), "the input to be sent as far as it goes")
+    run.cancel()  # the user's connection goes
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    await _until(lambda: not _running_sleep(marker), "the command to be killed", timeout_s=60)
 
 
 def _running_sleep(marker: str) -> bool:
