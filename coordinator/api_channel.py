@@ -67,8 +67,11 @@ async def job_exec(request: web.Request) -> web.StreamResponse:
     entry = audit.started(
         request[PRINCIPAL].name, job.project, job.id, alloc.node, alloc.host_id, list(opening.argv)
     )
-    close = await _carry(ws, channel, opening)
-    audit.ended(entry, close.exit_code, close.error)
+    close = Close(1, error="cut: the user's connection was lost, or the coordinator stopped")  # cancelled
+    try:
+        close = await _carry(ws, channel, opening)
+    finally:
+        audit.ended(entry, close.exit_code, close.error)
     return ws
 
 

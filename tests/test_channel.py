@@ -526,6 +526,11 @@ async def test_a_user_who_leaves_while_the_command_reads_no_input_cuts_it(
     with contextlib.suppress(asyncio.CancelledError):
         await run
     await _until(lambda: not _running_sleep(marker), "the command to be killed", timeout_s=60)
+    entries = await asyncio.to_thread(c.api.audit, job_id)  # and the audit log says how it ended
+    assert [(e.exit_code, e.error) for e in entries] == [
+        (None, "cut: the user's connection was lost, or the coordinator stopped")
+    ]
+    assert entries[0].ended_at is not None
 
 
 def _running_sleep(marker: str) -> bool:
