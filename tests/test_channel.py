@@ -179,6 +179,10 @@ async def test_a_member_of_another_project_gets_403_and_every_exec_is_audited(on
     assert await _http_get(servers[0].sockets[0].getsockname()[1], "/") == b""
     assert said[1:] == ["port 80: job: only members of the job's project, and admins, may reach into it"]
     servers[0].close()
+    from cli.api import Api
+
+    with pytest.raises(ApiError, match="this needs an admin token"):  # nor read who reached into jobs
+        await asyncio.to_thread(Api(outsider).audit, None, 10)
 
     code, _ = await _exec(c, ExecRequest(job_id, ("sh", "-c", "exit 3")))
     assert code == 3
