@@ -5,6 +5,9 @@ credit. The channel (agent/channel.py) feeds `deliver` and `grant` from its one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import Awaitable, Callable
 
 from agent.executor import Executor, LocalAlloc
@@ -102,3 +105,21 @@ def running_alloc(executor: Executor, alloc_id: str) -> LocalAlloc:
     if local.observed.state is not AllocState.RUNNING or local.stop_asked_at is not None:
         raise StreamRefused(f"allocation {alloc_id} is not running ({local.observed.state.value})")
     return local
+
+
+def kill_session(pid: int) -> None:
+    """A command whose stream was cut dies (`pid`, by its number on this host, still running: its number
+    is not another's), with whatever it started in its session: an interactive shell gives each of its jobs
+    a process group of its own. A pass that finds none left ends it. Idempotent."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)  # it may lead no session (an engine's exec)
+    for _ in range(5):
+        killed = 0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if os.getsid(int(entry)) == pid:
+                        os.kill(int(entry), signal.SIGKILL)
+                        killed += 1
+        if not killed:
+            return

@@ -10,7 +10,8 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import click
 
@@ -47,14 +48,18 @@ def exec_command(interactive: bool, tty: bool, node: int, job: str, command: tup
             loop.add_signal_handler(signal.SIGWINCH, lambda: resizes.put_nowait(_size()))
         return await exec_stream(_config(), request, _write, stdin, resizes if tty else None)
 
+    with _raw(tty and interactive and sys.stdin.isatty()):
+        sys.exit(_run(run()))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command's loop: a refusal is a one-line error, Ctrl-C exits 130."""
     try:
-        with _raw(tty and interactive and sys.stdin.isatty()):
-            code = asyncio.run(run())
+        return asyncio.run(main)
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+        return 130
 
 
 def _size() -> tuple[int, int]:
@@ -68,14 +73,34 @@ def _write(fd: int, data: bytes) -> None:
     stream.flush()
 
 
+class _StdinQueue(asyncio.Queue[bytes]):
+    """Chunks of stdin that a thread reads at most `ahead` of what the stream took: each one taken frees a
+    place for the thread's next read."""
+
+    def __init__(self, ahead: int) -> None:
+        super().__init__()
+        self.room = threading.Semaphore(ahead)
+
+    def get_nowait(self) -> bytes:  # what `get` returns through, too
+        data = super().get_nowait()
+        self.room.release()
+        return data
+
+
 def _stdin_queue(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[bytes]:
-    """This process's stdin, read by a thread (it may be a file, a pipe or a terminal), a little ahead."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+    """This process's stdin, read by a thread (it may be a file, a pipe or a terminal), a little ahead. A
+    command that ends before its input does leaves the rest unread: the thread hands nothing to a loop that
+    has closed (no coroutine of its own that could be left unawaited)."""
+    queue = _StdinQueue(ahead=4)
 
     def read() -> None:
         while True:
+            queue.room.acquire()
             data = os.read(0, 65536)
-            asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, data)
+            except RuntimeError:  # the loop has closed: the command ended
+                return
             if not data:
                 return
 
@@ -109,18 +134,23 @@ def port_forward(address: str, node: int, job: str, ports: tuple[str, ...]) -> N
     """Forward local ports to a running job's ports, until Ctrl-C: those named (LOCAL 0 picks a free port),
     else those its task declares in `ports:`. Listens on 127.0.0.1 unless --address says otherwise."""
     from cli.remote import Forward, listen, parse_forward, stderr_say
+    from shared.states import JobState
 
     try:
         forwards = [parse_forward(text) for text in ports]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="ports") from None
-    if not forwards:
-        from cli.session import call
+    from cli.session import call
 
-        declared = call(lambda client: client.job(job)).spec.ports
-        if not declared:
+    view = call(
+        lambda client: client.job(job)
+    )  # a job it cannot reach is one line now, not each connection's
+    if JobState(view.status).terminal:
+        raise click.ClickException(f"job {view.id} ({view.name}) is {view.status}, not running")
+    if not forwards:
+        if not view.spec.ports:
             raise click.ClickException(f"job {job} declares no ports: name them, [LOCAL:]REMOTE")
-        forwards = [Forward(p.local_port or 0, p.port) for p in declared]
+        forwards = [Forward(p.local_port or 0, p.port) for p in view.spec.ports]
 
     async def run() -> None:
         servers = await listen(_config(), job, forwards, address, node, stderr_say)
@@ -159,13 +189,7 @@ def attach(node: int, job: str) -> None:
             for server in servers:
                 server.close()
 
-    try:
-        code = asyncio.run(run())
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+    sys.exit(_run(run()))
 
 
 async def _in_thread(call: Callable[[], int]) -> int:

@@ -23,6 +23,7 @@ from coordinator import work_slot
 from coordinator.audit import AuditLog
 from coordinator.channels import AgentChannel, Channels, NoChannel, relay
 from coordinator.dev_envs import Sessions, ssh_host, stop_idle
+from coordinator.host_ops import NotFound
 from coordinator.http import (
     COORDINATOR,
     HOST_ID,
@@ -30,6 +31,7 @@ from coordinator.http import (
     HTTPError,
     int_query,
     json_response,
+    project_scope,
     require_admin,
 )
 from coordinator.store import AllocRow, JobRow
@@ -78,9 +80,12 @@ async def job_exec(request: web.Request) -> web.StreamResponse:
     entry = audit.started(
         request[PRINCIPAL].name, job.project, job.id, alloc.node, alloc.host_id, list(opening.argv)
     )
-    with _session(request, job.id):
-        close = await _carry(ws, channel, opening)
-    audit.ended(entry, close.exit_code, close.error)
+    close = Close(1, error="cut: the user's connection was lost, or the coordinator stopped")  # cancelled
+    try:
+        with _session(request, job.id):
+            close = await _carry(ws, channel, opening)
+    finally:
+        audit.ended(entry, close.exit_code, close.error)
     return ws
 
 
@@ -156,10 +161,16 @@ def _target(request: web.Request) -> tuple[JobRow, AllocRow, AgentChannel]:
     """The job, its running allocation on the node asked for, and its host's channel; else an HTTPError:
     403 for a caller outside the job's project, 409 for a job not running, 503 for a host with no channel."""
     coord = request.app[COORDINATOR]
-    job = coord.find_job(request.match_info["ref"])
-    principal = request[PRINCIPAL]
-    if not principal.admin and principal.project != job.project:
-        raise HTTPError(403, "job: only members of the job's project, and admins, may reach into it", "job")
+    ref, scope = request.match_info["ref"], project_scope(request)
+    try:
+        job = coord.find_job(ref, scope)  # the caller's own job first, as every other route finds it
+    except NotFound:
+        if scope is None:
+            raise
+        coord.find_job(ref)  # another project's job: refused as such, not as missing
+        raise HTTPError(
+            403, "job: only members of the job's project, and admins, may reach into it", "job"
+        ) from None
     node = int_query(request, "node", 0, MAX_NODES - 1)
     if job.status is not JobState.RUNNING:
         raise HTTPError(409, f"job {job.id} ({job.name}) is {job.status.value}, not running", "job")

@@ -17,6 +17,7 @@ import logging
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from shared.aio import cancel_and_wait
 from shared.channel import (
     MAX_DATA_BYTES,
     MAX_STREAMS_PER_AGENT,
@@ -176,18 +177,21 @@ async def relay(
     stream: RelayStream, user: web.WebSocketResponse, opening: ExecOpen | TcpOpen | SshOpen
 ) -> Close:
     """Open the stream on the agent, then carry it both ways until it ends; answers its Close (sent to the
-    user too). A user who goes away closes the stream on the agent (its command is killed)."""
-    channel, upstream = stream.channel, None
+    user too). A user who goes away closes the stream on the agent (its command is killed), also when their
+    connection is lost and aiohttp cancels this handler."""
+    channel, upstream, close = stream.channel, None, None
     try:
         await channel.send(Open(stream.id, opening))
         upstream = asyncio.create_task(_from_user(stream, user))
-        return await _to_user(stream, user)
+        close = await _to_user(stream, user)
+        return close
     finally:
         if upstream is not None:
-            upstream.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await upstream
+            await cancel_and_wait(upstream)
         channel.forget(stream)
+        if close is None:  # cancelled or failed: else the agent keeps the stream, and its command, for ever
+            with contextlib.suppress(ConnectionError):
+                await channel.send(Close(stream.id, error="the coordinator dropped the stream"))
 
 
 async def _to_user(stream: RelayStream, user: web.WebSocketResponse) -> Close:

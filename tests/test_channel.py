@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from cli.api import ApiError
 from cli.config import CliConfig
 from cli.remote import LOST_EXIT_CODE, ExecRequest, Forward, exec_stream, listen
 from cli.wsclient import connect
+from coordinator import api_channel
 from coordinator.api_channel import CHANNELS
 from coordinator.channels import AgentChannel, NoChannel, RelayStream
 from shared import constants as C
@@ -118,6 +120,19 @@ async def test_exec_runs_as_the_job_in_its_folder_with_its_env_and_returns_the_e
     assert (code, output.out) == (0, "hello\nthrough stdin\n" * 1000)
 
 
+async def test_the_jobs_environment_reaches_the_command_not_the_helper_that_runs_as_root(
+    one_host: Cluster,
+) -> None:
+    """exec's helper runs as root until it becomes the job's user: the job's LD_PRELOAD or LD_LIBRARY_PATH
+    (a member writes the spec's env) would run a member's code as root in it. LD_DEBUG stands for them here:
+    the dynamic loader obeys it as it would them, and says which program it loads."""
+    c = one_host
+    job_id = await _running(c, "name: envjob\nenv: [LD_DEBUG=files]\ncommands: ['sleep 600']")
+    code, output = await _exec(c, ExecRequest(job_id, ("sh", "-c", 'echo "$LD_DEBUG"')))
+    assert (code, output.out) == (0, "files\n")  # the command has it
+    assert "libpython" not in output.err, output.err[:500]  # the helper, the agent's Python, did not
+
+
 async def _job_uid(alloc_dir: Path) -> str:
     """The uid the job's own processes run as, as the kernel sees it."""
     pid = await child_pid(alloc_dir)
@@ -164,6 +179,10 @@ async def test_a_member_of_another_project_gets_403_and_every_exec_is_audited(on
     assert await _http_get(servers[0].sockets[0].getsockname()[1], "/") == b""
     assert said[1:] == ["port 80: job: only members of the job's project, and admins, may reach into it"]
     servers[0].close()
+    from cli.api import Api
+
+    with pytest.raises(ApiError, match="this needs an admin token"):  # nor read who reached into jobs
+        await asyncio.to_thread(Api(outsider).audit, None, 10)
 
     code, _ = await _exec(c, ExecRequest(job_id, ("sh", "-c", "exit 3")))
     assert code == 3
@@ -172,6 +191,51 @@ async def test_a_member_of_another_project_gets_403_and_every_exec_is_audited(on
         ("admin", job_id, ["sh", "-c", "exit 3"], 3)
     ]
     assert entries[0].ended_at is not None and entries[0].ended_at >= entries[0].at
+
+
+async def test_a_member_reaches_their_own_job_of_a_name_another_project_uses_too(one_host: Cluster) -> None:
+    """A job's name is unique within nothing: `gpuctl exec NAME` finds the caller's own job of that name,
+    as `gpuctl logs NAME` does, even when another project's is newer."""
+    c = one_host
+    from cli.api import Api
+    from shared.spec import parse_spec
+    from shared.wire import UserCreate
+
+    members = []
+    for project in ("alpha", "beta"):
+        await asyncio.to_thread(c.api.create_project, project)
+        created = await asyncio.to_thread(c.api.create_user, UserCreate(name=f"{project}-1", project=project))
+        members.append(CliConfig(c.api.config.url, created.token, c.api.config.ca_file))
+    jobs = []
+    for config in members:  # beta's job is the newer
+        spec = parse_spec("name: twin\ncommands: ['sleep 600']", environ=os.environ)
+        jobs.append(await asyncio.to_thread(Api(config).submit, spec))
+        await c.wait_for(jobs[-1].id, "running")
+    output = Output()
+    code = await exec_stream(members[0], ExecRequest("twin", ("sh", "-c", "echo $GPUCTL_JOB_ID")), output)
+    assert (code, output.out, output.err) == (0, f"{jobs[0].id}\n", "")
+
+
+async def test_exec_is_refused_in_one_line_for_a_node_the_job_lacks_and_a_job_that_ended(
+    one_host: Cluster,
+) -> None:
+    c = one_host
+    job_id = await _running(c)
+    for node, error in (
+        (1, f"node: job {job_id} has 1 node(s); no node 1"),
+        (10**6, "node: 1000000 is over the limit of"),
+    ):
+        with pytest.raises(ApiError, match=re.escape(error)):
+            await exec_stream(c.api.config, ExecRequest(job_id, ("true",), node=node), Output())
+    await asyncio.to_thread(c.api.stop, job_id)
+    await c.wait_for(job_id, "stopped")
+    with pytest.raises(ApiError, match=rf"^job {job_id} \(sleeper\) is stopped, not running$"):
+        await exec_stream(c.api.config, ExecRequest(job_id, ("true",)), Output())
+    said: list[str] = []
+    servers = await listen(c.api.config, job_id, [Forward(0, 80)], say=said.append)
+    assert await _http_get(servers[0].sockets[0].getsockname()[1], "/") == b""
+    servers[0].close()
+    assert said[1:] == [f"port 80: job {job_id} (sleeper) is stopped, not running"]
 
 
 async def _http_get(port: int, path: str) -> bytes:
@@ -239,6 +303,85 @@ async def test_port_forward_carries_many_connections_at_once(one_host: Cluster) 
     assert said[-1].startswith(f"port {dead}: port {dead} of the job: "), said
     for server in servers:
         server.close()
+
+
+async def test_port_forward_reaches_only_the_jobs_own_listening_sockets(one_host: Cluster) -> None:
+    """Every job of a host shares its loopback: a member of one project must not reach, through a job of
+    theirs, another project's job's server on that host, or what the host itself serves on its loopback."""
+    c = one_host
+    from cli.api import Api
+    from shared.spec import parse_spec
+    from shared.wire import UserCreate
+
+    await asyncio.to_thread(c.api.create_project, "other")
+    created = await asyncio.to_thread(c.api.create_user, UserCreate(name="bob", project="other"))
+    other = Api(CliConfig(c.api.config.url, created.token, c.api.config.ca_file))
+    theirs_port, mine_port = _free_port(), _free_port()
+    theirs = await asyncio.to_thread(other.submit, parse_spec(_httpd_job(theirs_port), environ=os.environ))
+    mine = await _running(c, _httpd_job(mine_port))
+    await c.wait_for(theirs.id, "running")
+    await _until(lambda: _answers(theirs_port) and _answers(mine_port), "both httpds to listen")
+    with socket.socket() as hosts_own:  # a server of the host's (the agent's, sshd, ...) on its loopback
+        hosts_own.bind(("127.0.0.1", 0))
+        hosts_own.listen()
+        said: list[str] = []
+        forwards = [Forward(0, theirs_port), Forward(0, hosts_own.getsockname()[1]), Forward(0, mine_port)]
+        servers = await listen(c.api.config, mine, forwards, say=said.append)
+        ports = [server.sockets[0].getsockname()[1] for server in servers]
+        assert await _http_get(ports[0], "/small") == b""
+        assert await _http_get(ports[1], "/") == b""
+        for server in servers[:2]:
+            server.close()
+        assert said[3:] == [
+            f"port {theirs_port}: port {theirs_port} of the job: no process of the job listens on it",
+            f"port {hosts_own.getsockname()[1]}: port {hosts_own.getsockname()[1]} of the job: "
+            "no process of the job listens on it",
+        ]
+        assert await _get(ports[2], "/small") == SMALL  # its own port still is
+        servers[2].close()
+
+
+async def test_a_job_with_no_cgroups_of_its_own_listens_through_the_tree_under_its_supervisor() -> None:
+    """An agent that confines no job (not root) finds the job's sockets among its supervisor's descendants.
+    A socket on an address that 127.0.0.1 does not reach is not the port's; nor does a job's IPv6-only
+    [::]:PORT make another's 127.0.0.1:PORT the job's."""
+    from agent.job_sockets import job_listens
+
+    server = (
+        "import os, socket, sys, time\n"
+        "v6 = ':' in sys.argv[1]\n"
+        "s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)\n"
+        "if v6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n"
+        "s.bind((sys.argv[1], 0))\n"
+        "s.listen()\n"
+        "os.write(1, f'{sys.argv[1]} {s.getsockname()[1]}\\n'.encode())  # one write: three share the pipe\n"
+        "time.sleep(600)\n"
+    )
+    supervisor = await asyncio.create_subprocess_exec(
+        "sh", "-c", 'for a in 127.0.0.1 127.0.0.2 ::; do python3 -c "$0" $a & done; wait', server,
+        stdout=asyncio.subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    assert supervisor.stdout is not None
+
+    async def listens(port: int) -> bool:
+        return await asyncio.to_thread(job_listens, supervisor.pid, [], port)
+
+    try:
+        lines = [(await supervisor.stdout.readline()).decode().split() for _ in range(3)]
+        ports = {address: int(port) for address, port in lines}
+        assert await listens(ports["127.0.0.1"])
+        assert not await listens(ports["127.0.0.2"])
+        with socket.socket() as outside:
+            outside.bind(("127.0.0.1", 0))
+            outside.listen()
+            assert not await listens(outside.getsockname()[1])
+        with socket.socket() as beside:  # the host's, on the port of the job's IPv6-only socket
+            beside.bind(("127.0.0.1", ports["::"]))
+            beside.listen()
+            assert not await listens(ports["::"])
+    finally:
+        os.killpg(supervisor.pid, signal.SIGKILL)
+        await supervisor.wait()
 
 
 def _answers(port: int) -> bool:
@@ -345,6 +488,55 @@ async def test_a_dropped_channel_ends_its_streams_with_the_reason_and_the_agent_
     assert (code, output.out) == (0, "again\n")
 
 
+async def test_a_cut_terminal_kills_what_its_shell_started_in_jobs_of_their_own(one_host: Cluster) -> None:
+    """An interactive shell puts each job it starts in a process group of its own; when the stream is cut,
+    those die with the shell, not only the shell's own group."""
+    c = one_host
+    job_id = await _running(c)
+    marker = f"{os.getpid() % 1000 + 8000}"
+    output = Output()
+    stdin: asyncio.Queue[bytes] = asyncio.Queue()
+    stdin.put_nowait(f"sleep {marker} &\necho st''arted\n".encode())
+    request = ExecRequest(job_id, ("bash", "--norc", "-i"), tty=True)
+    run = asyncio.create_task(exec_stream(c.api.config, request, output, stdin, asyncio.Queue()))
+    await output.wait_for("started")
+    await _until(lambda: _running_sleep(marker), "the background job to run")
+    run.cancel()  # the user's connection goes
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    await _until(lambda: not _running_sleep(marker), "the shell's background job to be killed")
+
+
+async def test_a_user_who_leaves_while_the_command_reads_no_input_cuts_it(
+    one_host: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's input fills the command's window (it reads none): the coordinator waits for the agent's
+    credit with the user's data in hand and reads no more, so it sees the user go only when the heartbeat
+    finds the connection dead and aiohttp cancels the stream's handler. The command is killed still."""
+    c = one_host
+    monkeypatch.setattr(api_channel, "HEARTBEAT_S", 1.0)
+    job_id = await _running(c)
+    marker = f"{os.getpid() % 1000 + 10000}"
+    output = Output()
+    stdin: asyncio.Queue[bytes] = asyncio.Queue()
+    for _ in range(64):
+        stdin.put_nowait(b"x" * 65536)  # 4 MiB: past the window, the pipe and the sockets' buffers
+    request = ExecRequest(job_id, ("sh", "-c", f"echo started; exec sleep {marker}"))
+    run = asyncio.create_task(exec_stream(c.api.config, request, output, stdin))
+    await output.wait_for("started")
+    await _until(lambda: _running_sleep(marker), "the command to run")
+    await _until(lambda: stdin.empty(), "the input to be sent as far as it goes")
+    run.cancel()  # the user's connection goes
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    await _until(lambda: not _running_sleep(marker), "the command to be killed", timeout_s=60)
+    entries = await asyncio.to_thread(c.api.audit, job_id)  # and the audit log says how it ended
+    assert [(e.exit_code, e.error) for e in entries] == [
+        (None, "cut: the user's connection was lost, or the coordinator stopped")
+    ]
+    assert entries[0].ended_at is not None
+
+
 def _running_sleep(marker: str) -> bool:
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
@@ -370,7 +562,12 @@ async def _gpuctl(c: Cluster, *args: str, stdin: bytes = b"") -> tuple[int, str,
         *GPUCTL, *args, env=_cli_env(c), cwd=ROOT,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin), 60)
+    finally:
+        if process.returncode is None:  # a command that did not end: not left running after the test
+            process.kill()
+            await process.wait()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -403,6 +600,24 @@ async def test_the_commands_exec_and_port_forward_a_tasks_declared_ports(one_hos
     finally:
         forward.terminate()
         await forward.wait()
+
+
+async def test_exec_of_a_command_that_reads_no_input_ends_cleanly_with_input_left(one_host: Cluster) -> None:
+    """`gpuctl exec -i JOB -- true < big`: the command ends first, the rest of stdin is dropped; no more."""
+    c = one_host
+    job_id = await _running(c)
+    assert await _gpuctl(c, "exec", "-i", job_id, "--", "true", stdin=b"x" * 20_000_000) == (0, "", "")
+
+
+async def test_port_forward_to_a_job_it_cannot_reach_says_so_and_exits(one_host: Cluster) -> None:
+    """Not a listener that answers each connection with the same refusal, until Ctrl-C."""
+    c = one_host
+    job_id = await _running(c)
+    assert await _gpuctl(c, "port-forward", "nosuchjob", "8080") == (1, "", "Error: no job 'nosuchjob'\n")
+    await asyncio.to_thread(c.api.stop, job_id)
+    await c.wait_for(job_id, "stopped")
+    done = await _gpuctl(c, "port-forward", job_id, "8080")
+    assert done == (1, "", f"Error: job {job_id} (sleeper) is stopped, not running\n")
 
 
 async def test_attach_forwards_the_declared_ports_and_follows_the_log_to_the_jobs_end(

@@ -4,6 +4,8 @@ busybox image): output and exit codes, stdin, a terminal with its resizes, and a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 
 import pytest
@@ -11,7 +13,17 @@ import pytest
 from cli.remote import ExecRequest, Forward, exec_stream, listen
 from tests.docker_engine import Engine
 from tests.harness import cluster
-from tests.test_channel import SMALL, Output, _answers, _exec, _free_port, _get, _running, _until
+from tests.test_channel import (
+    SMALL,
+    Output,
+    _answers,
+    _exec,
+    _free_port,
+    _get,
+    _running,
+    _running_sleep,
+    _until,
+)
 from tests.test_docker import start_docker_agent, wait_for_host
 
 pytestmark = pytest.mark.timeout(120)
@@ -56,3 +68,16 @@ async def test_exec_and_port_forward_into_a_container(docker_engine: Engine) -> 
         )
         assert all(body == SMALL for body in bodies)
         servers[0].close()
+
+        # a cut terminal kills what its shell started in jobs of their own, as for a plain process
+        marker = f"{os.getpid() % 1000 + 9000}"
+        output, stdin = Output(), asyncio.Queue[bytes]()
+        stdin.put_nowait(f"sleep {marker} &\necho st''arted\n".encode())
+        request = ExecRequest(job_id, ("sh", "-i"), tty=True)
+        run = asyncio.create_task(exec_stream(c.api.config, request, output, stdin, asyncio.Queue()))
+        await output.wait_for("started")
+        await _until(lambda: _running_sleep(marker), "the background job to run")
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        await _until(lambda: not _running_sleep(marker), "the shell's background job to be killed")

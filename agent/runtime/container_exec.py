@@ -4,15 +4,13 @@ hands back. Without a terminal, the engine frames stdout and stderr on it (8-byt
 with one, the bytes are the terminal's, and a resize is the engine's `exec_resize`.
 
 The engine's client is blocking: its calls run in threads; the hijacked socket itself is read and written
-on the agent's loop. When the stream is cut, the command is killed by its host pid (an exec has no stop call).
+on the agent's loop. When the stream is cut, the command is killed by its host pid, with its session (an exec has no stop call).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import socket
 import struct
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import docker
 
 from agent.runtime.container import container_name
-from agent.streams import Stream, StreamRefused
+from agent.streams import Stream, StreamRefused, kill_session
 from shared.aio import cancel_and_wait
 from shared.channel import EXEC_STDERR, EXEC_STDOUT, Data, Eof, ExecOpen, Resize
 
@@ -112,8 +110,8 @@ async def _resize(api: Any, exec_id: str, rows: int, cols: int) -> None:
 
 
 async def _kill(api: Any, exec_id: str) -> None:
-    """The exec's process, by its pid on this host (the engine reports it). Idempotent."""
-    with contextlib.suppress(docker.errors.APIError, ProcessLookupError, PermissionError, KeyError):
-        pid = int((await asyncio.to_thread(api.exec_inspect, exec_id))["Pid"])
-        if pid > 0:
-            os.kill(pid, signal.SIGKILL)
+    """The exec's process and its session, by its pid on this host (the engine reports it). Idempotent."""
+    with contextlib.suppress(docker.errors.APIError, KeyError):
+        inspected = await asyncio.to_thread(api.exec_inspect, exec_id)
+        if inspected["Running"] and inspected["Pid"] > 0:  # an ended one's pid may be another's now
+            kill_session(int(inspected["Pid"]))

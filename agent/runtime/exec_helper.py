@@ -1,12 +1,15 @@
 """Starts a command inside a plain-process job (`gpuctl exec`): it joins the job's cgroups, takes the terminal
 it was given as its controlling one (with `--tty`), becomes the job's user and then replaces itself with the
-command.
+command, in the job's environment.
 
 A separate program, like the job's supervisor (shim.py), so the agent never forks its own threaded process:
-the agent starts this with the job's environment and working directory, and its stdio already wired (pipes,
-or a pseudo-terminal's far end). Standard library only; run with `python -I`.
+the agent starts this in the job's working directory, with its stdio already wired (pipes, or a
+pseudo-terminal's far end) and a fixed environment. It may run as root: like the supervisor, it reads the
+job's environment and cgroups from the job's start record (START_FILE, 0600) and gives the environment to
+the command alone, so nothing of it (LD_PRELOAD, LD_LIBRARY_PATH, ...) acts while it is root. Standard
+library only; run with `python -I`.
 
-usage: exec_helper UID:GID CGROUPS_JSON TTY(0|1) -- ARGV...   (UID:GID empty: stay the agent's user)
+usage: exec_helper START_FILE UID:GID TTY(0|1) -- ARGV...   (UID:GID empty: stay the agent's user)
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ EXEC_ARG = "__exec__"  # a packaged (frozen) agent's first argument that makes i
 
 
 def main(argv: list[str]) -> int:
-    user, cgroups, tty, sep, *command = argv
+    start_file, user, tty, sep, *command = argv
     if sep != "--" or not command:
-        print("usage: exec_helper UID:GID CGROUPS_JSON TTY -- ARGV...", file=sys.stderr)
+        print("usage: exec_helper START_FILE UID:GID TTY -- ARGV...", file=sys.stderr)
         return 2
-    for folder in json.loads(cgroups):  # while still root: the job's limits hold for what runs here too
+    with open(start_file) as f:
+        start = json.load(f)
+    for folder in start["cgroups"]:  # while still root: the job's limits hold for what runs here too
         with open(os.path.join(folder, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
-    if tty == "1":
-        os.setsid()
+    if tty == "1":  # started in a session of its own, which has no terminal yet
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # stdin is the terminal: job control and SIGWINCH work
     if user and os.geteuid() == 0:
         uid, gid = (int(n) for n in user.split(":"))
@@ -37,7 +41,7 @@ def main(argv: list[str]) -> int:
         os.setgid(gid)
         os.setuid(uid)
     try:
-        os.execvp(command[0], command)
+        os.execvpe(command[0], command, start["env"])  # found on the job's PATH
     except OSError as exc:
         print(f"gpuctl exec: {command[0]}: {exc.strerror}", file=sys.stderr)
     return 127
