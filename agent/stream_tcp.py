@@ -59,12 +59,13 @@ async def _job_listens(local: LocalAlloc, executor: Executor, port: int) -> bool
             ) from None
         pid = int(inspected["State"]["Pid"])
         return await asyncio.to_thread(lambda: job_listens(pid, own_cgroups(pid), port))
-    cgroups = job_context(local.dir).cgroups
+    context = job_context(local.dir)
+    uid = int(context.user.split(":")[0]) if context.user else None  # none: the agent's own, or root
     try:
         supervisor = int((local.dir / "shim.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return False
-    return await asyncio.to_thread(job_listens, supervisor, cgroups, port)
+    return await asyncio.to_thread(job_listens, supervisor, context.cgroups, port, uid)
 
 
 async def _from_socket(stream: Stream, reader: asyncio.StreamReader) -> None:
