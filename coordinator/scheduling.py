@@ -444,7 +444,8 @@ class Scheduling:
         if len(nodes) == 1 and not dev:
             return 0
         held = self.store.ssh_ports_in_use(db, {p.host_id for p in nodes})
-        free = (n for n in range(C.JOB_SSH_PORT_FIRST, C.JOB_SSH_PORT_LAST + 1) if n not in held)
+        first = self.settings.job_ssh_port_first
+        free = (n for n in range(first, first + C.JOB_SSH_PORTS) if n not in held)
         return next(free, 0)
 
     def _give_up_waiting(self, jobs: list[JobRow]) -> list[JobRow]:

@@ -31,6 +31,8 @@ class Settings:
     backfill_depth: int = (
         BACKFILL_DEPTH  # waiting jobs given a reservation (coordinator/backfill.py); 0: none
     )
+    # the first port of a multi-node job's or a dev environment's sshd; the range is JOB_SSH_PORTS long
+    job_ssh_port_first: int = C.JOB_SSH_PORT_FIRST
     disk_floor_bytes: int = C.DISK_FLOOR_BYTES  # under this much free space, refuse new submits and uploads
     disk_floor_percent: float = 0.0  # or under this share of the disk, whichever is larger
     disk_usage: DiskUsage = real_usage

@@ -33,7 +33,7 @@ FILES_KEEP_S = 3600.0  # an uploaded archive that no live job names is deleted a
 # The ports a multi-node job's sshd listens on, one per job attempt, unlike any other live job's on its hosts
 # (below Linux's ephemeral range, 32768 on, so no outgoing connection holds one; beside dstack's 10022)
 JOB_SSH_PORT_FIRST = 10022
-JOB_SSH_PORT_LAST = 11021
+JOB_SSH_PORTS = 1000  # 10022-11021
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this
 RETRY_DELAY_S = 10.0  # a retried job's next attempt waits this after a failure, doubling per failure...
 RETRY_DELAY_MAX_S = 300.0  # ...up to this (Kubernetes' CrashLoopBackOff: 10 s to 5 min)

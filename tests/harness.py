@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,14 @@ from shared.spec import TaskSpec, parse_spec
 from shared.wire import JobView
 
 FAST = Settings(poll_timeout_s=5.0, sync_interval_s=0.05, unreachable_after_s=30.0, retry_delay_s=0.5)
+
+
+def ssh_ports_of_this_worker() -> int:
+    """The first sshd port of this test worker's coordinators: tests on other workers run their own
+    coordinators on this machine at the same time, and two that picked the same port for their jobs' sshds
+    on one loopback would reach each other's (one pytest-xdist worker runs its tests one at a time)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return 20000 + 1000 * (int(worker) if worker.isdigit() else 0)
 
 
 def reachable_tmpdir() -> Path:
@@ -107,6 +115,7 @@ class Cluster:
 @contextlib.asynccontextmanager
 async def cluster(settings: Settings = FAST) -> AsyncIterator[Cluster]:
     root = reachable_tmpdir()
+    settings = replace(settings, job_ssh_port_first=ssh_ports_of_this_worker())
     running = await start_coordinator(
         ServerConfig(root / "coordinator", "127.0.0.1", 0, ("localhost", "127.0.0.1"), settings)
     )
