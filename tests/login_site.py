@@ -116,6 +116,12 @@ class Site:
         environ = {**os.environ, **(env or {})}
         self.agent = self.net.popen("node", self.agent_argv(command, *link), self.agent_log, env=environ)
 
+    def join_behind_bastion(self) -> None:
+        """Start the agent on the node, joining through bastion b1 (its only way out), b1's host key trusted."""
+        b1 = self.add_bastion("b1", self.b1_to_node)
+        link = ["--bastion", f"root@{b1.address}:{b1.port}", "--bastion-identity", str(self.client_key)]
+        self.start_agent("join", *link, "--bastion-known-hosts", str(self.trust("b1")))
+
     def stop_agent(self) -> None:
         if self.agent is not None:
             stop(self.agent)

@@ -1,5 +1,6 @@
 """`gpuctl exec` and `gpuctl port-forward` into a container job (a real Docker engine, its exec API, the job's
-busybox image): output and exit codes, stdin, a terminal with its resizes, and a port of the container."""
+busybox image): output and exit codes, stdin, a terminal with its resizes, and a port of the container; and a
+service whose replica is a container."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import os
 import re
 
+import aiohttp
 import pytest
 
 from cli.remote import ExecRequest, Forward, exec_stream, listen
@@ -25,6 +27,7 @@ from tests.test_channel import (
     _until,
 )
 from tests.test_docker import start_docker_agent, wait_for_host
+from tests.test_services import Caller, _service, _ssl, _submit
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,3 +84,16 @@ async def test_exec_and_port_forward_into_a_container(docker_engine: Engine) -> 
         with contextlib.suppress(asyncio.CancelledError):
             await run
         await _until(lambda: not _running_sleep(marker), "the shell's background job to be killed")
+
+
+async def test_a_service_replica_in_a_container_answers_through_the_coordinator(
+    docker_engine: Engine,
+) -> None:
+    async with cluster() as c:
+        start_docker_agent(c, docker_engine, "dock-s")
+        await wait_for_host(c, "dock-s")
+        httpd = "echo from the container > page && exec httpd -f -p 127.0.0.1:PORT -h ."
+        await _submit(c, _service("boxed", _free_port(), f"image: {docker_engine.image}\n", httpd))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=_ssl(c))) as session:
+            caller = Caller(c, session, c.api.config.token)
+            assert await caller.until_ok("/services/default/boxed/page") == b"from the container\n"

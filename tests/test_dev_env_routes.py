@@ -22,9 +22,7 @@ def test_gpuctl_ssh_reaches_a_dev_environment_behind_a_bastion() -> None:
     need_ssh()
     with login_site("gs") as site:
         site.start_coordinator()
-        b1 = site.add_bastion("b1", site.b1_to_node)
-        flags = ["--bastion", f"root@{b1.address}:{b1.port}", "--bastion-identity", str(site.client_key)]
-        site.start_agent("join", *flags, "--bastion-known-hosts", str(site.trust("b1")))
+        site.join_behind_bastion()
         api = site.api
         assert api is not None
         wait_until(lambda: [h.name for h in api.hosts()] == ["gpu-node"], 30, "the host to join")

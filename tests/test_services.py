@@ -27,7 +27,7 @@ from cli.api import ApiError
 from cli.config import save_cli_config
 from coordinator.service_http import ResponseHead, chunk, content_length, request_head, response_headers
 from shared.channel import WINDOW_BYTES
-from shared.spec import parse_spec
+from shared.spec import TaskSpec, parse_spec
 from shared.wire import UserCreate
 from tests.harness import Cluster, cluster
 from tests.test_channel import _coordinator_streams, _free_port, _rss_bytes, _until
@@ -43,18 +43,24 @@ def _service(name: str, port: int, extra: str = "", command: str = 'exec python3
     return f"type: service\nname: {name}\nport: {port}\ncommands: ['{command}']\n{extra}"
 
 
+def service_spec(yaml_text: str) -> TaskSpec:
+    """The service written as `yaml_text`, with its replicas' program in their environment ($APP)."""
+    return msgspec.structs.replace(parse_spec(yaml_text), env={"APP": APP})
+
+
 async def _submit(c: Cluster, yaml_text: str) -> str:
-    spec = parse_spec(yaml_text)
-    view = await c.submit_spec(msgspec.structs.replace(spec, env={"APP": APP}))
+    view = await c.submit_spec(service_spec(yaml_text))
     assert view.service_path
     return view.id
 
 
 class Caller:
-    """HTTPS requests to the coordinator, trusting its CA, with `token` (None: no Authorization)."""
+    """HTTPS requests to the coordinator (of a test cluster, or at a URL), through a session that trusts its
+    CA, with `token` (None: no Authorization)."""
 
-    def __init__(self, c: Cluster, session: aiohttp.ClientSession, token: str | None) -> None:
-        self.base, self.session, self.token = c.coordinator.url, session, token
+    def __init__(self, coordinator: Cluster | str, session: aiohttp.ClientSession, token: str | None) -> None:
+        self.base = coordinator if isinstance(coordinator, str) else coordinator.coordinator.url
+        self.session, self.token = session, token
 
     async def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         return await self.request("GET", path, headers)
@@ -79,6 +85,20 @@ class Caller:
                     return body
                 assert status == 503, (status, body)
                 await asyncio.sleep(0.1)
+
+
+async def stream_passes_chunk_by_chunk(caller: Caller, service: str) -> None:
+    """GET `service`/stream, whose replica holds the last chunk until /release: the first chunk must come
+    before it (a proxy that held the answer whole would never pass it on)."""
+    await caller.until_ok(f"{service}/who")
+    headers = {"Authorization": f"Bearer {caller.token}"}
+    async with caller.session.get(f"{caller.base}{service}/stream", headers=headers) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        async with asyncio.timeout(30):  # not a speed goal: a proxy that holds the answer never sends it
+            first = await response.content.readuntil(b"\n\n")
+        assert first == b"data: first\n\n"
+        assert await caller.until_ok(f"{service}/release") == b"released"
+        assert await response.content.read() == b"data: last\n\n"
 
 
 @pytest.fixture
@@ -256,17 +276,8 @@ async def test_a_chunked_answer_streams_and_a_large_body_goes_up_whole(
     await _submit(c, _service("stream", port))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=_ssl(c))) as session:
         caller = Caller(c, session, c.api.config.token)
-        await caller.until_ok("/services/default/stream/who")
+        await stream_passes_chunk_by_chunk(caller, "/services/default/stream")
         headers = {"Authorization": f"Bearer {c.api.config.token}"}
-        url = f"{c.coordinator.url}/services/default/stream/stream"
-        async with session.get(url, headers=headers) as response:
-            assert response.headers["Content-Type"] == "text/event-stream"
-            # the replica holds its last chunk until /release: the first must come before
-            async with asyncio.timeout(30):  # not a speed goal: a proxy that holds the answer never sends it
-                first = await response.content.readuntil(b"\n\n")
-            assert first == b"data: first\n\n"
-            assert await caller.until_ok("/services/default/stream/release") == b"released"
-            assert await response.content.read() == b"data: last\n\n"
 
         body = os.urandom(3 * 1024 * 1024)  # past what is held whole for a retry: streamed up
         status, answer = await caller.request(
