@@ -133,7 +133,10 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 @contextlib.contextmanager
 def network(prefix: str) -> Iterator[Network]:
-    octet = 100 + os.getpid() % 100  # parallel runs on one machine use different addresses
+    # parallel runs on one machine use different addresses: the two workers of one pytest-xdist run by
+    # their parity, apart for certain; other runs on the machine by their pids, apart most likely
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    octet = 100 + (os.getpid() % 50) * 2 + (int(worker) % 2 if worker.isdigit() else 0)
     net = Network(f"{prefix}{os.getpid() % 10000}", octet)
     try:
         yield net
