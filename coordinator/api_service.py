@@ -28,7 +28,7 @@ from coordinator.api_channel import CHANNELS
 from coordinator.array_store import ArrayRow
 from coordinator.channels import NoChannel, RelayStream
 from coordinator.http import COORDINATOR, PRINCIPAL, HTTPError, principal_of, read_body, timed_chunks
-from coordinator.replicas import Replica, Replicas
+from coordinator.replicas import Crowded, Replica, Replicas
 from coordinator.service_http import (
     Upstream,
     UpstreamError,
@@ -92,7 +92,7 @@ async def serve(request: web.Request) -> web.StreamResponse:
         async for replica in turns:
             log.debug("service %s/%s: %s %s to %s", project, name, request.method, target, replica.job.name)
             try:
-                return await _forward(request, replica, target, held, spec)
+                return await _forward(request, replicas, replica, target, held, spec)
             except UpstreamError as exc:
                 replicas.failed(service, replica)
                 log.info("service %s/%s: replica %s failed: %s", project, name, replica.job.name, exc)
@@ -141,14 +141,33 @@ async def _held_body(request: web.Request) -> bytes | None:
 
 
 async def _forward(
-    request: web.Request, replica: Replica, target: str, held: bytes | None, spec: ServiceSpec
+    request: web.Request,
+    replicas: Replicas,
+    replica: Replica,
+    target: str,
+    held: bytes | None,
+    spec: ServiceSpec,
 ) -> web.StreamResponse:
     """Carry one request to the replica and its answer back. Raises UpstreamError when the replica could
-    not be reached or broke before any of the answer reached the user."""
+    not be reached or broke before any of the answer reached the user, HTTPError 503 when calls to services
+    hold their whole share of its host's streams."""
     try:
-        stream = replica.channel.open()
+        with replicas.stream(replica) as stream:
+            return await _exchange(request, stream, replica, target, held, spec)
+    except Crowded as exc:
+        raise HTTPError(503, f"service {request.match_info['name']}: {exc}") from None
     except NoChannel as exc:
         raise UpstreamError(str(exc), answered=False) from None
+
+
+async def _exchange(
+    request: web.Request,
+    stream: RelayStream,
+    replica: Replica,
+    target: str,
+    held: bytes | None,
+    spec: ServiceSpec,
+) -> web.StreamResponse:
     sending: asyncio.Task[HTTPError | None] | None = None
     try:
         await stream.channel.send(Open(stream.id, TcpOpen(replica.alloc.id, spec.port)))
@@ -176,7 +195,6 @@ async def _forward(
                 await sending
         with contextlib.suppress(ConnectionError):
             await stream.channel.send(Close(stream.id))
-        stream.channel.forget(stream)
 
 
 def _headers(request: web.Request, spec: ServiceSpec) -> list[tuple[str, str]]:

@@ -6,6 +6,7 @@ agents' channels; real TLS, real sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -25,12 +26,15 @@ from yarl import URL
 
 from cli.api import ApiError
 from cli.config import save_cli_config
+from cli.remote import ExecRequest
+from coordinator.limits import UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS
+from coordinator.replicas import SERVICE_STREAMS_PER_AGENT
 from coordinator.service_http import ResponseHead, chunk, content_length, request_head, response_headers
-from shared.channel import WINDOW_BYTES
+from shared.channel import MAX_STREAMS_PER_AGENT, WINDOW_BYTES
 from shared.spec import parse_spec
 from shared.wire import UserCreate
 from tests.harness import Cluster, cluster
-from tests.test_channel import _coordinator_streams, _free_port, _rss_bytes, _until
+from tests.test_channel import _coordinator_streams, _exec, _free_port, _rss_bytes, _until
 from tests.test_cli import GPUCTL, ROOT
 
 pytestmark = pytest.mark.timeout(180)
@@ -325,6 +329,34 @@ async def test_a_100_mb_answer_to_a_slow_caller_is_not_held_by_the_coordinator(o
     writer.close()
     assert received > size  # the body and the head
     assert _rss_bytes() - rss_before < size // 4
+
+
+async def test_calls_held_open_leave_the_agents_other_streams_free(one_host: Cluster) -> None:
+    """Calls whose answers do not end (a slow model; with auth: false, anyone's, from a few addresses) take
+    at most the services' share of an agent's streams: past it a call is answered 503, and exec still
+    reaches the host's jobs."""
+    c = one_host
+    service_id = await _submit(c, _service("slow", _free_port(), "auth: false\n"))
+    url = f"{c.coordinator.url}/services/default/slow/stream"  # its last chunk never comes here
+    addresses = 1 + MAX_STREAMS_PER_AGENT // UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS  # each holds up to that
+    async with contextlib.AsyncExitStack() as held:
+        sessions = [
+            await held.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=_ssl(c), limit=0, local_addr=(f"127.0.0.{n + 2}", 0))
+                )
+            )
+            for n in range(addresses)
+        ]
+        await Caller(c, sessions[0], None).until_ok("/services/default/slow/who")
+        statuses = []
+        for n in range(MAX_STREAMS_PER_AGENT):
+            response = await held.enter_async_context(sessions[n % addresses].get(url))
+            statuses.append(response.status)
+        assert statuses.count(200) == SERVICE_STREAMS_PER_AGENT, statuses
+        assert statuses[-1] == 503 and b"try again" in await response.read()
+        code, output = await _exec(c, ExecRequest(f"{service_id}[0]", ("echo", "in")))
+        assert (code, output.out) == (0, "in\n"), output.by_fd
 
 
 def test_hop_by_hop_headers_and_framing_stay_on_this_side() -> None:
