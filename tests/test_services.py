@@ -29,7 +29,14 @@ from cli.config import save_cli_config
 from cli.remote import ExecRequest
 from coordinator.limits import UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS
 from coordinator.replicas import SERVICE_STREAMS_PER_AGENT
-from coordinator.service_http import ResponseHead, chunk, content_length, request_head, response_headers
+from coordinator.service_http import (
+    ResponseHead,
+    UpstreamError,
+    chunk,
+    content_length,
+    request_head,
+    response_headers,
+)
 from shared.channel import MAX_STREAMS_PER_AGENT, WINDOW_BYTES
 from shared.spec import parse_spec
 from shared.wire import UserCreate
@@ -386,3 +393,12 @@ def test_hop_by_hop_headers_and_framing_stay_on_this_side() -> None:
         b"GET /v1/models HTTP/1.1\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     )
     assert chunk(b"abc") == b"3\r\nabc\r\n" and chunk(b"") == b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("value", ["²", "1" * 5000, "-1", "0x10", ""])
+def test_a_bad_content_length_from_a_replica_is_its_fault_not_ours(value: str) -> None:
+    """A length that str.isdigit() passes but int() refuses (a superscript, past int()'s 4300 digits) is an
+    answer that breaks HTTP (502), never an internal error."""
+    head = ResponseHead(200, "OK", CIMultiDict([("Content-Length", value)]))
+    with pytest.raises(UpstreamError, match="a bad Content-Length in the answer"):
+        content_length(head)
