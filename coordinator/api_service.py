@@ -49,7 +49,17 @@ log = logging.getLogger("gpuctl.coordinator")
 REPLICAS: web.AppKey[Replicas] = web.AppKey("replicas", Replicas)
 HELD_BODY_BYTES = 64 * 1024  # a body up to this size is held whole, so that its request may be retried
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
-_NOT_FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix"))
+# Who called and how: this proxy says it; a caller's own claim (RFC 7239's, or nginx's X-Real-IP) never passes
+_NOT_FORWARDED = frozenset(
+    (
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-prefix",
+    )
+)
 _BAD_PATH_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 

@@ -212,8 +212,16 @@ async def test_only_the_projects_members_call_a_service_unless_auth_is_off(one_h
 
         anyone = Caller(c, session, None)
         assert await anyone.until_ok("/services/default/public/who") == b"replica 0"
-        status, body = await Caller(c, session, "its-own-token").get("/services/default/public/echo-request")
-        assert json.loads(body)["headers"]["Authorization"] == "Bearer its-own-token"  # not ours: it passes
+        claims = {"Forwarded": "for=10.0.0.1", "X-Real-IP": "10.0.0.1", "X-Forwarded-For": "10.0.0.1"}
+        status, body = await Caller(c, session, "its-own-token").get(
+            "/services/default/public/echo-request", headers=claims
+        )
+        got = json.loads(body)["headers"]
+        assert got["Authorization"] == "Bearer its-own-token"  # not ours: it passes
+        # who called is the coordinator's to say: a caller's own claim never reaches the replica
+        assert "Forwarded" not in got and "X-Real-IP" not in got and got["X-Forwarded-For"] == "127.0.0.1", (
+            got
+        )
 
         # paths that climb out of the service, encoded or not, never reach a replica nor the API
         for path in (
