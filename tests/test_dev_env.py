@@ -18,11 +18,12 @@ import pytest
 from agent.job_ssh import SSHD, nss_wrapper, ssh_files, write_ssh_files
 from cli.api import ApiError
 from cli.config import CliConfig, save_cli_config
+from cli.ssh import alias, ssh_options
 from coordinator.dev_envs import Sessions
 from coordinator.store import JobRow
 from shared.spec import SpecError, TaskSpec, parse_task
 from shared.states import JobState
-from shared.wire import AllocationSpec, AuditEntry, UserCreate
+from shared.wire import AllocationSpec, AuditEntry, SshHost, UserCreate
 from tests.harness import Cluster, cluster
 from tests.real_parts import part_missing
 from tests.test_cli import GPUCTL, ROOT
@@ -321,3 +322,22 @@ def test_a_dev_environment_parses_as_dstack_writes_it() -> None:
         SpecError, match="inactivity_duration: unknown field; .* is for type: dev-environment"
     ):
         parse_task("commands: [x]\ninactivity_duration: 1h\n")
+
+
+def test_ssh_reads_the_clis_paths_whole_in_both_forms(tmp_path: Path) -> None:
+    """The CLI's folder may hold a space or a percent sign (a home folder's name): ssh reads each path whole,
+    from `gpuctl ssh`'s -o options and from `gpuctl ssh-config`'s Host block alike."""
+    folder = tmp_path / "my files 100%" / "ssh"
+    host = SshHost(job_id="0123abcd", user="root", host_key="ssh-ed25519 AAAA")
+    options = ssh_options(host, folder)
+    block = tmp_path / "config"
+    block.write_text(f"Host {alias(host)}\n" + "".join(f"    {k} {v}\n" for k, v in options.items()))
+    for argv in (
+        ["ssh", "-G", *(f"-o{k}={v}" for k, v in options.items()), alias(host)],
+        ["ssh", "-G", "-F", str(block), alias(host)],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        read = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+        assert read["userknownhostsfile"] == str(folder / "known_hosts")
+        assert read["identityfile"] == str(folder / "id_ed25519").replace("%", "%%")  # shown unexpanded
