@@ -78,9 +78,12 @@ async def job_exec(request: web.Request) -> web.StreamResponse:
     entry = audit.started(
         request[PRINCIPAL].name, job.project, job.id, alloc.node, alloc.host_id, list(opening.argv)
     )
-    with _session(request, job.id):
-        close = await _carry(ws, channel, opening)
-    audit.ended(entry, close.exit_code, close.error)
+    close = Close(1, error="the caller went away")  # its handler cancelled: the end it is audited with
+    try:
+        with _session(request, job.id):
+            close = await _carry(ws, channel, opening)
+    finally:
+        audit.ended(entry, close.exit_code, close.error)
     return ws
 
 

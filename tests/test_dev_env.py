@@ -18,9 +18,11 @@ import pytest
 from agent.job_ssh import SSHD, nss_wrapper, ssh_files, write_ssh_files
 from cli.api import ApiError
 from cli.config import CliConfig, save_cli_config
+from cli.remote import _open
 from cli.ssh import alias, ssh_options
 from coordinator.dev_envs import Sessions
 from coordinator.store import JobRow
+from shared.channel import Data, ExecOpen, Open, encode
 from shared.spec import SpecError, TaskSpec, parse_task
 from shared.states import JobState
 from shared.wire import AllocationSpec, AuditEntry, SshHost, UserCreate
@@ -341,3 +343,18 @@ def test_ssh_reads_the_clis_paths_whole_in_both_forms(tmp_path: Path) -> None:
         read = dict(line.split(" ", 1) for line in done.stdout.splitlines())
         assert read["userknownhostsfile"] == str(folder / "known_hosts")
         assert read["identityfile"] == str(folder / "id_ed25519").replace("%", "%%")  # shown unexpanded
+
+
+async def test_an_exec_whose_caller_vanishes_is_audited_with_its_end(
+    dev_env: tuple[Cluster, str, dict[str, str]],
+) -> None:
+    """A caller gone without a word (a killed CLI, a laptop put to sleep) cancels the coordinator's handler:
+    the exec's audit entry still gets its end."""
+    c, job_id, _ = dev_env
+    ws = await _open(c.api.config, f"/jobs/{job_id}/exec")
+    command = ("sh", "-c", "echo up; sleep 600")
+    await ws.send(encode(Open(1, ExecOpen("-", command, False, 24, 80))))
+    assert await ws.receive() == encode(Data(1, b"up\n", fd=1))  # it runs, and is audited as started
+    ws.writer.transport.abort()
+    [entry] = await ended_sessions(c, job_id)
+    assert (entry.command, entry.exit_code, entry.error) == ([*command], None, "the caller went away")
