@@ -37,11 +37,18 @@ from coordinator.service_http import (
     request_head,
     response_headers,
 )
-from shared.channel import MAX_STREAMS_PER_AGENT, WINDOW_BYTES
+from shared.channel import MAX_STREAMS_PER_AGENT
 from shared.spec import parse_spec
 from shared.wire import UserCreate
 from tests.harness import Cluster, cluster
-from tests.test_channel import _coordinator_streams, _exec, _free_port, _rss_bytes, _until
+from tests.test_channel import (
+    _coordinator_streams,
+    _exec,
+    _free_port,
+    _rss_bytes,
+    _stalls_on_its_window,
+    _until,
+)
 from tests.test_cli import GPUCTL, ROOT
 
 pytestmark = pytest.mark.timeout(180)
@@ -328,16 +335,7 @@ async def test_a_100_mb_answer_to_a_slow_caller_is_not_held_by_the_coordinator(o
         f"GET /services/default/big/zeros/{size} HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {c.api.config.token}\r\nConnection: close\r\n\r\n".encode()
     )
-    streams = _coordinator_streams(c)
-
-    def stalled() -> bool:  # on a full window, or on memory a bounded relay never takes
-        full = len(streams()) == 1 and streams()[0].window.held == WINDOW_BYTES
-        return full or _rss_bytes() - rss_before >= size // 4
-
-    await _until(stalled, "the answer to stall on the stream's window")
-    await asyncio.sleep(1.0)  # room for a relay that would buffer past its window to do so
-    assert _rss_bytes() - rss_before < size // 4
-    assert streams()[0].window.held == WINDOW_BYTES
+    await _stalls_on_its_window(c, rss_before, size)
     received = 0
     while piece := await reader.read(1 << 20):
         received += len(piece)
