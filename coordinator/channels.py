@@ -187,6 +187,9 @@ async def relay(
             upstream.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await upstream
+        if stream.id in channel.streams:  # its handler cancelled (the user's connection dropped): no Close
+            with contextlib.suppress(ConnectionError):  # went to the agent, whose side would run on for ever
+                await channel.send(Close(stream.id))
         channel.forget(stream)
 
 

@@ -28,6 +28,7 @@ from shared.states import JobState
 from shared.wire import AllocationSpec, AuditEntry, SshHost, UserCreate
 from tests.harness import Cluster, cluster
 from tests.real_parts import part_missing
+from tests.test_channel import _running_sleep, _until
 from tests.test_cli import GPUCTL, ROOT
 
 pytestmark = pytest.mark.timeout(180)
@@ -345,16 +346,18 @@ def test_ssh_reads_the_clis_paths_whole_in_both_forms(tmp_path: Path) -> None:
         assert read["identityfile"] == str(folder / "id_ed25519").replace("%", "%%")  # shown unexpanded
 
 
-async def test_an_exec_whose_caller_vanishes_is_audited_with_its_end(
+async def test_an_exec_whose_caller_vanishes_is_killed_and_audited_with_its_end(
     dev_env: tuple[Cluster, str, dict[str, str]],
 ) -> None:
     """A caller gone without a word (a killed CLI, a laptop put to sleep) cancels the coordinator's handler:
-    the exec's audit entry still gets its end."""
+    the command is killed on its host, and the exec's audit entry still gets its end."""
     c, job_id, _ = dev_env
     ws = await _open(c.api.config, f"/jobs/{job_id}/exec")
-    command = ("sh", "-c", "echo up; sleep 600")
+    marker = f"600.{int.from_bytes(os.urandom(3))}"  # this test's command, in the process list
+    command = ("sh", "-c", f"echo up; exec sleep {marker}")
     await ws.send(encode(Open(1, ExecOpen("-", command, False, 24, 80))))
     assert await ws.receive() == encode(Data(1, b"up\n", fd=1))  # it runs, and is audited as started
     ws.writer.transport.abort()
+    await _until(lambda: not _running_sleep(marker), "the command to be killed")
     [entry] = await ended_sessions(c, job_id)
     assert (entry.command, entry.exit_code, entry.error) == ([*command], None, "the caller went away")
