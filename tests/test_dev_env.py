@@ -133,6 +133,13 @@ async def test_ssh_runs_a_command_through_openssh_and_passes_its_exit_code_back(
     sessions = [(e.who, e.kind, e.command, e.exit_code, e.error) for e in entries]
     assert sessions == [("admin", "ssh", [], None, "")] * 4  # refused on its host key: it still happened
 
+    # a person's key is let in for their sessions only: whoever leaves the project leaves no key behind,
+    # which a job of theirs on the same host could use on this loopback sshd
+    keys = alloc_dir / "work" / ".ssh" / "authorized_keys"
+    ran = await gpuctl(env, "ssh", job_id, "--", "cat .ssh/authorized_keys")
+    assert len(ran.out.splitlines()) == 2, ran.out  # the job's own and the person's
+    await _until(lambda: keys.read_text().splitlines() == ran.out.splitlines()[:1], "the key to go")
+
 
 async def test_a_local_forward_through_ssh_reaches_a_server_in_the_dev_environment(
     dev_env: tuple[Cluster, str, dict[str, str]],
