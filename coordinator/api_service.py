@@ -4,10 +4,11 @@ round robin (coordinator/replicas.py), as HTTP/1.1 on a tcp stream (coordinator/
 
 The prefix `/services/PROJECT/NAME` is taken off the path before it reaches the replica (dstack's
 `strip_prefix`, true by default; `X-Forwarded-Prefix` names it), so an application serves at `/` unchanged.
-With `auth: true` (the default) a request needs a gpuctl token (`Authorization: Bearer`, as the CLI sends)
-of a member of the service's project or of an admin: 401 without one, 403 for anyone else; the token never
-reaches the replica. A path with a dot segment (`..`, `%2e%2e`) or a control character is refused: the
-replica sees only paths under its own root. Only the service's own replicas' port is ever dialled.
+With `auth: true` (the default) a request needs a gpuctl token (`Authorization: Bearer`, as the CLI sends) of
+a member of the service's project or of an admin: 401 without one, 403 for anyone else; a gpuctl token never
+reaches the replica, not even one sent to a service with `auth: false`. A path with a dot segment (`..`,
+`%2e%2e`) or a control character is refused: the replica sees only paths under its own root. Only the
+service's own replicas' port is ever dialled.
 
 A request that cannot reach its replica (the port refuses, the channel drops before an answer) is tried
 once more on the next ready replica when it is safe to: an idempotent method, with no body or one small
@@ -27,7 +28,15 @@ from aiohttp import web
 from coordinator.api_channel import CHANNELS
 from coordinator.array_store import ArrayRow
 from coordinator.channels import NoChannel, RelayStream
-from coordinator.http import COORDINATOR, PRINCIPAL, HTTPError, principal_of, read_body, timed_chunks
+from coordinator.http import (
+    COORDINATOR,
+    PRINCIPAL,
+    HTTPError,
+    principal_of,
+    read_body,
+    timed_chunks,
+    token_holder,
+)
 from coordinator.replicas import Crowded, Replica, Replicas
 from coordinator.service_http import (
     Upstream,
@@ -208,13 +217,15 @@ async def _exchange(
 
 
 def _headers(request: web.Request, spec: ServiceSpec) -> list[tuple[str, str]]:
-    """The user's headers less hop-by-hop ones, the framing, the user's token (with auth) and forwarding
-    headers the user may not set; then the forwarding headers this proxy sets."""
+    """The user's headers less hop-by-hop ones, the framing, a gpuctl token (any token with auth) and the
+    forwarding headers the user may not set; then the forwarding headers this proxy sets."""
     given = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers]
     drop = hop_by_hop(given) | {"content-length", "host", "expect"} | _NOT_FORWARDED
     if spec.auth:
         drop.add("authorization")
-    kept = [(name, value) for name, value in given if name.lower() not in drop]
+    kept = [
+        (name, value) for name, value in given if name.lower() not in drop and not _ours(request, name, value)
+    ]
     forwarded = [
         ("Host", request.host),
         ("X-Forwarded-For", request.remote or ""),
@@ -229,6 +240,12 @@ def _headers(request: web.Request, spec: ServiceSpec) -> list[tuple[str, str]]:
             )
         )
     return kept + forwarded
+
+
+def _ours(request: web.Request, name: str, value: str) -> bool:
+    """Whether a header is a gpuctl token, sent even where the service asks for none (a script that sends it
+    everywhere): the replica, whose code any member of its project wrote, could act as its caller with it."""
+    return name.lower() == "authorization" and token_holder(request, value) is not None
 
 
 async def _send_body(request: web.Request, stream: RelayStream, chunked: bool) -> HTTPError | None:

@@ -225,6 +225,10 @@ async def test_only_the_projects_members_call_a_service_unless_auth_is_off(one_h
         )
         got = json.loads(body)["headers"]
         assert got["Authorization"] == "Bearer its-own-token"  # not ours: it passes
+        # a gpuctl token sent anyway (a script that sends it everywhere, an admin's) never reaches a replica,
+        # whose code any member of its project wrote: it would act as the caller
+        _, body = await member.get("/services/default/public/echo-request")
+        assert "Authorization" not in json.loads(body)["headers"]
         # who called is the coordinator's to say: a caller's own claim never reaches the replica
         assert "Forwarded" not in got and "X-Real-IP" not in got and got["X-Forwarded-For"] == "127.0.0.1", (
             got
