@@ -32,7 +32,7 @@ import os
 import secrets
 import shlex
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from shared.files import fresh_folder, write_fresh
@@ -201,27 +201,42 @@ def off_notice(why: str) -> str:
     return f"echo {shlex.quote(f'gpuctl: no ssh between the nodes of this job: {why}')} >&2\n"
 
 
-def authorize(work_dir: Path, public_key: str) -> None:
+def authorize(work_dir: Path, public_key: str) -> bool:
     """Let `public_key` log in to the job's sshd (a person's, `gpuctl ssh`), beside the job's own key.
-    Idempotent; the agent's event loop only. The job's user may have put links in its `.ssh` since it
-    started: none is followed (a link to root's authorized_keys would have the agent, root, let the person
-    in to the host), the file is written anew beside the old one and renamed over it, keeping its owner and
-    mode. Raises OSError when `.ssh` or the file is not what the agent made (a link, gone)."""
+    Answers whether it was added (False: already there). The agent's event loop only. Raises OSError as
+    `_rewrite_keys` does."""
+    return _rewrite_keys(work_dir, lambda lines: None if public_key in lines else [*lines, public_key])
+
+
+def unauthorize(work_dir: Path, public_key: str) -> None:
+    """Take back a key `authorize` added, once its last session ended. Raises OSError as `_rewrite_keys`
+    does."""
+    _rewrite_keys(work_dir, lambda lines: [line for line in lines if line != public_key])
+
+
+def _rewrite_keys(work_dir: Path, change: Callable[[list[str]], list[str] | None]) -> bool:
+    """Write the job's `authorized_keys` anew with `change(its lines)` (None: no change); answers whether it
+    wrote. The job's user may have put links in its `.ssh` since it started: none is followed (a link to
+    root's authorized_keys would have the agent, root, let the person in to the host), the file is written
+    anew beside the old one and renamed over it, keeping its owner and mode. Raises OSError when `.ssh` or
+    the file is not what the agent made (a link, gone)."""
     folder = os.open(work_dir / SSH_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         with os.fdopen(os.open(AUTHORIZED_KEYS, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)) as old:
             held = os.fstat(old.fileno())
             if not stat.S_ISREG(held.st_mode):
                 raise OSError(f"{SSH_DIR}/{AUTHORIZED_KEYS} is not a file")
-            text = old.read()
-        if public_key in text.splitlines():
-            return
+            lines = old.read().splitlines()
+        changed = change(lines)
+        if changed is None or changed == lines:
+            return False
         temporary = f".{AUTHORIZED_KEYS}.{secrets.token_hex(4)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         with os.fdopen(os.open(temporary, flags, 0o600, dir_fd=folder), "w") as new:
             os.fchown(new.fileno(), held.st_uid, held.st_gid)
             os.fchmod(new.fileno(), stat.S_IMODE(held.st_mode))
-            new.write(text + ("\n" if text and not text.endswith("\n") else "") + public_key + "\n")
+            new.write("".join(f"{line}\n" for line in changed))
         os.rename(temporary, AUTHORIZED_KEYS, src_dir_fd=folder, dst_dir_fd=folder)
+        return True
     finally:
         os.close(folder)

@@ -91,14 +91,20 @@ def ssh_options(host: SshHost, folder: Path) -> dict[str, str]:
         "HostName": alias(host),
         "User": host.user,
         "ProxyCommand": proxy,
-        "IdentityFile": str(folder / KEY),
+        "IdentityFile": _path(folder / KEY),
         "IdentitiesOnly": "yes",
         "HostKeyAlias": alias(host),
-        "UserKnownHostsFile": str(folder / KNOWN_HOSTS),
+        "UserKnownHostsFile": _path(folder / KNOWN_HOSTS),
         "StrictHostKeyChecking": "yes",
         "CheckHostIP": "no",
         "ServerAliveInterval": "30",
     }
+
+
+def _path(path: Path) -> str:
+    """A path as ssh reads it whole, in its config and its -o options alike: quoted (a home folder may have
+    a space), and its `%` doubled (ssh expands %-tokens in both of these options)."""
+    return '"' + str(path).replace("%", "%%") + '"'
 
 
 def _prepare(job: str) -> tuple[SshHost, Path]:

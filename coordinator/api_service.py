@@ -4,10 +4,11 @@ round robin (coordinator/replicas.py), as HTTP/1.1 on a tcp stream (coordinator/
 
 The prefix `/services/PROJECT/NAME` is taken off the path before it reaches the replica (dstack's
 `strip_prefix`, true by default; `X-Forwarded-Prefix` names it), so an application serves at `/` unchanged.
-With `auth: true` (the default) a request needs a gpuctl token (`Authorization: Bearer`, as the CLI sends)
-of a member of the service's project or of an admin: 401 without one, 403 for anyone else; the token never
-reaches the replica. A path with a dot segment (`..`, `%2e%2e`) or a control character is refused: the
-replica sees only paths under its own root. Only the service's own replicas' port is ever dialled.
+With `auth: true` (the default) a request needs a gpuctl token (`Authorization: Bearer`, as the CLI sends) of
+a member of the service's project or of an admin: 401 without one, 403 for anyone else; a gpuctl token never
+reaches the replica, not even one sent to a service with `auth: false`. A path with a dot segment (`..`,
+`%2e%2e`) or a control character is refused: the replica sees only paths under its own root. Only the
+service's own replicas' port is ever dialled.
 
 A request that cannot reach its replica (the port refuses, the channel drops before an answer) is tried
 once more on the next ready replica when it is safe to: an idempotent method, with no body or one small
@@ -27,8 +28,16 @@ from aiohttp import web
 from coordinator.api_channel import CHANNELS
 from coordinator.array_store import ArrayRow
 from coordinator.channels import NoChannel, RelayStream
-from coordinator.http import COORDINATOR, PRINCIPAL, HTTPError, principal_of, read_body, timed_chunks
-from coordinator.replicas import Replica, Replicas
+from coordinator.http import (
+    COORDINATOR,
+    PRINCIPAL,
+    HTTPError,
+    principal_of,
+    read_body,
+    timed_chunks,
+    token_holder,
+)
+from coordinator.replicas import Crowded, Replica, Replicas
 from coordinator.service_http import (
     Upstream,
     UpstreamError,
@@ -49,7 +58,17 @@ log = logging.getLogger("gpuctl.coordinator")
 REPLICAS: web.AppKey[Replicas] = web.AppKey("replicas", Replicas)
 HELD_BODY_BYTES = 64 * 1024  # a body up to this size is held whole, so that its request may be retried
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
-_NOT_FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix"))
+# Who called and how: this proxy says it; a caller's own claim (RFC 7239's, or nginx's X-Real-IP) never passes
+_NOT_FORWARDED = frozenset(
+    (
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-prefix",
+    )
+)
 _BAD_PATH_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -92,7 +111,7 @@ async def serve(request: web.Request) -> web.StreamResponse:
         async for replica in turns:
             log.debug("service %s/%s: %s %s to %s", project, name, request.method, target, replica.job.name)
             try:
-                return await _forward(request, replica, target, held, spec)
+                return await _forward(request, replicas, replica, target, held, spec)
             except UpstreamError as exc:
                 replicas.failed(service, replica)
                 log.info("service %s/%s: replica %s failed: %s", project, name, replica.job.name, exc)
@@ -141,14 +160,33 @@ async def _held_body(request: web.Request) -> bytes | None:
 
 
 async def _forward(
-    request: web.Request, replica: Replica, target: str, held: bytes | None, spec: ServiceSpec
+    request: web.Request,
+    replicas: Replicas,
+    replica: Replica,
+    target: str,
+    held: bytes | None,
+    spec: ServiceSpec,
 ) -> web.StreamResponse:
     """Carry one request to the replica and its answer back. Raises UpstreamError when the replica could
-    not be reached or broke before any of the answer reached the user."""
+    not be reached or broke before any of the answer reached the user, HTTPError 503 when calls to services
+    hold their whole share of its host's streams."""
     try:
-        stream = replica.channel.open()
+        with replicas.stream(replica) as stream:
+            return await _exchange(request, stream, replica, target, held, spec)
+    except Crowded as exc:
+        raise HTTPError(503, f"service {request.match_info['name']}: {exc}") from None
     except NoChannel as exc:
         raise UpstreamError(str(exc), answered=False) from None
+
+
+async def _exchange(
+    request: web.Request,
+    stream: RelayStream,
+    replica: Replica,
+    target: str,
+    held: bytes | None,
+    spec: ServiceSpec,
+) -> web.StreamResponse:
     sending: asyncio.Task[HTTPError | None] | None = None
     try:
         await stream.channel.send(Open(stream.id, TcpOpen(replica.alloc.id, spec.port)))
@@ -176,17 +214,18 @@ async def _forward(
                 await sending
         with contextlib.suppress(ConnectionError):
             await stream.channel.send(Close(stream.id))
-        stream.channel.forget(stream)
 
 
 def _headers(request: web.Request, spec: ServiceSpec) -> list[tuple[str, str]]:
-    """The user's headers less hop-by-hop ones, the framing, the user's token (with auth) and forwarding
-    headers the user may not set; then the forwarding headers this proxy sets."""
+    """The user's headers less hop-by-hop ones, the framing, a gpuctl token (any token with auth) and the
+    forwarding headers the user may not set; then the forwarding headers this proxy sets."""
     given = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers]
     drop = hop_by_hop(given) | {"content-length", "host", "expect"} | _NOT_FORWARDED
     if spec.auth:
         drop.add("authorization")
-    kept = [(name, value) for name, value in given if name.lower() not in drop]
+    kept = [
+        (name, value) for name, value in given if name.lower() not in drop and not _ours(request, name, value)
+    ]
     forwarded = [
         ("Host", request.host),
         ("X-Forwarded-For", request.remote or ""),
@@ -201,6 +240,12 @@ def _headers(request: web.Request, spec: ServiceSpec) -> list[tuple[str, str]]:
             )
         )
     return kept + forwarded
+
+
+def _ours(request: web.Request, name: str, value: str) -> bool:
+    """Whether a header is a gpuctl token, sent even where the service asks for none (a script that sends it
+    everywhere): the replica, whose code any member of its project wrote, could act as its caller with it."""
+    return name.lower() == "authorization" and token_holder(request, value) is not None
 
 
 async def _send_body(request: web.Request, stream: RelayStream, chunked: bool) -> HTTPError | None:

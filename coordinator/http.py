@@ -33,8 +33,12 @@ def error(status: int, message: str, field: str = "") -> web.Response:
 
 def principal_of(request: web.Request) -> Principal | None:
     """Whose API token the request carries (`Authorization: Bearer TOKEN`); None for none or an unknown one."""
-    header = request.headers.get("Authorization", "")
-    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    return token_holder(request, request.headers.get("Authorization", ""))
+
+
+def token_holder(request: web.Request, authorization: str) -> Principal | None:
+    """Whose API token an Authorization header's value (`Bearer TOKEN`) is; None for none or an unknown one."""
+    token = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
     return request.app[COORDINATOR].accounts.authenticate(token) if token else None
 
 

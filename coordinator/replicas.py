@@ -14,19 +14,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 
 from coordinator.array_store import ArrayRow, ArrayStore
-from coordinator.channels import AgentChannel, Channels, NoChannel
+from coordinator.channels import AgentChannel, Channels, NoChannel, RelayStream
 from coordinator.store import AllocRow, JobRow, Store
-from shared.channel import Close, Eof, Open, TcpOpen
+from shared.channel import MAX_STREAMS_PER_AGENT, Close, Eof, Open, TcpOpen
 from shared.states import AllocState, JobState
 
 # The agent connects to its own loopback, where a refusal is immediate: a check with no error after this
 # long is a connection that a server holds open half-closed, and the replica counts as ready.
 CHECK_WAIT_S = 2.0
 RECHECK_S = 1.0
+# Calls to services (and their checks) hold at most this many of one agent's streams at once: the others
+# stay free for exec, ssh and port-forward, which a flood of calls that never end (to a service with
+# auth: false, anyone's) would otherwise take from every job on the host.
+SERVICE_STREAMS_PER_AGENT = MAX_STREAMS_PER_AGENT // 2
+
+
+class Crowded(NoChannel):
+    """Calls to services hold their whole share of the host's streams; one line."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class Replicas:
     def __init__(self, store: Store, arrays: ArrayStore, channels: Channels) -> None:
         self.store, self.arrays, self.channels = store, arrays, channels
         self._health: dict[str, _Health] = {}  # by service (array) id
+        self._held: dict[str, int] = {}  # streams open to replicas, by host
 
     def find(self, project: str, name: str) -> ArrayRow | None:
         """The project's newest service of that name with a replica still to finish."""
@@ -94,13 +103,38 @@ class Replicas:
         health.ready.discard(replica.alloc.id)
         health.failed_at[replica.alloc.id] = time.monotonic()
 
+    @contextlib.contextmanager
+    def stream(self, replica: Replica) -> Iterator[RelayStream]:
+        """A stream to the replica's host, within the services' share of its streams (Crowded past it),
+        forgotten at the end. Raises NoChannel."""
+        host = replica.alloc.host_id
+        held = self._held.get(host, 0)
+        if held >= SERVICE_STREAMS_PER_AGENT:
+            raise Crowded(f"host {host}: calls to services hold {held} of its streams; try again later")
+        stream = replica.channel.open()
+        self._held[host] = held + 1
+        try:
+            yield stream
+        finally:
+            stream.channel.forget(stream)
+            self._held[host] -= 1
+            if not self._held[host]:
+                del self._held[host]
+
     async def _is_ready(self, replica: Replica, health: _Health) -> bool:
         alloc_id = replica.alloc.id
         if alloc_id in health.ready:
             return True
         if time.monotonic() - health.failed_at.get(alloc_id, -RECHECK_S) < RECHECK_S:
             return False
-        if await tcp_check(replica, service_port(replica)):
+        try:
+            with self.stream(replica) as stream:
+                ready = await tcp_check(stream, replica.alloc.id, service_port(replica))
+        except Crowded:
+            return False  # the replica is not at fault
+        except NoChannel:
+            ready = False
+        if ready:
             health.ready.add(alloc_id)
             health.failed_at.pop(alloc_id, None)
             return True
@@ -113,14 +147,11 @@ def service_port(replica: Replica) -> int:
     return replica.job.spec.service.port
 
 
-async def tcp_check(replica: Replica, port: int) -> bool:
-    """Whether the replica's port accepts a connection (see the module's docstring)."""
+async def tcp_check(stream: RelayStream, alloc_id: str, port: int) -> bool:
+    """Whether the allocation's port accepts a connection, asked on `stream` (see the module's
+    docstring)."""
     try:
-        stream = replica.channel.open()
-    except NoChannel:
-        return False
-    try:
-        await stream.channel.send(Open(stream.id, TcpOpen(replica.alloc.id, port)))
+        await stream.channel.send(Open(stream.id, TcpOpen(alloc_id, port)))
         await stream.channel.send(Eof(stream.id))
         try:
             async with asyncio.timeout(CHECK_WAIT_S):
@@ -134,4 +165,3 @@ async def tcp_check(replica: Replica, port: int) -> bool:
     finally:
         with contextlib.suppress(ConnectionError):
             await stream.channel.send(Close(stream.id))
-        stream.channel.forget(stream)

@@ -38,6 +38,7 @@ HOP_BY_HOP = frozenset(
 
 _CODE = re.compile(r"[1-5][0-9][0-9]")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header's name (RFC 9110 section 5.6.2)
+_LENGTH = re.compile(r"[0-9]{1,18}")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # never in a header's value nor a reason (a tab may be)
 
 
@@ -168,7 +169,7 @@ def content_length(head: ResponseHead) -> int | None:
     if is_chunked(head) or "Content-Length" not in head.headers:
         return None
     value = head.headers["Content-Length"]
-    if not value.isdigit():
+    if not _LENGTH.fullmatch(value):  # not str.isdigit(), which passes "²" that int() refuses
         raise UpstreamError(f"a bad Content-Length in the answer: {value[:40]!r}", True)
     return int(value)
 

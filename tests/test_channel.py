@@ -400,16 +400,7 @@ async def test_a_100_mb_download_is_not_held_by_the_coordinator(one_host: Cluste
     rss_before = _rss_bytes()
     reader, writer = await asyncio.open_connection("127.0.0.1", servers[0].sockets[0].getsockname()[1])
     writer.write(b"GET /big HTTP/1.0\r\n\r\n")
-    streams = _coordinator_streams(c)
-
-    def stalled() -> bool:  # on a full window, or on memory a bounded relay never takes
-        full = len(streams()) == 1 and streams()[0].window.held == WINDOW_BYTES
-        return full or _rss_bytes() - rss_before >= size // 4
-
-    await _until(stalled, "the relay to stall on its window")
-    await asyncio.sleep(1.0)  # room for a relay that would buffer past its window to do so
-    assert _rss_bytes() - rss_before < size // 4
-    assert streams()[0].window.held == WINDOW_BYTES
+    await _stalls_on_its_window(c, rss_before, size)
     code, output = await _exec(
         c, ExecRequest(job_id, ("echo", "alongside"))
     )  # the stalled stream holds no other
@@ -421,6 +412,21 @@ async def test_a_100_mb_download_is_not_held_by_the_coordinator(one_host: Cluste
     assert received > size  # the body and the headers
     assert _rss_bytes() - rss_before < size // 4
     servers[0].close()
+
+
+async def _stalls_on_its_window(c: Cluster, rss_before: int, size: int) -> None:
+    """The coordinator's one stream stalls on a full window, and the process has not grown by a quarter of
+    `size` (the answer's) since `rss_before`: a bounded relay holds its window, no more."""
+    streams = _coordinator_streams(c)
+
+    def stalled() -> bool:  # on a full window, or on memory a bounded relay never takes
+        full = len(streams()) == 1 and streams()[0].window.held == WINDOW_BYTES
+        return full or _rss_bytes() - rss_before >= size // 4
+
+    await _until(stalled, "the stream to stall on its window")
+    await asyncio.sleep(1.0)  # room for a relay that would buffer past its window to do so
+    assert _rss_bytes() - rss_before < size // 4
+    assert streams()[0].window.held == WINDOW_BYTES
 
 
 def _coordinator_streams(c: Cluster) -> Callable[[], list[RelayStream]]:

@@ -18,13 +18,17 @@ import pytest
 from agent.job_ssh import SSHD, nss_wrapper, ssh_files, write_ssh_files
 from cli.api import ApiError
 from cli.config import CliConfig, save_cli_config
+from cli.remote import _open
+from cli.ssh import alias, ssh_options
 from coordinator.dev_envs import Sessions
 from coordinator.store import JobRow
+from shared.channel import Data, ExecOpen, Open, encode
 from shared.spec import SpecError, TaskSpec, parse_task
 from shared.states import JobState
-from shared.wire import AllocationSpec, AuditEntry, UserCreate
+from shared.wire import AllocationSpec, AuditEntry, SshHost, UserCreate
 from tests.harness import Cluster, cluster
 from tests.real_parts import part_missing
+from tests.test_channel import _running_sleep, _until
 from tests.test_cli import GPUCTL, ROOT
 
 pytestmark = pytest.mark.timeout(180)
@@ -128,6 +132,13 @@ async def test_ssh_runs_a_command_through_openssh_and_passes_its_exit_code_back(
     entries = await ended_sessions(c, job_id)
     sessions = [(e.who, e.kind, e.command, e.exit_code, e.error) for e in entries]
     assert sessions == [("admin", "ssh", [], None, "")] * 4  # refused on its host key: it still happened
+
+    # a person's key is let in for their sessions only: whoever leaves the project leaves no key behind,
+    # which a job of theirs on the same host could use on this loopback sshd
+    keys = alloc_dir / "work" / ".ssh" / "authorized_keys"
+    ran = await gpuctl(env, "ssh", job_id, "--", "cat .ssh/authorized_keys")
+    assert len(ran.out.splitlines()) == 2, ran.out  # the job's own and the person's
+    await _until(lambda: keys.read_text().splitlines() == ran.out.splitlines()[:1], "the key to go")
 
 
 async def test_a_local_forward_through_ssh_reaches_a_server_in_the_dev_environment(
@@ -321,3 +332,43 @@ def test_a_dev_environment_parses_as_dstack_writes_it() -> None:
         SpecError, match="inactivity_duration: unknown field; .* is for type: dev-environment"
     ):
         parse_task("commands: [x]\ninactivity_duration: 1h\n")
+
+
+def test_ssh_reads_the_clis_paths_whole_in_both_forms(tmp_path: Path) -> None:
+    """The CLI's folder may hold a space or a percent sign (a home folder's name): ssh reads each path whole,
+    from `gpuctl ssh`'s -o options and from `gpuctl ssh-config`'s Host block alike."""
+    folder = tmp_path / "my files 100%" / "ssh"
+    host = SshHost(job_id="0123abcd", user="root", host_key="ssh-ed25519 AAAA")
+    options = ssh_options(host, folder)
+    block = tmp_path / "config"
+    block.write_text(f"Host {alias(host)}\n" + "".join(f"    {k} {v}\n" for k, v in options.items()))
+    for argv in (
+        ["ssh", "-G", *(f"-o{k}={v}" for k, v in options.items()), alias(host)],
+        ["ssh", "-G", "-F", str(block), alias(host)],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        read = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+        assert read["userknownhostsfile"] == str(folder / "known_hosts")
+        assert read["identityfile"] == str(folder / "id_ed25519").replace("%", "%%")  # shown unexpanded
+
+
+async def test_an_exec_whose_caller_vanishes_is_killed_and_audited_with_its_end(
+    dev_env: tuple[Cluster, str, dict[str, str]],
+) -> None:
+    """A caller gone without a word (a killed CLI, a laptop put to sleep) cancels the coordinator's handler:
+    the command is killed on its host, and the exec's audit entry still gets its end."""
+    c, job_id, _ = dev_env
+    ws = await _open(c.api.config, f"/jobs/{job_id}/exec")
+    marker = f"600.{int.from_bytes(os.urandom(3))}"  # this test's command, in the process list
+    command = ("sh", "-c", f"echo up; exec sleep {marker}")
+    await ws.send(encode(Open(1, ExecOpen("-", command, False, 24, 80))))
+    assert await ws.receive() == encode(Data(1, b"up\n", fd=1))  # it runs, and is audited as started
+    ws.writer.transport.abort()
+    await _until(lambda: not _running_sleep(marker), "the command to be killed")
+    [entry] = await ended_sessions(c, job_id)
+    assert (entry.command, entry.exit_code, entry.error) == (
+        [*command],
+        None,
+        "cut: the user's connection was lost, or the coordinator stopped",
+    )

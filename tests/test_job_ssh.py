@@ -14,6 +14,7 @@ from agent.job_ssh import (
     prepare_process,
     session_environment,
     ssh_files,
+    unauthorize,
     write_ssh_files,
 )
 from shared.job_keys import job_keys
@@ -117,10 +118,12 @@ def test_a_persons_key_is_added_beside_the_jobs_and_only_once(tmp_path: Path) ->
     write_ssh_files(ssh_files(node(0), "/home/job", in_container=False), tmp_path)
     keys = tmp_path / ".ssh" / "authorized_keys"
     before = keys.read_text()
-    authorize(tmp_path, "ssh-ed25519 AAAAperson me@laptop")
-    authorize(tmp_path, "ssh-ed25519 AAAAperson me@laptop")
+    assert authorize(tmp_path, "ssh-ed25519 AAAAperson me@laptop")
+    assert not authorize(tmp_path, "ssh-ed25519 AAAAperson me@laptop")
     assert keys.read_text() == before + "ssh-ed25519 AAAAperson me@laptop\n"
     assert oct(keys.stat().st_mode & 0o777) == oct(0o600)
+    unauthorize(tmp_path, "ssh-ed25519 AAAAperson me@laptop")  # the last session with it ended
+    assert keys.read_text() == before
 
 
 @pytest.mark.parametrize("link", ["authorized_keys", ".ssh"])

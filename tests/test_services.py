@@ -6,6 +6,7 @@ agents' channels; real TLS, real sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -25,12 +26,29 @@ from yarl import URL
 
 from cli.api import ApiError
 from cli.config import save_cli_config
-from coordinator.service_http import ResponseHead, chunk, content_length, request_head, response_headers
-from shared.channel import WINDOW_BYTES
+from cli.remote import ExecRequest
+from coordinator.limits import UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS
+from coordinator.replicas import SERVICE_STREAMS_PER_AGENT
+from coordinator.service_http import (
+    ResponseHead,
+    UpstreamError,
+    chunk,
+    content_length,
+    request_head,
+    response_headers,
+)
+from shared.channel import MAX_STREAMS_PER_AGENT
 from shared.spec import TaskSpec, parse_spec
 from shared.wire import UserCreate
 from tests.harness import Cluster, cluster
-from tests.test_channel import _coordinator_streams, _free_port, _rss_bytes, _until
+from tests.test_channel import (
+    _coordinator_streams,
+    _exec,
+    _free_port,
+    _rss_bytes,
+    _stalls_on_its_window,
+    _until,
+)
 from tests.test_cli import GPUCTL, ROOT
 
 pytestmark = pytest.mark.timeout(180)
@@ -221,8 +239,20 @@ async def test_only_the_projects_members_call_a_service_unless_auth_is_off(one_h
 
         anyone = Caller(c, session, None)
         assert await anyone.until_ok("/services/default/public/who") == b"replica 0"
-        status, body = await Caller(c, session, "its-own-token").get("/services/default/public/echo-request")
-        assert json.loads(body)["headers"]["Authorization"] == "Bearer its-own-token"  # not ours: it passes
+        claims = {"Forwarded": "for=10.0.0.1", "X-Real-IP": "10.0.0.1", "X-Forwarded-For": "10.0.0.1"}
+        status, body = await Caller(c, session, "its-own-token").get(
+            "/services/default/public/echo-request", headers=claims
+        )
+        got = json.loads(body)["headers"]
+        assert got["Authorization"] == "Bearer its-own-token"  # not ours: it passes
+        # a gpuctl token sent anyway (a script that sends it everywhere, an admin's) never reaches a replica,
+        # whose code any member of its project wrote: it would act as the caller
+        _, body = await member.get("/services/default/public/echo-request")
+        assert "Authorization" not in json.loads(body)["headers"]
+        # who called is the coordinator's to say: a caller's own claim never reaches the replica
+        assert "Forwarded" not in got and "X-Real-IP" not in got and got["X-Forwarded-For"] == "127.0.0.1", (
+            got
+        )
 
         # paths that climb out of the service, encoded or not, never reach a replica nor the API
         for path in (
@@ -320,22 +350,41 @@ async def test_a_100_mb_answer_to_a_slow_caller_is_not_held_by_the_coordinator(o
         f"GET /services/default/big/zeros/{size} HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {c.api.config.token}\r\nConnection: close\r\n\r\n".encode()
     )
-    streams = _coordinator_streams(c)
-
-    def stalled() -> bool:  # on a full window, or on memory a bounded relay never takes
-        full = len(streams()) == 1 and streams()[0].window.held == WINDOW_BYTES
-        return full or _rss_bytes() - rss_before >= size // 4
-
-    await _until(stalled, "the answer to stall on the stream's window")
-    await asyncio.sleep(1.0)  # room for a relay that would buffer past its window to do so
-    assert _rss_bytes() - rss_before < size // 4
-    assert streams()[0].window.held == WINDOW_BYTES
+    await _stalls_on_its_window(c, rss_before, size)
     received = 0
     while piece := await reader.read(1 << 20):
         received += len(piece)
     writer.close()
     assert received > size  # the body and the head
     assert _rss_bytes() - rss_before < size // 4
+
+
+async def test_calls_held_open_leave_the_agents_other_streams_free(one_host: Cluster) -> None:
+    """Calls whose answers do not end (a slow model; with auth: false, anyone's, from a few addresses) take
+    at most the services' share of an agent's streams: past it a call is answered 503, and exec still
+    reaches the host's jobs."""
+    c = one_host
+    service_id = await _submit(c, _service("slow", _free_port(), "auth: false\n"))
+    url = f"{c.coordinator.url}/services/default/slow/stream"  # its last chunk never comes here
+    addresses = 1 + MAX_STREAMS_PER_AGENT // UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS  # each holds up to that
+    async with contextlib.AsyncExitStack() as held:
+        sessions = [
+            await held.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=_ssl(c), limit=0, local_addr=(f"127.0.0.{n + 2}", 0))
+                )
+            )
+            for n in range(addresses)
+        ]
+        await Caller(c, sessions[0], None).until_ok("/services/default/slow/who")
+        statuses = []
+        for n in range(MAX_STREAMS_PER_AGENT):
+            response = await held.enter_async_context(sessions[n % addresses].get(url))
+            statuses.append(response.status)
+        assert statuses.count(200) == SERVICE_STREAMS_PER_AGENT, statuses
+        assert statuses[-1] == 503 and b"try again" in await response.read()
+        code, output = await _exec(c, ExecRequest(f"{service_id}[0]", ("echo", "in")))
+        assert (code, output.out) == (0, "in\n"), output.by_fd
 
 
 def test_hop_by_hop_headers_and_framing_stay_on_this_side() -> None:
@@ -365,3 +414,12 @@ def test_hop_by_hop_headers_and_framing_stay_on_this_side() -> None:
         b"GET /v1/models HTTP/1.1\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     )
     assert chunk(b"abc") == b"3\r\nabc\r\n" and chunk(b"") == b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("value", ["²", "1" * 5000, "-1", "0x10", ""])
+def test_a_bad_content_length_from_a_replica_is_its_fault_not_ours(value: str) -> None:
+    """A length that str.isdigit() passes but int() refuses (a superscript, past int()'s 4300 digits) is an
+    answer that breaks HTTP (502), never an internal error."""
+    head = ResponseHead(200, "OK", CIMultiDict([("Content-Length", value)]))
+    with pytest.raises(UpstreamError, match="a bad Content-Length in the answer"):
+        content_length(head)
