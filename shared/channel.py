@@ -10,7 +10,10 @@ stream id it chose; `Data`, `Eof`, `Resize` and `Close` then carry the stream's 
 Flow control is by credit, per stream and per direction: each side may send a stream at most WINDOW_BYTES of
 `Data` that the other side has not yet granted back with `Window`; the receiver grants bytes once it has
 passed them on (written to a process, a socket, the user's connection). A receiver's buffer for a stream
-thus never holds more than WINDOW_BYTES, and a stream whose reader is slow stops only itself. A peer that
+thus never holds more than WINDOW_BYTES, and a stream whose reader is slow stops only itself. The CLI and
+the coordinator use the same credit on the user's connection, so that neither ever stops reading its
+WebSocket: a ping behind data is read and answered however long the user pauses (aiohttp's heartbeat would
+cut a connection whose pongs lag), and a user who is really gone is still seen as such. A peer that
 sends past its credit, a frame that does not decode, or a frame of the wrong direction breaks the protocol:
 the receiver closes the whole channel (an agent is untrusted: it never harms the coordinator).
 
@@ -21,6 +24,7 @@ field bounded, unknown fields refused.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import msgspec
@@ -176,6 +180,14 @@ class SendCredit:
         taken = min(wanted, self.left)
         self.left -= taken
         return taken
+
+    async def pieces(self, data: bytes) -> AsyncIterator[bytes]:
+        """`data` in pieces for Data frames, each taken from the credit as it allows."""
+        view = memoryview(data)
+        while view:
+            taken = await self.take(min(len(view), MAX_DATA_BYTES))
+            yield bytes(view[:taken])
+            view = view[taken:]
 
     def give_back(self, unused: int) -> None:
         """Credit taken and not used (a read that brought fewer bytes)."""
