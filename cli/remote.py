@@ -22,6 +22,7 @@ from cli.config import CliConfig
 from cli.wsclient import WebSocket, connect
 from shared.channel import (
     MAX_DATA_BYTES,
+    USER_WINDOW_BYTES,
     BadFrame,
     Close,
     Data,
@@ -64,7 +65,7 @@ class _Stream:
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
         self.credit = SendCredit()  # toward the coordinator
-        self.window = RecvWindow()  # received and not yet written out
+        self.window = RecvWindow(USER_WINDOW_BYTES)  # received and not yet written out
         # the stream's frames, read and not yet handled; None: the connection ended
         self.received: asyncio.Queue[Data | Eof | Close | None] = asyncio.Queue()
 
@@ -79,8 +80,10 @@ class _Stream:
                     if isinstance(frame, Data):
                         self.window.received(len(frame.data))
                     self.received.put_nowait(frame)
-        except (BadFrame, ApiError) as exc:
+        except BadFrame as exc:
             self.received.put_nowait(Close(STREAM, error=f"the coordinator sent {exc}"))
+        except ApiError as exc:  # a message this client does not take
+            self.received.put_nowait(Close(STREAM, error=str(exc)))
         self.received.put_nowait(None)
 
     async def written(self, size: int) -> None:

@@ -22,6 +22,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from shared.aio import cancel_and_wait
 from shared.channel import (
     MAX_STREAMS_PER_AGENT,
+    USER_WINDOW_BYTES,
     BadFrame,
     Close,
     Data,
@@ -57,7 +58,7 @@ class RelayStream:
         self.window = RecvWindow()  # from the agent
         self.outbox: asyncio.Queue[FromAgent] = asyncio.Queue()  # bounded: the window, one Eof, one Close
         self.ended = False  # the agent sent Eof
-        self.user_credit = SendCredit()  # toward the user
+        self.user_credit = SendCredit(USER_WINDOW_BYTES)  # toward the user
         self.user_window = RecvWindow()  # from the user
         self.inbox: asyncio.Queue[Data | Eof] = asyncio.Queue()  # the user's, bounded: the window, one Eof
 

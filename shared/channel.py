@@ -10,12 +10,15 @@ stream id it chose; `Data`, `Eof`, `Resize` and `Close` then carry the stream's 
 Flow control is by credit, per stream and per direction: each side may send a stream at most WINDOW_BYTES of
 `Data` that the other side has not yet granted back with `Window`; the receiver grants bytes once it has
 passed them on (written to a process, a socket, the user's connection). A receiver's buffer for a stream
-thus never holds more than WINDOW_BYTES, and a stream whose reader is slow stops only itself. The CLI and
-the coordinator use the same credit on the user's connection, so that neither ever stops reading its
-WebSocket: a ping behind data is read and answered however long the user pauses (aiohttp's heartbeat would
-cut a connection whose pongs lag), and a user who is really gone is still seen as such. A peer that
+thus never holds more than WINDOW_BYTES, and a stream whose reader is slow stops only itself. A peer that
 sends past its credit, a frame that does not decode, or a frame of the wrong direction breaks the protocol:
 the receiver closes the whole channel (an agent is untrusted: it never harms the coordinator).
+
+The CLI and the coordinator use the same credit on the user's connection, so that neither ever stops
+reading its WebSocket: a ping behind data is read and answered however long the user pauses (aiohttp's
+heartbeat cuts a connection whose pongs lag), and a user who is really gone is still found so. Toward the
+CLI the window is USER_WINDOW_BYTES: what it holds is the CLI's memory alone (the coordinator grants the
+agent once bytes went to the user), and a second window of WINDOW_BYTES in a row halved a download's speed.
 
 Frames travel as binary WebSocket messages in msgpack (`encode`, `decode_*`), validated strictly: every
 field bounded, unknown fields refused.
@@ -31,6 +34,7 @@ import msgspec
 from msgspec import Meta
 
 WINDOW_BYTES = 256 * 1024  # each side's credit on each stream, at its start
+USER_WINDOW_BYTES = 4 * WINDOW_BYTES  # the coordinator's credit toward the CLI, at a stream's start
 MAX_DATA_BYTES = 64 * 1024  # of one Data frame: a stream's window holds four
 MAX_STREAMS_PER_AGENT = 256  # streams open at once on one agent's channel
 MAX_ARGV = 256  # arguments of an exec'd command
@@ -161,14 +165,14 @@ def short(error: str) -> str:
 class SendCredit:
     """How much Data this side may still send on one stream. Not thread-safe: one event loop."""
 
-    def __init__(self) -> None:
-        self.left = WINDOW_BYTES
+    def __init__(self, window: int = WINDOW_BYTES) -> None:
+        self.window = self.left = window
         self._more = asyncio.Event()
 
     def grant(self, credit: int) -> None:
         """The peer's Window. Raises BadFrame when it grants past a window (it never received that much)."""
-        if self.left + credit > WINDOW_BYTES:
-            raise BadFrame(f"window: a grant of {credit} bytes puts the credit past {WINDOW_BYTES}")
+        if self.left + credit > self.window:
+            raise BadFrame(f"window: a grant of {credit} bytes puts the credit past {self.window}")
         self.left += credit
         self._more.set()
 
@@ -198,14 +202,14 @@ class SendCredit:
 class RecvWindow:
     """Data received on one stream and not yet passed on: never more than a window."""
 
-    def __init__(self) -> None:
-        self.held = 0
+    def __init__(self, window: int = WINDOW_BYTES) -> None:
+        self.window, self.held = window, 0
 
     def received(self, size: int) -> None:
         """Raises BadFrame when the peer sent past its credit."""
         self.held += size
-        if self.held > WINDOW_BYTES:
-            raise BadFrame(f"data: {self.held} bytes held on a stream, past its window of {WINDOW_BYTES}")
+        if self.held > self.window:
+            raise BadFrame(f"data: {self.held} bytes held on a stream, past its window of {self.window}")
 
     def passed_on(self, size: int) -> None:
         self.held -= size
