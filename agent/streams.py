@@ -70,11 +70,8 @@ class Stream:
 
     async def send_data(self, data: bytes, fd: int = 0) -> None:
         """Send `data`, in frames as the peer's credit allows (waits for it)."""
-        view = memoryview(data)
-        while view:
-            taken = await self.credit.take(min(len(view), MAX_DATA_BYTES))
-            await self._send(Data(self.id, bytes(view[:taken]), fd))
-            view = view[taken:]
+        async for piece in self.credit.pieces(data):
+            await self._send(Data(self.id, piece, fd))
 
     async def read_budget(self) -> int:
         """Wait for credit, and take up to a frame's worth of it: read at most this much, then

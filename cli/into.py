@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import click
@@ -46,7 +47,7 @@ def exec_command(interactive: bool, tty: bool, node: int, job: str, command: tup
         resizes: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         if tty:
             loop.add_signal_handler(signal.SIGWINCH, lambda: resizes.put_nowait(_size()))
-        return await exec_stream(_config(), request, _write, stdin, resizes if tty else None)
+        return await exec_stream(_config(), request, _writer(loop), stdin, resizes if tty else None)
 
     with _raw(tty and interactive and sys.stdin.isatty()):
         sys.exit(_run(run()))
@@ -67,10 +68,43 @@ def _size() -> tuple[int, int]:
     return size.lines, size.columns
 
 
-def _write(fd: int, data: bytes) -> None:
-    stream = sys.stderr.buffer if fd == 2 else sys.stdout.buffer
-    stream.write(data)
-    stream.flush()
+def _writer(loop: asyncio.AbstractEventLoop) -> Callable[[int, bytes], Awaitable[None]]:
+    """This process's stdout and stderr, written by a thread: a reader who pauses (`| less`) holds the
+    thread, not the loop, which keeps answering the coordinator's pings meanwhile. A daemon thread, as
+    stdin's: a write that never returns does not hold the command's exit."""
+    writes: queue.SimpleQueue[tuple[int, bytes, asyncio.Future[None]]] = queue.SimpleQueue()
+
+    def settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        while True:
+            fd, data, done = writes.get()
+            error: BaseException | None = None
+            try:
+                stream = sys.stderr.buffer if fd == 2 else sys.stdout.buffer
+                stream.write(data)
+                stream.flush()
+            except OSError as exc:  # a reader who went (BrokenPipeError): the loop raises it
+                error = exc
+            try:
+                loop.call_soon_threadsafe(settle, done, error)
+            except RuntimeError:  # the loop has closed: the command ended
+                return
+
+    threading.Thread(target=run, daemon=True, name="output").start()
+
+    async def write(fd: int, data: bytes) -> None:
+        done = loop.create_future()
+        writes.put((fd, data, done))
+        await done
+
+    return write
 
 
 class _StdinQueue(asyncio.Queue[bytes]):

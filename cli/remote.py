@@ -1,6 +1,11 @@
 """`gpuctl exec` and `gpuctl port-forward`: streams into a running job, through the coordinator and its
 channel to the job's agent (shared/channel.py has the frames). The functions here take their input and
-output as arguments, so tests call them as the commands do."""
+output as arguments, so tests call them as the commands do.
+
+The connection is read all the time, whatever the user's pace: the coordinator sends no more than the
+window granted here, granted again as the bytes are written out, so a reader who pauses (`| less`) holds at
+most a window here and still answers the coordinator's pings. Input goes as the coordinator's credit
+allows, so it never stops reading either."""
 
 from __future__ import annotations
 
@@ -9,13 +14,28 @@ import contextlib
 import re
 import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cli.api import ApiError
 from cli.config import CliConfig
 from cli.wsclient import WebSocket, connect
-from shared.channel import MAX_DATA_BYTES, Close, Data, Eof, ExecOpen, Open, Resize, decode_to_agent, encode
+from shared.channel import (
+    MAX_DATA_BYTES,
+    USER_WINDOW_BYTES,
+    BadFrame,
+    Close,
+    Data,
+    Eof,
+    ExecOpen,
+    Open,
+    RecvWindow,
+    Resize,
+    SendCredit,
+    Window,
+    decode_to_agent,
+    encode,
+)
 from shared.constants import API_PREFIX
 from shared.tls_contexts import client_context
 
@@ -39,10 +59,48 @@ async def _open(config: CliConfig, path: str) -> WebSocket:
     return await connect(host, port, API_PREFIX + path, config.token, client_context(config.ca_file))
 
 
+class _Stream:
+    """The one stream of a client's connection, with credit both ways."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.credit = SendCredit()  # toward the coordinator
+        self.window = RecvWindow(USER_WINDOW_BYTES)  # received and not yet written out
+        # the stream's frames, read and not yet handled; None: the connection ended
+        self.received: asyncio.Queue[Data | Eof | Close | None] = asyncio.Queue()
+
+    async def read(self) -> None:
+        """Read the connection as frames come (pings are answered meanwhile), queueing the stream's."""
+        try:
+            while (message := await self.ws.receive()) is not None:
+                frame = decode_to_agent(message)
+                if isinstance(frame, Window):
+                    self.credit.grant(frame.credit)
+                elif isinstance(frame, Data | Eof | Close):
+                    if isinstance(frame, Data):
+                        self.window.received(len(frame.data))
+                    self.received.put_nowait(frame)
+        except BadFrame as exc:
+            self.received.put_nowait(Close(STREAM, error=f"the coordinator sent {exc}"))
+        except ApiError as exc:  # a message this client does not take
+            self.received.put_nowait(Close(STREAM, error=str(exc)))
+        self.received.put_nowait(None)
+
+    async def written(self, size: int) -> None:
+        """`size` bytes of the received Data were written out: the coordinator may send as many more."""
+        self.window.passed_on(size)
+        with contextlib.suppress(ConnectionError):
+            await self.ws.send(encode(Window(STREAM, size)))
+
+    async def send_data(self, data: bytes) -> None:
+        async for piece in self.credit.pieces(data):
+            await self.ws.send(encode(Data(STREAM, piece)))
+
+
 async def exec_stream(
     config: CliConfig,
     request: ExecRequest,
-    write: Callable[[int, bytes], None],
+    write: Callable[[int, bytes], Awaitable[None]],
     stdin: asyncio.Queue[bytes] | None = None,
     resizes: asyncio.Queue[tuple[int, int]] | None = None,
 ) -> int:
@@ -53,30 +111,28 @@ async def exec_stream(
     ws = await _open(config, f"/jobs/{ref}/exec?node={request.node}")
     opening = ExecOpen("-", request.argv, request.tty, request.rows, request.cols)
     await ws.send(encode(Open(STREAM, opening)))
-    feeders = [asyncio.create_task(_feed(ws, stdin))]
+    stream = _Stream(ws)
+    tasks = [asyncio.create_task(stream.read()), asyncio.create_task(_feed(stream, stdin))]
     if resizes is not None:
-        feeders.append(asyncio.create_task(_resize(ws, resizes)))
+        tasks.append(asyncio.create_task(_resize(ws, resizes)))
     try:
-        close = await _output(ws, write)
+        close = await _output(stream, write)
     finally:
-        for task in feeders:
+        for task in tasks:
             task.cancel()
         await ws.close()
     if close.error:
-        write(2, f"gpuctl exec: {close.error}\n".encode())
+        await write(2, f"gpuctl exec: {close.error}\n".encode())
     if close.exit_code is None:
         return LOST_EXIT_CODE if close.error else 0
     return 128 - close.exit_code if close.exit_code < 0 else close.exit_code
 
 
-async def _feed(ws: WebSocket, stdin: asyncio.Queue[bytes] | None) -> None:
-    if stdin is None:
-        await ws.send(encode(Eof(STREAM)))
-        return
-    while data := await stdin.get():
-        for start in range(0, len(data), MAX_DATA_BYTES):
-            await ws.send(encode(Data(STREAM, data[start : start + MAX_DATA_BYTES])))
-    await ws.send(encode(Eof(STREAM)))
+async def _feed(stream: _Stream, stdin: asyncio.Queue[bytes] | None) -> None:
+    if stdin is not None:
+        while data := await stdin.get():
+            await stream.send_data(data)
+    await stream.ws.send(encode(Eof(STREAM)))
 
 
 async def _resize(ws: WebSocket, resizes: asyncio.Queue[tuple[int, int]]) -> None:
@@ -85,11 +141,11 @@ async def _resize(ws: WebSocket, resizes: asyncio.Queue[tuple[int, int]]) -> Non
         await ws.send(encode(Resize(STREAM, rows, cols)))
 
 
-async def _output(ws: WebSocket, write: Callable[[int, bytes], None]) -> Close:
-    while (message := await ws.receive()) is not None:
-        frame = decode_to_agent(message)
+async def _output(stream: _Stream, write: Callable[[int, bytes], Awaitable[None]]) -> Close:
+    while (frame := await stream.received.get()) is not None:
         if isinstance(frame, Data):
-            write(frame.fd or 1, frame.data)
+            await write(frame.fd or 1, frame.data)
+            await stream.written(len(frame.data))
         elif isinstance(frame, Close):
             return frame
     return Close(STREAM, error="the coordinator closed the connection")
@@ -175,14 +231,14 @@ async def carry(
         say(f"{label}: {exc}")
         writer.close()
         return False
-    clean = False
-    upstream = asyncio.create_task(_local_to_remote(ws, reader))
+    clean, stream = False, _Stream(ws)
+    tasks = [asyncio.create_task(stream.read()), asyncio.create_task(_local_to_remote(stream, reader))]
     try:
-        while (message := await ws.receive()) is not None:
-            frame = decode_to_agent(message)
+        while (frame := await stream.received.get()) is not None:
             if isinstance(frame, Data):
                 writer.write(frame.data)
                 await writer.drain()
+                await stream.written(len(frame.data))
             elif isinstance(frame, Eof) and writer.can_write_eof():
                 writer.write_eof()
             elif isinstance(frame, Close):
@@ -193,17 +249,18 @@ async def carry(
     except ConnectionError:
         pass
     finally:
-        upstream.cancel()
+        for task in tasks:
+            task.cancel()
         await ws.close()
         writer.close()
     return clean
 
 
-async def _local_to_remote(ws: WebSocket, reader: asyncio.StreamReader) -> None:
+async def _local_to_remote(stream: _Stream, reader: asyncio.StreamReader) -> None:
     with contextlib.suppress(ConnectionError):
         while data := await reader.read(MAX_DATA_BYTES):
-            await ws.send(encode(Data(STREAM, data)))
-        await ws.send(encode(Eof(STREAM)))
+            await stream.send_data(data)
+        await stream.ws.send(encode(Eof(STREAM)))
 
 
 def stderr_say(line: str) -> None:

@@ -3,9 +3,11 @@ open on it, and the relay of each stream to the user's connection that asked for
 
 An agent is untrusted: each frame it sends is decoded strictly, and one that does not decode, names no
 stream this side opened in the right way, or sends past its credit closes that agent's channel (and only
-its). Memory stays bounded per stream: the agent may send no more than the window this side granted, and
-it is granted again only once the bytes were written to the user's connection (whose own backpressure holds
-the writer); the user's bytes are read one message at a time, as the agent's credit allows.
+its). Memory stays bounded per stream by credit both ways on both legs: the agent may send no more than the
+window this side granted, granted again once the bytes went to the user, who in turn grants what they wrote
+out; the user may send no more than a window, granted again once it went on to the agent. So the user's
+connection is read all the time (their pongs and grants with it), and a user who pauses reading is never
+cut by the heartbeat, while one whose connection died is.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from shared.aio import cancel_and_wait
 from shared.channel import (
-    MAX_DATA_BYTES,
     MAX_STREAMS_PER_AGENT,
+    USER_WINDOW_BYTES,
     BadFrame,
     Close,
     Data,
@@ -56,6 +58,9 @@ class RelayStream:
         self.window = RecvWindow()  # from the agent
         self.outbox: asyncio.Queue[FromAgent] = asyncio.Queue()  # bounded: the window, one Eof, one Close
         self.ended = False  # the agent sent Eof
+        self.user_credit = SendCredit(USER_WINDOW_BYTES)  # toward the user
+        self.user_window = RecvWindow()  # from the user
+        self.inbox: asyncio.Queue[Data | Eof] = asyncio.Queue()  # the user's, bounded: the window, one Eof
 
     def from_agent(self, frame: FromAgent) -> None:
         """Raises BadFrame past the window or the credit, or for Data or Eof after an Eof."""
@@ -71,11 +76,8 @@ class RelayStream:
         self.outbox.put_nowait(frame)
 
     async def send_data(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            taken = await self.credit.take(min(len(view), MAX_DATA_BYTES))
-            await self.channel.send(Data(self.id, bytes(view[:taken])))
-            view = view[taken:]
+        async for piece in self.credit.pieces(data):
+            await self.channel.send(Data(self.id, piece))
 
 
 class AgentChannel:
@@ -179,15 +181,23 @@ async def relay(
     """Open the stream on the agent, then carry it both ways until it ends; answers its Close (sent to the
     user too). A user who goes away closes the stream on the agent (its command is killed), also when their
     connection is lost and aiohttp cancels this handler."""
-    channel, upstream, close = stream.channel, None, None
+    channel, close = stream.channel, None
+    tasks: list[asyncio.Task[Close | None]] = []
     try:
         await channel.send(Open(stream.id, opening))
-        upstream = asyncio.create_task(_from_user(stream, user))
-        close = await _to_user(stream, user)
+        tasks = [
+            asyncio.create_task(_to_user(stream, user)),
+            asyncio.create_task(_from_user(stream, user)),
+            asyncio.create_task(_to_agent(stream, user)),
+        ]
+        while close is None:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            tasks = [task for task in tasks if task not in done]
+            close = next((task.result() for task in done if task.result() is not None), None)
         return close
     finally:
-        if upstream is not None:
-            await cancel_and_wait(upstream)
+        for task in tasks:
+            await cancel_and_wait(task)
         channel.forget(stream)
         if close is None:  # cancelled or failed: else the agent keeps the stream, and its command, for ever
             with contextlib.suppress(ConnectionError):
@@ -195,24 +205,26 @@ async def relay(
 
 
 async def _to_user(stream: RelayStream, user: web.WebSocketResponse) -> Close:
-    """The agent's frames to the user, granting each Data back once written (the user's connection's
-    backpressure thus reaches the agent). Ends with the stream's Close, or the user's departure."""
+    """The agent's frames to the user as the user's credit allows, granting each Data back to the agent
+    once sent (the user's pace thus reaches the agent). Ends with the stream's Close."""
     while True:
         frame = await stream.outbox.get()
-        if isinstance(frame, Data | Eof | Close):
-            with contextlib.suppress(ConnectionError):
-                await user.send_bytes(encode(_renumbered(frame, 1)))
-        if isinstance(frame, Close):
-            return frame
         if isinstance(frame, Data):
+            async for piece in stream.user_credit.pieces(frame.data):
+                await _to(user, Data(1, piece, frame.fd))
             stream.window.passed_on(len(frame.data))
             with contextlib.suppress(ConnectionError):
                 await stream.channel.send(Window(stream.id, len(frame.data)))
+        elif isinstance(frame, Eof | Close):
+            await _to(user, _renumbered(frame, 1))
+        if isinstance(frame, Close):
+            return frame
 
 
-async def _from_user(stream: RelayStream, user: web.WebSocketResponse) -> None:
-    """The user's frames to the agent, one message at a time as the agent's credit allows. When the user
-    goes (or sends what it may not), the stream closes on the agent, and the relay ends."""
+async def _from_user(stream: RelayStream, user: web.WebSocketResponse) -> Close:
+    """Read the user's frames as they come, whatever the agent's credit: their Data waits in the inbox
+    (a window at most), their grants and resizes take effect at once. When the user goes (or sends what
+    they may not), the stream closes on the agent; answers that Close, which the relay ends with."""
     close, ended = Close(stream.id), False
     try:
         async for message in user:
@@ -221,10 +233,14 @@ async def _from_user(stream: RelayStream, user: web.WebSocketResponse) -> None:
             frame = decode_to_agent(message.data)
             if ended and isinstance(frame, Data | Eof):  # the agent would close its whole channel for it
                 raise BadFrame(f"{type(frame).__name__.lower()} after its eof")
-            if isinstance(frame, Data):
-                await stream.send_data(frame.data)
-            elif isinstance(frame, Eof | Resize):
+            if isinstance(frame, Window):
+                stream.user_credit.grant(frame.credit)
+            elif isinstance(frame, Data | Eof):
+                if isinstance(frame, Data):
+                    stream.user_window.received(len(frame.data))
                 ended = ended or isinstance(frame, Eof)
+                stream.inbox.put_nowait(frame)
+            elif isinstance(frame, Resize):
                 await stream.channel.send(_renumbered(frame, stream.id))
             elif isinstance(frame, Close):
                 break
@@ -232,7 +248,28 @@ async def _from_user(stream: RelayStream, user: web.WebSocketResponse) -> None:
         close = Close(stream.id, error=f"the client sent {exc}")
     with contextlib.suppress(ConnectionError):
         await stream.channel.send(close)
-    stream.outbox.put_nowait(Close(stream.id, error=close.error or "the client went away"))
+    close = Close(1, error=close.error or "the client went away")
+    await _to(user, close)
+    return close
+
+
+async def _to_agent(stream: RelayStream, user: web.WebSocketResponse) -> None:
+    """The user's Data and Eof to the agent as its credit allows, granting the user back what went on."""
+    with contextlib.suppress(ConnectionError):
+        while True:
+            frame = await stream.inbox.get()
+            if isinstance(frame, Eof):
+                await stream.channel.send(Eof(stream.id))
+                return
+            await stream.send_data(frame.data)
+            stream.user_window.passed_on(len(frame.data))
+            await _to(user, Window(1, len(frame.data)))
+
+
+async def _to(user: web.WebSocketResponse, frame: Data | Eof | Close | Resize | Window) -> None:
+    """A frame to the user; one whose connection is gone gets nothing (their reader sees them go)."""
+    with contextlib.suppress(ConnectionError):
+        await user.send_bytes(encode(frame))
 
 
 def _renumbered(frame: Data | Eof | Close | Resize, stream_id: int) -> Data | Eof | Close | Resize:

@@ -14,6 +14,12 @@ thus never holds more than WINDOW_BYTES, and a stream whose reader is slow stops
 sends past its credit, a frame that does not decode, or a frame of the wrong direction breaks the protocol:
 the receiver closes the whole channel (an agent is untrusted: it never harms the coordinator).
 
+The CLI and the coordinator use the same credit on the user's connection, so that neither ever stops
+reading its WebSocket: a ping behind data is read and answered however long the user pauses (aiohttp's
+heartbeat cuts a connection whose pongs lag), and a user who is really gone is still found so. Toward the
+CLI the window is USER_WINDOW_BYTES: what it holds is the CLI's memory alone (the coordinator grants the
+agent once bytes went to the user), and a second window of WINDOW_BYTES in a row halved a download's speed.
+
 Frames travel as binary WebSocket messages in msgpack (`encode`, `decode_*`), validated strictly: every
 field bounded, unknown fields refused.
 """
@@ -21,12 +27,14 @@ field bounded, unknown fields refused.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
 WINDOW_BYTES = 256 * 1024  # each side's credit on each stream, at its start
+USER_WINDOW_BYTES = 4 * WINDOW_BYTES  # the coordinator's credit toward the CLI, at a stream's start
 MAX_DATA_BYTES = 64 * 1024  # of one Data frame: a stream's window holds four
 MAX_STREAMS_PER_AGENT = 256  # streams open at once on one agent's channel
 MAX_ARGV = 256  # arguments of an exec'd command
@@ -157,14 +165,14 @@ def short(error: str) -> str:
 class SendCredit:
     """How much Data this side may still send on one stream. Not thread-safe: one event loop."""
 
-    def __init__(self) -> None:
-        self.left = WINDOW_BYTES
+    def __init__(self, window: int = WINDOW_BYTES) -> None:
+        self.window = self.left = window
         self._more = asyncio.Event()
 
     def grant(self, credit: int) -> None:
         """The peer's Window. Raises BadFrame when it grants past a window (it never received that much)."""
-        if self.left + credit > WINDOW_BYTES:
-            raise BadFrame(f"window: a grant of {credit} bytes puts the credit past {WINDOW_BYTES}")
+        if self.left + credit > self.window:
+            raise BadFrame(f"window: a grant of {credit} bytes puts the credit past {self.window}")
         self.left += credit
         self._more.set()
 
@@ -177,6 +185,14 @@ class SendCredit:
         self.left -= taken
         return taken
 
+    async def pieces(self, data: bytes) -> AsyncIterator[bytes]:
+        """`data` in pieces for Data frames, each taken from the credit as it allows."""
+        view = memoryview(data)
+        while view:
+            taken = await self.take(min(len(view), MAX_DATA_BYTES))
+            yield bytes(view[:taken])
+            view = view[taken:]
+
     def give_back(self, unused: int) -> None:
         """Credit taken and not used (a read that brought fewer bytes)."""
         self.left += unused
@@ -186,14 +202,14 @@ class SendCredit:
 class RecvWindow:
     """Data received on one stream and not yet passed on: never more than a window."""
 
-    def __init__(self) -> None:
-        self.held = 0
+    def __init__(self, window: int = WINDOW_BYTES) -> None:
+        self.window, self.held = window, 0
 
     def received(self, size: int) -> None:
         """Raises BadFrame when the peer sent past its credit."""
         self.held += size
-        if self.held > WINDOW_BYTES:
-            raise BadFrame(f"data: {self.held} bytes held on a stream, past its window of {WINDOW_BYTES}")
+        if self.held > self.window:
+            raise BadFrame(f"data: {self.held} bytes held on a stream, past its window of {self.window}")
 
     def passed_on(self, size: int) -> None:
         self.held -= size

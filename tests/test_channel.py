@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -58,7 +59,7 @@ class Output:
         self.by_fd: dict[int, bytes] = {1: b"", 2: b""}
         self.changed = asyncio.Event()
 
-    def __call__(self, fd: int, data: bytes) -> None:
+    async def __call__(self, fd: int, data: bytes) -> None:
         self.by_fd[fd] += data
         self.changed.set()
 
@@ -253,9 +254,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _httpd_job(port: int, big_bytes: int = 0) -> str:
-    """A plain-process job serving its work dir with busybox's httpd: `small` (known bytes), and `big`."""
-    make_big = f"head -c {big_bytes} /dev/zero > big" if big_bytes else "true"
+def _httpd_job(port: int, big_bytes: int = 0, seq_to: int = 0) -> str:
+    """A plain-process job serving its work dir with busybox's httpd: `small` (known bytes), and `big`
+    (`big_bytes` zeros, or the numbers to `seq_to`, one a line)."""
+    make_big = "true"
+    if big_bytes:
+        make_big = f"head -c {big_bytes} /dev/zero > big"
+    elif seq_to:
+        make_big = f"seq 1 {seq_to} > big"
     return (
         "name: web\ncommands:\n"
         "  - for i in $(seq 1 2000); do echo line $i; done > small\n"
@@ -516,9 +522,9 @@ async def test_a_cut_terminal_kills_what_its_shell_started_in_jobs_of_their_own(
 async def test_a_user_who_leaves_while_the_command_reads_no_input_cuts_it(
     one_host: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The user's input fills the command's window (it reads none): the coordinator waits for the agent's
-    credit with the user's data in hand and reads no more, so it sees the user go only when the heartbeat
-    finds the connection dead and aiohttp cancels the stream's handler. The command is killed still."""
+    """The user's input fills the command's window (it reads none) and the coordinator's, and the CLI waits
+    for credit with more in hand: the coordinator still reads the user's connection, sees them go, and
+    kills the command."""
     c = one_host
     monkeypatch.setattr(api_channel, "HEARTBEAT_S", 1.0)
     job_id = await _running(c)
@@ -526,21 +532,120 @@ async def test_a_user_who_leaves_while_the_command_reads_no_input_cuts_it(
     output = Output()
     stdin: asyncio.Queue[bytes] = asyncio.Queue()
     for _ in range(64):
-        stdin.put_nowait(b"x" * 65536)  # 4 MiB: past the window, the pipe and the sockets' buffers
+        stdin.put_nowait(b"x" * 65536)  # 4 MiB: past the windows, the pipe and the sockets' buffers
     request = ExecRequest(job_id, ("sh", "-c", f"echo started; exec sleep {marker}"))
     run = asyncio.create_task(exec_stream(c.api.config, request, output, stdin))
     await output.wait_for("started")
     await _until(lambda: _running_sleep(marker), "the command to run")
-    await _until(lambda: stdin.empty(), "the input to be sent as far as it goes")
+    streams = _coordinator_streams(c)
+    await _until(
+        lambda: len(streams()) == 1 and streams()[0].user_window.held == WINDOW_BYTES,
+        "the coordinator to hold a window of the user's input",
+    )
     run.cancel()  # the user's connection goes
     with contextlib.suppress(asyncio.CancelledError):
         await run
     await _until(lambda: not _running_sleep(marker), "the command to be killed", timeout_s=60)
     entries = await asyncio.to_thread(c.api.audit, job_id)  # and the audit log says how it ended
-    assert [(e.exit_code, e.error) for e in entries] == [
-        (None, "cut: the user's connection was lost, or the coordinator stopped")
-    ]
+    assert len(entries) == 1 and entries[0].exit_code is None and entries[0].error, entries
     assert entries[0].ended_at is not None
+
+
+async def test_a_user_whose_connection_is_dead_is_cut_by_the_heartbeat(
+    one_host: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `gpuctl exec` that is stopped (SIGSTOP) answers no ping, as a user whose network died: the
+    coordinator finds them gone, and kills the command, though the connection was never closed."""
+    c = one_host
+    monkeypatch.setattr(api_channel, "HEARTBEAT_S", 1.0)
+    job_id = await _running(c)
+    marker = f"{os.getpid() % 1000 + 11000}"
+    script = f"echo started; exec sleep {marker}"
+    process = await _gpuctl_process(c, "exec", job_id, "--", "sh", "-c", script)
+    try:
+        assert process.stdout is not None
+        assert await asyncio.wait_for(process.stdout.readline(), 30) == b"started\n"
+        await _until(lambda: _running_sleep(marker), "the command to run")
+        process.send_signal(signal.SIGSTOP)
+        await _until(lambda: not _running_sleep(marker), "the command to be killed", timeout_s=60)
+    finally:
+        process.kill()
+        await process.wait()
+    entries = await asyncio.to_thread(c.api.audit, job_id)
+    assert len(entries) == 1 and entries[0].exit_code is None and entries[0].error, entries
+    assert entries[0].ended_at is not None
+
+
+PAUSE_S = 5.0  # five of the tests' heartbeats, each of which a paused reader must answer
+
+
+async def test_a_reader_who_pauses_for_heartbeats_then_resumes_gets_the_whole_download(
+    one_host: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port-forwarded download whose reader stops reading for several heartbeats: the connection is
+    not cut, and every byte arrives once it reads again."""
+    c = one_host
+    monkeypatch.setattr(api_channel, "HEARTBEAT_S", 1.0)
+    port = _free_port()
+    job_id = await _running(c, _httpd_job(port, seq_to=3_000_000))
+    await _until(lambda: _answers(port), "the job's httpd to listen")
+    expected = _job_file(c, "big")
+    said: list[str] = []
+    servers = await listen(c.api.config, job_id, [Forward(0, port)], say=said.append)
+    reader, writer = await asyncio.open_connection("127.0.0.1", servers[0].sockets[0].getsockname()[1])
+    writer.write(b"GET /big HTTP/1.0\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"200", head
+    await asyncio.sleep(PAUSE_S)  # the reader pauses
+    body = await reader.read()
+    writer.close()
+    servers[0].close()
+    assert (len(body), _sha256(body)) == (len(expected), _sha256(expected))
+    assert said[1:] == []
+
+
+async def test_a_paused_reader_of_the_exec_commands_output_gets_all_of_it(
+    one_host: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gpuctl exec JOB -- cat big | less`, the pager paused for several heartbeats: its output is whole."""
+    c = one_host
+    monkeypatch.setattr(api_channel, "HEARTBEAT_S", 1.0)
+    port = _free_port()
+    job_id = await _running(c, _httpd_job(port, seq_to=3_000_000))
+    await _until(lambda: _answers(port), "the job to have written its files")
+    expected = _job_file(c, "big")
+    process = await _gpuctl_process(c, "exec", job_id, "--", "cat", "big")
+    try:
+        await asyncio.sleep(PAUSE_S)  # nobody reads its stdout meanwhile
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert (process.returncode, err) == (0, b"")
+    assert (len(out), _sha256(out)) == (len(expected), _sha256(expected))
+
+
+async def test_an_exec_whose_command_reads_no_input_outlives_heartbeats_with_its_input_pending(
+    one_host: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More than a window of input that the command does not read holds the user's connection through
+    several heartbeats: the command runs to its end."""
+    c = one_host
+    monkeypatch.setattr(api_channel, "HEARTBEAT_S", 1.0)
+    job_id = await _running(c)
+    script = f"echo started; sleep {PAUSE_S:g}; echo done"
+    done = await _gpuctl(c, "exec", "-i", job_id, "--", "sh", "-c", script, stdin=b"x" * 4_000_000)
+    assert done == (0, "started\ndone\n", "")
+
+
+def _job_file(c: Cluster, name: str) -> bytes:
+    """A file the one job wrote in its work dir."""
+    return (next(c.root.glob("*/allocs/*/work")) / name).read_bytes()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _running_sleep(marker: str) -> bool:
@@ -562,12 +667,17 @@ def _cli_env(c: Cluster) -> dict[str, str]:
     return dict(os.environ, GPUCTL_CONFIG=str(config))
 
 
-async def _gpuctl(c: Cluster, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
-    """The real `gpuctl` command, in a process of its own, against the cluster."""
-    process = await asyncio.create_subprocess_exec(
+async def _gpuctl_process(c: Cluster, *args: str) -> asyncio.subprocess.Process:
+    """The real `gpuctl` command, in a process of its own, against the cluster; its stdio are pipes."""
+    return await asyncio.create_subprocess_exec(
         *GPUCTL, *args, env=_cli_env(c), cwd=ROOT,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
+
+
+async def _gpuctl(c: Cluster, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """The real `gpuctl` command, in a process of its own, against the cluster."""
+    process = await _gpuctl_process(c, *args)
     try:
         out, err = await asyncio.wait_for(process.communicate(stdin), 60)
     finally:
