@@ -19,7 +19,7 @@ from agent.config import DockerConfig
 from agent.job_ssh import SSHD, nss_wrapper
 from tests.docker_engine import Engine, busybox_rootfs, busybox_static
 from tests.git_http import git_http_server
-from tests.harness import cluster, reachable_tmpdir
+from tests.harness import Cluster, cluster, reachable_tmpdir
 from tests.real_parts import part_missing
 from tests.test_container_isolation import commands, member_of, submit
 from tests.test_multi_node import all_nodes_ended, cluster_fleet, shared_folder, start_hosts, until_nodes
@@ -171,19 +171,25 @@ async def test_links_a_jobs_repo_puts_where_the_agent_writes_are_replaced_not_fo
         shutil.rmtree(root)
 
 
+async def docker_hosts(c: Cluster, engine: Engine, out: Path, *names: str) -> None:
+    """Two simulated hosts of a cluster fleet whose agents run jobs in `engine`'s containers, which may mount
+    `out`."""
+    await cluster_fleet(c)
+    for i, name in enumerate(names):
+        c.start_agent(
+            name,
+            "2xH100:80GB",
+            internal_ip=f"127.0.0.{i + 1}",
+            docker=DockerConfig(socket=engine.socket, volume_prefixes=(str(out),)),
+        )
+
+
 async def test_a_two_node_container_job_is_on_the_hosts_network_with_its_hostfile_and_ssh_config(
     docker_engine: Engine,
 ) -> None:
     async with cluster() as c:
         out = shared_folder(c)
-        await cluster_fleet(c)
-        for i, name in enumerate(("da", "db")):
-            c.start_agent(
-                name,
-                "2xH100:80GB",
-                internal_ip=f"127.0.0.{i + 1}",
-                docker=DockerConfig(socket=docker_engine.socket, volume_prefixes=(str(out),)),
-            )
+        await docker_hosts(c, docker_engine, out, *("da", "db"))
         job = await c.submit(
             f"name: boxes\nnodes: 2\nimage: {docker_engine.image}\nresources: {{gpu: 2}}\n"
             f"volumes: [{out}:/out]\n"
@@ -264,14 +270,7 @@ async def test_node_0_of_a_container_job_runs_a_command_in_node_1s_container_ove
 ) -> None:
     async with cluster() as c:
         out = shared_folder(c)
-        await cluster_fleet(c)
-        for i, name in enumerate(("sa", "sb")):
-            c.start_agent(
-                name,
-                "2xH100:80GB",
-                internal_ip=f"127.0.0.{i + 1}",
-                docker=DockerConfig(socket=docker_engine.socket, volume_prefixes=(str(out),)),
-            )
+        await docker_hosts(c, docker_engine, out, *("sa", "sb"))
         job = await c.submit(
             f"image: {sshd_image}\nvolumes: [{out}:/out]\n"
             + peer_job(
