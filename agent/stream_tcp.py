@@ -28,14 +28,14 @@ async def run_tcp(stream: Stream, what: TcpOpen, executor: Executor) -> int | No
     """Carry the connection until both sides have ended it."""
     local = running_alloc(executor, what.alloc_id)
     if not await _job_listens(local, executor, what.port):
-        raise StreamRefused(f"port {what.port} of the job: no process of the job listens on it")
+        raise StreamRefused("no process of the job listens on this port")
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             reader, writer = await asyncio.open_connection(LOOPBACK, what.port)
     except TimeoutError:
-        raise StreamRefused(f"port {what.port} of the job: no answer in {CONNECT_TIMEOUT_S:.0f} s") from None
+        raise StreamRefused(f"no answer on this port in {CONNECT_TIMEOUT_S:.0f} s") from None
     except OSError as exc:
-        raise StreamRefused(f"port {what.port} of the job: {exc.strerror or exc}") from None
+        raise StreamRefused(f"this port of the job: {exc.strerror or exc}") from None
     inbound = asyncio.create_task(_to_socket(stream, writer))
     try:
         await _from_socket(stream, reader)

@@ -306,7 +306,7 @@ async def test_port_forward_carries_many_connections_at_once(one_host: Cluster) 
     dead = _free_port()
     servers += await listen(c.api.config, job_id, [Forward(0, dead)], say=said.append)
     assert await _http_get(servers[-1].sockets[0].getsockname()[1], "/") == b""
-    assert said[-1].startswith(f"port {dead}: port {dead} of the job: "), said
+    assert said[-1] == f"port {dead}: no process of the job listens on this port", said
     for server in servers:
         server.close()
 
@@ -339,9 +339,8 @@ async def test_port_forward_reaches_only_the_jobs_own_listening_sockets(one_host
         for server in servers[:2]:
             server.close()
         assert said[3:] == [
-            f"port {theirs_port}: port {theirs_port} of the job: no process of the job listens on it",
-            f"port {hosts_own.getsockname()[1]}: port {hosts_own.getsockname()[1]} of the job: "
-            "no process of the job listens on it",
+            f"port {theirs_port}: no process of the job listens on this port",
+            f"port {hosts_own.getsockname()[1]}: no process of the job listens on this port",
         ]
         assert await _get(ports[2], "/small") == SMALL  # its own port still is
         servers[2].close()
