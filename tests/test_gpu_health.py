@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from agent.agent import detect, run_agent
+from agent.health import ECC_UNCORRECTED_LIMIT, NvmlWatch
 from cli.api import Api
 from coordinator.validate_inventory import inventory_problem
 from shared.wire import GpuHealth, HostView
@@ -20,7 +22,7 @@ SLEEPER = "name: {name}\nresources: {{gpu: {gpus}}}\ncommands:\n  - sleep 300\n"
 XID_79 = "XID 79 (fallen off the bus)"
 
 
-def start_watched_agent(c: Cluster, name: str) -> object:
+def start_watched_agent(c: Cluster, name: str) -> SimpleNamespace:
     """An agent with 2 simulated GPUs in 2 blocks whose health is read from a fake NVML (returned)."""
     nvml = fake_nvml(load("nvml", "h100_sxm_8"))
     config = c.agent_config(name, "2xH100:80GB", 2)
@@ -58,7 +60,7 @@ async def test_xid_79_idles_its_block_until_undrain(tmp_path: Path) -> None:
         first = await c.submit(SLEEPER.format(name="first", gpus=1))
         running = await c.wait_for(first.id, "running")
         (gpu,) = running.gpus
-        nvml.xids.append((gpu, 79))  # type: ignore[attr-defined]
+        nvml.xids.append((gpu, 79))
 
         host = await wait_host(c.api, "h1", lambda h: bool(h.unhealthy))
         assert host.unhealthy == (GpuHealth(index=gpu, reason=XID_79),)
@@ -103,3 +105,25 @@ def test_bad_health_report_is_refused_naming_the_field(
     assert (inventory_problem(msgspec.structs.replace(inventory, unhealthy=unhealthy)) or "").startswith(
         problem
     )
+
+
+def test_watch_marks_lost_devices_and_ecc_past_the_limit_but_not_other_xids() -> None:
+    fixture = load("nvml", "h100_sxm_8")
+    fixture["devices"][2]["ecc_uncorrected"] = ECC_UNCORRECTED_LIMIT
+    fixture["devices"][3]["ecc_uncorrected"] = ECC_UNCORRECTED_LIMIT - 1
+    nvml = fake_nvml(fixture)
+    watch = NvmlWatch(nvml)
+    nvml.xids.append((0, 13))  # a graphics engine exception: the application's fault, not the GPU's
+    nvml.lost.add(5)
+    assert watch.check() == (
+        GpuHealth(index=2, reason=f"{ECC_UNCORRECTED_LIMIT} uncorrectable ECC errors"),
+        GpuHealth(index=5, reason="fallen off the bus"),
+    )
+    nvml.lost.clear()  # back on the bus: a state, read again each time
+    nvml.xids.append((4, 48))
+    assert watch.check() == (
+        GpuHealth(index=2, reason=f"{ECC_UNCORRECTED_LIMIT} uncorrectable ECC errors"),
+        GpuHealth(index=4, reason="XID 48 (double-bit ECC error)"),
+    )
+    watch.close()
+    assert nvml.calls == ["init", "shutdown"]
