@@ -64,9 +64,10 @@ async def test_xid_79_idles_its_block_until_undrain(tmp_path: Path) -> None:
 
         host = await wait_host(c.api, "h1", lambda h: bool(h.unhealthy))
         assert host.unhealthy == (GpuHealth(index=gpu, reason=XID_79),)
-        code, out = await asyncio.to_thread(cli, c.api, tmp_path, "hosts")
-        assert code == 0, out
-        assert "1 GPU unhealthy: XID 79 (fallen off the bus)" in " ".join(out.split())
+        for words in (("hosts",), ("hosts", "h1")):  # the list, and the host's own page
+            code, out = await asyncio.to_thread(cli, c.api, tmp_path, *words)
+            assert code == 0, out
+            assert "h1: 1 GPU unhealthy: XID 79 (fallen off the bus)" in " ".join(out.split()), words
         assert (await c.job(first.id)).status == "running"  # running work finishes
 
         await asyncio.to_thread(c.api.stop, first.id)
