@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgspec
 
@@ -17,10 +18,12 @@ from agent.channel import channel_loop
 from agent.client import CoordinatorClient
 from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, ConfigError, DockerConfig
 from agent.detect import detect_inventory
+from agent.detect.nvidia import _import_pynvml
 from agent.diskguard import disk_problem, is_disk_error
 from agent.executor import Executor
 from agent.fence import fence_reason
 from agent.files import FilePrep
+from agent.health import HEALTH_INTERVAL_S, health_loop
 from agent.identity import JoinError, check_not_expired, finish_pending_pair, join, renew_loop
 from agent.lock import hold_state_dir
 from agent.peer_address import internal_ip
@@ -140,8 +143,13 @@ async def run_agent(
     *,
     redetect: Detect | None = None,
     redetect_interval_s: float = REDETECT_INTERVAL_S,
+    nvml: Any = None,
+    health_interval_s: float = HEALTH_INTERVAL_S,
 ) -> None:
     """Run until cancelled (or until the coordinator refuses this agent: sync.Revoked).
+
+    The health of NVIDIA GPUs is watched through `nvml` (by default `pynvml`, when the host has real NVIDIA
+    GPUs): agent/health.py.
 
     Devices are detected again on SIGHUP and every `redetect_interval_s` with `redetect` (by default the
     same detection that produced `inventory`); a changed inventory is sent to the coordinator. Holds the
@@ -152,7 +160,14 @@ async def run_agent(
         link = asyncio.create_task(transport.run(), name="link")  # before enrollment: join may need it
         try:
             await _run_agent(
-                config, inventory, state or SharedState(), redetect, redetect_interval_s, transport
+                config,
+                inventory,
+                state or SharedState(),
+                redetect,
+                redetect_interval_s,
+                transport,
+                nvml,
+                health_interval_s,
             )
         finally:
             await cancel_and_wait(link)
@@ -200,6 +215,8 @@ async def _run_agent(
     redetect: Detect | None,
     redetect_interval_s: float,
     transport: Transport,
+    nvml: Any,
+    health_interval_s: float,
 ) -> None:
     state.inventory = inventory
     run_as, uids = config.effective_run_as(), job_uids(config)
@@ -247,6 +264,10 @@ async def _run_agent(
                     redetect_loop(redetect or (lambda: detect(config)), state, redetect_interval_s, adopt),
                     name="redetect",
                 )
+                if nvml is None and any(g.vendor == "nvidia" and not g.simulated for g in inventory.gpus):
+                    nvml = _import_pynvml()
+                if nvml is not None:
+                    tg.create_task(health_loop(nvml, state, health_interval_s), name="health")
                 if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
                     tg.create_task(
                         renew_loop(config.coordinator, context, config.pki_dir, transport), name="renew"

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from shared.constants import LOG_CHUNK_MAX_BYTES
-from shared.wire import AllocationSpec, Inventory
+from shared.wire import AllocationSpec, GpuHealth, Inventory
 
 
 @dataclass
@@ -18,6 +18,7 @@ class SharedState:
     host_id: str = ""
     last_error: str = ""
     disk_problem: str = ""  # the state dir cannot take new work (agent.diskguard); sent with the inventory
+    unhealthy: tuple[GpuHealth, ...] = ()  # devices agent.health finds unhealthy; sent with the inventory
     log_chunk_max_bytes: int = LOG_CHUNK_MAX_BYTES  # the coordinator's answer may lower it
     last_sync_at: float = field(default_factory=time.monotonic)  # the last answer; the agent's start at first
     inventory: Inventory | None = None  # the latest detected; replaced whole by re-detection, never mutated

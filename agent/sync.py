@@ -13,6 +13,8 @@ import random
 import time
 from pathlib import Path
 
+import msgspec
+
 from agent.client import ApiError, CoordinatorClient, retry_after_of, retryable
 from agent.diskguard import with_disk_problem
 from agent.executor import Executor
@@ -58,7 +60,9 @@ async def sync_loop(
     ready = False
     while True:
         state.local_changed.clear()
-        inventory = with_disk_problem(state.inventory, state.disk_problem)
+        inventory = msgspec.structs.replace(
+            with_disk_problem(state.inventory, state.disk_problem), unhealthy=state.unhealthy
+        )
         generation = generation_of(inventory)
         link_error, link_error_age_s = client.transport.link_error()
         request = SyncRequest(

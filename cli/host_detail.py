@@ -9,7 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.render import ago, link_lines, plain
+from cli.render import ago, health_lines, link_lines, plain
 from cli.text import clean
 from shared.topology import relation_word
 from shared.units import format_mib
@@ -30,6 +30,7 @@ def host_detail(detail: HostDetail, width: int = 200) -> RenderableType:
         parts.append(plain(f"reaches the coordinator: {detail.host.transport}"))
     parts += [Text(clean(line), style="bold yellow") for line in link_lines(detail.host)]
     parts += [Text(f"warning: {w}", style="bold yellow") for w in detail.host.warnings]
+    parts += [Text(clean(line), style="bold red") for line in health_lines([detail.host])]
     if inv is None:
         parts.append(Text("no inventory yet: the agent has not synced"))
         return Group(*parts)

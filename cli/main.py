@@ -362,9 +362,11 @@ def hosts(as_json: bool, verbose: bool, force: bool, stop: bool, words: tuple[st
         if as_json:
             click.echo(msgspec.json.encode(views).decode())
             return
-        from cli.render import hosts_table, print_table
+        from cli.render import health_lines, hosts_table, print_table
 
         print_table(hosts_table(views))
+        for line in health_lines(views):
+            click.echo(line)
         if warning:
             click.echo(f"coordinator: {warning}")
         return

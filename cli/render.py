@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.text import clean, schedule_line, with_start
-from shared.describe import describe_gpus, describe_request
+from shared.describe import describe_gpus, describe_request, describe_unhealthy
 from shared.wire import ArraySummary, HostView, JobView, QueueEntry
 
 PIPE_WIDTH = 200  # output that goes to a pipe or a file, without COLUMNS, is not folded to a made-up width
@@ -211,6 +211,17 @@ def hosts_table(hosts: list[HostView]) -> Table:
             plain(warnings),
         )
     return table
+
+
+def health_lines(hosts: list[HostView]) -> list[str]:
+    """One line under the hosts table per host with unhealthy GPUs: a line of its own, so that no column
+    cuts why (`h1: 1 GPU unhealthy: XID 79 (fallen off the bus); ...`)."""
+    return [
+        f"{h.name}: {describe_unhealthy(h.unhealthy)}; its blocks take no new work until "
+        f"`gpuctl hosts undrain {h.name}`"
+        for h in hosts
+        if h.unhealthy
+    ]
 
 
 def link_lines(host: HostView) -> tuple[str, ...]:

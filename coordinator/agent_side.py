@@ -17,6 +17,7 @@ from coordinator.accounts import Accounts, Invalid
 from coordinator.array_store import ArrayStore
 from coordinator.attempts import end_attempt, event_of
 from coordinator.group_commit import GroupCommit
+from coordinator.health import held_after_report
 from coordinator.host_ops import NotFound
 from coordinator.host_problems import INVENTORY, HostProblems
 from coordinator.links import Links
@@ -28,6 +29,7 @@ from coordinator.store import AllocRow, HostRow, JobRow, Store
 from coordinator.validate_inventory import inventory_problem
 from coordinator.waiters import Waiters
 from shared import constants as C
+from shared.describe import describe_unhealthy
 from shared.states import JOB_TRANSITIONS, AllocState, JobState, job_state_for
 from shared.wire import (
     AllocationSpec,
@@ -83,6 +85,7 @@ class AgentSide:
         stale = self.welcome_back(host_id, req.allocations)
         if req.inventory is not None and generation_of(req.inventory) != host.generation:
             self._check_inventory(host_id, req.inventory)
+            self._hold_unhealthy(host, req.inventory)
             work_slot.release_current()  # waiting for the disk, with the rest of the fleet, is not work
             await self.inventory_writes.put((host_id, req.inventory, generation_of(req.inventory)))
             log.info("host %s inventory generation %s", host_id, generation_of(req.inventory))
@@ -113,6 +116,14 @@ class AgentSide:
         self.problems.set(host_id, INVENTORY, f"inventory refused: {problem}")
         field, _, message = problem.partition(": ")
         raise Invalid(field, message)
+
+    def _hold_unhealthy(self, host: HostRow, inventory: Inventory) -> None:
+        """Hold the devices the agent reports unhealthy until the host is undrained (coordinator/health.py)."""
+        held = held_after_report(host.unhealthy, inventory.unhealthy)
+        if held != host.unhealthy:
+            with self.store.tx() as db:
+                self.store.set_unhealthy(db, host.id, held)
+            log.warning("host %s: %s", host.name, describe_unhealthy(held))
 
     def _seen(self, host_id: str) -> None:
         """Note that the host's agent is there, in memory: a poll is not a disk write. The store learns

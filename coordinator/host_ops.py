@@ -113,6 +113,7 @@ class HostOps:
             transport=link.transport,
             link_error=link.error,
             link_error_at=link.error_at,
+            unhealthy=h.unhealthy,
         )
 
     def find_host(self, ref: str) -> HostRow:
@@ -171,9 +172,11 @@ class HostOps:
         return self._fresh_host(host.id)
 
     def undrain(self, host: HostRow) -> HostRow:
-        """The host takes new work again. Idempotent."""
+        """The host takes new work again; of its unhealthy devices, only those its agent still reports stay
+        held (coordinator/health.py). Idempotent."""
         with self.store.tx() as db:
             self.store.set_host_status(db, host, HostState.READY)
+            self.store.set_unhealthy(db, host.id, host.inventory.unhealthy if host.inventory else ())
         log.info("host %s takes work again", host.name)
         self.kick(hosts=(host.id,))
         return self._fresh_host(host.id)

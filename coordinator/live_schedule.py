@@ -64,6 +64,7 @@ from coordinator.scheduler import (
     splits,
     too_busy,
     too_few_hosts,
+    unhealthy_notes,
 )
 from shared.spec import GpuRequest
 
@@ -139,7 +140,11 @@ class LiveSchedule:
             self.remove_host(cap.host_id)
             self._add_host(replace(cap, busy_blocks=frozenset()), host_free(cap))
             return
-        readiness_changed = (host.cap.ready, host.cap.not_ready) != (cap.ready, cap.not_ready)
+        readiness_changed = (host.cap.ready, host.cap.not_ready, host.cap.unhealthy) != (
+            cap.ready,
+            cap.not_ready,
+            cap.unhealthy,
+        )
         free = host_free(cap)
         if readiness_changed or host.free != free:
             became_ready = cap.ready and not host.cap.ready
@@ -603,8 +608,9 @@ class _Group:
         held = held_off(self.spec.max_duration_s) if self.held else ""
         if nodes > 1:
             room = (hosts[h].cap.fleet for h, (free, need) in self.counts.items() if free >= need)
-            return gang_busy(nodes, room) + held
-        return too_busy(self.spec, min(self._needs), max(self._free_hosts)) + held
+            return gang_busy(nodes, room) + held + unhealthy_notes(hosts[h].cap for h in self.counts)
+        busy = too_busy(self.spec, min(self._needs), max(self._free_hosts))
+        return busy + held + unhealthy_notes(hosts[h].cap for h in self.counts)
 
     def untell(self, job_id: str) -> None:
         self._untold[job_id] = ""  # no reason is empty: the next `tell` tells it

@@ -191,4 +191,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_job ON audit(job_id, id)
     """,
+    # 12: the devices a host's agent reported unhealthy since its last undrain (JSON list of GpuHealth): their
+    # blocks take no new work, and stay so when the agent stops reporting them until an operator undrains
+    """
+    ALTER TABLE hosts ADD COLUMN unhealthy TEXT NOT NULL DEFAULT '[]'
+    """,
 ]

@@ -40,6 +40,9 @@ class HostCapacity:
     projects: frozenset[str] | None = None  # the fleet is limited to these projects; None: open to all
     not_ready: str = ""  # why it is not ready ("draining", "unreachable"), for a pending job's reason
     cluster: bool = False  # its fleet has `placement: cluster` (one fast network): multi-node jobs run here
+    unhealthy: str = (
+        ""  # which held unhealthy devices idle blocks here (in busy_blocks), for a pending reason
+    )
 
 
 @dataclass(frozen=True)
@@ -241,10 +244,10 @@ class _Pass:
         held = self._held_off(job, possible)
         if nodes > 1:
             room = (self.by_id[h].fleet for h in ready if len(self.usable(job, h)) >= possible[h])
-            return gang_busy(nodes, room) + held
+            return gang_busy(nodes, room) + held + unhealthy_notes(self.by_id[h] for h in ready)
         need = min(possible[h] for h in ready)
         largest = max(len(self.usable(job, h)) for h in ready)
-        return too_busy(job.spec, need, largest) + held
+        return too_busy(job.spec, need, largest) + held + unhealthy_notes(self.by_id[h] for h in ready)
 
     def _held_off(self, job: PendingJob, possible: Mapping[str, int]) -> str:
         """`held_off`'s words if a ready host would take the job now but for blocks reserved ahead of it."""
@@ -314,6 +317,11 @@ def too_busy(spec: TaskSpec, need: int, largest: int) -> str:
     gpu = spec.resources.gpu
     what = " ".join(gpu.names) + " " if gpu and gpu.names else ""
     return f"no host with {need} free {what}blocks; largest free: {largest}"
+
+
+def unhealthy_notes(ready: Iterable[HostCapacity]) -> str:
+    """What a busy reason adds for ready hosts whose unhealthy devices idle blocks: which GPU, and why."""
+    return "".join(f"; {note}" for note in sorted(h.unhealthy for h in ready if h.unhealthy))
 
 
 def splits(eligible: Sequence[int], need: int, matching: Iterable[int], levels: Levels) -> bool:

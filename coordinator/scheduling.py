@@ -34,6 +34,7 @@ from collections.abc import Callable, Generator, Iterable
 from coordinator.accounts import OPEN_FLEET, Accounts, FleetPolicy
 from coordinator.array_store import ArrayStore
 from coordinator.arrays import ArrayLoad, held_reason, within_limits
+from coordinator.health import unhealthy_blocks, unhealthy_note
 from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
 from coordinator.live_schedule import LiveSchedule, Settled
 from coordinator.queue_policy import ProjectLoad, Quota, over_quota, within_quotas
@@ -482,7 +483,16 @@ class Scheduling:
         assert h.inventory is not None
         why = self._not_ready(h)
         return HostCapacity(
-            h.id, h.name, h.inventory, busy, not why, h.fleet, fleet.projects, why, fleet.cluster
+            h.id,
+            h.name,
+            h.inventory,
+            busy | unhealthy_blocks(h.inventory, h.unhealthy),  # idle alike in both schedulers
+            not why,
+            h.fleet,
+            fleet.projects,
+            why,
+            fleet.cluster,
+            unhealthy_note(h.name, h.unhealthy),
         )
 
     def _not_ready(self, h: HostRow) -> str:

@@ -19,13 +19,11 @@ import msgspec
 from coordinator.migrations import MIGRATIONS
 from shared.spec import TaskSpec
 from shared.states import AllocState, HostState, JobState, check_host_transition, check_job_transition
-from shared.wire import Inventory
+from shared.wire import GpuHealth, Inventory
 
 BACKGROUND_BATCH = 1000  # rows per transaction written off the loop: short, so the loop never waits long
 TERMINAL_ALLOC_STATES = tuple(s.value for s in AllocState if s.terminal)
-_LISTED = (
-    "id, name, generation, desired_index, last_seen, status, fleet, labels"  # a HostRow but its inventory
-)
+_LISTED = "id, name, generation, desired_index, last_seen, status, fleet, labels, unhealthy"  # a HostRow but its inventory
 INVENTORIES_PER_READ = 500  # host ids in one query (SQLite's limit on parameters is higher)
 
 
@@ -60,6 +58,7 @@ class HostRow:
     status: str
     fleet: str = "default"
     labels: dict[str, str] = field(default_factory=dict)
+    unhealthy: tuple[GpuHealth, ...] = ()  # held since the last undrain (coordinator/health.py)
 
 
 @dataclass(frozen=True)
@@ -293,6 +292,9 @@ class Store:
                 (msgspec.json.encode(inventory).decode(), generation, inventory.hostname, host_id),
             )
 
+    def set_unhealthy(self, db: sqlite3.Connection, host_id: str, held: tuple[GpuHealth, ...]) -> None:
+        db.execute("UPDATE hosts SET unhealthy=? WHERE id=?", (msgspec.json.encode(held).decode(), host_id))
+
     def count_hosts(self) -> int:
         """Hosts not removed, without reading their rows (a lease's length depends on it)."""
         return int(self.db.execute("SELECT COUNT(*) FROM hosts WHERE status != 'removed'").fetchone()[0])
@@ -497,6 +499,7 @@ def _host(row: sqlite3.Row, inventory: Inventory | None) -> HostRow:
         status=row["status"],
         fleet=row["fleet"],
         labels=msgspec.json.decode(row["labels"], type=dict[str, str]),
+        unhealthy=msgspec.json.decode(row["unhealthy"], type=tuple[GpuHealth, ...]),
     )
 
 

@@ -9,7 +9,7 @@ The rules: block indices are 0..n-1 in order; every GPU a block names is a devic
 one block only; a block names each CPU core once, and all blocks together name no more distinct cores than
 the host counts (blocks may share cores: `blocks: auto` on a host with fewer cores than GPUs; ids may exceed
 the count: an agent confined to cores 8-15 has 8 cores with ids 8..15); the blocks' memory and disk add up
-to no more than the host's. Sizes and counts are bounded on the wire (shared/wire.py).
+to no more than the host's; an unhealthy device is one of the host's, named once. Sizes and counts are bounded on the wire (shared/wire.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,23 @@ def inventory_problem(inventory: Inventory) -> str | None:
     duplicate = _first_duplicate(devices)
     if duplicate is not None:
         return f"inventory.gpus[{duplicate}].index: {devices[duplicate]} is named twice"
-    return _blocks_problem(inventory, set(devices)) or _totals_problem(inventory)
+    return (
+        _blocks_problem(inventory, set(devices))
+        or _totals_problem(inventory)
+        or _health_problem(inventory, set(devices))
+    )
+
+
+def _health_problem(inventory: Inventory, devices: set[int]) -> str | None:
+    """An unhealthy mark must name one of the host's devices, once: the scheduler idles its block."""
+    marked = [h.index for h in inventory.unhealthy]
+    duplicate = _first_duplicate(marked)
+    if duplicate is not None:
+        return f"inventory.unhealthy[{duplicate}].index: GPU {marked[duplicate]} is marked twice"
+    for position, index in enumerate(marked):
+        if index not in devices:
+            return f"inventory.unhealthy[{position}].index: GPU {index} is not among the host's devices"
+    return None
 
 
 def _blocks_problem(inventory: Inventory, devices: set[int]) -> str | None:

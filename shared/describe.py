@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from shared.spec import GpuRequest, Range
 from shared.units import format_mib
-from shared.wire import GpuDevice, Inventory
+from shared.wire import GpuDevice, GpuHealth, Inventory
 
 
 def first_few(names: list[str], shown: int = 3) -> str:
@@ -68,3 +68,12 @@ def _range(value: Range, show: Callable[[float], str]) -> str:
     if value.min is not None and value.min == value.max:
         return low
     return f"{low}..{high}"
+
+
+def describe_unhealthy(held: tuple[GpuHealth, ...]) -> str:
+    """`1 GPU unhealthy: XID 79 (fallen off the bus)`; with more, each reason after its GPU's index."""
+    if not held:
+        return ""
+    if len(held) == 1:
+        return f"1 GPU unhealthy: {held[0].reason}"
+    return f"{len(held)} GPUs unhealthy: " + "; ".join(f"GPU {h.index} {h.reason}" for h in held)

@@ -32,6 +32,7 @@ MAX_IP_CHARS = 45  # the longest textual IPv6 address (an IPv4-mapped one)
 _SCOPE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}", re.ASCII)
 MAX_TRANSPORT_CHARS = 300  # "bastion a → b → c", "proxy host:port", "direct"
 MAX_LINK_ERROR_CHARS = 500  # one line: why the proxy or the SSH tunnel failed
+MAX_HEALTH_REASON_CHARS = 200  # one line: why a device is unhealthy ("XID 79 (fallen off the bus)")
 MAX_AGE_S = 10 * 365 * 24 * 3600.0
 MAX_QUOTA = 10**9  # a project's quota of GPUs or jobs: more is no limit at all, and must fit the store
 
@@ -100,6 +101,13 @@ class Block(FrozenWire, frozen=True):
     numa_node: Index | None = None  # the NUMA node its GPUs and CPU cores share, when they share one
 
 
+class GpuHealth(FrozenWire, frozen=True):
+    """A device found unhealthy (agent/health.py): its blocks take no new work (coordinator/scheduling.py)."""
+
+    index: Index
+    reason: Annotated[str, Meta(min_length=1, max_length=MAX_HEALTH_REASON_CHARS)]
+
+
 class Inventory(FrozenWire, frozen=True):
     hostname: Annotated[str, Meta(max_length=MAX_HOSTNAME_CHARS)]
     cpu_count: Annotated[int, Meta(ge=0, le=MAX_INDEX + 1)]
@@ -115,6 +123,8 @@ class Inventory(FrozenWire, frozen=True):
     no_new_work: str = ""  # why the host takes no new work right now (its state dir is full, ...)
     # the address its peers reach it by, for multi-node jobs; "" when unknown (validate_inventory.py checks it)
     internal_ip: Annotated[str, Meta(max_length=MAX_IP_CHARS)] = ""
+    # devices the agent finds unhealthy now; sent with the inventory like `no_new_work` (agent/sync.py)
+    unhealthy: Annotated[tuple[GpuHealth, ...], Meta(max_length=MAX_GPUS)] = ()
 
 
 def is_ip_address(text: str) -> bool:
@@ -286,6 +296,8 @@ class HostView(Wire):
     transport: str = ""  # how its agent reaches the coordinator: direct, proxy ..., bastion ...
     link_error: str = ""  # the last proxy or tunnel failure its agent reported
     link_error_at: float | None = None
+    # devices held unhealthy: reported by the agent since the last `gpuctl hosts undrain` (their blocks idle)
+    unhealthy: tuple[GpuHealth, ...] = ()
 
 
 class HostAllocationView(Wire):

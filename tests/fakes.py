@@ -48,12 +48,21 @@ def _nvlinks(device: dict[str, Any]) -> list[str] | None:
 
 
 def fake_nvml(fixture: dict[str, Any]) -> SimpleNamespace:
-    """A stand-in for the `pynvml` module answering from fixture data; `calls` records init/shutdown."""
+    """A stand-in for the `pynvml` module answering from fixture data; `calls` records init/shutdown.
+
+    Health: a test appends `(device index, xid)` to `xids` and the next `nvmlEventSetWait_v2` replays it, as
+    NVML delivers an XID to an event set registered for it; `lost` holds the indices of devices fallen off
+    the bus (their handle queries fail as NVML's do); a device's `ecc_uncorrected` is its volatile count."""
     devices = fixture.get("devices", [])
+    xids: list[tuple[int, int]] = []
+    lost: set[int] = set()
+    registered: set[int] = set()
     encode = (lambda s: s.encode()) if fixture.get("strings_as_bytes") else (lambda s: s)
     calls: list[str] = []
 
     def device(handle: int) -> dict[str, Any]:
+        if handle in lost:
+            raise nvml_error("GPU_IS_LOST")
         if devices[handle].get("error"):
             raise nvml_error(devices[handle]["error"])
         return devices[handle]
@@ -89,8 +98,30 @@ def fake_nvml(fixture: dict[str, Any]) -> SimpleNamespace:
     def metric(handle: int, key: str) -> Any:
         return attribute(handle, "metrics")[key]
 
+    def handle_by_index(index: int) -> int:
+        if index in lost:
+            raise nvml_error("GPU_IS_LOST")
+        return index
+
+    def register_events(handle: int, types: int, event_set: str) -> None:
+        if types != pynvml.nvmlEventTypeXidCriticalError:
+            raise nvml_error("NOT_SUPPORTED")
+        device(handle)
+        registered.add(handle)
+
+    def wait_event(event_set: str, timeout_ms: int) -> SimpleNamespace:
+        while xids:
+            index, xid = xids.pop(0)
+            if index in registered:
+                return SimpleNamespace(
+                    device=index, eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=xid
+                )
+        raise nvml_error("TIMEOUT")
+
     return SimpleNamespace(
         calls=calls,
+        xids=xids,
+        lost=lost,
         NVMLError=pynvml.NVMLError,
         NVMLError_NotSupported=pynvml.NVMLError_NotSupported,
         nvmlInit=init,
@@ -98,7 +129,7 @@ def fake_nvml(fixture: dict[str, Any]) -> SimpleNamespace:
         nvmlSystemGetDriverVersion=lambda: encode(fixture["driver_version"]),
         nvmlSystemGetCudaDriverVersion_v2=cuda_version,
         nvmlDeviceGetCount=lambda: len(devices),
-        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetHandleByIndex=handle_by_index,
         nvmlDeviceGetName=lambda h: encode(device(h)["name"]),
         nvmlDeviceGetUUID=lambda h: encode(device(h)["uuid"]),
         nvmlDeviceGetSerial=lambda h: encode(attribute(h, "serial")),
@@ -115,6 +146,11 @@ def fake_nvml(fixture: dict[str, Any]) -> SimpleNamespace:
         nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=metric(h, "utilization_pct"), memory=0),
         nvmlDeviceGetTemperature=lambda h, sensor: metric(h, "temperature_c"),
         nvmlDeviceGetPowerUsage=lambda h: metric(h, "power_mw"),
+        nvmlEventSetCreate=lambda: "event-set",
+        nvmlEventSetFree=lambda event_set: None,
+        nvmlDeviceRegisterEvents=register_events,
+        nvmlEventSetWait_v2=wait_event,
+        nvmlDeviceGetTotalEccErrors=lambda h, kind, counter: device(h).get("ecc_uncorrected", 0),
     )
 
 

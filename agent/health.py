@@ -1,0 +1,130 @@
+"""GPU health: the agent watches NVML for devices that must not take new work, and says so with its inventory.
+
+A device is unhealthy after an XID that means it must be reset or is gone (`RESET_XIDS`, from NVIDIA's Xid
+catalogue), with uncorrectable ECC errors past `ECC_UNCORRECTED_LIMIT`, or when NVML says it fell off the bus.
+XIDs arrive as NVML events (an event set registered for `nvmlEventTypeXidCriticalError`); NVML cannot say a
+device recovered from one, so an XID mark lasts for the agent's life. The marks go out with the next sync's
+inventory (agent/sync.py), never in a request of their own; the coordinator holds them until the host is
+undrained (coordinator/health.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from agent.state import SharedState
+from shared.wire import GpuHealth
+
+log = logging.getLogger("gpuctl.agent")
+
+HEALTH_INTERVAL_S = 5.0
+# XIDs whose resolution in NVIDIA's Xid catalogue (docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html)
+# is a GPU reset or node reboot, or that mean the device is gone; README lists them with the same words.
+RESET_XIDS = {
+    48: "double-bit ECC error",
+    62: "internal micro-controller halt",
+    64: "ECC page retirement or row remapping failure",
+    74: "NVLink error",
+    79: "fallen off the bus",
+    94: "contained ECC error",
+    95: "uncontained ECC error",
+    119: "GSP RPC timeout",
+    120: "GSP error",
+}
+ECC_UNCORRECTED_LIMIT = 10  # volatile uncorrectable ECC errors (since the driver loaded) that mark a device
+# Values from nvml.h, as in agent/detect/nvidia.py.
+NVML_EVENT_TYPE_XID_CRITICAL_ERROR = 0x8
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+NVML_VOLATILE_ECC = 0
+
+
+class NvmlWatch:
+    """NVML started, with an event set for every device's critical XIDs; `check` reads the marks now.
+    Blocking calls: run them in a worker thread. Not safe concurrently with itself."""
+
+    def __init__(self, nvml: Any) -> None:
+        self.nvml = nvml
+        nvml.nvmlInit()
+        self.events = nvml.nvmlEventSetCreate()
+        self.count = nvml.nvmlDeviceGetCount()
+        self.xids: dict[int, GpuHealth] = {}  # the first reset XID of each device; NVML never clears one
+        self.index_of: dict[Any, int] = {}
+        for index in range(self.count):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            self.index_of[handle] = index
+            try:
+                nvml.nvmlDeviceRegisterEvents(handle, NVML_EVENT_TYPE_XID_CRITICAL_ERROR, self.events)
+            except nvml.NVMLError as err:
+                log.warning("GPU %d: XID events cannot be watched: %s", index, err)
+
+    def check(self) -> tuple[GpuHealth, ...]:
+        """Every unhealthy device now, by index: XIDs seen so far, lost devices, ECC errors past the limit."""
+        self._read_events()
+        marks = dict(self.xids)
+        for index in range(self.count):
+            if index not in marks and (reason := self._device_problem(index)):
+                marks[index] = GpuHealth(index=index, reason=reason)
+        return tuple(marks[i] for i in sorted(marks))
+
+    def _read_events(self) -> None:
+        while True:
+            try:
+                event = self.nvml.nvmlEventSetWait_v2(self.events, 0)
+            except self.nvml.NVMLError as err:
+                if getattr(err, "value", None) != NVML_ERROR_TIMEOUT:
+                    log.warning("reading NVML events failed: %s", err)
+                return
+            index, xid = self.index_of.get(event.device), int(event.eventData)
+            if index is not None and xid in RESET_XIDS and index not in self.xids:
+                self.xids[index] = GpuHealth(index=index, reason=f"XID {xid} ({RESET_XIDS[xid]})")
+
+    def _device_problem(self, index: int) -> str:
+        nvml = self.nvml
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            errors = nvml.nvmlDeviceGetTotalEccErrors(
+                handle, NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC
+            )
+        except nvml.NVMLError as err:
+            if getattr(err, "value", None) == NVML_ERROR_GPU_IS_LOST:
+                return "fallen off the bus"
+            return ""  # no ECC on this device (NotSupported), or a passing failure: not a verdict
+        if errors >= ECC_UNCORRECTED_LIMIT:
+            return f"{errors} uncorrectable ECC errors"
+        return ""
+
+    def close(self) -> None:
+        for call in (lambda: self.nvml.nvmlEventSetFree(self.events), self.nvml.nvmlShutdown):
+            try:
+                call()
+            except self.nvml.NVMLError:
+                pass  # nothing left to release that we could act on
+
+
+async def health_loop(nvml: Any, state: SharedState, interval_s: float = HEALTH_INTERVAL_S) -> None:
+    """Forever: every `interval_s`, read the devices' health; a change goes out with the next sync. Without a
+    working NVML there is nothing to watch: it says so once and returns."""
+    try:
+        watch = await asyncio.to_thread(NvmlWatch, nvml)
+    except nvml.NVMLError as err:
+        log.warning("GPU health is not watched: NVML failed: %s", err)
+        return
+    try:
+        while True:
+            marks = await asyncio.to_thread(watch.check)
+            if marks != state.unhealthy:
+                for mark in marks:
+                    if mark not in state.unhealthy:
+                        log.error(
+                            "GPU %d unhealthy: %s; its block takes no new work", mark.index, mark.reason
+                        )
+                state.unhealthy = marks
+                state.local_changed.set()
+            await asyncio.sleep(interval_s)
+    finally:
+        watch.close()
