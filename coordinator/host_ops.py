@@ -63,19 +63,22 @@ class HostOps:
 
     def host_status(self, host: HostRow) -> str:
         """removed, unreachable (its lease ran out), draining or ready."""
-        return self._status_of(host.id, host.status, self.lease_s())
+        if host.status == HostState.REMOVED:
+            return host.status
+        if self.silent_s(host.id) > self.lease_s():
+            return "unreachable"
+        return host.status
 
     def host_states(self) -> list[str]:
-        """Every host's status, as `host_status` says it, without reading inventories (`/metrics`)."""
-        lease_s, now = self.lease_s(), time.time()
-        return [self._status_of(h, stored, lease_s, now) for h, stored in self.store.host_statuses()]
-
-    def _status_of(self, host_id: str, stored: str, lease_s: float, now: float | None = None) -> str:
-        if stored == HostState.REMOVED:
-            return stored
-        if self.silent_s(host_id, now) > lease_s:
-            return "unreachable"
-        return stored
+        """Every host's status as `host_status` judges it, without reading inventories (`/metrics`)."""
+        cutoff = time.time() - self.lease_s()  # silent since before it (`silent_s` > lease): unreachable
+        seen, started_at = self.last_seen, self.started_at
+        return [
+            stored
+            if stored == HostState.REMOVED or max(seen.get(host_id, 0.0), started_at) >= cutoff
+            else "unreachable"
+            for host_id, stored in self.store.host_statuses()
+        ]
 
     def host_views(self) -> list[HostView]:
         busy: dict[str, int] = {}

@@ -303,7 +303,7 @@ class Store:
         return int(self.db.execute("SELECT COUNT(*) FROM hosts WHERE status != 'removed'").fetchone()[0])
 
     def host_statuses(self) -> list[tuple[str, str]]:
-        """(host id, stored status) of every host, without their inventories."""
+        """(host id, stored status) of every host, from the index hosts_status alone."""
         return [(r[0], r[1]) for r in self.db.execute("SELECT id, status FROM hosts").fetchall()]
 
     def host_status(self, host_id: str) -> str | None:

@@ -7,6 +7,8 @@ import asyncio
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -14,7 +16,7 @@ from cli.api import Api
 from cli.config import CliConfig
 from shared.spec import parse_spec
 from shared.wire import UserCreate
-from tests.harness import Cluster, cluster
+from tests.harness import FAST, Cluster, cluster
 
 JOB = "commands: ['echo up', 'sleep 300']\nresources: {gpu: 2}"
 
@@ -92,3 +94,27 @@ async def test_only_the_scrape_token_reads_metrics() -> None:
             status, text = await asyncio.to_thread(scrape, c, token)
             assert status == 401, token
             assert "scrape token" in text
+
+
+async def test_a_silent_host_counts_as_unreachable() -> None:
+    async with cluster(replace(FAST, unreachable_after_s=1.0)) as c:
+        c.start_agent("host-a", "8xH100:80GB", "auto")
+        token = (c.root / "coordinator" / "metrics.token").read_text().strip()
+        states = await hosts_once(c, token, lambda s: s.get("ready") == 1)
+        await c.stop_agent("host-a")
+
+        states = await hosts_once(c, token, lambda s: "ready" not in s)
+
+        assert states == {"unreachable": 1}
+
+
+async def hosts_once(c: Cluster, token: str, wanted: Callable[[dict[str, float]], bool]) -> dict[str, float]:
+    """`gpuctl_hosts` by state, once `wanted` holds of it."""
+    async with asyncio.timeout(60):
+        while True:
+            _, text = await asyncio.to_thread(scrape, c, token)
+            found = samples(text).items()
+            states = {dict(labels)["state"]: v for (name, labels), v in found if name == "gpuctl_hosts"}
+            if wanted(states):
+                return states
+            await asyncio.sleep(0.2)
