@@ -22,6 +22,7 @@ from coordinator.host_ops import NotFound
 from coordinator.host_problems import INVENTORY, HostProblems
 from coordinator.links import Links
 from coordinator.logstore import LogStore
+from coordinator.metrics import Meters
 from coordinator.node_order import node_spec, waits_for
 from coordinator.secrets import Secrets
 from coordinator.settings import Settings
@@ -60,6 +61,7 @@ class AgentSide:
     _seen_unsaved: dict[str, float]
     unseen_generation: set[str]
     inventory_writes: GroupCommit[tuple[str, Inventory, str]]  # store.set_inventories, many hosts at once
+    meters: Meters
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         raise NotImplementedError
@@ -76,6 +78,7 @@ class AgentSide:
     async def sync(self, host_id: str, req: SyncRequest) -> SyncResponse:
         """Fold the agent's actual state in, then answer its desired state: at once if it changed since the
         index the agent saw, else after the next change or the poll timeout. Safe to retry."""
+        started = time.perf_counter()
         host = self.store.get_host(host_id) or self.store.ensure_host(
             host_id, req.inventory.hostname if req.inventory else host_id
         )
@@ -97,9 +100,14 @@ class AgentSide:
             self.kick(hosts=(host_id,))
         host = self._host(host_id)
         if host.desired_index <= req.desired_index and not unseen:  # unseen: ask for the inventory now
+            waited = time.perf_counter()
             await self.host_waiters.wait(host_id, self._poll_timeout_s())
             self._seen(host_id)
-        return self._desired(self._host(host_id), stale)
+            started += time.perf_counter() - waited
+        answer = self._desired(self._host(host_id), stale)
+        self.meters.syncs.inc()
+        self.meters.sync_s.observe(time.perf_counter() - started)
+        return answer
 
     def _poll_timeout_s(self) -> float:
         """At most half the lease, so a held agent renews it in time; with jitter."""
@@ -293,6 +301,8 @@ class AgentSide:
             event = event_of(job_state, alloc.interrupted)
             end_attempt(self.store, db, job, alloc, job_state, event, reason, status.exit_code)
         elif job_state in JOB_TRANSITIONS[job.status]:
+            if job_state is JobState.RUNNING and job.started_at is None:
+                self.meters.submit_to_running_s.labels(job.project).observe(time.time() - job.submitted_at)
             self.store.set_job_state(db, job, job_state, reason, status.exit_code)
         if state.terminal:
             self.store.bump_index(db, alloc.host_id)
@@ -320,6 +330,8 @@ class AgentSide:
         if alloc is None or alloc.host_id != host_id:
             raise NotFound(f"no allocation {alloc_id!r} on this host")
         acked = self.logs.append(alloc_id, offset, data, self.settings.log_cap_bytes)
+        job = self.store.get_job(alloc.job_id)
+        self.meters.log_bytes.labels(job.project if job else "").inc(len(data))
         self.log_waiters.changed(alloc.job_id)
         return acked
 

@@ -10,7 +10,15 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from coordinator import api_admin, api_agent, api_channel, api_secrets, api_service, api_user
+from coordinator import (
+    api_admin,
+    api_agent,
+    api_channel,
+    api_metrics,
+    api_secrets,
+    api_service,
+    api_user,
+)
 from coordinator.accounts import Invalid, Refused
 from coordinator.busy import BusyGate
 from coordinator.http import COORDINATOR, HOST_ID, PRINCIPAL, HTTPError, error, principal_of
@@ -85,7 +93,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[PRINCIPAL] = principal
     elif path.startswith(C.SERVICES_PREFIX + "/"):
         pass  # each service says whether it needs a token (coordinator/api_service.py)
-    elif path != "/healthz":
+    elif path not in ("/healthz", api_metrics.PATH):  # /metrics checks its own scrape token
         return error(404, "not found")
     return await handler(request)
 
@@ -123,4 +131,5 @@ def make_app(coordinator: Coordinator) -> web.Application:
     api_secrets.add_routes(app)
     api_channel.add_routes(app)
     api_service.add_routes(app)
+    api_metrics.add_routes(app)
     return app

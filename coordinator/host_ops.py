@@ -69,6 +69,17 @@ class HostOps:
             return "unreachable"
         return host.status
 
+    def host_states(self) -> list[str]:
+        """Every host's status as `host_status` judges it, without reading inventories (`/metrics`)."""
+        cutoff = time.time() - self.lease_s()  # silent since before it (`silent_s` > lease): unreachable
+        seen, started_at = self.last_seen, self.started_at
+        return [
+            stored
+            if stored == HostState.REMOVED or max(seen.get(host_id, 0.0), started_at) >= cutoff
+            else "unreachable"
+            for host_id, stored in self.store.host_statuses()
+        ]
+
     def host_views(self) -> list[HostView]:
         busy: dict[str, int] = {}
         for alloc in self.store.active_allocations():

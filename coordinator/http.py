@@ -38,8 +38,13 @@ def principal_of(request: web.Request) -> Principal | None:
 
 def token_holder(request: web.Request, authorization: str) -> Principal | None:
     """Whose API token an Authorization header's value (`Bearer TOKEN`) is; None for none or an unknown one."""
-    token = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
+    token = bearer_token(authorization)
     return request.app[COORDINATOR].accounts.authenticate(token) if token else None
+
+
+def bearer_token(authorization: str) -> str:
+    """The token of an Authorization header's value (`Bearer TOKEN`); "" for none."""
+    return authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
 
 
 class HTTPError(Exception):

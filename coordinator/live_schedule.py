@@ -165,6 +165,16 @@ class LiveSchedule:
             group.forget(host_id)
         self._rereason.update(self._groups)  # the hosts named in "no host can ever fit" changed
 
+    def blocks_by_fleet(self) -> dict[str, tuple[int, int]]:
+        """fleet -> (busy blocks, all blocks) of its hosts with an inventory, those left out included."""
+        counts: dict[str, tuple[int, int]] = {}
+        hosts = [(h.cap, len(h.cap.inventory.blocks) - len(h.free)) for h in self.hosts.values()]
+        hosts += [(cap, len(cap.busy_blocks)) for cap in self._skipped_caps.values()]
+        for cap, busy in hosts:
+            held, total = counts.get(cap.fleet, (0, 0))
+            counts[cap.fleet] = (held + busy, total + len(cap.inventory.blocks))
+        return counts
+
     def sync(
         self, jobs: Iterable[PendingJob], hosts: Iterable[HostCapacity], told: Mapping[str, str]
     ) -> None:

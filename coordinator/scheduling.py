@@ -37,6 +37,7 @@ from coordinator.arrays import ArrayLoad, held_reason, within_limits
 from coordinator.health import unhealthy_blocks, unhealthy_note
 from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
 from coordinator.live_schedule import LiveSchedule, Settled
+from coordinator.metrics import Meters
 from coordinator.queue_policy import ProjectLoad, Quota, over_quota, within_quotas
 from coordinator.retry import next_attempt_at, waited_too_long
 from coordinator.scheduler import HostCapacity, PendingJob, Placement
@@ -80,6 +81,7 @@ class Scheduling:
     waiting: dict[str, str]  # job id -> why it waits for the jobs it preempted (preempting.py)
     note_waits: Callable[[], None]  # Preempting's, which comes first
     preempt: Callable[[Iterable[str] | None], None]
+    meters: Meters
     plan_due_at: float  # monotonic: no backfill plan before this (PLAN_MIN_INTERVAL_S, PLAN_LOOP_SHARE)
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
@@ -426,6 +428,7 @@ class Scheduling:
                     )
                     self.store.bump_index(db, p.host_id)
                 self.store.set_job_state(db, job, JobState.ASSIGNED)
+                self.meters.queue_wait_s.labels(job.project).observe(time.time() - job.submitted_at)
                 written.extend(nodes)
             for job_id, reason in settled.reasons.items():
                 job = self.store.get_job(job_id)

@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from coordinator.accounts import hash_secret
+from coordinator.api_metrics import SCRAPE_TOKEN, ensure_scrape_token
 from coordinator.app import make_app
 from coordinator.conn_guard import ConnectionGuard, GuardedSite, raise_fd_limit
 from coordinator.filestore import FileStore
@@ -81,6 +82,7 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
     app = make_app(coordinator)
     app.middlewares.insert(0, guard.middleware)
     app[LIMITS] = config.limits
+    app[SCRAPE_TOKEN] = ensure_scrape_token(config.state_dir)
     runner = web.AppRunner(
         app,
         access_log=None,

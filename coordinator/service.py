@@ -27,6 +27,7 @@ from coordinator.links import Links
 from coordinator.live_schedule import LiveSchedule
 from coordinator.logstore import LogStore
 from coordinator.lost import LostHosts
+from coordinator.metrics import Meters, StateCollector
 from coordinator.preempting import Preempting
 from coordinator.queue_policy import Quota
 from coordinator.quota import UploadQuota
@@ -98,6 +99,8 @@ class Coordinator(Preempting, Scheduling, HostOps, LostHosts, AgentSide, Schedul
         self.preemptible: frozenset[str] = frozenset()  # preempting.py
         self.waiting: dict[str, str] = {}
         self.plan_due_at = 0.0
+        self.meters = Meters()  # `/metrics`: events counted here, states read at each scrape
+        self.meters.registry.register(StateCollector(self))
 
     # --- user side ---------------------------------------------------------------------------------
 

@@ -196,6 +196,11 @@ class Store:
         ).fetchall()
         return [_job(r) for r in rows]
 
+    def job_counts(self) -> list[tuple[str, str, int]]:
+        """(state, project, jobs) for each pair with jobs: one pass over the index jobs_project_status."""
+        rows = self.db.execute("SELECT status, project, COUNT(*) FROM jobs GROUP BY project, status")
+        return [(r[0], r[1], int(r[2])) for r in rows.fetchall()]
+
     def set_job_state(
         self,
         db: sqlite3.Connection,
@@ -298,6 +303,10 @@ class Store:
     def count_hosts(self) -> int:
         """Hosts not removed, without reading their rows (a lease's length depends on it)."""
         return int(self.db.execute("SELECT COUNT(*) FROM hosts WHERE status != 'removed'").fetchone()[0])
+
+    def host_statuses(self) -> list[tuple[str, str]]:
+        """(host id, stored status) of every host, from the index hosts_status alone."""
+        return [(r[0], r[1]) for r in self.db.execute("SELECT id, status FROM hosts").fetchall()]
 
     def host_status(self, host_id: str) -> str | None:
         """A host's status alone (None if unknown), for a check made on every agent request."""
