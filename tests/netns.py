@@ -75,7 +75,7 @@ class Network:
         return addrs
 
     def route(self, name: str, dest: str, via: str) -> None:
-        _ip(*(["-n", self.ns(name)] if name else []), "route", "add", dest, "via", via)
+        _ip(*(["-n", self.ns(name)] if name else []), "route", "replace", dest, "via", via)
 
     def popen(self, name: str, argv: list[str], log: Path, **kwargs: object) -> subprocess.Popen[bytes]:
         """A process in namespace `name`, in a session of its own, its output in `log`."""
@@ -131,12 +131,20 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
             process.wait(timeout=10)
 
 
+_networks = 0  # made by this process so far
+
+
 @contextlib.contextmanager
 def network(prefix: str) -> Iterator[Network]:
-    # parallel runs on one machine use different addresses: the two workers of one pytest-xdist run by
-    # their parity, apart for certain; other runs on the machine by their pids, apart most likely
+    # Parallel runs on one machine use different addresses: the two workers of one pytest-xdist run by
+    # their parity, apart for certain; other runs on the machine by their pids, apart most likely. And each
+    # network of one worker has addresses of its own: the kernel tears a deleted namespace's veths down
+    # after `ip netns del` returns, so the last test's routes may still be there when the next one starts.
+    global _networks
+    _networks += 1
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    octet = 100 + (os.getpid() % 50) * 2 + (int(worker) % 2 if worker.isdigit() else 0)
+    parity = int(worker) % 2 if worker.isdigit() else 0
+    octet = 100 + ((os.getpid() + _networks) % 50) * 2 + parity  # 10.100-199: test_faults has 10.23x
     net = Network(f"{prefix}{os.getpid() % 10000}", octet)
     try:
         yield net
