@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.text import clean, schedule_line, with_start
-from shared.describe import describe_gpus, describe_request, describe_unhealthy
+from shared.describe import describe_gpus, describe_request, describe_unhealthy, index_ranges
 from shared.wire import ArraySummary, HostView, JobView, QueueEntry
 
 PIPE_WIDTH = 200  # output that goes to a pipe or a file, without COLUMNS, is not folded to a made-up width
@@ -78,7 +78,7 @@ def jobs_table(jobs: list[JobView], coordinator_url: str = "") -> Table:
         whole=("ID", "STATUS", "ATTEMPT", "SUBMITTED"),
     )
     for job in jobs:
-        gpus = ",".join(map(str, job.gpus)) if job.gpus else describe_request(job.spec.resources.gpu)
+        gpus = index_ranges(job.gpus) if job.gpus else describe_request(job.spec.resources.gpu)
         reason = with_start(job.reason or "", job.estimated_start)
         if job.array is not None:  # the counts say more than any one task's reason
             reason = array_counts(job.array)

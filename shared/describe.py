@@ -18,6 +18,18 @@ def first_few(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + more
 
 
+def index_ranges(indices: tuple[int, ...]) -> str:
+    """`0-7`, `0-3,6`: GPU indices as Slurm writes them (`gpu:8(IDX:0-7)`), so that eight GPUs take four
+    characters of an 80-column table, not fifteen."""
+    runs: list[list[int]] = []
+    for index in sorted(set(indices)):
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
+
+
 def rounded_memory_mib(device: GpuDevice) -> int:
     """Devices report a little less than their marketed size (an H100 80GB has 81559 MiB): whole GiB."""
     return round(device.memory_mib / 1024) * 1024

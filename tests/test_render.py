@@ -9,6 +9,7 @@ from rich.console import Console
 
 from cli.render import attempts_table, hosts_table, jobs_table, queue_table
 from cli.text import clean, waiting_line
+from shared.describe import index_ranges
 from shared.spec import TaskSpec
 from shared.wire import AttemptView, HostView, JobView, QueueEntry
 
@@ -98,3 +99,15 @@ def test_a_reserved_job_shows_its_estimated_start_within_80_columns() -> None:
     for page in (printed(jobs_table([job]), 80), printed(queue_table([entry]), 80)):
         assert max(map(len, page.splitlines())) <= 80
         assert "estimated" in page and "2026-11-18 11:06" in page  # the reason wraps
+
+
+def test_a_jobs_gpus_show_as_ranges_of_indices() -> None:
+    assert [index_ranges(g) for g in ((0, 1, 2, 3, 4, 5, 6, 7), (0, 1), (4, 0, 1, 2, 6), (5,), ())] == [
+        "0-7",
+        "0,1",
+        "0-2,4,6",
+        "5",
+        "",
+    ]
+    job = msgspec.structs.replace(view("running", "", None), gpus=(0, 1, 2, 3, 4, 5, 6, 7), host="vm")
+    assert " 0-7 " in printed(jobs_table([job]), 80)
