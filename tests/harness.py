@@ -24,6 +24,7 @@ from coordinator.service import Settings
 from shared.aio import cancel_and_wait
 from shared.spec import TaskSpec, parse_spec
 from shared.wire import JobView
+from tests.real_parts import worker_index
 
 FAST = Settings(poll_timeout_s=5.0, sync_interval_s=0.05, unreachable_after_s=30.0, retry_delay_s=0.5)
 
@@ -32,8 +33,7 @@ def ssh_ports_of_this_worker() -> int:
     """The first sshd port of this test worker's coordinators: tests on other workers run their own
     coordinators on this machine at the same time, and two that picked the same port for their jobs' sshds
     on one loopback would reach each other's (one pytest-xdist worker runs its tests one at a time)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    return 20000 + 1000 * (int(worker) if worker.isdigit() else 0)
+    return 20000 + 1000 * worker_index()
 
 
 def reachable_tmpdir() -> Path:

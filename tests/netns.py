@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.real_parts import part_missing
+from tests.real_parts import part_missing, worker_index
 
 SSHD = "/usr/sbin/sshd"
 
@@ -142,9 +142,7 @@ def network(prefix: str) -> Iterator[Network]:
     # after `ip netns del` returns, so the last test's routes may still be there when the next one starts.
     global _networks
     _networks += 1
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    parity = int(worker) % 2 if worker.isdigit() else 0
-    octet = 100 + ((os.getpid() + _networks) % 50) * 2 + parity  # 10.100-199: test_faults has 10.23x
+    octet = 100 + ((os.getpid() + _networks) % 50) * 2 + worker_index() % 2  # 10.1xx: test_faults has 10.23x
     net = Network(f"{prefix}{os.getpid() % 10000}", octet)
     try:
         yield net

@@ -14,3 +14,10 @@ def part_missing(message: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def worker_index() -> int:
+    """This pytest-xdist worker's number (gw1: 1), 0 outside xdist: tests of one run that share the machine's
+    loopback or network namespaces pick what they use by it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    return int(worker) if worker.isdigit() else 0
