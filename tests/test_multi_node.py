@@ -127,15 +127,21 @@ commands:
 """
 
 
-async def test_a_failing_node_stops_its_peer_and_the_job_retries_as_one() -> None:
+async def run_on_two_hosts(text: str) -> tuple[str, list[AllocRow]]:
+    """Run a two-node job (`text` formatted with its name and a shared `out` folder) on two fresh hosts
+    until it and every node have ended: its state, and its allocations."""
     async with cluster() as c:
         out = shared_folder(c)
         await start_hosts(c, "a", "b")
-        job = await c.submit(FIRST_ATTEMPT_FAILS.format(name="pair", out=out))
+        job = await c.submit(text.format(name="pair", out=out))
         done = await c.wait_for(job.id, "done", "failed", "stopped")
         await all_nodes_ended(c, job.id)
-        allocs = c.coordinator.coordinator.store.allocations_of(job.id)
-    assert done.status == "done"
+        return done.status, c.coordinator.coordinator.store.allocations_of(job.id)
+
+
+async def test_a_failing_node_stops_its_peer_and_the_job_retries_as_one() -> None:
+    status, allocs = await run_on_two_hosts(FIRST_ATTEMPT_FAILS)
+    assert status == "done"
     assert [(a.attempt, a.node, a.state.value, a.exit_code) for a in allocs] == [
         (1, 0, "stopped", 143),  # its sleep was stopped (SIGTERM) when node 1 failed
         (1, 1, "exited", 3),

@@ -22,6 +22,7 @@ from tests.test_multi_node import (
     FIRST_ATTEMPT_FAILS,
     all_nodes_ended,
     cluster_fleet,
+    run_on_two_hosts,
     shared_folder,
     start_hosts,
     until_nodes,
@@ -373,14 +374,8 @@ async def test_a_job_with_a_startup_order_retries_as_one_and_keeps_the_order() -
     """master-first: node 1 fails in the first attempt and stops node 0; the second attempt starts in
     order again, node 1 once node 0 has started."""
     text = FIRST_ATTEMPT_FAILS.replace("nodes: 2\n", "nodes: 2\nstartup_order: master-first\n")
-    async with cluster() as c:
-        out = shared_folder(c)
-        await start_hosts(c, "a", "b")
-        job = await c.submit(text.format(name="pair", out=out))
-        done = await c.wait_for(job.id, "done", "failed", "stopped")
-        await all_nodes_ended(c, job.id)
-        allocs = c.coordinator.coordinator.store.allocations_of(job.id)
-    assert done.status == "done"
+    status, allocs = await run_on_two_hosts(text)
+    assert status == "done"
     assert [(a.attempt, a.node, a.state.value, a.exit_code) for a in allocs] == [
         (1, 0, "stopped", 143),
         (1, 1, "exited", 3),
