@@ -34,6 +34,13 @@ MAX_TRANSPORT_CHARS = 300  # "bastion a → b → c", "proxy host:port", "direct
 MAX_LINK_ERROR_CHARS = 500  # one line: why the proxy or the SSH tunnel failed
 MAX_HEALTH_REASON_CHARS = 200  # one line: why a device is unhealthy ("XID 79 (fallen off the bus)")
 MAX_AGE_S = 10 * 365 * 24 * 3600.0
+MAX_TEMPERATURE_C = 1000.0
+MAX_POWER_W = 100_000.0  # one device's draw, far past any accelerator's
+MAX_CLOCK_MHZ = 100_000.0
+MAX_UUID_CHARS = 100
+MAX_COUNT = 2**62  # an error counter
+MAX_XIDS = 16  # XID events one reading carries
+MAX_READINGS_AGE_S = 3600.0
 MAX_QUOTA = 10**9  # a project's quota of GPUs or jobs: more is no limit at all, and must fit the store
 
 Index = Annotated[int, Meta(ge=0, le=MAX_INDEX)]
@@ -81,13 +88,21 @@ class GpuDevice(FrozenWire, frozen=True):
 
 class GpuMetrics(FrozenWire, frozen=True):
     """A live reading of one device; separate from the inventory, so it never changes the generation.
-    None means the device or its library does not report that value."""
+    None means the device or its library does not report that value. Agents send the latest with each sync
+    (`SyncRequest.readings`); every value is bounded, as an enrolled host's word is checked like a user's."""
 
     index: Index
-    utilization_pct: float | None = None
+    utilization_pct: Annotated[float, Meta(ge=0, le=100)] | None = None
     memory_used_mib: Mib | None = None
-    temperature_c: float | None = None
-    power_w: float | None = None
+    temperature_c: Annotated[float, Meta(ge=-273, le=MAX_TEMPERATURE_C)] | None = None
+    power_w: Annotated[float, Meta(ge=0, le=MAX_POWER_W)] | None = None
+    uuid: Annotated[str, Meta(max_length=MAX_UUID_CHARS)] = ""
+    memory_total_mib: Mib | None = None
+    sm_clock_mhz: Annotated[float, Meta(ge=0, le=MAX_CLOCK_MHZ)] | None = None
+    ecc_corrected: Annotated[int, Meta(ge=0, le=MAX_COUNT)] | None = None  # volatile, since the driver loaded
+    ecc_uncorrected: Annotated[int, Meta(ge=0, le=MAX_COUNT)] | None = None
+    xids: Annotated[tuple[Annotated[int, Meta(ge=0, le=MAX_INDEX)], ...], Meta(max_length=MAX_XIDS)] = ()
+    # XID events seen on the device since the agent started, oldest first, the latest MAX_XIDS
 
 
 class Block(FrozenWire, frozen=True):
@@ -194,6 +209,10 @@ class SyncRequest(Wire):
     transport: Annotated[str, Meta(max_length=MAX_TRANSPORT_CHARS)] = ""  # how the agent reaches us
     link_error: Annotated[str, Meta(max_length=MAX_LINK_ERROR_CHARS)] = ""  # its last proxy/tunnel failure
     link_error_age_s: Annotated[float, Meta(ge=0, le=MAX_AGE_S)] = 0.0
+    # The latest device readings (taken every `SyncResponse.metrics_interval_s`), and how old they are now;
+    # empty when none was taken since the last sync or the host has no accelerator.
+    readings: Annotated[list[GpuMetrics], Meta(max_length=MAX_GPUS)] = []
+    readings_age_s: Annotated[float, Meta(ge=0, le=MAX_READINGS_AGE_S)] = 0.0
 
 
 class SyncResponse(Wire):
@@ -204,6 +223,7 @@ class SyncResponse(Wire):
     poll_timeout_s: float
     sync_interval_s: float
     log_chunk_max_bytes: int
+    metrics_interval_s: float = 10.0  # how often the agent reads its devices (coordinator.yaml)
 
 
 class LogAck(Wire):
@@ -240,6 +260,32 @@ class ScheduleSummary(Wire):
     next_run_at: float | None  # None once stopped; may be just past while its beat comes
     last_note: str = ""  # what happened at the latest time: "ran nightly@2026-11-29T03:00", "skipped ..."
     runs: int = 0
+
+
+class GpuSample(Wire):
+    """One reading of one GPU as the coordinator received it: `at` is when it was read (coordinator clock)."""
+
+    at: float
+    reading: GpuMetrics
+
+
+class JobGpuSeries(Wire):
+    """The readings of one GPU of a job, oldest first: the coordinator keeps the latest few minutes."""
+
+    host: str  # the host's name
+    node: int = 0  # the node of a multi-node job
+    gpu: int  # the device index on that host
+    uuid: str = ""
+    samples: list[GpuSample] = []
+
+
+class JobMetricsView(Wire):
+    """`GET /api/v1/jobs/{ref}/metrics`: the live readings of a job's GPUs (`gpuctl metrics JOB`, the console)."""
+
+    job_id: str
+    name: str
+    status: str
+    gpus: list[JobGpuSeries] = []
 
 
 class AttemptView(Wire):
