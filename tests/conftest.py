@@ -1,5 +1,7 @@
-"""Session-wide fixtures: one real Docker engine for every test that asks for `docker_engine`."""
+"""Session-wide fixtures: one real Docker engine for every test that asks for `docker_engine`, one real
+PostgreSQL server per worker for those that ask for `postgres_server` or `postgres_url`."""
 
 from tests.docker_engine import docker_engine_fixture
+from tests.postgres import postgres_server, postgres_url
 
-__all__ = ["docker_engine_fixture"]
+__all__ = ["docker_engine_fixture", "postgres_server", "postgres_url"]
