@@ -160,7 +160,8 @@ class Notifier:
                         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
                 except Exception as exc:  # the waits' own timeouts are the fallback: this news is dropped
                     log.warning("could not notify the other coordinators: %s", exc)
-                    conn = await _closed(conn)
+                    await _closed(conn)
+                    conn = None
                     await asyncio.sleep(RECONNECT_S)
         finally:
             await _closed(conn)
@@ -227,7 +228,7 @@ class Notifier:
 
 
 async def _closed(conn: Any) -> None:
-    """Close a connection that may be dead already; None."""
+    """Close a connection that may be dead already."""
     if conn is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT_S)
