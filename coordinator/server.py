@@ -105,17 +105,19 @@ async def _housekeeping(coordinator: Coordinator) -> None:
     """Tell the scheduler what time alone changed, so hosts that go away change placements and reasons,
     and mark lost the allocations of hosts silent too long (a beat is at most a quarter lease, so a short
     `unreachable_after` is kept to); submit the scheduled tasks whose time has come (a beat is at most
-    5 s, so a run starts within seconds of its minute); less often, delete the file archives that no live job needs."""
+    5 s, so a run starts within seconds of its minute); less often, delete the file archives that no live job needs.
+    All of that is the leader's alone (coordinator/leader.py); every replica saves the liveness it saw."""
     saved_at = time.monotonic()
     resync = Resync()
     for beat in itertools.count():
         await asyncio.sleep(min(HOUSEKEEPING_INTERVAL_S, coordinator.settings.unreachable_after_s / 4))
         try:
-            coordinator.expire_leases()
-            coordinator.fire_schedules()
-            resync.beat(coordinator)
-            if beat % PRUNE_EVERY_BEATS == 0:
-                coordinator.prune_files()
+            if coordinator.leadership.leads:
+                coordinator.expire_leases()
+                coordinator.fire_schedules()
+                resync.beat(coordinator)
+                if beat % PRUNE_EVERY_BEATS == 0:
+                    coordinator.prune_files()
             if time.monotonic() - saved_at >= LAST_SEEN_SAVE_S:
                 saved_at = time.monotonic()
                 await save_last_seen(coordinator)
