@@ -25,6 +25,7 @@ from cli.config import CliConfig, save_cli_config
 from cli.usage import job_lines, summary_lines
 from coordinator.accounting import MAX_READING_WEIGHT_S, reading_weight_s
 from coordinator.queue_policy import gpu_hours
+from coordinator.server import ServerConfig, start_coordinator
 from coordinator.usage import allocation_spans
 from shared.accounting import JobUsage, UsageLine, UsageReport
 from shared.spec import parse_spec
@@ -151,6 +152,29 @@ async def test_readings_are_kept_in_memory_and_stored_in_one_batch() -> None:
         (listed,) = (await _usage(c.api, jobs=True)).jobs
         assert (listed.id, listed.peak_memory_mib) == (job.id, 900)
         assert listed.utilization_pct == pytest.approx(70.0)
+
+
+async def test_a_coordinator_stopped_cleanly_keeps_the_readings_it_held() -> None:
+    """What a restart may lose is the readings since the last save; a clean stop saves them first."""
+    async with cluster(NO_SAVE) as c:
+        async with agent_session(c.coordinator, "h1", c.root) as h1:
+            hello = _hello(c, "h1", "1xH100:80GB")
+            await _sync(h1, hello)
+            job = await c.submit("commands: [train]\nresources: {gpu: 1}\n")
+            (alloc,) = await _placed(h1, hello, 1)
+            running = {**hello, "inventory": None, "allocations": _statuses([alloc], "running")}
+            await _sync(h1, running)
+            await _sync(h1, {**running, "readings": [_reading(0, 70, 4242)]})
+        state_dir, port = c.coordinator.coordinator.store.path.parent, c.coordinator.port
+        await c.coordinator.close()
+        c.coordinator = await start_coordinator(
+            ServerConfig(state_dir, "127.0.0.1", port, ("localhost", "127.0.0.1"), NO_SAVE)
+        )
+        async with agent_session(c.coordinator, "h1", c.root) as h1:
+            await _sync(h1, {**running, "allocations": _statuses([alloc], "exited")})
+        await c.wait_for(job.id, "done")
+        (listed,) = (await _usage(c.api, jobs=True)).jobs
+        assert (listed.peak_memory_mib, listed.utilization_pct) == (4242, pytest.approx(70.0))
 
 
 def test_a_reading_weighs_the_seconds_since_the_one_before_at_most_a_minute() -> None:
