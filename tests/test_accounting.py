@@ -154,6 +154,25 @@ async def test_readings_are_kept_in_memory_and_stored_in_one_batch() -> None:
         assert listed.utilization_pct == pytest.approx(70.0)
 
 
+async def test_the_housekeeping_beat_saves_the_readings_of_running_jobs() -> None:
+    settings = dataclasses.replace(FAST, readings_save_s=0.1)
+    async with cluster(settings) as c, agent_session(c.coordinator, "h1", c.root) as h1:
+        hello = _hello(c, "h1", "1xH100:80GB")
+        await _sync(h1, hello)
+        await c.submit("commands: [train]\nresources: {gpu: 1}\n")
+        (alloc,) = await _placed(h1, hello, 1)
+        running = {**hello, "inventory": None, "allocations": _statuses([alloc], "running")}
+        await _sync(h1, running)
+        await _sync(h1, {**running, "readings": [_reading(0, 70, 4242)]})
+        async with asyncio.timeout(30):  # the next beat (every 5 s here) stores them
+            while True:
+                stored = _stored_readings(c).get(alloc.id)
+                if stored is not None:
+                    break
+                await asyncio.sleep(0.1)
+        assert stored[0] == 4242
+
+
 async def test_a_coordinator_stopped_cleanly_keeps_the_readings_it_held() -> None:
     """What a restart may lose is the readings since the last save; a clean stop saves them first."""
     async with cluster(NO_SAVE) as c:
