@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 from coordinator import work_slot
@@ -56,8 +55,7 @@ class Tally:
         self.utilization_s += other.utilization_s
 
     def add(self, reading: GpuMetrics, weight_s: float) -> None:
-        if reading.memory_used_mib is not None:
-            self.peak_memory_mib = max(self.peak_memory_mib or 0, reading.memory_used_mib)
+        self.merge(Tally(reading.memory_used_mib))
         if reading.utilization_pct is not None:
             self.utilization_pct_s += reading.utilization_pct * weight_s
             self.utilization_s += weight_s
@@ -84,31 +82,35 @@ class Accounting:
     async def fold(self, host: HostRow, req: SyncRequest) -> None:
         """Fold the sync's readings into the host's running allocations, then store those of the allocations
         the sync says ended. Readings of a device the host's inventory lacks, or of a GPU no running
-        allocation holds, are ignored. Safe to retry."""
+        allocation holds, are ignored. Safe to retry: the same readings again add only the seconds between."""
         if req.readings:
             inventory = req.inventory or host.inventory  # one sent now was checked already (agent_side.py)
             self._fold_readings(host, inventory, req.readings, time.time() - req.readings_age_s)
         ended = [s.id for s in req.allocations if s.id in self.pending and _ends(s.state)]
-        if ended:
-            work_slot.release_current()  # waiting for the disk, with the rest of the fleet, is not work
-            await self._ends.put([(alloc_id, self.pending.pop(alloc_id)) for alloc_id in ended])
+        if not ended:
+            return
+        work_slot.release_current()  # waiting for the disk, with the rest of the fleet, is not work
+        batch = [(alloc_id, self.pending.pop(alloc_id)) for alloc_id in ended]
+        try:
+            await self._ends.put(batch)
+        except BaseException:
+            self._keep(batch)
+            raise
 
     def _fold_readings(
         self, host: HostRow, inventory: Inventory | None, readings: list[GpuMetrics], taken_at: float
     ) -> None:
         known = {gpu.index for gpu in inventory.gpus} if inventory is not None else set()
         holder = {gpu: a for a in self.store.allocations_in(AllocState.RUNNING, host.id) for gpu in a.gpus}
-        by_alloc: dict[str, list[GpuMetrics]] = defaultdict(list)
-        allocs: dict[str, AllocRow] = {}
+        held: dict[str, tuple[AllocRow, list[GpuMetrics]]] = {}
         for reading in readings:
             alloc = holder.get(reading.index) if reading.index in known else None
             if alloc is not None:
-                by_alloc[alloc.id].append(reading)
-                allocs[alloc.id] = alloc
-        for alloc_id, its in by_alloc.items():
-            weight_s = reading_weight_s(taken_at, self._read_at.get(alloc_id), allocs[alloc_id].started_at)
-            self._read_at[alloc_id] = max(taken_at, self._read_at.get(alloc_id, taken_at))
-            tally = self.pending.setdefault(alloc_id, Tally())
+                held.setdefault(alloc.id, (alloc, []))[1].append(reading)
+        for alloc, its in held.values():
+            weight_s = reading_weight_s(taken_at, self._read_at.get(alloc.id), alloc.started_at)
+            self._read_at[alloc.id] = max(taken_at, self._read_at.get(alloc.id, taken_at))
+            tally = self.pending.setdefault(alloc.id, Tally())
             for reading in its:
                 tally.add(reading, weight_s)
 
@@ -122,9 +124,13 @@ class Accounting:
         try:
             await asyncio.to_thread(self._write, [list(batch.items())])
         except BaseException:
-            for alloc_id, tally in batch.items():  # kept for the next save
-                self.pending.setdefault(alloc_id, Tally()).merge(tally)
+            self._keep(list(batch.items()))
             raise
+
+    def _keep(self, batch: list[tuple[str, Tally]]) -> None:
+        """Sums whose write failed, back among the pending: the next save tries them again."""
+        for alloc_id, tally in batch:
+            self.pending.setdefault(alloc_id, Tally()).merge(tally)
 
     def _write(self, batches: list[list[tuple[str, Tally]]]) -> None:
         rows: list[tuple[object, ...]] = [
