@@ -29,14 +29,16 @@ from shared.wire import GpuMetrics, Inventory, SyncRequest
 MAX_READING_WEIGHT_S = 60.0  # six of the agents' default reading intervals
 READINGS_SAVE_S = 60.0  # what a crash may lose
 
-# Adds a batch of sums to what the store has: the batches of one allocation may arrive in any order.
+# Adds a batch of sums to what the store has: the batches of one allocation may arrive in any order. The stored
+# row's columns are named with their table (PostgreSQL finds a bare name ambiguous beside `excluded`).
 _ADD = (
     "INSERT INTO allocation_readings(allocation_id, peak_memory_mib, utilization_pct_s, utilization_s)"
-    " VALUES (?,?,?,?) ON CONFLICT(allocation_id) DO UPDATE SET"
-    " peak_memory_mib=CASE WHEN peak_memory_mib IS NULL OR excluded.peak_memory_mib > peak_memory_mib"
-    " THEN excluded.peak_memory_mib ELSE peak_memory_mib END,"
-    " utilization_pct_s=utilization_pct_s + excluded.utilization_pct_s,"
-    " utilization_s=utilization_s + excluded.utilization_s"
+    " VALUES (?,?,?,?) ON CONFLICT(allocation_id) DO UPDATE SET peak_memory_mib=CASE"
+    " WHEN allocation_readings.peak_memory_mib IS NULL"
+    " OR excluded.peak_memory_mib > allocation_readings.peak_memory_mib"
+    " THEN excluded.peak_memory_mib ELSE allocation_readings.peak_memory_mib END,"
+    " utilization_pct_s=allocation_readings.utilization_pct_s + excluded.utilization_pct_s,"
+    " utilization_s=allocation_readings.utilization_s + excluded.utilization_s"
 )
 
 
