@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 from dataclasses import dataclass
+
+import msgspec
 
 from coordinator import work_slot
 from coordinator.group_commit import GroupCommit
-from coordinator.store import AllocRow, HostRow, Store
+from coordinator.store import HostRow, Store
 from shared.states import AllocState
 from shared.wire import GpuMetrics, Inventory, SyncRequest
 
@@ -103,18 +106,32 @@ class Accounting:
         self, host: HostRow, inventory: Inventory | None, readings: list[GpuMetrics], taken_at: float
     ) -> None:
         known = {gpu.index for gpu in inventory.gpus} if inventory is not None else set()
-        holder = {gpu: a for a in self.store.allocations_in(AllocState.RUNNING, host.id) for gpu in a.gpus}
-        held: dict[str, tuple[AllocRow, list[GpuMetrics]]] = {}
+        holder = self._running_gpus(host.id)
+        held: dict[str, list[GpuMetrics]] = defaultdict(list)
         for reading in readings:
-            alloc = holder.get(reading.index) if reading.index in known else None
-            if alloc is not None:
-                held.setdefault(alloc.id, (alloc, []))[1].append(reading)
-        for alloc, its in held.values():
-            weight_s = reading_weight_s(taken_at, self._read_at.get(alloc.id), alloc.started_at)
-            self._read_at[alloc.id] = max(taken_at, self._read_at.get(alloc.id, taken_at))
-            tally = self.pending.setdefault(alloc.id, Tally())
+            if reading.index in known and reading.index in holder:
+                held[holder[reading.index][0]].append(reading)
+        started = dict(holder.values())
+        for alloc_id, its in held.items():
+            weight_s = reading_weight_s(taken_at, self._read_at.get(alloc_id), started[alloc_id])
+            self._read_at[alloc_id] = max(taken_at, self._read_at.get(alloc_id, taken_at))
+            tally = self.pending.setdefault(alloc_id, Tally())
             for reading in its:
                 tally.add(reading, weight_s)
+
+    def _running_gpus(self, host_id: str) -> dict[int, tuple[str, float | None]]:
+        """GPU index -> (allocation id, started at) of the host's running allocations. Their three columns
+        alone: decoding whole rows (blocks, CPUs too) made a fold of 8 readings 105 us, against 42 us so
+        (python -m bench.accounting)."""
+        rows = self.store.db.execute(
+            "SELECT id, gpus, started_at FROM allocations WHERE host_id=? AND state=?",
+            (host_id, AllocState.RUNNING.value),
+        ).fetchall()
+        return {
+            gpu: (row["id"], row["started_at"])
+            for row in rows
+            for gpu in msgspec.json.decode(row["gpus"], type=list[int])
+        }
 
     async def save(self) -> None:
         """Add every pending sum to the store, in a thread: the loop goes on serving meanwhile."""

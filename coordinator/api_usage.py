@@ -4,6 +4,7 @@ absent), `project`, `user`, `jobs=1` (list each job too)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -21,9 +22,10 @@ async def usage(request: web.Request) -> web.Response:
     project = _project(request, request.query.get("project", ""))
     user = request.query.get("user", "") or None
     now = time.time()
-    store = request.app[COORDINATOR].store
+    path = request.app[COORDINATOR].store.path
     list_jobs = request.query.get("jobs", "") in ("1", "true")
-    return json_response(usage_report(store, now - since_s, now, project, user, list_jobs))
+    report = await asyncio.to_thread(usage_report, path, now - since_s, now, project, user, list_jobs)
+    return json_response(report)
 
 
 def _since_s(raw: str) -> float:
