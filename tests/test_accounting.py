@@ -79,8 +79,8 @@ async def _usage(api: Api, since: str = "1h", **kwargs: object) -> UsageReport:
 
 async def test_readings_fold_into_the_allocation_holding_the_gpu_and_usage_reports_them() -> None:
     """Each reading goes to the allocation holding its GPU; utilization is time-weighted (a reading sent
-    again adds no time: the sample mean would be 40%, not 60%); an allocation's end stores its readings at
-    once; the GPU-hours are the spans fair share reads."""
+    again adds no time: the sample mean would be 40%, not 60%); a reading sent with the allocation's end
+    counts; that end stores its readings at once; the GPU-hours are the spans fair share reads."""
     async with cluster(NO_SAVE) as c, agent_session(c.coordinator, "h1", c.root) as h1:
         hello = _hello(c, "h1", "4xH100:80GB")
         await _sync(h1, hello)
@@ -95,13 +95,14 @@ async def test_readings_fold_into_the_allocation_holding_the_gpu_and_usage_repor
         again = {"readings": [_reading(a.gpus[0], 0, 2000)], "readings_age_s": 600}  # taken before the last
         await _sync(h1, {**hello, "allocations": _statuses(allocs, "running"), **again})
         assert _stored_readings(c) == {}  # in memory: not a write per sync
-        await _sync(h1, {**hello, "allocations": _statuses(allocs, "exited")})
+        last = [_reading(b.gpus[0], 10, 800)]  # read before it ended, sent with its end: it counts
+        await _sync(h1, {**hello, "allocations": _statuses(allocs, "exited"), "readings": last})
         stored = _stored_readings(c)
-        assert (stored[a.id][0], stored[b.id][0]) == (30000, 700)  # stored by their end, no save yet
+        assert (stored[a.id][0], stored[b.id][0]) == (30000, 800)  # stored by their end, no save yet
 
         report = await _usage(c.api, jobs=True)
         by_id = {j.id: j for j in report.jobs}
-        assert (by_id[first.id].peak_memory_mib, by_id[second.id].peak_memory_mib) == (30000, 700)
+        assert (by_id[first.id].peak_memory_mib, by_id[second.id].peak_memory_mib) == (30000, 800)
         assert by_id[first.id].utilization_pct == pytest.approx(60.0)
         assert by_id[second.id].utilization_pct == pytest.approx(10.0)
         store = c.coordinator.coordinator.store
