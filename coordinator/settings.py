@@ -38,5 +38,5 @@ class Settings:
     disk_floor_percent: float = 0.0  # or under this share of the disk, whichever is larger
     disk_usage: DiskUsage = real_usage
     protocol_version: str = C.PROTOCOL_VERSION  # agents within one minor version of it are served
-    busy: BusyLimits = BusyLimits()
-    readings_save_s: float = READINGS_SAVE_S  # device readings for accounting reach the store this often  # requests at work per class; one more is answered 429 (busy.py)
+    busy: BusyLimits = BusyLimits()  # requests at work per class; one more is answered 429 (busy.py)
+    readings_save_s: float = READINGS_SAVE_S  # device readings for accounting reach the store this often
