@@ -14,11 +14,11 @@ if TYPE_CHECKING:
 SUMMARY = (("PROJECT", 16, "<"), ("USER", 16, "<"), ("JOBS", 6, ">"), ("GPU-HOURS", 10, ">"))
 JOBS = (
     ("JOB", 8, "<"),
-    ("NAME", 12, "<"),
+    ("NAME", 11, "<"),
     ("PROJECT", 10, "<"),
     ("USER", 8, "<"),
     ("STATE", 7, "<"),
-    ("ELAPSED", 6, ">"),
+    ("ELAPSED", 7, ">"),
     ("GPUS", 4, ">"),
     ("GPU-H", 6, ">"),
 )
@@ -51,7 +51,7 @@ def summary_lines(report: UsageReport) -> list[str]:
         return [f"no job finished since {_when(report.since)}"]
     rows = [_summary_row(u) for u in report.lines]
     if len(report.lines) > 1:
-        rows.append(_summary_row(report.total))
+        rows.append(_summary_row(report.total, user=""))
     return [_row(SUMMARY + READINGS, [c for c, _, _ in SUMMARY + READINGS]), *rows]
 
 
@@ -68,8 +68,9 @@ def job_lines(report: UsageReport) -> list[str]:
     return lines
 
 
-def _summary_row(line: UsageLine) -> str:
-    cells = [line.project, line.user or "-", str(line.jobs), _hours(line.gpu_hours)]
+def _summary_row(line: UsageLine, user: str | None = None) -> str:
+    """`user`: what its user column says, if not the line's user (`-` for none recorded)."""
+    cells = [line.project, line.user or "-" if user is None else user, str(line.jobs), _hours(line.gpu_hours)]
     return _row(SUMMARY + READINGS, cells + _readings(line.utilization_pct, line.peak_memory_mib))
 
 

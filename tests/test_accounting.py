@@ -289,6 +289,8 @@ def test_the_tables_fit_80_columns() -> None:
     report = UsageReport(since=0.0, until=1.0, lines=[line, line], total=line, jobs=[job])
     printed = summary_lines(report) + job_lines(report)
     assert all(len(text) <= 80 for text in printed), printed
+    assert "~" not in printed[0] + printed[4]  # the headers whole
+    assert printed[3].split()[:2] == ["TOTAL", "123456"]  # the total has no user
     assert printed[1].split() == ["xxxxxxxxxxxxxxx~", "xxxxxxxxxxxxxxx~", "123456", "99999", "100%", "1.5TB"]
     assert printed[-1].split()[5:] == ["3d2h", "1024", "999.99", "-", "80GB"]
 
