@@ -286,7 +286,13 @@ def test_the_tables_fit_80_columns() -> None:
         utilization_pct=None,
         peak_memory_mib=81920,
     )
-    report = UsageReport(since=0.0, until=1.0, lines=[line, line], total=line, jobs=[job])
+    report = UsageReport(
+        since=0.0,
+        until=1.0,
+        lines=[line, line],
+        total=msgspec.structs.replace(line, project="TOTAL", user=""),
+        jobs=[job],
+    )
     printed = summary_lines(report) + job_lines(report)
     assert all(len(text) <= 80 for text in printed), printed
     assert "~" not in printed[0] + printed[4]  # the headers whole
