@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import msgspec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from coordinator.backfill import Reserved
@@ -247,6 +247,13 @@ SICK = st.lists(st.tuples(st.integers(0, 100), st.integers(0, 100)), max_size=3)
     st.lists(CHANGE, min_size=1, max_size=30),
     SHARES,
     SICK,
+)
+@example(  # a GPU of a free block turns unhealthy while a job waits for it: the job's reason says so
+    [HostCapacity("id-h0", "h0", inventory("h0", 2, blocks=2), frozenset({0}))],
+    [(Resources(gpu=GpuRequest(count=Range(2, 2))), None, "default", 1, None)],
+    [("submit", 0, 0, 0), ("sick", 0, 0, 1)],
+    (1.0, 1.0),
+    (),
 )
 def test_after_each_change_the_live_state_places_what_a_full_pass_would(
     hosts: list[HostCapacity],
