@@ -50,6 +50,7 @@ class AmdSmiWatch:
         self.index_of = {_address(h): i for i, h in enumerate(self.handles)}
         self.readable = {i for i, h in enumerate(self.handles) if not self._read_failure(h)}
         self.events: dict[int, GpuHealth] = {}  # the first reset event of each device
+        self.read_failure = ""  # why the last read of events failed, said once per run of failures
         self.readers = self._readers()
 
     def _readers(self) -> list[Any]:
@@ -87,8 +88,10 @@ class AmdSmiWatch:
             try:
                 events = self.readers[0].read(0, EVENTS_PER_READ)
             except self.amdsmi.AmdSmiException as err:
-                if getattr(err, "err_code", None) != AMDSMI_STATUS_NO_DATA:
-                    log.warning("reading amdsmi events failed: %s", err)
+                failure = "" if getattr(err, "err_code", None) == AMDSMI_STATUS_NO_DATA else str(err)
+                if failure and failure != self.read_failure:
+                    log.warning("reading amdsmi events failed: %s", failure)
+                self.read_failure = failure
                 return
             for event in events:
                 index, name = self.index_of.get(_address(event["processor_handle"])), str(event["event"])

@@ -8,12 +8,15 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from agent.agent import run_agent
-from agent.health import health_loop
+from agent.detect import detect_inventory
+from agent.health import health_loop, watch_for
 from agent.health_amd import AmdSmiWatch, open_amdsmi_watch
 from agent.health_gaudi import HlSmiWatch
+from agent.health_nvidia import open_nvml_watch
 from agent.health_watch import ECC_UNCORRECTED_LIMIT
 from agent.state import SharedState
 from shared.wire import GpuHealth
@@ -129,3 +132,13 @@ async def test_an_unhealthy_device_idles_its_block_and_hosts_says_why(
         assert f"h1: 1 GPU unhealthy: {reason}" in " ".join(out.split())
         whole = await c.submit(SLEEPER.format(name="whole", gpus=8))
         assert await wait_reason(c, whole.id, f"h1: GPU 3 unhealthy: {reason}") == "pending"
+
+
+def test_the_watch_follows_the_vendor_of_the_real_devices(tmp_path: Path) -> None:
+    gaudi = watch_for(fixture_inventory(tmp_path, "hlsmi", "gaudi2_8"))
+    assert gaudi is not None and isinstance(gaudi(), HlSmiWatch)
+    assert watch_for(fixture_inventory(tmp_path, "amdsmi", "mi300x_8")) is open_amdsmi_watch
+    assert watch_for(fixture_inventory(tmp_path, "nvml", "h100_sxm_8")) is open_nvml_watch
+    simulated = detect_inventory(state_dir=str(tmp_path), blocks="auto", simulate="2xGAUDI2:96GB")
+    assert watch_for(simulated) is None  # nothing real to watch
+    assert watch_for(msgspec.structs.replace(simulated, gpus=())) is None
