@@ -3,8 +3,9 @@
 A device is unhealthy after an event that means the driver reset it (`RESET_EVENTS`: amdsmi's event
 notification, one `AmdSmiEventReader` per device), with uncorrectable ECC errors past `ECC_UNCORRECTED_LIMIT`
 (`amdsmi_get_gpu_total_ecc_count`, the sum over its RAS blocks), or when amdsmi can no longer read a device it
-read when the watch started. amdsmi has no "fell off the bus" status: a device's sysfs files vanish with it,
-and rocm_smi reports the ENOENT as NOT_SUPPORTED, so "read before, fails now" is the sign. Its notification
+read when the watch started. amdsmi has no "fell off the bus" status: once a device is unplugged its VRAM
+usage (a DRM ioctl on its render node) fails DRM_ERROR and its sysfs reads fail NOT_SUPPORTED (rocm_smi's
+word for ENOENT), so "read before, fails now" is the sign. Its notification
 has no RAS event either: a fatal RAS error makes the driver reset the GPU, which is GPU_PRE_RESET. Thermal
 throttling and VM faults (a job's bad memory access) say nothing about the device, so they are not watched.
 amdsmi never says a device recovered from a reset, so an event mark lasts for the agent's life.
@@ -112,8 +113,8 @@ class AmdSmiWatch:
         return ""
 
     def _read_failure(self, handle: Any) -> bool:
-        """Whether a read every amdgpu device answers (its VRAM use) fails for a reason other than a
-        passing one."""
+        """Whether a read every amdgpu device answers (its VRAM use, through the DRM device) fails for a
+        reason other than a passing one."""
         try:
             self.amdsmi.amdsmi_get_gpu_vram_usage(handle)
         except self.amdsmi.AmdSmiException as err:

@@ -173,6 +173,7 @@ class AmdSmiException(Exception):
 # amdsmi_status_t values from amdsmi.h (ROCm 6.x) of the statuses the fakes raise
 AMDSMI_STATUS = {
     "AMDSMI_STATUS_NOT_SUPPORTED": 2,
+    "AMDSMI_STATUS_DRM_ERROR": 6,
     "AMDSMI_STATUS_INIT_ERROR": 18,
     "AMDSMI_STATUS_BUSY": 30,
     "AMDSMI_STATUS_DRIVER_NOT_LOADED": 34,
@@ -210,8 +211,9 @@ def fake_amdsmi(fixture: dict[str, Any], init_error: str | None = None) -> Simpl
     Handles are ctypes pointers, as amdsmi's are, while an event names its device by the pointer's value.
     Health: a test appends `(device index, event name)` to `events` and an `AmdSmiEventReader` reads it when
     that device's reader asked for that kind, as the kernel delivers only the masked ones; any reader reads
-    every device's events, as amdsmi polls them all. `lost` holds the indices of devices whose sysfs files
-    are gone: their queries fail NOT_SUPPORTED, which is what rocm_smi makes of ENOENT. A device's
+    every device's events, as amdsmi polls them all. `lost` holds the indices of devices unplugged: their
+    VRAM usage (a DRM ioctl on the device's render node) fails DRM_ERROR, their other queries (sysfs files)
+    NOT_SUPPORTED, which is what rocm_smi makes of ENOENT. A device's
     `ecc_uncorrectable` is its total uncorrectable count; without one, ECC is not supported."""
     devices = fixture.get("devices", [])
     calls: list[str] = []
@@ -243,6 +245,11 @@ def fake_amdsmi(fixture: dict[str, Any], init_error: str | None = None) -> Simpl
 
     def metric(h: ctypes.c_void_p, key: str) -> Any:
         return device(h).get("metrics", {}).get(key, "N/A")
+
+    def vram_usage(h: ctypes.c_void_p) -> dict[str, Any]:
+        if index_of(h) in lost:
+            raise AmdSmiLibraryException("AMDSMI_STATUS_DRM_ERROR")
+        return {"vram_used": metric(h, "vram_used_mb")}
 
     def ecc(h: ctypes.c_void_p) -> dict[str, int]:
         if "ecc_uncorrectable" not in device(h):
@@ -307,7 +314,7 @@ def fake_amdsmi(fixture: dict[str, Any], init_error: str | None = None) -> Simpl
         amdsmi_get_gpu_board_info=lambda h: {"product_serial": device(h).get("product_serial", "N/A")},
         amdsmi_topo_get_link_type=link_type,
         amdsmi_get_gpu_activity=lambda h: {"gfx_activity": metric(h, "gfx_activity")},
-        amdsmi_get_gpu_vram_usage=lambda h: {"vram_used": metric(h, "vram_used_mb")},
+        amdsmi_get_gpu_vram_usage=vram_usage,
         amdsmi_get_temp_metric=lambda h, kind, which: metric(h, "hotspot_c"),
         amdsmi_get_power_info=lambda h: {"current_socket_power": metric(h, "socket_power_w")},
         amdsmi_get_gpu_total_ecc_count=ecc,
