@@ -18,12 +18,12 @@ from agent.channel import channel_loop
 from agent.client import CoordinatorClient
 from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, ConfigError, DockerConfig
 from agent.detect import detect_inventory
-from agent.detect.nvidia import _import_pynvml
+from agent.detect.gaudi import Runner
 from agent.diskguard import disk_problem, is_disk_error
 from agent.executor import Executor
 from agent.fence import fence_reason
 from agent.files import FilePrep
-from agent.health import HEALTH_INTERVAL_S, health_loop
+from agent.health import HEALTH_INTERVAL_S, OpenWatch, health_loop, watch_for
 from agent.identity import JoinError, check_not_expired, finish_pending_pair, join, renew_loop
 from agent.lock import hold_state_dir
 from agent.peer_address import internal_ip
@@ -144,12 +144,14 @@ async def run_agent(
     redetect: Detect | None = None,
     redetect_interval_s: float = REDETECT_INTERVAL_S,
     nvml: Any = None,
+    amdsmi: Any = None,
+    hl_smi: Runner | None = None,
     health_interval_s: float = HEALTH_INTERVAL_S,
 ) -> None:
     """Run until cancelled (or until the coordinator refuses this agent: sync.Revoked).
 
-    The health of NVIDIA GPUs is watched through `nvml` (by default `pynvml`, when the host has real NVIDIA
-    GPUs): agent/health.py.
+    The health of the host's real GPUs is watched through their vendor's library (agent/health.py); `nvml`,
+    `amdsmi` or `hl_smi`, when given, is watched instead (a test's fake).
 
     Devices are detected again on SIGHUP and every `redetect_interval_s` with `redetect` (by default the
     same detection that produced `inventory`); a changed inventory is sent to the coordinator. Holds the
@@ -166,7 +168,7 @@ async def run_agent(
                 redetect,
                 redetect_interval_s,
                 transport,
-                nvml,
+                watch_for(inventory, nvml, amdsmi, hl_smi),
                 health_interval_s,
             )
         finally:
@@ -215,7 +217,7 @@ async def _run_agent(
     redetect: Detect | None,
     redetect_interval_s: float,
     transport: Transport,
-    nvml: Any,
+    open_watch: OpenWatch | None,
     health_interval_s: float,
 ) -> None:
     state.inventory = inventory
@@ -264,10 +266,8 @@ async def _run_agent(
                     redetect_loop(redetect or (lambda: detect(config)), state, redetect_interval_s, adopt),
                     name="redetect",
                 )
-                if nvml is None and any(g.vendor == "nvidia" and not g.simulated for g in inventory.gpus):
-                    nvml = _import_pynvml()
-                if nvml is not None:
-                    tg.create_task(health_loop(nvml, state, health_interval_s), name="health")
+                if open_watch is not None:
+                    tg.create_task(health_loop(open_watch, state, health_interval_s), name="health")
                 if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
                     tg.create_task(
                         renew_loop(config.coordinator, context, config.pki_dir, transport), name="renew"

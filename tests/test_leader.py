@@ -21,7 +21,7 @@ WAIT_S = 30.0
 def _schema(url: str) -> None:
     """The leadership table as the store's migration makes it."""
     with psycopg.connect(url, autocommit=True) as conn:
-        for statement in MIGRATIONS[13].split(";"):
+        for statement in next(m for m in MIGRATIONS if "CREATE TABLE leadership" in m).split(";"):
             if statement.strip():
                 conn.execute(statement)
 
