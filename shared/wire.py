@@ -273,8 +273,8 @@ class JobGpuSeries(Wire):
     """The readings of one GPU of a job, oldest first: the coordinator keeps the latest few minutes."""
 
     host: str  # the host's name
-    node: int = 0  # the node of a multi-node job
     gpu: int  # the device index on that host
+    node: int = 0  # the node of a multi-node job
     uuid: str = ""
     samples: list[GpuSample] = []
 
