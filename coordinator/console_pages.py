@@ -104,7 +104,10 @@ def login_page(problem: str = "") -> Markup:
             tag("button", "Log in", type="submit"),
         )
     )
-    hint = "The token that `gpuctl login` uses; an admin makes one with `gpuctl users create`."
+    hint = join(
+        ("The token that ", tag("code", "gpuctl login"), " uses; an admin makes one with ")
+        + (tag("code", "gpuctl user create"), ".")
+    )
     parts = [tag("p", problem, class_="problem") if problem else "", tag("form", form, method="post")]
     return page("Log in", join((*parts, tag("p", hint, class_="muted"))))
 
