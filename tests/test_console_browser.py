@@ -54,13 +54,15 @@ def browser() -> Iterator[Any]:
 
 async def until(check: Callable[[], Any], what: str) -> Any:
     """Poll the browser (in a thread: the coordinator runs on this loop) until `check` answers truthy."""
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            found = await asyncio.to_thread(check)
-            if found:
-                return found
-            await asyncio.sleep(0.2)
-    raise AssertionError(what)  # not reached: the timeout raises
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                found = await asyncio.to_thread(check)
+                if found:
+                    return found
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"the browser did not show {what} within {WAIT_S:g} s") from None
 
 
 def ticks(log: str) -> list[int]:
