@@ -13,6 +13,7 @@ import aiohttp
 
 from coordinator.accounts import Principal
 from coordinator.console_pages import jobs_page
+from coordinator.console_sessions import Sessions
 from shared.spec import parse_spec
 from shared.wire import JobView
 from tests.harness import Cluster, cluster
@@ -202,3 +203,17 @@ def test_a_job_name_is_escaped_wherever_it_shows() -> None:
     page = jobs_page([view], "", "", ["<i>"], Principal("a", "admin", None), '"><script>')
     assert "<script>x" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
     assert "<b>" not in page and "<i>" not in page and '"><script>' not in page
+
+
+def test_a_session_ends_at_its_time_and_the_oldest_goes_past_the_limit() -> None:
+    sessions = Sessions(ttl_s=60, limit=2)
+    who = Principal("a", "member", "vision")
+    first = sessions.open(who, now=1000.0)
+    assert sessions.get(first, now=1059.0) is not None
+    assert sessions.get(first, now=1060.0) is None  # ended: gone for good
+    assert sessions.get(first, now=1000.0) is None
+    a, b, c = (sessions.open(who, now=2000.0) for _ in range(3))
+    assert sessions.get(a, now=2000.0) is None and sessions.get(b, now=2000.0) and sessions.get(c, now=2000.0)
+    sessions.close(b)
+    sessions.close(b)  # idempotent
+    assert sessions.get(b, now=2000.0) is None

@@ -43,7 +43,8 @@ async function followLog(pre) {
       continue;
     }
     if (!response.ok) {
-      pre.dataset.note = `the log cannot be read now (${response.status})`;
+      pre.dataset.note = `the log cannot be read (${response.status})`;
+      if (response.status < 500) return; // logged out, or the job is gone: reloading the page says which
       await sleep(RETRY_MS);
       continue;
     }
