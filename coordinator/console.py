@@ -63,6 +63,13 @@ def see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
+def cross_site(request: web.Request) -> bool:
+    """A form that another site's page posted, as the browser tells (Sec-Fetch-Site). The session's cookie
+    is not sent with one (SameSite=Strict) and its CSRF token is checked; this also keeps another site from
+    logging a browser in with the site's own token (login CSRF), where there is no session yet."""
+    return request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none")
+
+
 def logged_in(handler: Page) -> Handler:
     """A console page or action: without a session, a page sends to the login and an action is refused; an
     action must carry the session's CSRF token. The request then holds the session's principal, as an API
@@ -75,7 +82,9 @@ def logged_in(handler: Page) -> Handler:
             if request.method == "GET":
                 return see_other(f"{PREFIX}/login")
             return html(pages.error_page(403, "log in first", None, ""), 403)
-        if request.method == "POST" and not csrf_ok(session, str((await request.post()).get("csrf", ""))):
+        if request.method == "POST" and (
+            cross_site(request) or not csrf_ok(session, str((await request.post()).get("csrf", "")))
+        ):
             message = "the form's CSRF token is missing or out of date; reload the page and try again"
             return html(pages.error_page(403, message, session.principal, session.csrf), 403)
         request[PRINCIPAL] = session.principal
@@ -106,6 +115,8 @@ async def login_form(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     """A form with an API token: a known one opens a session (its cookie), an unknown one is refused (401)."""
+    if cross_site(request):
+        return html(pages.login_page("a login from another site's page is refused"), 403)
     token = str((await request.post()).get("token", "")).strip()
     principal = request.app[COORDINATOR].accounts.authenticate(token) if token else None
     if principal is None:

@@ -33,8 +33,14 @@ class Console:
         async with self.http.get(self.url + path, allow_redirects=False) as response:
             return response.status, await response.text(), response
 
-    async def post(self, path: str, form: dict[str, str]) -> tuple[int, str, aiohttp.ClientResponse]:
-        async with self.http.post(self.url + path, data=form, allow_redirects=False) as response:
+    async def post(
+        self, path: str, form: dict[str, str], site: str = "same-origin"
+    ) -> tuple[int, str, aiohttp.ClientResponse]:
+        """`site`: where the browser says the form came from (Sec-Fetch-Site)."""
+        headers = {"Sec-Fetch-Site": site}
+        async with self.http.post(
+            self.url + path, data=form, headers=headers, allow_redirects=False
+        ) as response:
             return response.status, await response.text(), response
 
     async def login(self, token: str) -> str:
@@ -67,7 +73,9 @@ async def test_a_token_logs_in_with_a_strict_cookie_and_logout_ends_the_session(
     async with cluster() as c, console(c) as ui:
         status, page, _ = await ui.post("/ui/login", {"token": "gpuctl_not-a-token"})
         assert status == 401 and "unknown API token" in page
-        assert not ui.http.cookie_jar.filter_cookies(c.coordinator.url)  # no session for a wrong token
+        status, page, _ = await ui.post("/ui/login", {"token": admin_token(c)}, site="cross-site")
+        assert status == 403 and "another site" in page  # login CSRF: another site's form, its token
+        assert not ui.http.cookie_jar.filter_cookies(c.coordinator.url)  # no session for either
         assert (await ui.get("/ui/jobs"))[2].headers["Location"] == "/ui/login"
 
         _, _, response = await ui.post("/ui/login", {"token": admin_token(c)})
@@ -107,6 +115,7 @@ async def test_an_action_without_the_sessions_csrf_token_is_refused() -> None:
         for form in ({}, {"csrf": ""}, {"csrf": csrf[:-1] + ("A" if csrf[-1] != "A" else "B")}):
             status, page, _ = await ui.post(f"/ui/jobs/{job.id}/stop", form)
             assert status == 403 and "CSRF" in page, form
+        assert (await ui.post(f"/ui/jobs/{job.id}/stop", {"csrf": csrf}, site="same-site"))[0] == 403
         assert (await c.job(job.id)).status == "pending"
         status, _, response = await ui.post(f"/ui/jobs/{job.id}/stop", {"csrf": csrf})
         assert (status, response.headers["Location"]) == (303, f"/ui/jobs/{job.id}")
