@@ -8,6 +8,7 @@ wide and narrow, for a person to look at."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -53,13 +54,17 @@ def browser() -> Iterator[Any]:
 
 
 async def until(check: Callable[[], Any], what: str) -> Any:
-    """Poll the browser (in a thread: the coordinator runs on this loop) until `check` answers truthy."""
+    """Poll the browser (in a thread: the coordinator runs on this loop) until `check` answers truthy. An
+    element read while its page is being replaced (a form's answer loading) is read again from the new one."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     try:
         async with asyncio.timeout(WAIT_S):
             while True:
-                found = await asyncio.to_thread(check)
-                if found:
-                    return found
+                with contextlib.suppress(StaleElementReferenceException):
+                    found = await asyncio.to_thread(check)
+                    if found:
+                        return found
                 await asyncio.sleep(0.2)
     except TimeoutError:
         raise AssertionError(f"the browser did not show {what} within {WAIT_S:g} s") from None
