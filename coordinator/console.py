@@ -70,6 +70,16 @@ def cross_site(request: web.Request) -> bool:
     return request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none")
 
 
+async def form_refusal(request: web.Request, session: Session) -> str:
+    """Why an action's form is refused ("" if it is not): posted from another site, or without the
+    session's CSRF token."""
+    if cross_site(request):
+        return "a form from another site's page is refused"
+    if not csrf_ok(session, str((await request.post()).get("csrf", ""))):
+        return "the form's CSRF token is missing or out of date; reload the page and try again"
+    return ""
+
+
 def logged_in(handler: Page) -> Handler:
     """A console page or action: without a session, a page sends to the login and an action is refused; an
     action must carry the session's CSRF token. The request then holds the session's principal, as an API
@@ -82,11 +92,9 @@ def logged_in(handler: Page) -> Handler:
             if request.method == "GET":
                 return see_other(f"{PREFIX}/login")
             return html(pages.error_page(403, "log in first", None, ""), 403)
-        if request.method == "POST" and (
-            cross_site(request) or not csrf_ok(session, str((await request.post()).get("csrf", "")))
-        ):
-            message = "the form's CSRF token is missing or out of date; reload the page and try again"
-            return html(pages.error_page(403, message, session.principal, session.csrf), 403)
+        refusal = await form_refusal(request, session) if request.method == "POST" else ""
+        if refusal:
+            return html(pages.error_page(403, refusal, session.principal, session.csrf), 403)
         request[PRINCIPAL] = session.principal
         try:
             return await handler(request, session)
