@@ -1,0 +1,196 @@
+"""Agents and the CLI that know several coordinators: a dead one is passed over, a coordinator that dies mid-job
+is replaced by the next with nothing lost or repeated, and a join string carries the list. Real coordinators
+(real TLS), a real agent, the real CLI. Two coordinators over one store are simulated without PostgreSQL by
+the SQLite same-state trick: A is stopped, B starts on A's state dir at another URL."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from agent.agent import detect, run_agent
+from agent.config import ConfigError, load_config
+from cli.api import Api
+from cli.config import CliConfig, NoConfig, load_cli_config, save_cli_config
+from coordinator.server import ServerConfig, start_coordinator
+from shared.coordinators import parse_coordinators
+from shared.join import JoinString, parse_join_string
+from shared.wire import TokenCreate
+from tests.harness import FAST, Cluster, cluster
+from tests.sshd import free_port
+from tests.test_cli import gpuctl
+
+TICKER = "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.02; done"
+
+
+def dead_url() -> str:
+    """A coordinator that is not there: nothing listens on the port (connections are refused)."""
+    return f"https://localhost:{free_port()}"
+
+
+def numbered_lines(log: bytes) -> list[int]:
+    return [int(m) for m in re.findall(rb"^line (\d+)$", log, re.MULTILINE)]
+
+
+async def lines_seen(c: Cluster, job_id: str, at_least: int) -> int:
+    """Wait until the job's log (as the current coordinator holds it) has `at_least` lines; answer how many."""
+    async with asyncio.timeout(60):
+        while True:
+            chunk = await asyncio.to_thread(c.api.logs, job_id, 0, False)
+            if len(lines := numbered_lines(chunk.data)) >= at_least:
+                return len(lines)
+            await asyncio.sleep(0.05)
+
+
+async def test_an_agent_whose_first_coordinator_is_dead_syncs_with_the_next() -> None:
+    async with cluster() as c:
+        c.start_agent("two-urls", "1xL4", coordinator=(dead_url(), c.coordinator.url))
+        job = await c.submit("commands: ['echo reached']\nresources: {gpu: 1}")
+        assert await c.full_log(job.id) == b"reached\n"
+        assert (await c.job(job.id)).status == "done"
+
+
+async def test_the_agent_fails_over_mid_job_with_no_log_line_lost_or_repeated_and_obeys_a_stop_through_b() -> (
+    None
+):
+    async with cluster() as c:
+        b_port = free_port()
+        c.start_agent("mover", "1xL4", coordinator=(c.coordinator.url, f"https://localhost:{b_port}"))
+        job = await c.submit(f"commands: ['{TICKER}']\nresources: {{gpu: 1}}")
+        running = await c.wait_for(job.id, "running")
+        before = await lines_seen(c, job.id, 20)
+
+        state_dir = c.coordinator.coordinator.store.path.parent
+        await c.coordinator.close()  # A goes; B comes up on A's state at another URL
+        c.coordinator = await start_coordinator(
+            ServerConfig(state_dir, "127.0.0.1", b_port, ("localhost", "127.0.0.1"), FAST)
+        )
+        c.api = Api(dataclasses.replace(c.api.config, url=c.coordinator.url), timeout_s=30.0)
+
+        await lines_seen(c, job.id, before + 50)  # B hears the job's output go on
+        at_b = await c.job(job.id)
+        assert (at_b.status, at_b.attempt, at_b.host) == ("running", running.attempt, running.host)
+        await asyncio.to_thread(c.api.stop, job.id)  # through B
+        stopped = await c.wait_for(job.id, "stopped")
+        assert stopped.attempt == running.attempt  # one attempt, kept across the failover
+        lines = numbered_lines(await c.full_log(job.id))
+        assert lines == list(range(1, len(lines) + 1)), "a log line was lost or repeated"
+        assert len(lines) >= before + 50
+
+
+async def test_the_cli_passes_over_a_dead_coordinator_and_says_which_answered_only_in_debug(
+    tmp_path: Path,
+) -> None:
+    async with cluster() as c:
+        c.start_agent("cli-host", "1xL4")
+        dead, live = dead_url(), c.coordinator.url
+        config = tmp_path / "config.yaml"
+        save_cli_config(CliConfig((dead, live), c.api.config.token, c.api.config.ca_file), config)
+        assert json.loads(config.read_text())["url"] == [dead, live]
+        env = dict(os.environ, GPUCTL_CONFIG=str(config))
+        spec = tmp_path / "job.yaml"
+        spec.write_text("commands: ['echo via the second']\nresources: {gpu: 1}\n")
+
+        submitted = await asyncio.to_thread(gpuctl, env, "submit", "-d", "-f", str(spec))
+        assert submitted.returncode == 0 and submitted.stderr == "", submitted.stderr
+        job_id = submitted.stdout.strip()
+        assert await c.full_log(job_id) == b"via the second\n"
+
+        quiet = await asyncio.to_thread(gpuctl, env, "ps", "--json", "-a")
+        assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+        assert [j["id"] for j in json.loads(quiet.stdout)] == [job_id]
+        loud = await asyncio.to_thread(gpuctl, env, "--debug", "ps", "--json", "-a")
+        assert loud.returncode == 0, loud.stderr
+        assert f"cannot reach the coordinator at {dead}" in loud.stderr
+        assert f"gpuctl: {live} answered GET /jobs (200)" in loud.stderr
+
+
+async def test_a_join_string_with_two_urls_enrolls_and_the_host_runs_without_a_coordinator_setting() -> None:
+    from click.testing import CliRunner
+
+    from agent.main import main
+
+    async with cluster() as c:
+        dead, live = dead_url(), c.coordinator.url
+        coord = c.coordinator.coordinator
+        coord.settings = dataclasses.replace(coord.settings, advertise_urls=(dead, live))
+        created = await asyncio.to_thread(c.api.create_token, TokenCreate(fleet="dc1", uses=1))
+        assert created.join_string.startswith("gpuctl-join-v2.")
+        assert parse_join_string(created.join_string).urls == (dead, live)
+
+        state, no_file = c.root / "joiner", c.root / "none.yaml"
+        args = ["join", created.join_string, "--no-run", "--state-dir", str(state), "--name", "joiner"]
+        joined = await asyncio.to_thread(CliRunner().invoke, main, [*args, "--config", str(no_file)])
+        assert joined.exit_code == 0 and "joined as host h-" in joined.output, joined.output
+
+        config = load_config(no_file, {"state_dir": str(state), "name": "joiner", "simulate": "1xL4"})
+        assert config.urls == (dead, live)  # kept from the join string, for runs without `coordinator:`
+        c.agents["joiner"] = asyncio.create_task(run_agent(config, detect(config)))
+        job = await c.submit("commands: ['echo joined twice over']\nresources: {gpu: 1}")
+        assert await c.full_log(job.id) == b"joined twice over\n"
+
+
+def test_one_url_or_a_list_and_a_bad_entry_is_one_line_naming_the_field_and_index(tmp_path: Path) -> None:
+    assert parse_coordinators("https://a:8443/") == ("https://a:8443",)
+    assert parse_coordinators(["https://a", "https://b:1", "https://a"]) == ("https://a", "https://b:1")
+    for bad, message in [
+        (["https://a", "b.example"], "coordinator[1]: expected an https://HOST[:PORT] URL, got 'b.example'"),
+        (["https://a", "http://b"], "coordinator[1]: expected an https://HOST[:PORT] URL, got 'http://b'"),
+        ([7], "coordinator[0]: expected an https://HOST[:PORT] URL, got 7"),
+        ([], "coordinator: expected an https:// URL or a list of them, got []"),
+    ]:
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            parse_coordinators(bad)
+
+    agent_yaml = tmp_path / "agent.yaml"
+    agent_yaml.write_text("coordinator: [https://a.example:8443, https://b.example:8443:x]\n")
+    with pytest.raises(ConfigError, match=r"^coordinator\[1\]: expected an https://HOST\[:PORT\] URL"):
+        load_config(agent_yaml, {"state_dir": str(tmp_path)})
+    agent_yaml.write_text("coordinator: [https://a.example:8443, https://b.example]\n")
+    assert load_config(agent_yaml, {}).urls == ("https://a.example:8443", "https://b.example")
+
+    cli_yaml = tmp_path / "cli.yaml"
+    cli_yaml.write_text("url: [https://a.example, not-a-url]\ntoken: t\nca_file: /ca.pem\n")
+    os.environ["GPUCTL_CONFIG"] = str(cli_yaml)
+    try:
+        with pytest.raises(
+            NoConfig, match=re.escape(f"{cli_yaml}: url[1]: expected an https://HOST[:PORT] URL")
+        ):
+            load_cli_config()
+        ran = gpuctl(dict(os.environ), "ps")
+    finally:
+        del os.environ["GPUCTL_CONFIG"]
+    assert ran.returncode == 1 and len(ran.stderr.strip().splitlines()) == 1 and "url[1]" in ran.stderr
+
+
+def test_the_agent_command_says_a_bad_list_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from agent.main import main
+
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"state_dir: {tmp_path}\ncoordinator: [https://a.example, ftp://b.example]\n")
+    token = JoinString("abcdefgh", "s" * 16, "sha256:" + "0" * 64)
+    ran = CliRunner().invoke(main, ["join", str(token), "--no-run", "--config", str(config)])
+    assert ran.exit_code == 1 and "Traceback" not in ran.output
+    assert ran.output.strip().splitlines() == [
+        "Error: coordinator[1]: expected an https://HOST[:PORT] URL, got 'ftp://b.example'"
+    ]
+
+
+def test_join_strings_without_urls_still_parse_and_those_with_urls_round_trip() -> None:
+    v1 = "gpuctl-join-v1.abcdefgh." + "s" * 16 + "." + "0" * 64
+    assert parse_join_string(v1) == JoinString("abcdefgh", "s" * 16, "sha256:" + "0" * 64)
+    assert str(parse_join_string(v1)) == v1
+    with_urls = JoinString("abcdefgh", "s" * 16, "sha256:" + "0" * 64, ("https://a:1", "https://b:2"))
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", str(with_urls))  # still one word in a shell
+    assert parse_join_string(str(with_urls)) == with_urls
+    bad = dataclasses.replace(with_urls, urls=("https://a:1", "b"))
+    with pytest.raises(ValueError, match=re.escape("join string: coordinator[1]: expected an https://")):
+        parse_join_string(str(bad))
