@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,14 @@ from agent.config import ConfigError, load_config
 from cli.api import Api
 from cli.config import CliConfig, NoConfig, load_cli_config, save_cli_config
 from coordinator.server import ServerConfig, start_coordinator
+from shared import tls
 from shared.coordinators import parse_coordinators
 from shared.join import JoinString, parse_join_string
 from shared.wire import TokenCreate
 from tests.harness import FAST, Cluster, cluster
 from tests.sshd import free_port
 from tests.test_cli import gpuctl
+from tests.test_coordinator_cli import INIT
 
 TICKER = "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.02; done"
 
@@ -194,3 +197,40 @@ def test_join_strings_without_urls_still_parse_and_those_with_urls_round_trip() 
     bad = dataclasses.replace(with_urls, urls=("https://a:1", "b"))
     with pytest.raises(ValueError, match=re.escape("join string: coordinator[1]: expected an https://")):
         parse_join_string(str(bad))
+
+
+def test_advertise_urls_reach_the_login_line_and_a_bad_entry_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "coordinator.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 's'}\nadvertise_urls: [https://a.dc1:8443, https://b.dc1:8443]\n"
+    )
+    init = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
+    assert init.returncode == 0, init.stderr
+    assert "gpuctl login https://a.dc1:8443 https://b.dc1:8443 --token " in init.stdout
+
+    config.write_text(f"state_dir: {tmp_path / 's'}\nadvertise_urls: [https://a.dc1:8443, b.dc1]\n")
+    bad = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        "Error: advertise_urls[1]: expected an https://HOST[:PORT] URL, got 'b.dc1'"
+    ]
+
+
+async def test_login_with_a_dead_and_a_live_url_keeps_both_and_the_cli_works(tmp_path: Path) -> None:
+    async with cluster() as c:
+        dead, live = dead_url(), c.coordinator.url
+        env = dict(os.environ, GPUCTL_CONFIG=str(tmp_path / "cli" / "config.yaml"))
+        pin = tls.ca_pin(c.coordinator.pki.ca_cert.read_bytes())
+        login = ["login", dead, live, "--token", c.api.config.token, "--ca-pin", pin]
+        done = await asyncio.to_thread(gpuctl, env, *login)
+        assert done.returncode == 0, done.stderr
+        assert (
+            done.stderr.strip()
+            == f"warning: cannot reach the coordinator at {dead}: [Errno 111] Connection refused; kept in the list"
+        )
+        assert json.loads((tmp_path / "cli" / "config.yaml").read_text())["url"] == [dead, live]
+        listed = await asyncio.to_thread(gpuctl, env, "ps", "--json")
+        assert (listed.returncode, json.loads(listed.stdout)) == (0, []), listed.stderr
+
+        wrong = [*login[:-1], "sha256:" + "0" * 64]
+        refused = await asyncio.to_thread(gpuctl, dict(env, GPUCTL_CONFIG=str(tmp_path / "x.yaml")), *wrong)
+        assert refused.returncode == 1 and f"the coordinator at {live} has a CA whose pin" in refused.stderr
