@@ -28,9 +28,7 @@ DEFAULT_CONFIG = Path("/etc/gpuctl/agent.yaml")
 DEFAULT_DOCKER_SOCKET = "unix:///var/run/docker.sock"
 DEFAULT_PIDS_LIMIT = 32768  # per container; data loaders start many threads, and every thread is a pid
 DEFAULT_STATE_DIR = Path("/var/lib/gpuctl-agent")
-JOINED_URLS = (
-    "coordinators"  # in the pki dir: the URLs a join string carried, for runs without `coordinator:`
-)
+JOINED_URLS = "coordinators"  # in the pki dir: a join string's URLs, for runs without `coordinator:`
 
 
 class ConfigError(ValueError):
@@ -246,7 +244,7 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
 
 def _coordinators(value: Any, join: Any, pki_dir: Path) -> tuple[str, ...]:
     """`coordinator:` when set, else the URLs of the join string being used, else those the join string that
-    enrolled this host carried (saved by agent/identity.py). Raises ConfigError naming the field."""
+    enrolled this host carried (saved by agent.agent at joining). Raises ConfigError naming the field."""
     try:
         if value:
             return parse_coordinators(value)

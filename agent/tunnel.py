@@ -1,7 +1,8 @@
 """An SSH tunnel to the coordinator through one or more bastions (login nodes), with the system's OpenSSH client.
 
 `ssh -N -J hop1,...` forwards a unix socket in the agent's state dir to the coordinator's host and port, as seen
-from the last hop (one socket per coordinator when several are configured, all in the one ssh process); the agent speaks TLS to the coordinator over that socket, so the bastions see ciphertext.
+from the last hop (one socket per coordinator when several are configured, all in the one ssh process); the
+agent speaks TLS to the coordinator over that socket, so the bastions see ciphertext.
 Each hop's settings (user, port, key, known_hosts) go into an ssh_config file written beside the socket, since
 options on ssh's command line apply to the last hop only. Host keys are always checked (`known_hosts` is
 required), ssh never prompts, and a failure becomes one line naming the hop (`Tunnel.error`).

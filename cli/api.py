@@ -88,7 +88,6 @@ class Api:
                 raise ApiError(f"url: the coordinator must be https://, got {url!r}")
         self._current = 0
         self.timeout_s = timeout_s
-        self.debug = bool(os.environ.get("GPUCTL_DEBUG"))
         self._ssl: ssl.SSLContext = client_context(config.ca_file)
         self._idle: list[http.client.HTTPSConnection] = []
         self.connections_opened = 0  # TLS connections made, for the tests and benches of keep-alive
@@ -135,7 +134,7 @@ class Api:
         for attempt in range(len(self.config.urls)):
             if attempt:
                 self._move_on()
-                self._say(f"{failures[-1]}; trying {self.url}")
+                say_debug(f"{failures[-1]}; trying {self.url}")
             last, url = attempt == len(self.config.urls) - 1, self.url
             try:
                 answer = self._request_at(method, path, body, content_type)
@@ -147,7 +146,7 @@ class Api:
             if answer[0] == 503 and method in SAFE_TO_REPEAT and not last:
                 failures.append(f"the coordinator at {url} answered 503")
                 continue
-            self._say(f"{url} answered {method} {path.partition('?')[0]} ({answer[0]})")
+            say_debug(f"{url} answered {method} {path.partition('?')[0]} ({answer[0]})")
             return answer
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -173,10 +172,6 @@ class Api:
         _close_all(self._idle)
         self._idle.clear()
         self._current = (self._current + 1) % len(self.config.urls)
-
-    def _say(self, line: str) -> None:
-        if self.debug:
-            print(f"gpuctl: {line}", file=sys.stderr)
 
     def _call(self, method: str, path: str, type_: type[T], body: object = None) -> T:
         status, _, data = self._request(method, path, None if body is None else msgspec.json.encode(body))
@@ -304,6 +299,12 @@ class Api:
             if exit_code.lstrip("-").isascii() and exit_code.lstrip("-").isdigit()
             else None,
         )
+
+
+def say_debug(line: str) -> None:
+    """A line on stderr for `gpuctl --debug` (GPUCTL_DEBUG set): which coordinator answered, which failed."""
+    if os.environ.get("GPUCTL_DEBUG"):
+        print(f"gpuctl: {line}", file=sys.stderr)
 
 
 def _close_all(connections: list[http.client.HTTPSConnection]) -> None:

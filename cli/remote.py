@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from cli.api import ApiError, Unreachable
+from cli.api import ApiError, Unreachable, say_debug
 from cli.config import CliConfig
 from cli.wsclient import WebSocket, connect
 from shared.channel import (
@@ -61,9 +61,13 @@ async def _open(config: CliConfig, path: str) -> WebSocket:
         parsed = urllib.parse.urlsplit(url)
         host, port = parsed.hostname or "localhost", parsed.port or 443
         try:
-            return await connect(host, port, API_PREFIX + path, config.token, context)
+            ws = await connect(host, port, API_PREFIX + path, config.token, context)
         except Unreachable as exc:
             failures.append(str(exc))
+            say_debug(str(exc))
+            continue
+        say_debug(f"{url} answered {path.partition('?')[0]}")
+        return ws
     raise Unreachable("; ".join(failures), sent=False)
 
 

@@ -113,6 +113,11 @@ async def test_the_cli_passes_over_a_dead_coordinator_and_says_which_answered_on
         assert f"cannot reach the coordinator at {dead}" in loud.stderr
         assert f"gpuctl: {live} answered GET /jobs (200)" in loud.stderr
 
+        sleeper = await c.submit("commands: ['sleep 600']\nresources: {gpu: 1}")
+        await c.wait_for(sleeper.id, "running")
+        inside = await asyncio.to_thread(gpuctl, env, "exec", sleeper.id, "--", "echo", "inside")
+        assert (inside.returncode, inside.stdout, inside.stderr) == (0, "inside\n", "")
+
 
 async def test_a_join_string_with_two_urls_enrolls_and_the_host_runs_without_a_coordinator_setting() -> None:
     from click.testing import CliRunner
