@@ -6,27 +6,32 @@ the SQLite same-state trick: A is stopped, B starts on A's state dir at another 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from agent.agent import detect, run_agent
-from agent.config import ConfigError, load_config
-from cli.api import Api
+from agent.config import AgentConfig, ConfigError, load_config
+from cli.api import Api, ApiError
 from cli.config import CliConfig, NoConfig, load_cli_config, save_cli_config
-from coordinator.server import ServerConfig, start_coordinator
+from coordinator.pki import ensure_pki, issue_agent_cert
 from shared import tls
+from shared.aio import cancel_and_wait
 from shared.coordinators import parse_coordinators
 from shared.join import JoinString, parse_join_string
-from shared.wire import TokenCreate
-from tests.harness import FAST, Cluster, cluster
+from shared.spec import parse_spec
+from shared.wire import JobView, TokenCreate
+from tests.harness import cluster, kill_leftover_jobs, reachable_tmpdir
 from tests.sshd import free_port
-from tests.test_cli import gpuctl
+from tests.test_cli import ROOT, gpuctl
 from tests.test_coordinator_cli import INIT
 
 TICKER = "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.02; done"
@@ -41,14 +46,34 @@ def numbered_lines(log: bytes) -> list[int]:
     return [int(m) for m in re.findall(rb"^line (\d+)$", log, re.MULTILINE)]
 
 
-async def lines_seen(c: Cluster, job_id: str, at_least: int) -> int:
-    """Wait until the job's log (as the current coordinator holds it) has `at_least` lines; answer how many."""
+async def lines_seen(api: Api, job_id: str, at_least: int) -> int:
+    """Wait until the job's log (as the coordinator that answers holds it) has `at_least` lines; answer how
+    many it has."""
     async with asyncio.timeout(60):
         while True:
-            chunk = await asyncio.to_thread(c.api.logs, job_id, 0, False)
+            chunk = await asyncio.to_thread(api.logs, job_id, 0, False)
             if len(lines := numbered_lines(chunk.data)) >= at_least:
                 return len(lines)
             await asyncio.sleep(0.05)
+
+
+async def wait_status(api: Api, job_id: str, status: str) -> JobView:
+    async with asyncio.timeout(60):
+        while True:
+            job = await asyncio.to_thread(api.job, job_id)
+            if job.status == status:
+                return job
+            await asyncio.sleep(0.1)
+
+
+async def full_log(api: Api, job_id: str) -> bytes:
+    out, offset = b"", 0
+    async with asyncio.timeout(60):
+        while True:
+            chunk = await asyncio.to_thread(api.logs, job_id, offset, True)
+            out, offset = out + chunk.data, chunk.next_offset
+            if chunk.complete:
+                return out
 
 
 async def test_an_agent_whose_first_coordinator_is_dead_syncs_with_the_next() -> None:
@@ -59,32 +84,90 @@ async def test_an_agent_whose_first_coordinator_is_dead_syncs_with_the_next() ->
         assert (await c.job(job.id)).status == "done"
 
 
-async def test_the_agent_fails_over_mid_job_with_no_log_line_lost_or_repeated_and_obeys_a_stop_through_b() -> (
+def coordinator_process(state_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`gpuctl-coordinator run` on `state_dir` at https://localhost:`port`, as systemd would run it."""
+    argv = [sys.executable, "-c", "from coordinator.main import main; main()", "run", "--state-dir"]
+    argv += [
+        str(state_dir),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--config",
+        str(state_dir / "none.yaml"),
+    ]
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def admin_api(state_dir: Path, urls: tuple[str, ...], ca_file: Path) -> Api:
+    """A client of the coordinators with the admin token, once the first answers."""
+    token_file = state_dir / "admin-token"
+    async with asyncio.timeout(30):
+        while True:
+            if token_file.exists():
+                api = Api(CliConfig(urls, token_file.read_text().strip(), ca_file), timeout_s=30.0)
+                with contextlib.suppress(ApiError):
+                    await asyncio.to_thread(api.hosts)
+                    return api
+            await asyncio.sleep(0.1)
+
+
+async def test_kill_9_of_the_coordinator_mid_job_the_agent_goes_on_at_the_next_with_no_log_line_lost_or_repeated() -> (
     None
 ):
-    async with cluster() as c:
-        b_port = free_port()
-        c.start_agent("mover", "1xL4", coordinator=(c.coordinator.url, f"https://localhost:{b_port}"))
-        job = await c.submit(f"commands: ['{TICKER}']\nresources: {{gpu: 1}}")
-        running = await c.wait_for(job.id, "running")
-        before = await lines_seen(c, job.id, 20)
-
-        state_dir = c.coordinator.coordinator.store.path.parent
-        await c.coordinator.close()  # A goes; B comes up on A's state at another URL
-        c.coordinator = await start_coordinator(
-            ServerConfig(state_dir, "127.0.0.1", b_port, ("localhost", "127.0.0.1"), FAST)
+    root = reachable_tmpdir()
+    state, a_port, b_port = root / "coordinator", free_port(), free_port()
+    urls = (f"https://localhost:{a_port}", f"https://localhost:{b_port}")
+    state.mkdir(mode=0o700)
+    pki = ensure_pki(state, ["localhost", "127.0.0.1"])
+    a = coordinator_process(state, a_port, root / "a.log")
+    agent: asyncio.Task[None] | None = None
+    try:
+        api = await admin_api(state, urls, pki.ca_cert)  # both URLs, as a user's config would name them
+        cert, key = issue_agent_cert(pki, "mover", root / "mover" / "pki")
+        config = AgentConfig(
+            urls,
+            root / "mover",
+            "mover",
+            simulate="1xL4",
+            ca_file=pki.ca_cert,
+            cert_file=cert,
+            key_file=key,
+            stop_grace_s=2.0,
         )
-        c.api = Api(dataclasses.replace(c.api.config, url=c.coordinator.url), timeout_s=30.0)
+        agent = asyncio.create_task(run_agent(config, detect(config)))
+        job = await asyncio.to_thread(
+            api.submit, parse_spec(f"commands: ['{TICKER}']\nresources: {{gpu: 1}}", environ={})
+        )
+        running = await wait_status(api, job.id, "running")
+        before = await lines_seen(api, job.id, 20)
 
-        await lines_seen(c, job.id, before + 50)  # B hears the job's output go on
-        at_b = await c.job(job.id)
-        assert (at_b.status, at_b.attempt, at_b.host) == ("running", running.attempt, running.host)
-        await asyncio.to_thread(c.api.stop, job.id)  # through B
-        stopped = await c.wait_for(job.id, "stopped")
-        assert stopped.attempt == running.attempt  # one attempt, kept across the failover
-        lines = numbered_lines(await c.full_log(job.id))
-        assert lines == list(range(1, len(lines) + 1)), "a log line was lost or repeated"
-        assert len(lines) >= before + 50
+        a.kill()  # SIGKILL: no goodbye to the agent's long poll, the store left as a crash leaves it
+        a.wait()
+        b = coordinator_process(state, b_port, root / "b.log")
+        try:
+            await admin_api(state, urls, pki.ca_cert)  # B is up (a user would try again until then)
+            await lines_seen(api, job.id, before + 50)  # B hears the job's output go on
+            at_b = await asyncio.to_thread(api.job, job.id)
+            assert api.url == urls[1]  # the user's client moved on too
+            assert (at_b.status, at_b.attempt, at_b.host) == ("running", running.attempt, running.host)
+            await asyncio.to_thread(api.stop, job.id)  # through B
+            stopped = await wait_status(api, job.id, "stopped")
+            assert stopped.attempt == running.attempt  # one attempt, kept across the failover
+            lines = numbered_lines(await full_log(api, job.id))
+            assert lines == list(range(1, len(lines) + 1)), "a log line was lost or repeated"
+            assert len(lines) >= before + 50
+        finally:
+            b.kill()
+            b.wait()
+    finally:
+        if agent is not None:
+            await cancel_and_wait(agent)
+        a.kill()
+        a.wait()
+        kill_leftover_jobs(root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_the_cli_passes_over_a_dead_coordinator_and_says_which_answered_only_in_debug(
