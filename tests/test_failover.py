@@ -12,13 +12,17 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from agent.agent import detect, run_agent
+from agent.client import ApiError as AgentApiError
+from agent.client import CoordinatorClient, fails_over
 from agent.config import AgentConfig, ConfigError, load_config
 from cli.api import Api, ApiError
 from cli.config import CliConfig, NoConfig, load_cli_config, save_cli_config
@@ -227,7 +231,9 @@ async def test_a_join_string_with_two_urls_enrolls_and_the_host_runs_without_a_c
         assert await c.full_log(job.id) == b"joined twice over\n"
 
 
-def test_one_url_or_a_list_and_a_bad_entry_is_one_line_naming_the_field_and_index(tmp_path: Path) -> None:
+def test_one_url_or_a_list_and_a_bad_entry_is_one_line_naming_the_field_and_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert parse_coordinators("https://a:8443/") == ("https://a:8443",)
     assert parse_coordinators(["https://a", "https://b:1", "https://a"]) == ("https://a", "https://b:1")
     for bad, message in [
@@ -248,15 +254,10 @@ def test_one_url_or_a_list_and_a_bad_entry_is_one_line_naming_the_field_and_inde
 
     cli_yaml = tmp_path / "cli.yaml"
     cli_yaml.write_text("url: [https://a.example, not-a-url]\ntoken: t\nca_file: /ca.pem\n")
-    os.environ["GPUCTL_CONFIG"] = str(cli_yaml)
-    try:
-        with pytest.raises(
-            NoConfig, match=re.escape(f"{cli_yaml}: url[1]: expected an https://HOST[:PORT] URL")
-        ):
-            load_cli_config()
-        ran = gpuctl(dict(os.environ), "ps")
-    finally:
-        del os.environ["GPUCTL_CONFIG"]
+    monkeypatch.setenv("GPUCTL_CONFIG", str(cli_yaml))
+    with pytest.raises(NoConfig, match=re.escape(f"{cli_yaml}: url[1]: expected an https://HOST[:PORT] URL")):
+        load_cli_config()
+    ran = gpuctl(dict(os.environ), "ps")
     assert ran.returncode == 1 and len(ran.stderr.strip().splitlines()) == 1 and "url[1]" in ran.stderr
 
 
@@ -322,3 +323,36 @@ async def test_login_with_a_dead_and_a_live_url_keeps_both_and_the_cli_works(tmp
         wrong = [*login[:-1], "sha256:" + "0" * 64]
         refused = await asyncio.to_thread(gpuctl, dict(env, GPUCTL_CONFIG=str(tmp_path / "x.yaml")), *wrong)
         assert refused.returncode == 1 and f"the coordinator at {live} has a CA whose pin" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "moves_on"),
+    [
+        (AgentApiError(503, "store unavailable"), True),
+        (AgentApiError(500, "bug"), True),
+        (AgentApiError(426, "protocol 1.x not served"), True),  # a replica not upgraded yet; the next may be
+        (
+            AgentApiError(429, "busy"),
+            False,
+        ),  # come back later, here: a whole fleet moving would swamp the next
+        (AgentApiError(400, "inventory: bad"), False),
+        (AgentApiError(403, "revoked"), False),
+        (aiohttp.ClientConnectionError("reset"), True),
+        (TimeoutError(), True),  # a silent partition: the long poll's deadline passed
+    ],
+)
+def test_what_moves_an_agent_to_the_next_coordinator(error: Exception, moves_on: bool) -> None:
+    assert fails_over(error) is moves_on
+
+
+async def test_loops_that_see_one_coordinator_fail_move_the_client_on_once() -> None:
+    client = CoordinatorClient(("https://a:1", "https://b:2", "https://c:3"), ssl.create_default_context())
+    try:
+        for _ in ("sync", "logs", "files"):  # each loop reports the failure of the coordinator it used
+            client.fail_over("https://a:1", "refused")
+        assert client.base_url == "https://b:2"
+        client.fail_over("https://b:2", "refused")
+        client.fail_over("https://c:3", "refused")
+        assert client.base_url == "https://a:1"  # round again
+    finally:
+        await client.close()
