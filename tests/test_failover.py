@@ -1,7 +1,7 @@
 """Agents and the CLI that know several coordinators: a dead one is passed over, a coordinator that dies mid-job
 is replaced by the next with nothing lost or repeated, and a join string carries the list. Real coordinators
 (real TLS), a real agent, the real CLI. Two coordinators over one store are simulated without PostgreSQL by
-the SQLite same-state trick: A is stopped, B starts on A's state dir at another URL."""
+the SQLite same-state trick: process A is killed (SIGKILL), process B starts on A's state dir at another URL."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def coordinator_process(state_dir: Path, port: int, log: Path) -> subprocess.Pop
 
 
 async def admin_api(state_dir: Path, urls: tuple[str, ...], ca_file: Path) -> Api:
-    """A client of the coordinators with the admin token, once the first answers."""
+    """A client of the coordinators with the admin token, once one of them answers."""
     token_file = state_dir / "admin-token"
     async with asyncio.timeout(30):
         while True:
