@@ -16,7 +16,7 @@ import msgspec
 
 from agent.channel import channel_loop
 from agent.client import CoordinatorClient
-from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, ConfigError, DockerConfig
+from agent.config import DEFAULT_DOCKER_SOCKET, JOINED_URLS, AgentConfig, ConfigError, DockerConfig
 from agent.detect import detect_inventory
 from agent.detect.gaudi import Runner
 from agent.diskguard import disk_problem, is_disk_error
@@ -67,7 +67,7 @@ def detect(config: AgentConfig) -> Inventory:
         hostname=config.name,
         volume_prefixes=config.docker.volume_prefixes,
         privileged_allowed=config.docker.allow_privileged,
-        internal_ip=internal_ip(config.internal_ip, config.coordinator),
+        internal_ip=internal_ip(config.internal_ip, config.urls[0]),
         warnings=inventory.warnings + _docker_warning(config.docker, docker_problem) + _isolation_warning(),
     )
 
@@ -177,9 +177,9 @@ async def run_agent(
 
 def agent_transport(config: AgentConfig) -> Transport:
     """The way to the coordinator that the config asks for: its bastions, its proxy, else HTTPS_PROXY."""
-    proxy = config.proxy if config.proxy is not None else env_proxy(config.coordinator, os.environ)
+    proxy = config.proxy if config.proxy is not None else env_proxy(config.urls[0], os.environ)
     return make_transport(
-        config.coordinator, config.bastion, proxy or None, config.runtime_dir, config.docker.mirror_link()
+        config.urls, config.bastion, proxy or None, config.runtime_dir, config.docker.mirror_link()
     )
 
 
@@ -205,9 +205,11 @@ async def _join(config: AgentConfig, transport: Transport) -> str:
     except LinkDown as exc:
         raise JoinError(f"cannot reach the coordinator through {transport.description}: {exc}") from None
     assert config.join is not None
-    return await join(
-        config.coordinator, parse_join_string(config.join), config.pki_dir, config.name, transport
-    )
+    join_string = parse_join_string(config.join)
+    host_id = await join(config.urls, join_string, config.pki_dir, config.name, transport)
+    if join_string.urls:  # for later runs whose agent.yaml names no coordinator
+        (config.pki_dir / JOINED_URLS).write_text("\n".join(join_string.urls) + "\n")
+    return host_id
 
 
 async def _run_agent(
@@ -234,7 +236,7 @@ async def _run_agent(
             await _join(config, transport)
         check_not_expired(cert)
         context = tls.client_context(ca, cert, key)
-        client = CoordinatorClient(config.coordinator, context, transport)
+        client = CoordinatorClient(config.urls, context, transport)
     except BaseException:
         executor.close()
         raise
@@ -244,7 +246,7 @@ async def _run_agent(
         len(inventory.gpus),
         len(inventory.blocks),
         " (SIMULATED)" if inventory.simulated else "",
-        config.coordinator,
+        ", ".join(config.urls),
         transport.description,
     )
 
@@ -270,7 +272,7 @@ async def _run_agent(
                     tg.create_task(health_loop(open_watch, state, health_interval_s), name="health")
                 if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
                     tg.create_task(
-                        renew_loop(config.coordinator, context, config.pki_dir, transport), name="renew"
+                        renew_loop(lambda: client.base_url, context, config.pki_dir, transport), name="renew"
                     )
     except* Revoked:
         await stop_everything(executor, "this host was removed from the coordinator")
