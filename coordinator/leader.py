@@ -6,7 +6,7 @@ What we chose, and why:
 - **A lease in a row, not an advisory lock.** The `leadership` table's one row holds an epoch, the holder's
   name and `lease_until`, in the database's clock (`clock_timestamp()`), so the replicas' clocks do not
   matter. A replica becomes leader by one compare-and-set: `UPDATE ... SET epoch = epoch + 1 WHERE
-  lease_until < now`: of several candidates exactly one succeeds, and only once the old lease has ended. A
+  lease_until <= now`: of several candidates exactly one succeeds, and only once the old lease has ended. A
   session advisory lock would end when its session ends, but a leader that hangs with its connection open
   (stopped, swapping, its event loop blocked) would hold it forever and nobody would take over; a lease
   ends by itself.
@@ -39,9 +39,7 @@ log = logging.getLogger("gpuctl.coordinator")
 
 CONNECT_TIMEOUT_S = 5
 RENEWALS_PER_LEASE = 3  # a leader renews three times per lease; a follower looks as often
-STAND_SLACK_S = (
-    0.05  # a follower stands this long after the lease it read ends (the database's clock decides)
-)
+STAND_SLACK_S = 0.05  # a follower stands this long after the lease it read ends
 _NOW = "EXTRACT(EPOCH FROM clock_timestamp())"  # the database's clock, in seconds: one clock for all replicas
 
 
