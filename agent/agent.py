@@ -23,10 +23,11 @@ from agent.diskguard import disk_problem, is_disk_error
 from agent.executor import Executor
 from agent.fence import fence_reason
 from agent.files import FilePrep
-from agent.health import HEALTH_INTERVAL_S, health_loop
+from agent.health import HEALTH_INTERVAL_S, NvmlWatch, health_loop, open_watch
 from agent.identity import JoinError, check_not_expired, finish_pending_pair, join, renew_loop
 from agent.lock import hold_state_dir
 from agent.peer_address import internal_ip
+from agent.readings import device_reader, readings_loop
 from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
 from agent.runtime.base import Runtime
 from agent.runtime.cgroups import Cgroups
@@ -251,6 +252,7 @@ async def _run_agent(
         for runtime in executor.runtimes.values():
             runtime.set_inventory(fresh)
 
+    watch: NvmlWatch | None = None
     try:
         with _on_signal(signal.SIGHUP, state.redetect_requested.set):
             async with asyncio.TaskGroup() as tg:
@@ -264,10 +266,7 @@ async def _run_agent(
                     redetect_loop(redetect or (lambda: detect(config)), state, redetect_interval_s, adopt),
                     name="redetect",
                 )
-                if nvml is None and any(g.vendor == "nvidia" and not g.simulated for g in inventory.gpus):
-                    nvml = _import_pynvml()
-                if nvml is not None:
-                    tg.create_task(health_loop(nvml, state, health_interval_s), name="health")
+                watch = await _device_loops(tg, inventory, state, executor, nvml, health_interval_s)
                 if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
                     tg.create_task(
                         renew_loop(config.coordinator, context, config.pki_dir, transport), name="renew"
@@ -276,8 +275,31 @@ async def _run_agent(
         await stop_everything(executor, "this host was removed from the coordinator")
         raise
     finally:
+        if watch is not None:
+            watch.close()
         executor.close()
         await client.close()
+
+
+async def _device_loops(
+    tg: asyncio.TaskGroup,
+    inventory: Inventory,
+    state: SharedState,
+    executor: Executor,
+    nvml: Any,
+    health_interval_s: float,
+) -> NvmlWatch | None:
+    """Start the devices' loops: health (NVIDIA, through NVML) and readings (every vendor, simulated devices
+    too), sharing one NVML session, which the caller closes (returned; None without NVML)."""
+    if nvml is None and any(g.vendor == "nvidia" and not g.simulated for g in inventory.gpus):
+        nvml = _import_pynvml()
+    watch = await open_watch(nvml) if nvml is not None else None
+    if watch is not None:
+        tg.create_task(health_loop(watch, state, health_interval_s), name="health")
+    reader = device_reader(inventory, watch)
+    if reader is not None:
+        tg.create_task(readings_loop(reader, state, executor.busy_gpus), name="readings")
+    return watch
 
 
 async def stop_everything(executor: Executor, reason: str) -> None:

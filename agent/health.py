@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import deque
 from typing import Any
 
+from agent.detect.metrics import nvidia_reading
+from agent.detect.nvidia import NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC
 from agent.state import SharedState
-from shared.wire import GpuHealth
+from shared.wire import MAX_XIDS, GpuHealth, GpuMetrics
 
 log = logging.getLogger("gpuctl.agent")
 
@@ -39,20 +43,21 @@ NVML_EVENT_TYPE_XID_CRITICAL_ERROR = 0x8
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_GPU_IS_LOST = 15
-NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
-NVML_VOLATILE_ECC = 0
 
 
 class NvmlWatch:
-    """NVML started, with an event set for every device's critical XIDs; `check` reads the marks now.
-    Blocking calls: run them in a worker thread. Not safe concurrently with itself."""
+    """NVML started, with an event set for every device's critical XIDs; `check` reads the marks now, `read`
+    the devices' readings (agent/readings.py), over the same NVML session and events. Blocking calls: run them
+    in a worker thread. Safe from several threads: one lock serializes them."""
 
     def __init__(self, nvml: Any) -> None:
         self.nvml = nvml
+        self.lock = threading.Lock()
         nvml.nvmlInit()
         self.events = nvml.nvmlEventSetCreate()
         self.count = nvml.nvmlDeviceGetCount()
         self.xids: dict[int, GpuHealth] = {}  # the first reset XID of each device; NVML never clears one
+        self.seen: dict[int, deque[int]] = {}  # every XID of each device, the latest MAX_XIDS, for readings
         self.index_of: dict[Any, int] = {}
         for index in range(self.count):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
@@ -64,12 +69,26 @@ class NvmlWatch:
 
     def check(self) -> tuple[GpuHealth, ...]:
         """Every unhealthy device now, by index: XIDs seen so far, lost devices, ECC errors past the limit."""
-        self._read_events()
-        marks = dict(self.xids)
-        for index in range(self.count):
-            if index not in marks and (reason := self._device_problem(index)):
-                marks[index] = GpuHealth(index=index, reason=reason)
+        with self.lock:
+            self._read_events()
+            marks = dict(self.xids)
+            for index in range(self.count):
+                if index not in marks and (reason := self._device_problem(index)):
+                    marks[index] = GpuHealth(index=index, reason=reason)
         return tuple(marks[i] for i in sorted(marks))
+
+    def read(self) -> tuple[GpuMetrics, ...]:
+        """Every device's reading now, with the XIDs seen on it; a device NVML cannot reach has none (`check`
+        says why)."""
+        readings = []
+        with self.lock:
+            self._read_events()
+            for index in range(self.count):
+                try:
+                    readings.append(nvidia_reading(self.nvml, index, tuple(self.seen.get(index, ()))))
+                except self.nvml.NVMLError:
+                    pass
+        return tuple(readings)
 
     def _read_events(self) -> None:
         while True:
@@ -80,6 +99,8 @@ class NvmlWatch:
                     log.warning("reading NVML events failed: %s", err)
                 return
             index, xid = self.index_of.get(event.device), int(event.eventData)
+            if index is not None:
+                self.seen.setdefault(index, deque(maxlen=MAX_XIDS)).append(xid)
             if index is not None and xid in RESET_XIDS and index not in self.xids:
                 self.xids[index] = GpuHealth(index=index, reason=f"XID {xid} ({RESET_XIDS[xid]})")
 
@@ -99,6 +120,11 @@ class NvmlWatch:
         return ""
 
     def close(self) -> None:
+        """Release NVML, once a read or check in flight in a worker thread has finished."""
+        with self.lock:
+            self._release()
+
+    def _release(self) -> None:
         for call in (lambda: self.nvml.nvmlEventSetFree(self.events), self.nvml.nvmlShutdown):
             try:
                 call()
@@ -106,25 +132,23 @@ class NvmlWatch:
                 pass  # nothing left to release that we could act on
 
 
-async def health_loop(nvml: Any, state: SharedState, interval_s: float = HEALTH_INTERVAL_S) -> None:
-    """Forever: every `interval_s`, read the devices' health; a change goes out with the next sync. Without a
-    working NVML there is nothing to watch: it says so once and returns."""
+async def open_watch(nvml: Any) -> NvmlWatch | None:
+    """The NVML session that health and readings share; None, said once, when NVML fails to start."""
     try:
-        watch = await asyncio.to_thread(NvmlWatch, nvml)
+        return await asyncio.to_thread(NvmlWatch, nvml)
     except nvml.NVMLError as err:
-        log.warning("GPU health is not watched: NVML failed: %s", err)
-        return
-    try:
-        while True:
-            marks = await asyncio.to_thread(watch.check)
-            if marks != state.unhealthy:
-                for mark in marks:
-                    if mark not in state.unhealthy:
-                        log.error(
-                            "GPU %d unhealthy: %s; its block takes no new work", mark.index, mark.reason
-                        )
-                state.unhealthy = marks
-                state.local_changed.set()
-            await asyncio.sleep(interval_s)
-    finally:
-        watch.close()
+        log.warning("GPU health and readings are not watched: NVML failed: %s", err)
+        return None
+
+
+async def health_loop(watch: NvmlWatch, state: SharedState, interval_s: float = HEALTH_INTERVAL_S) -> None:
+    """Forever: every `interval_s`, read the devices' health; a change goes out with the next sync."""
+    while True:
+        marks = await asyncio.to_thread(watch.check)
+        if marks != state.unhealthy:
+            for mark in marks:
+                if mark not in state.unhealthy:
+                    log.error("GPU %d unhealthy: %s; its block takes no new work", mark.index, mark.reason)
+            state.unhealthy = marks
+            state.local_changed.set()
+        await asyncio.sleep(interval_s)

@@ -13,6 +13,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from shared import constants as C
 from shared.arrays import MAX_ARRAY_CHARS
 from shared.spec import TaskSpec
 
@@ -223,7 +224,9 @@ class SyncResponse(Wire):
     poll_timeout_s: float
     sync_interval_s: float
     log_chunk_max_bytes: int
-    metrics_interval_s: float = 10.0  # how often the agent reads its devices (coordinator.yaml)
+    metrics_interval_s: float = (
+        C.METRICS_INTERVAL_S
+    )  # how often the agent reads its devices (coordinator.yaml)
 
 
 class LogAck(Wire):
@@ -269,7 +272,7 @@ class GpuSample(Wire):
     reading: GpuMetrics
 
 
-class JobGpuSeries(Wire):
+class JobGpuSeries(Wire, kw_only=True):
     """The readings of one GPU of a job, oldest first: the coordinator keeps the latest few minutes."""
 
     host: str  # the host's name
