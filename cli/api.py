@@ -28,6 +28,8 @@ from shared.wire import (
     FleetView,
     HostDetail,
     HostView,
+    JobGpuSeries,
+    JobMetricsView,
     JobView,
     ProjectCreate,
     ProjectQuota,
@@ -138,6 +140,14 @@ class Api:
 
     def stop(self, ref: str) -> JobView:
         return self._call("POST", f"/jobs/{urllib.parse.quote(ref, safe='')}/stop", JobView)
+
+    def job_metrics(self, ref: str) -> JobMetricsView:
+        """The live readings of the GPUs the job holds (`gpuctl metrics`)."""
+        return self._call("GET", f"/jobs/{urllib.parse.quote(ref, safe='')}/metrics", JobMetricsView)
+
+    def fleet_readings(self) -> list[JobGpuSeries]:
+        """The latest reading of every GPU of every host (`gpuctl top`)."""
+        return self._call("GET", "/readings", list[JobGpuSeries])
 
     def hosts(self) -> list[HostView]:
         return self.hosts_and_warning()[0]

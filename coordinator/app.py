@@ -15,6 +15,7 @@ from coordinator import (
     api_agent,
     api_channel,
     api_metrics,
+    api_readings,
     api_secrets,
     api_service,
     api_user,
@@ -132,4 +133,5 @@ def make_app(coordinator: Coordinator) -> web.Application:
     api_channel.add_routes(app)
     api_service.add_routes(app)
     api_metrics.add_routes(app)
+    api_readings.add_routes(app)
     return app
