@@ -113,16 +113,15 @@ def reading_cells(r: GpuMetrics | None) -> list[str]:
 
 
 def fleet_table(hosts: list[HostView], readings: list[JobGpuSeries]) -> Table:
-    """`gpuctl top`: one row per host not removed; a host whose lease ran out shows no readings."""
+    """`gpuctl top`: one row per host, as `gpuctl hosts` lists them; one unreachable (its lease ran out) or
+    removed shows no readings, and says so after its name."""
     table = _table("HOST", "GPUS", "BUSY", "UTIL", "MEM GiB", "TEMP", "POWER", "UNHEALTHY")
     by_host: dict[str, list[GpuMetrics]] = {}
     for series in readings:
         by_host.setdefault(series.host, []).extend(s.reading for s in series.samples[-1:])
     for host in sorted(hosts, key=lambda h: h.name):
-        if host.status == "removed":
-            continue
         gpus = len(host.inventory.gpus) if host.inventory else 0
-        found = by_host.get(host.name, []) if host.status != "unreachable" else []
+        found = by_host.get(host.name, []) if host.status in ("ready", "draining") else []
         table.add_row(
             host.name + (f" ({host.status})" if host.status not in ("ready", "draining") else ""),
             str(gpus),

@@ -18,8 +18,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coordinator.readings_metrics import device_families
-
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
 
@@ -62,9 +60,9 @@ class Meters:
 
 
 class StateCollector(Collector):
-    """The state families, read from the coordinator at each scrape, and the agents' device readings
-    (coordinator/readings_metrics.py), labelled `host`, `gpu` (its index), `uuid`, `job` and `project`:
-    bounded by the hosts and GPUs that exist and the jobs running on them."""
+    """The state families, read from the coordinator at each scrape. The agents' device readings, labelled
+    `host`, `gpu` (its index), `uuid`, `job` and `project`, follow them in the scrape's body
+    (coordinator/readings_metrics.py)."""
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
@@ -92,4 +90,3 @@ class StateCollector(Collector):
             total.add_metric([fleet], all_)
         yield total
         yield busy
-        yield from device_families(c)

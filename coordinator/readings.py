@@ -4,7 +4,7 @@ Agents send their latest readings with a sync (agent/readings.py), each once, wi
 stamped with the coordinator's clock (`now - age`), so hosts with wrong clocks line up. A reading of a GPU
 index the host's inventory lacks is dropped, not refused: the sync carries the host's jobs' news, which must
 not wait on a reading. Memory is bounded: `SAMPLES_PER_GPU` samples of each GPU of the host's inventory (which
-the wire bounds), and a removed host's are forgotten. Liveness-like, they are not stored: a restarted
+the wire bounds), each a compact ring (coordinator/sample_ring.py), and a removed host's are forgotten. Liveness-like, they are not stored: a restarted
 coordinator starts with none, and the next syncs refill it.
 
 `gpuctl metrics JOB`, `gpuctl top`, the console and `/metrics` read it (`latest`, `series`).
@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import deque
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import msgspec
-
 from coordinator.lease_settings import duration_setting
+from coordinator.sample_ring import SampleRing
 from coordinator.settings import Settings
 from coordinator.store import HostRow
 from shared.wire import GpuSample, SyncRequest
@@ -34,7 +33,7 @@ READINGS_SETTINGS = ("metrics_interval",)
 @dataclass
 class _Host:
     name: str
-    gpus: dict[int, deque[GpuSample]] = field(default_factory=dict)
+    gpus: dict[int, SampleRing] = field(default_factory=dict)
     warned: bool = False  # its readings of GPUs it lacks were logged (once)
 
 
@@ -62,12 +61,12 @@ class DeviceReadings:
             if reading.index not in uuids:
                 strays.append(reading.index)
                 continue
-            ring = kept.gpus.setdefault(reading.index, deque(maxlen=self.samples_per_gpu))
-            if ring and ring[-1].at >= at:
-                continue
-            if uuids[reading.index] != reading.uuid:  # the inventory's name for it, as every view uses
-                reading = msgspec.structs.replace(reading, uuid=uuids[reading.index] or reading.uuid)
-            ring.append(GpuSample(at=at, reading=reading))
+            ring = kept.gpus.get(reading.index)
+            if ring is None:  # named as the inventory names it, as every view does
+                uuid = uuids[reading.index] or reading.uuid
+                ring = kept.gpus[reading.index] = SampleRing(reading.index, uuid, self.samples_per_gpu)
+            if (ring.latest_at() or -math.inf) < at:
+                ring.append(at, reading)
         if strays and not kept.warned:
             kept.warned = True
             log.warning(
@@ -82,12 +81,17 @@ class DeviceReadings:
         """The latest sample of each of the host's GPUs in `indices` (all if None) that has one."""
         gpus = self._hosts[host_id].gpus if host_id in self._hosts else {}
         wanted = sorted(gpus) if indices is None else indices
-        return {i: gpus[i][-1] for i in wanted if gpus.get(i)}
+        return {i: sample for i in wanted if i in gpus and (sample := gpus[i].latest()) is not None}
 
     def series(self, host_id: str, index: int) -> list[GpuSample]:
         """The samples of one GPU of a host, oldest first; [] for none."""
-        host = self._hosts.get(host_id)
-        return list(host.gpus.get(index, ())) if host else []
+        ring = self._hosts[host_id].gpus.get(index) if host_id in self._hosts else None
+        return ring.samples() if ring else []
+
+    def rings(self, host_id: str) -> list[SampleRing]:
+        """The rings of a host's GPUs, by index (for `/metrics`, which reads their latest values)."""
+        gpus = self._hosts[host_id].gpus if host_id in self._hosts else {}
+        return [gpus[i] for i in sorted(gpus)]
 
     def hosts(self) -> list[tuple[str, str]]:
         """(id, name) of every host with readings, by name."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+from array import array
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +19,7 @@ from agent.readings import sound, take_readings
 from agent.state import SharedState
 from cli.api import Api, ApiError
 from coordinator.readings import DeviceReadings
+from coordinator.readings_metrics import _escape, device_text
 from coordinator.store import HostRow
 from shared.spec import parse_spec
 from shared.wire import GpuMetrics, JobGpuSeries, JobMetricsView, SyncRequest
@@ -189,15 +192,51 @@ def test_take_readings_once_and_drop_what_the_wire_refuses() -> None:
     assert take_readings(state, 103.0) == ([], 0.0)
 
 
-def test_the_ring_is_bounded_and_forgets_a_removed_host() -> None:
+def test_the_ring_is_bounded_keeps_time_order_and_forgets_a_removed_host() -> None:
     readings = DeviceReadings(samples_per_gpu=3)
     host = HostRow("h1", "host-a", SOUND, "", 0, None, "ready")
-    for now in range(10):
-        req = SyncRequest(
-            agent_version="x", inventory_generation="g", readings=[GpuMetrics(index=0)], readings_age_s=0.5
-        )
-        readings.note(host, req, float(now))
 
-    assert [s.at for s in readings.series("h1", 0)] == [6.5, 7.5, 8.5]
+    def note(now: float, age_s: float = 0.5, **values: float) -> None:
+        reading = GpuMetrics(index=0, **values)  # type: ignore[arg-type]
+        readings.note(
+            host,
+            SyncRequest(
+                agent_version="x", inventory_generation="g", readings=[reading], readings_age_s=age_s
+            ),
+            now,
+        )
+
+    for now in range(10):
+        note(float(now), power_w=655.12 + now)
+    note(9.0, age_s=2.0, power_w=1.0)  # read before the latest kept: not kept
+
+    assert [(s.at, s.reading.power_w) for s in readings.series("h1", 0)] == [
+        (6.5, 662.12),
+        (7.5, 663.12),
+        (8.5, 664.12),
+    ]
+    (latest,) = readings.latest("h1").values()
+    assert latest.reading == GpuMetrics(index=0, uuid=SOUND.gpus[0].uuid, power_w=664.12)
     readings.forget("h1")
     assert readings.series("h1", 0) == [] and readings.hosts() == []
+
+
+def test_device_text_is_prometheus_text_with_each_value_in_its_unit() -> None:
+    host = 'odd"host\\name\n'
+    labels = f'host="{_escape(host)}",gpu="1",uuid="GPU-1",job="j1",project="vision"'
+    values = array("f", [97.0, 61234, 81920, 62.0, 655.12, 1980, 3, math.nan])  # in VALUES's order
+
+    found = samples(device_text([(labels, values, (13, 79))]))
+
+    def one(name: str, **more: str) -> float:
+        wanted = {"host": host, "gpu": "1", "uuid": "GPU-1", "job": "j1", "project": "vision", **more}
+        return found[(name, frozenset(wanted.items()))]
+
+    assert one("gpuctl_gpu_utilization_percent") == 97.0
+    assert one("gpuctl_gpu_memory_used_bytes") == 61234 * 1024**2
+    assert one("gpuctl_gpu_memory_total_bytes") == 80 * 1024**3
+    assert one("gpuctl_gpu_power_watts") == 655.12
+    assert one("gpuctl_gpu_sm_clock_hertz") == 1.98e9
+    assert one("gpuctl_gpu_xid_errors") == 79
+    assert one("gpuctl_gpu_ecc_errors_total", type="corrected") == 3
+    assert not [key for key in found if ("type", "uncorrected") in key[1]]  # not reported: no sample
