@@ -20,12 +20,8 @@ class SharedState:
     disk_problem: str = ""  # the state dir cannot take new work (agent.diskguard); sent with the inventory
     unhealthy: tuple[GpuHealth, ...] = ()  # devices agent.health finds unhealthy; sent with the inventory
     log_chunk_max_bytes: int = LOG_CHUNK_MAX_BYTES  # the coordinator's answer may lower it
-    metrics_interval_s: float = (
-        METRICS_INTERVAL_S  # how often agent.readings reads the devices: the coordinator's
-    )
-    readings: tuple[
-        GpuMetrics, ...
-    ] = ()  # the latest, not yet sent: the next sync takes them (agent.readings)
+    metrics_interval_s: float = METRICS_INTERVAL_S  # how often agent.readings reads: the coordinator's
+    readings: tuple[GpuMetrics, ...] = ()  # the latest, unsent: the next sync takes them (agent.readings)
     readings_at: float = 0.0  # when they were read (monotonic)
     last_sync_at: float = field(default_factory=time.monotonic)  # the last answer; the agent's start at first
     inventory: Inventory | None = None  # the latest detected; replaced whole by re-detection, never mutated

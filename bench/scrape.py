@@ -3,9 +3,9 @@
 A coordinator with HOSTS simulated 8xH100 hosts (8 blocks each, written straight into its store), a device
 reading of each of their GPUs (as their syncs bring them), and JOBS jobs in 20 projects (the scheduler places
 what fits, the rest waits); then the scrape's body is made SCRAPES times, as `GET /metrics` makes it, on the
-event loop (the device families' text in a worker thread, from rows read on the loop). Prints the median
+event loop (the device families' text in a worker thread, from a snapshot taken on the loop). Prints the median
 and worst time of the whole body and of its parts that grow with the fleet: the state reads (jobs, hosts,
-blocks), and the device families' rows and text.
+blocks), and the device families' snapshot and text.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 
 from agent.detect.simulate import simulated_readings
 from bench.scheduler import host
-from coordinator.readings_metrics import device_rows, device_text
+from coordinator.readings_metrics import device_snapshot, device_text
 from coordinator.server import ServerConfig, start_coordinator
 from coordinator.service import Coordinator
 from shared.spec import GpuRequest, Range, Resources, TaskSpec
@@ -75,16 +75,16 @@ async def run(hosts_n: int, jobs_n: int) -> dict[str, tuple[float, float]]:
         try:
             c = running.coordinator
             _fill(c, hosts_n, jobs_n)
-            rows = device_rows(c)
+            snapshot = device_snapshot(c)
             return {
                 "scrape": _times_ms(
-                    lambda: generate_latest(c.meters.registry) + device_text(device_rows(c)).encode()
+                    lambda: generate_latest(c.meters.registry) + device_text(device_snapshot(c)).encode()
                 ),
                 "jobs by state and project": _times_ms(c.store.job_counts),
                 "hosts by state": _times_ms(c.host_states),
                 "blocks per fleet": _times_ms(c.live.blocks_by_fleet),
-                "device rows (event loop)": _times_ms(lambda: device_rows(c)),
-                "device text (a thread)": _times_ms(lambda: device_text(rows)),
+                "devices' snapshot (the loop)": _times_ms(lambda: device_snapshot(c)),
+                "devices' text (a thread)": _times_ms(lambda: device_text(snapshot)),
             }
         finally:
             await running.close()

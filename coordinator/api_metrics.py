@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator.accounts import hash_secret
 from coordinator.http import COORDINATOR, bearer_token, error
-from coordinator.readings_metrics import device_rows, device_text
+from coordinator.readings_metrics import device_snapshot, device_text
 from shared import tls
 
 PATH = "/metrics"
@@ -44,7 +44,7 @@ async def metrics(request: web.Request) -> web.Response:
             401, f"missing or wrong scrape token (the coordinator's state directory has it: {TOKEN_FILE})"
         )
     coordinator = request.app[COORDINATOR]
-    devices = await asyncio.to_thread(device_text, device_rows(coordinator))
+    devices = await asyncio.to_thread(device_text, device_snapshot(coordinator))
     body = generate_latest(coordinator.meters.registry) + devices.encode()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -65,7 +64,8 @@ class DeviceReadings:
             if ring is None:  # named as the inventory names it, as every view does
                 uuid = uuids[reading.index] or reading.uuid
                 ring = kept.gpus[reading.index] = SampleRing(reading.index, uuid, self.samples_per_gpu)
-            if (ring.latest_at() or -math.inf) < at:
+            latest_at = ring.latest_at()
+            if latest_at is None or latest_at < at:
                 ring.append(at, reading)
         if strays and not kept.warned:
             kept.warned = True
@@ -88,14 +88,14 @@ class DeviceReadings:
         ring = self._hosts[host_id].gpus.get(index) if host_id in self._hosts else None
         return ring.samples() if ring else []
 
-    def rings(self, host_id: str) -> list[SampleRing]:
-        """The rings of a host's GPUs, by index (for `/metrics`, which reads their latest values)."""
-        gpus = self._hosts[host_id].gpus if host_id in self._hosts else {}
-        return [gpus[i] for i in sorted(gpus)]
-
     def hosts(self) -> list[tuple[str, str]]:
         """(id, name) of every host with readings, by name."""
         return sorted(((host_id, h.name) for host_id, h in self._hosts.items()), key=lambda pair: pair[1])
+
+    def rings(self) -> list[tuple[str, str, list[SampleRing]]]:
+        """(host id, name, its GPUs' rings by index) of every host: a copy of the lists, which another
+        thread may walk while the event loop goes on (`/metrics`: coordinator/readings_metrics.py)."""
+        return [(host_id, h.name, [h.gpus[i] for i in sorted(h.gpus)]) for host_id, h in self._hosts.items()]
 
 
 def readings_settings(raw: dict, base: Settings) -> Settings:

@@ -20,7 +20,7 @@ import json
 from array import array
 from typing import TYPE_CHECKING
 
-from coordinator.sample_ring import VALUES
+from coordinator.sample_ring import VALUES, SampleRing
 from coordinator.store import TERMINAL_ALLOC_STATES
 
 if TYPE_CHECKING:
@@ -40,11 +40,14 @@ ECC = (("corrected", "ecc_corrected"), ("uncorrected", "ecc_uncorrected"))
 XID = "gpuctl_gpu_xid_errors"
 ECC_FAMILY = "gpuctl_gpu_ecc_errors_total"
 Row = tuple[str, "array[float]", tuple[int, ...]]  # a GPU's labels, its latest values (VALUES), its XIDs
+# (host id, name, its rings) of the hosts shown, and (host id, GPU index) -> (job id, project) of held GPUs
+Snapshot = tuple[list[tuple[str, str, list[SampleRing]]], dict[tuple[str, int], tuple[str, str]]]
 
 
-def device_text(rows: list[Row]) -> str:
-    """The device families of `rows` (`device_rows`) in the text format. Pure: the scrape runs it in a
-    worker thread, so the event loop goes on serving syncs meanwhile."""
+def device_text(snapshot: Snapshot) -> str:
+    """The device families of a `device_snapshot` in the text format. The scrape runs it in a worker
+    thread, so the event loop goes on serving syncs meanwhile: at 10,000 hosts it is most of a scrape."""
+    rows = _rows(snapshot)
     out = []
     for family, text, name, factor in GAUGES:
         column = VALUES.index(name)
@@ -67,17 +70,21 @@ def device_text(rows: list[Row]) -> str:
     return "".join(out)
 
 
-def device_rows(c: Coordinator) -> list[Row]:
-    """(labels, latest values, XIDs) of every GPU with a reading, on hosts within their lease: a copy, read
-    on the event loop, that `device_text` may write from any thread."""
-    holders = _holders(c)
+def device_snapshot(c: Coordinator) -> Snapshot:
+    """What the device families show, read on the event loop: the rings of the hosts heard from within their
+    lease, and who holds each GPU. Cheap: the values are read later, from the rings, by `device_text`."""
     lease_s = c.lease_s()
+    hosts = [host for host in c.device_readings.rings() if c.silent_s(host[0]) <= lease_s]
+    return hosts, _holders(c)
+
+
+def _rows(snapshot: Snapshot) -> list[Row]:
+    """(labels, latest values, XIDs) of every GPU of the snapshot with a reading."""
+    hosts, holders = snapshot
     rows = []
-    for host_id, name in c.device_readings.hosts():
-        if c.silent_s(host_id) > lease_s:
-            continue
+    for host_id, name, rings in hosts:
         host = _escape(name)
-        for ring in c.device_readings.rings(host_id):
+        for ring in rings:
             latest = ring.latest_values()
             if latest is None:
                 continue

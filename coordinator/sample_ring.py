@@ -27,7 +27,8 @@ WIDTH = len(VALUES)
 
 
 class SampleRing:
-    """The latest `capacity` samples of one GPU, the oldest overwritten first. Not thread-safe."""
+    """The latest `capacity` samples of one GPU, the oldest overwritten first. One writer (the event loop);
+    `latest_values` may be read from another thread meanwhile."""
 
     def __init__(self, index: int, uuid: str, capacity: int) -> None:
         self.index = index
@@ -42,11 +43,13 @@ class SampleRing:
         return self.ats[(self.count - 1) % self.capacity] if self.count else None
 
     def append(self, at: float, reading: GpuMetrics) -> None:
+        """Keep a sample, overwriting the oldest when full. A reader in another thread (the `/metrics`
+        text) sees the latest sample whole: the row is written in one slice assignment, before the count
+        that makes it the latest moves."""
         slot = self.count % self.capacity
+        row = array("f", [math.nan if (v := getattr(reading, name)) is None else v for name in VALUES])
+        self.values[slot * WIDTH : (slot + 1) * WIDTH] = row
         self.ats[slot] = at
-        for column, name in enumerate(VALUES):
-            value = getattr(reading, name)
-            self.values[slot * WIDTH + column] = math.nan if value is None else value
         self.xids = reading.xids
         self.count += 1
 

@@ -106,11 +106,16 @@ async def test_a_silent_host_counts_as_unreachable() -> None:
         c.start_agent("host-a", "8xH100:80GB", "auto")
         token = (c.root / "coordinator" / "metrics.token").read_text().strip()
         states = await hosts_once(c, token, lambda s: s.get("ready") == 1)
+        await scraped(c, token, lambda found: any(name.startswith("gpuctl_gpu_") for name, _ in found))
         await c.stop_agent("host-a")
 
         states = await hosts_once(c, token, lambda s: "ready" not in s)
 
         assert states == {"unreachable": 1}
+        _, text = await asyncio.to_thread(scrape, c, token)
+        assert not [
+            name for name, _ in samples(text) if name.startswith("gpuctl_gpu_")
+        ]  # its readings are old
 
 
 async def hosts_once(c: Cluster, token: str, wanted: Callable[[dict[str, float]], bool]) -> dict[str, float]:

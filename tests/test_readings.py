@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-from array import array
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +17,8 @@ from agent.readings import sound, take_readings
 from agent.state import SharedState
 from cli.api import Api, ApiError
 from coordinator.readings import DeviceReadings
-from coordinator.readings_metrics import _escape, device_text
+from coordinator.readings_metrics import device_text
+from coordinator.sample_ring import SampleRing
 from coordinator.store import HostRow
 from shared.spec import parse_spec
 from shared.wire import GpuMetrics, JobGpuSeries, JobMetricsView, SyncRequest
@@ -223,10 +222,21 @@ def test_the_ring_is_bounded_keeps_time_order_and_forgets_a_removed_host() -> No
 
 def test_device_text_is_prometheus_text_with_each_value_in_its_unit() -> None:
     host = 'odd"host\\name\n'
-    labels = f'host="{_escape(host)}",gpu="1",uuid="GPU-1",job="j1",project="vision"'
-    values = array("f", [97.0, 61234, 81920, 62.0, 655.12, 1980, 3, math.nan])  # in VALUES's order
+    ring = SampleRing(1, "GPU-1", capacity=4)
+    reading = GpuMetrics(
+        index=1,
+        utilization_pct=97.0,
+        memory_used_mib=61234,
+        memory_total_mib=81920,
+        temperature_c=62.0,
+        power_w=655.12,
+        sm_clock_mhz=1980.0,
+        ecc_corrected=3,
+        xids=(13, 79),
+    )
+    ring.append(5.0, reading)
 
-    found = samples(device_text([(labels, values, (13, 79))]))
+    found = samples(device_text(([("h1", host, [ring])], {("h1", 1): ("j1", "vision")})))
 
     def one(name: str, **more: str) -> float:
         wanted = {"host": host, "gpu": "1", "uuid": "GPU-1", "job": "j1", "project": "vision", **more}
