@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent.agent import detect, run_agent
@@ -84,6 +85,9 @@ async def test_a_running_jobs_readings_reach_its_metrics_and_gpuctl_metrics(tmp_
                 and row[-1] == "0/0"
             )
         assert max(map(len, lines)) <= 80
+        code, out = await asyncio.to_thread(cli, vision, tmp_path, "metrics", job.id, "--json")
+        assert code == 0, out
+        assert [s.gpu for s in msgspec.json.decode(out, type=JobMetricsView).gpus] == list(running.gpus)
 
         other = await member_of(c, "other")  # another project's member sees no such job
         with pytest.raises(ApiError, match="no job"):
