@@ -27,8 +27,8 @@ from shared.wire import (
     FleetSet,
     FleetView,
     HostDetail,
+    HostReadings,
     HostView,
-    JobGpuSeries,
     JobMetricsView,
     JobView,
     ProjectCreate,
@@ -145,9 +145,9 @@ class Api:
         """The live readings of the GPUs the job holds (`gpuctl metrics`)."""
         return self._call("GET", f"/jobs/{urllib.parse.quote(ref, safe='')}/metrics", JobMetricsView)
 
-    def fleet_readings(self) -> list[JobGpuSeries]:
-        """The latest reading of every GPU of every host (`gpuctl top`)."""
-        return self._call("GET", "/readings", list[JobGpuSeries])
+    def fleet_readings(self) -> list[HostReadings]:
+        """Every host's latest readings, summed up (`gpuctl top`)."""
+        return self._call("GET", "/readings", list[HostReadings])
 
     def hosts(self) -> list[HostView]:
         return self.hosts_and_warning()[0]

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
 
-    from shared.wire import GpuMetrics, HostView, JobGpuSeries, JobMetricsView
+    from shared.wire import GpuMetrics, HostReadings, HostView, JobMetricsView
 
 REFRESH_S = 2.0
 GIB = 1024  # MiB
@@ -42,7 +42,9 @@ def metrics_command(once: bool, as_json: bool, job: str) -> None:
 
 @click.command("top")
 @click.option("--once", is_flag=True, help="Print the fleet once and exit (the default when not a terminal).")
-@click.option("--json", "as_json", is_flag=True, help="Every GPU's latest reading, once, as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Every host's latest readings, summed up, once, as JSON."
+)
 def top_command(once: bool, as_json: bool) -> None:
     """Show the fleet live, one line per host: its GPUs, busy blocks, mean utilization, memory used of all,
     the hottest GPU, the power drawn, and its unhealthy GPUs."""
@@ -112,38 +114,32 @@ def reading_cells(r: GpuMetrics | None) -> list[str]:
     ]
 
 
-def fleet_table(hosts: list[HostView], readings: list[JobGpuSeries]) -> Table:
+def fleet_table(hosts: list[HostView], readings: list[HostReadings]) -> Table:
     """`gpuctl top`: one row per host, as `gpuctl hosts` lists them; one unreachable (its lease ran out) or
     removed shows no readings, and says so after its name."""
     table = _table("HOST", "GPUS", "BUSY", "UTIL", "MEM GiB", "TEMP", "POWER", "UNHEALTHY")
-    by_host: dict[str, list[GpuMetrics]] = {}
-    for series in readings:
-        by_host.setdefault(series.host, []).extend(s.reading for s in series.samples[-1:])
+    by_host = {summary.host: summary for summary in readings}
     for host in sorted(hosts, key=lambda h: h.name):
-        gpus = len(host.inventory.gpus) if host.inventory else 0
-        found = by_host.get(host.name, []) if host.status in ("ready", "draining") else []
+        live = host.status in ("ready", "draining")
         table.add_row(
-            host.name + (f" ({host.status})" if host.status not in ("ready", "draining") else ""),
-            str(gpus),
+            host.name + ("" if live else f" ({host.status})"),
+            str(len(host.inventory.gpus) if host.inventory else 0),
             f"{host.busy_blocks}/{host.total_blocks}",
-            *host_cells(found),
+            *host_cells(by_host.get(host.name) if live else None),
             str(len(host.unhealthy)) if host.unhealthy else "-",
         )
     return table
 
 
-def host_cells(found: list[GpuMetrics]) -> list[str]:
+def host_cells(r: HostReadings | None) -> list[str]:
     """A host's UTIL (mean), MEM GiB (used/all), TEMP (the hottest) and POWER (the sum). Pure."""
-    utils = [r.utilization_pct for r in found if r.utilization_pct is not None]
-    used = [r.memory_used_mib for r in found if r.memory_used_mib is not None]
-    total = [r.memory_total_mib for r in found if r.memory_total_mib is not None]
-    temps = [r.temperature_c for r in found if r.temperature_c is not None]
-    power = [r.power_w for r in found if r.power_w is not None]
+    if r is None:
+        return ["-"] * 4
     return [
-        _unit(sum(utils) / len(utils), "%") if utils else "-",
-        _memory(sum(used) if used else None, sum(total) if total else None, decimals=0),
-        _unit(max(temps), "C") if temps else "-",
-        _watts(sum(power) if power else None),
+        _unit(r.utilization_pct, "%"),
+        _memory(r.memory_used_mib, r.memory_total_mib, decimals=0),
+        _unit(r.temperature_c, "C"),
+        _watts(r.power_w),
     ]
 
 

@@ -1,6 +1,6 @@
 """The agents' device readings for users: a job's GPUs (`gpuctl metrics JOB`, the console's charts) and the
-latest of every host's (`gpuctl top`). Read from memory (coordinator/readings.py), never from the store's
-tables beyond the job's allocations."""
+latest of every host's, summed up (`gpuctl top`). The samples come from memory (coordinator/readings.py); the store says
+only which GPUs of which hosts the job holds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from coordinator.http import COORDINATOR, json_response, project_scope
 from coordinator.service import Coordinator
 from coordinator.store import JobRow
 from shared import constants as C
-from shared.wire import JobGpuSeries, JobMetricsView
+from shared.wire import GpuMetrics, HostReadings, JobGpuSeries, JobMetricsView
 
 
 async def job_metrics(request: web.Request) -> web.Response:
@@ -45,15 +45,32 @@ def job_metrics_view(coord: Coordinator, job: JobRow) -> JobMetricsView:
 
 
 async def fleet_readings(request: web.Request) -> web.Response:
-    """The latest sample of every GPU of every host, one series each: counts of the fleet's devices, which
-    every user may see (as `gpuctl hosts`), with no job named."""
+    """Every host's latest readings, summed up (`HostReadings`): counts of the fleet's devices, which every
+    user may see (as `gpuctl hosts`), with no job named."""
     readings = request.app[COORDINATOR].device_readings
     return json_response(
         [
-            JobGpuSeries(host=name, gpu=index, uuid=sample.reading.uuid, samples=[sample])
+            summed_up(name, [sample.reading for sample in readings.latest(host_id).values()])
             for host_id, name in readings.hosts()
-            for index, sample in readings.latest(host_id).items()
         ]
+    )
+
+
+def summed_up(host: str, found: list[GpuMetrics]) -> HostReadings:
+    """A host's GPUs' readings as one line: mean utilization, memory used of all, the hottest, power. Pure."""
+    utils = [r.utilization_pct for r in found if r.utilization_pct is not None]
+    used = [r.memory_used_mib for r in found if r.memory_used_mib is not None]
+    total = [r.memory_total_mib for r in found if r.memory_total_mib is not None]
+    temps = [r.temperature_c for r in found if r.temperature_c is not None]
+    power = [r.power_w for r in found if r.power_w is not None]
+    return HostReadings(
+        host=host,
+        gpus=len(found),
+        utilization_pct=sum(utils) / len(utils) if utils else None,
+        memory_used_mib=sum(used) if used else None,
+        memory_total_mib=sum(total) if total else None,
+        temperature_c=max(temps) if temps else None,
+        power_w=sum(power) if power else None,
     )
 
 

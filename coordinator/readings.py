@@ -4,10 +4,11 @@ Agents send their latest readings with a sync (agent/readings.py), each once, wi
 stamped with the coordinator's clock (`now - age`), so hosts with wrong clocks line up. A reading of a GPU
 index the host's inventory lacks is dropped, not refused: the sync carries the host's jobs' news, which must
 not wait on a reading. Memory is bounded: `SAMPLES_PER_GPU` samples of each GPU of the host's inventory (which
-the wire bounds), each a compact ring (coordinator/sample_ring.py), and a removed host's are forgotten. Liveness-like, they are not stored: a restarted
-coordinator starts with none, and the next syncs refill it.
+the wire bounds), each in a compact ring (coordinator/sample_ring.py), and a removed host's are forgotten.
+Liveness-like, they are not stored: a restarted coordinator starts with none, and the next syncs refill it.
 
-`gpuctl metrics JOB`, `gpuctl top`, the console and `/metrics` read it (`latest`, `series`).
+`gpuctl metrics JOB`, `gpuctl top`, the console and job accounting read it (`latest`: the latest reading of
+some GPUs of a host; `series`: one GPU's samples); `/metrics` reads the rings (`rings`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class _Host:
 
 
 class DeviceReadings:
-    """Each host's GPUs' latest samples, oldest first. Not thread-safe: the event loop alone uses it."""
+    """Each host's GPUs' latest samples, oldest first. The event loop alone changes it (`rings` hands another
+    thread what it may read)."""
 
     def __init__(self, samples_per_gpu: int = SAMPLES_PER_GPU) -> None:
         self.samples_per_gpu = samples_per_gpu

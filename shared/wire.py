@@ -282,6 +282,20 @@ class JobGpuSeries(Wire, kw_only=True):
     samples: list[GpuSample] = []
 
 
+class HostReadings(Wire):
+    """`GET /api/v1/readings`: the latest readings of one host's GPUs, summed up for `gpuctl top` (a line a
+    host, whatever the fleet's size): the mean utilization, memory used and in all, the hottest GPU, the power
+    drawn. None: no GPU of the host reported that value."""
+
+    host: str  # the host's name
+    gpus: int = 0  # GPUs with a reading
+    utilization_pct: float | None = None
+    memory_used_mib: int | None = None
+    memory_total_mib: int | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
 class JobMetricsView(Wire):
     """`GET /api/v1/jobs/{ref}/metrics`: the live readings of a job's GPUs (`gpuctl metrics JOB`, the console)."""
 

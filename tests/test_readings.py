@@ -22,14 +22,14 @@ from coordinator.readings_metrics import device_text
 from coordinator.sample_ring import SampleRing
 from coordinator.store import HostRow
 from shared.spec import parse_spec
-from shared.wire import GpuMetrics, JobGpuSeries, JobMetricsView, SyncRequest
+from shared.wire import GpuMetrics, HostReadings, JobMetricsView, SyncRequest
 from tests.agent_session import agent_session, sync_body
 from tests.fakes import fake_nvml, load
 from tests.harness import FAST, Cluster, cluster
 from tests.test_arrays import cli
 from tests.test_fuzz import NO_WAIT
 from tests.test_inventory_guard import SOUND
-from tests.test_metrics import member_of, samples, scrape
+from tests.test_metrics import member_of, samples, scraped
 
 READ_OFTEN = replace(FAST, metrics_interval_s=0.2)
 TRAIN = "name: train\nresources: {gpu: 2}\ncommands: ['sleep 300']"
@@ -116,7 +116,7 @@ async def test_top_shows_each_host_on_one_line(tmp_path: Path) -> None:
         assert max(map(len, out.splitlines())) <= 80
 
 
-async def fleet_readings(c: Cluster, ready: Callable[[list[JobGpuSeries]], bool]) -> list[JobGpuSeries]:
+async def fleet_readings(c: Cluster, ready: Callable[[list[HostReadings]], bool]) -> list[HostReadings]:
     async with asyncio.timeout(60):
         while True:
             found = await asyncio.to_thread(c.api.fleet_readings)
@@ -134,20 +134,25 @@ async def test_readings_of_gpus_the_inventory_lacks_are_dropped_and_xids_ride_al
         )
         nvml.xids.append(
             (1, 13)
-        )  # a graphics engine exception: the job's fault, no health mark, but a reading
-
-        found = await fleet_readings(c, lambda f: any(s.samples[-1].reading.xids for s in f))
-
-        assert [(s.host, s.gpu) for s in found] == [("h1", 0), ("h1", 1)]
-        assert found[1].samples[-1].reading.xids == (13,)
-        assert found[1].uuid == "GPU-sim-00000000-0000-0000-0000-000000000001"  # the inventory's name for it
-        assert found[1].samples[-1].reading.utilization_pct == 97.0  # the fake NVML's device 1
+        )  # a graphics engine exception: the job's fault, no health mark; in the reading
         token = (c.root / "coordinator" / "metrics.token").read_text().strip()
-        _, text = await asyncio.to_thread(scrape, c, token)
-        xids = {
-            dict(k)["gpu"]: v for (name, k), v in samples(text).items() if name == "gpuctl_gpu_xid_errors"
-        }
-        assert xids == {"0": 0, "1": 13}  # the last XID, as DCGM exporter's DCGM_FI_DEV_XID_ERRORS
+
+        def xid_13(found: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> bool:
+            return 13 in [v for (name, _), v in found.items() if name == "gpuctl_gpu_xid_errors"]
+
+        found = await scraped(c, token, xid_13)
+
+        def by_gpu(family: str) -> dict[tuple[str, str], float]:
+            return {(dict(k)["gpu"], dict(k)["uuid"]): v for (name, k), v in found.items() if name == family}
+
+        uuids = [f"GPU-sim-00000000-0000-0000-0000-{i:012x}" for i in range(2)]  # the inventory's names
+        assert by_gpu("gpuctl_gpu_xid_errors") == {("0", uuids[0]): 0, ("1", uuids[1]): 13}  # the last XID
+        assert by_gpu("gpuctl_gpu_utilization_percent") == {
+            ("0", uuids[0]): 0,
+            ("1", uuids[1]): 97,
+        }  # fake NVML's
+        (host,) = await asyncio.to_thread(c.api.fleet_readings)
+        assert (host.host, host.gpus, host.utilization_pct) == ("h1", 2, 48.5)
 
 
 async def test_out_of_bounds_readings_are_refused_naming_the_field_and_strays_are_dropped() -> None:
