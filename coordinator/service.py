@@ -34,6 +34,7 @@ from coordinator.notify import InProcess, Relay
 from coordinator.preempting import Preempting
 from coordinator.queue_policy import Quota
 from coordinator.quota import UploadQuota
+from coordinator.readings import DeviceReadings
 from coordinator.schedule_store import ScheduleStore
 from coordinator.schedules import ScheduleOps
 from coordinator.scheduling import Scheduling
@@ -103,6 +104,7 @@ class Coordinator(Preempting, Scheduling, HostOps, LostHosts, AgentSide, Schedul
         self.preemptible: frozenset[str] = frozenset()  # preempting.py
         self.waiting: dict[str, str] = {}
         self.plan_due_at = 0.0
+        self.device_readings = DeviceReadings()  # the agents' latest device readings, in memory
         self.meters = Meters()  # `/metrics`: events counted here, states read at each scrape
         self.meters.registry.register(StateCollector(self))
         # Replicas on PostgreSQL: only the leader schedules, and the others hear of each change (server.py
