@@ -3,8 +3,8 @@
 `GET /who`: which replica answers ($GPUCTL_ARRAY_INDEX). `GET /echo-request`: the request line and headers
 it got, as JSON. `POST /upload`: the body's size and sha256 (and "chunked" for a chunked one). `GET /stream`: a chunked answer whose first
 chunk goes out at once and whose last waits until `GET /release` comes: a proxy that held the answer whole
-would never pass the first chunk on. `GET /drip`: a chunk every 50 ms, until the caller goes. `GET /zeros/N`: N zero bytes. `GET /exit`: the process
-exits with 3. `GET /bad-header`: an answer with a bare LF in a header.
+would never pass the first chunk on. `GET /drip`: a chunk every 50 ms, until the caller goes. `GET /zeros/N`: N zero bytes. `GET /set-cookies`: two Set-Cookie headers, one
+named as the console's session cookie. `GET /exit`: the process exits with 3. `GET /bad-header`: an answer with a bare LF in a header.
 
 Run as `python3 -c "$APP" PORT`. It binds with SO_REUSEPORT: the agents of a test share one machine's
 loopback, so two replicas (run as one user) listen on the same port there, as they would on two hosts.
@@ -60,6 +60,12 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/bad-header":  # a header value with a bare LF: a header injected past a proxy
             self.wfile.write(b"HTTP/1.1 200 OK\r\nX-A: a\nSet-Cookie: stolen=1\r\nContent-Length: 0\r\n\r\n")
             self.close_connection = True
+        elif self.path == "/set-cookies":  # its own cookie, and one named as the console's session
+            self.send_response(200)
+            self.send_header("Set-Cookie", "app=1; Path=/")
+            self.send_header("Set-Cookie", "gpuctl_session=chosen-by-the-app; Path=/; Secure")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path == "/exit":  # the application fails
             os._exit(3)
         elif self.path == "/release":
