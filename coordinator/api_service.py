@@ -72,6 +72,7 @@ _NOT_FORWARDED = frozenset(
         "x-forwarded-prefix",
     )
 )
+_REACH_CONSOLE = frozenset(("cross-origin-opener-policy", "service-worker-allowed"))  # `_answer_headers`
 _BAD_PATH_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -267,12 +268,16 @@ def _without_session(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _answer_headers(head: ResponseHead) -> CIMultiDict[str]:
-    """The replica's answer's headers, less a cookie it sets under the console's session's name: it could
-    set its own session (one its author logged in) and have the caller act in the console as its author."""
+    """The replica's answer's headers, less those that would reach into the console on the shared origin: a
+    cookie under the console's session's name (its author's own session, to have the caller act in the
+    console as its author), a Cross-Origin-Opener-Policy (the console's pages send `same-origin`, so that a
+    service's page cannot read a console window it opens; with the same policy it could), and
+    Service-Worker-Allowed (a service worker whose scope took in /ui/ would answer the console's pages)."""
     return CIMultiDict(
         (name, value)
         for name, value in response_headers(head).items()
-        if name.lower() != "set-cookie" or value.split("=", 1)[0].strip() != COOKIE
+        if name.lower() not in _REACH_CONSOLE
+        and (name.lower() != "set-cookie" or value.split("=", 1)[0].strip() != COOKIE)
     )
 
 

@@ -21,6 +21,7 @@ from coordinator.accounts import Principal
 from shared import constants as C
 
 COOKIE = "gpuctl_session"
+CSRF_HEADER = "X-Gpuctl-Csrf"  # the console's script sends its session's CSRF token in it (console.js)
 SCRIPT_READS = re.compile(rf"^{re.escape(C.API_PREFIX)}/jobs/[^/]+/(logs|metrics)$")
 SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 10_000
@@ -73,11 +74,15 @@ def session_of(request: web.Request) -> Session | None:
 
 def console_reader(request: web.Request) -> Principal | None:
     """Who a console page's script is, reading a job's log or readings from the user API with the session's
-    cookie: GET only, those two routes only (no token in the page), and only without an Authorization header."""
+    cookie: GET only, those two routes only (no token in the page), only without an Authorization header, and
+    only with the session's CSRF token in `CSRF_HEADER`, which the console's pages alone hold: a service's
+    page, served on the console's origin, sends the cookie too."""
     if request.method != "GET" or "Authorization" in request.headers or not SCRIPT_READS.match(request.path):
         return None
     session = session_of(request)
-    return session.principal if session is not None else None
+    if session is None or not csrf_ok(session, request.headers.get(CSRF_HEADER, "")):
+        return None
+    return session.principal
 
 
 def csrf_ok(session: Session, sent: str) -> bool:

@@ -277,7 +277,8 @@ async def test_a_console_session_never_reaches_a_replica_nor_is_set_by_one(one_h
     """Services share the console's origin, so a browser logged into the console sends its session cookie
     (Path=/) with every call to a service: the replica, whose code any member of its project wrote, would act
     as whoever called it. The cookie is taken off the request, the replica's other cookies pass, and a cookie
-    the replica sets under the session's name (its own session, to log the caller into it) is dropped."""
+    the replica sets under the session's name (its own session, to log the caller into it) is dropped, as are
+    the headers with which its pages could reach into a console window."""
     c = one_host
     port = _free_port()
     await _submit(c, _service("public", port, "auth: false\n"))
@@ -294,6 +295,12 @@ async def test_a_console_session_never_reaches_a_replica_nor_is_set_by_one(one_h
         async with ui.http.get(f"{c.coordinator.url}/services/default/public/set-cookies") as answer:
             assert answer.headers.getall("Set-Cookie") == ["app=1; Path=/"]
         assert ui.http.cookie_jar.filter_cookies(URL(c.coordinator.url))[COOKIE].value == session
+        # a page of the replica may not share the console's opener policy (it would read a console window it
+        # opens), nor widen a service worker's scope to the console's pages
+        async with ui.http.get(f"{c.coordinator.url}/services/default/public/probe") as answer:
+            assert answer.status == 200 and answer.headers["Content-Type"] == "text/html"
+            assert "Cross-Origin-Opener-Policy" not in answer.headers
+            assert "Service-Worker-Allowed" not in answer.headers
 
 
 async def test_a_replica_whose_port_does_not_listen_takes_no_request(one_host: Cluster) -> None:
