@@ -265,3 +265,14 @@ def test_a_session_ends_at_its_time_and_the_oldest_goes_past_the_limit() -> None
     sessions.close(b)
     sessions.close(b)  # idempotent
     assert sessions.get(b, now=2000.0) is None
+
+
+def test_one_user_logging_in_again_and_again_ends_only_its_own_sessions() -> None:
+    """Past its share of the sessions, a user's oldest ends, not another user's: a member that logs in
+    10,000 times would otherwise have logged every other user out."""
+    sessions = Sessions(ttl_s=60, limit=4, per_user=2)
+    eve, ann = Principal("eve", "member", "vision"), Principal("ann", "admin", None)
+    kept = sessions.open(ann, now=1000.0)
+    eves = [sessions.open(eve, now=1000.0) for _ in range(10)]
+    assert sessions.get(kept, now=1000.0) is not None
+    assert [sessions.get(s, now=1000.0) is not None for s in eves] == [False] * 8 + [True] * 2
