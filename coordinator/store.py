@@ -1,4 +1,5 @@
-"""The coordinator's durable state in SQLite (WAL). Every write commits before the caller acknowledges it.
+"""The coordinator's durable state, in SQLite (WAL) or PostgreSQL (coordinator/db). Every write commits
+before the caller acknowledges it.
 
 Calls are short and synchronous; the coordinator runs them on its event loop, which keeps them serialised.
 The schema carries a version and migrations run in order at open.
@@ -6,16 +7,15 @@ The schema carries a version and migrations run in order at open.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import msgspec
 
+from coordinator.db import BadDatabase, Connection, Row, open_backend
 from coordinator.migrations import MIGRATIONS
 from shared.spec import TaskSpec
 from shared.states import AllocState, HostState, JobState, check_host_transition, check_job_transition
@@ -24,7 +24,7 @@ from shared.wire import GpuHealth, Inventory
 BACKGROUND_BATCH = 1000  # rows per transaction written off the loop: short, so the loop never waits long
 TERMINAL_ALLOC_STATES = tuple(s.value for s in AllocState if s.terminal)
 _LISTED = "id, name, generation, desired_index, last_seen, status, fleet, labels, unhealthy"  # a HostRow but its inventory
-INVENTORIES_PER_READ = 500  # host ids in one query (SQLite's limit on parameters is higher)
+INVENTORIES_PER_READ = 500  # host ids in one query (both databases' limits on parameters are higher)
 
 
 @dataclass(frozen=True)
@@ -89,46 +89,49 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self._writer: sqlite3.Connection | None = None  # for batched writes made off the event loop
-        self._writer_lock = threading.Lock()
+    """Opened from a database URL (coordinator/db): `sqlite:///ABSOLUTE/PATH`, or `postgresql://...` for
+    several coordinators on one state; a Path is an SQLite file. Raises BadDatabase (one line naming
+    `database`) for a bad URL, a database that does not answer, or a schema newer than this code's."""
+
+    def __init__(self, database: Path | str) -> None:
+        self._backend = open_backend(database)
+        self.kind = self._backend.kind
+        self.database_url = self._backend.url
+        self.path: Path | None = getattr(self._backend, "path", None)  # SQLite's file
+        self.db: Connection = self._backend.db
         self._inventories: dict[str, tuple[str, Inventory]] = {}  # by host id: (generation, decoded)
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._backend.close()
+            raise
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self.db.close()
+        self._backend.close()
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction; committed (durably) when the block ends without an exception."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def tx(self) -> AbstractContextManager[Connection]:
+        """One transaction; committed (durably) when the block ends without an exception. It is the only
+        writer from its start, across coordinators too (coordinator/db/postgres.py)."""
+        return self._backend.tx()
 
     def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            with self.tx() as db:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version={number}")
+        with self._backend.migration_lock():
+            version = self._backend.schema_version()
+            if version > len(MIGRATIONS):
+                raise BadDatabase(
+                    f"database: schema version {version} is newer than this coordinator's {len(MIGRATIONS)}:"
+                    " run a release at least as new as the one that last opened it"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                with self.tx() as db:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            db.execute(self._backend.ddl(statement))
+                    self._backend.set_schema_version(db, number)
 
     @property
     def schema_version(self) -> int:
-        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        return self._backend.schema_version()
 
     # --- tokens ------------------------------------------------------------------------------------
 
@@ -203,7 +206,7 @@ class Store:
 
     def set_job_state(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         job: JobRow,
         state: JobState,
         reason: str = "",
@@ -227,10 +230,10 @@ class Store:
             job, status=state, reason=reason, exit_code=exit_code, started_at=started, finished_at=finished
         )
 
-    def set_retry_since(self, db: sqlite3.Connection, job_id: str, when: float | None) -> None:
+    def set_retry_since(self, db: Connection, job_id: str, when: float | None) -> None:
         db.execute("UPDATE jobs SET retry_since=? WHERE id=?", (when, job_id))
 
-    def request_stop(self, db: sqlite3.Connection, job_id: str) -> None:
+    def request_stop(self, db: Connection, job_id: str) -> None:
         db.execute("UPDATE jobs SET stop_requested=1 WHERE id=?", (job_id,))
 
     # --- hosts -------------------------------------------------------------------------------------
@@ -260,7 +263,7 @@ class Store:
                     inventory = msgspec.json.decode(row["inventory"], type=Inventory)
                     self._inventories[row["id"]] = (row["generation"], inventory)
 
-    def _listed_host(self, row: sqlite3.Row) -> HostRow:
+    def _listed_host(self, row: Row) -> HostRow:
         if not row["generation"]:
             return _host(row, None)
         generation, inventory = self._inventories.get(row["id"], ("", None))
@@ -268,7 +271,7 @@ class Store:
             return self.get_host(row["id"]) or _host(row, None)
         return _host(row, inventory)
 
-    def _host(self, row: sqlite3.Row) -> HostRow:
+    def _host(self, row: Row) -> HostRow:
         """A host row, its inventory decoded once per generation: a generation names one inventory (it is
         its hash), and decoding every host's inventory on every read was a quarter of the coordinator's
         CPU under ten thousand agents. Inventories are frozen, so sharing one is safe."""
@@ -297,7 +300,7 @@ class Store:
                 (msgspec.json.encode(inventory).decode(), generation, inventory.hostname, host_id),
             )
 
-    def set_unhealthy(self, db: sqlite3.Connection, host_id: str, held: tuple[GpuHealth, ...]) -> None:
+    def set_unhealthy(self, db: Connection, host_id: str, held: tuple[GpuHealth, ...]) -> None:
         db.execute("UPDATE hosts SET unhealthy=? WHERE id=?", (msgspec.json.encode(held).decode(), host_id))
 
     def count_hosts(self) -> int:
@@ -329,20 +332,9 @@ class Store:
     def write_in_background(self, sql: str, rows: list[tuple[object, ...]]) -> None:
         """Run `sql` for every row, committed (durably) before it returns, in transactions of at most
         `BACKGROUND_BATCH` rows. Made for a thread other than the event loop's, so it writes through a
-        connection of its own, one caller at a time: WAL lets the loop's reads go on meanwhile, and a
-        write of the loop's waits at most one batch."""
-        with self._writer_lock:
-            if self._writer is None:
-                self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                self._writer.execute("PRAGMA synchronous=FULL")
-            for start in range(0, len(rows), BACKGROUND_BATCH):
-                self._writer.execute("BEGIN IMMEDIATE")
-                try:
-                    self._writer.executemany(sql, rows[start : start + BACKGROUND_BATCH])
-                except BaseException:
-                    self._writer.execute("ROLLBACK")
-                    raise
-                self._writer.execute("COMMIT")
+        connection of its own, one caller at a time: the loop's reads go on meanwhile, and a write of the
+        loop's waits at most one batch."""
+        self._backend.write_batches(sql, rows, BACKGROUND_BATCH)
 
     def set_membership(self, host_id: str, fleet: str, labels: dict[str, str]) -> None:
         with self.tx() as db:
@@ -351,19 +343,19 @@ class Store:
                 (fleet, msgspec.json.encode(labels).decode(), host_id),
             )
 
-    def set_host_status(self, db: sqlite3.Connection, host: HostRow, status: HostState) -> None:
+    def set_host_status(self, db: Connection, host: HostRow, status: HostState) -> None:
         """Move a host through the one transition table (shared/states.py)."""
         check_host_transition(HostState(host.status), status)
         db.execute("UPDATE hosts SET status=? WHERE id=?", (status.value, host.id))
 
-    def bump_index(self, db: sqlite3.Connection, host_id: str) -> None:
+    def bump_index(self, db: Connection, host_id: str) -> None:
         db.execute("UPDATE hosts SET desired_index=desired_index+1 WHERE id=?", (host_id,))
 
     # --- allocations -------------------------------------------------------------------------------
 
     def insert_allocation(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         alloc_id: str,
         job_id: str,
         host_id: str,
@@ -418,7 +410,7 @@ class Store:
         ).fetchall()
         return [_alloc(r) for r in rows]
 
-    def ssh_ports_in_use(self, db: sqlite3.Connection, host_ids: Iterable[str]) -> set[int]:
+    def ssh_ports_in_use(self, db: Connection, host_ids: Iterable[str]) -> set[int]:
         """The sshd ports of the live allocations on these hosts, in the caller's transaction (which sees
         the nodes it has just written)."""
         ids = list(host_ids)
@@ -447,7 +439,7 @@ class Store:
 
     def update_allocation(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         alloc_id: str,
         state: AllocState,
         exit_code: int | None,
@@ -460,15 +452,24 @@ class Store:
         ran = state is AllocState.RUNNING or (state.terminal and exit_code is not None)
         db.execute(
             "UPDATE allocations SET state=?, exit_code=?, reason=?, final_log_size=?,"
-            " started_at=COALESCE(started_at, CASE WHEN ? THEN ? END),"
-            " finished_at=CASE WHEN ? THEN COALESCE(finished_at, ?) END WHERE id=?",
-            (state.value, exit_code, reason, final_log_size, ran, now, state.terminal, now, alloc_id),
+            " started_at=COALESCE(started_at, ?),"
+            " finished_at=CASE WHEN ? = 1 THEN COALESCE(finished_at, ?) END WHERE id=?",
+            (
+                state.value,
+                exit_code,
+                reason,
+                final_log_size,
+                now if ran else None,
+                state.terminal,
+                now,
+                alloc_id,
+            ),
         )
 
-    def set_interrupted(self, db: sqlite3.Connection, alloc_id: str, why: str) -> None:
+    def set_interrupted(self, db: Connection, alloc_id: str, why: str) -> None:
         db.execute("UPDATE allocations SET interrupted=? WHERE id=?", (why, alloc_id))
 
-    def set_desired(self, db: sqlite3.Connection, alloc_id: str, desired: str) -> None:
+    def set_desired(self, db: Connection, alloc_id: str, desired: str) -> None:
         db.execute("UPDATE allocations SET desired=? WHERE id=?", (desired, alloc_id))
 
 
@@ -476,7 +477,7 @@ def _json(values: tuple[int, ...]) -> str:
     return msgspec.json.encode(list(values)).decode()
 
 
-def _job(row: sqlite3.Row) -> JobRow:
+def _job(row: Row) -> JobRow:
     return JobRow(
         seq=row["seq"],
         id=row["id"],
@@ -497,7 +498,7 @@ def _job(row: sqlite3.Row) -> JobRow:
     )
 
 
-def _host(row: sqlite3.Row, inventory: Inventory | None) -> HostRow:
+def _host(row: Row, inventory: Inventory | None) -> HostRow:
     return HostRow(
         id=row["id"],
         name=row["name"],
@@ -512,7 +513,7 @@ def _host(row: sqlite3.Row, inventory: Inventory | None) -> HostRow:
     )
 
 
-def _alloc(row: sqlite3.Row) -> AllocRow:
+def _alloc(row: Row) -> AllocRow:
     return AllocRow(
         id=row["id"],
         job_id=row["job_id"],

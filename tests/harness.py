@@ -1,4 +1,5 @@
-"""A real coordinator (real TLS, temporary SQLite) and real agents, in-process, for integration tests."""
+"""A real coordinator (real TLS, temporary SQLite or a given PostgreSQL) and real agents, in-process, for
+integration tests."""
 
 from __future__ import annotations
 
@@ -113,11 +114,14 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def cluster(settings: Settings = FAST) -> AsyncIterator[Cluster]:
+async def cluster(settings: Settings = FAST, database: str = "") -> AsyncIterator[Cluster]:
+    """`database`: the coordinator's store (a URL); SQLite under its state dir when empty."""
     root = reachable_tmpdir()
     settings = replace(settings, job_ssh_port_first=ssh_ports_of_this_worker())
     running = await start_coordinator(
-        ServerConfig(root / "coordinator", "127.0.0.1", 0, ("localhost", "127.0.0.1"), settings)
+        ServerConfig(
+            root / "coordinator", "127.0.0.1", 0, ("localhost", "127.0.0.1"), settings, database=database
+        )
     )
     token = ensure_admin_token(running.coordinator.store, root / "coordinator" / "admin-token")
     api = Api(CliConfig(running.url, token, running.pki.ca_cert), timeout_s=30.0)
