@@ -182,9 +182,9 @@ def test_a_second_coordinator_s_transaction_waits_for_the_first_s(postgres_url: 
 
             thread = threading.Thread(target=read_modify_write)
             thread.start()
-            waited = _waits_for_a_lock(postgres_url, thread)
+            waited_on = _lock_waited_on(postgres_url, thread)
         thread.join()
-        assert waited
+        assert waited_on == "advisory"
         assert seen == ["first"]
         again = first.get_job(job.id)
         assert again is not None and again.reason == "first+second"
@@ -193,17 +193,18 @@ def test_a_second_coordinator_s_transaction_waits_for_the_first_s(postgres_url: 
         second.close()
 
 
-def _waits_for_a_lock(url: str, thread: threading.Thread) -> bool:
-    """Whether the thread's transaction came to wait on an advisory lock before it ended."""
+def _lock_waited_on(url: str, thread: threading.Thread) -> str:
+    """The kind of lock the thread's transaction came to wait on ("" if none before it ended)."""
     with psycopg.connect(url, autocommit=True) as conn:
         while thread.is_alive():
-            if conn.execute(
-                "SELECT 1 FROM pg_locks WHERE locktype='advisory' AND NOT granted AND database ="
-                " (SELECT oid FROM pg_database WHERE datname = current_database())"
-            ).fetchone():
-                return True
+            row = conn.execute(
+                "SELECT l.locktype FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE NOT l.granted AND a.datname = current_database()"
+            ).fetchone()
+            if row:
+                return str(row[0])
             conn.execute("SELECT pg_sleep(0.01)")
-    return False
+    return ""
 
 
 def test_jobs_submitted_through_two_coordinators_take_distinct_numbers(postgres_url: str) -> None:
