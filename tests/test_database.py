@@ -218,3 +218,19 @@ def test_jobs_submitted_through_two_coordinators_take_distinct_numbers(postgres_
     finally:
         first.close()
         second.close()
+
+
+def test_a_store_whose_connection_was_dropped_connects_again(postgres_url: str) -> None:
+    """A database restart or failover drops the coordinator's connection: the statement that meets the
+    drop fails, and the next one runs on a new connection."""
+    store = Store(postgres_url)
+    try:
+        (pid,) = store.db.execute("SELECT pg_backend_pid()").fetchone()
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            store.get_job("j-1")
+        store.insert_job("j-1", "train", SPEC, "")
+        assert [j.id for j in store.list_jobs(include_finished=True)] == ["j-1"]
+    finally:
+        store.close()

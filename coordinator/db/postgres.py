@@ -77,16 +77,27 @@ class _Float8(Dumper):
 
 
 class PostgresConnection:
-    """psycopg's connection running the store's SQL (`?` marks), as sqlite3's `execute` does."""
+    """psycopg's connection running the store's SQL (`?` marks), as sqlite3's `execute` does.
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
+    A connection the server dropped (its restart, the database's failover) is replaced at the next statement
+    outside a transaction: the statement that met the drop fails, those after it run. Inside a transaction
+    it is not: the rest of the transaction would run outside it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = connect(url)
+        self.in_tx = False
+
+    def live(self) -> psycopg.Connection[Any]:
+        if self.conn.closed and not self.in_tx:
+            self.conn = connect(self.url)
+        return self.conn
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        return self.conn.cursor().execute(postgres_sql(sql), parameters)
+        return self.live().cursor().execute(postgres_sql(sql), parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Sequence[Sequence[Any]], /) -> psycopg.Cursor[Any]:
-        cursor = self.conn.cursor()
+        cursor = self.live().cursor()
         cursor.executemany(postgres_sql(sql), seq_of_parameters)
         return cursor
 
@@ -114,7 +125,7 @@ class PostgresBackend:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.db = PostgresConnection(connect(url))
+        self.db = PostgresConnection(url)
         self._writer: PostgresConnection | None = None  # for batched writes made off the event loop
         self._writer_lock = threading.Lock()
 
@@ -131,22 +142,23 @@ class PostgresBackend:
     def write_batches(self, sql: str, rows: list[tuple[object, ...]], batch: int) -> None:
         with self._writer_lock:
             if self._writer is None:
-                self._writer = PostgresConnection(connect(self.url))
+                self._writer = PostgresConnection(self.url)
             for start in range(0, len(rows), batch):
                 with _serialised(self._writer):
                     self._writer.executemany(sql, rows[start : start + batch])
 
     @contextmanager
     def migration_lock(self) -> Iterator[None]:
-        self.db.conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+        conn = self.db.live()
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
         try:
-            self.db.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
             yield
         finally:
-            self.db.conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
 
     def schema_version(self) -> int:
-        (version,) = self.db.conn.execute(
+        (version,) = self.db.live().execute(
             "SELECT COALESCE(MAX(version), 0) FROM schema_version"
         ).fetchone() or (0,)
         return int(version)
@@ -162,6 +174,11 @@ class PostgresBackend:
 @contextmanager
 def _serialised(db: PostgresConnection) -> Iterator[None]:
     """A transaction that is the only writer from its start (see the module's docstring)."""
-    with db.conn.transaction():
-        db.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-        yield
+    conn = db.live()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+        db.in_tx = True
+        try:
+            yield
+        finally:
+            db.in_tx = False
