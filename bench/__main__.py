@@ -63,6 +63,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--json", type=Path, default=Path("bench-results.json"), help="where to write the results"
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="(c) again on a temporary PostgreSQL, its figures as pg_ columns (bench/databases.py)",
+    )
     parser.add_argument("--loop-jobs", type=_positive, help="(c) jobs per shell loop (full: 200, quick: 50)")
     parser.add_argument("--array-jobs", type=_positive, help="(c) jobs per array (full: 1000, quick: 200)")
     parser.add_argument(
@@ -99,7 +104,9 @@ def counts_for(args: argparse.Namespace) -> Counts:
     )
 
 
-def section_runners(quick: bool, counts: Counts) -> dict[str, Callable[[], dict[str, object]]]:
+def section_runners(
+    quick: bool, counts: Counts, postgres: bool = False
+) -> dict[str, Callable[[], dict[str, object]]]:
     """Each section as a call that returns its dict with "rows"; imports happen inside, so that a section
     whose module is missing costs only its own line."""
 
@@ -115,7 +122,14 @@ def section_runners(quick: bool, counts: Counts) -> dict[str, Callable[[], dict[
     def e2e() -> dict[str, object]:
         from bench import e2e
 
-        return e2e.run(counts.array_jobs, counts.loop_jobs, counts.many_hosts)
+        result = e2e.run(counts.array_jobs, counts.loop_jobs, counts.many_hosts)
+        if postgres:
+            from bench.databases import postgres_databases, with_postgres_column
+
+            with postgres_databases() as database:
+                on_postgres = e2e.run(counts.array_jobs, counts.loop_jobs, counts.many_hosts, database)
+            result["rows"] = with_postgres_column(result["rows"], on_postgres["rows"])
+        return result
 
     def slurm() -> dict[str, object]:
         from bench import slurm
@@ -233,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupted)
     counts = counts_for(args)
-    runners = section_runners(args.quick, counts)
+    runners = section_runners(args.quick, counts, args.postgres)
     info = machine()
     report: dict[str, object] = {"started_at": time.time(), "machine": info, "counts": asdict(counts)}
     results: dict[str, dict[str, object]] = {}

@@ -126,3 +126,15 @@ def test_an_allocation_runs_and_ends_with_its_times(coord: Coordinator) -> None:
     assert ended is not None and ended.started_at == running.started_at
     assert ended.finished_at is not None and ended.final_log_size == 12
     assert coord.store.active_allocations("h1") == []
+
+
+def test_the_scheduler_reads_ends_and_loads_from_the_specs_and_allocations(coord: Coordinator) -> None:
+    """The two reads that look into JSON columns (a spec's max_duration, an allocation's GPUs)."""
+    timed = coord.submit(parse_spec(JOB.replace("resources:", "max_duration: 1h\nresources:")))
+    coord.submit(parse_spec(JOB.replace("H100:1", "H100:2")))
+    alloc = coord.store.latest_allocation(timed.id)
+    assert alloc is not None
+    assert coord._ends() == {"h1": dict.fromkeys(alloc.blocks, alloc.created_at + 3600)}
+    load = coord._loads({"default", "research"})
+    assert (load["default"].gpus, load["default"].jobs) == (3, 2)
+    assert "research" not in load

@@ -1,0 +1,31 @@
+"""The PostgreSQL column (`python -m bench --postgres`): sections that start coordinators run a second time
+with each coordinator on a new database of one temporary PostgreSQL, Debian's server started as the tests
+start theirs (tests/postgres.py) but durable, fsync on, as the SQLite it is set beside. Its figures join the
+SQLite rows as `pg_` columns.
+
+(a) is the scheduler alone, in memory: it reads no database, so it has no such column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from tests.postgres import missing_reason, running_postgres
+
+COLUMNS = ("jobs_per_s", "p50_ms", "p99_ms", "failed")  # what a row of (c) measured
+
+
+@contextlib.contextmanager
+def postgres_databases() -> Iterator[Callable[[], str]]:
+    """A maker of new databases' URLs, while the server runs."""
+    if reason := missing_reason():
+        raise RuntimeError(f"no PostgreSQL column: {reason}")
+    with running_postgres(durable=True) as server:
+        yield server.create_database
+
+
+def with_postgres_column(rows: list[dict[str, object]], on_postgres: list[dict[str, object]]) -> list[dict]:
+    """Each SQLite row with the same run's PostgreSQL figures beside it."""
+    by_run = {row["run"]: row for row in on_postgres}
+    return [row | {f"pg_{key}": by_run.get(row["run"], {}).get(key) for key in COLUMNS} for row in rows]
