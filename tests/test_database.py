@@ -28,7 +28,7 @@ SPEC = parse_spec("commands: [train]\n")
 def test_marks_become_psycopg_s_and_a_percent_is_doubled_quoted_text_keeps_its_marks() -> None:
     sql = "SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\' AND reason != 'why?' AND name=? AND x LIKE '5%'"
     assert postgres_sql(sql) == (
-        "SELECT * FROM jobs WHERE id LIKE %s ESCAPE '\\' AND reason != 'why?' AND name=%s AND x LIKE '5%%'"
+        "SELECT * FROM jobs WHERE id ILIKE %s ESCAPE '\\' AND reason != 'why?' AND name=%s AND x ILIKE '5%%'"
     )
 
 

@@ -237,6 +237,7 @@ def test_find_jobs_by_id_prefix_and_by_name(store: Store) -> None:
 
     assert [j.id for j in store.find_jobs("j-ab")] == ["j-abd2", "j-abc1"]  # newest first
     assert [j.id for j in store.find_jobs("j-abc1")] == ["j-abc1"]
+    assert [j.id for j in store.find_jobs("J-ABC")] == ["j-abc1"]  # an id's case does not matter
     assert [j.id for j in store.find_jobs("train")] == ["j-xyz3", "j-abc1"]
     assert store.find_jobs("j-q") == []
     assert store.find_jobs("tra") == []  # a name matches whole, not by prefix

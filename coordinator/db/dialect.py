@@ -1,7 +1,8 @@
 """The store's SQL is written once, for SQLite (`?` marks); these translate it for PostgreSQL, in one place.
 
 Statements: `?` becomes psycopg's `%s` (and a literal `%` is doubled), `INSERT OR IGNORE` becomes
-`ON CONFLICT DO NOTHING`, and SQLite's JSON functions over a TEXT column become PostgreSQL's over its cast
+`ON CONFLICT DO NOTHING`, `LIKE` becomes `ILIKE` (SQLite's LIKE ignores the case of ASCII letters, so an
+id prefix typed in capitals finds the job on both), and SQLite's JSON functions over a TEXT column become PostgreSQL's over its cast
 to json (`json_extract` of a number, the only kind the store reads, becomes a double). Each statement text is translated once and cached: the store runs a few hundred
 distinct texts, most of them thousands of times. `INSERT OR REPLACE` has no translation that keeps its
 meaning without naming the conflicting key, so it is refused: write `INSERT ... ON CONFLICT (key) DO UPDATE`,
@@ -29,6 +30,7 @@ _JSON_FUNCTIONS = [
         r"(\1::json->>'\2')::double precision",
     ),
 ]
+_LIKE = re.compile(r"\bLIKE\b", re.IGNORECASE)
 _DDL_TYPES = [
     (
         re.compile(r"\bINTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT\b", re.IGNORECASE),
@@ -53,7 +55,7 @@ def postgres_sql(sql: str) -> str:
         )
     for pattern, replacement in _JSON_FUNCTIONS:
         sql = pattern.sub(replacement, sql)
-    out = _marks(sql)
+    out = _marks(_LIKE.sub("ILIKE", sql))
     if _INSERT_OR_IGNORE.match(out):
         out = re.sub(r"\s+OR\s+IGNORE", "", out, count=1, flags=re.IGNORECASE)
         returning = _RETURNING.search(out)
