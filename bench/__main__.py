@@ -124,11 +124,12 @@ def section_runners(
 
         result = e2e.run(counts.array_jobs, counts.loop_jobs, counts.many_hosts)
         if postgres:
-            from bench.databases import postgres_databases, with_postgres_column
+            from bench.databases import postgres_databases, shown, with_postgres_column
 
             with postgres_databases() as database:
                 on_postgres = e2e.run(counts.array_jobs, counts.loop_jobs, counts.many_hosts, database)
             result["rows"] = with_postgres_column(result["rows"], on_postgres["rows"])
+            result["shown"] = shown(result["rows"])
         return result
 
     def slurm() -> dict[str, object]:

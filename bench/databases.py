@@ -29,3 +29,18 @@ def with_postgres_column(rows: list[dict[str, object]], on_postgres: list[dict[s
     """Each SQLite row with the same run's PostgreSQL figures beside it."""
     by_run = {row["run"]: row for row in on_postgres}
     return [row | {f"pg_{key}": by_run.get(row["run"], {}).get(key) for key in COLUMNS} for row in rows]
+
+
+def shown(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The columns of both that fit 80 (the JSON keeps them all): jobs per second and submit-to-running."""
+    names = {
+        "run": "run",
+        "jobs": "jobs",
+        "jobs_per_s": "jobs/s",
+        "p50_ms": "p50",
+        "p99_ms": "p99",
+        "pg_jobs_per_s": "pg jobs/s",
+        "pg_p50_ms": "pg p50",
+        "pg_p99_ms": "pg p99",
+    }
+    return [{short: row.get(name) for name, short in names.items()} for row in rows]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.__main__ import FULL, QUICK, counts_for, parse_args, ratio_rows, section_lines
+from bench.databases import shown, with_postgres_column
 from bench.report import WIDTH, cell, percentile, summary_ms, table
 from bench.slurm import ctld_times, latency_s, parse_jobcomp
 
@@ -135,3 +136,17 @@ def test_slurm_submit_to_running_comes_from_slurmctld_to_the_millisecond() -> No
 
 def test_slurm_submit_to_running_falls_back_to_jobcomp_seconds() -> None:
     assert [latency_s(r, {}, {}) for r in parse_jobcomp(JOBCOMP)] == [2.0, 3.0]
+
+
+def test_the_postgresql_column_joins_each_run_s_row() -> None:
+    sqlite = [{"run": "gpuctl 1 host, loop", "jobs": 50, "jobs_per_s": 5.0, "p50_ms": 25.0, "p99_ms": 33.0}]
+    postgres = [{"run": "gpuctl 1 host, loop", "jobs": 50, "jobs_per_s": 4.0, "p50_ms": 30.0, "failed": 1}]
+    [row] = with_postgres_column(sqlite, postgres)
+    assert (row["jobs_per_s"], row["pg_jobs_per_s"], row["pg_p50_ms"], row["pg_failed"]) == (
+        5.0,
+        4.0,
+        30.0,
+        1,
+    )
+    assert row["pg_p99_ms"] is None  # not measured there
+    assert list(shown([row])[0]) == ["run", "jobs", "jobs/s", "p50", "p99", "pg jobs/s", "pg p50", "pg p99"]
