@@ -1,7 +1,7 @@
-"""The PostgreSQL column (`python -m bench --postgres`): sections that start coordinators run a second time
-with each coordinator on a new database of one temporary PostgreSQL, Debian's server started as the tests
-start theirs (tests/postgres.py) but durable, fsync on, as the SQLite it is set beside. Its figures join the
-SQLite rows as `pg_` columns.
+"""The PostgreSQL column (`python -m bench --postgres`): (b) and (c) run a second time with each coordinator
+on a new database of one temporary PostgreSQL, Debian's server started as the tests start theirs
+(tests/postgres.py) but durable, fsync on, as the SQLite it is set beside. Its figures join the SQLite rows
+as `pg_` columns.
 
 (a) is the scheduler alone, in memory: it reads no database, so it has no such column.
 """
@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterator
 
 from tests.postgres import missing_reason, running_postgres
 
-COLUMNS = ("jobs_per_s", "p50_ms", "p99_ms", "failed")  # what a row of (c) measured
+E2E_COLUMNS = ("jobs_per_s", "p50_ms", "p99_ms", "failed")  # what a row of (c) measured, by "run"
+FLEET_COLUMNS = (
+    "up",
+    "sync_p50_ms",
+    "sync_p99_ms",
+    "coordinator_cpu",
+    "coordinator_peak_rss_mib",
+)  # (b), by "agents"
 
 
 @contextlib.contextmanager
@@ -25,10 +32,15 @@ def postgres_databases() -> Iterator[Callable[[], str]]:
         yield server.create_database
 
 
-def with_postgres_column(rows: list[dict[str, object]], on_postgres: list[dict[str, object]]) -> list[dict]:
-    """Each SQLite row with the same run's PostgreSQL figures beside it."""
-    by_run = {row["run"]: row for row in on_postgres}
-    return [row | {f"pg_{key}": by_run.get(row["run"], {}).get(key) for key in COLUMNS} for row in rows]
+def with_postgres_column(
+    rows: list[dict[str, object]],
+    on_postgres: list[dict[str, object]],
+    key: str = "run",
+    columns: tuple[str, ...] = E2E_COLUMNS,
+) -> list[dict]:
+    """Each SQLite row with the PostgreSQL figures of the same run (the same `key`) beside it."""
+    by_key = {row[key]: row for row in on_postgres}
+    return [row | {f"pg_{name}": by_key.get(row[key], {}).get(name) for name in columns} for row in rows]
 
 
 def shown(rows: list[dict[str, object]]) -> list[dict[str, object]]:
