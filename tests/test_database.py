@@ -75,6 +75,9 @@ def test_a_url_s_password_is_never_shown() -> None:
     assert redacted("postgresql://gpuctl:s3cret@db.example:5432/gpuctl") == (
         "postgresql://gpuctl:***@db.example:5432/gpuctl"
     )
+    assert redacted("postgresql:///gpuctl?user=gpuctl&password=s3cret&sslmode=require") == (
+        "postgresql:///gpuctl?user=gpuctl&password=***&sslmode=require"
+    )
     with pytest.raises(
         BadDatabase, match=r"^database: cannot connect to postgresql://gpuctl:\*\*\*@"
     ) as info:

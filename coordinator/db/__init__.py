@@ -9,6 +9,7 @@ connection as `Connection`, which sqlite3's and the PostgreSQL adapter both are.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -112,7 +113,8 @@ def sqlite_url(path: Path) -> str:
 
 
 def redacted(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
+    """The URL with any password (before the host, or as a `password=` parameter) replaced, for messages."""
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
     scheme, sep, rest = url.partition("://")
     credentials, at, place = rest.rpartition("@")
     if not sep or not at or ":" not in credentials:
