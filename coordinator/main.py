@@ -101,12 +101,17 @@ def _python_image(value: object) -> str:
     return value
 
 
+_config = click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
+_state_dir = click.option("--state-dir", type=click.Path(path_type=Path))
+_database_option = click.option(
+    "--database", help="sqlite:///ABSOLUTE/PATH or postgresql://... (overrides the config)."
+)
 _options = [
-    click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG),
-    click.option("--state-dir", type=click.Path(path_type=Path)),
+    _config,
+    _state_dir,
     click.option("--port", type=int),
     click.option("--host", help="Address to listen on."),
-    click.option("--database", help="sqlite:///ABSOLUTE/PATH or postgresql://... (overrides the config)."),
+    _database_option,
 ]
 
 
@@ -209,9 +214,9 @@ def run(
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
-@click.option("--state-dir", type=click.Path(path_type=Path))
-@click.option("--database", help="sqlite:///ABSOLUTE/PATH or postgresql://... (overrides the config).")
+@_config
+@_state_dir
+@_database_option
 def migrate(config_path: Path, state_dir: Path | None, database: str | None) -> None:
     """Bring the database's schema to this release's version (`run` does too, at start); prints it.
     Refuses a schema newer than this release's."""
