@@ -4,6 +4,7 @@ integration tests."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import shutil
@@ -113,9 +114,29 @@ class Cluster:
                     return out
 
 
+def postgres_by_default() -> str:
+    """A new PostgreSQL database's URL when the environment asks every cluster for one
+    (`GPUCTL_TEST_POSTGRES=1 pytest tests/test_e2e.py`: the integration tests on PostgreSQL), else ""."""
+    if not os.environ.get("GPUCTL_TEST_POSTGRES"):
+        return ""
+    global _POSTGRES
+    if _POSTGRES is None:
+        from tests.postgres import running_postgres
+
+        _POSTGRES = _EXIT.enter_context(running_postgres())
+    return _POSTGRES.create_database()
+
+
+_POSTGRES: Any = None  # this process's server, when GPUCTL_TEST_POSTGRES is set
+_EXIT = contextlib.ExitStack()  # stops it as the process ends
+atexit.register(_EXIT.close)
+
+
 @contextlib.asynccontextmanager
 async def cluster(settings: Settings = FAST, database: str = "") -> AsyncIterator[Cluster]:
-    """`database`: the coordinator's store (a URL); SQLite under its state dir when empty."""
+    """`database`: the coordinator's store (a URL); SQLite under its state dir when empty, unless the
+    environment asks for PostgreSQL (`postgres_by_default`)."""
+    database = database or postgres_by_default()
     root = reachable_tmpdir()
     settings = replace(settings, job_ssh_port_first=ssh_ports_of_this_worker())
     running = await start_coordinator(
