@@ -84,6 +84,21 @@ class Cluster:
         if not task.cancelled() and (error := task.exception()) is not None:  # it had died: the test fails
             raise error
 
+    async def restart_coordinator(self, settings: Settings = FAST) -> None:
+        """Stop the coordinator and start another on the same state, database and port."""
+        port, database = self.coordinator.port, self.coordinator.coordinator.store.database_url
+        await self.coordinator.close()
+        self.coordinator = await start_coordinator(
+            ServerConfig(
+                self.root / "coordinator",
+                "127.0.0.1",
+                port,
+                ("localhost", "127.0.0.1"),
+                settings,
+                database=database,
+            )
+        )
+
     async def submit(self, yaml_text: str) -> JobView:
         spec = parse_spec(yaml_text, environ=os.environ)
         return await asyncio.to_thread(self.api.submit, spec)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from coordinator.server import ServerConfig, start_coordinator
-from tests.harness import FAST, cluster
+from tests.harness import cluster
 
 
 async def test_a_job_runs_end_to_end_on_postgresql_and_survives_a_restart(postgres_url: str) -> None:
@@ -22,13 +21,8 @@ async def test_a_job_runs_end_to_end_on_postgresql_and_survives_a_restart(postgr
         assert (await c.wait_for(second.id, "done", "failed")).status == "done"
         await c.stop_agent("host-pg")
 
-        port = c.coordinator.port
-        await c.coordinator.close()
-        c.coordinator = await start_coordinator(
-            ServerConfig(
-                c.root / "coordinator", "127.0.0.1", port, ("localhost",), FAST, database=postgres_url
-            )
-        )
+        await c.restart_coordinator()
+        assert c.coordinator.coordinator.store.database_url == postgres_url
         again = await c.job(job.id)
         assert (again.status, again.exit_code) == ("failed", 3)
         jobs = await asyncio.to_thread(c.api.jobs, True)
