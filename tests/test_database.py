@@ -154,6 +154,26 @@ def test_migrate_prints_the_version_and_refuses_a_newer_schema(database: Path | 
     ]
 
 
+def test_run_refuses_a_newer_schema_in_one_line(postgres_url: str, tmp_path: Path) -> None:
+    store = Store(postgres_url)
+    with store.tx() as db:
+        store._backend.set_schema_version(db, len(MIGRATIONS) + 1)
+    store.close()
+    run = subprocess.run(
+        [*MIGRATE[:-1], "run", "--config", str(tmp_path / "none.yaml"), "--state-dir", str(tmp_path)]
+        + ["--port", "0", "--database", postgres_url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert (
+        run.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"Error: database: schema version {len(MIGRATIONS) + 1} is newer than this coordinator's")
+    )
+
+
 def test_a_bad_database_setting_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "coordinator.yaml"
     config.write_text(f"state_dir: {tmp_path}\ndatabase: mysql://db/gpuctl\n")
