@@ -1,12 +1,13 @@
 """The store's SQL is written once, for SQLite (`?` marks); these translate it for PostgreSQL, in one place.
 
-Statements: `?` becomes psycopg's `%s` (and a literal `%` is doubled), `INSERT OR IGNORE` becomes
-`ON CONFLICT DO NOTHING`, `LIKE` becomes `ILIKE` (SQLite's LIKE ignores the case of ASCII letters, so an
-id prefix typed in capitals finds the job on both), and SQLite's JSON functions over a TEXT column become PostgreSQL's over its cast
-to json (`json_extract` of a number, the only kind the store reads, becomes a double). Each statement text is translated once and cached: the store runs a few hundred
-distinct texts, most of them thousands of times. `INSERT OR REPLACE` has no translation that keeps its
-meaning without naming the conflicting key, so it is refused: write `INSERT ... ON CONFLICT (key) DO UPDATE`,
-which both engines run.
+Statements: `?` becomes psycopg's `%s` (and a literal `%` is doubled); `INSERT OR IGNORE` becomes `ON
+CONFLICT DO NOTHING`; `LIKE` becomes `ILIKE` (SQLite's LIKE ignores the case of ASCII letters, so an id
+prefix typed in capitals finds the job on both); SQLite's JSON functions over a TEXT column become
+PostgreSQL's over its cast to json (`json_extract` of a number, the only kind the store reads, becomes a
+double). Each statement text is translated once and cached: the store runs a few hundred distinct texts,
+most of them thousands of times. `INSERT OR REPLACE` has no translation that keeps its meaning without
+naming the conflicting key, so it is refused: write `INSERT ... ON CONFLICT (key) DO UPDATE`, which both
+engines run.
 
 Migrations (DDL): SQLite's loose types become PostgreSQL's exact ones of the same range. An INTEGER is 64-bit
 in SQLite (BIGINT), a REAL a double (DOUBLE PRECISION), a BLOB bytes (BYTEA), and an `INTEGER PRIMARY KEY
