@@ -179,8 +179,16 @@ class Store:
     # --- hosts -------------------------------------------------------------------------------------
 
     def get_host(self, host_id: str) -> HostRow | None:
-        row = self.db.execute("SELECT * FROM hosts WHERE id=?", (host_id,)).fetchone()
-        return self._host(row) if row else None
+        """The host, its inventory read only when its generation is not the one decoded already: a sync
+        reads its host three times, and on PostgreSQL the 3.6 KiB inventory crossed the socket each time
+        (a read 0.17 ms against 0.13 ms without it)."""
+        row = self.db.execute(f"SELECT {_LISTED} FROM hosts WHERE id=?", (host_id,)).fetchone()
+        if row is None:
+            return None
+        if row["generation"] == self._decoded(host_id):  # "" == "": no inventory yet
+            return self._listed_host(row)
+        full = self.db.execute("SELECT * FROM hosts WHERE id=?", (host_id,)).fetchone()
+        return self._host(full) if full else None
 
     def list_hosts(self) -> list[HostRow]:
         """Every host, by name. An inventory (3.6 KiB of JSON for 8 GPUs) is read only where its generation
