@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import yaml
 
+from coordinator.db import BadDatabase, redacted
 from coordinator.disk_settings import LIMIT_SETTINGS, limit_settings
 from coordinator.lease_settings import LEASE_SETTINGS, duration_setting, lease_settings
 from coordinator.pki import ensure_pki
@@ -29,7 +30,13 @@ DEFAULT_CONFIG = Path("/etc/gpuctl/coordinator.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/gpuctl-coordinator")
 
 
-def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str | None) -> ServerConfig:
+def _load(
+    config_path: Path,
+    state_dir: Path | None,
+    port: int | None,
+    host: str | None,
+    database: str | None = None,
+) -> ServerConfig:
     raw: dict = {}
     if config_path.exists():
         try:
@@ -38,6 +45,7 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
             raise click.ClickException(f"{config_path}: invalid YAML: {exc}".replace("\n", " ")) from None
     known = {
         "state_dir",
+        "database",
         "port",
         "host",
         "server_names",
@@ -59,7 +67,24 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
         port=port or int(raw.get("port", DEFAULT_PORT)),
         server_names=tuple(raw.get("server_names", ())),
         settings=_settings(raw),
+        database=database or _database(raw.get("database", "")),
     )
+
+
+def _database(value: object) -> str:
+    """The `database` setting: a URL, checked when the store opens it (coordinator/db)."""
+    if not isinstance(value, str):
+        raise click.ClickException(
+            f"database: expected sqlite:///ABSOLUTE/PATH or postgresql://..., got {value!r}"
+        )
+    return value
+
+
+def _open_store(config: ServerConfig) -> Store:
+    try:
+        return Store(config.store_at)
+    except BadDatabase as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _settings(raw: dict) -> Settings:
@@ -83,11 +108,17 @@ def _python_image(value: object) -> str:
     return value
 
 
+_config = click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
+_state_dir = click.option("--state-dir", type=click.Path(path_type=Path))
+_database_option = click.option(
+    "--database", help="sqlite:///ABSOLUTE/PATH or postgresql://... (overrides the config)."
+)
 _options = [
-    click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG),
-    click.option("--state-dir", type=click.Path(path_type=Path)),
+    _config,
+    _state_dir,
     click.option("--port", type=int),
     click.option("--host", help="Address to listen on."),
+    _database_option,
 ]
 
 
@@ -104,13 +135,15 @@ def main() -> None:
 
 @main.command()
 @_with_options
-def init(config_path: Path, state_dir: Path | None, port: int | None, host: str | None) -> None:
+def init(
+    config_path: Path, state_dir: Path | None, port: int | None, host: str | None, database: str | None
+) -> None:
     """Create the CA, the server certificate and the admin token. Re-running changes nothing."""
-    config = _load(config_path, state_dir, port, host)
+    config = _load(config_path, state_dir, port, host, database)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its database holds jobs' secrets
     names = list(config.server_names) or _default_names()
     paths = ensure_pki(config.state_dir, names)
-    store = Store(config.state_dir / "coordinator.db")
+    store = _open_store(config)
     token = ensure_admin_token(store, config.state_dir / "admin-token")
     store.close()
     ensure_key(config.state_dir)  # project secrets are encrypted with it
@@ -146,6 +179,7 @@ def run(
     state_dir: Path | None,
     port: int | None,
     host: str | None,
+    database: str | None,
     verbose: bool,
     unreachable_after: str | None,
     lost_after: str | None,
@@ -155,7 +189,7 @@ def run(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    config = _load(config_path, state_dir, port, host)
+    config = _load(config_path, state_dir, port, host, database)
     settings = config.settings
     try:
         if unreachable_after:
@@ -183,3 +217,24 @@ def run(
         asyncio.run(serve())
     except KeyboardInterrupt:
         pass
+    except BadDatabase as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@_config
+@_state_dir
+@_database_option
+def migrate(config_path: Path, state_dir: Path | None, database: str | None) -> None:
+    """Bring the database's schema to this release's version (`run` does too, at start); prints it.
+    Refuses a schema newer than this release's."""
+    config = _load(config_path, state_dir, None, None, database)
+    if not config.database:
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = _open_store(config)
+    try:
+        click.echo(
+            f"{store.kind} database {redacted(store.database_url)}: schema version {store.schema_version}"
+        )
+    finally:
+        store.close()

@@ -45,6 +45,12 @@ class ServerConfig:
     server_names: tuple[str, ...] = ()
     settings: Settings = field(default_factory=Settings)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    database: str = ""  # a URL (coordinator/db); "" is SQLite's `<state_dir>/coordinator.db`
+
+    @property
+    def store_at(self) -> Path | str:
+        """What `Store` opens."""
+        return self.database or self.state_dir / "coordinator.db"
 
 
 @dataclass
@@ -71,7 +77,7 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
     """Open (or create) the state, then listen with TLS. Port 0 picks a free port."""
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its database holds jobs' secrets
     pki = ensure_pki(config.state_dir, list(config.server_names) or default_server_names())
-    store = Store(config.state_dir / "coordinator.db")
+    store = Store(config.store_at)
     coordinator = Coordinator(
         store,
         LogStore(config.state_dir / "logs"),
@@ -97,7 +103,13 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
     await site.start()
     log.info("open files limit: %d", raise_fd_limit())
     port = runner.addresses[0][1]
-    log.info("coordinator listening on https://%s:%d (state %s)", config.host, port, config.state_dir)
+    log.info(
+        "coordinator listening on https://%s:%d (state %s, %s database)",
+        config.host,
+        port,
+        config.state_dir,
+        store.kind,
+    )
     task = asyncio.create_task(_housekeeping(coordinator), name="coordinator-housekeeping")
     return RunningCoordinator(coordinator, runner, pki, port, task)
 
