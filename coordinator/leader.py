@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from coordinator.db import Connection
+
 log = logging.getLogger("gpuctl.coordinator")
 
 CONNECT_TIMEOUT_S = 5
@@ -47,23 +49,13 @@ class Fenced(Exception):
     """A placement by a coordinator that no longer leads: its transaction is rolled back."""
 
 
-class Cursor(Protocol):
-    def fetchone(self) -> Any: ...
-
-
-class Db(Protocol):
-    """What `fence` needs of the store's transaction: the connection the placement is written on."""
-
-    def execute(self, sql: str, params: Any = ..., /) -> Cursor: ...
-
-
 class Leadership(Protocol):
     """Whether this coordinator leads now, and the check its placements make in their transaction."""
 
     @property
     def leads(self) -> bool: ...
 
-    def fence(self, db: Db) -> None: ...
+    def fence(self, db: Connection) -> None: ...
 
     async def run(self, on_change: Callable[[bool], None]) -> None: ...
 
@@ -75,7 +67,7 @@ class AlwaysLeader:
 
     leads = True
 
-    def fence(self, db: Db) -> None:
+    def fence(self, db: Connection) -> None:
         pass
 
     async def run(self, on_change: Callable[[bool], None]) -> None:
@@ -107,7 +99,7 @@ class LeaseLeadership:
     def leads(self) -> bool:
         return self.epoch is not None and time.monotonic() < self._valid_until
 
-    def fence(self, db: Db) -> None:
+    def fence(self, db: Connection) -> None:
         """Raise Fenced unless this replica's epoch still stands and its lease still runs, holding the row
         so that no new leader's epoch can commit before the calling transaction ends."""
         if self.epoch is None:

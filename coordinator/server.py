@@ -21,6 +21,7 @@ from coordinator.http import LIMITS
 from coordinator.limits import ConnectionLimits
 from coordinator.logstore import LogStore
 from coordinator.pki import PkiPaths, default_server_names, ensure_pki
+from coordinator.replication import join_replicas
 from coordinator.service import Coordinator, Settings
 from coordinator.store import Store
 from shared import tls
@@ -59,14 +60,17 @@ class RunningCoordinator:
     runner: web.AppRunner
     pki: PkiPaths
     port: int
-    housekeeping: asyncio.Task[None]
+    background: list[asyncio.Task[None]]  # housekeeping; with other replicas, leadership and notifications
 
     @property
     def url(self) -> str:
         return f"https://localhost:{self.port}"
 
     async def close(self) -> None:
-        await cancel_and_wait(self.housekeeping)
+        for task in self.background:
+            await cancel_and_wait(task)
+        # another replica takes over without waiting out the lease
+        await self.coordinator.leadership.release()
         await self.runner.cleanup()
         await save_last_seen(self.coordinator)
         await self.coordinator.accounting.save()
@@ -85,6 +89,8 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
         config.settings,
         files=FileStore(config.state_dir / "files"),
     )
+    # before serving: a replica starts as a follower, with keys checked against the others'
+    replication = join_replicas(coordinator, config.state_dir)
     guard = ConnectionGuard(config.limits)
     app = make_app(coordinator)
     app.middlewares.insert(0, guard.middleware)
@@ -110,8 +116,10 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
         config.state_dir,
         store.kind,
     )
-    task = asyncio.create_task(_housekeeping(coordinator), name="coordinator-housekeeping")
-    return RunningCoordinator(coordinator, runner, pki, port, task)
+    background = [asyncio.create_task(_housekeeping(coordinator), name="coordinator-housekeeping")]
+    if replication is not None:
+        background += replication.start(coordinator, port)
+    return RunningCoordinator(coordinator, runner, pki, port, background)
 
 
 async def _housekeeping(coordinator: Coordinator) -> None:

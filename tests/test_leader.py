@@ -12,18 +12,15 @@ import psycopg
 from psycopg.rows import dict_row
 
 from coordinator.leader import Fenced, LeaseLeadership
-from coordinator.migrations import MIGRATIONS
+from coordinator.store import Store
 
 LEASE_S = 1.0
 WAIT_S = 30.0
 
 
 def _schema(url: str) -> None:
-    """The leadership table as the store's migration makes it."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        for statement in next(m for m in MIGRATIONS if "CREATE TABLE leadership" in m).split(";"):
-            if statement.strip():
-                conn.execute(statement)
+    """The store's schema, the leadership table in it."""
+    Store(url).close()
 
 
 async def _until(check: Callable[[], bool], what: str) -> None:
