@@ -72,9 +72,8 @@ def test_kill_9_of_the_leader_during_a_burst_loses_nothing_and_places_nothing_tw
 ) -> None:
     c = cluster
     leader, follower = _two_replicas(c)
-    _agents(
-        c, leader, follower, [leader, follower], [leader, follower]
-    )  # they must fail over to the survivor
+    both = [leader, follower]
+    _agents(c, leader, follower, both, both)  # they sync with the leader, and must fail over to the survivor
     apis = [c.api(leader), c.api(follower)]
     acked: dict[str, str] = {}
     failed: list[str] = []
