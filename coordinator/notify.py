@@ -118,7 +118,7 @@ class Notifier:
         self.replica = replica
         self.origin = uuid.uuid4().hex[:12]  # our own notifications come back to us: they are skipped
         self._news = News()
-        self._sightings = News()  # sent once a second, not per turn of the loop
+        self._seen: set[str] = set()  # sent once a second, not per turn of the loop
         self._pending = asyncio.Event()
         self._sightings_due = 0.0  # monotonic
         replica.host_waiters.relay = self._host_changed
@@ -140,7 +140,7 @@ class Notifier:
         self._pending.set()
 
     def seen(self, host_id: str) -> None:
-        self._sightings.seen.add(host_id)
+        self._seen.add(host_id)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -175,7 +175,7 @@ class Notifier:
             self._pending.clear()
             news, self._news = self._news, News()
             if time.monotonic() >= self._sightings_due:
-                news.seen, self._sightings = self._sightings.seen, News()
+                news.seen, self._seen = self._seen, set()
                 self._sightings_due = time.monotonic() + SIGHTINGS_EVERY_S
             if news:
                 return news

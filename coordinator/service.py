@@ -107,7 +107,7 @@ class Coordinator(Preempting, Scheduling, HostOps, LostHosts, AgentSide, Schedul
         self.device_readings = DeviceReadings()  # the agents' latest device readings, in memory
         self.meters = Meters()  # `/metrics`: events counted here, states read at each scrape
         self.meters.registry.register(StateCollector(self))
-        # Replicas on PostgreSQL: only the leader schedules, and the others hear of each change (server.py
+        # Replicas on PostgreSQL: only the leader schedules, and the others hear of each change (replication.py
         # sets both); alone on SQLite, this coordinator always leads and tells no one.
         self.leadership: Leadership = AlwaysLeader()
         self.relay: Relay = InProcess()
