@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import yaml
 
+from coordinator.cluster_keys import KeyMismatch
 from coordinator.db import BadDatabase, redacted
 from coordinator.disk_settings import LIMIT_SETTINGS, limit_settings
 from coordinator.lease_settings import LEASE_SETTINGS, duration_setting, lease_settings
@@ -217,7 +218,7 @@ def run(
         asyncio.run(serve())
     except KeyboardInterrupt:
         pass
-    except BadDatabase as exc:
+    except (BadDatabase, KeyMismatch) as exc:
         raise click.ClickException(str(exc)) from None
 
 
