@@ -85,6 +85,20 @@ def test_a_url_s_password_is_never_shown() -> None:
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://gpuctl:s3cret@[::1/gpuctl",  # libpq quotes the whole URL back
+        "postgresql://gpuctl:s3%cret@127.0.0.1:1/gpuctl",  # and a bad %-escape's whole word
+        "postgresql://gpuctl@127.0.0.1:1/gpuctl?password=s3%cret",
+    ],
+)
+def test_a_url_s_password_is_not_shown_when_the_url_is_malformed(url: str) -> None:
+    with pytest.raises(BadDatabase, match=r"^database: cannot connect to postgresql://") as info:
+        open_backend(url)
+    assert "s3" not in str(info.value), str(info.value)
+
+
 def test_an_sqlite_url_opens_that_file(tmp_path: Path) -> None:
     store = Store(f"sqlite://{tmp_path / 'state.db'}")
     try:

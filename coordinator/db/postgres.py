@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg.adapt import Dumper
 
-from coordinator.db import BadDatabase, Connection, redacted
+from coordinator.db import BadDatabase, Connection, redacted, scrubbed
 from coordinator.db.dialect import postgres_ddl, postgres_sql
 
 WRITE_LOCK = 0x67707563_746C0001  # pg_advisory_xact_lock: one writer at a time ("gpuctl" 1)
@@ -114,6 +114,7 @@ def connect(url: str) -> psycopg.Connection[Any]:
         )
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = scrubbed(reason, url)
         raise BadDatabase(f"database: cannot connect to {redacted(url)}: {reason}") from None
     conn.adapters.register_dumper(bool, _IntBool)
     conn.adapters.register_dumper(float, _Float8)
