@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from coordinator.db import BadDatabase, open_backend, redacted
+from coordinator.db import BadDatabase, open_backend, postgres, redacted
 from coordinator.db.dialect import UntranslatableSql, postgres_ddl, postgres_sql
 from coordinator.migrations import MIGRATIONS
 from coordinator.store import Store
@@ -271,3 +271,30 @@ def test_a_store_whose_connection_was_dropped_connects_again(postgres_url: str) 
         assert [j.id for j in store.list_jobs(include_finished=True)] == ["j-1"]
     finally:
         store.close()
+
+
+def test_a_coordinator_stalled_in_a_transaction_does_not_stop_the_others(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coordinator cut off from the database (or paused) in the middle of a transaction holds the write
+    lock: the server ends its session after a while, so the other coordinators' writes go on (without it,
+    they waited until the server noticed the dead connection: hours, with TCP's default keepalive)."""
+    monkeypatch.setattr(postgres, "IDLE_IN_TRANSACTION_TIMEOUT_S", 1)
+    stalled, other = Store(postgres_url), Store(postgres_url)
+    inserted = threading.Event()
+
+    def insert() -> None:
+        other.insert_job("j-1", "train", SPEC, "")
+        inserted.set()
+
+    thread = threading.Thread(target=insert)
+    try:
+        with pytest.raises(psycopg.Error, match="idle-in-transaction"), stalled.tx():
+            thread.start()
+            assert inserted.wait(timeout=60), "the other coordinator's write waited on the stalled one"
+        thread.join()
+        assert [j.id for j in stalled.list_jobs(include_finished=True)] == ["j-1"]  # connected again
+    finally:
+        thread.join()
+        stalled.close()
+        other.close()

@@ -30,6 +30,11 @@ from coordinator.db.dialect import postgres_ddl, postgres_sql
 WRITE_LOCK = 0x67707563_746C0001  # pg_advisory_xact_lock: one writer at a time ("gpuctl" 1)
 MIGRATE_LOCK = 0x67707563_746C0002  # pg_advisory_lock: one coordinator migrates at a time
 CONNECT_TIMEOUT_S = 10
+# The server ends a session idle this long inside a transaction, releasing its write lock: a coordinator cut
+# off from the database (or paused) mid-transaction would otherwise stop every other coordinator's writes
+# until the server notices the dead connection (TCP's keepalive: hours). The store's transactions are
+# milliseconds of Python between statements; a scheduling pass's, at the largest fleets, well under this.
+IDLE_IN_TRANSACTION_TIMEOUT_S = 60
 
 
 class Row:
@@ -118,6 +123,8 @@ def connect(url: str) -> psycopg.Connection[Any]:
         raise BadDatabase(f"database: cannot connect to {redacted(url)}: {reason}") from None
     conn.adapters.register_dumper(bool, _IntBool)
     conn.adapters.register_dumper(float, _Float8)
+    timeout_ms = int(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)
+    conn.execute(f"SET idle_in_transaction_session_timeout = {timeout_ms}")
     return conn
 
 
