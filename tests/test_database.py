@@ -298,3 +298,14 @@ def test_a_coordinator_stalled_in_a_transaction_does_not_stop_the_others(
         thread.join()
         stalled.close()
         other.close()
+
+
+def test_text_with_a_nul_is_stored_on_both_databases(database: Path | str) -> None:
+    """A reason is the agent's text, often a registry's or a tool's message: PostgreSQL's text refuses a
+    NUL character, which SQLite stores, and a refused write failed the agent's every sync after it."""
+    store = Store(database)
+    try:
+        job = store.insert_job("j-1", "train", SPEC, "pull failed: bad\x00name")
+        assert job.reason.startswith("pull failed: bad") and job.reason.endswith("name")
+    finally:
+        store.close()

@@ -22,7 +22,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.abc import Buffer
 from psycopg.adapt import Dumper
+from psycopg.types.string import StrDumperUnknown
 
 from coordinator.db import BadDatabase, Connection, redacted, scrubbed
 from coordinator.db.dialect import postgres_ddl, postgres_sql
@@ -81,6 +83,15 @@ class _Float8(Dumper):
         return repr(obj).encode()
 
 
+class _TextWithoutNul(StrDumperUnknown):
+    """PostgreSQL's text cannot hold a NUL character, which SQLite's stores; a reason is the agent's text
+    (a registry's or a tool's message) and may carry one, and its refused write failed the agent's every
+    sync after it. A NUL is stored as U+FFFD, the replacement character."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", "\ufffd"))
+
+
 class PostgresConnection:
     """psycopg's connection running the store's SQL (`?` marks), as sqlite3's `execute` does.
 
@@ -123,6 +134,7 @@ def connect(url: str) -> psycopg.Connection[Any]:
         raise BadDatabase(f"database: cannot connect to {redacted(url)}: {reason}") from None
     conn.adapters.register_dumper(bool, _IntBool)
     conn.adapters.register_dumper(float, _Float8)
+    conn.adapters.register_dumper(str, _TextWithoutNul)
     timeout_ms = int(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)
     conn.execute(f"SET idle_in_transaction_session_timeout = {timeout_ms}")
     return conn
