@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from coordinator.db import Connection
+from coordinator.db import Connection, scrubbed
 
 log = logging.getLogger("gpuctl.coordinator")
 
@@ -118,7 +118,8 @@ class LeaseLeadership:
                 await self._step(on_change)
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 await self._drop_connection()
-                self._step_down(on_change, f"its connection failed: {exc or type(exc).__name__}")
+                why = scrubbed(str(exc), self.database_url) or type(exc).__name__  # libpq may quote the URL
+                self._step_down(on_change, f"its connection failed: {why}")
             await asyncio.sleep(self._pause_s())
 
     async def _step(self, on_change: Callable[[bool], None]) -> None:

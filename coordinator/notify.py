@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from coordinator.db import scrubbed
 from coordinator.leader import Leadership
 from coordinator.waiters import Waiters
 
@@ -159,7 +160,9 @@ class Notifier:
                     for payload in news.payloads(self.origin):
                         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
                 except Exception as exc:  # the waits' own timeouts are the fallback: this news is dropped
-                    log.warning("could not notify the other coordinators: %s", exc)
+                    log.warning(
+                        "could not notify the other coordinators: %s", scrubbed(str(exc), self.database_url)
+                    )
                     await _closed(conn)
                     conn = None
                     await asyncio.sleep(RECONNECT_S)
@@ -191,7 +194,9 @@ class Notifier:
                     async for note in conn.notifies():
                         self.apply(note.payload)
             except Exception as exc:
-                log.warning("not hearing the other coordinators' changes: %s", exc)
+                log.warning(
+                    "not hearing the other coordinators' changes: %s", scrubbed(str(exc), self.database_url)
+                )
             await asyncio.sleep(RECONNECT_S)
 
     def apply(self, payload: str) -> None:
