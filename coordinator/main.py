@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import yaml
 
+from coordinator.backup import BackupError, backup, restore
 from coordinator.disk_settings import LIMIT_SETTINGS, limit_settings
 from coordinator.lease_settings import LEASE_SETTINGS, duration_setting, lease_settings
 from coordinator.pki import ensure_pki
@@ -22,6 +23,7 @@ from coordinator.usage import QUEUE_SETTINGS, queue_settings
 from shared import gc_settings, tls
 from shared.constants import DEFAULT_PORT
 from shared.sdnotify import notify
+from shared.state_lock import StateDirBusy
 
 DEFAULT_CONFIG = Path("/etc/gpuctl/coordinator.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/gpuctl-coordinator")
@@ -175,3 +177,40 @@ def run(
         asyncio.run(serve())
     except KeyboardInterrupt:
         pass
+    except StateDirBusy as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command(name="backup")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
+@click.option("--state-dir", type=click.Path(path_type=Path))
+def backup_command(file: Path, config_path: Path, state_dir: Path | None) -> None:
+    """Copy the state (database, logs, file archives, keys) into FILE, a tar.gz, while the coordinator runs."""
+    config = _load(config_path, state_dir, None, None)
+    try:
+        summary = backup(config.state_dir, file)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"backed up {config.state_dir} to {file}: schema version {summary.schema_version}, "
+        f"{summary.files} files, {summary.size_bytes / 2**20:.1f} MiB"
+    )
+
+
+@main.command(name="restore")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
+@click.option("--state-dir", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace what the state dir holds.")
+def restore_command(file: Path, config_path: Path, state_dir: Path | None, force: bool) -> None:
+    """Put a backup made by `backup` into the state dir of a stopped coordinator."""
+    config = _load(config_path, state_dir, None, None)
+    try:
+        summary = restore(file, config.state_dir, force)
+    except (BackupError, StateDirBusy) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"restored {file} into {config.state_dir}: schema version {summary.schema_version}, "
+        f"{summary.files} files; start the coordinator there"
+    )
