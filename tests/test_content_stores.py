@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import subprocess
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
+from coordinator.content import open_content
 from coordinator.filestore import Archives, TooLarge
 from coordinator.logstore import Logs
 from tests.content_stores import bytes_held
+from tests.postgres import PostgresServer, client_tool
 
 Reopen = Callable[[], tuple[Logs, Archives]]
 
@@ -104,3 +108,30 @@ async def test_uploads_of_the_same_bytes_at_once_store_one_archive(archive_store
     data = b"same" * 100_000
     ids = await asyncio.gather(*(archive_store.put(pieces(data, 7000), len(data)) for _ in range(4)))
     assert len(set(ids)) == 1 and await read_all(archive_store, ids[0]) == data
+
+
+async def test_pg_dump_and_pg_restore_carry_the_logs_and_archives(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The README's backup of a PostgreSQL coordinator: what it kept is in the dump, log bytes and all."""
+    source = postgres_server.create_database()
+    logs, files = open_content(tmp_path, source)
+    logs.append("a-1", 0, b"line 1\n")
+    logs.append("a-1", 7, b"line 2\n")
+    archive_id = await files.put(pieces(b"the job's files", 4), 100)
+    logs.close()
+    files.close()
+    dump = tmp_path / "gpuctl.dump"
+    await asyncio.to_thread(
+        subprocess.run, [client_tool("pg_dump"), "--format=custom", f"--file={dump}", source], check=True
+    )
+    target = postgres_server.create_database()
+    restore = [client_tool("pg_restore"), "--no-owner", f"--dbname={target}", dump]
+    await asyncio.to_thread(subprocess.run, restore, check=True)
+    logs, files = open_content(tmp_path, target)
+    try:
+        assert logs.read("a-1", 0, 100) == b"line 1\nline 2\n"
+        assert await read_all(files, archive_id) == b"the job's files"
+    finally:
+        logs.close()
+        files.close()
