@@ -47,13 +47,13 @@ class Summary:
     size_bytes: int  # of the archive
 
 
-def backup(state_dir: Path, out: Path) -> Summary:
-    """Write a backup of `state_dir` (its coordinator may be running) to `out`, atomically: a reader of
-    `out` sees the old file or the whole new one. The archive is readable by its owner only (it holds the
-    CA key and the secrets key)."""
-    db = state_dir / DB_FILE
+def backup(state_dir: Path, out: Path, db: Path | None = None) -> Summary:
+    """Write a backup of `state_dir` and its database `db` (by default in it; its coordinator may be
+    running) to `out`, atomically: a reader of `out` sees the old file or the whole new one. The archive
+    is readable by its owner only (it holds the CA key and the secrets key)."""
+    db = db or state_dir / DB_FILE
     if not db.is_file():
-        raise BackupError(f"{state_dir}: no coordinator state here (no {DB_FILE})")
+        raise BackupError(f"{db}: no coordinator database here")
     if out.resolve().is_relative_to(state_dir.resolve()):
         raise BackupError(f"{out}: a backup must be written outside the state dir it copies")
     partial = out.with_name(f".{out.name}.partial")
@@ -114,12 +114,14 @@ def _add_state(tar: tarfile.TarFile, state_dir: Path) -> int:
     return copied
 
 
-def restore(archive: Path, state_dir: Path, force: bool = False) -> Summary:
-    """Unpack the backup `archive` into `state_dir`. Refuses while a coordinator runs there, if the state
-    dir holds anything (unless `force`: then it is replaced), or if the backup's schema is newer than this
-    code's."""
+def restore(archive: Path, state_dir: Path, force: bool = False, db: Path | None = None) -> Summary:
+    """Unpack the backup `archive` into `state_dir`, its database to `db` (by default in it). Refuses
+    while a coordinator runs there, if the state dir or the database holds anything (unless `force`: then
+    it is replaced), or if the backup's schema is newer than this code's."""
+    db = db or state_dir / DB_FILE
     with hold_state_dir(state_dir, LOCK_FILE, "gpuctl-coordinator"):
         present = [p for p in state_dir.iterdir() if p.name != LOCK_FILE]
+        present += [p for p in _database_files(db) if p.exists() and p not in present]
         if present and not force:
             raise BackupError(
                 f"{state_dir}: not empty; restore into an empty state dir, or pass --force to replace it"
@@ -129,10 +131,15 @@ def restore(archive: Path, state_dir: Path, force: bool = False) -> Summary:
             version, files = _unpack(archive, staged)
             for path in present:
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            shutil.move(staged / DB_FILE, db)  # another file system, where `database:` names one
             for path in staged.iterdir():
                 os.replace(path, state_dir / path.name)
         state_dir.chmod(0o700)  # its database holds jobs' secrets
     return Summary(version, files, archive.stat().st_size)
+
+
+def _database_files(db: Path) -> list[Path]:
+    return [db.with_name(db.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
 
 
 def _unpack(archive: Path, into: Path) -> tuple[int, int]:

@@ -12,7 +12,14 @@ created here, once, by whichever coordinator opens the database first.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import psycopg
+
+T = TypeVar("T")
+CONNECT_TIMEOUT_S = 10  # a database that does not answer fails the call rather than hold the loop for minutes
 
 SCHEMA_LOCK = 0x67707563  # pg_advisory_xact_lock key: replicas starting together create the tables once
 SCHEMA = [
@@ -36,12 +43,12 @@ SCHEMA = [
 ]
 
 
-def connect(url: str) -> psycopg.Connection:
+def connect(url: str) -> psycopg.Connection[Any]:
     """A connection in autocommit: each statement commits unless a `with conn.transaction()` holds it."""
-    return psycopg.connect(url, autocommit=True)
+    return psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
 
 
-def ensure_schema(conn: psycopg.Connection) -> None:
+def ensure_schema(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
         for statement in SCHEMA:
@@ -49,18 +56,26 @@ def ensure_schema(conn: psycopg.Connection) -> None:
 
 
 class Connection:
-    """One connection, opened again on the next call after PostgreSQL dropped it (a restart, a failover):
-    the call that saw it drop fails, as a write to a full disk does, and the sender tries again."""
+    """One connection, opened again when PostgreSQL dropped it (a restart, a failover)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn = connect(url)
+        self._reconnecting = threading.Lock()  # the archive store runs calls from threads too
         ensure_schema(self._conn)
 
-    def get(self) -> psycopg.Connection:
-        if self._conn.closed:
-            self._conn = connect(self.url)
-        return self._conn
+    def run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """`work` on the connection, and once more on a new one if the first found it dropped: every call
+        of the stores is safe to repeat (an append by offset, a read, a prune), so a failover goes unseen."""
+        try:
+            return work(self._conn)
+        except psycopg.OperationalError:
+            if not self._conn.closed:
+                raise
+        with self._reconnecting:
+            if self._conn.closed:
+                self._conn = connect(self.url)
+        return work(self._conn)
 
     def close(self) -> None:
         self._conn.close()

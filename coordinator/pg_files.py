@@ -11,10 +11,12 @@ never waits on it; reads for agents run in threads too. `has` and `prune` are sh
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Any
 
 import psycopg
 
@@ -35,17 +37,17 @@ class PgFileStore:
         """The archive's size in bytes; None if there is no such archive (or the id is not one)."""
         if not ARCHIVE_ID_RE.match(archive_id):
             return None
-        row = (
-            self.conn.get().execute("SELECT size FROM file_archives WHERE id = %s", (archive_id,)).fetchone()
-        )
+        query = "SELECT size FROM file_archives WHERE id = %s"
+        row = self.conn.run(lambda conn: conn.execute(query, (archive_id,)).fetchone())
         return int(row[0]) if row else None
 
     async def chunks(self, archive_id: str) -> AsyncIterator[bytes]:
         """The archive's bytes in order, a row at a time, each read in a thread."""
-        conn = self.conn.get()
-        offsets = await asyncio.to_thread(_column, conn, archive_id)
+        offsets = await asyncio.to_thread(self.conn.run, lambda conn: _offsets(conn, archive_id))
         for offset in offsets:
-            row = await asyncio.to_thread(_row, conn, archive_id, offset)
+            row = await asyncio.to_thread(
+                self.conn.run, functools.partial(_row, archive_id=archive_id, offset=offset)
+            )
             if row is None:
                 return  # pruned while it was being sent: the agent's hash check refuses the short archive
             yield row
@@ -53,15 +55,7 @@ class PgFileStore:
     def prune(self, keep: set[str], older_than: float) -> list[str]:
         """Delete the archives not in `keep` stored (or uploaded again) before `older_than`, a timestamp;
         answers the ids deleted."""
-        conn = self.conn.get()
-        with conn.transaction():
-            old = conn.execute("SELECT id FROM file_archives WHERE stored_at < %s", (older_than,)).fetchall()
-            removed = sorted(row[0] for row in old if row[0] not in keep)
-            if not removed:
-                return []
-            conn.execute("DELETE FROM file_chunks WHERE archive_id = ANY(%s)", (removed,))
-            conn.execute("DELETE FROM file_archives WHERE id = ANY(%s)", (removed,))
-        return removed
+        return self.conn.run(lambda conn: _prune(conn, keep, older_than))
 
     async def put(
         self, chunks: AsyncIterable[bytes], max_bytes: int, admit: Callable[[str, int], None] | None = None
@@ -135,14 +129,24 @@ async def _pieces(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[byte
         yield bytes(buffer)
 
 
-def _column(conn: psycopg.Connection, archive_id: str) -> list[int]:
+def _prune(conn: psycopg.Connection[Any], keep: set[str], older_than: float) -> list[str]:
+    with conn.transaction():
+        old = conn.execute("SELECT id FROM file_archives WHERE stored_at < %s", (older_than,)).fetchall()
+        removed = sorted(row[0] for row in old if row[0] not in keep)
+        if removed:
+            conn.execute("DELETE FROM file_chunks WHERE archive_id = ANY(%s)", (removed,))
+            conn.execute("DELETE FROM file_archives WHERE id = ANY(%s)", (removed,))
+    return removed
+
+
+def _offsets(conn: psycopg.Connection[Any], archive_id: str) -> list[int]:
     rows = conn.execute(
         "SELECT byte_offset FROM file_chunks WHERE archive_id = %s ORDER BY byte_offset", (archive_id,)
     ).fetchall()
     return [int(row[0]) for row in rows]
 
 
-def _row(conn: psycopg.Connection, archive_id: str, offset: int) -> bytes | None:
+def _row(conn: psycopg.Connection[Any], archive_id: str, offset: int) -> bytes | None:
     row = conn.execute(
         "SELECT data FROM file_chunks WHERE archive_id = %s AND byte_offset = %s", (archive_id, offset)
     ).fetchone()

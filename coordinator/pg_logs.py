@@ -10,6 +10,8 @@ event loop, as the file store's fsync is.
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 from coordinator.logstore import accepted, check_alloc_id
@@ -30,25 +32,18 @@ class PgLogStore:
         self.conn = Connection(database_url)
 
     def size(self, alloc_id: str) -> int:
-        return _size(self.conn.get(), check_alloc_id(alloc_id))
+        check_alloc_id(alloc_id)
+        return self.conn.run(lambda conn: _size(conn, alloc_id))
 
     def append(self, alloc_id: str, offset: int, data: bytes, cap: int = 0) -> int:
         """Store `data` found at `offset` of the allocation's log; answer the acknowledged size (`accepted`)."""
-        conn = self.conn.get()
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOG_LOCK_SPACE, alloc_id))
-            new, acked = accepted(_size(conn, check_alloc_id(alloc_id)), offset, data, cap)
-            if new:
-                conn.execute(
-                    "INSERT INTO log_chunks (alloc_id, byte_offset, data) VALUES (%s, %s, %s)",
-                    (alloc_id, acked - len(new), new),
-                )
-        return acked
+        check_alloc_id(alloc_id)
+        return self.conn.run(lambda conn: _append(conn, alloc_id, offset, data, cap))
 
     def read(self, alloc_id: str, offset: int, max_bytes: int) -> bytes:
         """Up to `max_bytes` from `offset`: the chunks that cover them, cut to the range."""
         params = {"id": check_alloc_id(alloc_id), "offset": offset, "end": offset + max_bytes}
-        rows = self.conn.get().execute(_READ, params).fetchall()
+        rows = self.conn.run(lambda conn: conn.execute(_READ, params).fetchall())
         if not rows:
             return b""
         first = rows[0][0]
@@ -58,6 +53,18 @@ class PgLogStore:
         self.conn.close()
 
 
-def _size(conn: psycopg.Connection, alloc_id: str) -> int:
+def _append(conn: psycopg.Connection[Any], alloc_id: str, offset: int, data: bytes, cap: int) -> int:
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOG_LOCK_SPACE, alloc_id))
+        new, acked = accepted(_size(conn, alloc_id), offset, data, cap)
+        if new:
+            conn.execute(
+                "INSERT INTO log_chunks (alloc_id, byte_offset, data) VALUES (%s, %s, %s)",
+                (alloc_id, acked - len(new), new),
+            )
+    return acked
+
+
+def _size(conn: psycopg.Connection[Any], alloc_id: str) -> int:
     row = conn.execute(_SIZE, (alloc_id,)).fetchone()
     return int(row[0]) if row else 0

@@ -56,5 +56,5 @@ def bytes_held(store: Archives) -> int:
     if isinstance(store, FileStore):
         return sum(path.stat().st_size for path in store.root.iterdir())
     assert isinstance(store, PgFileStore)
-    row = store.conn.get().execute("SELECT coalesce(sum(length(data)), 0) FROM file_chunks").fetchone()
-    return int(row[0]) if row else 0
+    query = "SELECT coalesce(sum(length(data)), 0) FROM file_chunks"
+    return int(store.conn.run(lambda conn: conn.execute(query).fetchone())[0])

@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from coordinator.content import open_content
@@ -132,6 +133,25 @@ async def test_pg_dump_and_pg_restore_carry_the_logs_and_archives(
     try:
         assert logs.read("a-1", 0, 100) == b"line 1\nline 2\n"
         assert await read_all(files, archive_id) == b"the job's files"
+    finally:
+        logs.close()
+        files.close()
+
+
+def test_a_store_whose_connection_dropped_connects_again_on_the_next_call(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A PostgreSQL restart or failover: the call that finds the connection gone is served on a new one."""
+    logs, files = open_content(tmp_path, postgres_url)
+    try:
+        assert logs.append("a-1", 0, b"before ") == 7
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        assert logs.append("a-1", 7, b"after") == 12
+        assert logs.read("a-1", 0, 100) == b"before after" and not files.has("0" * 64)
     finally:
         logs.close()
         files.close()
