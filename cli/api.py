@@ -17,6 +17,7 @@ from typing import TypeVar
 import msgspec
 
 from cli.config import CliConfig
+from shared.accounting import UsageReport
 from shared.constants import API_PREFIX, COORDINATOR_WARNING_HEADER
 from shared.spec import TaskSpec
 from shared.tls_contexts import client_context
@@ -206,6 +207,13 @@ class Api:
         """The latest entries of the audit log (of one job), newest first; admins only."""
         query = urllib.parse.urlencode({"limit": limit, **({"job": job} if job else {})})
         return self._call("GET", f"/audit?{query}", list[AuditEntry])
+
+    def usage(self, since: str, project: str = "", user: str = "", jobs: bool = False) -> UsageReport:
+        """What the jobs that finished since `since` ago used (of `project`, of `user`), summed per project
+        and user; with `jobs`, each job too."""
+        asked = {"since": since, "project": project, "user": user, "jobs": "1" if jobs else ""}
+        query = urllib.parse.urlencode({k: v for k, v in asked.items() if v})
+        return self._call("GET", f"/usage?{query}", UsageReport)
 
     def ssh_host(self, ref: str) -> SshHost:
         """Whom `gpuctl ssh` logs in to a running dev environment as, and its sshd's host key."""

@@ -41,6 +41,7 @@ class LazyGroup(click.Group):
         "port-forward": "cli.into:port_forward",
         "attach": "cli.into:attach",
         "audit": "cli.into:audit",
+        "usage": "cli.usage:usage",
         "ssh": "cli.ssh:ssh_command",
         "ssh-config": "cli.ssh:ssh_config",
         "ssh-proxy": "cli.ssh:ssh_proxy",

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from coordinator import leases, work_slot
+from coordinator.accounting import Accounting
 from coordinator.accounts import Accounts, Invalid
 from coordinator.array_store import ArrayStore
 from coordinator.attempts import end_attempt, event_of
@@ -62,6 +63,7 @@ class AgentSide:
     unseen_generation: set[str]
     inventory_writes: GroupCommit[tuple[str, Inventory, str]]  # store.set_inventories, many hosts at once
     meters: Meters
+    accounting: Accounting
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         raise NotImplementedError
@@ -93,6 +95,7 @@ class AgentSide:
             await self.inventory_writes.put((host_id, req.inventory, generation_of(req.inventory)))
             log.info("host %s inventory generation %s", host_id, generation_of(req.inventory))
             changed = True
+        await self.accounting.fold(host, req)  # before the statuses: the readings of what ends now count
         was_unseen = host_id in self.unseen_generation
         unseen = self._note_generation(host_id, req, host.generation)
         changed |= self._fold_statuses(host_id, req.allocations) or unseen != was_unseen

@@ -72,13 +72,13 @@ _NOT_FORWARDED = frozenset(
 _BAD_PATH_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
-def submit_service(app: web.Application, spec: TaskSpec, project: str) -> ArrayRow:
+def submit_service(app: web.Application, spec: TaskSpec, project: str, user: str = "") -> ArrayRow:
     """One job per replica, as an array. Refused (409) while the project runs a service of that name: its
     URL names one service."""
     assert spec.service is not None
     if spec.name is not None and app[REPLICAS].find(project, spec.name) is not None:
         raise HTTPError(409, f"service {spec.name} already runs in project {project}; stop it first", "name")
-    return app[COORDINATOR].submit_array(spec, f"0-{spec.service.replicas - 1}", project)
+    return app[COORDINATOR].submit_array(spec, f"0-{spec.service.replicas - 1}", project, user)
 
 
 def refuse_array(spec: TaskSpec) -> None:

@@ -38,12 +38,13 @@ async def submit(request: web.Request) -> web.Response:
     assert isinstance(req, SubmitRequest)
     coord = request.app[COORDINATOR]
     _refuse_if_disk_low(coord)
-    project = request[PRINCIPAL].project or "default"
+    principal = request[PRINCIPAL]
+    project, user = principal.project or "default", principal.name
     if req.spec.schedule is not None:  # a schedule, not a job: its runs are submitted at their times
-        return json_response(coord.schedule_view(coord.submit_schedule(req.spec, project)), 201)
+        return json_response(coord.schedule_view(coord.submit_schedule(req.spec, project, user=user)), 201)
     if req.spec.service is not None:  # an array of replicas
-        return json_response(coord.array_view(submit_service(request.app, req.spec, project)), 201)
-    return json_response(coord.job_view(coord.submit(req.spec, project)), 201)
+        return json_response(coord.array_view(submit_service(request.app, req.spec, project, user)), 201)
+    return json_response(coord.job_view(coord.submit(req.spec, project, user)), 201)
 
 
 async def submit_array(request: web.Request) -> web.Response:
@@ -55,8 +56,11 @@ async def submit_array(request: web.Request) -> web.Response:
     refuse_array(req.spec)
     coord = request.app[COORDINATOR]
     _refuse_if_disk_low(coord)
-    project = request[PRINCIPAL].project or "default"
-    return json_response(coord.array_view(coord.submit_array(req.spec, req.array, project)), 201)
+    principal = request[PRINCIPAL]
+    project = principal.project or "default"
+    return json_response(
+        coord.array_view(coord.submit_array(req.spec, req.array, project, principal.name)), 201
+    )
 
 
 def _refuse_if_disk_low(coord: Coordinator) -> None:

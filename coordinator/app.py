@@ -17,6 +17,7 @@ from coordinator import (
     api_metrics,
     api_secrets,
     api_service,
+    api_usage,
     api_user,
 )
 from coordinator.accounts import Invalid, Refused
@@ -132,4 +133,5 @@ def make_app(coordinator: Coordinator) -> web.Application:
     api_channel.add_routes(app)
     api_service.add_routes(app)
     api_metrics.add_routes(app)
+    api_usage.add_routes(app)
     return app

@@ -41,8 +41,8 @@ class ArrayOps:
     def job_view(self, job: JobRow) -> JobView:
         raise NotImplementedError
 
-    def submit_array(self, spec: TaskSpec, array: str, project: str = "default") -> ArrayRow:
-        """Accept one job per index of `array` (Slurm's syntax), all committed in one transaction before
+    def submit_array(self, spec: TaskSpec, array: str, project: str = "default", user: str = "") -> ArrayRow:
+        """Accept one job per index of `array` (Slurm's syntax), submitted by `user`, all committed in one transaction before
         the answer, then run one scheduling pass for them all. SpecError naming `array` for a bad spec
         or one over the `max_array_tasks` setting."""
         spec = self.accepted_spec(spec, project)
@@ -60,7 +60,8 @@ class ArrayOps:
             submitted_at=0.0,  # the store sets it
             spec=spec,
         )
-        self.arrays.insert(row, list(zip(task_ids, parsed.indices, strict=True)), "waiting for the scheduler")
+        tasks = list(zip(task_ids, parsed.indices, strict=True))
+        self.arrays.insert(row, tasks, "waiting for the scheduler", user)
         log.info("array %s submitted (%s[%s], %d tasks)", row.id, row.name, row.indices, row.task_count)
         self.kick(jobs=task_ids)  # committed: from here on, no failure may make the submit an error
         fresh = self.arrays.get(row.id)

@@ -41,13 +41,24 @@ class ArrayStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def insert(self, array: ArrayRow, tasks: list[tuple[str, int]], reason: str) -> None:
-        """The array and its tasks (job id, index), committed together: all of them or none. One
-        statement for all the tasks, with the spec encoded once."""
+    def insert(self, array: ArrayRow, tasks: list[tuple[str, int]], reason: str, user: str = "") -> None:
+        """The array and its tasks (job id, index), submitted by `user`, committed together: all of them
+        or none. One statement for all the tasks, with the spec encoded once."""
         spec = msgspec.json.encode(array.spec).decode()
         priority, now = array.spec.priority, time.time()
         rows = [
-            (job_id, f"{array.name}[{index}]", spec, priority, reason, now, array.project, array.id, index)
+            (
+                job_id,
+                f"{array.name}[{index}]",
+                spec,
+                priority,
+                reason,
+                now,
+                array.project,
+                array.id,
+                index,
+                user,
+            )
             for job_id, index in tasks
         ]
         with self.store.tx() as db:
@@ -68,7 +79,7 @@ class ArrayStore:
             )
             db.executemany(
                 "INSERT INTO jobs(id, name, spec, priority, status, reason, submitted_at, project, array_id,"
-                " array_index) VALUES (?,?,?,?,'submitted',?,?,?,?,?)",
+                " array_index, submitted_by) VALUES (?,?,?,?,'submitted',?,?,?,?,?,?)",
                 rows,
             )
 

@@ -201,4 +201,19 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX hosts_status ON hosts(status, id)
     """,
+    # 14: job accounting (`gpuctl usage`): who submitted each job (`submitted_by`: `user` is a keyword of SQL; a
+    # schedule's runs count as its submitter's), and each allocation's device readings folded
+    # (coordinator/accounting.py): its GPUs' peak memory, and their utilization as a sum of percent x seconds
+    # over the seconds it covers (a time-weighted mean)
+    """
+    ALTER TABLE jobs ADD COLUMN submitted_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE schedules ADD COLUMN submitted_by TEXT NOT NULL DEFAULT '';
+    CREATE TABLE allocation_readings (
+        allocation_id TEXT PRIMARY KEY REFERENCES allocations(id),
+        peak_memory_mib INTEGER,
+        utilization_pct_s REAL NOT NULL DEFAULT 0,
+        utilization_s REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_finished ON jobs(finished_at)
+    """,
 ]

@@ -89,6 +89,12 @@ def over_quota(project: str, quota: Quota, load: ProjectLoad, gpus: int) -> str:
 # --- fair share -----------------------------------------------------------------------------------------
 
 
+def gpu_hours(gpus: int, start: float, end: float) -> float:
+    """GPU-hours of `gpus` GPUs held from `start` to `end` (seconds), undecayed: what `gpuctl usage` shows of
+    the span that `decayed_gpu_hours` weighs (the two agree as the half-life grows)."""
+    return gpus * max(end - start, 0.0) / 3600.0
+
+
 def decayed_gpu_hours(gpus: int, start: float, end: float, now: float, half_life_s: float) -> float:
     """GPU-hours of `gpus` GPUs held from `start` to `end` (seconds), as they weigh at `now`: each moment
     weighs 2^(-(now - moment) / half_life). The integral, exactly: no stepping."""

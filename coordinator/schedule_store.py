@@ -24,6 +24,7 @@ class ScheduleRow:
     note: str  # what happened at `fired_for` ("" before the first time)
     stopped: bool
     submitted_at: float
+    user: str = ""  # who submitted it: its runs count as theirs (`gpuctl usage`)
 
 
 class ScheduleStore:
@@ -36,7 +37,7 @@ class ScheduleStore:
         with self.store.tx() as db:
             db.execute(
                 "INSERT INTO schedules(id, name, project, spec, fired_for, next_at, note, stopped,"
-                " submitted_at) VALUES (?,?,?,?,?,?,?,0,?)",
+                " submitted_at, submitted_by) VALUES (?,?,?,?,?,?,?,0,?,?)",
                 (
                     schedule.id,
                     schedule.name,
@@ -46,6 +47,7 @@ class ScheduleStore:
                     schedule.next_at,
                     schedule.note,
                     schedule.submitted_at,
+                    schedule.user,
                 ),
             )
 
@@ -58,8 +60,8 @@ class ScheduleStore:
             if not self._handled(db, schedule, fired_for, next_at, f"ran {name}"):
                 return False
             db.execute(
-                "INSERT INTO jobs(id, name, spec, priority, status, reason, submitted_at, project, schedule_id)"
-                " VALUES (?,?,?,?,'submitted','waiting for the scheduler',?,?,?)",
+                "INSERT INTO jobs(id, name, spec, priority, status, reason, submitted_at, project, schedule_id,"
+                " submitted_by) VALUES (?,?,?,?,'submitted','waiting for the scheduler',?,?,?,?)",
                 (
                     job_id,
                     name,
@@ -68,6 +70,7 @@ class ScheduleStore:
                     time.time(),
                     schedule.project,
                     schedule.id,
+                    schedule.user,
                 ),
             )
         return True
@@ -149,4 +152,5 @@ def _schedule(row: sqlite3.Row) -> ScheduleRow:
         note=row["note"],
         stopped=bool(row["stopped"]),
         submitted_at=row["submitted_at"],
+        user=row["submitted_by"],
     )

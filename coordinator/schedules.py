@@ -44,10 +44,10 @@ class ScheduleOps:
         raise NotImplementedError
 
     def submit_schedule(
-        self, spec: TaskSpec, project: str = "default", now: float | None = None
+        self, spec: TaskSpec, project: str = "default", now: float | None = None, user: str = ""
     ) -> ScheduleRow:
-        """Accept a schedule of `project` (committed before the answer); its first time is the first
-        after `now`. SpecError naming the field if the spec may not run here."""
+        """Accept a schedule of `project` submitted by `user` (committed before the answer); its first time
+        is the first after `now`. SpecError naming the field if the spec may not run here."""
         spec = self.accepted_spec(spec, project)
         assert spec.schedule is not None
         now = _now(now)
@@ -62,6 +62,7 @@ class ScheduleOps:
             note="",
             stopped=False,
             submitted_at=now,
+            user=user,
         )
         self.schedules.insert(row)
         log.info("schedule %s submitted (%s, cron %s)", row.id, row.name, "; ".join(spec.schedule.cron))

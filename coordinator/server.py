@@ -66,6 +66,7 @@ class RunningCoordinator:
         await cancel_and_wait(self.housekeeping)
         await self.runner.cleanup()
         await save_last_seen(self.coordinator)
+        await self.coordinator.accounting.save()
         self.coordinator.logs.close()
         self.coordinator.files.close()
         self.coordinator.store.close()
@@ -117,8 +118,9 @@ async def _housekeeping(coordinator: Coordinator) -> None:
     """Tell the scheduler what time alone changed, so hosts that go away change placements and reasons,
     and mark lost the allocations of hosts silent too long (a beat is at most a quarter lease, so a short
     `unreachable_after` is kept to); submit the scheduled tasks whose time has come (a beat is at most
-    5 s, so a run starts within seconds of its minute); less often, delete the file archives that no live job needs."""
-    saved_at = time.monotonic()
+    5 s, so a run starts within seconds of its minute); less often, delete the file archives that no live job needs,
+    and store the hosts' last-seen times and the device readings of running jobs (coordinator/accounting.py)."""
+    saved_at = readings_saved_at = time.monotonic()
     resync = Resync()
     for beat in itertools.count():
         await asyncio.sleep(min(HOUSEKEEPING_INTERVAL_S, coordinator.settings.unreachable_after_s / 4))
@@ -131,6 +133,9 @@ async def _housekeeping(coordinator: Coordinator) -> None:
             if time.monotonic() - saved_at >= LAST_SEEN_SAVE_S:
                 saved_at = time.monotonic()
                 await save_last_seen(coordinator)
+            if time.monotonic() - readings_saved_at >= coordinator.settings.readings_save_s:
+                readings_saved_at = time.monotonic()
+                await coordinator.accounting.save()
         except Exception:
             log.exception("housekeeping failed")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from coordinator.accounting import Accounting
 from coordinator.accounts import Accounts
 from coordinator.agent_side import AgentSide
 from coordinator.array_ops import ArrayOps
@@ -103,6 +104,7 @@ class Coordinator(Preempting, Scheduling, HostOps, LostHosts, AgentSide, Schedul
         self.quotas: dict[str, Quota] = {}
         self.quota_admitted: dict[str, set[str]] = {}
         self.usage = ProjectUsage(store, s.fair_share_half_life_s)  # fair share (queue_policy.py)
+        self.accounting = Accounting(store)  # device readings per allocation, for `gpuctl usage`
         self.shares: dict[str, float] = {}
         self.preemptible: frozenset[str] = frozenset()  # preempting.py
         self.waiting: dict[str, str] = {}
@@ -112,15 +114,16 @@ class Coordinator(Preempting, Scheduling, HostOps, LostHosts, AgentSide, Schedul
 
     # --- user side ---------------------------------------------------------------------------------
 
-    def submit(self, spec: TaskSpec, project: str = "default") -> JobRow:
-        """Accept a job of `project` (committed before the answer), then try to place it at once."""
+    def submit(self, spec: TaskSpec, project: str = "default", user: str = "") -> JobRow:
+        """Accept a job of `project` submitted by `user` (committed before the answer), then try to place it
+        at once."""
         spec = self.accepted_spec(spec, project)
         for _ in range(5):
             job_id = secrets.token_hex(4)
             if self.store.get_job(job_id) is None:
                 break
         name = spec.name or f"job-{job_id[:4]}"
-        job = self.store.insert_job(job_id, name, spec, "waiting for the scheduler", project)
+        job = self.store.insert_job(job_id, name, spec, "waiting for the scheduler", project, user)
         log.info("job %s submitted (%s)", job.id, job.name)
         self.kick(
             jobs=(job.id,)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from coordinator.accounting import READINGS_SAVE_S
 from coordinator.backfill import BACKFILL_DEPTH
 from coordinator.disk import DiskUsage, real_usage
 from coordinator.limits import BusyLimits
@@ -38,3 +39,4 @@ class Settings:
     disk_usage: DiskUsage = real_usage
     protocol_version: str = C.PROTOCOL_VERSION  # agents within one minor version of it are served
     busy: BusyLimits = BusyLimits()  # requests at work per class; one more is answered 429 (busy.py)
+    readings_save_s: float = READINGS_SAVE_S  # device readings for accounting reach the store this often

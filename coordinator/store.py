@@ -142,12 +142,13 @@ class Store:
     # --- jobs --------------------------------------------------------------------------------------
 
     def insert_job(
-        self, job_id: str, name: str, spec: TaskSpec, reason: str, project: str = "default"
+        self, job_id: str, name: str, spec: TaskSpec, reason: str, project: str = "default", user: str = ""
     ) -> JobRow:
+        """`user`: who submitted it (accounting, `gpuctl usage`)."""
         with self.tx() as db:
             db.execute(
-                "INSERT INTO jobs(id, name, spec, priority, status, reason, submitted_at, project)"
-                " VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO jobs(id, name, spec, priority, status, reason, submitted_at, project, submitted_by)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     job_id,
                     name,
@@ -157,6 +158,7 @@ class Store:
                     reason,
                     time.time(),
                     project,
+                    user,
                 ),
             )
         job = self.get_job(job_id)

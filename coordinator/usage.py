@@ -1,5 +1,6 @@
 """Each project's recent GPU-hours, read from the allocations in the store, for fair share (the policy is in
-queue_policy.py). `coordinator.yaml` sets how fast usage is forgotten:
+queue_policy.py). `gpuctl usage` reads the same spans (`allocation_spans`: each attempt's GPUs from its start
+to its end), undecayed (coordinator/usage_report.py). `coordinator.yaml` sets how fast usage is forgotten:
 
 fair_share_half_life: 7d        # an hour of GPUs weighs half as much this long after it ran
 backfill_depth: 16              # waiting jobs given a backfill reservation (coordinator/backfill.py); 0: none
@@ -14,6 +15,7 @@ less than a thousandth).
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import time
 
 from coordinator.queue_policy import Usage, fair_share_factors
@@ -25,6 +27,17 @@ QUEUE_SETTINGS = ("fair_share_half_life", "backfill_depth")
 MAX_BACKFILL_DEPTH = 1000
 LATE_WRITE_S = 60.0  # an allocation's end may be stored this long after the time it records
 HORIZON_HALF_LIVES = 10
+_SPANS = (
+    "SELECT a.id, a.job_id, a.attempt, j.project, json_array_length(a.gpus) AS gpus, a.started_at,"
+    " a.finished_at FROM allocations a JOIN jobs j ON j.id = a.job_id"
+)
+
+
+def allocation_spans(db: sqlite3.Connection, where: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+    """The allocations `where` selects (its columns prefixed `a.` and `j.`, of the allocation and its job), each
+    as what its use is counted from: id, job_id, attempt, project, gpus (a count), started_at (None: never
+    ran) and finished_at (None: still running)."""
+    return db.execute(f"{_SPANS} WHERE {where}", args).fetchall()
 
 
 def queue_settings(raw: dict, base: Settings) -> Settings:
@@ -58,22 +71,14 @@ class ProjectUsage:
         now = time.time() if now is None else now
         self.usage.advance(now)
         self._add_ended(now)
-        running = self.store.db.execute(
-            "SELECT j.project, json_array_length(a.gpus) AS gpus, a.started_at FROM allocations a"
-            " JOIN jobs j ON j.id = a.job_id WHERE a.finished_at IS NULL AND a.started_at IS NOT NULL"
-        ).fetchall()
+        running = allocation_spans(self.store.db, "a.finished_at IS NULL AND a.started_at IS NOT NULL")
         return fair_share_factors(
             self.usage.with_running((r["project"], r["gpus"], r["started_at"]) for r in running)
         )
 
     def _add_ended(self, now: float) -> None:
         since = self._looked_at - LATE_WRITE_S
-        rows = self.store.db.execute(
-            "SELECT a.id, j.project, json_array_length(a.gpus) AS gpus, a.started_at, a.finished_at"
-            " FROM allocations a JOIN jobs j ON j.id = a.job_id"
-            " WHERE a.finished_at > ? AND a.started_at IS NOT NULL",
-            (since,),
-        ).fetchall()
+        rows = allocation_spans(self.store.db, "a.finished_at > ? AND a.started_at IS NOT NULL", (since,))
         for r in rows:
             if r["id"] not in self._counted:
                 self.usage.add_ended(r["project"], r["gpus"], r["started_at"], r["finished_at"])

@@ -198,6 +198,14 @@ def _apply(world: World, live: LiveSchedule, change: tuple[str, int, int, int], 
         world.pending = {
             j: replace(job, share=world.shares.get(job.project, 1.0)) for j, job in world.pending.items()
         }
+        # a reserved job that moved in the queue has its reservation ended until the next plan, even if a
+        # later change moves it back
+        moved = [
+            j
+            for j, r in world.reserved.by_job.items()
+            if j in world.pending and world.pending[j].order() != r.order
+        ]
+        world.reserved = world.reserved.without(moved)
         live.sync(world.pending.values(), world.capacity(), live.pending())
     elif kind == "plan":  # time passes; the beat plans the reservations again, as deep as it is set
         world.now += (0, 30, 300, 1200)[ask]
