@@ -16,14 +16,14 @@ import msgspec
 
 from agent.channel import channel_loop
 from agent.client import CoordinatorClient
-from agent.config import DEFAULT_DOCKER_SOCKET, AgentConfig, ConfigError, DockerConfig
+from agent.config import DEFAULT_DOCKER_SOCKET, JOINED_URLS, AgentConfig, ConfigError, DockerConfig
 from agent.detect import detect_inventory
-from agent.detect.nvidia import _import_pynvml
+from agent.detect.gaudi import Runner
 from agent.diskguard import disk_problem, is_disk_error
 from agent.executor import Executor
 from agent.fence import fence_reason
 from agent.files import FilePrep
-from agent.health import HEALTH_INTERVAL_S, health_loop
+from agent.health import HEALTH_INTERVAL_S, OpenWatch, health_loop, watch_for
 from agent.identity import JoinError, check_not_expired, finish_pending_pair, join, renew_loop
 from agent.lock import hold_state_dir
 from agent.peer_address import internal_ip
@@ -67,7 +67,7 @@ def detect(config: AgentConfig) -> Inventory:
         hostname=config.name,
         volume_prefixes=config.docker.volume_prefixes,
         privileged_allowed=config.docker.allow_privileged,
-        internal_ip=internal_ip(config.internal_ip, config.coordinator),
+        internal_ip=internal_ip(config.internal_ip, config.urls[0]),
         warnings=inventory.warnings + _docker_warning(config.docker, docker_problem) + _isolation_warning(),
     )
 
@@ -144,12 +144,14 @@ async def run_agent(
     redetect: Detect | None = None,
     redetect_interval_s: float = REDETECT_INTERVAL_S,
     nvml: Any = None,
+    amdsmi: Any = None,
+    hl_smi: Runner | None = None,
     health_interval_s: float = HEALTH_INTERVAL_S,
 ) -> None:
     """Run until cancelled (or until the coordinator refuses this agent: sync.Revoked).
 
-    The health of NVIDIA GPUs is watched through `nvml` (by default `pynvml`, when the host has real NVIDIA
-    GPUs): agent/health.py.
+    The health of the host's real GPUs is watched through their vendor's library (agent/health.py); `nvml`,
+    `amdsmi` or `hl_smi`, when given, is watched instead (a test's fake).
 
     Devices are detected again on SIGHUP and every `redetect_interval_s` with `redetect` (by default the
     same detection that produced `inventory`); a changed inventory is sent to the coordinator. Holds the
@@ -166,7 +168,7 @@ async def run_agent(
                 redetect,
                 redetect_interval_s,
                 transport,
-                nvml,
+                watch_for(inventory, nvml, amdsmi, hl_smi),
                 health_interval_s,
             )
         finally:
@@ -175,9 +177,9 @@ async def run_agent(
 
 def agent_transport(config: AgentConfig) -> Transport:
     """The way to the coordinator that the config asks for: its bastions, its proxy, else HTTPS_PROXY."""
-    proxy = config.proxy if config.proxy is not None else env_proxy(config.coordinator, os.environ)
+    proxy = config.proxy if config.proxy is not None else env_proxy(config.urls[0], os.environ)
     return make_transport(
-        config.coordinator, config.bastion, proxy or None, config.runtime_dir, config.docker.mirror_link()
+        config.urls, config.bastion, proxy or None, config.runtime_dir, config.docker.mirror_link()
     )
 
 
@@ -203,9 +205,11 @@ async def _join(config: AgentConfig, transport: Transport) -> str:
     except LinkDown as exc:
         raise JoinError(f"cannot reach the coordinator through {transport.description}: {exc}") from None
     assert config.join is not None
-    return await join(
-        config.coordinator, parse_join_string(config.join), config.pki_dir, config.name, transport
-    )
+    join_string = parse_join_string(config.join)
+    host_id = await join(config.urls, join_string, config.pki_dir, config.name, transport)
+    if join_string.urls:  # for later runs whose agent.yaml names no coordinator
+        (config.pki_dir / JOINED_URLS).write_text("\n".join(join_string.urls) + "\n")
+    return host_id
 
 
 async def _run_agent(
@@ -215,7 +219,7 @@ async def _run_agent(
     redetect: Detect | None,
     redetect_interval_s: float,
     transport: Transport,
-    nvml: Any,
+    open_watch: OpenWatch | None,
     health_interval_s: float,
 ) -> None:
     state.inventory = inventory
@@ -232,7 +236,7 @@ async def _run_agent(
             await _join(config, transport)
         check_not_expired(cert)
         context = tls.client_context(ca, cert, key)
-        client = CoordinatorClient(config.coordinator, context, transport)
+        client = CoordinatorClient(config.urls, context, transport)
     except BaseException:
         executor.close()
         raise
@@ -242,7 +246,7 @@ async def _run_agent(
         len(inventory.gpus),
         len(inventory.blocks),
         " (SIMULATED)" if inventory.simulated else "",
-        config.coordinator,
+        ", ".join(config.urls),
         transport.description,
     )
 
@@ -264,13 +268,11 @@ async def _run_agent(
                     redetect_loop(redetect or (lambda: detect(config)), state, redetect_interval_s, adopt),
                     name="redetect",
                 )
-                if nvml is None and any(g.vendor == "nvidia" and not g.simulated for g in inventory.gpus):
-                    nvml = _import_pynvml()
-                if nvml is not None:
-                    tg.create_task(health_loop(nvml, state, health_interval_s), name="health")
+                if open_watch is not None:
+                    tg.create_task(health_loop(open_watch, state, health_interval_s), name="health")
                 if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
                     tg.create_task(
-                        renew_loop(config.coordinator, context, config.pki_dir, transport), name="renew"
+                        renew_loop(lambda: client.base_url, context, config.pki_dir, transport), name="renew"
                     )
     except* Revoked:
         await stop_everything(executor, "this host was removed from the coordinator")

@@ -58,11 +58,12 @@ HANDLERS: dict[type, Handler] = {ExecOpen: run_exec, TcpOpen: run_tcp, SshOpen: 
 
 async def channel_loop(client: CoordinatorClient, executor: Executor, synced: asyncio.Event) -> None:
     """Keep the channel open until cancelled, from the first successful sync on (a coordinator that refuses
-    this agent's syncs, busy or not serving its version, hears no channel either)."""
-    url = f"{client.base_url}{C.AGENT_PREFIX}/channel"
+    this agent's syncs, busy or not serving its version, hears no channel either). Each opening goes to the
+    coordinator the client is at now: after a failover, the one the syncs reach."""
     backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
     await synced.wait()
     while True:
+        url = f"{client.base_url}{C.AGENT_PREFIX}/channel"
         opened_at, retry_after_s = time.monotonic(), None
         try:
             async with client.session.ws_connect(

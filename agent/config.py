@@ -19,6 +19,8 @@ from agent.mirror_link import DEFAULT_LOCAL_PORT, MirrorLink, local_mirror, spli
 from agent.runtime.jobuser import DEFAULT_JOB_UID_RANGE, UidRange, UidRangeError, parse_uid_range
 from agent.tunnel import Hop
 from shared.constants import STOP_GRACE_S
+from shared.coordinators import parse_coordinators
+from shared.join import parse_join_string
 from shared.units import parse_memory_mib
 from shared.wire import is_ip_address
 
@@ -26,6 +28,7 @@ DEFAULT_CONFIG = Path("/etc/gpuctl/agent.yaml")
 DEFAULT_DOCKER_SOCKET = "unix:///var/run/docker.sock"
 DEFAULT_PIDS_LIMIT = 32768  # per container; data loaders start many threads, and every thread is a pid
 DEFAULT_STATE_DIR = Path("/var/lib/gpuctl-agent")
+JOINED_URLS = "coordinators"  # in the pki dir: a join string's URLs, for runs without `coordinator:`
 
 
 class ConfigError(ValueError):
@@ -64,7 +67,7 @@ class DockerConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    coordinator: str
+    coordinator: str | tuple[str, ...]  # one URL or several (tried in order: agent/client.py); see `urls`
     state_dir: Path = DEFAULT_STATE_DIR
     name: str = field(default_factory=socket.gethostname)
     blocks: str | int = "auto"
@@ -83,6 +86,11 @@ class AgentConfig:
     bastion: tuple[Hop, ...] = ()  # SSH hops to the coordinator, first hop first; () dials directly
     proxy: str | None = None  # an HTTP CONNECT proxy; None: HTTPS_PROXY / NO_PROXY; "": none at all
     internal_ip: str | None = None  # the address peers of a multi-node job reach; None: detected
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The coordinators' URLs, the preferred first."""
+        return (self.coordinator,) if isinstance(self.coordinator, str) else self.coordinator
 
     @property
     def runtime_dir(self) -> Path:
@@ -169,8 +177,8 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
     unknown = set(raw) - _FIELDS
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown setting (known: {', '.join(sorted(_FIELDS))})")
-    if not raw.get("coordinator"):
-        raise ConfigError("coordinator: required (the coordinator's https:// URL)")
+    state_dir = Path(raw["state_dir"]) if raw.get("state_dir") else DEFAULT_STATE_DIR
+    urls = _coordinators(raw.get("coordinator"), raw.get("join"), state_dir / "pki")
     try:
         blocks = parse_blocks(raw.get("blocks", "auto"))
     except BlocksError as exc:
@@ -212,7 +220,7 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         return Path(raw[key]) if raw.get(key) else None
 
     return AgentConfig(
-        coordinator=str(raw["coordinator"]),
+        coordinator=urls,
         blocks=blocks,
         simulate=raw.get("simulate"),
         simulate_cpus=raw.get("simulate_cpus"),
@@ -223,7 +231,7 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         stop_grace_s=float(raw.get("stop_grace_s", STOP_GRACE_S)),
         stop_after_coordinator_lost_s=stop_after_s,
         name=str(raw["name"]) if raw.get("name") else socket.gethostname(),
-        state_dir=path_of("state_dir") or DEFAULT_STATE_DIR,
+        state_dir=state_dir,
         ca_file=path_of("ca_file"),
         cert_file=path_of("cert_file"),
         key_file=path_of("key_file"),
@@ -232,6 +240,22 @@ def load_config(path: Path, overrides: dict[str, Any]) -> AgentConfig:
         proxy=proxy,
         internal_ip=str(internal_ip) if internal_ip is not None else None,
     )
+
+
+def _coordinators(value: Any, join: Any, pki_dir: Path) -> tuple[str, ...]:
+    """`coordinator:` when set, else the URLs of the join string being used, else those the join string that
+    enrolled this host carried (saved by agent.agent at joining). Raises ConfigError naming the field."""
+    try:
+        if value:
+            return parse_coordinators(value)
+        if join and (urls := parse_join_string(str(join)).urls):
+            return urls
+        saved = pki_dir / JOINED_URLS
+        if saved.exists():
+            return parse_coordinators(saved.read_text().split(), f"{saved}: coordinator")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    raise ConfigError("coordinator: required (the coordinator's https:// URL, or a list of them)")
 
 
 def parse_docker_config(raw: Any, socket_shorthand: Any = None) -> DockerConfig:

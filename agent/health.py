@@ -1,122 +1,66 @@
-"""GPU health: the agent watches NVML for devices that must not take new work, and says so with its inventory.
+"""GPU health: the agent watches its devices for those that must not take new work, and says so with its inventory.
 
-A device is unhealthy after an XID that means it must be reset or is gone (`RESET_XIDS`, from NVIDIA's Xid
-catalogue), with uncorrectable ECC errors past `ECC_UNCORRECTED_LIMIT`, or when NVML says it fell off the bus.
-XIDs arrive as NVML events (an event set registered for `nvmlEventTypeXidCriticalError`); NVML cannot say a
-device recovered from one, so an XID mark lasts for the agent's life. The marks go out with the next sync's
-inventory (agent/sync.py), never in a request of their own; the coordinator holds them until the host is
-undrained (coordinator/health.py).
+One loop for every vendor: it opens the watch of the host's accelerators (NVML for NVIDIA, amdsmi for AMD,
+hl-smi for Intel Gaudi: agent/health_nvidia.py, health_amd.py, health_gaudi.py hold each vendor's rules) and
+checks it every `interval_s`. The marks go out with the next sync's inventory (agent/sync.py), never in a
+request of their own; the coordinator holds them until the host is undrained (coordinator/health.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from agent.detect.gaudi import Runner
+from agent.health_amd import open_amdsmi_watch
+from agent.health_gaudi import HlSmiWatch
+from agent.health_nvidia import open_nvml_watch
+from agent.health_watch import Watch, WatchUnavailable
 from agent.state import SharedState
-from shared.wire import GpuHealth
+from shared.wire import GpuHealth, Inventory
 
 log = logging.getLogger("gpuctl.agent")
 
 HEALTH_INTERVAL_S = 5.0
-# XIDs whose resolution in NVIDIA's Xid catalogue (docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html)
-# is a GPU reset or node reboot, or that mean the device is gone; README lists them with the same words.
-RESET_XIDS = {
-    48: "double-bit ECC error",
-    62: "internal micro-controller halt",
-    64: "ECC page retirement or row remapping failure",
-    74: "NVLink error",
-    79: "fallen off the bus",
-    94: "contained ECC error",
-    95: "uncontained ECC error",
-    119: "GSP RPC timeout",
-    120: "GSP error",
-}
-ECC_UNCORRECTED_LIMIT = 10  # volatile uncorrectable ECC errors (since the driver loaded) that mark a device
-# Values from nvml.h, as in agent/detect/nvidia.py.
-NVML_EVENT_TYPE_XID_CRITICAL_ERROR = 0x8
-NVML_ERROR_NOT_SUPPORTED = 3
-NVML_ERROR_TIMEOUT = 10
-NVML_ERROR_GPU_IS_LOST = 15
-NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
-NVML_VOLATILE_ECC = 0
+
+OpenWatch = Callable[[], Watch]  # blocking; raises WatchUnavailable
 
 
-class NvmlWatch:
-    """NVML started, with an event set for every device's critical XIDs; `check` reads the marks now.
-    Blocking calls: run them in a worker thread. Not safe concurrently with itself."""
-
-    def __init__(self, nvml: Any) -> None:
-        self.nvml = nvml
-        nvml.nvmlInit()
-        self.events = nvml.nvmlEventSetCreate()
-        self.count = nvml.nvmlDeviceGetCount()
-        self.xids: dict[int, GpuHealth] = {}  # the first reset XID of each device; NVML never clears one
-        self.index_of: dict[Any, int] = {}
-        for index in range(self.count):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            self.index_of[handle] = index
-            try:
-                nvml.nvmlDeviceRegisterEvents(handle, NVML_EVENT_TYPE_XID_CRITICAL_ERROR, self.events)
-            except nvml.NVMLError as err:
-                log.warning("GPU %d: XID events cannot be watched: %s", index, err)
-
-    def check(self) -> tuple[GpuHealth, ...]:
-        """Every unhealthy device now, by index: XIDs seen so far, lost devices, ECC errors past the limit."""
-        self._read_events()
-        marks = dict(self.xids)
-        for index in range(self.count):
-            if index not in marks and (reason := self._device_problem(index)):
-                marks[index] = GpuHealth(index=index, reason=reason)
-        return tuple(marks[i] for i in sorted(marks))
-
-    def _read_events(self) -> None:
-        while True:
-            try:
-                event = self.nvml.nvmlEventSetWait_v2(self.events, 0)
-            except self.nvml.NVMLError as err:
-                if getattr(err, "value", None) != NVML_ERROR_TIMEOUT:
-                    log.warning("reading NVML events failed: %s", err)
-                return
-            index, xid = self.index_of.get(event.device), int(event.eventData)
-            if index is not None and xid in RESET_XIDS and index not in self.xids:
-                self.xids[index] = GpuHealth(index=index, reason=f"XID {xid} ({RESET_XIDS[xid]})")
-
-    def _device_problem(self, index: int) -> str:
-        nvml = self.nvml
-        try:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            errors = nvml.nvmlDeviceGetTotalEccErrors(
-                handle, NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC
-            )
-        except nvml.NVMLError as err:
-            if getattr(err, "value", None) == NVML_ERROR_GPU_IS_LOST:
-                return "fallen off the bus"
-            return ""  # no ECC on this device (NotSupported), or a passing failure: not a verdict
-        if errors >= ECC_UNCORRECTED_LIMIT:
-            return f"{errors} uncorrectable ECC errors"
-        return ""
-
-    def close(self) -> None:
-        for call in (lambda: self.nvml.nvmlEventSetFree(self.events), self.nvml.nvmlShutdown):
-            try:
-                call()
-            except self.nvml.NVMLError:
-                pass  # nothing left to release that we could act on
+def watch_for(
+    inventory: Inventory, nvml: Any = None, amdsmi: Any = None, hl_smi: Runner | None = None
+) -> OpenWatch | None:
+    """How to open the watch of this host's accelerators: through the library handed in (a test's fake),
+    else through the vendor's own for the inventory's real devices; None when there is nothing to watch
+    (no GPUs, or simulated ones). A host has one vendor's devices (agent/detect keeps the first found)."""
+    if nvml is not None:
+        return lambda: open_nvml_watch(nvml)
+    if amdsmi is not None:
+        return lambda: open_amdsmi_watch(amdsmi)
+    vendors = {g.vendor for g in inventory.gpus if not g.simulated}
+    if hl_smi is not None or "intel" in vendors:
+        return lambda: HlSmiWatch(inventory.gpus, hl_smi)
+    if "nvidia" in vendors:
+        return open_nvml_watch
+    if "amd" in vendors:
+        return open_amdsmi_watch
+    return None
 
 
-async def health_loop(nvml: Any, state: SharedState, interval_s: float = HEALTH_INTERVAL_S) -> None:
-    """Forever: every `interval_s`, read the devices' health; a change goes out with the next sync. Without a
-    working NVML there is nothing to watch: it says so once and returns."""
+async def health_loop(
+    open_watch: OpenWatch, state: SharedState, interval_s: float = HEALTH_INTERVAL_S
+) -> None:
+    """Forever: every `interval_s`, read the devices' health; a change goes out with the next sync. When the
+    vendor's library cannot start there is nothing to watch: it says so once and returns."""
     try:
-        watch = await asyncio.to_thread(NvmlWatch, nvml)
-    except nvml.NVMLError as err:
-        log.warning("GPU health is not watched: NVML failed: %s", err)
+        watch = await asyncio.to_thread(open_watch)
+    except WatchUnavailable as err:
+        log.warning("GPU health is not watched: %s", err)
         return
     try:
         while True:
-            marks = await asyncio.to_thread(watch.check)
+            marks = _of_inventory(await asyncio.to_thread(watch.check), state.inventory)
             if marks != state.unhealthy:
                 for mark in marks:
                     if mark not in state.unhealthy:
@@ -128,3 +72,10 @@ async def health_loop(nvml: Any, state: SharedState, interval_s: float = HEALTH_
             await asyncio.sleep(interval_s)
     finally:
         watch.close()
+
+
+def _of_inventory(marks: tuple[GpuHealth, ...], inventory: Inventory | None) -> tuple[GpuHealth, ...]:
+    """The marks of devices the inventory has: the coordinator refuses a mark naming any other (an APU's
+    integrated GPU, which amdsmi enumerates but detection leaves out)."""
+    indices = {g.index for g in inventory.gpus} if inventory is not None else set()
+    return tuple(m for m in marks if m.index in indices)

@@ -2,7 +2,8 @@
 
 The private key is made here, written 0600, and never sent. Before anything is sent to a coordinator it
 has not met, its CA is fetched and checked against the pin in the join string, so a man in the middle
-learns nothing (not even the token).
+learns nothing (not even the token). With several coordinators, joining tries them in order until one
+answers; renewal goes to whichever the agent's client is at.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import aiohttp
 import msgspec
 
-from agent.client import protocol_headers, raise_for_status, retryable
+from agent.client import fails_over, protocol_headers, raise_for_status, retryable
 from agent.transport import Transport
 from shared import constants as C
 from shared import tls
+from shared.errors import reason_of
 from shared.join import JoinString
 from shared.wire import EnrollRequest, EnrollResponse, RenewRequest, RenewResponse
 
@@ -34,6 +37,10 @@ MIN_RENEW_GAP_S = 1.0
 
 class JoinError(Exception):
     """Joining failed; one line that says why and what to do."""
+
+
+class Unreachable(JoinError):
+    """This coordinator did not answer; another of the list may."""
 
 
 class CertificateExpired(Exception):
@@ -55,7 +62,7 @@ async def fetch_pinned_ca(url: str, pin: str, transport: Transport | None = None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             via = "" if transport.description == "direct" else f" through {transport.description}"
             why = transport.problem() or str(exc)
-            raise JoinError(f"cannot reach the coordinator at {url}{via}: {why}") from None
+            raise Unreachable(f"cannot reach the coordinator at {url}{via}: {why}") from None
     try:
         actual = tls.ca_pin(ca_pem)
     except ValueError:
@@ -69,9 +76,29 @@ async def fetch_pinned_ca(url: str, pin: str, transport: Transport | None = None
 
 
 async def join(
-    url: str, join: JoinString, pki_dir: Path, hostname: str, transport: Transport | None = None
+    urls: str | Sequence[str],
+    join: JoinString,
+    pki_dir: Path,
+    hostname: str,
+    transport: Transport | None = None,
 ) -> str:
-    """Enroll with a join string; store key (0600), certificate and CA under `pki_dir`. Returns the host id."""
+    """Enroll with a join string at the first of `urls` that answers; store key (0600), certificate and CA
+    under `pki_dir`. Returns the host id. A coordinator that refuses (a wrong pin, a used-up token) ends it:
+    the replicas share the CA and the tokens, so another would refuse as well."""
+    urls = (urls,) if isinstance(urls, str) else tuple(urls)
+    for url in urls[:-1]:
+        try:
+            return await _join_at(url, join, pki_dir, hostname, transport)
+        except Exception as exc:
+            if not (isinstance(exc, Unreachable) or fails_over(exc)):
+                raise
+            log.warning("joining at %s failed (%s); trying the next coordinator", url, reason_of(exc))
+    return await _join_at(urls[-1], join, pki_dir, hostname, transport)
+
+
+async def _join_at(
+    url: str, join: JoinString, pki_dir: Path, hostname: str, transport: Transport | None
+) -> str:
     ca_pem = await fetch_pinned_ca(url, join.ca_pin, transport)
     pki_dir.mkdir(parents=True, exist_ok=True)
     (pki_dir / "ca.pem").write_bytes(ca_pem)
@@ -149,10 +176,11 @@ def renew_at(cert_pem: bytes) -> float:
 
 
 async def renew_loop(
-    url: str, context: ssl.SSLContext, pki_dir: Path, transport: Transport | None = None
+    url_of: Callable[[], str], context: ssl.SSLContext, pki_dir: Path, transport: Transport | None = None
 ) -> None:
-    """Renew at about two thirds of the certificate's life, over the existing mTLS identity. New connections
-    use the new certificate at once (the shared SSL context is reloaded)."""
+    """Renew at about two thirds of the certificate's life, over the existing mTLS identity, at the
+    coordinator `url_of()` names then (the one the agent's client is at). New connections use the new
+    certificate at once (the shared SSL context is reloaded)."""
     cert_file, key_file = pki_dir / "agent.pem", pki_dir / "agent-key.pem"
     while True:
         delay_s = renew_at(cert_file.read_bytes()) - time.time()
@@ -160,7 +188,7 @@ async def renew_loop(
         try:
             key = tls.new_key()
             answer = await _post(
-                url,
+                url_of(),
                 context,
                 "/renew",
                 RenewRequest(csr=tls.make_csr(key, "renew").decode()),

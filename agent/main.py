@@ -28,7 +28,11 @@ _run_options = [
     click.option(
         "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True
     ),
-    click.option("--coordinator", help="The coordinator's https:// URL."),
+    click.option(
+        "--coordinator",
+        multiple=True,
+        help="The coordinator's https:// URL (repeat for each replica, the preferred first).",
+    ),
     click.option("--state-dir", type=click.Path(path_type=Path)),
     click.option("--name", help="This host's name (default: its hostname)."),
     click.option("--blocks", help="auto, or N blocks (N must divide the GPU count)."),
@@ -145,7 +149,7 @@ def detect_cmd(config_path: Path, **overrides: object) -> None:
     import msgspec
 
     try:
-        config = load_config(config_path, {"coordinator": "-", **overrides})
+        config = load_config(config_path, {"coordinator": "https://unused.invalid", **overrides})
         inventory = detect(config)
     except (ConfigError, BlocksError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -3,7 +3,8 @@
 Every HTTPS session the agent opens (enrollment, sync, renewal, logs, file fetches) comes from
 `Transport.session`, so all of them travel the same way. TLS is always end to end: through a proxy, aiohttp sends
 CONNECT and then does TLS inside; through a tunnel, TLS runs over the tunnel's unix socket and still checks the
-coordinator's certificate against the host of the `coordinator:` URL (not the socket, not localhost).
+coordinator's certificate against the host of the `coordinator:` URL (not the socket, not localhost). With
+several coordinators, the one session reaches each of them the same way (a tunnel forwards one socket each).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import socket
 import ssl
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,12 +34,13 @@ MIRROR_ROUTE = "; image mirror through the same route"
 
 
 class UnixSocketTLSConnector(aiohttp.TCPConnector):
-    """TCPConnector that dials a unix socket instead of resolving and connecting to the URL's host; TLS (the
-    certificate chain and the URL host's name) is checked exactly as for a direct connection."""
+    """TCPConnector that dials a unix socket (`path_for(host, port)` of the URL) instead of resolving and
+    connecting to the URL's host; TLS (the certificate chain and the URL host's name) is checked exactly as
+    for a direct connection."""
 
-    def __init__(self, path: str, **kwargs: Any) -> None:
+    def __init__(self, path_for: Callable[[str, int], Path], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._path = path
+        self._path_for = path_for
 
     async def _resolve_host(self, host: str, port: int, traces: Any = None) -> list[ResolveResult]:
         # No DNS: the far end of the tunnel resolves the coordinator's name.
@@ -59,7 +62,8 @@ class UnixSocketTLSConnector(aiohttp.TCPConnector):
         try:
             async with ceil_timeout(timeout.sock_connect, ceil_threshold=timeout.ceil_threshold):
                 factory = args[0]  # aiohttp's protocol factory; TLS settings come in kwargs
-                return await asyncio.get_running_loop().create_unix_connection(factory, self._path, **kwargs)
+                path = str(self._path_for(req.url.host or "", req.url.port or 443))
+                return await asyncio.get_running_loop().create_unix_connection(factory, path, **kwargs)
         except ssl.CertificateError as exc:
             raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
         except ssl.SSLError as exc:
@@ -99,7 +103,7 @@ class Transport:
         trace.on_request_exception.append(self._on_exception)
         if self.tunnel is not None:
             connector: aiohttp.BaseConnector = UnixSocketTLSConnector(
-                str(self.tunnel.socket_path), ssl=ssl_context, limit=limit
+                self.tunnel.socket_for, ssl=ssl_context, limit=limit
             )
             return aiohttp.ClientSession(connector=connector, trace_configs=[trace])
         connector = aiohttp.TCPConnector(ssl=ssl_context, limit=limit, socket_factory=keepalive_socket)
@@ -183,17 +187,17 @@ def _bypassed(host: str, no_proxy: str) -> bool:
 
 
 def make_transport(
-    coordinator: str,
+    coordinators: Sequence[str],
     hops: tuple[Hop, ...],
     proxy: str | None,
     runtime_dir: Any,
     mirror: MirrorLink | None = None,
 ) -> Transport:
-    """The transport the config asks for: a tunnel when it names bastions, else the proxy (if any); either
-    also carries the registry mirror when `mirror` is given."""
+    """The transport the config asks for: a tunnel to every coordinator when it names bastions, else the
+    proxy (if any); either also carries the registry mirror when `mirror` is given."""
     if hops:
-        parts = urlsplit(coordinator)
+        targets = tuple((p.hostname or "", p.port or 443) for p in map(urlsplit, coordinators))
         forwards = (TcpForward(mirror.local_port, mirror.host, mirror.port),) if mirror else ()
-        tunnel = Tunnel(hops, runtime_dir, parts.hostname or "", parts.port or 443, forwards)
+        tunnel = Tunnel(hops, runtime_dir, targets, forwards)
         return Transport(tunnel=tunnel, mirror=mirror)
     return Transport(proxy=proxy, mirror=mirror)

@@ -1,7 +1,8 @@
 """An SSH tunnel to the coordinator through one or more bastions (login nodes), with the system's OpenSSH client.
 
 `ssh -N -J hop1,...` forwards a unix socket in the agent's state dir to the coordinator's host and port, as seen
-from the last hop; the agent speaks TLS to the coordinator over that socket, so the bastions see ciphertext.
+from the last hop (one socket per coordinator when several are configured, all in the one ssh process); the
+agent speaks TLS to the coordinator over that socket, so the bastions see ciphertext.
 Each hop's settings (user, port, key, known_hosts) go into an ssh_config file written beside the socket, since
 options on ssh's command line apply to the last hop only. Host keys are always checked (`known_hosts` is
 required), ssh never prompts, and a failure becomes one line naming the hop (`Tunnel.error`).
@@ -43,6 +44,20 @@ class TcpForward:
     local_port: int
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class SocketForward:
+    """The unix socket `path` on this host to the coordinator at `host`:`port` as the last hop reaches it."""
+
+    path: Path
+    host: str
+    port: int
+
+
+def socket_name(index: int) -> str:
+    """The forwarding socket of the configured coordinator number `index` (the first keeps its old name)."""
+    return "coordinator.sock" if index == 0 else f"coordinator-{index}.sock"
 
 
 class HopError(ValueError):
@@ -103,12 +118,10 @@ def ssh_config(hops: tuple[Hop, ...]) -> str:
 def ssh_command(
     config_file: Path,
     hops: tuple[Hop, ...],
-    socket_path: Path,
-    target_host: str,
-    target_port: int,
+    socket_forwards: tuple[SocketForward, ...],
     tcp_forwards: tuple[TcpForward, ...] = (),
 ) -> list[str]:
-    """ssh's argv: a local forward from `socket_path` to the coordinator, through every hop (and one from
+    """ssh's argv: a local forward from each socket to its coordinator, through every hop (and one from
     127.0.0.1:PORT for each of `tcp_forwards`, such as the registry mirror)."""
     argv = [SSH, "-F", str(config_file), "-N", "-T"]
     argv += [
@@ -121,7 +134,8 @@ def ssh_command(
     ]
     if len(hops) > 1:
         argv += ["-J", ",".join(f"hop{i}" for i in range(len(hops) - 1))]
-    argv += ["-L", f"{socket_path}:{_bracketed(target_host)}:{target_port}"]
+    for to_coordinator in socket_forwards:
+        argv += ["-L", f"{to_coordinator.path}:{_bracketed(to_coordinator.host)}:{to_coordinator.port}"]
     for forward in tcp_forwards:
         argv += ["-L", f"127.0.0.1:{forward.local_port}:{_bracketed(forward.host)}:{forward.port}"]
     return [*argv, f"hop{len(hops) - 1}"]
@@ -171,14 +185,14 @@ def _fingerprint(text: str) -> str:
 
 
 class Tunnel:
-    """Keeps one ssh process forwarding `socket_path` to the coordinator. Not thread-safe; one per agent."""
+    """Keeps one ssh process forwarding a socket to each coordinator (`targets`: host and port, in the
+    configured order). Not thread-safe; one per agent."""
 
     def __init__(
         self,
         hops: tuple[Hop, ...],
         runtime_dir: Path,
-        target_host: str,
-        target_port: int,
+        targets: tuple[tuple[str, int], ...],
         tcp_forwards: tuple[TcpForward, ...] = (),
     ) -> None:
         if not hops:
@@ -188,9 +202,11 @@ class Tunnel:
                 raise HopError(f"bastion[{i}].known_hosts: required (host keys are always checked)")
         self.hops = hops
         runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.socket_path = runtime_dir / "coordinator.sock"
+        self.forwards = tuple(
+            SocketForward(runtime_dir / socket_name(i), host, port) for i, (host, port) in enumerate(targets)
+        )
+        self.socket_path = self.forwards[0].path  # ssh binds every socket before it is up: one is the test
         self.config_file = runtime_dir / "ssh_config"
-        self.target = (target_host, target_port)
         self.tcp_forwards = tcp_forwards
         self.error = ""  # why the tunnel is down now; "" while it is up (or before its first try)
         self.last_error = ""  # the most recent failure, kept after it heals (reported in the next sync)
@@ -204,7 +220,11 @@ class Tunnel:
         return "bastion " + " → ".join(str(h) for h in self.hops)
 
     def command(self) -> list[str]:
-        return ssh_command(self.config_file, self.hops, self.socket_path, *self.target, self.tcp_forwards)
+        return ssh_command(self.config_file, self.hops, self.forwards, self.tcp_forwards)
+
+    def socket_for(self, host: str, port: int) -> Path:
+        """The socket that reaches the coordinator at `host`:`port` (the first, for one not configured)."""
+        return next((f.path for f in self.forwards if (f.host, f.port) == (host, port)), self.socket_path)
 
     async def run(self) -> None:
         """Supervise until cancelled: start ssh, wait for its socket, watch it, restart with backoff."""
@@ -265,7 +285,8 @@ class Tunnel:
             exited.cancel()
             answers = _is_socket(self.socket_path)
             if answers and not self.up.is_set():
-                log.info("ssh tunnel up: %s → %s:%d", self.describe(), *self.target)
+                targets = ", ".join(f"{f.host}:{f.port}" for f in self.forwards)
+                log.info("ssh tunnel up: %s → %s", self.describe(), targets)
                 self.error = ""
                 self.up.set()
                 self.tried.set()

@@ -35,7 +35,8 @@ def token() -> None:
 @click.option("--uses", type=click.IntRange(min=1), help="How many hosts may use it (default: any number).")
 @click.option("--labels", multiple=True, help="k=v labels for the hosts that join with it (repeatable).")
 def token_create(fleet: str, ttl: str, uses: int | None, labels: tuple[str, ...]) -> None:
-    """Print one join string; on the new host: gpuctl-agent join JOIN_STRING --coordinator URL."""
+    """Print one join string; on the new host: gpuctl-agent join JOIN_STRING (add --coordinator URL when the
+    coordinator has no `advertise_urls:`, so the string carries no URL)."""
     try:
         ttl_s = parse_duration_s(ttl)
     except ValueError as exc:
@@ -45,8 +46,12 @@ def token_create(fleet: str, ttl: str, uses: int | None, labels: tuple[str, ...]
     click.echo(created.join_string)
     until = time.strftime("%Y-%m-%d %H:%M", time.localtime(created.expires_at))
     click.echo(f"token {created.id} for fleet {fleet}, valid until {until}", err=True)
-    pin = parse_join_string(created.join_string).ca_pin
-    click.echo(f"CA pin: {pin} (for `gpuctl login URL --token TOKEN --ca-pin {pin}`)", err=True)
+    join = parse_join_string(created.join_string)
+    if join.urls:
+        click.echo(f"it carries the coordinators' URLs: {' '.join(join.urls)}", err=True)
+    click.echo(
+        f"CA pin: {join.ca_pin} (for `gpuctl login URL --token TOKEN --ca-pin {join.ca_pin}`)", err=True
+    )
 
 
 @token.command("list")

@@ -1,14 +1,22 @@
 """The CLI's client of the user API: small, synchronous, standard library HTTP over TLS with a bearer token.
 
 One client keeps its connections alive between requests, so the calls of one CLI run (submit, then its log)
-share one TLS handshake."""
+share one TLS handshake.
+
+With several coordinators configured (replicas on one PostgreSQL), a request that cannot reach one goes to the
+next, in the configured order: any request whose connection could not be opened, and a request that may be
+sent twice (GET, PUT, DELETE) when its connection broke or the coordinator answered 503. A POST whose
+connection broke after it was sent is not sent again: it may have been done, and the user decides. Which
+coordinator answered is said on stderr only with `gpuctl --debug` (or GPUCTL_DEBUG=1)."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import select
 import ssl
+import sys
 import urllib.parse
 import weakref
 from dataclasses import dataclass
@@ -45,9 +53,20 @@ from shared.wire import (
 
 T = TypeVar("T")
 
+CONNECT_TIMEOUT_S = 5.0  # a coordinator that does not accept a connection in this long is tried no longer
+SAFE_TO_REPEAT = frozenset({"GET", "PUT", "DELETE"})  # idempotent: a second coordinator may do it again
+
 
 class ApiError(Exception):
     """An answer the user must see: one line."""
+
+
+class Unreachable(ApiError):
+    """No connection to this coordinator; `sent`: whether the request may have reached it before it broke."""
+
+    def __init__(self, message: str, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 @dataclass(frozen=True)
@@ -65,34 +84,75 @@ class Api:
 
     def __init__(self, config: CliConfig, timeout_s: float = 60.0) -> None:
         self.config = config
-        parsed = urllib.parse.urlsplit(config.url)
-        if parsed.scheme != "https":
-            raise ApiError(f"url: the coordinator must be https://, got {config.url!r}")
-        self.host, self.port = parsed.hostname or "localhost", parsed.port or 443
+        for url in config.urls:
+            if urllib.parse.urlsplit(url).scheme != "https":
+                raise ApiError(f"url: the coordinator must be https://, got {url!r}")
+        self._current = 0
         self.timeout_s = timeout_s
         self._ssl: ssl.SSLContext = client_context(config.ca_file)
         self._idle: list[http.client.HTTPSConnection] = []
         self.connections_opened = 0  # TLS connections made, for the tests and benches of keep-alive
         weakref.finalize(self, _close_all, self._idle)
 
+    @property
+    def url(self) -> str:
+        """The coordinator the next request goes to: the one that answered last."""
+        return self.config.urls[self._current]
+
     def _connection(self) -> http.client.HTTPSConnection:
         """An idle connection whose server has not closed it (a readable idle socket is an EOF, or bytes
-        nobody asked for: either way it is closed, and http.client re-opens it on the next request), else a
-        new one."""
+        nobody asked for: either way it is closed), else a new one, connected here so that a coordinator
+        that does not answer costs CONNECT_TIMEOUT_S, not a whole request's timeout. Raises Unreachable
+        (not sent)."""
         try:
             conn = self._idle.pop()
         except IndexError:
+            parsed = urllib.parse.urlsplit(self.url)
             conn = http.client.HTTPSConnection(
-                self.host, self.port, context=self._ssl, timeout=self.timeout_s
+                parsed.hostname or "localhost", parsed.port or 443, context=self._ssl, timeout=self.timeout_s
             )
         if conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
             conn.close()
         if conn.sock is None:
+            conn.timeout = min(CONNECT_TIMEOUT_S, self.timeout_s)
+            try:
+                conn.connect()
+            except OSError as exc:
+                conn.close()
+                raise Unreachable(f"cannot reach the coordinator at {self.url}: {exc}", sent=False) from None
+            finally:
+                conn.timeout = self.timeout_s
+            if conn.sock is not None:
+                conn.sock.settimeout(self.timeout_s)
             self.connections_opened += 1
         return conn
 
     def _request(
         self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json"
+    ) -> tuple[int, dict[str, str], bytes]:
+        """The answer of the first coordinator that gives one, from the current one on (module docstring)."""
+        failures: list[str] = []
+        for attempt in range(len(self.config.urls)):
+            if attempt:
+                self._move_on()
+                say_debug(f"{failures[-1]}; trying {self.url}")
+            last, url = attempt == len(self.config.urls) - 1, self.url
+            try:
+                answer = self._request_at(method, path, body, content_type)
+            except Unreachable as exc:
+                if (exc.sent and method not in SAFE_TO_REPEAT) or last:
+                    raise Unreachable("; ".join([*failures, str(exc)]), exc.sent) from None
+                failures.append(str(exc))
+                continue
+            if answer[0] == 503 and method in SAFE_TO_REPEAT and not last:
+                failures.append(f"the coordinator at {url} answered 503")
+                continue
+            say_debug(f"{url} answered {method} {path.partition('?')[0]} ({answer[0]})")
+            return answer
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _request_at(
+        self, method: str, path: str, body: bytes | None, content_type: str
     ) -> tuple[int, dict[str, str], bytes]:
         conn = self._connection()
         headers = {"Authorization": f"Bearer {self.config.token}", "Content-Type": content_type}
@@ -103,10 +163,16 @@ class Api:
         except BaseException as exc:
             conn.close()  # half a request or answer on it (Ctrl-C in a long poll too): it carries no other
             if isinstance(exc, OSError | http.client.HTTPException):
-                raise ApiError(f"cannot reach the coordinator at {self.config.url}: {exc}") from None
+                raise Unreachable(f"cannot reach the coordinator at {self.url}: {exc}") from None
             raise
         self._idle.append(conn)  # if the server said `Connection: close`, http.client has closed it already
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+    def _move_on(self) -> None:
+        """The next coordinator; the idle connections were to the one left."""
+        _close_all(self._idle)
+        self._idle.clear()
+        self._current = (self._current + 1) % len(self.config.urls)
 
     def _call(self, method: str, path: str, type_: type[T], body: object = None) -> T:
         status, _, data = self._request(method, path, None if body is None else msgspec.json.encode(body))
@@ -241,6 +307,12 @@ class Api:
             if exit_code.lstrip("-").isascii() and exit_code.lstrip("-").isdigit()
             else None,
         )
+
+
+def say_debug(line: str) -> None:
+    """A line on stderr for `gpuctl --debug` (GPUCTL_DEBUG set): which coordinator answered, which failed."""
+    if os.environ.get("GPUCTL_DEBUG"):
+        print(f"gpuctl: {line}", file=sys.stderr)
 
 
 def _close_all(connections: list[http.client.HTTPSConnection]) -> None:

@@ -1,4 +1,6 @@
-"""Where the CLI finds its coordinator: $GPUCTL_CONFIG, else $XDG_CONFIG_HOME/gpuctl/config.yaml."""
+"""Where the CLI finds its coordinator: $GPUCTL_CONFIG, else $XDG_CONFIG_HOME/gpuctl/config.yaml.
+
+`url:` is one https:// URL or a list of them (replicas of one coordinator, the preferred first)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.coordinators import parse_coordinators
+
 
 @dataclass(frozen=True)
 class CliConfig:
-    url: str
+    url: str | tuple[str, ...]  # one coordinator or several, tried in order (cli/api.py); see `urls`
     token: str
     ca_file: Path
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url,) if isinstance(self.url, str) else self.url
 
 
 def config_path() -> Path:
@@ -38,7 +46,11 @@ def load_cli_config() -> CliConfig:
     missing = [k for k in ("url", "token", "ca_file") if not raw.get(k)]
     if missing:
         raise NoConfig(f"{path}: {missing[0]}: required")
-    return CliConfig(str(raw["url"]), str(raw["token"]), Path(raw["ca_file"]))
+    try:
+        urls = parse_coordinators(raw["url"], "url")
+    except ValueError as exc:
+        raise NoConfig(f"{path}: {exc}") from None
+    return CliConfig(urls[0] if len(urls) == 1 else urls, str(raw["token"]), Path(raw["ca_file"]))
 
 
 def _read_json(text: str) -> dict | None:
@@ -65,6 +77,7 @@ def save_cli_config(config: CliConfig, path: Path | None = None) -> Path:
     from shared import tls  # its certificate authority imports cryptography, which reading needs not
 
     path = path or config_path()
-    text = json.dumps({"url": config.url, "token": config.token, "ca_file": str(config.ca_file)}, indent=2)
+    url = config.url if isinstance(config.url, str) else list(config.url)
+    text = json.dumps({"url": url, "token": config.token, "ca_file": str(config.ca_file)}, indent=2)
     tls.write_private(path, text.encode())
     return path

@@ -1,9 +1,12 @@
-"""`gpuctl login URL --token T --ca-pin sha256:...`: the CLI's config for a real coordinator.
+"""`gpuctl login URL... --token T --ca-pin sha256:...`: the CLI's config for a real coordinator (or several
+replicas of one, each URL given, the preferred first).
 
 The coordinator's CA is fetched without trusting it (the unauthenticated `GET /agent/v1/ca` that joining
 agents use) and kept only if its public key matches the pin that `gpuctl-coordinator init` and `gpuctl
 token create` print. Nothing secret is sent before that check; the token is then tried with one cheap
-authenticated call, and only then are the CA and the config (0600) written."""
+authenticated call, and only then are the CA and the config (0600) written. With several URLs, every one
+that answers must show the pinned CA (the replicas share it); one that does not answer is kept in the list,
+since replicas are down at times, but at least one must answer."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import http.client
 import ssl
 import tempfile
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -19,12 +23,17 @@ from cli.api import Api, ApiError
 from cli.config import CliConfig, config_path, save_cli_config
 from shared import tls
 from shared.constants import AGENT_PREFIX
+from shared.coordinators import parse_coordinators
 
 FETCH_TIMEOUT_S = 30.0
 
 
 class LoginError(Exception):
     """One line: why the config was not written."""
+
+
+class LoginUnreachable(LoginError):
+    """The coordinator did not answer."""
 
 
 def fetch_pinned_ca(url: str, pin: str) -> bytes:
@@ -40,7 +49,7 @@ def fetch_pinned_ca(url: str, pin: str) -> bytes:
         conn.request("GET", f"{AGENT_PREFIX}/ca")
         ca_pem = conn.getresponse().read()
     except (OSError, http.client.HTTPException) as exc:
-        raise LoginError(f"cannot reach the coordinator at {url}: {exc}") from None
+        raise LoginUnreachable(f"cannot reach the coordinator at {url}: {exc}") from None
     finally:
         conn.close()
     try:
@@ -55,15 +64,17 @@ def fetch_pinned_ca(url: str, pin: str) -> bytes:
     return ca_pem
 
 
-def login(url: str, token: str, pin: str, path: Path) -> Path:
+def login(urls: str | Sequence[str], token: str, pin: str, path: Path) -> Path:
     """Check the CA against the pin and the token against the coordinator, then write the CA beside the
     config and the config at `path`. Writes nothing when a check fails. Idempotent."""
-    url = url.rstrip("/")
-    if urllib.parse.urlsplit(url).scheme != "https":
-        raise LoginError(f"the coordinator's URL must be https://, got {url!r}")
+    try:
+        checked = parse_coordinators(urls if isinstance(urls, str) else list(urls), "URL")
+    except ValueError as exc:
+        raise LoginError(f"the coordinator's {exc}") from None
     if not pin.startswith("sha256:"):
         raise LoginError(f"--ca-pin: expected sha256:<hex>, as `gpuctl-coordinator init` prints, got {pin!r}")
-    ca_pem = fetch_pinned_ca(url, pin)
+    ca_pem = _pinned_ca_of_any(checked, pin)
+    url: str | tuple[str, ...] = checked[0] if len(checked) == 1 else checked
     with tempfile.NamedTemporaryFile(suffix=".pem") as trial:
         trial.write(ca_pem)
         trial.flush()
@@ -76,14 +87,31 @@ def login(url: str, token: str, pin: str, path: Path) -> Path:
     return save_cli_config(CliConfig(url, token, ca_file), path)
 
 
+def _pinned_ca_of_any(urls: tuple[str, ...], pin: str) -> bytes:
+    """The pinned CA, from every coordinator that answers (at least one must). Raises LoginError."""
+    found: bytes | None = None
+    unreachable: list[str] = []
+    for url in urls:
+        try:
+            found = fetch_pinned_ca(url, pin)
+        except LoginUnreachable as exc:
+            unreachable.append(str(exc))
+    if found is None:
+        raise LoginError("; ".join(unreachable))
+    for line in unreachable:
+        click.echo(f"warning: {line}; kept in the list", err=True)
+    return found
+
+
 @click.command("login")
-@click.argument("url")
+@click.argument("urls", metavar="URL...", nargs=-1, required=True)
 @click.option("--token", required=True, help="Your API token (the admin token, or `gpuctl user create`'s).")
 @click.option("--ca-pin", "pin", required=True, help="sha256:<hex> of the coordinator's CA, as init prints.")
-def login_command(url: str, token: str, pin: str) -> None:
-    """Point this CLI at a coordinator: check its CA against the pin, try the token, write the config."""
+def login_command(urls: tuple[str, ...], token: str, pin: str) -> None:
+    """Point this CLI at a coordinator (several URLs: its replicas, the preferred first): check its CA
+    against the pin, try the token, write the config."""
     try:
-        path = login(url, token, pin, config_path())
+        path = login(urls, token, pin, config_path())
     except LoginError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"logged in to {url}; config written to {path}")
+    click.echo(f"logged in to {' '.join(urls)}; config written to {path}")

@@ -67,6 +67,14 @@ class LazyGroup(click.Group):
     callback=print_version,
     help="Print gpuctl's version and exit.",
 )
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda _ctx, _param, on: os.environ.update(GPUCTL_DEBUG="1") if on else None,
+    help="Say on stderr which coordinator answered each request (also: GPUCTL_DEBUG=1).",
+)
 def main() -> None:
     """gpuctl: run AI jobs on GPU hosts."""
 
@@ -216,7 +224,7 @@ def submit(
         click.echo(msgspec.json.encode(job).decode())
         return
     if job.service_path:
-        url = client.config.url.rstrip("/") + job.service_path
+        url = client.url + job.service_path
         click.echo(job.id if detach else clean(f"service {job.id} ({job.name}) at {url}"))
         return
     if job.array is not None:
@@ -268,7 +276,7 @@ def ps(show_all: bool, as_json: bool, job: str | None) -> None:
         return
     from cli.render import attempts_table, jobs_table, print_table  # rich: for people only
 
-    print_table(jobs_table(views, call(lambda client: client.config.url)))
+    print_table(jobs_table(views, call(lambda client: client.url)))
     if job is not None and show_all:
         print_table(attempts_table(views[0]))
 

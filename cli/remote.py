@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from cli.api import ApiError
+from cli.api import ApiError, Unreachable, say_debug
 from cli.config import CliConfig
 from cli.wsclient import WebSocket, connect
 from shared.channel import (
@@ -54,9 +54,21 @@ class ExecRequest:
 
 
 async def _open(config: CliConfig, path: str) -> WebSocket:
-    parsed = urllib.parse.urlsplit(config.url)
-    host, port = parsed.hostname or "localhost", parsed.port or 443
-    return await connect(host, port, API_PREFIX + path, config.token, client_context(config.ca_file))
+    """A WebSocket at the first coordinator that takes the connection (a refusal is an answer: no other
+    is tried)."""
+    context, failures = client_context(config.ca_file), []
+    for url in config.urls:
+        parsed = urllib.parse.urlsplit(url)
+        host, port = parsed.hostname or "localhost", parsed.port or 443
+        try:
+            ws = await connect(host, port, API_PREFIX + path, config.token, context)
+        except Unreachable as exc:
+            failures.append(str(exc))
+            say_debug(str(exc))
+            continue
+        say_debug(f"{url} answered {path.partition('?')[0]}")
+        return ws
+    raise Unreachable("; ".join(failures), sent=False)
 
 
 class _Stream:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from cli.text import clean, schedule_line, with_start
-from shared.describe import describe_gpus, describe_request, describe_unhealthy, index_ranges
+from shared.describe import ago, describe_gpus, describe_request, describe_unhealthy, index_ranges, job_status
 from shared.wire import ArraySummary, HostView, JobView, QueueEntry
 
 PIPE_WIDTH = 200  # output that goes to a pipe or a file, without COLUMNS, is not folded to a made-up width
@@ -27,29 +26,6 @@ def terminal() -> Console:
     if not console.is_terminal and not os.environ.get("COLUMNS"):
         return Console(soft_wrap=False, width=PIPE_WIDTH)
     return console
-
-
-def ago(ts: float | None, now: float | None = None) -> str:
-    if ts is None:
-        return "-"
-    seconds = max(0, int((now or time.time()) - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
-
-
-def job_status(job: JobView) -> str:
-    if job.stop_requested and job.status in ("assigned", "pulling", "running"):
-        return "stopping"
-    if job.allocation_status == "unknown":  # its host is unreachable: what runs there is not known now
-        return "unknown"
-    if job.status in ("done", "failed") and job.exit_code is not None:
-        return f"{job.status} ({job.exit_code})"
-    if job.spec.nodes > 1 and job.status == "running":  # how many of its nodes run: `1/2 running`
-        running = sum(1 for a in job.attempts if a.attempt == job.attempt and a.status == "running")
-        return f"{running}/{job.spec.nodes} running"
-    return job.status
 
 
 def _table(*columns: str, whole: tuple[str, ...]) -> Table:

@@ -11,7 +11,8 @@ import os
 import ssl
 import struct
 
-from cli.api import ApiError
+from cli.api import CONNECT_TIMEOUT_S, ApiError, Unreachable
+from shared.errors import reason_of
 
 MAX_MESSAGE_BYTES = 1 << 20
 OP_CONTINUATION, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x2, 0x8, 0x9, 0xA
@@ -80,9 +81,12 @@ def _masked(payload: bytes, mask: bytes) -> bytes:
 async def connect(host: str, port: int, path: str, token: str, context: ssl.SSLContext) -> WebSocket:
     """Open a WebSocket at `path`. Raises ApiError with the coordinator's message when it refuses."""
     try:
-        reader, writer = await asyncio.open_connection(host, port, ssl=context, limit=MAX_MESSAGE_BYTES)
-    except (OSError, ssl.SSLError) as exc:
-        raise ApiError(f"cannot reach the coordinator at https://{host}:{port}: {exc}") from None
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(host, port, ssl=context, limit=MAX_MESSAGE_BYTES)
+    except (OSError, ssl.SSLError, TimeoutError) as exc:
+        raise Unreachable(
+            f"cannot reach the coordinator at https://{host}:{port}: {reason_of(exc)}", sent=False
+        ) from None
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         (

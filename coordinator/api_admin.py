@@ -29,7 +29,7 @@ async def create_token(request: web.Request) -> web.Response:
     token_id, secret, expires_at = coord.accounts.create_join_token(
         req.fleet, req.ttl_s, req.uses, req.labels
     )
-    join = JoinString(token_id, secret, tls.ca_pin(coord.ca.cert_pem))
+    join = JoinString(token_id, secret, tls.ca_pin(coord.ca.cert_pem), coord.settings.advertise_urls)
     return json_response(TokenCreated(id=token_id, join_string=str(join), expires_at=expires_at), 201)
 
 

@@ -20,11 +20,12 @@ from coordinator.http import (
 )
 from coordinator.quota import QuotaExceeded
 from coordinator.schedule_store import ScheduleRow
+from coordinator.schedules import Target
 from coordinator.service import Coordinator
 from coordinator.store import HostRow
 from shared import constants as C
 from shared.spec import MAX_NODES, SpecError
-from shared.wire import MAX_LOG_BYTES, ArraySubmitRequest, SubmitRequest
+from shared.wire import MAX_LOG_BYTES, ArraySubmitRequest, JobView, SubmitRequest
 
 MAX_ATTEMPT = 2**31
 
@@ -124,14 +125,20 @@ async def array_tasks(request: web.Request) -> web.Response:
 async def stop_job(request: web.Request) -> web.Response:
     """A job, or every task of an array, or one task (`ARRAY[INDEX]`), or a schedule and its run."""
     coord = request.app[COORDINATOR]
-    target = coord.find_any(request.match_info["ref"], project_scope(request))
+    return json_response(
+        stop_target(coord, coord.find_any(request.match_info["ref"], project_scope(request)))
+    )
+
+
+def stop_target(coord: Coordinator, target: Target) -> JobView:
+    """Stop what `find_any` found (the API's stop and the console's); answers its view now. Idempotent."""
     if isinstance(target, ArrayRow):
         coord.stop_array(target)
-        return json_response(coord.array_view(target))
+        return coord.array_view(target)
     if isinstance(target, ScheduleRow):
         coord.stop_schedule(target)
-        return json_response(coord.schedule_view(target))
-    return json_response(coord.job_view(coord.stop(target)))
+        return coord.schedule_view(target)
+    return coord.job_view(coord.stop(target))
 
 
 async def job_logs(request: web.Request) -> web.Response:

@@ -19,9 +19,11 @@ from coordinator import (
     api_service,
     api_usage,
     api_user,
+    console,
 )
 from coordinator.accounts import Invalid, Refused
 from coordinator.busy import BusyGate
+from coordinator.console_sessions import console_reader
 from coordinator.http import COORDINATOR, HOST_ID, PRINCIPAL, HTTPError, error, principal_of
 from coordinator.protocol_check import protocol_middleware
 from coordinator.service import Ambiguous, Busy, Coordinator, NotFound
@@ -88,12 +90,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             if refusal is not None:
                 return refusal
     elif path.startswith(C.API_PREFIX + "/"):
-        principal = principal_of(request)
+        principal = principal_of(request) or console_reader(request)
         if principal is None:
             return error(401, "missing or unknown API token (see `gpuctl dev` or ask an admin for a token)")
         request[PRINCIPAL] = principal
     elif path.startswith(C.SERVICES_PREFIX + "/"):
         pass  # each service says whether it needs a token (coordinator/api_service.py)
+    elif path == console.PREFIX or path.startswith(console.PREFIX + "/"):
+        pass  # the console checks its own session (coordinator/console.py)
     elif path not in ("/healthz", api_metrics.PATH):  # /metrics checks its own scrape token
         return error(404, "not found")
     return await handler(request)
@@ -134,4 +138,5 @@ def make_app(coordinator: Coordinator) -> web.Application:
     api_service.add_routes(app)
     api_metrics.add_routes(app)
     api_usage.add_routes(app)
+    console.add_routes(app)
     return app

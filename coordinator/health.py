@@ -10,7 +10,9 @@ alone alike, while the host's other blocks keep taking work. Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
+from coordinator.scheduler import HostCapacity
 from shared.wire import GpuHealth, Inventory
 
 
@@ -32,3 +34,13 @@ def unhealthy_note(host_name: str, held: tuple[GpuHealth, ...]) -> str:
     if not held:
         return ""
     return f"{host_name}: " + ", ".join(f"GPU {h.index} unhealthy: {h.reason}" for h in held)
+
+
+def with_held(cap: HostCapacity, held: tuple[GpuHealth, ...]) -> HostCapacity:
+    """The host as both schedulers see it while `held` devices are unhealthy: their blocks busy, and a note
+    naming them for the reasons of the jobs they keep waiting."""
+    return replace(
+        cap,
+        busy_blocks=cap.busy_blocks | unhealthy_blocks(cap.inventory, held),
+        unhealthy=unhealthy_note(cap.name, held),
+    )

@@ -22,6 +22,7 @@ from coordinator.submit_rules import DEFAULT_PYTHON_IMAGE
 from coordinator.usage import QUEUE_SETTINGS, queue_settings
 from shared import gc_settings, tls
 from shared.constants import DEFAULT_PORT
+from shared.coordinators import parse_coordinators
 from shared.sdnotify import notify
 from shared.state_lock import StateDirBusy
 
@@ -42,6 +43,7 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
         "host",
         "server_names",
         "python_image",
+        "advertise_urls",
         *LIMIT_SETTINGS,
         *LEASE_SETTINGS,
         *QUEUE_SETTINGS,
@@ -63,7 +65,10 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
 def _settings(raw: dict) -> Settings:
     python_image = _python_image(raw.get("python_image", DEFAULT_PYTHON_IMAGE))
     try:
-        base = limit_settings(raw, Settings(python_image=python_image))
+        advertised = (
+            parse_coordinators(raw["advertise_urls"], "advertise_urls") if "advertise_urls" in raw else ()
+        )
+        base = limit_settings(raw, Settings(python_image=python_image, advertise_urls=advertised))
         return queue_settings(raw, lease_settings(raw, base))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -114,7 +119,8 @@ def init(config_path: Path, state_dir: Path | None, port: int | None, host: str 
     click.echo(f"CA pin:         {pin}")
     click.echo(f"admin token:    {token}")
     click.echo("on a user's machine (after `gpuctl-coordinator run`):")
-    click.echo(f"  gpuctl login {_url(names, config.port)} --token {token} --ca-pin {pin}")
+    urls = " ".join(config.settings.advertise_urls) or _url(names, config.port)
+    click.echo(f"  gpuctl login {urls} --token {token} --ca-pin {pin}")
 
 
 def _url(server_names: list[str], port: int) -> str:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Generator, Iterable
 from coordinator.accounts import OPEN_FLEET, Accounts, FleetPolicy
 from coordinator.array_store import ArrayStore
 from coordinator.arrays import ArrayLoad, held_reason, within_limits
-from coordinator.health import unhealthy_blocks, unhealthy_note
+from coordinator.health import with_held
 from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
 from coordinator.live_schedule import LiveSchedule, Settled
 from coordinator.metrics import Meters
@@ -485,18 +485,10 @@ class Scheduling:
     def _host_capacity(self, h: HostRow, busy: frozenset[int], fleet: FleetPolicy) -> HostCapacity:
         assert h.inventory is not None
         why = self._not_ready(h)
-        return HostCapacity(
-            h.id,
-            h.name,
-            h.inventory,
-            busy | unhealthy_blocks(h.inventory, h.unhealthy),  # idle alike in both schedulers
-            not why,
-            h.fleet,
-            fleet.projects,
-            why,
-            fleet.cluster,
-            unhealthy_note(h.name, h.unhealthy),
+        capacity = HostCapacity(
+            h.id, h.name, h.inventory, busy, not why, h.fleet, fleet.projects, why, fleet.cluster
         )
+        return with_held(capacity, h.unhealthy)  # its unhealthy devices' blocks idle alike in both schedulers
 
     def _not_ready(self, h: HostRow) -> str:
         """Why the host takes no new work now (shown in a pending job's reason), or "" when it does."""

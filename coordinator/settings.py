@@ -40,3 +40,6 @@ class Settings:
     protocol_version: str = C.PROTOCOL_VERSION  # agents within one minor version of it are served
     busy: BusyLimits = BusyLimits()  # requests at work per class; one more is answered 429 (busy.py)
     readings_save_s: float = READINGS_SAVE_S  # device readings for accounting reach the store this often
+    # the URLs hosts reach the coordinators at (all replicas), carried by the join strings it prints; ()
+    # prints join strings without URLs (the host is then given `--coordinator`)
+    advertise_urls: tuple[str, ...] = ()

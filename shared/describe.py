@@ -1,15 +1,17 @@
-"""Short texts for GPUs and GPU requests, shared by the scheduler's reasons and the CLI's tables. Pure.
+"""Short texts for GPUs, GPU requests, jobs and times, shared by the scheduler's reasons, the CLI's tables and the
+web console. Pure.
 
 A request's text names every condition it has (count, vendor, models, memory, compute capability), so a
 reason built on it (`none matching 1 H100 GPU with 96GB.. memory`) is true on its face."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from shared.spec import GpuRequest, Range
 from shared.units import format_mib
-from shared.wire import GpuDevice, GpuHealth, Inventory
+from shared.wire import GpuDevice, GpuHealth, Inventory, JobView
 
 
 def first_few(names: list[str], shown: int = 3) -> str:
@@ -60,20 +62,20 @@ def describe_request(gpu: GpuRequest | None) -> str:
     if gpu is None:
         return "no GPU"
     lo, hi = gpu.count.min, gpu.count.max
-    count = f"{lo:g}" if lo == hi else _range(Range(lo or 0, hi), lambda v: f"{v:g}")
+    count = f"{lo:g}" if lo == hi else range_text(Range(lo or 0, hi), lambda v: f"{v:g}")
     # a model names its vendor: the parser fills in `nvidia` for an H100, which would only repeat it
     what = "/".join(gpu.names) or gpu.vendor or ""
     words = [count, what, "GPU" if lo == hi == 1 else "GPUs"]
     text = " ".join(w for w in words if w)
     conditions = []
     if gpu.memory_mib is not None:
-        conditions.append(f"{_range(gpu.memory_mib, lambda v: format_mib(int(v)))} memory")
+        conditions.append(f"{range_text(gpu.memory_mib, lambda v: format_mib(int(v)))} memory")
     if gpu.compute_capability is not None:
-        conditions.append(f"compute capability {_range(gpu.compute_capability, lambda v: f'{v:.1f}')}")
+        conditions.append(f"compute capability {range_text(gpu.compute_capability, lambda v: f'{v:.1f}')}")
     return text + (" with " + " and ".join(conditions) if conditions else "")
 
 
-def _range(value: Range, show: Callable[[float], str]) -> str:
+def range_text(value: Range, show: Callable[[float], str]) -> str:
     """`16GB..24GB`, `96GB..`, `..24GB`, or one value when both ends are equal."""
     low = "" if value.min is None else show(value.min)
     high = "" if value.max is None else show(value.max)
@@ -89,3 +91,26 @@ def describe_unhealthy(held: tuple[GpuHealth, ...]) -> str:
     if len(held) == 1:
         return f"1 GPU unhealthy: {held[0].reason}"
     return f"{len(held)} GPUs unhealthy: " + "; ".join(f"GPU {h.index} {h.reason}" for h in held)
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    if ts is None:
+        return "-"
+    seconds = max(0, int((now or time.time()) - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def job_status(job: JobView) -> str:
+    if job.stop_requested and job.status in ("assigned", "pulling", "running"):
+        return "stopping"
+    if job.allocation_status == "unknown":  # its host is unreachable: what runs there is not known now
+        return "unknown"
+    if job.status in ("done", "failed") and job.exit_code is not None:
+        return f"{job.status} ({job.exit_code})"
+    if job.spec.nodes > 1 and job.status == "running":  # how many of its nodes run: `1/2 running`
+        running = sum(1 for a in job.attempts if a.attempt == job.attempt and a.status == "running")
+        return f"{running}/{job.spec.nodes} running"
+    return job.status

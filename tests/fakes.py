@@ -7,6 +7,8 @@ The NVML fake raises the real `pynvml.NVMLError` classes, so the detectors' exce
 
 from __future__ import annotations
 
+import ctypes
+import enum
 import json
 import os
 from collections.abc import Sequence
@@ -168,61 +170,154 @@ class AmdSmiException(Exception):
     """Stands for `amdsmi.AmdSmiException`, the base of everything amdsmi raises."""
 
 
+# amdsmi_status_t values from amdsmi.h (ROCm 6.x) of the statuses the fakes raise
+AMDSMI_STATUS = {
+    "AMDSMI_STATUS_NOT_SUPPORTED": 2,
+    "AMDSMI_STATUS_DRM_ERROR": 6,
+    "AMDSMI_STATUS_INIT_ERROR": 18,
+    "AMDSMI_STATUS_BUSY": 30,
+    "AMDSMI_STATUS_DRIVER_NOT_LOADED": 34,
+    "AMDSMI_STATUS_NO_DATA": 40,
+}
+
+
 class AmdSmiLibraryException(AmdSmiException):
-    pass
+    """Stands for `amdsmi.AmdSmiLibraryException`: a status of the library, as `err_code`."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.err_code = AMDSMI_STATUS[status]
+
+
+class AmdSmiEvtNotificationType(enum.IntEnum):
+    """amdsmi's event kinds (amdsmi_evt_notification_type_t, ROCm 6.1 and later)."""
+
+    NONE = 0
+    VMFAULT = 1
+    THERMAL_THROTTLE = 2
+    GPU_PRE_RESET = 3
+    GPU_POST_RESET = 4
+    RING_HANG = 5
 
 
 AMDSMI_LINK_TYPE_PCIE, AMDSMI_LINK_TYPE_XGMI = 1, 2  # amdsmi_link_type_t, ROCm 6.x
+HANDLE_BASE = 0x5600_0000  # where the fake's device handles point, one apart
 
 
 def fake_amdsmi(fixture: dict[str, Any], init_error: str | None = None) -> SimpleNamespace:
-    """A stand-in for the `amdsmi` module answering from fixture data; `calls` records init/shutdown."""
+    """A stand-in for the `amdsmi` module answering from fixture data; `calls` records init/shutdown and
+    the event readers' stops.
+
+    Handles are ctypes pointers, as amdsmi's are, while an event names its device by the pointer's value.
+    Health: a test appends `(device index, event name)` to `events` and an `AmdSmiEventReader` reads it when
+    that device's reader asked for that kind, as the kernel delivers only the masked ones; any reader reads
+    every device's events, as amdsmi polls them all. `lost` holds the indices of devices unplugged: their
+    VRAM usage (a DRM ioctl on the device's render node) fails DRM_ERROR, their other queries (sysfs files)
+    NOT_SUPPORTED, which is what rocm_smi makes of ENOENT. A device's
+    `ecc_uncorrectable` is its total uncorrectable count; without one, ECC is not supported."""
     devices = fixture.get("devices", [])
     calls: list[str] = []
     xgmi_all = fixture.get("links", {}).get("pairs") == "all"
+    handles = [ctypes.c_void_p(HANDLE_BASE + i) for i in range(len(devices))]
+    events: list[tuple[int, str]] = []
+    lost: set[int] = set()
+    masks: dict[int, set[str]] = {}  # device index -> the event kinds its reader asked for
 
     def init() -> None:
         calls.append("init")
         if init_error:
             raise AmdSmiLibraryException(init_error)
 
-    def link_type(first: int, second: int) -> dict[str, int]:
+    def index_of(handle: ctypes.c_void_p) -> int:
+        assert isinstance(handle, ctypes.c_void_p), "amdsmi takes its handles, not indices"
+        return (handle.value or 0) - HANDLE_BASE
+
+    def device(handle: ctypes.c_void_p) -> dict[str, Any]:
+        index = index_of(handle)
+        if index in lost:
+            raise AmdSmiLibraryException("AMDSMI_STATUS_NOT_SUPPORTED")
+        return devices[index]
+
+    def link_type(first: ctypes.c_void_p, second: ctypes.c_void_p) -> dict[str, int]:
         if xgmi_all:
             return {"hops": 1, "type": AMDSMI_LINK_TYPE_XGMI}
         return {"hops": 2, "type": AMDSMI_LINK_TYPE_PCIE}
 
-    def metric(h: int, key: str) -> Any:
-        return devices[h].get("metrics", {}).get(key, "N/A")
+    def metric(h: ctypes.c_void_p, key: str) -> Any:
+        return device(h).get("metrics", {}).get(key, "N/A")
+
+    def vram_usage(h: ctypes.c_void_p) -> dict[str, Any]:
+        if index_of(h) in lost:
+            raise AmdSmiLibraryException("AMDSMI_STATUS_DRM_ERROR")
+        return {"vram_used": metric(h, "vram_used_mb")}
+
+    def ecc(h: ctypes.c_void_p) -> dict[str, int]:
+        if "ecc_uncorrectable" not in device(h):
+            raise AmdSmiLibraryException("AMDSMI_STATUS_NOT_SUPPORTED")
+        return {
+            "correctable_count": 0,
+            "uncorrectable_count": device(h)["ecc_uncorrectable"],
+            "deferred_count": 0,
+        }
+
+    class AmdSmiEventReader:
+        """As amdsmi's: set up for one device and some kinds; `read` returns every device's waiting events,
+        and raises NO_DATA when none came within the timeout."""
+
+        def __init__(self, handle: ctypes.c_void_p, kinds: list[AmdSmiEvtNotificationType]) -> None:
+            assert all(isinstance(k, AmdSmiEvtNotificationType) for k in kinds)
+            device(handle)
+            self.index = index_of(handle)
+            masks[self.index] = {k.name for k in kinds}
+
+        def read(self, timeout_ms: int, num_elem: int = 10) -> list[dict[str, Any]]:
+            delivered = [e for e in events if e[1] in masks.get(e[0], ())]
+            wanted = delivered[:num_elem]
+            events[:] = delivered[num_elem:]
+            if not wanted:
+                raise AmdSmiLibraryException("AMDSMI_STATUS_NO_DATA")
+            return [
+                {"processor_handle": handles[i].value, "event": name, "message": ""} for i, name in wanted
+            ]
+
+        def stop(self) -> None:
+            masks.pop(self.index, None)
+            calls.append(f"stop {self.index}")
 
     return SimpleNamespace(
         calls=calls,
+        events=events,
+        lost=lost,
         AmdSmiException=AmdSmiException,
+        AmdSmiEvtNotificationType=AmdSmiEvtNotificationType,
+        AmdSmiEventReader=AmdSmiEventReader,
         AmdSmiLinkType=SimpleNamespace(AMDSMI_LINK_TYPE_PCIE=1, AMDSMI_LINK_TYPE_XGMI=AMDSMI_LINK_TYPE_XGMI),
         AmdSmiTemperatureType=SimpleNamespace(EDGE=0, HOTSPOT=1),
         AmdSmiTemperatureMetric=SimpleNamespace(CURRENT=0),
         amdsmi_init=init,
         amdsmi_shut_down=lambda: calls.append("shutdown"),
-        amdsmi_get_processor_handles=lambda: list(range(len(devices))),
+        amdsmi_get_processor_handles=lambda: list(handles),
         amdsmi_get_gpu_asic_info=lambda h: {
-            "market_name": devices[h]["market_name"],
-            "device_id": devices[h]["device_id"],
+            "market_name": device(h)["market_name"],
+            "device_id": device(h)["device_id"],
             "vendor_id": "0x1002",
             "asic_serial": "N/A",
-            "target_graphics_version": devices[h].get("target_graphics_version", "N/A"),
+            "target_graphics_version": device(h).get("target_graphics_version", "N/A"),
         },
-        amdsmi_get_gpu_vram_info=lambda h: {"vram_type": 16, "vram_size": devices[h]["vram_size_mb"]},
-        amdsmi_get_gpu_device_uuid=lambda h: devices[h]["uuid"],
-        amdsmi_get_gpu_device_bdf=lambda h: devices[h]["bdf"],
+        amdsmi_get_gpu_vram_info=lambda h: {"vram_type": 16, "vram_size": device(h)["vram_size_mb"]},
+        amdsmi_get_gpu_device_uuid=lambda h: device(h)["uuid"],
+        amdsmi_get_gpu_device_bdf=lambda h: device(h)["bdf"],
         amdsmi_get_gpu_driver_info=lambda h: {
             "driver_name": "amdgpu",
-            "driver_version": devices[h].get("driver_version", "N/A"),
+            "driver_version": device(h).get("driver_version", "N/A"),
         },
-        amdsmi_get_gpu_board_info=lambda h: {"product_serial": devices[h].get("product_serial", "N/A")},
+        amdsmi_get_gpu_board_info=lambda h: {"product_serial": device(h).get("product_serial", "N/A")},
         amdsmi_topo_get_link_type=link_type,
         amdsmi_get_gpu_activity=lambda h: {"gfx_activity": metric(h, "gfx_activity")},
-        amdsmi_get_gpu_vram_usage=lambda h: {"vram_used": metric(h, "vram_used_mb")},
+        amdsmi_get_gpu_vram_usage=vram_usage,
         amdsmi_get_temp_metric=lambda h, kind, which: metric(h, "hotspot_c"),
         amdsmi_get_power_info=lambda h: {"current_socket_power": metric(h, "socket_power_w")},
+        amdsmi_get_gpu_total_ecc_count=ecc,
     )
 
 
@@ -231,7 +326,8 @@ def fake_amdsmi(fixture: dict[str, Any], init_error: str | None = None) -> Simpl
 
 def fake_hl_smi(fixture: dict[str, Any], status: int = 0, stderr: str = "") -> Any:
     """A `Runner` that prints what `hl-smi -Q <fields> -f csv` printed for the fixture's devices; `argv`
-    records the command lines it was given."""
+    records the command lines it was given. The fixture is read at each run, so a test replays a device
+    gone (removed from `devices`) or its ECC count rising (`ecc.errors.uncorrected.volatile.total`)."""
     units = fixture.get("units", {})
     seen: list[Sequence[str]] = []
 

@@ -53,11 +53,11 @@ class Cluster:
     def agent_config(
         self, name: str, simulate: str | None, blocks: str | int = "auto", **extra: Any
     ) -> AgentConfig:
-        """`extra`: more AgentConfig fields (docker=DockerConfig(...), simulate_cpus=1, ...)."""
+        """`extra`: more AgentConfig fields (docker=DockerConfig(...), simulate_cpus=1, coordinator=(URL, ...))."""
         pki = self.coordinator.pki
         cert, key = issue_agent_cert(pki, name, self.root / name / "pki")
+        extra.setdefault("coordinator", self.coordinator.url)
         return AgentConfig(
-            coordinator=self.coordinator.url,
             state_dir=self.root / name,
             name=name,
             blocks=blocks,

@@ -102,19 +102,25 @@ class Site:
         assert self.api is not None
         return self.api.create_token(TokenCreate(fleet="dc1")).join_string
 
-    def agent_argv(self, command: str, *link: str) -> list[str]:
+    def agent_argv(self, command: str, *link: str, urls: tuple[str, ...] = ()) -> list[str]:
+        """`urls`: the coordinators the agent is given, in order (default: the one coordinator)."""
         argv = [sys.executable, "-c", "from agent.main import main; main()", command]
         if command == "join":
             argv.append(self.join_string())
+        for url in urls or (self.url,):
+            argv += ["--coordinator", url]
         return argv + [
-            "--config", str(self.root / "no-agent.yaml"), "--coordinator", self.url,
+            "--config", str(self.root / "no-agent.yaml"),
             "--state-dir", str(self.root / "node"), "--name", "gpu-node", "--simulate", "1xH100:80GB",
             "--blocks", "1", *link,
         ]  # fmt: skip
 
-    def start_agent(self, command: str, *link: str, env: dict[str, str] | None = None) -> None:
+    def start_agent(
+        self, command: str, *link: str, env: dict[str, str] | None = None, urls: tuple[str, ...] = ()
+    ) -> None:
         environ = {**os.environ, **(env or {})}
-        self.agent = self.net.popen("node", self.agent_argv(command, *link), self.agent_log, env=environ)
+        argv = self.agent_argv(command, *link, urls=urls)
+        self.agent = self.net.popen("node", argv, self.agent_log, env=environ)
 
     def join_behind_bastion(self) -> None:
         """Start the agent on the node, joining through bastion b1 (its only way out), b1's host key trusted."""

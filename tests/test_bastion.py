@@ -1,7 +1,7 @@
 """An agent whose only route is to a login node joins, runs a job and ships its logs through an SSH tunnel
 (real sshd, real network namespaces, a real coordinator process, TLS end to end), and heals when its ssh
 process is killed or the bastion's sshd restarts; a changed host key stops the tunnel with a reason that
-`gpuctl hosts` shows. Also the two-hop path."""
+`gpuctl hosts` shows. Also the two-hop path, and two coordinators through one bastion, the first dead."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shared.spec import parse_spec
-from tests.login_site import Site, log_text, login_site
+from tests.login_site import COORD_PORT, Site, log_text, login_site
 from tests.netns import SSHD, require_tools, wait_until
 from tests.sshd import fingerprint
 
@@ -114,3 +114,21 @@ def test_two_hops_and_a_join_that_cannot_pass_says_why() -> None:
         assert log_text(site, job.id) == "through two hops\n"
         detail = site.host_detail_output()
         assert f"bastion {b1.address}:{b1.port} → {b2.address}:{b2.port}" in detail
+
+
+def test_through_a_bastion_a_dead_first_coordinator_is_passed_over_for_the_next() -> None:
+    """One ssh process forwards a socket to each coordinator; the first URL has nothing listening behind the
+    bastion, so each connection through its socket is dropped, and the agent moves to the second."""
+    require_tools(SSHD, "ssh", "ssh-keygen")
+    with login_site("gf") as site:
+        site.start_coordinator()
+        b1 = site.add_bastion("b1", site.b1_to_node)
+        dead = f"https://{site.coord}:{COORD_PORT + 1}"
+        flags = _link_flags(site, b1.address, known_hosts=site.trust("b1"))
+        site.start_agent("join", *flags, urls=(dead, site.url))
+        site.wait_log(TUNNEL_UP)
+        assert site.api is not None
+        job = site.api.submit(parse_spec("commands: ['echo past the dead one']", environ={}))
+        assert log_text(site, job.id) == "past the dead one\n"
+        assert f"joining at {dead} failed" in site.agent_log.read_text()
+        assert f"{site.coord}:{COORD_PORT + 1}, {site.coord}:{COORD_PORT}" in site.agent_log.read_text()

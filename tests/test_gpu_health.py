@@ -10,12 +10,13 @@ from types import SimpleNamespace
 import pytest
 
 from agent.agent import detect, run_agent
-from agent.health import ECC_UNCORRECTED_LIMIT, NvmlWatch
+from agent.health_nvidia import NvmlWatch
+from agent.health_watch import ECC_UNCORRECTED_LIMIT
 from cli.api import Api
 from coordinator.validate_inventory import inventory_problem
 from shared.wire import GpuHealth, HostView
 from tests.fakes import fake_nvml, fixture_inventory, load
-from tests.harness import Cluster, cluster
+from tests.harness import Cluster, cluster, reachable_tmpdir
 from tests.test_arrays import cli
 
 SLEEPER = "name: {name}\nresources: {{gpu: {gpus}}}\ncommands:\n  - sleep 300\n"
@@ -32,15 +33,16 @@ def start_watched_agent(c: Cluster, name: str) -> SimpleNamespace:
     return nvml
 
 
-async def host_view(api: Api, name: str) -> HostView:
-    return next(h for h in await asyncio.to_thread(api.hosts) if h.name == name)
+async def host_view(api: Api, name: str) -> HostView | None:
+    """The host, once its agent's first sync registered it."""
+    return next((h for h in await asyncio.to_thread(api.hosts) if h.name == name), None)
 
 
 async def wait_host(api: Api, name: str, ready: Callable[[HostView], bool]) -> HostView:
     async with asyncio.timeout(60):
         while True:
             host = await host_view(api, name)
-            if ready(host):
+            if host is not None and ready(host):
                 return host
             await asyncio.sleep(0.05)
 
@@ -86,7 +88,7 @@ async def test_xid_79_idles_its_block_until_undrain(tmp_path: Path) -> None:
         assert (await c.job(both.id)).status == "pending"
         await asyncio.to_thread(c.api.undrain_host, "h1")
         await c.wait_for(both.id, "running")
-        assert not (await host_view(c.api, "h1")).unhealthy
+        assert not (await wait_host(c.api, "h1", lambda h: True)).unhealthy
 
 
 @pytest.mark.parametrize(
@@ -128,3 +130,24 @@ def test_watch_marks_lost_devices_and_ecc_past_the_limit_but_not_other_xids() ->
     )
     watch.close()
     assert nvml.calls == ["init", "shutdown"]
+
+
+async def test_work_on_an_unhealthy_block_finishes_unless_drain_stop_stops_it() -> None:
+    go = reachable_tmpdir() / "go"  # the waiter runs until it exists
+    waiter = f"name: waiter\nresources: {{gpu: 1}}\ncommands:\n  - 'until [ -e {go} ]; do sleep 0.05; done; echo finished'\n"
+    async with cluster() as c:
+        nvml = start_watched_agent(c, "h1")
+        waiting = await c.submit(waiter)
+        sleeping = await c.submit(SLEEPER.format(name="sleeper", gpus=1))
+        for job in (waiting, sleeping):
+            (gpu,) = (await c.wait_for(job.id, "running")).gpus
+            nvml.xids.append((gpu, 79))
+        await wait_host(c.api, "h1", lambda h: len(h.unhealthy) == 2)
+
+        go.touch()
+        await c.wait_for(waiting.id, "done")
+        assert await c.full_log(waiting.id) == b"finished\n"
+        assert (await c.job(sleeping.id)).status == "running"
+        await asyncio.to_thread(c.api.drain_host, "h1", True)
+        stopped = await c.wait_for(sleeping.id, "stopped")
+        assert stopped.attempts[-1].reason == "host h1 was drained with --stop"

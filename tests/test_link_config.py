@@ -9,7 +9,7 @@ import pytest
 
 from agent.config import ConfigError, load_config
 from agent.transport import env_proxy
-from agent.tunnel import Hop, explain, ssh_command
+from agent.tunnel import Hop, SocketForward, explain, ssh_command
 
 MISSING = Path("/nonexistent/agent.yaml")
 
@@ -52,7 +52,8 @@ def test_ssh_command_forwards_a_unix_socket_through_every_hop() -> None:
         Hop("b", known_hosts=Path("/kh")),
         Hop("c", known_hosts=Path("/kh")),
     )
-    argv = ssh_command(Path("/s/ssh_config"), hops, Path("/s/c.sock"), "coord.example", 8443)
+    forward = SocketForward(Path("/s/c.sock"), "coord.example", 8443)
+    argv = ssh_command(Path("/s/ssh_config"), hops, (forward,))
     assert argv[argv.index("-J") + 1] == "hop0,hop1"
     assert argv[-2:] == ["/s/c.sock:coord.example:8443", "hop2"]
     assert "ExitOnForwardFailure=yes" in argv

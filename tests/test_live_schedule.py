@@ -4,8 +4,9 @@ Random fleets (varied inventories, busy blocks, ready or not, fleets limited to 
 cluster` or not) and random sequences of changes (submits with priorities, ends, stops, hosts going away and
 coming back, limits and placements changed, projects' fair-share factors changed at a re-sync, as the
 housekeeping beat does, backfill reservations planned again as time passes, over allocations with and
-without an estimated end): after each change, its placements and the reasons its queue shows equal those of
-`schedule()` run from scratch on the same jobs, hosts and reservations, and its plan equals `reserve()`'s.
+without an estimated end, GPUs held unhealthy and hosts undrained): after each change, its placements and
+the reasons its queue shows equal those of `schedule()` run from scratch on the same jobs, hosts and
+reservations, its plan equals `reserve()`'s, and no placement takes a block with an unhealthy GPU.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import msgspec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from coordinator.backfill import Reserved
+from coordinator.health import held_after_report, unhealthy_blocks, with_held
 from coordinator.live_schedule import LiveSchedule
 from coordinator.safe_schedule import schedule_skipping
 from coordinator.scheduler import NO_RESERVATIONS, HostCapacity, PendingJob, Placement, reserve, schedule
 from shared.spec import GpuRequest, Range, Resources, TaskSpec, parse_spec, validate_spec
-from shared.wire import Inventory
+from shared.wire import GpuHealth, Inventory
 from tests.fakes import fixture_inventory
 from tests.test_scheduler import CPU_MIN, GPU_REQUEST, IMAGE, PRIORITY, hosts_strategy, inventory
 
@@ -46,6 +48,7 @@ class World:
     shares: dict[str, float] = field(default_factory=dict)  # project -> fair-share factor; absent: 1.0
     now: float = START
     reserved: Reserved = NO_RESERVATIONS
+    held: dict[str, tuple[GpuHealth, ...]] = field(default_factory=dict)  # host -> its unhealthy GPUs
 
     def block_ends(self) -> dict[str, dict[int, float]]:
         ends: dict[str, dict[int, float]] = {}
@@ -60,22 +63,36 @@ class World:
         for host_id, blocks in self.allocations.values():
             busy.setdefault(host_id, set()).update(blocks)
         return [
-            replace(h, busy_blocks=h.busy_blocks | frozenset(busy.get(h.host_id, ())))
+            with_held(
+                replace(h, busy_blocks=h.busy_blocks | frozenset(busy.get(h.host_id, ()))),
+                self.held.get(h.host_id, ()),
+            )
             for h in self.hosts.values()
             if h.host_id not in self.gone
         ]
+
+    def sicken(self, host_id: str, pick: int) -> None:
+        """The host's agent reports one of its GPUs unhealthy; the coordinator holds it with the others."""
+        gpus = self.hosts[host_id].inventory.gpus
+        if gpus:
+            mark = GpuHealth(index=gpus[pick % len(gpus)].index, reason="XID 79 (fallen off the bus)")
+            self.held[host_id] = held_after_report(self.held.get(host_id, ()), (mark,))
 
     def host_now(self, host_id: str) -> HostCapacity:
         return next(h for h in self.capacity() if h.host_id == host_id)
 
 
-def world_of(hosts: list[HostCapacity], shares: tuple[float, ...] = ()) -> World:
+def world_of(
+    hosts: list[HostCapacity], shares: tuple[float, ...] = (), sick: tuple[tuple[int, int], ...] = ()
+) -> World:
     """The hosts, their busy blocks held by allocations (one per block) that changes may end; the projects'
-    fair-share factors."""
+    fair-share factors; GPUs unhealthy from the start, each a (host, GPU) pick."""
     world = World(
         {h.host_id: replace(h, busy_blocks=frozenset()) for h in hosts},
         shares=dict(zip(PROJECTS, shares, strict=False)),
     )
+    for host_pick, gpu_pick in sick:
+        world.sicken(hosts[host_pick % len(hosts)].host_id, gpu_pick)
     for h in hosts:
         world.allocations.update((f"x-{h.host_id}-{b}", (h.host_id, (b,))) for b in h.busy_blocks)
         # some end on time, some are past their estimate, some have no max_duration
@@ -127,6 +144,8 @@ CHANGE = st.tuples(
             "limit",
             "placement",
             "plan",
+            "sick",
+            "undrain",
         )
     ),
     st.integers(0, 100),
@@ -207,6 +226,14 @@ def _apply(world: World, live: LiveSchedule, change: tuple[str, int, int, int], 
         ]
         world.reserved = world.reserved.without(moved)
         live.sync(world.pending.values(), world.capacity(), live.pending())
+    elif (
+        kind == "sick" and host_id not in world.gone
+    ):  # its agent reports a GPU unhealthy (running work goes on)
+        world.sicken(host_id, priority)
+        live.set_host(world.host_now(host_id))
+    elif kind == "undrain" and host_id not in world.gone:  # the operator undrains; the devices recovered
+        world.held.pop(host_id, None)
+        live.set_host(world.host_now(host_id))
     elif kind == "plan":  # time passes; the beat plans the reservations again, as deep as it is set
         world.now += (0, 30, 300, 1200)[ask]
         depth = (0, 1, 2, 16)[pick % 4]
@@ -217,20 +244,33 @@ def _apply(world: World, live: LiveSchedule, change: tuple[str, int, int, int], 
         world.reserved = Reserved(reservations, world.now)
 
 
+# GPUs unhealthy from the start: (host, GPU) picks
+SICK = st.lists(st.tuples(st.integers(0, 100), st.integers(0, 100)), max_size=3).map(tuple)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     fleets(),
     st.lists(requests(), min_size=1, max_size=4),
     st.lists(CHANGE, min_size=1, max_size=30),
     SHARES,
+    SICK,
+)
+@example(  # a GPU of a free block turns unhealthy while a job waits for it: the job's reason says so
+    [HostCapacity("id-h0", "h0", inventory("h0", 2, blocks=2), frozenset({0}))],
+    [(Resources(gpu=GpuRequest(count=Range(2, 2))), None, "default", 1, None)],
+    [("submit", 0, 0, 0), ("sick", 0, 0, 1)],
+    (1.0, 1.0),
+    (),
 )
 def test_after_each_change_the_live_state_places_what_a_full_pass_would(
     hosts: list[HostCapacity],
     asks: list[Ask],
     changes: list[tuple[str, int, int, int]],
     shares: tuple[float, ...],
+    sick: tuple[tuple[int, int], ...],
 ) -> None:
-    _check_each_change(world_of(hosts, shares), asks, changes)
+    _check_each_change(world_of(hosts, shares, sick), asks, changes)
 
 
 # Busy fleets, where the queue waits: most changes submit, end or plan the reservations again; a share
@@ -298,15 +338,17 @@ def _check_each_change(world: World, asks: list[Ask], changes: list[tuple[str, i
     st.lists(requests(), min_size=1, max_size=4),
     st.lists(CHANGE, min_size=1, max_size=20),
     SHARES,
+    SICK,
 )
 def test_a_resync_from_scratch_changes_nothing_after_the_changes(
     hosts: list[HostCapacity],
     asks: list[Ask],
     changes: list[tuple[str, int, int, int]],
     shares: tuple[float, ...],
+    sick: tuple[tuple[int, int], ...],
 ) -> None:
     """The housekeeping beat's re-sync finds no drift in a state kept up to date by its changes."""
-    world = world_of(hosts, shares)
+    world = world_of(hosts, shares, sick)
     live = LiveSchedule()
     live.sync([], world.capacity(), {})
     for change in changes:
@@ -320,8 +362,10 @@ def test_a_resync_from_scratch_changes_nothing_after_the_changes(
 
 def _took(world: World, placements: list[Placement]) -> None:
     """The placements become allocations, one per node of a multi-node job (a change may end one alone),
-    ending by their max_duration if they have one."""
+    ending by their max_duration if they have one. None takes a block with an unhealthy GPU."""
     for p in placements:
+        sick = unhealthy_blocks(world.hosts[p.host_id].inventory, world.held.get(p.host_id, ()))
+        assert not sick.intersection(p.blocks), f"{p.job_id} placed on unhealthy blocks of {p.host_id}"
         world.allocations[f"{p.job_id}/{p.node}"] = (p.host_id, p.blocks)
         job = world.pending.pop(p.job_id, None)
         if job is not None and job.spec.max_duration_s is not None:

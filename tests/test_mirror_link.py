@@ -19,7 +19,7 @@ from agent.config import ConfigError, load_config
 from agent.mirror_link import MirrorLink, MirrorRelay
 from agent.runtime.docker import registry_of
 from agent.runtime.image import mirror_reference
-from agent.tunnel import TcpForward, ssh_command
+from agent.tunnel import SocketForward, TcpForward, ssh_command
 from tests.docker_engine import Engine, busybox_rootfs, busybox_static
 from tests.fake_registry import fake_registry, image_from_rootfs
 from tests.login_site import Site, login_site
@@ -90,9 +90,8 @@ def test_the_engine_pulls_from_loopback_with_the_mirrors_path_and_ssh_forwards_t
     plain = load_config(path.with_name("none.yaml"), {"coordinator": "https://c:1"}).docker
     assert (plain.pull_mirror(), plain.mirror_link()) == (None, None)
 
-    argv = ssh_command(
-        Path("cfg"), (), Path("s.sock"), "c.example", 8443, (TcpForward(5123, "mirror.dc1", 5000),)
-    )
+    coordinator = SocketForward(Path("s.sock"), "c.example", 8443)
+    argv = ssh_command(Path("cfg"), (), (coordinator,), (TcpForward(5123, "mirror.dc1", 5000),))
     assert argv[argv.index("-L", argv.index("-L") + 1) + 1] == "127.0.0.1:5123:mirror.dc1:5000"
 
 

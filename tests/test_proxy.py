@@ -60,3 +60,21 @@ def test_an_agent_behind_an_http_connect_proxy_joins_runs_and_ships_logs() -> No
         assert f"reaches the coordinator: proxy {proxy}" in site.host_detail_output()
         connects = (site.root / "proxy" / "tinyproxy.log").read_text()
         assert re.search(rf"CONNECT {re.escape(site.coord)}:8443", connects), connects[-1500:]
+
+
+def test_through_a_proxy_a_dead_first_coordinator_is_passed_over_for_the_next() -> None:
+    """Each coordinator is reached with its own CONNECT through the one proxy; the first has nothing behind it."""
+    require_tools("tinyproxy")
+    with login_site("gq") as site:
+        site.start_coordinator()
+        proxy = f"{site.b1_to_node}:{PROXY_PORT}"
+        allowed = site.b1_to_node.rsplit(".", 1)[0] + ".0/24"
+        start_tinyproxy(site.net, "b1", site.b1_to_node, PROXY_PORT, site.root / "proxy", allow=allowed)
+        dead = f"https://{site.coord}:8444"
+        site.start_agent("join", env={"HTTPS_PROXY": f"http://{proxy}"}, urls=(dead, site.url))
+        assert site.api is not None
+        job = site.api.submit(parse_spec("commands: ['echo past the dead one']", environ={}))
+        assert log_text(site, job.id) == "past the dead one\n"
+        connects = (site.root / "proxy" / "tinyproxy.log").read_text()
+        assert re.search(rf"CONNECT {re.escape(site.coord)}:8444", connects), connects[-1500:]
+        assert f"joining at {dead} failed" in site.agent_log.read_text()
