@@ -23,10 +23,13 @@ from agent.diskguard import disk_problem, is_disk_error
 from agent.executor import Executor
 from agent.fence import fence_reason
 from agent.files import FilePrep
-from agent.health import HEALTH_INTERVAL_S, OpenWatch, health_loop, watch_for
+from agent.health import HEALTH_INTERVAL_S, OpenWatch, health_loop, open_watch, watch_for
+from agent.health_nvidia import NvmlWatch
+from agent.health_watch import Watch
 from agent.identity import JoinError, check_not_expired, finish_pending_pair, join, renew_loop
 from agent.lock import hold_state_dir
 from agent.peer_address import internal_ip
+from agent.readings import device_reader, readings_loop
 from agent.redetect import REDETECT_INTERVAL_S, Detect, redetect_loop
 from agent.runtime.base import Runtime
 from agent.runtime.cgroups import Cgroups
@@ -219,7 +222,7 @@ async def _run_agent(
     redetect: Detect | None,
     redetect_interval_s: float,
     transport: Transport,
-    open_watch: OpenWatch | None,
+    opener: OpenWatch | None,
     health_interval_s: float,
 ) -> None:
     state.inventory = inventory
@@ -255,6 +258,7 @@ async def _run_agent(
         for runtime in executor.runtimes.values():
             runtime.set_inventory(fresh)
 
+    watch: Watch | None = None
     try:
         with _on_signal(signal.SIGHUP, state.redetect_requested.set):
             async with asyncio.TaskGroup() as tg:
@@ -268,8 +272,7 @@ async def _run_agent(
                     redetect_loop(redetect or (lambda: detect(config)), state, redetect_interval_s, adopt),
                     name="redetect",
                 )
-                if open_watch is not None:
-                    tg.create_task(health_loop(open_watch, state, health_interval_s), name="health")
+                watch = await _device_loops(tg, inventory, state, executor, opener, health_interval_s)
                 if cert.parent == config.pki_dir:  # a certificate this agent enrolled for, so it renews it
                     tg.create_task(
                         renew_loop(lambda: client.base_url, context, config.pki_dir, transport), name="renew"
@@ -278,8 +281,30 @@ async def _run_agent(
         await stop_everything(executor, "this host was removed from the coordinator")
         raise
     finally:
+        if watch is not None:
+            watch.close()
         executor.close()
         await client.close()
+
+
+async def _device_loops(
+    tg: asyncio.TaskGroup,
+    inventory: Inventory,
+    state: SharedState,
+    executor: Executor,
+    opener: OpenWatch | None,
+    health_interval_s: float,
+) -> Watch | None:
+    """Start the devices' loops: health (the vendor's watch) and readings (every vendor, simulated devices
+    too); NVIDIA's readings go through the health watch's NVML session. The caller closes the watch (returned;
+    None when there is none)."""
+    watch = await open_watch(opener) if opener is not None else None
+    if watch is not None:
+        tg.create_task(health_loop(watch, state, health_interval_s), name="health")
+    reader = device_reader(inventory, watch if isinstance(watch, NvmlWatch) else None)
+    if reader is not None:
+        tg.create_task(readings_loop(reader, state, executor.busy_gpus), name="readings")
+    return watch
 
 
 async def stop_everything(executor: Executor, reason: str) -> None:

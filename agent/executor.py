@@ -307,5 +307,9 @@ class Executor:
             local.acked = acked
             write_atomic(local.dir / "shipped", str(acked).encode())
 
+    def busy_gpus(self) -> set[int]:
+        """The GPU indices that allocations not yet ended hold (simulated readings show them working)."""
+        return {gpu for a in self.allocs.values() if not a.observed.state.terminal for gpu in a.spec.gpus}
+
     def snapshot(self) -> list[LocalAlloc]:
         return [replace(a) for a in self.allocs.values()]

@@ -48,30 +48,28 @@ def watch_for(
     return None
 
 
-async def health_loop(
-    open_watch: OpenWatch, state: SharedState, interval_s: float = HEALTH_INTERVAL_S
-) -> None:
-    """Forever: every `interval_s`, read the devices' health; a change goes out with the next sync. When the
-    vendor's library cannot start there is nothing to watch: it says so once and returns."""
+async def open_watch(opener: OpenWatch) -> Watch | None:
+    """The open watch, which health and (for NVML) readings share; None, said once, when the vendor's library
+    cannot start: nothing is watched then."""
     try:
-        watch = await asyncio.to_thread(open_watch)
+        return await asyncio.to_thread(opener)
     except WatchUnavailable as err:
         log.warning("GPU health is not watched: %s", err)
-        return
-    try:
-        while True:
-            marks = _of_inventory(await asyncio.to_thread(watch.check), state.inventory)
-            if marks != state.unhealthy:
-                for mark in marks:
-                    if mark not in state.unhealthy:
-                        log.error(
-                            "GPU %d unhealthy: %s; its block takes no new work", mark.index, mark.reason
-                        )
-                state.unhealthy = marks
-                state.local_changed.set()
-            await asyncio.sleep(interval_s)
-    finally:
-        watch.close()
+        return None
+
+
+async def health_loop(watch: Watch, state: SharedState, interval_s: float = HEALTH_INTERVAL_S) -> None:
+    """Forever: every `interval_s`, read the devices' health; a change goes out with the next sync. The caller
+    closes the watch."""
+    while True:
+        marks = _of_inventory(await asyncio.to_thread(watch.check), state.inventory)
+        if marks != state.unhealthy:
+            for mark in marks:
+                if mark not in state.unhealthy:
+                    log.error("GPU %d unhealthy: %s; its block takes no new work", mark.index, mark.reason)
+            state.unhealthy = marks
+            state.local_changed.set()
+        await asyncio.sleep(interval_s)
 
 
 def _of_inventory(marks: tuple[GpuHealth, ...], inventory: Inventory | None) -> tuple[GpuHealth, ...]:

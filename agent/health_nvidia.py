@@ -9,11 +9,14 @@ say a device recovered from one, so an XID mark lasts for the agent's life.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from typing import Any
 
-from agent.detect.nvidia import _import_pynvml
+from agent.detect.metrics import nvidia_reading
+from agent.detect.nvidia import NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC, _import_pynvml
 from agent.health_watch import ECC_UNCORRECTED_LIMIT, WatchUnavailable
-from shared.wire import GpuHealth
+from shared.wire import MAX_XIDS, GpuHealth, GpuMetrics
 
 log = logging.getLogger("gpuctl.agent")
 
@@ -34,20 +37,21 @@ RESET_XIDS = {
 NVML_EVENT_TYPE_XID_CRITICAL_ERROR = 0x8
 NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_GPU_IS_LOST = 15
-NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
-NVML_VOLATILE_ECC = 0
 
 
 class NvmlWatch:
-    """NVML started, with an event set for every device's critical XIDs; `check` reads the marks now.
-    Blocking calls: run them in a worker thread. Not safe concurrently with itself."""
+    """NVML started, with an event set for every device's critical XIDs; `check` reads the marks now, `read`
+    the devices' readings (agent/readings.py), over the same NVML session and events. Blocking calls: run them
+    in a worker thread. Safe from several threads: one lock serializes them."""
 
     def __init__(self, nvml: Any) -> None:
         self.nvml = nvml
+        self.lock = threading.Lock()
         nvml.nvmlInit()
         self.events = nvml.nvmlEventSetCreate()
         self.count = nvml.nvmlDeviceGetCount()
         self.xids: dict[int, GpuHealth] = {}  # the first reset XID of each device; NVML never clears one
+        self.seen: dict[int, deque[int]] = {}  # every XID of each device, the latest MAX_XIDS, for readings
         self.index_of: dict[Any, int] = {}
         for index in range(self.count):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
@@ -59,12 +63,26 @@ class NvmlWatch:
 
     def check(self) -> tuple[GpuHealth, ...]:
         """Every unhealthy device now, by index: XIDs seen so far, lost devices, ECC errors past the limit."""
-        self._read_events()
-        marks = dict(self.xids)
-        for index in range(self.count):
-            if index not in marks and (reason := self._device_problem(index)):
-                marks[index] = GpuHealth(index=index, reason=reason)
+        with self.lock:
+            self._read_events()
+            marks = dict(self.xids)
+            for index in range(self.count):
+                if index not in marks and (reason := self._device_problem(index)):
+                    marks[index] = GpuHealth(index=index, reason=reason)
         return tuple(marks[i] for i in sorted(marks))
+
+    def read(self) -> tuple[GpuMetrics, ...]:
+        """Every device's reading now, with the XIDs seen on it; a device NVML cannot reach has none (`check`
+        says why)."""
+        readings = []
+        with self.lock:
+            self._read_events()
+            for index in range(self.count):
+                try:
+                    readings.append(nvidia_reading(self.nvml, index, tuple(self.seen.get(index, ()))))
+                except self.nvml.NVMLError:
+                    pass
+        return tuple(readings)
 
     def _read_events(self) -> None:
         while True:
@@ -75,6 +93,8 @@ class NvmlWatch:
                     log.warning("reading NVML events failed: %s", err)
                 return
             index, xid = self.index_of.get(event.device), int(event.eventData)
+            if index is not None:
+                self.seen.setdefault(index, deque(maxlen=MAX_XIDS)).append(xid)
             if index is not None and xid in RESET_XIDS and index not in self.xids:
                 self.xids[index] = GpuHealth(index=index, reason=f"XID {xid} ({RESET_XIDS[xid]})")
 
@@ -94,6 +114,11 @@ class NvmlWatch:
         return ""
 
     def close(self) -> None:
+        """Release NVML, once a read or check in flight in a worker thread has finished."""
+        with self.lock:
+            self._release()
+
+    def _release(self) -> None:
         for call in (lambda: self.nvml.nvmlEventSetFree(self.events), self.nvml.nvmlShutdown):
             try:
                 call()

@@ -6,8 +6,8 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from shared.constants import LOG_CHUNK_MAX_BYTES
-from shared.wire import AllocationSpec, GpuHealth, Inventory
+from shared.constants import LOG_CHUNK_MAX_BYTES, METRICS_INTERVAL_S
+from shared.wire import AllocationSpec, GpuHealth, GpuMetrics, Inventory
 
 
 @dataclass
@@ -20,6 +20,9 @@ class SharedState:
     disk_problem: str = ""  # the state dir cannot take new work (agent.diskguard); sent with the inventory
     unhealthy: tuple[GpuHealth, ...] = ()  # devices agent.health finds unhealthy; sent with the inventory
     log_chunk_max_bytes: int = LOG_CHUNK_MAX_BYTES  # the coordinator's answer may lower it
+    metrics_interval_s: float = METRICS_INTERVAL_S  # how often agent.readings reads: the coordinator's
+    readings: tuple[GpuMetrics, ...] = ()  # the latest, unsent: the next sync takes them (agent.readings)
+    readings_at: float = 0.0  # when they were read (monotonic)
     last_sync_at: float = field(default_factory=time.monotonic)  # the last answer; the agent's start at first
     inventory: Inventory | None = None  # the latest detected; replaced whole by re-detection, never mutated
     synced_once: asyncio.Event = field(default_factory=asyncio.Event)

@@ -19,6 +19,7 @@ from agent.client import ApiError, CoordinatorClient, retry_after_of, retryable
 from agent.diskguard import with_disk_problem
 from agent.executor import Executor
 from agent.identity import check_not_expired
+from agent.readings import take_readings
 from agent.state import SharedState
 from shared import constants as C
 from shared.aio import cancel_and_wait
@@ -65,6 +66,7 @@ async def sync_loop(
         )
         generation = generation_of(inventory)
         link_error, link_error_age_s = client.transport.link_error()
+        readings, readings_age_s = take_readings(state, time.monotonic())
         request = SyncRequest(
             agent_version=C.AGENT_VERSION,
             inventory_generation=generation,
@@ -74,6 +76,8 @@ async def sync_loop(
             transport=client.transport.route,
             link_error=link_error,
             link_error_age_s=link_error_age_s,
+            readings=readings,
+            readings_age_s=readings_age_s,
         )
         deadline_s = read_deadline_s(poll_timeout_s)
         try:
@@ -158,6 +162,7 @@ def _apply(response: SyncResponse, state: SharedState) -> None:
     state.host_id = response.host_id
     state.coordinator_generation = response.inventory_generation
     state.log_chunk_max_bytes = max(1024, min(response.log_chunk_max_bytes, C.LOG_CHUNK_MAX_BYTES))
+    state.metrics_interval_s = response.metrics_interval_s
     if response.index != state.desired_index:
         state.desired = response.allocations
         state.desired_index = response.index

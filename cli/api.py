@@ -36,7 +36,9 @@ from shared.wire import (
     FleetSet,
     FleetView,
     HostDetail,
+    HostReadings,
     HostView,
+    JobMetricsView,
     JobView,
     ProjectCreate,
     ProjectQuota,
@@ -205,6 +207,14 @@ class Api:
 
     def stop(self, ref: str) -> JobView:
         return self._call("POST", f"/jobs/{urllib.parse.quote(ref, safe='')}/stop", JobView)
+
+    def job_metrics(self, ref: str) -> JobMetricsView:
+        """The live readings of the GPUs the job holds (`gpuctl metrics`)."""
+        return self._call("GET", f"/jobs/{urllib.parse.quote(ref, safe='')}/metrics", JobMetricsView)
+
+    def fleet_readings(self) -> list[HostReadings]:
+        """Every host's latest readings, summed up (`gpuctl top`)."""
+        return self._call("GET", "/readings", list[HostReadings])
 
     def hosts(self) -> list[HostView]:
         return self.hosts_and_warning()[0]

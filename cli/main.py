@@ -45,6 +45,8 @@ class LazyGroup(click.Group):
         "ssh": "cli.ssh:ssh_command",
         "ssh-config": "cli.ssh:ssh_config",
         "ssh-proxy": "cli.ssh:ssh_proxy",
+        "metrics": "cli.metrics:metrics_command",
+        "top": "cli.metrics:top_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

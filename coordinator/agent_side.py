@@ -25,6 +25,7 @@ from coordinator.links import Links
 from coordinator.logstore import Logs
 from coordinator.metrics import Meters
 from coordinator.node_order import node_spec, waits_for
+from coordinator.readings import DeviceReadings
 from coordinator.secrets import Secrets
 from coordinator.settings import Settings
 from coordinator.store import AllocRow, HostRow, JobRow, Store
@@ -64,6 +65,7 @@ class AgentSide:
     inventory_writes: GroupCommit[tuple[str, Inventory, str]]  # store.set_inventories, many hosts at once
     meters: Meters
     accounting: Accounting
+    device_readings: DeviceReadings
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         raise NotImplementedError
@@ -87,6 +89,7 @@ class AgentSide:
         changed = self.silent_s(host_id) > self.lease_s()  # a host that (re)appears may take pending work
         self._seen(host_id)
         self.links.note(host_id, req)
+        self.device_readings.note(host, req, time.time())
         stale = self.welcome_back(host_id, req.allocations)
         if req.inventory is not None and generation_of(req.inventory) != host.generation:
             self._check_inventory(host_id, req.inventory)
@@ -211,6 +214,7 @@ class AgentSide:
             poll_timeout_s=leases.poll_timeout_s(self.settings.poll_timeout_s, self.lease_s()),
             sync_interval_s=self.settings.sync_interval_s,
             log_chunk_max_bytes=self.settings.log_chunk_max_bytes,
+            metrics_interval_s=self.settings.metrics_interval_s,
         )
 
     def _attempt(self, alloc: AllocRow, nodes: int) -> list[AllocRow]:

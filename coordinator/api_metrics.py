@@ -7,6 +7,7 @@ token; an API token, an admin's included, is refused.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 from pathlib import Path
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator.accounts import hash_secret
 from coordinator.http import COORDINATOR, bearer_token, error
+from coordinator.readings_metrics import device_snapshot, device_text
 from shared import tls
 
 PATH = "/metrics"
@@ -41,7 +43,9 @@ async def metrics(request: web.Request) -> web.Response:
         return error(
             401, f"missing or wrong scrape token (the coordinator's state directory has it: {TOKEN_FILE})"
         )
-    body = generate_latest(request.app[COORDINATOR].meters.registry)
+    coordinator = request.app[COORDINATOR]
+    devices = await asyncio.to_thread(device_text, device_snapshot(coordinator))
+    body = generate_latest(coordinator.meters.registry) + devices.encode()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -15,6 +15,7 @@ from coordinator import (
     api_agent,
     api_channel,
     api_metrics,
+    api_readings,
     api_secrets,
     api_service,
     api_usage,
@@ -139,4 +140,5 @@ def make_app(coordinator: Coordinator) -> web.Application:
     api_metrics.add_routes(app)
     api_usage.add_routes(app)
     console.add_routes(app)
+    api_readings.add_routes(app)
     return app

@@ -11,6 +11,7 @@ from coordinator.accounts import Accounts
 from coordinator.attempts import end_attempt
 from coordinator.host_problems import HostProblems
 from coordinator.links import Links
+from coordinator.readings import DeviceReadings
 from coordinator.retry import Event
 from coordinator.settings import Settings
 from coordinator.store import HostRow, Store
@@ -46,6 +47,7 @@ class HostOps:
     log_waiters: Waiters
     last_seen: dict[str, float]
     started_at: float
+    device_readings: DeviceReadings
     _host_count: tuple[float, int]
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
@@ -160,6 +162,7 @@ class HostOps:
                     end_attempt(self.store, db, job, alloc, outcome, Event.INTERRUPTION, why)
             self.store.bump_index(db, host.id)
         self.host_waiters.changed(host.id)
+        self.device_readings.forget(host.id)
         for alloc in active:
             self.log_waiters.changed(alloc.job_id)
         log.warning("host %s (%s) removed; %d certificates revoked", host.name, host.id, revoked)

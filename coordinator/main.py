@@ -14,6 +14,7 @@ from coordinator.backup import BackupError, backup, restore
 from coordinator.disk_settings import LIMIT_SETTINGS, limit_settings
 from coordinator.lease_settings import LEASE_SETTINGS, duration_setting, lease_settings
 from coordinator.pki import ensure_pki
+from coordinator.readings import READINGS_SETTINGS, readings_settings
 from coordinator.secrets import ensure_key
 from coordinator.server import ServerConfig, ensure_admin_token, start_coordinator
 from coordinator.service import Settings
@@ -47,6 +48,7 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
         *LIMIT_SETTINGS,
         *LEASE_SETTINGS,
         *QUEUE_SETTINGS,
+        *READINGS_SETTINGS,
     }
     unknown = set(raw) - known
     if unknown:
@@ -69,7 +71,7 @@ def _settings(raw: dict) -> Settings:
             parse_coordinators(raw["advertise_urls"], "advertise_urls") if "advertise_urls" in raw else ()
         )
         base = limit_settings(raw, Settings(python_image=python_image, advertise_urls=advertised))
-        return queue_settings(raw, lease_settings(raw, base))
+        return readings_settings(raw, queue_settings(raw, lease_settings(raw, base)))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 

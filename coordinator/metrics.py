@@ -4,7 +4,8 @@ Two kinds of family. Events (syncs, placements, log bytes) are counted as they h
 (jobs, hosts, blocks) are read at scrape time by `StateCollector`, from counts the coordinator already keeps:
 one grouped count of the jobs table (an index covers it), one read of the hosts' stored states with their
 liveness from memory, and the scheduler's in-memory fleet. No label takes a value beyond the projects, fleets,
-and states that exist: no job or host ids on these families.
+and states that exist: no job or host ids on these families (the device families alone name the hosts, GPUs
+and jobs that exist).
 """
 
 from __future__ import annotations
@@ -59,10 +60,9 @@ class Meters:
 
 
 class StateCollector(Collector):
-    """The state families, read from the coordinator at each scrape.
-
-    The agents' device readings will join here as families labelled `host`, `gpu` (its index), `uuid`, `job`
-    and `project`: bounded by the hosts and GPUs that exist and the jobs running on them."""
+    """The state families, read from the coordinator at each scrape. The agents' device readings, labelled
+    `host`, `gpu` (its index), `uuid`, `job` and `project`, follow them in the scrape's body
+    (coordinator/readings_metrics.py)."""
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator

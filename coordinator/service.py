@@ -33,6 +33,7 @@ from coordinator.metrics import Meters, StateCollector
 from coordinator.preempting import Preempting
 from coordinator.queue_policy import Quota
 from coordinator.quota import UploadQuota
+from coordinator.readings import DeviceReadings
 from coordinator.schedule_store import ScheduleStore
 from coordinator.schedules import ScheduleOps
 from coordinator.scheduling import Scheduling
@@ -109,6 +110,7 @@ class Coordinator(Preempting, Scheduling, HostOps, LostHosts, AgentSide, Schedul
         self.preemptible: frozenset[str] = frozenset()  # preempting.py
         self.waiting: dict[str, str] = {}
         self.plan_due_at = 0.0
+        self.device_readings = DeviceReadings()  # the agents' latest device readings, in memory
         self.meters = Meters()  # `/metrics`: events counted here, states read at each scrape
         self.meters.registry.register(StateCollector(self))
 

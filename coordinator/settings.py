@@ -17,6 +17,9 @@ class Settings:
     poll_timeout_s: float = C.POLL_TIMEOUT_S  # held at most half the lease (coordinator/leases.py)
     sync_interval_s: float = C.SYNC_INTERVAL_S
     log_chunk_max_bytes: int = C.LOG_CHUNK_MAX_BYTES
+    metrics_interval_s: float = (
+        C.METRICS_INTERVAL_S
+    )  # how often agents read their devices (coordinator/readings.py)
     unreachable_after_s: float = C.HOST_UNREACHABLE_AFTER_S  # the lease; longer for a large fleet
     lost_after_s: float = C.HOST_LOST_AFTER_S  # a job's `lost_after:` wins, then its fleet's
     fleet_lost_after_s: dict[str, float] = field(default_factory=dict)

@@ -17,6 +17,9 @@ POLL_JITTER_FRACTION = 0.1  # every wait gets jitter, so a fleet never moves in 
 SYNC_READ_MARGIN_S = 5.0  # an agent gives up on a long poll this long after the poll timeout (with jitter)
 SYNC_INTERVAL_S = 0.25  # the shortest gap between two syncs of one agent (the server may raise it)
 LOG_CHUNK_MAX_BYTES = 256 * 1024
+METRICS_INTERVAL_S = (
+    10.0  # how often agents read their devices (utilization, memory, ...); the server may change it
+)
 LOG_CAP_BYTES = 1024**3  # the coordinator keeps at most this much of one allocation's log: head and tail
 LOG_FOLLOW_WAIT_S = 20.0  # how long a `logs -f` request waits for new bytes before answering empty
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # every body but a files archive's

@@ -13,6 +13,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from shared import constants as C
 from shared.arrays import MAX_ARRAY_CHARS
 from shared.spec import TaskSpec
 
@@ -223,7 +224,9 @@ class SyncResponse(Wire):
     poll_timeout_s: float
     sync_interval_s: float
     log_chunk_max_bytes: int
-    metrics_interval_s: float = 10.0  # how often the agent reads its devices (coordinator.yaml)
+    metrics_interval_s: float = (
+        C.METRICS_INTERVAL_S
+    )  # how often the agent reads its devices (coordinator.yaml)
 
 
 class LogAck(Wire):
@@ -269,7 +272,7 @@ class GpuSample(Wire):
     reading: GpuMetrics
 
 
-class JobGpuSeries(Wire):
+class JobGpuSeries(Wire, kw_only=True):
     """The readings of one GPU of a job, oldest first: the coordinator keeps the latest few minutes."""
 
     host: str  # the host's name
@@ -277,6 +280,20 @@ class JobGpuSeries(Wire):
     node: int = 0  # the node of a multi-node job
     uuid: str = ""
     samples: list[GpuSample] = []
+
+
+class HostReadings(Wire):
+    """`GET /api/v1/readings`: the latest readings of one host's GPUs, summed up for `gpuctl top` (a line a
+    host, whatever the fleet's size): the mean utilization, memory used and in all, the hottest GPU, the power
+    drawn. None: no GPU of the host reported that value."""
+
+    host: str  # the host's name
+    gpus: int = 0  # GPUs with a reading
+    utilization_pct: float | None = None
+    memory_used_mib: int | None = None
+    memory_total_mib: int | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
 
 
 class JobMetricsView(Wire):

@@ -28,6 +28,10 @@ from shared.wire import Inventory
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NVLINK_STATE_ACTIVE = 1
+ECC_KEYS = {
+    pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED: "ecc_corrected",
+    pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED: "ecc_uncorrected",
+}
 
 
 def load(kind: str, name: str) -> dict[str, Any]:
@@ -54,7 +58,8 @@ def fake_nvml(fixture: dict[str, Any]) -> SimpleNamespace:
 
     Health: a test appends `(device index, xid)` to `xids` and the next `nvmlEventSetWait_v2` replays it, as
     NVML delivers an XID to an event set registered for it; `lost` holds the indices of devices fallen off
-    the bus (their handle queries fail as NVML's do); a device's `ecc_uncorrected` is its volatile count."""
+    the bus (their handle queries fail as NVML's do); a device's `ecc_uncorrected` and `ecc_corrected` are
+    its volatile counts."""
     devices = fixture.get("devices", [])
     xids: list[tuple[int, int]] = []
     lost: set[int] = set()
@@ -99,6 +104,11 @@ def fake_nvml(fixture: dict[str, Any]) -> SimpleNamespace:
 
     def metric(handle: int, key: str) -> Any:
         return attribute(handle, "metrics")[key]
+
+    def sm_clock(handle: int, clock: int) -> int:
+        if clock != pynvml.NVML_CLOCK_SM or "sm_clock_mhz" not in device(handle).get("metrics", {}):
+            raise nvml_error("NOT_SUPPORTED")
+        return int(metric(handle, "sm_clock_mhz"))
 
     def handle_by_index(index: int) -> int:
         if index in lost:
@@ -152,7 +162,8 @@ def fake_nvml(fixture: dict[str, Any]) -> SimpleNamespace:
         nvmlEventSetFree=lambda event_set: None,
         nvmlDeviceRegisterEvents=register_events,
         nvmlEventSetWait_v2=wait_event,
-        nvmlDeviceGetTotalEccErrors=lambda h, kind, counter: device(h).get("ecc_uncorrected", 0),
+        nvmlDeviceGetTotalEccErrors=lambda h, kind, counter: device(h).get(ECC_KEYS[kind], 0),
+        nvmlDeviceGetClockInfo=sm_clock,
     )
 
 
@@ -249,14 +260,16 @@ def fake_amdsmi(fixture: dict[str, Any], init_error: str | None = None) -> Simpl
     def vram_usage(h: ctypes.c_void_p) -> dict[str, Any]:
         if index_of(h) in lost:
             raise AmdSmiLibraryException("AMDSMI_STATUS_DRM_ERROR")
-        return {"vram_used": metric(h, "vram_used_mb")}
+        return {"vram_used": metric(h, "vram_used_mb"), "vram_total": device(h)["vram_size_mb"]}
 
     def ecc(h: ctypes.c_void_p) -> dict[str, int]:
-        if "ecc_uncorrectable" not in device(h):
+        uncorrectable = device(h).get("ecc_uncorrectable", metric(h, "ecc_uncorrectable"))
+        if uncorrectable == "N/A":
             raise AmdSmiLibraryException("AMDSMI_STATUS_NOT_SUPPORTED")
+        correctable = metric(h, "ecc_correctable")
         return {
-            "correctable_count": 0,
-            "uncorrectable_count": device(h)["ecc_uncorrectable"],
+            "correctable_count": 0 if correctable == "N/A" else correctable,
+            "uncorrectable_count": uncorrectable,
             "deferred_count": 0,
         }
 
@@ -315,6 +328,8 @@ def fake_amdsmi(fixture: dict[str, Any], init_error: str | None = None) -> Simpl
         amdsmi_topo_get_link_type=link_type,
         amdsmi_get_gpu_activity=lambda h: {"gfx_activity": metric(h, "gfx_activity")},
         amdsmi_get_gpu_vram_usage=vram_usage,
+        AmdSmiClkType=SimpleNamespace(GFX=0),
+        amdsmi_get_clock_info=lambda h, clock: {"clk": metric(h, "gfx_clock_mhz")},
         amdsmi_get_temp_metric=lambda h, kind, which: metric(h, "hotspot_c"),
         amdsmi_get_power_info=lambda h: {"current_socket_power": metric(h, "socket_power_w")},
         amdsmi_get_gpu_total_ecc_count=ecc,

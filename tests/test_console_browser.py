@@ -99,7 +99,12 @@ async def test_log_in_follow_a_log_stop_the_job_and_see_an_unhealthy_gpu(browser
         await asyncio.to_thread(click, f'a[href="/ui/jobs/{job.id}"]')
         first = (await until(lambda: ticks(text("#log")), "the log's first lines"))[-1]
         await until(lambda: ticks(text("#log"))[-1] >= first + 2, "two more lines, arriving live")
-        await until(lambda: "no readings yet" in text("#gpu-charts") or text("#gpu-charts svg"), "the charts")
+        (gpu,) = running.gpus
+        await until(  # the job's GPU's chart, drawn from the readings its agent sent with its syncs
+            lambda: f"GPU {gpu}:" in text("#gpu-charts figcaption"),
+            "the job's GPU chart",
+        )
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#gpu-charts svg polyline")) >= 1
         await asyncio.to_thread(screenshot, browser, shots, "job")
 
         await asyncio.to_thread(click, ".actions button")
@@ -107,7 +112,6 @@ async def test_log_in_follow_a_log_stop_the_job_and_see_an_unhealthy_gpu(browser
         assert (await c.job(job.id)).status == "stopped"
         assert not await asyncio.to_thread(text, ".actions button")  # nothing left to stop
 
-        (gpu,) = running.gpus
         nvml.xids.append((gpu, 79))
         await wait_host(c.api, "h1", lambda h: bool(h.unhealthy))
         await asyncio.to_thread(click, 'nav a[href="/ui/hosts"]')

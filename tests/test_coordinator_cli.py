@@ -38,7 +38,8 @@ def test_an_unknown_setting_is_one_line_naming_it(tmp_path: Path) -> None:
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
         "Error: prot: unknown setting (known: advertise_urls, backfill_depth, disk_floor, fair_share_half_life, fleet_lost_after, host, log_cap, "
-        "lost_after, max_array_tasks, port, python_image, server_names, state_dir, unreachable_after, upload_quota)"
+        "lost_after, max_array_tasks, metrics_interval, port, python_image, server_names, state_dir, unreachable_after, "
+        "upload_quota)"
     ]
 
 
@@ -75,6 +76,21 @@ def test_fair_shares_half_life_comes_from_the_config(tmp_path: Path) -> None:
     assert run.stderr.strip() == (
         "Error: fair_share_half_life: expected a duration like 30s or 10m, got 'never'"
     )
+
+
+def test_metrics_interval_comes_from_the_config(tmp_path: Path) -> None:
+    from coordinator.main import _load
+
+    config = tmp_path / "coordinator.yaml"
+    config.write_text(f"state_dir: {tmp_path}\nmetrics_interval: 30s\n")
+    assert _load(config, None, None, None).settings.metrics_interval_s == 30
+    for value, error in (
+        ("often", "metrics_interval: expected a duration like 30s or 10m, got 'often'"),
+        ("0s", "metrics_interval: must be longer than 0s, got '0s'"),
+    ):
+        config.write_text(f"state_dir: {tmp_path}\nmetrics_interval: {value}\n")
+        run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
+        assert run.stderr.strip() == f"Error: {error}"
 
 
 def test_backfill_depth_comes_from_the_config(tmp_path: Path) -> None:

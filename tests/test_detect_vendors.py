@@ -220,10 +220,21 @@ def test_gaudi_names(board: str, product: str) -> None:
 
 
 def test_nvidia_metrics() -> None:
-    readings = read_nvidia_metrics(fake_nvml(load("nvml", "h100_sxm_8")))
+    fixture = load("nvml", "h100_sxm_8")
+    fixture["devices"][1].update(ecc_corrected=3, ecc_uncorrected=1)
+    readings = read_nvidia_metrics(fake_nvml(fixture))
 
     assert readings[1] == GpuMetrics(
-        index=1, utilization_pct=97.0, memory_used_mib=73728, temperature_c=62.0, power_w=655.12
+        index=1,
+        utilization_pct=97.0,
+        memory_used_mib=73728,
+        temperature_c=62.0,
+        power_w=655.12,
+        uuid="GPU-2b8e4c6d-0f1a-3b5c-7d9e-e1f2a3b4c5d6",
+        memory_total_mib=81559,
+        sm_clock_mhz=1980.0,
+        ecc_corrected=3,
+        ecc_uncorrected=1,
     )
     assert len(readings) == 8
 
@@ -231,7 +242,11 @@ def test_nvidia_metrics() -> None:
 def test_nvidia_metrics_a_gpu_does_not_report_are_none() -> None:
     readings = read_nvidia_metrics(fake_nvml(load("nvml", "rtx4090_workstation")))
 
-    assert readings == (GpuMetrics(index=0, memory_used_mib=0),)
+    (reading,) = readings
+    assert (reading.utilization_pct, reading.temperature_c, reading.power_w, reading.sm_clock_mhz) == (
+        None,
+    ) * 4
+    assert reading.memory_used_mib == 0
 
 
 def test_metrics_of_a_broken_or_missing_library_are_empty() -> None:
@@ -241,14 +256,32 @@ def test_metrics_of_a_broken_or_missing_library_are_empty() -> None:
 
 
 def test_amd_and_gaudi_metrics() -> None:
-    amd = read_amd_metrics(fake_amdsmi(load("amdsmi", "mi300x_8")))
+    mi300x = load("amdsmi", "mi300x_8")
+    mi300x["devices"][1]["metrics"].update(gfx_clock_mhz=2100, ecc_correctable=2, ecc_uncorrectable=0)
+    amd = read_amd_metrics(fake_amdsmi(mi300x))
     gaudi = read_gaudi_metrics(fake_hl_smi(load("hlsmi", "gaudi2_8")))
 
     assert amd[1] == GpuMetrics(
-        index=1, utilization_pct=100.0, memory_used_mib=181000, temperature_c=71.0, power_w=735.0
+        index=1,
+        utilization_pct=100.0,
+        memory_used_mib=181000,
+        temperature_c=71.0,
+        power_w=735.0,
+        uuid=mi300x["devices"][1]["uuid"],
+        memory_total_mib=196592,
+        sm_clock_mhz=2100.0,
+        ecc_corrected=2,
+        ecc_uncorrected=0,
     )
+    assert (amd[0].sm_clock_mhz, amd[0].ecc_corrected) == (None, 0)  # no clock (N/A); the device counts ECC
     assert gaudi[1] == GpuMetrics(
-        index=1, utilization_pct=93.0, memory_used_mib=97000, temperature_c=44.0, power_w=420.0
+        index=1,
+        utilization_pct=93.0,
+        memory_used_mib=97000,
+        temperature_c=44.0,
+        power_w=420.0,
+        uuid=load("hlsmi", "gaudi2_8")["devices"][1]["uuid"],
+        memory_total_mib=98304,
     )
 
 

@@ -86,7 +86,7 @@ async def test_marks_of_devices_the_inventory_leaves_out_are_not_sent(tmp_path: 
     amdsmi = fake_amdsmi(load("amdsmi", "radeon_780m_apu"))
     state = SharedState(inventory=fixture_inventory(tmp_path, "amdsmi", "radeon_780m_apu"))
     assert state.inventory is not None and not state.inventory.gpus
-    loop = asyncio.create_task(health_loop(lambda: open_amdsmi_watch(amdsmi), state, 0.01))
+    loop = asyncio.create_task(health_loop(open_amdsmi_watch(amdsmi), state, 0.01))
     async with asyncio.timeout(30):
         for _ in range(2):  # the second is read only once the first check's marks were taken
             amdsmi.events.append((0, "GPU_PRE_RESET"))

@@ -84,7 +84,12 @@ async def test_a_scrape_finds_each_family_with_a_running_jobs_project() -> None:
         syncs = value(found, "gpuctl_agent_syncs_total")
         assert syncs > 0 and value(found, "gpuctl_agent_sync_seconds_count") == syncs
         assert value(found, "gpuctl_log_bytes_total", project="vision") >= len(log)
-        assert all(name not in ("job", "host") for _, labels in found for name, _ in labels)
+        assert all(
+            name not in ("job", "host")
+            for sample, labels in found
+            if not sample.startswith("gpuctl_gpu_")  # the device families alone name hosts and jobs
+            for name, _ in labels
+        )
 
 
 async def test_only_the_scrape_token_reads_metrics() -> None:
@@ -101,11 +106,16 @@ async def test_a_silent_host_counts_as_unreachable() -> None:
         c.start_agent("host-a", "8xH100:80GB", "auto")
         token = (c.root / "coordinator" / "metrics.token").read_text().strip()
         states = await hosts_once(c, token, lambda s: s.get("ready") == 1)
+        await scraped(c, token, lambda found: any(name.startswith("gpuctl_gpu_") for name, _ in found))
         await c.stop_agent("host-a")
 
         states = await hosts_once(c, token, lambda s: "ready" not in s)
 
         assert states == {"unreachable": 1}
+        _, text = await asyncio.to_thread(scrape, c, token)
+        assert not [
+            name for name, _ in samples(text) if name.startswith("gpuctl_gpu_")
+        ]  # its readings are old
 
 
 async def hosts_once(c: Cluster, token: str, wanted: Callable[[dict[str, float]], bool]) -> dict[str, float]:
@@ -117,4 +127,64 @@ async def hosts_once(c: Cluster, token: str, wanted: Callable[[dict[str, float]]
             states = {dict(labels)["state"]: v for (name, labels), v in found if name == "gpuctl_hosts"}
             if wanted(states):
                 return states
+            await asyncio.sleep(0.2)
+
+
+DEVICE_GAUGES = (
+    "gpuctl_gpu_utilization_percent",
+    "gpuctl_gpu_memory_used_bytes",
+    "gpuctl_gpu_memory_total_bytes",
+    "gpuctl_gpu_temperature_celsius",
+    "gpuctl_gpu_power_watts",
+    "gpuctl_gpu_sm_clock_hertz",
+    "gpuctl_gpu_xid_errors",
+)
+
+
+async def test_device_families_carry_the_running_jobs_labels() -> None:
+    async with cluster(replace(FAST, metrics_interval_s=0.2)) as c:
+        c.start_agent("host-a", "4xH100:80GB", "auto")
+        vision = await member_of(c, "vision")
+        job = await asyncio.to_thread(vision.submit, parse_spec(JOB))
+        running = await c.wait_for(job.id, "running")
+        token = (c.root / "coordinator" / "metrics.token").read_text().strip()
+
+        def labels(gpu: int, **more: str) -> dict[str, str]:
+            held = gpu in running.gpus
+            return {
+                "host": "host-a",
+                "gpu": str(gpu),
+                "uuid": f"GPU-sim-00000000-0000-0000-0000-{gpu:012x}",
+                "job": job.id if held else "",
+                "project": "vision" if held else "",
+                **more,
+            }
+
+        def working(found: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> bool:
+            key = ("gpuctl_gpu_utilization_percent", frozenset(labels(running.gpus[0]).items()))
+            return found.get(key, 0) > 0
+
+        found = await scraped(c, token, working)
+
+        for gpu in range(4):
+            for family in DEVICE_GAUGES:
+                assert value(found, family, **labels(gpu)) >= 0, (family, gpu)
+            for kind in ("corrected", "uncorrected"):
+                assert value(found, "gpuctl_gpu_ecc_errors_total", **labels(gpu, type=kind)) == 0
+        held = labels(running.gpus[0])
+        assert value(found, "gpuctl_gpu_memory_total_bytes", **held) == 80 * 1024**3
+        assert value(found, "gpuctl_gpu_sm_clock_hertz", **held) > 1e9
+        assert value(found, "gpuctl_gpu_xid_errors", **held) == 0  # no XID: 0, as DCGM exporter says it
+
+
+async def scraped(
+    c: Cluster, token: str, wanted: Callable[[dict[tuple[str, frozenset[tuple[str, str]]], float]], bool]
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a scrape, once `wanted` holds of them."""
+    async with asyncio.timeout(60):
+        while True:
+            _, text = await asyncio.to_thread(scrape, c, token)
+            found = samples(text)
+            if wanted(found):
+                return found
             await asyncio.sleep(0.2)

@@ -29,7 +29,15 @@ INVENTORY_FIELDS = (
     "memory.total",
     "driver_version",
 )
-METRIC_FIELDS = ("index", "utilization.aip", "memory.used", "temperature.aip", "power.draw")
+METRIC_FIELDS = (
+    "index",
+    "uuid",
+    "utilization.aip",
+    "memory.used",
+    "memory.total",
+    "temperature.aip",
+    "power.draw",
+)
 HL_SMI_TIMEOUT_S = 30.0
 NO_TOOL_INFO = "Intel Gaudi: hl-smi not found; no Gaudi accelerators"
 
@@ -57,7 +65,8 @@ def detect_gaudi(run: Runner | None = None, *, sysfs_root: str = SYSFS_ROOT) -> 
 
 
 def read_gaudi_metrics(run: Runner | None = None) -> tuple[GpuMetrics, ...]:
-    """Live utilization, memory used, temperature and power of each Gaudi; () when hl-smi is missing or
+    """Live utilization, memory used and total, temperature and power of each Gaudi (its clocks and ECC counts
+    are not read: fields a version of hl-smi does not know fail the whole query); () when hl-smi is missing or
     fails (the inventory's warning already says why). Never raises."""
     rows, failure = _query(run, METRIC_FIELDS)
     if failure is not None:
@@ -70,6 +79,8 @@ def read_gaudi_metrics(run: Runner | None = None) -> tuple[GpuMetrics, ...]:
                 memory_used_mib=_whole(row["memory.used"]),
                 temperature_c=_number(row["temperature.aip"]),
                 power_w=_number(row["power.draw"]),
+                uuid=_available(row["uuid"]),
+                memory_total_mib=_whole(row["memory.total"]),
             )
             for row in rows
         )

@@ -1,4 +1,4 @@
-"""Live device readings (utilization, memory used, temperature, power), apart from the inventory.
+"""Live device readings (utilization, memory, temperature, power, SM clock, ECC counts), apart from the inventory.
 
 A reading changes every second; the inventory must not, or every sync would resend it. The vendor modules
 are parameters, as in detection, so tests replay fixture data. Nothing here raises for a missing or failing
@@ -7,13 +7,21 @@ library: a reading that cannot be taken is simply absent (detection already repo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.detect.amd import _import_amdsmi
 from agent.detect.gaudi import Runner, read_gaudi_metrics
-from agent.detect.nvidia import NVML_TEMPERATURE_GPU, _import_pynvml
-from shared.wire import GpuMetrics
+from agent.detect.nvidia import (
+    NVML_CLOCK_SM,
+    NVML_MEMORY_ERROR_TYPE_CORRECTED,
+    NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+    NVML_TEMPERATURE_GPU,
+    NVML_VOLATILE_ECC,
+    _import_pynvml,
+    nvml_text,
+)
+from shared.wire import MAX_XIDS, GpuMetrics
 
 MIB = 1024 * 1024
 
@@ -37,7 +45,7 @@ def read_nvidia_metrics(nvml: Any = None) -> tuple[GpuMetrics, ...]:
     except nvml.NVMLError:
         return ()
     try:
-        return tuple(_nvidia_reading(nvml, i) for i in range(nvml.nvmlDeviceGetCount()))
+        return tuple(nvidia_reading(nvml, i) for i in range(nvml.nvmlDeviceGetCount()))
     except nvml.NVMLError:
         return ()
     finally:
@@ -47,7 +55,9 @@ def read_nvidia_metrics(nvml: Any = None) -> tuple[GpuMetrics, ...]:
             pass
 
 
-def _nvidia_reading(nvml: Any, index: int) -> GpuMetrics:
+def nvidia_reading(nvml: Any, index: int, xids: Sequence[int] = ()) -> GpuMetrics:
+    """One device's reading; `xids`: the XIDs seen on it (agent/health.py watches them), oldest first.
+    A value the device does not report is None; raises NVMLError only when the device cannot be reached."""
     handle = nvml.nvmlDeviceGetHandleByIndex(index)
 
     def read(query: Callable[[], Any]) -> Any:
@@ -56,16 +66,27 @@ def _nvidia_reading(nvml: Any, index: int) -> GpuMetrics:
         except nvml.NVMLError:
             return None
 
+    def ecc(kind: int) -> int | None:
+        return read(lambda: nvml.nvmlDeviceGetTotalEccErrors(handle, kind, NVML_VOLATILE_ECC))
+
     utilization = read(lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-    used = read(lambda: nvml.nvmlDeviceGetMemoryInfo(handle).used)
+    memory = read(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
     temperature = read(lambda: nvml.nvmlDeviceGetTemperature(handle, NVML_TEMPERATURE_GPU))
     power_mw = read(lambda: nvml.nvmlDeviceGetPowerUsage(handle))
+    sm_clock = read(lambda: nvml.nvmlDeviceGetClockInfo(handle, NVML_CLOCK_SM))
+    uuid = read(lambda: nvml.nvmlDeviceGetUUID(handle))
     return GpuMetrics(
         index=index,
         utilization_pct=None if utilization is None else float(utilization),
-        memory_used_mib=None if used is None else used // MIB,
+        memory_used_mib=None if memory is None else memory.used // MIB,
         temperature_c=None if temperature is None else float(temperature),
         power_w=None if power_mw is None else power_mw / 1000,
+        uuid="" if uuid is None else nvml_text(uuid),
+        memory_total_mib=None if memory is None else memory.total // MIB,
+        sm_clock_mhz=None if sm_clock is None else float(sm_clock),
+        ecc_corrected=ecc(NVML_MEMORY_ERROR_TYPE_CORRECTED),
+        ecc_uncorrected=ecc(NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        xids=tuple(xids[-MAX_XIDS:]),
     )
 
 
@@ -96,17 +117,39 @@ def _amd_reading(amdsmi: Any, index: int, handle: Any) -> GpuMetrics:
     def read(query: Callable[[], Any]) -> float | None:
         try:
             value = query()
-        except (amdsmi.AmdSmiException, AttributeError, KeyError):
+        except (amdsmi.AmdSmiException, AttributeError, KeyError, TypeError):
             return None
         return float(value) if isinstance(value, int | float) else None  # amdsmi says "N/A" as text
 
+    def whole(query: Callable[[], Any]) -> int | None:
+        value = read(query)
+        return None if value is None else int(value)
+
+    def uuid() -> str:
+        try:
+            return str(amdsmi.amdsmi_get_gpu_device_uuid(handle))
+        except amdsmi.AmdSmiException:
+            return ""
+
     temperature_type = getattr(getattr(amdsmi, "AmdSmiTemperatureType", None), "HOTSPOT", None)
     current = getattr(getattr(amdsmi, "AmdSmiTemperatureMetric", None), "CURRENT", None)
-    used_mib = read(lambda: amdsmi.amdsmi_get_gpu_vram_usage(handle)["vram_used"])  # MB
+    gfx = getattr(
+        getattr(amdsmi, "AmdSmiClkType", None), "GFX", None
+    )  # the shader engines: NVIDIA's SM clock
     return GpuMetrics(
         index=index,
         utilization_pct=read(lambda: amdsmi.amdsmi_get_gpu_activity(handle)["gfx_activity"]),
-        memory_used_mib=None if used_mib is None else int(used_mib),
+        memory_used_mib=whole(lambda: amdsmi.amdsmi_get_gpu_vram_usage(handle)["vram_used"]),  # MB
         temperature_c=read(lambda: amdsmi.amdsmi_get_temp_metric(handle, temperature_type, current)),
         power_w=read(lambda: amdsmi.amdsmi_get_power_info(handle)["current_socket_power"]),
+        uuid=uuid(),
+        memory_total_mib=whole(lambda: amdsmi.amdsmi_get_gpu_vram_usage(handle)["vram_total"]),
+        sm_clock_mhz=read(lambda: _current_clock(amdsmi.amdsmi_get_clock_info(handle, gfx))),
+        ecc_corrected=whole(lambda: amdsmi.amdsmi_get_gpu_total_ecc_count(handle)["correctable_count"]),
+        ecc_uncorrected=whole(lambda: amdsmi.amdsmi_get_gpu_total_ecc_count(handle)["uncorrectable_count"]),
     )
+
+
+def _current_clock(info: dict[str, Any]) -> Any:
+    """amdsmi's current clock: `clk` since ROCm 6.1, `cur_clk` before."""
+    return info["clk"] if "clk" in info else info["cur_clk"]

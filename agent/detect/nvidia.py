@@ -28,6 +28,10 @@ NVML_DEVICE_MIG_ENABLE = 1
 NVML_FEATURE_ENABLED = 1
 NVML_NVLINK_MAX_LINKS = 36  # NVML's bound on link numbers; a GPU answers InvalidArgument past its last link
 NVML_TEMPERATURE_GPU = 0
+NVML_CLOCK_SM = 1
+NVML_MEMORY_ERROR_TYPE_CORRECTED = 0
+NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+NVML_VOLATILE_ECC = 0  # counts since the driver loaded (aggregate: over the device's life)
 
 NO_LIBRARY_INFO = "NVIDIA: NVML library not found; no NVIDIA GPUs"
 
@@ -89,7 +93,7 @@ def describe_nvml_error(err: Exception) -> str:
 
 
 def _enumerate(nvml: Any, sysfs_root: str) -> DetectResult:
-    driver = _text(nvml.nvmlSystemGetDriverVersion())
+    driver = nvml_text(nvml.nvmlSystemGetDriverVersion())
     cuda = cuda_version_text(_optional(nvml, nvml.nvmlSystemGetCudaDriverVersion_v2, default=0))
     gpus: list[GpuDevice] = []
     remotes: dict[int, list[str]] = {}
@@ -122,18 +126,18 @@ def _enumerate(nvml: Any, sysfs_root: str) -> DetectResult:
 
 def _device(nvml: Any, index: int, handle: Any, sysfs_root: str) -> GpuDevice:
     """One GPU's facts (its NVLink peers and versions are filled in by the caller)."""
-    bus_id = _text(nvml.nvmlDeviceGetPciInfo(handle).busId)
+    bus_id = nvml_text(nvml.nvmlDeviceGetPciInfo(handle).busId)
     capability = _optional(nvml, nvml.nvmlDeviceGetCudaComputeCapability, handle, default=None)
     return GpuDevice(
         index=index,
         vendor="nvidia",
-        name=normalize_nvidia_name(_text(nvml.nvmlDeviceGetName(handle))),
+        name=normalize_nvidia_name(nvml_text(nvml.nvmlDeviceGetName(handle))),
         memory_mib=nvml.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024),
-        uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+        uuid=nvml_text(nvml.nvmlDeviceGetUUID(handle)),
         pci_bus_id=bus_id,
         numa_node=read_numa_node(bus_id, sysfs_root),
         compute_capability=f"{capability[0]}.{capability[1]}" if capability else "",
-        serial=_text(_optional(nvml, nvml.nvmlDeviceGetSerial, handle, default="")),
+        serial=nvml_text(_optional(nvml, nvml.nvmlDeviceGetSerial, handle, default="")),
         pcie_root=read_pcie_root(bus_id, sysfs_root),
     )
 
@@ -146,7 +150,7 @@ def nvlink_remotes(nvml: Any, handle: Any) -> list[str]:
         try:
             if nvml.nvmlDeviceGetNvLinkState(handle, link) != NVML_FEATURE_ENABLED:
                 continue
-            remote = _text(nvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId)
+            remote = nvml_text(nvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId)
         except nvml.NVMLError as err:
             if getattr(err, "value", None) in _NO_LINK:
                 break
@@ -204,7 +208,7 @@ def _mig_enabled(nvml: Any, handle: Any) -> bool:
     return current == NVML_DEVICE_MIG_ENABLE
 
 
-def _text(value: str | bytes) -> str:
+def nvml_text(value: str | bytes) -> str:
     """NVML strings arrive as bytes from older bindings and str from newer ones."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 

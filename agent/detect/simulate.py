@@ -1,14 +1,16 @@
 """Simulated GPUs from a spec string such as `8xH100:80GB` or `2xH100:80GB,2xA100:40GB`.
 
 A simulated host lets the whole system (scheduler, blocks, agent) run on a machine without accelerators.
-Every device it produces says `simulated=True`.
+Every device it produces says `simulated=True`; its live readings are made up too (`simulated_readings`).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Collection, Sequence
 
-from shared.wire import GpuDevice
+from shared.wire import GpuDevice, GpuMetrics
 
 # Memory of well-known models, used when a spec omits it. The value is the marketed size in GiB.
 KNOWN_MEMORY_GIB: dict[str, int] = {
@@ -66,6 +68,7 @@ _MIB_PER_UNIT = {"M": 1, "G": 1024, "T": 1024 * 1024}
 
 # Buses per PCI domain that synthetic addresses use, so any device count gets distinct addresses.
 _BUSES_PER_DOMAIN = 0xE0
+SWING_PERIOD_S = 60.0  # how slowly a simulated reading moves between its low and its high
 
 
 def parse_simulated_gpus(spec: str) -> tuple[GpuDevice, ...]:
@@ -142,3 +145,30 @@ def _simulated_device(index: int, total: int, model: str, memory_mib: int) -> Gp
         simulated=True,
         compute_capability=KNOWN_COMPUTE_CAPABILITY.get(model, "") if vendor == "nvidia" else "",
     )
+
+
+def simulated_readings(
+    gpus: Sequence[GpuDevice], busy: Collection[int], now_s: float
+) -> tuple[GpuMetrics, ...]:
+    """Plausible readings of simulated devices at `now_s`, so a simulated job's GPUs show numbers: a GPU in
+    `busy` (a running job holds it) works hard, the others idle; each value swings slowly over time, with
+    its own phase per device. Pure."""
+    readings = []
+    for gpu in gpus:
+        swing = (1 + math.sin(now_s / SWING_PERIOD_S * 2 * math.pi + gpu.index)) / 2  # 0..1
+        working = gpu.index in busy
+        readings.append(
+            GpuMetrics(
+                index=gpu.index,
+                uuid=gpu.uuid,
+                utilization_pct=round(85 + 14 * swing, 1) if working else 0.0,
+                memory_used_mib=int(gpu.memory_mib * (0.55 + 0.3 * swing)) if working else 0,
+                memory_total_mib=gpu.memory_mib,
+                temperature_c=round((62 + 12 * swing) if working else (31 + 3 * swing), 1),
+                power_w=round((420 + 230 * swing) if working else (68 + 6 * swing), 1),
+                sm_clock_mhz=round(1755 + 225 * swing) if working else 345.0,
+                ecc_corrected=0,
+                ecc_uncorrected=0,
+            )
+        )
+    return tuple(readings)
