@@ -117,12 +117,14 @@ def reading_cells(r: GpuMetrics | None) -> list[str]:
 def fleet_table(hosts: list[HostView], readings: list[HostReadings]) -> Table:
     """`gpuctl top`: one row per host, as `gpuctl hosts` lists them; one unreachable (its lease ran out) or
     removed shows no readings, and says so after its name."""
+    from cli.render import plain
+
     table = _table("HOST", "GPUS", "BUSY", "UTIL", "MEM GiB", "TEMP", "POWER", "UNHEALTHY")
     by_host = {summary.host: summary for summary in readings}
     for host in sorted(hosts, key=lambda h: h.name):
         live = host.status in ("ready", "draining")
         table.add_row(
-            host.name + ("" if live else f" ({host.status})"),
+            plain(host.name + ("" if live else f" ({host.status})")),
             str(len(host.inventory.gpus) if host.inventory else 0),
             f"{host.busy_blocks}/{host.total_blocks}",
             *host_cells(by_host.get(host.name) if live else None),

@@ -24,10 +24,12 @@ import re
 from urllib.parse import unquote
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from coordinator.api_channel import CHANNELS
 from coordinator.array_store import ArrayRow
 from coordinator.channels import NoChannel, RelayStream
+from coordinator.console_sessions import COOKIE
 from coordinator.http import (
     COORDINATOR,
     PRINCIPAL,
@@ -39,6 +41,7 @@ from coordinator.http import (
 )
 from coordinator.replicas import Crowded, Replica, Replicas
 from coordinator.service_http import (
+    ResponseHead,
     Upstream,
     UpstreamError,
     body_pieces,
@@ -69,6 +72,7 @@ _NOT_FORWARDED = frozenset(
         "x-forwarded-prefix",
     )
 )
+_REACH_CONSOLE = frozenset(("cross-origin-opener-policy", "service-worker-allowed"))  # `_answer_headers`
 _BAD_PATH_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -226,6 +230,7 @@ def _headers(request: web.Request, spec: ServiceSpec) -> list[tuple[str, str]]:
     kept = [
         (name, value) for name, value in given if name.lower() not in drop and not _ours(request, name, value)
     ]
+    kept = _without_session(kept)
     forwarded = [
         ("Host", request.host),
         ("X-Forwarded-For", request.remote or ""),
@@ -246,6 +251,34 @@ def _ours(request: web.Request, name: str, value: str) -> bool:
     """Whether a header is a gpuctl token, sent even where the service asks for none (a script that sends it
     everywhere): the replica, whose code any member of its project wrote, could act as its caller with it."""
     return name.lower() == "authorization" and token_holder(request, value) is not None
+
+
+def _without_session(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The Cookie headers less the console's session (coordinator/console_sessions.py): a service shares the
+    console's origin, so a browser logged in sends its session with every call to a service, and the
+    replica could then read and act in the console as its caller. The replica's own cookies pass."""
+    kept = []
+    for name, value in headers:
+        if name.lower() == "cookie":
+            value = "; ".join(c.strip() for c in value.split(";") if c.split("=", 1)[0].strip() != COOKIE)
+            if not value:
+                continue
+        kept.append((name, value))
+    return kept
+
+
+def _answer_headers(head: ResponseHead) -> CIMultiDict[str]:
+    """The replica's answer's headers, less those that would reach into the console on the shared origin: a
+    cookie under the console's session's name (its author's own session, to have the caller act in the
+    console as its author), a Cross-Origin-Opener-Policy (the console's pages send `same-origin`, so that a
+    service's page cannot read a console window it opens; with the same policy it could), and
+    Service-Worker-Allowed (a service worker whose scope took in /ui/ would answer the console's pages)."""
+    return CIMultiDict(
+        (name, value)
+        for name, value in response_headers(head).items()
+        if name.lower() not in _REACH_CONSOLE
+        and (name.lower() != "set-cookie" or value.split("=", 1)[0].strip() != COOKIE)
+    )
 
 
 async def _send_body(request: web.Request, stream: RelayStream, chunked: bool) -> HTTPError | None:
@@ -269,7 +302,7 @@ async def _answer(request: web.Request, upstream: Upstream) -> web.StreamRespons
     """The replica's answer to the user as it comes. Once its head is sent, a break can only cut the
     connection: the user sees a truncated answer, never a complete-looking one."""
     head = await response_head(upstream)
-    response = web.StreamResponse(status=head.status, reason=head.reason, headers=response_headers(head))
+    response = web.StreamResponse(status=head.status, reason=head.reason, headers=_answer_headers(head))
     length = content_length(head)
     if length is not None:
         response.content_length = length

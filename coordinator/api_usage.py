@@ -37,9 +37,11 @@ def _since_s(raw: str) -> float:
 
 def _project(request: web.Request, asked: str) -> str | None:
     """The project to report on: a member's own (asking for another is refused); an admin's choice, None
-    for all."""
+    for all (a project that does not exist is refused: a mistyped name is not a project where nothing ran)."""
     principal = request[PRINCIPAL]
     if principal.admin:
+        if asked and asked not in request.app[COORDINATOR].accounts.projects():
+            raise HTTPError(404, f"project: no project {asked!r}", "project")
         return asked or None
     own = principal.project or "default"
     if asked and asked != own:

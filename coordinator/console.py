@@ -5,7 +5,9 @@ actions. Read-mostly, for people; scripts use the API.
 Log in with an API token (coordinator/console_sessions.py): the console then acts with that token's rights,
 through the same functions as the API (a member sees its project's jobs; draining needs an admin). Its script
 (console_static/console.js, no build step, no CDN) reads two GET routes of the user API with the session's
-cookie: a job's log and its readings. The pages allow no inline script or style (Content-Security-Policy).
+cookie and CSRF token: a job's log and its readings. The pages allow no inline script or style
+(Content-Security-Policy). Services share the console's origin (coordinator/api_service.py), so the console
+answers only a browser's window, never a page's script or frame (`from_script`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self';"
     " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+SCRIPT_REFUSED = "the console's pages open in a browser's window, not from a page's script"
 ASSETS = {"console.js": "text/javascript", "console.css": "text/css"}  # console_static/, package data
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,6 +56,8 @@ def html(body: str, status: int = 200) -> web.Response:
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
             "Cache-Control": "no-store",  # a page shows one user's jobs
+            # a window that a service's page (same origin) opens is not its to read (coordinator/api_service.py)
+            "Cross-Origin-Opener-Policy": "same-origin",
         }
     )
     return response
@@ -61,6 +66,19 @@ def html(body: str, status: int = 200) -> web.Response:
 def see_other(location: str) -> web.Response:
     """After a POST, or to the login: the browser GETs `location`."""
     return web.Response(status=303, headers={"Location": location})
+
+
+def from_script(request: web.Request) -> bool:
+    """A request that a page's script made (fetch), or a frame's, as the browser tells (Sec-Fetch-Mode and
+    -Dest), not the browser opening a page of the console. Services share the console's origin, so a
+    service's page, which any member of its project wrote, could read the console's pages (their CSRF tokens
+    with them) as its visitor: the console answers only navigations of the window. A client that sends no
+    Sec-Fetch headers (curl, an old browser) is taken at its word."""
+    mode, dest = (
+        request.headers.get("Sec-Fetch-Mode", "navigate"),
+        request.headers.get("Sec-Fetch-Dest", "document"),
+    )
+    return mode != "navigate" or dest != "document"
 
 
 def cross_site(request: web.Request) -> bool:
@@ -88,6 +106,8 @@ def logged_in(handler: Page) -> Handler:
     @functools.wraps(handler)
     async def checked(request: web.Request) -> web.StreamResponse:
         session = session_of(request)
+        if from_script(request):
+            return html(pages.error_page(403, SCRIPT_REFUSED, None, ""), 403)
         if session is None:
             if request.method == "GET":
                 return see_other(f"{PREFIX}/login")
@@ -123,8 +143,8 @@ async def login_form(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     """A form with an API token: a known one opens a session (its cookie), an unknown one is refused (401)."""
-    if cross_site(request):
-        return html(pages.login_page("a login from another site's page is refused"), 403)
+    if cross_site(request) or from_script(request):
+        return html(pages.login_page("a login from another site's page or a script is refused"), 403)
     token = str((await request.post()).get("token", "")).strip()
     principal = request.app[COORDINATOR].accounts.authenticate(token) if token else None
     if principal is None:

@@ -76,7 +76,8 @@ def page(title: str, body: Markup, who: Principal | None = None, csrf: str = "")
     """The whole document: the header with the menu and who is logged in, then `body`."""
     head = Markup(
         '<meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<link rel="stylesheet" href="{STATIC}/console.css"><script src="{STATIC}/console.js" defer></script>'
+        + (f'<meta name="gpuctl-csrf" content="{h(csrf)}">' if csrf else "")  # console.js sends it to the API
+        + f'<link rel="stylesheet" href="{STATIC}/console.css"><script src="{STATIC}/console.js" defer></script>'
     )
     bar = tag("a", "gpuctl", href="/ui/jobs", class_="brand")
     if who is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from coordinator.scheduler import HostCapacity
+from coordinator.scheduler import NAMED_IN_REASON, HostCapacity
 from shared.wire import GpuHealth, Inventory
 
 
@@ -30,10 +30,13 @@ def unhealthy_blocks(inventory: Inventory, held: Iterable[GpuHealth]) -> frozens
 
 
 def unhealthy_note(host_name: str, held: tuple[GpuHealth, ...]) -> str:
-    """A pending job's words for a host whose held devices idle blocks it could use: which GPU and why."""
+    """A pending job's words for a host whose held devices idle blocks it could use: which GPU and why, the
+    first NAMED_IN_REASON, the rest counted (an agent may mark its every device, each with a long reason)."""
     if not held:
         return ""
-    return f"{host_name}: " + ", ".join(f"GPU {h.index} unhealthy: {h.reason}" for h in held)
+    named = ", ".join(f"GPU {h.index} unhealthy: {h.reason}" for h in held[:NAMED_IN_REASON])
+    more = f" (and {len(held) - NAMED_IN_REASON} more GPUs)" if len(held) > NAMED_IN_REASON else ""
+    return f"{host_name}: {named}{more}"
 
 
 def with_held(cap: HostCapacity, held: tuple[GpuHealth, ...]) -> HostCapacity:

@@ -77,6 +77,7 @@ class ScheduleResult:
 
 
 NO_RESERVATIONS = Reserved((), 0.0)
+NAMED_IN_REASON = 3  # unhealthy hosts, and GPUs of a host, a pending job's reason names; the rest are counted
 
 
 def schedule(
@@ -320,8 +321,11 @@ def too_busy(spec: TaskSpec, need: int, largest: int) -> str:
 
 
 def unhealthy_notes(ready: Iterable[HostCapacity]) -> str:
-    """What a busy reason adds for ready hosts whose unhealthy devices idle blocks: which GPU, and why."""
-    return "".join(f"; {note}" for note in sorted(h.unhealthy for h in ready if h.unhealthy))
+    """What a busy reason adds for ready hosts whose unhealthy devices idle blocks: which GPU, and why; the
+    first NAMED_IN_REASON hosts, the rest counted (every pending job's reason carries it)."""
+    notes = sorted(h.unhealthy for h in ready if h.unhealthy)
+    more = f" (and {len(notes) - NAMED_IN_REASON} more hosts)" if len(notes) > NAMED_IN_REASON else ""
+    return "".join(f"; {note}" for note in notes[:NAMED_IN_REASON]) + more
 
 
 def splits(eligible: Sequence[int], need: int, matching: Iterable[int], levels: Levels) -> bool:

@@ -3,8 +3,9 @@
 `GET /who`: which replica answers ($GPUCTL_ARRAY_INDEX). `GET /echo-request`: the request line and headers
 it got, as JSON. `POST /upload`: the body's size and sha256 (and "chunked" for a chunked one). `GET /stream`: a chunked answer whose first
 chunk goes out at once and whose last waits until `GET /release` comes: a proxy that held the answer whole
-would never pass the first chunk on. `GET /drip`: a chunk every 50 ms, until the caller goes. `GET /zeros/N`: N zero bytes. `GET /exit`: the process
-exits with 3. `GET /bad-header`: an answer with a bare LF in a header.
+would never pass the first chunk on. `GET /drip`: a chunk every 50 ms, until the caller goes. `GET /zeros/N`: N zero bytes. `GET /probe?job=ID`: a page whose script reads what it can of the console.
+`GET /set-cookies`: two Set-Cookie headers, one
+named as the console's session cookie. `GET /exit`: the process exits with 3. `GET /bad-header`: an answer with a bare LF in a header.
 
 Run as `python3 -c "$APP" PORT`. It binds with SO_REUSEPORT: the agents of a test share one machine's
 loopback, so two replicas (run as one user) listen on the same port there, as they would on two hosts.
@@ -20,6 +21,28 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 released = threading.Event()
+
+# `/probe?job=ID`: what a service's page could read of the console, shared origin and all: its title ends as
+# `ui:STATUS log:STATUS` (the console's jobs page, with a CSRF token or not; job ID's log)
+PROBE = """<!doctype html><title>probing</title><script>
+(async () => {
+  const job = new URLSearchParams(location.search).get("job");
+  const found = [];
+  try {
+    const page = await fetch("/ui/jobs");
+    const text = await page.text();
+    found.push(`ui:${page.status}${text.includes('name="csrf"') ? ":csrf" : ""}`);
+  } catch (e) {
+    found.push("ui:error");
+  }
+  try {
+    found.push(`log:${(await fetch(`/api/v1/jobs/${job}/logs`)).status}`);
+  } catch (e) {
+    found.push("log:error");
+  }
+  document.title = found.join(" ");
+})();
+</script>"""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -60,6 +83,21 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/bad-header":  # a header value with a bare LF: a header injected past a proxy
             self.wfile.write(b"HTTP/1.1 200 OK\r\nX-A: a\nSet-Cookie: stolen=1\r\nContent-Length: 0\r\n\r\n")
             self.close_connection = True
+        elif self.path.startswith("/probe"):  # a page whose script tries the console of whoever opens it
+            body = PROBE.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Service-Worker-Allowed", "/")
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/set-cookies":  # its own cookie, and one named as the console's session
+            self.send_response(200)
+            self.send_header("Set-Cookie", "app=1; Path=/")
+            self.send_header("Set-Cookie", "gpuctl_session=chosen-by-the-app; Path=/; Secure")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path == "/exit":  # the application fails
             os._exit(3)
         elif self.path == "/release":

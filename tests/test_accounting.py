@@ -258,6 +258,10 @@ async def test_gpuctl_usage_prints_a_table_json_and_a_one_line_error() -> None:
         assert bad.stderr.strip().splitlines() == [
             "Error: since: expected a duration like 30s or 10m, got 'yesterday'"
         ]
+        # a project's name mistyped is said, not answered as a project where nothing finished
+        typo = await asyncio.to_thread(gpuctl, "--project", "defualt")
+        assert typo.returncode != 0
+        assert typo.stderr.strip().splitlines() == ["Error: project: no project 'defualt'"]
 
 
 def test_the_tables_fit_80_columns() -> None:
@@ -312,4 +316,4 @@ async def test_a_real_agents_finished_job_has_its_gpu_hours() -> None:
         expected = 2 * (alloc.finished_at - alloc.started_at) / 3600
         assert listed.gpu_hours == pytest.approx(expected) and expected > 0
         assert (listed.state, listed.gpus, listed.attempts, listed.user) == ("done", 2, 1, "admin")
-        assert listed.utilization_pct is None  # a simulated host sends no readings
+        assert listed.utilization_pct is None  # no reading was taken while it ran (every 10 s)

@@ -13,7 +13,7 @@ import aiohttp
 
 from coordinator.accounts import Principal
 from coordinator.console_pages import jobs_page
-from coordinator.console_sessions import Sessions
+from coordinator.console_sessions import CSRF_HEADER, Sessions
 from shared.spec import parse_spec
 from shared.wire import JobView
 from tests.harness import Cluster, cluster
@@ -30,15 +30,24 @@ class Console:
     def __init__(self, c: Cluster, http: aiohttp.ClientSession) -> None:
         self.url, self.http = c.coordinator.url, http
 
-    async def get(self, path: str) -> tuple[int, str, aiohttp.ClientResponse]:
-        async with self.http.get(self.url + path, allow_redirects=False) as response:
+    async def get(
+        self, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, str, aiohttp.ClientResponse]:
+        async with self.http.get(self.url + path, headers=headers, allow_redirects=False) as response:
             return response.status, await response.text(), response
 
+    async def script_read(self, path: str, csrf: str) -> int:
+        """A read of the user API as the console's script makes it: the cookie and the page's CSRF token."""
+        return (
+            await self.get(path, {CSRF_HEADER: csrf, "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"})
+        )[0]
+
     async def post(
-        self, path: str, form: dict[str, str], site: str = "same-origin"
+        self, path: str, form: dict[str, str], site: str = "same-origin", mode: str = "navigate"
     ) -> tuple[int, str, aiohttp.ClientResponse]:
-        """`site`: where the browser says the form came from (Sec-Fetch-Site)."""
-        headers = {"Sec-Fetch-Site": site}
+        """`site`: where the browser says the form came from (Sec-Fetch-Site); `mode`: how (Sec-Fetch-Mode:
+        a form's submission, or a script's fetch)."""
+        headers = {"Sec-Fetch-Site": site, "Sec-Fetch-Mode": mode}
         async with self.http.post(
             self.url + path, data=form, headers=headers, allow_redirects=False
         ) as response:
@@ -124,6 +133,31 @@ async def test_an_action_without_the_sessions_csrf_token_is_refused() -> None:
         assert (await c.job(job.id)).status == "stopped"
 
 
+async def test_what_a_pages_script_asks_of_the_console_is_refused() -> None:
+    """A service's page shares the console's origin and its visitor's cookie: the console's pages answer
+    only the browser's window (a script's fetch of one would read its CSRF token), and the cookie reads a
+    job's log only beside the session's CSRF token, which only the console's pages hold."""
+    async with cluster() as c, console(c) as ui:
+        job = await c.submit(PENDING.format(name="waits", command="sleep 60"))
+        csrf = await ui.login(admin_token(c))
+        window = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "same-origin"}
+        status, page, response = await ui.get("/ui/jobs", window)
+        assert status == 200 and f'<meta name="gpuctl-csrf" content="{csrf}">' in page
+        assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        for mode, dest in (("cors", "empty"), ("no-cors", "empty"), ("navigate", "iframe")):
+            status, page, _ = await ui.get(
+                "/ui/jobs", window | {"Sec-Fetch-Mode": mode, "Sec-Fetch-Dest": dest}
+            )
+            assert status == 403 and csrf not in page and "not from a page" in page, (mode, dest)
+        status, page, _ = await ui.post("/ui/login", {"token": admin_token(c)}, mode="cors")
+        assert status == 403 and "script" in page
+
+        logs = f"/api/v1/jobs/{job.id}/logs"
+        assert await ui.script_read(logs, csrf) == 200
+        assert (await ui.get(logs))[0] == 401  # the cookie alone
+        assert await ui.script_read(logs, csrf[:-1] + ("A" if csrf[-1] != "A" else "B")) == 401
+
+
 async def test_a_member_sees_only_its_projects_jobs_and_cannot_drain() -> None:
     async with cluster() as c, console(c) as ui:
         c.start_agent("h1", "1xH100:80GB")
@@ -135,9 +169,12 @@ async def test_a_member_sees_only_its_projects_jobs_and_cannot_drain() -> None:
         status, page, _ = await ui.get("/ui/jobs?state=all")
         assert status == 200 and ours.id in page and theirs.id not in page
         assert (await ui.get(f"/ui/jobs/{theirs.id}"))[0] == 404
-        assert (await ui.get(f"/api/v1/jobs/{theirs.id}/logs"))[0] == 404  # the script's read, too
-        assert (await ui.get(f"/api/v1/jobs/{ours.id}/logs"))[0] == 200
-        assert (await ui.get("/api/v1/jobs"))[0] == 401  # the cookie reads a job's log and readings only
+        assert await ui.script_read(f"/api/v1/jobs/{theirs.id}/logs", csrf) == 404  # the script's read, too
+        assert await ui.script_read(f"/api/v1/jobs/{ours.id}/logs", csrf) == 200
+        assert await ui.script_read(f"/api/v1/jobs/{ours.id}/metrics", csrf) == 200
+        assert (
+            await ui.script_read("/api/v1/jobs", csrf) == 401
+        )  # the cookie reads a job's log and readings only
         assert (await ui.post(f"/ui/jobs/{theirs.id}/stop", {"csrf": csrf}))[0] == 404
         assert (await c.job(theirs.id)).status != "stopped"
         status, page, _ = await ui.get("/ui/queue")
@@ -228,3 +265,14 @@ def test_a_session_ends_at_its_time_and_the_oldest_goes_past_the_limit() -> None
     sessions.close(b)
     sessions.close(b)  # idempotent
     assert sessions.get(b, now=2000.0) is None
+
+
+def test_one_user_logging_in_again_and_again_ends_only_its_own_sessions() -> None:
+    """Past its share of the sessions, a user's oldest ends, not another user's: a member that logs in
+    10,000 times would otherwise have logged every other user out."""
+    sessions = Sessions(ttl_s=60, limit=4, per_user=2)
+    eve, ann = Principal("eve", "member", "vision"), Principal("ann", "admin", None)
+    kept = sessions.open(ann, now=1000.0)
+    eves = [sessions.open(eve, now=1000.0) for _ in range(10)]
+    assert sessions.get(kept, now=1000.0) is not None
+    assert [sessions.get(s, now=1000.0) is not None for s in eves] == [False] * 8 + [True] * 2

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ import pytest
 
 from tests.harness import cluster
 from tests.real_parts import part_missing
+from tests.test_channel import _free_port
 from tests.test_gpu_health import XID_79, start_watched_agent, wait_host
+from tests.test_services import _service, service_spec
 
 # one line a second, numbered, until stopped
 TICKER = (
@@ -119,6 +122,39 @@ async def test_log_in_follow_a_log_stop_the_job_and_see_an_unhealthy_gpu(browser
         assert health == f"1 GPU unhealthy: {XID_79}"
         assert await asyncio.to_thread(text, ".block.unhealthy") == str(gpu)  # one GPU a block: its block
         await asyncio.to_thread(screenshot, browser, shots, "hosts")
+
+
+async def test_a_services_page_cannot_read_the_console_of_who_opens_it(browser: Any) -> None:
+    """A service is served on the console's origin, from code any member of its project wrote: its page's
+    script must not read the console's pages (their CSRF tokens, which would let it stop jobs and drain hosts
+    as its visitor) nor, with the visitor's session, a job's log."""
+    from selenium.webdriver.common.by import By
+
+    async with cluster() as c:
+        c.start_agent("h1", "2xH100:80GB")
+        job = await c.submit(TICKER)
+        await c.wait_for(job.id, "running")
+        port = _free_port()
+        await c.submit_spec(service_spec(_service("probe", port, "auth: false\n")))
+        await asyncio.to_thread(browser.get, f"{c.coordinator.url}/ui/login")
+        await asyncio.to_thread(log_in, browser, c.api.config.token)
+        await until(lambda: browser.current_url.endswith("/ui/jobs"), "the jobs page")
+        # the session reads the log from the console's own page
+        await asyncio.to_thread(browser.get, f"{c.coordinator.url}/ui/jobs/{job.id}")
+        await until(lambda: ticks(browser.find_element(By.ID, "log").text), "the log's first lines")
+
+        probe = f"{c.coordinator.url}/services/default/probe/probe?job={job.id}"
+
+        def probed() -> str:
+            """The probe's title once its script ended; "" while the service answers 503 (not ready)."""
+            browser.get(probe)
+            for _ in range(50):
+                if browser.title.startswith("ui:"):
+                    return str(browser.title)
+                time.sleep(0.1)
+            return ""
+
+        assert await until(probed, "the service's page probing the console") == "ui:403 log:401"
 
 
 def log_in(chrome: Any, token: str) -> None:

@@ -116,6 +116,19 @@ async def test_top_shows_each_host_on_one_line(tmp_path: Path) -> None:
         assert max(map(len, out.splitlines())) <= 80
 
 
+async def test_top_shows_a_host_name_as_text_not_markup(tmp_path: Path) -> None:
+    """A host's name is the agent's word: rich markup in it is shown as it is, never read as markup (a
+    `[/...]` that closes nothing made `gpuctl top` crash for every user)."""
+    async with cluster(READ_OFTEN) as c:
+        c.start_agent("[bold]gpu-a", "2xA100:40GB")
+        await fleet_readings(c, lambda found: [s.host for s in found] == ["[bold]gpu-a"])
+
+        code, out = await asyncio.to_thread(cli, c.api, tmp_path, "top", "--once")
+
+        assert code == 0, out
+        assert out.splitlines()[1].split()[:2] == ["[bold]gpu-a", "2"], out
+
+
 async def fleet_readings(c: Cluster, ready: Callable[[list[HostReadings]], bool]) -> list[HostReadings]:
     async with asyncio.timeout(60):
         while True:

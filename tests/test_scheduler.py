@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.blocks import CpuTopology, make_blocks
+from coordinator.health import with_held
 from coordinator.scheduler import HostCapacity, PendingJob, Placement, ScheduleResult, fit, schedule
 from shared.spec import GpuRequest, Range, Resources, TaskSpec, parse_spec, validate_spec
-from shared.wire import GpuDevice, Inventory
+from shared.wire import GpuDevice, GpuHealth, Inventory
 
 GIB = 1024
 # What the devices report (MiB), as NVML gives it: a little under the marketed size.
@@ -756,3 +757,17 @@ def test_a_fleet_that_cannot_hold_a_multi_node_job_is_not_named_as_one_to_make_a
         "no host can ever fit this job: a has 1xL4 (24GB), none matching 8 H100 GPUs; "
         "b has 1xL4 (24GB), none matching 8 H100 GPUs"
     )
+
+
+def test_a_reason_names_a_few_unhealthy_gpus_and_counts_the_rest() -> None:
+    """Held unhealthy GPUs are named in the reasons of the jobs they keep waiting, a few of them: at a fleet's
+    size (or from an agent marking its every device) every pending job's reason would list them all."""
+    sick = tuple(GpuHealth(index=i, reason=f"XID 79 (fallen off the bus) #{i}") for i in range(7))
+    hosts = [with_held(host(f"h{n}"), sick[:1]) for n in range(5)] + [with_held(host("h5"), sick)]
+
+    reason = schedule([job("j", "gpu: 8")], hosts).pending["j"]
+
+    assert reason.startswith("no host with 8 free blocks; largest free: 7; h0: GPU 0 unhealthy"), reason
+    assert reason.count("unhealthy") == 3 and reason.endswith("(and 3 more hosts)"), reason
+    sick_host = schedule([job("j", "gpu: 8")], hosts[5:]).pending["j"]
+    assert sick_host.count("unhealthy") == 3 and sick_host.endswith("(and 4 more GPUs)"), sick_host

@@ -27,6 +27,7 @@ from yarl import URL
 from cli.api import ApiError
 from cli.config import save_cli_config
 from cli.remote import ExecRequest
+from coordinator.console_sessions import COOKIE
 from coordinator.limits import UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS
 from coordinator.replicas import SERVICE_STREAMS_PER_AGENT
 from coordinator.service_http import (
@@ -50,6 +51,7 @@ from tests.test_channel import (
     _until,
 )
 from tests.test_cli import GPUCTL, ROOT
+from tests.test_console import console
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -269,6 +271,36 @@ async def test_only_the_projects_members_call_a_service_unless_auth_is_off(one_h
         ) as answer:
             assert (answer.status, answer.headers["Location"]) == (308, "/services/default/private/")
         assert (await member.get("/services/other/private/who"))[0] == 404
+
+
+async def test_a_console_session_never_reaches_a_replica_nor_is_set_by_one(one_host: Cluster) -> None:
+    """Services share the console's origin, so a browser logged into the console sends its session cookie
+    (Path=/) with every call to a service: the replica, whose code any member of its project wrote, would act
+    as whoever called it. The cookie is taken off the request, the replica's other cookies pass, and a cookie
+    the replica sets under the session's name (its own session, to log the caller into it) is dropped, as are
+    the headers with which its pages could reach into a console window."""
+    c = one_host
+    port = _free_port()
+    await _submit(c, _service("public", port, "auth: false\n"))
+    async with console(c) as ui:
+        await ui.login(c.api.config.token)
+        session = ui.http.cookie_jar.filter_cookies(URL(c.coordinator.url))[COOKIE].value
+        ui.http.cookie_jar.update_cookies({"app": "kept"}, URL(c.coordinator.url))
+        anyone = Caller(c, ui.http, None)
+        await anyone.until_ok("/services/default/public/who")
+
+        _, body = await anyone.get("/services/default/public/echo-request")
+        sent = json.loads(body)["headers"]
+        assert session not in body.decode() and sent["Cookie"] == "app=kept", sent
+        async with ui.http.get(f"{c.coordinator.url}/services/default/public/set-cookies") as answer:
+            assert answer.headers.getall("Set-Cookie") == ["app=1; Path=/"]
+        assert ui.http.cookie_jar.filter_cookies(URL(c.coordinator.url))[COOKIE].value == session
+        # a page of the replica may not share the console's opener policy (it would read a console window it
+        # opens), nor widen a service worker's scope to the console's pages
+        async with ui.http.get(f"{c.coordinator.url}/services/default/public/probe") as answer:
+            assert answer.status == 200 and answer.headers["Content-Type"] == "text/html"
+            assert "Cross-Origin-Opener-Policy" not in answer.headers
+            assert "Service-Worker-Allowed" not in answer.headers
 
 
 async def test_a_replica_whose_port_does_not_listen_takes_no_request(one_host: Cluster) -> None:

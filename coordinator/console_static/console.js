@@ -1,6 +1,6 @@
 // The web console's live parts, on a job's page: its log tail and its GPU charts. No framework and no build
 // step: the coordinator serves this file as it is. Text from the job goes in as text (textContent), never as
-// HTML. It reads the user API with the session's cookie (GET: a job's log and its readings).
+// HTML. It reads the user API with the session's cookie and CSRF token (GET: a job's log and its readings).
 "use strict";
 
 const LOG_KEEP_CHARS = 200000; // the page keeps the end of a long log
@@ -15,6 +15,13 @@ function sleep(ms) {
 
 function jobUrl(job, what) {
   return `/api/v1/jobs/${encodeURIComponent(job)}/${what}`;
+}
+
+// A read of the user API with the session's cookie carries the session's CSRF token, from the page: the
+// coordinator takes the cookie alone from no one (a service's page on this origin sends it too).
+function readApi(url) {
+  const csrf = document.querySelector('meta[name="gpuctl-csrf"]')?.content || "";
+  return fetch(url, { headers: { "X-Gpuctl-Csrf": csrf } });
 }
 
 // The status beside the job's name, as the log's answers tell it; the Stop button goes once it has ended.
@@ -37,7 +44,7 @@ async function followLog(pre) {
   for (;;) {
     let response;
     try {
-      response = await fetch(`${jobUrl(job, "logs")}?offset=${offset}&follow=1`);
+      response = await readApi(`${jobUrl(job, "logs")}?offset=${offset}&follow=1`);
     } catch {
       await sleep(RETRY_MS);
       continue;
@@ -82,7 +89,7 @@ async function followReadings(box) {
   for (;;) {
     let view = null;
     try {
-      const response = await fetch(jobUrl(job, "metrics"));
+      const response = await readApi(jobUrl(job, "metrics"));
       if (response.ok) view = await response.json();
     } catch {
       view = null;
