@@ -63,6 +63,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--json", type=Path, default=Path("bench-results.json"), help="where to write the results"
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="(b) and (c) again on a temporary PostgreSQL, their figures as pg_ columns (bench/databases.py)",
+    )
     parser.add_argument("--loop-jobs", type=_positive, help="(c) jobs per shell loop (full: 200, quick: 50)")
     parser.add_argument("--array-jobs", type=_positive, help="(c) jobs per array (full: 1000, quick: 200)")
     parser.add_argument(
@@ -99,7 +104,9 @@ def counts_for(args: argparse.Namespace) -> Counts:
     )
 
 
-def section_runners(quick: bool, counts: Counts) -> dict[str, Callable[[], dict[str, object]]]:
+def section_runners(
+    quick: bool, counts: Counts, postgres: bool = False
+) -> dict[str, Callable[[], dict[str, object]]]:
     """Each section as a call that returns its dict with "rows"; imports happen inside, so that a section
     whose module is missing costs only its own line."""
 
@@ -107,7 +114,16 @@ def section_runners(quick: bool, counts: Counts) -> dict[str, Callable[[], dict[
         return _module("bench.scheduler").run(quick=quick)
 
     def fleet() -> dict[str, object]:
-        result: dict[str, object] = _module("bench.fleet").run(sizes=counts.fleet_sizes)
+        module = _module("bench.fleet")
+        result: dict[str, object] = module.run(sizes=counts.fleet_sizes)
+        if postgres:
+            from bench.databases import FLEET_COLUMNS, postgres_databases, with_postgres_column
+
+            with postgres_databases() as database:
+                on_postgres = module.run(sizes=counts.fleet_sizes, database=database)
+            result["rows"] = with_postgres_column(
+                result["rows"], on_postgres["rows"], "agents", FLEET_COLUMNS
+            )
         rows = result.get("rows")
         result["shown"] = [fleet_row(r) for r in rows] if isinstance(rows, list) else []
         return result
@@ -115,7 +131,15 @@ def section_runners(quick: bool, counts: Counts) -> dict[str, Callable[[], dict[
     def e2e() -> dict[str, object]:
         from bench import e2e
 
-        return e2e.run(counts.array_jobs, counts.loop_jobs, counts.many_hosts)
+        result = e2e.run(counts.array_jobs, counts.loop_jobs, counts.many_hosts)
+        if postgres:
+            from bench.databases import postgres_databases, shown, with_postgres_column
+
+            with postgres_databases() as database:
+                on_postgres = e2e.run(counts.array_jobs, counts.loop_jobs, counts.many_hosts, database)
+            result["rows"] = with_postgres_column(result["rows"], on_postgres["rows"])
+            result["shown"] = shown(result["rows"])
+        return result
 
     def slurm() -> dict[str, object]:
         from bench import slurm
@@ -192,7 +216,7 @@ def ratio_rows(results: dict[str, dict[str, object]]) -> list[dict[str, object]]
 
 def fleet_row(row: dict[str, object]) -> dict[str, object]:
     """The figures of one fleet size that fit 80 columns (the JSON keeps them all): syncs answered without
-    waiting, p50/p99; heartbeats/s; the coordinator's CPU share and peak RSS."""
+    waiting, p50/p99; heartbeats/s; the coordinator's CPU share and peak RSS; on PostgreSQL too if run."""
     names = {
         "agents": "agents",
         "up": "up",
@@ -203,6 +227,9 @@ def fleet_row(row: dict[str, object]) -> dict[str, object]:
         "coordinator_cpu": "coord_cpu",
         "coordinator_peak_rss_mib": "rss_mib",
     }
+    if "pg_sync_p50_ms" in row:  # PostgreSQL's beside (--postgres), in place of the bring-up's figures
+        del names["bringup_s"], names["heartbeats_per_s"]
+        names |= {"pg_sync_p50_ms": "pg_p50", "pg_sync_p99_ms": "pg_p99", "pg_coordinator_cpu": "pg_cpu"}
     return {short: row.get(name) for name, short in names.items()}
 
 
@@ -233,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupted)
     counts = counts_for(args)
-    runners = section_runners(args.quick, counts)
+    runners = section_runners(args.quick, counts, args.postgres)
     info = machine()
     report: dict[str, object] = {"started_at": time.time(), "machine": info, "counts": asdict(counts)}
     results: dict[str, dict[str, object]] = {}

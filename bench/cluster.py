@@ -63,13 +63,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gpuctl_cluster(hosts: int) -> Iterator[Cluster]:
-    """Start a coordinator and `hosts` simulated hosts; yield once every host is ready; stop all of it."""
+def gpuctl_cluster(hosts: int, database: str = "") -> Iterator[Cluster]:
+    """Start a coordinator and `hosts` simulated hosts; yield once every host is ready; stop all of it.
+    `database`: the coordinator's (a URL); SQLite under its state dir when empty."""
     root = Path(tempfile.mkdtemp(prefix="gpuctl-bench-"))
     root.chmod(0o755)  # job users (unprivileged) must reach the allocations' folders
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        cluster = _start(root, hosts, processes)
+        cluster = _start(root, hosts, processes, database)
         yield cluster
     finally:
         for process in reversed(processes):
@@ -78,10 +79,11 @@ def gpuctl_cluster(hosts: int) -> Iterator[Cluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _start(root: Path, hosts: int, processes: list[subprocess.Popen[bytes]]) -> Cluster:
+def _start(root: Path, hosts: int, processes: list[subprocess.Popen[bytes]], database: str) -> Cluster:
     state, port = root / "coordinator", free_port()
     config = root / "coordinator.yaml"
-    config.write_text(yaml.safe_dump({"server_names": ["localhost", "127.0.0.1"], "host": "127.0.0.1"}))
+    raw = {"server_names": ["localhost", "127.0.0.1"], "host": "127.0.0.1"}
+    config.write_text(yaml.safe_dump(raw | ({"database": database} if database else {})))
     args = ["--config", str(config), "--state-dir", str(state), "--port", str(port)]
     subprocess.run([bin_path("gpuctl-coordinator"), "init", *args], check=True, capture_output=True)
     processes.append(spawn([bin_path("gpuctl-coordinator"), "run", *args], root / "coordinator.log"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.cluster import AGENTS_PER_PROCESS, Cluster, gpuctl_cluster
@@ -44,13 +45,16 @@ class Workload:
         }
 
 
-def run(jobs: int = 1000, loop_jobs: int = 1000, many_hosts: int = 100) -> dict[str, object]:
-    """One host, then `many_hosts`: a shell loop of `loop_jobs` submits, then an array of `jobs`."""
+def run(
+    jobs: int = 1000, loop_jobs: int = 1000, many_hosts: int = 100, database: Callable[[], str] | None = None
+) -> dict[str, object]:
+    """One host, then `many_hosts`: a shell loop of `loop_jobs` submits, then an array of `jobs`. Each
+    cluster's coordinator keeps its state in a new database from `database` (default: SQLite)."""
     rows: list[dict[str, object]] = []
     arrays = True
     for hosts in (1, many_hosts):
         where = "1 host" if hosts == 1 else f"{hosts} hosts"
-        with gpuctl_cluster(hosts) as cluster:
+        with gpuctl_cluster(hosts, database() if database else "") as cluster:
             rows.append(shell_loop(cluster, loop_jobs, f"gpuctl {where}, loop").row())
             arrays = has_array(cluster)
             if arrays:

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -124,14 +125,16 @@ class CoordinatorProcess:
         return 0.0
 
 
-def _configure(state_dir: Path) -> CoordinatorProcess:
-    """A state folder with a config that listens on loopback at a free port (written again for each run)."""
+def _configure(state_dir: Path, database: str = "") -> CoordinatorProcess:
+    """A state folder with a config that listens on loopback at a free port (written again for each run);
+    the store in `database` (a URL), or SQLite in the folder."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (state_dir / "c.yaml").write_text(
         f"state_dir: {state_dir}\nhost: 127.0.0.1\nport: {port}\nserver_names: [127.0.0.1, localhost]\n"
+        + (f"database: {json.dumps(database)}\n" if database else "")
     )
     return CoordinatorProcess(state_dir, port)
 
@@ -345,16 +348,17 @@ def _cache_root() -> Path:
     return Path(os.environ.get("GPUCTL_BENCH_CACHE", Path.home() / ".cache" / "gpuctl-bench"))
 
 
-def enrolled_state(n: int) -> tuple[Path, float | None]:
+def enrolled_state(n: int, database: str = "") -> tuple[Path, float | None]:
     """The folder holding a coordinator state with `n` enrolled hosts (`coordinator/`) and their agents'
-    keys and certificates (`agents/`), and the seconds enrollment took (None when it was already kept)."""
-    folder = _cache_root() / f"fleet-{n}"
+    keys and certificates (`agents/`), and the seconds enrollment took (None when it was already kept).
+    With a `database`, the hosts are enrolled into it afresh: it lives no longer than the bench's run."""
+    folder = _cache_root() / (f"fleet-{n}-postgresql" if database else f"fleet-{n}")
     done = folder / "enrolled"
-    if done.exists() and time.time() - done.stat().st_mtime < CACHE_MAX_AGE_S:
+    if not database and done.exists() and time.time() - done.stat().st_mtime < CACHE_MAX_AGE_S:
         return folder, None
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "agents").mkdir(parents=True)
-    coordinator = _configure(folder / "coordinator")
+    coordinator = _configure(folder / "coordinator", database)
     subprocess.run(
         [*COORDINATOR, "init", "--config", str(coordinator.state_dir / "c.yaml")],
         check=True,
@@ -396,12 +400,12 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 1)
 
 
-def measure(n: int) -> dict[str, Any]:
-    cached, enroll_s = enrolled_state(n)
+def measure(n: int, database: str = "") -> dict[str, Any]:
+    cached, enroll_s = enrolled_state(n, database)
     with tempfile.TemporaryDirectory(prefix="gpuctl-fleet-") as tmp:
         state_dir = Path(tmp) / "coordinator"
         shutil.copytree(cached / "coordinator", state_dir)
-        coordinator = _configure(state_dir)
+        coordinator = _configure(state_dir, database)
         coordinator.start()
         ramp_per_s = RAMP_PER_S / math.ceil(n / AGENTS_PER_WORKER)  # each worker's share
         workers = _spawn("fleet", coordinator.url, cached / "agents", n, str(ramp_per_s))
@@ -458,11 +462,12 @@ def _measure_running(n: int, coordinator: CoordinatorProcess, workers: list[tupl
     }
 
 
-def run(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
-    """One row per fleet size; plain data (JSON as is)."""
+def run(sizes: tuple[int, ...] = SIZES, database: Callable[[], str] | None = None) -> dict[str, Any]:
+    """One row per fleet size; plain data (JSON as is). Each size's coordinator keeps its state in a new
+    database from `database` (default: SQLite)."""
     rows = []
     for n in sizes:
-        rows.append(measure(n))
+        rows.append(measure(n, database() if database else ""))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return {
         "name": "fleet",

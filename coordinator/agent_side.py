@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -17,6 +16,7 @@ from coordinator.accounting import Accounting
 from coordinator.accounts import Accounts, Invalid
 from coordinator.array_store import ArrayStore
 from coordinator.attempts import end_attempt, event_of
+from coordinator.db import Connection
 from coordinator.group_commit import GroupCommit
 from coordinator.health import held_after_report
 from coordinator.host_ops import NotFound
@@ -284,7 +284,7 @@ class AgentSide:
         return alloc, state
 
     def _record(
-        self, db: sqlite3.Connection, alloc: AllocRow, state: AllocState, status: AllocationStatus
+        self, db: Connection, alloc: AllocRow, state: AllocState, status: AllocationStatus
     ) -> tuple[bool, set[str]]:
         """Write one status in the caller's transaction. Answers whether the allocation ended, and the hosts
         of its multi-node peers whose desired state this changed (to wake once committed)."""
@@ -316,7 +316,7 @@ class AgentSide:
         return state.terminal, self._peers_moved(db, job, alloc, state, status.exit_code)
 
     def _peers_moved(
-        self, db: sqlite3.Connection, job: JobRow, alloc: AllocRow, state: AllocState, exit_code: int | None
+        self, db: Connection, job: JobRow, alloc: AllocRow, state: AllocState, exit_code: int | None
     ) -> set[str]:
         """The hosts of a multi-node node's peers whose desired state its news changed: all of them when it
         ended (its attempt may have stopped them), and, when it first started, those its start lets start

@@ -22,9 +22,9 @@ async def usage(request: web.Request) -> web.Response:
     project = _project(request, request.query.get("project", ""))
     user = request.query.get("user", "") or None
     now = time.time()
-    path = request.app[COORDINATOR].store.path
+    store = request.app[COORDINATOR].store
     list_jobs = request.query.get("jobs", "") in ("1", "true")
-    report = await asyncio.to_thread(usage_report, path, now - since_s, now, project, user, list_jobs)
+    report = await asyncio.to_thread(usage_report, store, now - since_s, now, project, user, list_jobs)
     return json_response(report)
 
 

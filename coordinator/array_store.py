@@ -4,7 +4,6 @@ array and index, so every task is scheduled, run, stopped and logged as a job is
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 import msgspec
 
 from coordinator.arrays import ArrayLoad
+from coordinator.db import Row
 from coordinator.store import JobRow, Store, _job
 from shared.spec import TaskSpec
 from shared.states import JobState
@@ -205,7 +205,7 @@ class ArrayStore:
         return [_array(r) for r in rows]
 
 
-def _array(row: sqlite3.Row) -> ArrayRow:
+def _array(row: Row) -> ArrayRow:
     return ArrayRow(
         id=row["id"],
         name=row["name"],

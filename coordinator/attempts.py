@@ -3,9 +3,9 @@ decides whether it goes back to the queue), and how attempts are shown."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
+from coordinator.db import Connection
 from coordinator.node_order import ends_attempt_when_done, waits_for
 from coordinator.retry import Event, after_failure
 from coordinator.store import AllocRow, JobRow, Store
@@ -19,7 +19,7 @@ NEVER_STARTED = "stopped before it started"
 
 def end_attempt(
     store: Store,
-    db: sqlite3.Connection,
+    db: Connection,
     job: JobRow,
     alloc: AllocRow,
     outcome: JobState,
@@ -51,7 +51,7 @@ def end_attempt(
     return store.set_job_state(db, job, outcome, reason, exit_code)
 
 
-def stop_attempt(store: Store, db: sqlite3.Connection, job: JobRow, alloc: AllocRow) -> set[str]:
+def stop_attempt(store: Store, db: Connection, job: JobRow, alloc: AllocRow) -> set[str]:
     """Ask the job's latest attempt, of which `alloc` is node 0, to stop (`gpuctl stop`); answers the hosts
     whose desired state changed. Node 0 stops its peers when it ends, unless it is held back by its startup
     order: it never reached its agent, so it ends here, and its attempt with it."""
@@ -65,7 +65,7 @@ def stop_attempt(store: Store, db: sqlite3.Connection, job: JobRow, alloc: Alloc
 
 
 def _stop_peers(
-    store: Store, db: sqlite3.Connection, job: JobRow, alloc: AllocRow, peers: list[AllocRow], why: str
+    store: Store, db: Connection, job: JobRow, alloc: AllocRow, peers: list[AllocRow], why: str
 ) -> None:
     """Stop the attempt's nodes still running, as stopped from outside: their own ends then move the job no
     more (the attempt has ended once already). A node held back by its startup order never reached its

@@ -32,11 +32,10 @@ class AuditLog:
         with self.store.tx() as db:
             cursor = db.execute(
                 "INSERT INTO audit (at, who, project, job_id, node, host_id, kind, command)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (time.time(), who, project, job_id, node, host_id, kind, json.dumps(command)),
             )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+            return int(cursor.fetchone()[0])
 
     def ended(self, entry_id: int, exit_code: int | None, error: str) -> None:
         with self.store.tx() as db:

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from coordinator.db import POSTGRES_PREFIXES
 from coordinator.filestore import Archives, FileStore
 from coordinator.logstore import Logs, LogStore
 
 
-def is_postgresql(database_url: str) -> bool:
-    return database_url.startswith(("postgresql:", "postgres:"))
-
-
 def open_content(state_dir: Path, database_url: str | None) -> tuple[Logs, Archives]:
     """The log store and the archive store of a coordinator whose store is at `database_url`."""
-    if database_url is not None and is_postgresql(database_url):
+    if database_url is not None and database_url.startswith(POSTGRES_PREFIXES):
         from coordinator.pg_files import PgFileStore  # psycopg only where PostgreSQL is used
         from coordinator.pg_logs import PgLogStore
 

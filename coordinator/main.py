@@ -11,8 +11,10 @@ import click
 import yaml
 
 from coordinator.backup import BackupError, backup, restore
+from coordinator.db import SQLITE_PREFIX, BadDatabase, redacted
 from coordinator.disk_settings import LIMIT_SETTINGS, limit_settings
 from coordinator.lease_settings import LEASE_SETTINGS, duration_setting, lease_settings
+from coordinator.migrate_to import MigrateError, migrate_to
 from coordinator.pki import ensure_pki
 from coordinator.readings import READINGS_SETTINGS, readings_settings
 from coordinator.secrets import ensure_key
@@ -31,7 +33,13 @@ DEFAULT_CONFIG = Path("/etc/gpuctl/coordinator.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/gpuctl-coordinator")
 
 
-def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str | None) -> ServerConfig:
+def _load(
+    config_path: Path,
+    state_dir: Path | None,
+    port: int | None,
+    host: str | None,
+    database: str | None = None,
+) -> ServerConfig:
     raw: dict = {}
     if config_path.exists():
         try:
@@ -40,6 +48,7 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
             raise click.ClickException(f"{config_path}: invalid YAML: {exc}".replace("\n", " ")) from None
     known = {
         "state_dir",
+        "database",
         "port",
         "host",
         "server_names",
@@ -61,7 +70,24 @@ def _load(config_path: Path, state_dir: Path | None, port: int | None, host: str
         port=port or int(raw.get("port", DEFAULT_PORT)),
         server_names=tuple(raw.get("server_names", ())),
         settings=_settings(raw),
+        database=database or _database(raw.get("database", "")),
     )
+
+
+def _database(value: object) -> str:
+    """The `database` setting: a URL, checked when the store opens it (coordinator/db)."""
+    if not isinstance(value, str):
+        raise click.ClickException(
+            f"database: expected sqlite:///ABSOLUTE/PATH or postgresql://..., got {value!r}"
+        )
+    return value
+
+
+def _open_store(config: ServerConfig) -> Store:
+    try:
+        return Store(config.store_at)
+    except BadDatabase as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _settings(raw: dict) -> Settings:
@@ -85,11 +111,17 @@ def _python_image(value: object) -> str:
     return value
 
 
+_config = click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
+_state_dir = click.option("--state-dir", type=click.Path(path_type=Path))
+_database_option = click.option(
+    "--database", help="sqlite:///ABSOLUTE/PATH or postgresql://... (overrides the config)."
+)
 _options = [
-    click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG),
-    click.option("--state-dir", type=click.Path(path_type=Path)),
+    _config,
+    _state_dir,
     click.option("--port", type=int),
     click.option("--host", help="Address to listen on."),
+    _database_option,
 ]
 
 
@@ -106,13 +138,15 @@ def main() -> None:
 
 @main.command()
 @_with_options
-def init(config_path: Path, state_dir: Path | None, port: int | None, host: str | None) -> None:
+def init(
+    config_path: Path, state_dir: Path | None, port: int | None, host: str | None, database: str | None
+) -> None:
     """Create the CA, the server certificate and the admin token. Re-running changes nothing."""
-    config = _load(config_path, state_dir, port, host)
+    config = _load(config_path, state_dir, port, host, database)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its database holds jobs' secrets
     names = list(config.server_names) or _default_names()
     paths = ensure_pki(config.state_dir, names)
-    store = Store(config.state_dir / "coordinator.db")
+    store = _open_store(config)
     token = ensure_admin_token(store, config.state_dir / "admin-token")
     store.close()
     ensure_key(config.state_dir)  # project secrets are encrypted with it
@@ -148,6 +182,7 @@ def run(
     state_dir: Path | None,
     port: int | None,
     host: str | None,
+    database: str | None,
     verbose: bool,
     unreachable_after: str | None,
     lost_after: str | None,
@@ -157,7 +192,7 @@ def run(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    config = _load(config_path, state_dir, port, host)
+    config = _load(config_path, state_dir, port, host, database)
     settings = config.settings
     try:
         if unreachable_after:
@@ -185,19 +220,32 @@ def run(
         asyncio.run(serve())
     except KeyboardInterrupt:
         pass
-    except StateDirBusy as exc:
+    except (BadDatabase, StateDirBusy) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _sqlite_file(config: ServerConfig) -> Path:
+    """The SQLite file that `backup` and `restore` copy; PostgreSQL has its own tools."""
+    if isinstance(config.store_at, Path):
+        return config.store_at
+    if config.store_at.startswith(SQLITE_PREFIX):
+        return Path(config.store_at[len(SQLITE_PREFIX) :])
+    raise click.ClickException(
+        "database: backup and restore copy SQLite's state; back up PostgreSQL with pg_dump and pg_restore "
+        "(README: Backup and restore)"
+    )
 
 
 @main.command(name="backup")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
-@click.option("--state-dir", type=click.Path(path_type=Path))
-def backup_command(file: Path, config_path: Path, state_dir: Path | None) -> None:
+@_config
+@_state_dir
+@_database_option
+def backup_command(file: Path, config_path: Path, state_dir: Path | None, database: str | None) -> None:
     """Copy the state (database, logs, file archives, keys) into FILE, a tar.gz, while the coordinator runs."""
-    config = _load(config_path, state_dir, None, None)
+    config = _load(config_path, state_dir, None, None, database)
     try:
-        summary = backup(config.state_dir, file)
+        summary = backup(config.state_dir, file, _sqlite_file(config))
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
@@ -208,17 +256,56 @@ def backup_command(file: Path, config_path: Path, state_dir: Path | None) -> Non
 
 @main.command(name="restore")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG)
-@click.option("--state-dir", type=click.Path(path_type=Path))
+@_config
+@_state_dir
+@_database_option
 @click.option("--force", is_flag=True, help="Replace what the state dir holds.")
-def restore_command(file: Path, config_path: Path, state_dir: Path | None, force: bool) -> None:
+def restore_command(
+    file: Path, config_path: Path, state_dir: Path | None, database: str | None, force: bool
+) -> None:
     """Put a backup made by `backup` into the state dir of a stopped coordinator."""
-    config = _load(config_path, state_dir, None, None)
+    config = _load(config_path, state_dir, None, None, database)
     try:
-        summary = restore(file, config.state_dir, force)
+        summary = restore(file, config.state_dir, force, _sqlite_file(config))
     except (BackupError, StateDirBusy) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"restored {file} into {config.state_dir}: schema version {summary.schema_version}, "
         f"{summary.files} files; start the coordinator there"
+    )
+
+
+@main.command()
+@_config
+@_state_dir
+@_database_option
+@click.option("--to", "to_url", help="Copy this SQLite state into an empty PostgreSQL (postgresql://...).")
+def migrate(config_path: Path, state_dir: Path | None, database: str | None, to_url: str | None) -> None:
+    """Bring the database's schema to this release's version (`run` does too, at start); prints it.
+    Refuses a schema newer than this release's. With --to: copy the stopped coordinator's whole state
+    (jobs, logs, archives) into an empty PostgreSQL database, for coordinators to run from."""
+    config = _load(config_path, state_dir, None, None, database)
+    if to_url is not None:
+        _migrate_to(config, to_url)
+        return
+    if not config.database:
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = _open_store(config)
+    try:
+        click.echo(
+            f"{store.kind} database {redacted(store.database_url)}: schema version {store.schema_version}"
+        )
+    finally:
+        store.close()
+
+
+def _migrate_to(config: ServerConfig, to_url: str) -> None:
+    try:
+        copied = migrate_to(config.state_dir, config.store_at, to_url)
+    except (MigrateError, BadDatabase, StateDirBusy) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"copied {copied.rows} rows of {copied.tables} tables, {copied.log_bytes} log bytes and "
+        f"{copied.archives} file archives into {redacted(to_url)}; set `database: {redacted(to_url)}` "
+        "in coordinator.yaml and start the coordinators"
     )

@@ -45,7 +45,8 @@ class UploadQuota:
         """Note that `project` holds this archive. Idempotent (an upload again renews the time)."""
         with self.store.tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO uploads(project, archive_id, size, uploaded_at) VALUES (?,?,?,?)",
+                "INSERT INTO uploads(project, archive_id, size, uploaded_at) VALUES (?,?,?,?)"
+                " ON CONFLICT (project, archive_id) DO UPDATE SET size=excluded.size, uploaded_at=excluded.uploaded_at",
                 (project, archive_id, size, time.time()),
             )
 

@@ -3,12 +3,12 @@ names its schedule, so it is scheduled, run, stopped and logged as any job is.""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
 import msgspec
 
+from coordinator.db import Connection, Row
 from coordinator.store import JobRow, Store, _job
 from shared.spec import TaskSpec
 
@@ -81,9 +81,7 @@ class ScheduleStore:
             self._handled(db, schedule, fired_for, next_at, note)
 
     @staticmethod
-    def _handled(
-        db: sqlite3.Connection, schedule: ScheduleRow, fired_for: float, next_at: float, note: str
-    ) -> bool:
+    def _handled(db: Connection, schedule: ScheduleRow, fired_for: float, next_at: float, note: str) -> bool:
         """Move the schedule on from the time it was read at to `fired_for`; False if it was not there
         any more (compare and set: the store decides, whoever else writes it)."""
         moved = db.execute(
@@ -141,7 +139,7 @@ class ScheduleStore:
         return [_schedule(r) for r in rows]
 
 
-def _schedule(row: sqlite3.Row) -> ScheduleRow:
+def _schedule(row: Row) -> ScheduleRow:
     return ScheduleRow(
         id=row["id"],
         name=row["name"],

@@ -27,13 +27,13 @@ import contextlib
 import json
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Generator, Iterable
 
 from coordinator.accounts import OPEN_FLEET, Accounts, FleetPolicy
 from coordinator.array_store import ArrayStore
 from coordinator.arrays import ArrayLoad, held_reason, within_limits
+from coordinator.db import Connection
 from coordinator.health import with_held
 from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
 from coordinator.live_schedule import LiveSchedule, Settled
@@ -442,7 +442,7 @@ class Scheduling:
             self.log_waiters.changed(p.job_id)
         return stale
 
-    def _ssh_port(self, db: sqlite3.Connection, nodes: list[Placement], dev: bool) -> int:
+    def _ssh_port(self, db: Connection, nodes: list[Placement], dev: bool) -> int:
         """A multi-node job's or a dev environment's sshd port: the first that no live allocation on any of
         its hosts holds (0 for a one-node task, or when all are held: its nodes then run without ssh)."""
         if len(nodes) == 1 and not dev:

@@ -110,7 +110,8 @@ class Secrets:
         now = time.time()
         with self.store.tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO secrets(project, name, ciphertext, updated_at) VALUES (?,?,?,?)",
+                "INSERT INTO secrets(project, name, ciphertext, updated_at) VALUES (?,?,?,?) ON CONFLICT (project, name)"
+                " DO UPDATE SET ciphertext=excluded.ciphertext, updated_at=excluded.updated_at",
                 (project, name, sealed, now),
             )
         return SecretView(name=name, updated_at=now)

@@ -47,6 +47,12 @@ class ServerConfig:
     server_names: tuple[str, ...] = ()
     settings: Settings = field(default_factory=Settings)
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    database: str = ""  # a URL (coordinator/db); "" is SQLite's `<state_dir>/coordinator.db`
+
+    @property
+    def store_at(self) -> Path | str:
+        """What `Store` opens."""
+        return self.database or self.state_dir / "coordinator.db"
 
 
 @dataclass
@@ -88,8 +94,8 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
 
 async def _start(config: ServerConfig, held: contextlib.ExitStack) -> RunningCoordinator:
     pki = ensure_pki(config.state_dir, list(config.server_names) or default_server_names())
-    store = Store(config.state_dir / "coordinator.db")
-    logs, files = open_content(config.state_dir, None)
+    store = Store(config.store_at)
+    logs, files = open_content(config.state_dir, store.database_url)
     coordinator = Coordinator(store, logs, pki.ca(), config.settings, files=files, state_dir=config.state_dir)
     guard = ConnectionGuard(config.limits)
     app = make_app(coordinator)
@@ -109,7 +115,13 @@ async def _start(config: ServerConfig, held: contextlib.ExitStack) -> RunningCoo
     await site.start()
     log.info("open files limit: %d", raise_fd_limit())
     port = runner.addresses[0][1]
-    log.info("coordinator listening on https://%s:%d (state %s)", config.host, port, config.state_dir)
+    log.info(
+        "coordinator listening on https://%s:%d (state %s, %s database)",
+        config.host,
+        port,
+        config.state_dir,
+        store.kind,
+    )
     task = asyncio.create_task(_housekeeping(coordinator), name="coordinator-housekeeping")
     return RunningCoordinator(coordinator, runner, pki, port, task, held)
 

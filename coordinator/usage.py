@@ -15,9 +15,9 @@ less than a thousandth).
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import time
 
+from coordinator.db import Connection, Row
 from coordinator.queue_policy import Usage, fair_share_factors
 from coordinator.settings import Settings
 from coordinator.store import Store
@@ -33,7 +33,7 @@ _SPANS = (
 )
 
 
-def allocation_spans(db: sqlite3.Connection, where: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+def allocation_spans(db: Connection, where: str, args: tuple[object, ...] = ()) -> list[Row]:
     """The allocations `where` selects (its columns prefixed `a.` and `j.`, of the allocation and its job), each
     as what its use is counted from: id, job_id, attempt, project, gpus (a count), started_at (None: never
     ran) and finished_at (None: still running)."""

@@ -14,12 +14,12 @@ python -m bench.accounting).
 
 from __future__ import annotations
 
-import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
+from coordinator.db import Connection, Row
 from coordinator.queue_policy import gpu_hours
+from coordinator.store import Store
 from coordinator.usage import allocation_spans
 from shared.accounting import MAX_USAGE_JOBS, JobUsage, UsageLine, UsageReport
 
@@ -51,21 +51,17 @@ class _Use:
 
 
 def usage_report(
-    path: Path, since: float, now: float, project: str | None, user: str | None, list_jobs: bool
+    store: Store, since: float, now: float, project: str | None, user: str | None, list_jobs: bool
 ) -> UsageReport:
     """The jobs that finished since `since` (of `project` and `user` alone, when given), summed per project and
-    user; each listed too with `list_jobs`, the latest finished first. Reads the store at `path` through a
-    connection of its own: safe in any thread."""
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    try:
+    user; each listed too with `list_jobs`, the latest finished first. Reads the store through a connection of
+    its own: safe in any thread."""
+    with store.reader() as db:
         return _report(db, since, now, project, user, list_jobs)
-    finally:
-        db.close()
 
 
 def _report(
-    db: sqlite3.Connection, since: float, now: float, project: str | None, user: str | None, list_jobs: bool
+    db: Connection, since: float, now: float, project: str | None, user: str | None, list_jobs: bool
 ) -> UsageReport:
     args = (since, project, project, user, user)
     jobs = db.execute(
@@ -93,7 +89,7 @@ def _report(
 
 
 def _job_uses(
-    db: sqlite3.Connection, job_filter: str, args: tuple[object, ...], now: float
+    db: Connection, job_filter: str, args: tuple[object, ...], now: float
 ) -> tuple[dict[str, _Use], dict[str, tuple[int, int]]]:
     """Each job's use over its allocations, and its shape: (attempts, GPUs of its last attempt)."""
     readings = {
@@ -128,7 +124,7 @@ def _last_attempt(gpus_by_attempt: dict[int, int]) -> tuple[int, int]:
     return last, gpus_by_attempt[last]
 
 
-def _job_usage(job: sqlite3.Row, use: _Use, shape: tuple[int, int]) -> JobUsage:
+def _job_usage(job: Row, use: _Use, shape: tuple[int, int]) -> JobUsage:
     started = job["started_at"]
     return JobUsage(
         id=job["id"],

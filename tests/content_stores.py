@@ -58,3 +58,10 @@ def bytes_held(store: Archives) -> int:
     assert isinstance(store, PgFileStore)
     query = "SELECT coalesce(sum(length(data)), 0) FROM file_chunks"
     return int(store.conn.run(lambda conn: conn.execute(query).fetchone())[0])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def coordinator_database(request: pytest.FixtureRequest) -> str:
+    """What `cluster(database=...)` takes: "" (SQLite under the state dir, logs and archives as files) or a
+    fresh PostgreSQL database (everything in it)."""
+    return request.getfixturevalue("postgres_url") if request.param == "postgresql" else ""

@@ -1,8 +1,10 @@
-"""A real coordinator (real TLS, temporary SQLite) and real agents, in-process, for integration tests."""
+"""A real coordinator (real TLS, temporary SQLite or a given PostgreSQL) and real agents, in-process, for
+integration tests."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import shutil
@@ -82,6 +84,21 @@ class Cluster:
         if not task.cancelled() and (error := task.exception()) is not None:  # it had died: the test fails
             raise error
 
+    async def restart_coordinator(self, settings: Settings = FAST) -> None:
+        """Stop the coordinator and start another on the same state, database and port."""
+        port, database = self.coordinator.port, self.coordinator.coordinator.store.database_url
+        await self.coordinator.close()
+        self.coordinator = await start_coordinator(
+            ServerConfig(
+                self.root / "coordinator",
+                "127.0.0.1",
+                port,
+                ("localhost", "127.0.0.1"),
+                settings,
+                database=database,
+            )
+        )
+
     async def submit(self, yaml_text: str) -> JobView:
         spec = parse_spec(yaml_text, environ=os.environ)
         return await asyncio.to_thread(self.api.submit, spec)
@@ -112,12 +129,35 @@ class Cluster:
                     return out
 
 
+def postgres_by_default() -> str:
+    """A new PostgreSQL database's URL when the environment asks every cluster for one
+    (`GPUCTL_TEST_POSTGRES=1 pytest tests/test_e2e.py`: the integration tests on PostgreSQL), else ""."""
+    if not os.environ.get("GPUCTL_TEST_POSTGRES"):
+        return ""
+    global _POSTGRES
+    if _POSTGRES is None:
+        from tests.postgres import running_postgres
+
+        _POSTGRES = _EXIT.enter_context(running_postgres())
+    return _POSTGRES.create_database()
+
+
+_POSTGRES: Any = None  # this process's server, when GPUCTL_TEST_POSTGRES is set
+_EXIT = contextlib.ExitStack()  # stops it as the process ends
+atexit.register(_EXIT.close)
+
+
 @contextlib.asynccontextmanager
-async def cluster(settings: Settings = FAST) -> AsyncIterator[Cluster]:
+async def cluster(settings: Settings = FAST, database: str = "") -> AsyncIterator[Cluster]:
+    """`database`: the coordinator's store (a URL); SQLite under its state dir when empty, unless the
+    environment asks for PostgreSQL (`postgres_by_default`)."""
+    database = database or postgres_by_default()
     root = reachable_tmpdir()
     settings = replace(settings, job_ssh_port_first=ssh_ports_of_this_worker())
     running = await start_coordinator(
-        ServerConfig(root / "coordinator", "127.0.0.1", 0, ("localhost", "127.0.0.1"), settings)
+        ServerConfig(
+            root / "coordinator", "127.0.0.1", 0, ("localhost", "127.0.0.1"), settings, database=database
+        )
     )
     token = ensure_admin_token(running.coordinator.store, root / "coordinator" / "admin-token")
     api = Api(CliConfig(running.url, token, running.pki.ca_cert), timeout_s=30.0)

@@ -8,6 +8,7 @@ The server refuses to run as root, so under root it runs as Debian's `postgres` 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -65,10 +66,6 @@ def _as_server_user() -> tuple[list[str], str]:
     """The command prefix that runs as the server's owner, and that owner's name."""
     if os.geteuid() != 0:
         return [], pwd.getpwuid(os.geteuid()).pw_name
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        part_missing("PostgreSQL's `postgres` user is missing: scripts/test installs Debian's postgresql")
     return ["runuser", "-u", "postgres", "--"], "postgres"
 
 
@@ -82,15 +79,36 @@ def _accepts(server: PostgresServer) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        part_missing("PostgreSQL's initdb is missing: scripts/test installs Debian's postgresql")
+def missing_reason() -> str | None:
+    """Why no server can start here, or None."""
+    if _bin_dir() is None:
+        return "PostgreSQL's initdb is missing: scripts/test installs Debian's postgresql"
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        part_missing("psycopg is missing: pip install -e '.[test]'")
+        return "psycopg is missing: pip install -e '.[test]'"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "PostgreSQL's `postgres` user is missing: scripts/test installs Debian's postgresql"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    if reason := missing_reason():
+        part_missing(reason)
+    with running_postgres() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_postgres(durable: bool = False) -> Iterator[PostgresServer]:
+    """A server for as long as the block runs. A test's skips fsync (its data dies with the run); the
+    bench's is `durable`, as the SQLite it is compared with is."""
+    bin_dir = _bin_dir()
+    assert bin_dir is not None, missing_reason()
     prefix, owner = _as_server_user()
     root = Path(tempfile.mkdtemp(prefix="gpuctl-pg-"))
     data, sockets = root / "data", root / "sockets"
@@ -125,8 +143,7 @@ def postgres_server() -> Iterator[PostgresServer]:
             str(sockets),
             "-c",
             "listen_addresses=",
-            "-c",
-            "fsync=off",  # a test's server: its data dies with the test run
+            *([] if durable else ["-c", "fsync=off"]),
             "-c",
             "max_connections=200",
         ],

@@ -25,7 +25,6 @@ from cli.config import CliConfig, save_cli_config
 from cli.usage import job_lines, summary_lines
 from coordinator.accounting import MAX_READING_WEIGHT_S, reading_weight_s
 from coordinator.queue_policy import gpu_hours
-from coordinator.server import ServerConfig, start_coordinator
 from coordinator.usage import allocation_spans
 from shared.accounting import JobUsage, UsageLine, UsageReport
 from shared.spec import parse_spec
@@ -185,11 +184,7 @@ async def test_a_coordinator_stopped_cleanly_keeps_the_readings_it_held() -> Non
             running = {**hello, "inventory": None, "allocations": _statuses([alloc], "running")}
             await _sync(h1, running)
             await _sync(h1, {**running, "readings": [_reading(0, 70, 4242)]})
-        state_dir, port = c.coordinator.coordinator.store.path.parent, c.coordinator.port
-        await c.coordinator.close()
-        c.coordinator = await start_coordinator(
-            ServerConfig(state_dir, "127.0.0.1", port, ("localhost", "127.0.0.1"), NO_SAVE)
-        )
+        await c.restart_coordinator(NO_SAVE)
         async with agent_session(c.coordinator, "h1", c.root) as h1:
             await _sync(h1, {**running, "allocations": _statuses([alloc], "exited")})
         await c.wait_for(job.id, "done")

@@ -22,6 +22,7 @@ from cli.config import CliConfig
 from coordinator.backup import MANIFEST, BackupError, backup, restore
 from coordinator.migrations import MIGRATIONS
 from coordinator.server import ServerConfig, start_coordinator
+from coordinator.store import Store
 from shared.state_lock import StateDirBusy
 from tests.harness import FAST, Cluster, cluster
 
@@ -138,3 +139,35 @@ async def test_restore_refuses_a_backup_newer_than_the_code_or_no_backup_at_all(
         restore(junk, target)
     assert list(target.iterdir()) == [target / "coordinator.lock"]  # nothing of them was unpacked
     restore(out, target)  # the empty state dir takes a good one
+
+
+def test_a_database_outside_the_state_dir_is_backed_up_and_restored_where_the_config_names_it(
+    tmp_path: Path,
+) -> None:
+    state, db = tmp_path / "state", tmp_path / "db" / "gpuctl.db"
+    (state / "logs").mkdir(parents=True)
+    (state / "logs" / "a-1.log").write_bytes(b"a log line\n")
+    db.parent.mkdir()
+    Store(f"sqlite://{db}").close()
+    config = tmp_path / "coordinator.yaml"
+    config.write_text(f"state_dir: {state}\ndatabase: sqlite://{db}\n")
+    made = gpuctl_coordinator("backup", tmp_path / "b.tar.gz", "--config", config)
+    assert made.returncode == 0, made.stderr
+    moved = tmp_path / "moved"
+    config.write_text(f"state_dir: {moved / 'state'}\ndatabase: sqlite://{moved / 'gpuctl.db'}\n")
+    done = gpuctl_coordinator("restore", tmp_path / "b.tar.gz", "--config", config)
+    assert done.returncode == 0, done.stderr
+    assert Store(moved / "gpuctl.db").schema_version == len(MIGRATIONS)
+    assert (moved / "state" / "logs" / "a-1.log").read_bytes() == b"a log line\n"
+    assert not (moved / "state" / "coordinator.db").exists()
+
+
+def test_backup_of_a_postgresql_store_points_to_pg_dump(tmp_path: Path) -> None:
+    refused = gpuctl_coordinator(
+        "backup", tmp_path / "b.tar.gz", "--database", "postgresql://db.example/gpuctl", "--config", "none"
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "Error: database: backup and restore copy SQLite's state; back up PostgreSQL with pg_dump and "
+        "pg_restore (README: Backup and restore)"
+    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.__main__ import FULL, QUICK, counts_for, parse_args, ratio_rows, section_lines
+from bench.__main__ import FULL, QUICK, counts_for, fleet_row, parse_args, ratio_rows, section_lines
+from bench.databases import shown, with_postgres_column
 from bench.report import WIDTH, cell, percentile, summary_ms, table
 from bench.slurm import ctld_times, latency_s, parse_jobcomp
 
@@ -135,3 +136,25 @@ def test_slurm_submit_to_running_comes_from_slurmctld_to_the_millisecond() -> No
 
 def test_slurm_submit_to_running_falls_back_to_jobcomp_seconds() -> None:
     assert [latency_s(r, {}, {}) for r in parse_jobcomp(JOBCOMP)] == [2.0, 3.0]
+
+
+def test_the_postgresql_column_joins_each_run_s_row() -> None:
+    sqlite = [{"run": "gpuctl 1 host, loop", "jobs": 50, "jobs_per_s": 5.0, "p50_ms": 25.0, "p99_ms": 33.0}]
+    postgres = [{"run": "gpuctl 1 host, loop", "jobs": 50, "jobs_per_s": 4.0, "p50_ms": 30.0, "failed": 1}]
+    [row] = with_postgres_column(sqlite, postgres)
+    assert (row["jobs_per_s"], row["pg_jobs_per_s"], row["pg_p50_ms"], row["pg_failed"]) == (
+        5.0,
+        4.0,
+        30.0,
+        1,
+    )
+    assert row["pg_p99_ms"] is None  # not measured there
+    assert list(shown([row])[0]) == ["run", "jobs", "jobs/s", "p50", "p99", "pg jobs/s", "pg p50", "pg p99"]
+
+
+def test_a_fleet_row_shows_postgresql_s_sync_figures_in_place_of_the_bring_up_s() -> None:
+    row = {"agents": 1000, "up": 1000, "bringup_s": 5.0, "sync_p50_ms": 1.7, "heartbeats_per_s": 48.0}
+    assert "up_s" in fleet_row(row) and "pg_p50" not in fleet_row(row)
+    [both] = with_postgres_column([row], [{"agents": 1000, "sync_p50_ms": 2.0}], "agents", ("sync_p50_ms",))
+    shown_row = fleet_row(both)
+    assert shown_row["pg_p50"] == 2.0 and "up_s" not in shown_row

@@ -37,9 +37,9 @@ def test_an_unknown_setting_is_one_line_naming_it(tmp_path: Path) -> None:
     run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
-        "Error: prot: unknown setting (known: advertise_urls, backfill_depth, disk_floor, fair_share_half_life, fleet_lost_after, host, log_cap, "
-        "lost_after, max_array_tasks, metrics_interval, port, python_image, server_names, state_dir, unreachable_after, "
-        "upload_quota)"
+        "Error: prot: unknown setting (known: advertise_urls, backfill_depth, database, disk_floor, fair_share_half_life, fleet_lost_after, host, "
+        "log_cap, lost_after, max_array_tasks, metrics_interval, port, python_image, server_names, state_dir, "
+        "unreachable_after, upload_quota)"
     ]
 
 

@@ -1,5 +1,5 @@
 """Group commit: writes queued together reach the store in one call (one transaction), every caller resumes
-once its row is durable, and a failed write fails each caller of its batch. With the real SQLite store."""
+once its row is durable, and a failed write fails each caller of its batch. With the real store, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ async def test_a_failed_write_fails_every_caller_of_its_batch() -> None:
     assert [type(r) for r in results] == [OSError] * 3
 
 
-async def test_inventories_are_in_the_store_when_their_callers_resume(tmp_path: Path) -> None:
-    store = Store(tmp_path / "c.db")
+async def test_inventories_are_in_the_store_when_their_callers_resume(database: Path | str) -> None:
+    store = Store(database)
     try:
         commit = GroupCommit(store.set_inventories)
         inventories = {f"h{n}": msgspec.structs.replace(inventory(), hostname=f"node{n}") for n in range(5)}
@@ -40,7 +40,7 @@ async def test_inventories_are_in_the_store_when_their_callers_resume(tmp_path: 
         await asyncio.gather(
             *(commit.put((host_id, inv, generation_of(inv))) for host_id, inv in inventories.items())
         )
-        again = Store(tmp_path / "c.db")  # another connection: what it sees is committed
+        again = Store(database)  # another connection: what it sees is committed
         try:
             for host_id, inv in inventories.items():
                 host = again.get_host(host_id)

@@ -34,8 +34,8 @@ commands:
 """
 
 
-async def test_a_restarted_agent_resumes_from_the_acknowledged_offset() -> None:
-    async with cluster() as c:
+async def test_a_restarted_agent_resumes_from_the_acknowledged_offset(coordinator_database: str) -> None:
+    async with cluster(database=coordinator_database) as c:
         coord = c.coordinator.coordinator
         posts: list[tuple[int, int]] = []  # (offset, size) of every chunk the coordinator receives
         append_log = coord.append_log
@@ -62,8 +62,10 @@ async def test_a_restarted_agent_resumes_from_the_acknowledged_offset() -> None:
         assert posts[before][0] == acked, (acked, posts[before:])
 
 
-async def test_megabytes_of_binary_output_with_partial_lines_arrive_byte_for_byte() -> None:
-    async with cluster() as c:
+async def test_megabytes_of_binary_output_with_partial_lines_arrive_byte_for_byte(
+    coordinator_database: str,
+) -> None:
+    async with cluster(database=coordinator_database) as c:
         payload = os.urandom(3 * 1024 * 1024 + 12345) + b"no newline at the end"
         source = c.root / "payload.bin"
         source.write_bytes(payload)

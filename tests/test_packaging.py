@@ -320,6 +320,7 @@ GLIBC_CEILING = (2, 34)
 HOST_LIBRARIES = {
     "libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libutil.so.1",
     "ld-linux-x86-64.so.2", "libstdc++.so.6", "libgcc_s.so.1",
+    "libresolv.so.2",  # glibc's too: psycopg's libpq and its Kerberos and LDAP libraries need it
 }  # fmt: skip
 
 

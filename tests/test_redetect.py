@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -117,8 +118,10 @@ async def test_the_loop_also_runs_on_its_timer() -> None:
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path) -> Coordinator:
-    return Coordinator(Store(tmp_path / "c.db"), LogStore(tmp_path / "logs"), Settings(poll_timeout_s=0.05))
+def coordinator(tmp_path: Path, database: Path | str) -> Iterator[Coordinator]:
+    coord = Coordinator(Store(database), LogStore(tmp_path / "logs"), Settings(poll_timeout_s=0.05))
+    yield coord
+    coord.store.close()
 
 
 def sync_request(inventory: Inventory, send: bool) -> SyncRequest:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import yaml
 
-from coordinator.server import ServerConfig, start_coordinator
 from tests.harness import FAST, cluster
 
 SLOW_JOB = """
@@ -90,13 +89,7 @@ async def test_restarted_coordinator_keeps_jobs_and_acknowledged_logs() -> None:
         before = await c.full_log(done.id)
         pending = await c.submit("commands: [true]\nresources: {gpu: 4}")
         await c.stop_agent("host-p")
-        state_dir = c.coordinator.coordinator.store.path.parent
-        port = c.coordinator.port
-        await c.coordinator.close()
-        short_lease = dataclasses.replace(FAST, unreachable_after_s=1.0)
-        c.coordinator = await start_coordinator(
-            ServerConfig(state_dir, "127.0.0.1", port, ("localhost", "127.0.0.1"), short_lease)
-        )
+        await c.restart_coordinator(dataclasses.replace(FAST, unreachable_after_s=1.0))
         assert (await c.job(done.id)).status == "done"
         assert await c.full_log(done.id) == before == "".join(f"{n}\n" for n in range(1, 1001)).encode()
         assert (await c.job(pending.id)).status == "pending"

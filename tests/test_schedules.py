@@ -18,11 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cli.api import ApiError
-from coordinator.server import ServerConfig, start_coordinator
 from coordinator.service import Coordinator
 from shared.cron import cron_problem, latest_due, next_time
 from shared.spec import Schedule, SpecError, parse_spec
-from tests.harness import FAST, Cluster, cluster
+from tests.harness import Cluster, cluster
 from tests.test_arrays import cli
 from tests.test_secrets import member
 
@@ -194,12 +193,7 @@ def at(t: datetime, **delta: float) -> float:
 
 async def restart(c: Cluster) -> None:
     """Stop the coordinator and start another on the same state and port."""
-    state_dir = coordinator(c).store.path.parent
-    port = c.coordinator.port
-    await c.coordinator.close()
-    c.coordinator = await start_coordinator(
-        ServerConfig(state_dir, "127.0.0.1", port, ("localhost", "127.0.0.1"), FAST)
-    )
+    await c.restart_coordinator()
 
 
 async def test_each_time_runs_once_across_a_restart_and_ps_shows_the_next_run(tmp_path: Path) -> None:

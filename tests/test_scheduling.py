@@ -4,6 +4,7 @@ housekeeping beat's re-sync finds nothing they missed."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,19 +51,20 @@ async def test_a_queue_behind_one_gpu_drains_through_the_changes_alone(
 # housekeeping beat's full re-sync would give.
 
 
-def _coordinator(tmp: Path) -> Coordinator:
+@pytest.fixture
+def coord(tmp_path: Path, database: Path | str) -> Iterator[Coordinator]:
     settings = Settings(poll_timeout_s=5.0, unreachable_after_s=30.0, retry_delay_s=60.0)
-    coord = Coordinator(Store(tmp / "db"), LogStore(tmp / "logs"), tls.create_ca(), settings)
+    coord = Coordinator(Store(database), LogStore(tmp_path / "logs"), tls.create_ca(), settings)
     inv = inventory()
     coord.store.ensure_host("h1", "h1")
     coord.store.set_inventory("h1", inv, generation_of(inv))
     coord.last_seen["h1"] = time.time()
     coord.schedule_pass()  # the first beat: from here on, kicks are incremental
-    return coord
+    yield coord
+    coord.store.close()
 
 
-def test_a_host_whose_lease_ran_out_takes_no_job_before_the_beat_says_so(tmp_path: Path) -> None:
-    coord = _coordinator(tmp_path)
+def test_a_host_whose_lease_ran_out_takes_no_job_before_the_beat_says_so(coord: Coordinator) -> None:
     coord.started_at -= 120
     coord.last_seen["h1"] = time.time() - 60  # silent past its lease, and no change told of it
 
@@ -74,8 +76,7 @@ def test_a_host_whose_lease_ran_out_takes_no_job_before_the_beat_says_so(tmp_pat
     )
 
 
-def test_a_host_whose_inventory_was_refused_takes_no_job_before_the_beat(tmp_path: Path) -> None:
-    coord = _coordinator(tmp_path)
+def test_a_host_whose_inventory_was_refused_takes_no_job_before_the_beat(coord: Coordinator) -> None:
     coord.problems.set("h1", INVENTORY, "inventory refused: gpus[0].index: repeated")
 
     job = coord.submit(parse_spec(JOB))
@@ -84,9 +85,8 @@ def test_a_host_whose_inventory_was_refused_takes_no_job_before_the_beat(tmp_pat
     assert "refused" in job.reason
 
 
-def test_tasks_waiting_out_a_retry_take_no_room_under_an_array_limit(tmp_path: Path) -> None:
+def test_tasks_waiting_out_a_retry_take_no_room_under_an_array_limit(coord: Coordinator) -> None:
     """Array 0-2%2 whose tasks 0 and 1 failed into a long back-off: task 2 runs, as a full pass would."""
-    coord = _coordinator(tmp_path)
     array = coord.submit_array(parse_spec(JOB), "0-2%2")
     first, second, third = coord.arrays.tasks(array.id, True)
     for task in (first, second):

@@ -16,12 +16,11 @@ from agent.agent import detect
 from agent.client import ApiError, CoordinatorClient
 from agent.config import AgentConfig
 from agent.identity import join
-from coordinator.server import ServerConfig, start_coordinator
 from shared import tls
 from shared.join import parse_join_string
 from shared.spec import REDACTED, parse_spec
 from shared.wire import ErrorBody, SubmitRequest, SyncRequest, SyncResponse, TokenCreate
-from tests.harness import FAST, Cluster, cluster
+from tests.harness import Cluster, cluster
 
 PASSWORD = "pull-secret-8d1f"
 
@@ -127,11 +126,7 @@ async def test_a_revoked_certificate_stays_refused_after_a_coordinator_restart()
         revoked, revoked_host = await _enrolled(c, "leaky")
         kept, _ = await _enrolled(c, "trusted")
         c.coordinator.coordinator.accounts.revoke_host(revoked_host)
-        state_dir, port = c.coordinator.coordinator.store.path.parent, c.coordinator.port
-        await c.coordinator.close()
-        c.coordinator = await start_coordinator(
-            ServerConfig(state_dir, "127.0.0.1", port, ("localhost", "127.0.0.1"), FAST)
-        )
+        await c.restart_coordinator()
         host = c.coordinator.coordinator.store.get_host(revoked_host)
         assert host is not None and host.status == "ready"
         async with _agent_client(c, revoked.pki_dir) as client:

@@ -1,4 +1,5 @@
-"""The coordinator's SQLite store (coordinator/store.py): schema, durability across a restart, transitions."""
+"""The coordinator's store (coordinator/store.py), on SQLite and on PostgreSQL: schema, durability across a
+restart, transitions."""
 
 from __future__ import annotations
 
@@ -43,13 +44,8 @@ def inventory() -> Inventory:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "coordinator.db"
-
-
-@pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    s = Store(db_path)
+def store(database: Path | str) -> Iterator[Store]:
+    s = Store(database)
     yield s
     s.close()
 
@@ -71,26 +67,36 @@ def move(store: Store, job_id: str, *states: JobState) -> JobRow:
 
 def test_a_fresh_store_migrates_to_the_latest_version(store: Store) -> None:
     assert store.schema_version == len(MIGRATIONS)
-    tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"hosts", "jobs", "allocations", "tokens"} <= tables
-    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    for table in ("hosts", "jobs", "allocations", "tokens", "audit", "secrets"):
+        assert store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
+    assert store.kind in ("sqlite", "postgresql")
+    assert store.database_url.startswith(store.kind)
 
 
-def test_reopening_runs_no_migration_twice(db_path: Path) -> None:
-    Store(db_path).close()
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    store = Store(tmp_path / "coordinator.db")
+    try:
+        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        store.close()
 
-    reopened = Store(db_path)  # a second CREATE TABLE would raise
+
+def test_reopening_runs_no_migration_twice(database: Path | str) -> None:
+    Store(database).close()
+
+    reopened = Store(database)  # a second CREATE TABLE would raise
     try:
         assert reopened.schema_version == len(MIGRATIONS)
     finally:
         reopened.close()
 
 
-def test_an_older_schema_is_migrated_forward(db_path: Path) -> None:
-    # A file at version 0 (as a first release would have left it, before any migration): all of them run.
-    sqlite3.connect(db_path).close()
+def test_an_older_schema_is_migrated_forward(database: Path | str) -> None:
+    # A database at version 0 (as a first release would have left it, before any migration): all of them run.
+    if isinstance(database, Path):
+        sqlite3.connect(database).close()
 
-    store = Store(db_path)
+    store = Store(database)
     try:
         assert store.schema_version == len(MIGRATIONS)
         assert store.list_jobs(include_finished=True) == []
@@ -101,10 +107,10 @@ def test_an_older_schema_is_migrated_forward(db_path: Path) -> None:
 # --- durability ----------------------------------------------------------------------------------------------
 
 
-def test_jobs_hosts_and_allocations_survive_a_restart(db_path: Path) -> None:
+def test_jobs_hosts_and_allocations_survive_a_restart(database: Path | str) -> None:
     spec = parse_spec(SPEC_TEXT)
     inv = inventory()
-    first = Store(db_path)
+    first = Store(database)
     first.add_token(hash_secret("token-1"), "alice", "user")
     first.ensure_host("host-1", "dgx1")
     first.set_inventory("host-1", inv, generation_of(inv))
@@ -115,7 +121,7 @@ def test_jobs_hosts_and_allocations_survive_a_restart(db_path: Path) -> None:
         first.bump_index(db, "host-1")
     first.close()
 
-    store = Store(db_path)
+    store = Store(database)
     try:
         again = store.get_job("j-0001")
         assert again is not None
@@ -143,15 +149,15 @@ def test_jobs_hosts_and_allocations_survive_a_restart(db_path: Path) -> None:
         store.close()
 
 
-def test_a_failed_transaction_leaves_nothing_behind(db_path: Path) -> None:
-    store = Store(db_path)
+def test_a_failed_transaction_leaves_nothing_behind(database: Path | str) -> None:
+    store = Store(database)
     job = store.insert_job("j-0001", "train", parse_spec(SPEC_TEXT), "")
     with pytest.raises(RuntimeError), store.tx() as db:
         store.set_job_state(db, job, JobState.ASSIGNED)
         raise RuntimeError("the coordinator crashed mid-way")
     store.close()
 
-    store = Store(db_path)
+    store = Store(database)
     try:
         again = store.get_job("j-0001")
         assert again is not None
@@ -231,6 +237,7 @@ def test_find_jobs_by_id_prefix_and_by_name(store: Store) -> None:
 
     assert [j.id for j in store.find_jobs("j-ab")] == ["j-abd2", "j-abc1"]  # newest first
     assert [j.id for j in store.find_jobs("j-abc1")] == ["j-abc1"]
+    assert [j.id for j in store.find_jobs("J-ABC")] == ["j-abc1"]  # an id's case does not matter
     assert [j.id for j in store.find_jobs("train")] == ["j-xyz3", "j-abc1"]
     assert store.find_jobs("j-q") == []
     assert store.find_jobs("tra") == []  # a name matches whole, not by prefix

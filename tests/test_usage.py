@@ -16,7 +16,9 @@ HALF_LIFE_S = 7 * 86400.0
 
 def allocation(store: Store, project: str, gpus: int, started_at: float) -> str:
     """A job of `project` whose allocation of `gpus` GPUs has run since `started_at`; answers its id."""
-    store.db.execute("INSERT OR IGNORE INTO projects(name, created_at) VALUES (?, 0)", (project,))
+    store.db.execute(
+        "INSERT INTO projects(name, created_at) VALUES (?, 0) ON CONFLICT DO NOTHING", (project,)
+    )
     job = store.insert_job(f"j-{project}", project, parse_spec("commands: [train]\n"), "", project)
     store.ensure_host("h", "h")
     with store.tx() as db:
@@ -30,8 +32,8 @@ def end(store: Store, alloc_id: str, at: float) -> None:
         db.execute("UPDATE allocations SET state='exited', finished_at=? WHERE id=?", (at, alloc_id))
 
 
-def test_an_allocation_counts_while_it_runs_and_once_after_its_end_stored_late(tmp_path: Path) -> None:
-    store = Store(tmp_path / "coordinator.db")
+def test_an_allocation_counts_while_it_runs_and_once_after_its_end_stored_late(database: Path | str) -> None:
+    store = Store(database)
     now = time.time()
     research = allocation(store, "research", 8, now - 3600)
     allocation(store, "prod", 1, now - 3600)
