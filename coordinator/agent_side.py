@@ -25,6 +25,7 @@ from coordinator.links import Links
 from coordinator.logstore import Logs
 from coordinator.metrics import Meters
 from coordinator.node_order import node_spec, waits_for
+from coordinator.notify import Relay
 from coordinator.readings import DeviceReadings
 from coordinator.secrets import Secrets
 from coordinator.settings import Settings
@@ -64,6 +65,7 @@ class AgentSide:
     unseen_generation: set[str]
     inventory_writes: GroupCommit[tuple[str, Inventory, str]]  # store.set_inventories, many hosts at once
     meters: Meters
+    relay: Relay  # the other replicas hear which hosts this one saw (coordinator/notify.py)
     accounting: Accounting
     device_readings: DeviceReadings
 
@@ -141,10 +143,12 @@ class AgentSide:
 
     def _seen(self, host_id: str) -> None:
         """Note that the host's agent is there, in memory: a poll is not a disk write. The store learns
-        it in batches (`unsaved_last_seen`), for `hosts` after a coordinator restart."""
+        it in batches (`unsaved_last_seen`), for `hosts` after a coordinator restart; the other replicas
+        (if any) within a second."""
         now = time.time()
         self.last_seen[host_id] = now
         self._seen_unsaved[host_id] = now
+        self.relay.seen(host_id)
 
     def unsaved_last_seen(self) -> dict[str, float]:
         """The hosts seen since the last call, with when; the caller stores them (`Store.set_last_seen`,

@@ -3,6 +3,7 @@
 unreachable_after: 30s          # a host silent this long takes no new work (longer for a large fleet)
 lost_after: 10m                 # ... and past this its allocations are lost; a job's `lost_after:` wins
 fleet_lost_after: {dc1: 30m}    # per fleet, between the two
+leader_lease: 10s               # replicas on PostgreSQL: a leader that stops renewing is replaced this late
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dataclasses
 from coordinator.settings import Settings
 from shared.units import positive_duration_s
 
-LEASE_SETTINGS = ("unreachable_after", "lost_after", "fleet_lost_after")
+LEASE_SETTINGS = ("unreachable_after", "lost_after", "fleet_lost_after", "leader_lease")
 
 
 def duration_setting(name: str, value: object) -> float:
@@ -28,6 +29,8 @@ def lease_settings(raw: dict, base: Settings) -> Settings:
     changes: dict[str, object] = {}
     if "unreachable_after" in raw:
         changes["unreachable_after_s"] = duration_setting("unreachable_after", raw["unreachable_after"])
+    if "leader_lease" in raw:
+        changes["leader_lease_s"] = duration_setting("leader_lease", raw["leader_lease"])
     if "lost_after" in raw:
         changes["lost_after_s"] = duration_setting("lost_after", raw["lost_after"])
     fleets = raw.get("fleet_lost_after", {})

@@ -11,6 +11,7 @@ import click
 import yaml
 
 from coordinator.backup import BackupError, backup, restore
+from coordinator.cluster_keys import KeyMismatch
 from coordinator.db import SQLITE_PREFIX, BadDatabase, redacted
 from coordinator.disk_settings import LIMIT_SETTINGS, limit_settings
 from coordinator.lease_settings import LEASE_SETTINGS, duration_setting, lease_settings
@@ -220,7 +221,7 @@ def run(
         asyncio.run(serve())
     except KeyboardInterrupt:
         pass
-    except (BadDatabase, StateDirBusy) as exc:
+    except (BadDatabase, KeyMismatch, StateDirBusy) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -216,4 +216,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX jobs_finished ON jobs(finished_at)
     """,
+    # 15: several coordinators on one PostgreSQL (unused on SQLite, where one coordinator is all there is):
+    # the leadership lease, its epoch and holder, in the database's clock (coordinator/leader.py); and the
+    # fingerprints of the keys every replica must be given alike, the CA's and the secrets' (cluster_keys.py)
+    """
+    CREATE TABLE leadership (
+        id INTEGER PRIMARY KEY,
+        epoch BIGINT NOT NULL,
+        holder TEXT NOT NULL,
+        lease_until DOUBLE PRECISION NOT NULL
+    );
+    INSERT INTO leadership (id, epoch, holder, lease_until) VALUES (1, 0, '', 0);
+    CREATE TABLE cluster_keys (
+        name TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL
+    )
+    """,
 ]

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from coordinator.accounts import Accounts
+from coordinator.leader import Leadership
 from coordinator.live_schedule import LiveSchedule
 from coordinator.preemption import Preemption, Running, choose
 from coordinator.scheduler import PendingJob
@@ -37,6 +38,7 @@ class Preempting:
 
     store: Store
     accounts: Accounts
+    leadership: Leadership
     live: LiveSchedule
     host_waiters: Waiters
     log_waiters: Waiters
@@ -99,6 +101,7 @@ class Preempting:
         why = f"preempted by job {job.job_id} (priority {job.priority})"
         touched: set[str] = set()
         with self.store.tx() as db:
+            self.leadership.fence(db)  # a leader whose lease ended stops nothing (Fenced)
             for victim in choice.victims:
                 for alloc in self.store.allocations_of(victim.job_id):
                     if alloc.state.terminal or alloc.desired == "stop":

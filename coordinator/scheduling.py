@@ -36,8 +36,10 @@ from coordinator.arrays import ArrayLoad, held_reason, within_limits
 from coordinator.db import Connection
 from coordinator.health import with_held
 from coordinator.host_problems import INVENTORY, PROTOCOL, SCHEDULER, HostProblems
+from coordinator.leader import Fenced, Leadership
 from coordinator.live_schedule import LiveSchedule, Settled
 from coordinator.metrics import Meters
+from coordinator.notify import Relay
 from coordinator.queue_policy import ProjectLoad, Quota, over_quota, within_quotas
 from coordinator.retry import next_attempt_at, waited_too_long
 from coordinator.scheduler import HostCapacity, PendingJob, Placement
@@ -83,12 +85,17 @@ class Scheduling:
     preempt: Callable[[Iterable[str] | None], None]
     meters: Meters
     plan_due_at: float  # monotonic: no backfill plan before this (PLAN_MIN_INTERVAL_S, PLAN_LOOP_SHARE)
+    leadership: Leadership  # only the leader schedules (coordinator/leader.py)
+    relay: Relay  # a follower hands its kicks to the leader (coordinator/notify.py)
 
     def kick(self, *, jobs: Iterable[str] = (), hosts: Iterable[str] = ()) -> None:
         """Schedule after a change that is already committed, touching the named jobs and hosts (none
         named: a whole re-sync). A failure is logged (the housekeeping beat re-syncs), never answered to
-        the caller, whose change stands."""
+        the caller, whose change stands. On a replica that does not lead, the leader is asked instead."""
         jobs, hosts = set(jobs), set(hosts)
+        if not self.leadership.leads:
+            self.relay.kick(jobs, hosts)
+            return
         try:
             if not self.live_synced or not (jobs or hosts):
                 self.schedule_pass()
@@ -97,6 +104,9 @@ class Scheduling:
             self._refresh_jobs(jobs)
             self._settle()
             self.preempt(jobs)
+        except Fenced as exc:
+            self.live_synced = False
+            log.warning("placements not written: %s", exc)
         except Exception:
             self.live_synced = False
             log.exception("scheduling failed; the next housekeeping beat tries again")
@@ -406,6 +416,7 @@ class Scheduling:
             return takes_work[host_id]
 
         with self.store.tx() as db:
+            self.leadership.fence(db)  # a leader whose lease ended writes nothing (Fenced)
             for job_id, nodes in by_job.items():
                 job = self.store.get_job(job_id)
                 if job is None or job.status not in QUEUED or not all(ready(p.host_id) for p in nodes):

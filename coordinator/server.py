@@ -21,6 +21,7 @@ from coordinator.content import open_content
 from coordinator.http import LIMITS
 from coordinator.limits import ConnectionLimits
 from coordinator.pki import PkiPaths, default_server_names, ensure_pki
+from coordinator.replication import join_replicas
 from coordinator.service import Coordinator, Settings
 from coordinator.store import Store
 from shared import tls
@@ -61,7 +62,7 @@ class RunningCoordinator:
     runner: web.AppRunner
     pki: PkiPaths
     port: int
-    housekeeping: asyncio.Task[None]
+    background: list[asyncio.Task[None]]  # housekeeping; with other replicas, leadership and notifications
     held: contextlib.ExitStack  # the state dir's lock
 
     @property
@@ -69,7 +70,10 @@ class RunningCoordinator:
         return f"https://localhost:{self.port}"
 
     async def close(self) -> None:
-        await cancel_and_wait(self.housekeeping)
+        for task in self.background:
+            await cancel_and_wait(task)
+        # another replica takes over without waiting out the lease
+        await self.coordinator.leadership.release()
         await self.runner.cleanup()
         await save_last_seen(self.coordinator)
         await self.coordinator.accounting.save()
@@ -97,6 +101,8 @@ async def _start(config: ServerConfig, held: contextlib.ExitStack) -> RunningCoo
     store = Store(config.store_at)
     logs, files = open_content(config.state_dir, store.database_url)
     coordinator = Coordinator(store, logs, pki.ca(), config.settings, files=files, state_dir=config.state_dir)
+    # before serving: a replica starts as a follower, with keys checked against the others'
+    replication = join_replicas(coordinator, config.state_dir)
     guard = ConnectionGuard(config.limits)
     app = make_app(coordinator)
     app.middlewares.insert(0, guard.middleware)
@@ -122,8 +128,10 @@ async def _start(config: ServerConfig, held: contextlib.ExitStack) -> RunningCoo
         config.state_dir,
         store.kind,
     )
-    task = asyncio.create_task(_housekeeping(coordinator), name="coordinator-housekeeping")
-    return RunningCoordinator(coordinator, runner, pki, port, task, held)
+    background = [asyncio.create_task(_housekeeping(coordinator), name="coordinator-housekeeping")]
+    if replication is not None:
+        background += replication.start(coordinator, port)
+    return RunningCoordinator(coordinator, runner, pki, port, background, held)
 
 
 async def _housekeeping(coordinator: Coordinator) -> None:
@@ -131,17 +139,20 @@ async def _housekeeping(coordinator: Coordinator) -> None:
     and mark lost the allocations of hosts silent too long (a beat is at most a quarter lease, so a short
     `unreachable_after` is kept to); submit the scheduled tasks whose time has come (a beat is at most
     5 s, so a run starts within seconds of its minute); less often, delete the file archives that no live job needs,
-    and store the hosts' last-seen times and the device readings of running jobs (coordinator/accounting.py)."""
+    and store the hosts' last-seen times and the device readings of running jobs (coordinator/accounting.py).
+    Scheduling and housekeeping are the leader's alone (coordinator/leader.py); every replica stores what it
+    heard from the agents that sync with it."""
     saved_at = readings_saved_at = time.monotonic()
     resync = Resync()
     for beat in itertools.count():
         await asyncio.sleep(min(HOUSEKEEPING_INTERVAL_S, coordinator.settings.unreachable_after_s / 4))
         try:
-            coordinator.expire_leases()
-            coordinator.fire_schedules()
-            resync.beat(coordinator)
-            if beat % PRUNE_EVERY_BEATS == 0:
-                coordinator.prune_files()
+            if coordinator.leadership.leads:
+                coordinator.expire_leases()
+                coordinator.fire_schedules()
+                resync.beat(coordinator)
+                if beat % PRUNE_EVERY_BEATS == 0:
+                    coordinator.prune_files()
             if time.monotonic() - saved_at >= LAST_SEEN_SAVE_S:
                 saved_at = time.monotonic()
                 await save_last_seen(coordinator)

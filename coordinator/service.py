@@ -25,11 +25,13 @@ from coordinator.filestore import Archives, FileStore
 from coordinator.group_commit import GroupCommit
 from coordinator.host_ops import Ambiguous, Busy, HostOps, NotFound
 from coordinator.host_problems import HostProblems
+from coordinator.leader import AlwaysLeader, Leadership
 from coordinator.links import Links
 from coordinator.live_schedule import LiveSchedule
 from coordinator.logstore import Logs, LogStore
 from coordinator.lost import LostHosts
 from coordinator.metrics import Meters, StateCollector
+from coordinator.notify import InProcess, Relay
 from coordinator.preempting import Preempting
 from coordinator.queue_policy import Quota
 from coordinator.quota import UploadQuota
@@ -113,6 +115,21 @@ class Coordinator(Preempting, Scheduling, HostOps, LostHosts, AgentSide, Schedul
         self.device_readings = DeviceReadings()  # the agents' latest device readings, in memory
         self.meters = Meters()  # `/metrics`: events counted here, states read at each scrape
         self.meters.registry.register(StateCollector(self))
+        # Replicas on PostgreSQL: only the leader schedules, and the others hear of each change (replication.py
+        # sets both); alone on SQLite, this coordinator always leads and tells no one.
+        self.leadership: Leadership = AlwaysLeader()
+        self.relay: Relay = InProcess()
+
+    def set_leading(self, leading: bool) -> None:
+        """This replica became the leader, or stopped being it. Either way the scheduler's state in memory
+        is dropped: a new leader loads it from the store, where the old one left it (its next kick
+        re-syncs). A new leader gives every host one full lease before judging it, as a restarted
+        coordinator does: the hosts' syncs reached the other replicas, and news of them may be late."""
+        self.live, self.live_synced, self.plan_due_at = LiveSchedule(), False, 0.0
+        self.admitted, self.jobs_on, self.quota_admitted, self.waiting = {}, {}, {}, {}
+        if leading:
+            self.started_at = time.time()
+            self.kick()
 
     # --- user side ---------------------------------------------------------------------------------
 

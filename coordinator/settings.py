@@ -21,6 +21,7 @@ class Settings:
         C.METRICS_INTERVAL_S
     )  # how often agents read their devices (coordinator/readings.py)
     unreachable_after_s: float = C.HOST_UNREACHABLE_AFTER_S  # the lease; longer for a large fleet
+    leader_lease_s: float = C.LEADER_LEASE_S  # replicas on PostgreSQL (coordinator/leader.py)
     lost_after_s: float = C.HOST_LOST_AFTER_S  # a job's `lost_after:` wins, then its fleet's
     fleet_lost_after_s: dict[str, float] = field(default_factory=dict)
     retry_delay_s: float = C.RETRY_DELAY_S  # after a failed attempt; doubles in a run of failures

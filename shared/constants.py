@@ -30,6 +30,9 @@ MAX_ARRAY_TASKS = 10_000  # tasks in one job array (`submit --array`): one reque
 FAIR_SHARE_HALF_LIFE_S = 7 * 24 * 3600.0  # a project's GPU-hours weigh half as much a week later (fair share)
 DISK_FLOOR_BYTES = 1024**3  # the coordinator refuses new submits and uploads with less free space
 HOST_UNREACHABLE_AFTER_S = 30.0  # a host not seen for this long is unreachable: no new work there
+LEADER_LEASE_S = (
+    10.0  # coordinator replicas on PostgreSQL: a dead leader is replaced this long after its last renewal
+)
 HOST_LOST_AFTER_S = 600.0  # ... and past this, its allocations are lost (a retry policy may place them again)
 AGENT_CERT_TTL_S = 7 * 24 * 3600
 FILES_KEEP_S = 3600.0  # an uploaded archive that no live job names is deleted after this

@@ -33,6 +33,7 @@ def _one(value: Any, field: str) -> str:
         parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
     except ValueError:
         parts = None
-    if parts is None or parts.scheme != "https" or not parts.hostname or parts.path or parts.query:
+    # a `?` or `#`, even with nothing after it, would swallow the API path the clients append to the URL
+    if parts is None or parts.scheme != "https" or not parts.hostname or parts.path or set("?#") & set(text):
         raise ValueError(f"{field}: expected an https://HOST[:PORT] URL, got {value!r}")
     return text

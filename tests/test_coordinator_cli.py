@@ -37,9 +37,9 @@ def test_an_unknown_setting_is_one_line_naming_it(tmp_path: Path) -> None:
     run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
-        "Error: prot: unknown setting (known: advertise_urls, backfill_depth, database, disk_floor, fair_share_half_life, fleet_lost_after, host, "
-        "log_cap, lost_after, max_array_tasks, metrics_interval, port, python_image, server_names, state_dir, "
-        "unreachable_after, upload_quota)"
+        "Error: prot: unknown setting (known: advertise_urls, backfill_depth, database, disk_floor, fair_share_half_life, "
+        "fleet_lost_after, host, leader_lease, log_cap, lost_after, max_array_tasks, metrics_interval, port, python_image, "
+        "server_names, state_dir, unreachable_after, upload_quota)"
     ]
 
 
@@ -110,13 +110,21 @@ def test_lease_settings_come_from_the_config_and_the_flags_win(tmp_path: Path) -
     config = tmp_path / "coordinator.yaml"
     config.write_text(
         f"state_dir: {tmp_path}\nunreachable_after: 45s\nlost_after: 15m\nfleet_lost_after: {{dc1: 1h}}\n"
+        "leader_lease: 4s\n"
     )
     settings = _load(config, None, None, None).settings
-    assert (settings.unreachable_after_s, settings.lost_after_s) == (45.0, 900.0)
+    assert (settings.unreachable_after_s, settings.lost_after_s, settings.leader_lease_s) == (
+        45.0,
+        900.0,
+        4.0,
+    )
     assert settings.fleet_lost_after_s == {"dc1": 3600.0}
     config.write_text(f"state_dir: {tmp_path}\nlost_after: soon\n")
     run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
     assert run.stderr.strip() == "Error: lost_after: expected a duration like 30s or 10m, got 'soon'"
+    config.write_text(f"state_dir: {tmp_path}\nleader_lease: -1s\n")
+    run = subprocess.run([*INIT, "--config", str(config)], capture_output=True, text=True, check=False)
+    assert run.stderr.strip().startswith("Error: leader_lease: ") and "Traceback" not in run.stderr
     bad_flag = subprocess.run(
         [
             sys.executable,

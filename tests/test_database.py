@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from coordinator.db import BadDatabase, open_backend, redacted
+from coordinator.db import BadDatabase, open_backend, postgres, redacted
 from coordinator.db.dialect import UntranslatableSql, postgres_ddl, postgres_sql
 from coordinator.migrations import MIGRATIONS
 from coordinator.store import Store
@@ -83,6 +83,20 @@ def test_a_url_s_password_is_never_shown() -> None:
     ) as info:
         open_backend("postgresql://gpuctl:s3cret@127.0.0.1:1/gpuctl?connect_timeout=2")
     assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://gpuctl:s3cret@[::1/gpuctl",  # libpq quotes the whole URL back
+        "postgresql://gpuctl:s3%cret@127.0.0.1:1/gpuctl",  # and a bad %-escape's whole word
+        "postgresql://gpuctl@127.0.0.1:1/gpuctl?password=s3%cret",
+    ],
+)
+def test_a_url_s_password_is_not_shown_when_the_url_is_malformed(url: str) -> None:
+    with pytest.raises(BadDatabase, match=r"^database: cannot connect to postgresql://") as info:
+        open_backend(url)
+    assert "s3" not in str(info.value), str(info.value)
 
 
 def test_an_sqlite_url_opens_that_file(tmp_path: Path) -> None:
@@ -255,5 +269,43 @@ def test_a_store_whose_connection_was_dropped_connects_again(postgres_url: str) 
             store.get_job("j-1")
         store.insert_job("j-1", "train", SPEC, "")
         assert [j.id for j in store.list_jobs(include_finished=True)] == ["j-1"]
+    finally:
+        store.close()
+
+
+def test_a_coordinator_stalled_in_a_transaction_does_not_stop_the_others(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coordinator cut off from the database (or paused) in the middle of a transaction holds the write
+    lock: the server ends its session after a while, so the other coordinators' writes go on (without it,
+    they waited until the server noticed the dead connection: hours, with TCP's default keepalive)."""
+    monkeypatch.setattr(postgres, "IDLE_IN_TRANSACTION_TIMEOUT_S", 1)
+    stalled, other = Store(postgres_url), Store(postgres_url)
+    inserted = threading.Event()
+
+    def insert() -> None:
+        other.insert_job("j-1", "train", SPEC, "")
+        inserted.set()
+
+    thread = threading.Thread(target=insert)
+    try:
+        with pytest.raises(psycopg.Error, match="idle-in-transaction"), stalled.tx():
+            thread.start()
+            assert inserted.wait(timeout=60), "the other coordinator's write waited on the stalled one"
+        thread.join()
+        assert [j.id for j in stalled.list_jobs(include_finished=True)] == ["j-1"]  # connected again
+    finally:
+        thread.join()
+        stalled.close()
+        other.close()
+
+
+def test_text_with_a_nul_is_stored_on_both_databases(database: Path | str) -> None:
+    """A reason is the agent's text, often a registry's or a tool's message: PostgreSQL's text refuses a
+    NUL character, which SQLite stores, and a refused write failed the agent's every sync after it."""
+    store = Store(database)
+    try:
+        job = store.insert_job("j-1", "train", SPEC, "pull failed: bad\x00name")
+        assert job.reason.startswith("pull failed: bad") and job.reason.endswith("name")
     finally:
         store.close()

@@ -240,6 +240,8 @@ def test_one_url_or_a_list_and_a_bad_entry_is_one_line_naming_the_field_and_inde
         (["https://a", "b.example"], "coordinator[1]: expected an https://HOST[:PORT] URL, got 'b.example'"),
         (["https://a", "http://b"], "coordinator[1]: expected an https://HOST[:PORT] URL, got 'http://b'"),
         ([7], "coordinator[0]: expected an https://HOST[:PORT] URL, got 7"),
+        (["https://a#b"], "coordinator[0]: expected an https://HOST[:PORT] URL, got 'https://a#b'"),
+        (["https://a?"], "coordinator[0]: expected an https://HOST[:PORT] URL, got 'https://a?'"),
         ([], "coordinator: expected an https:// URL or a list of them, got []"),
     ]:
         with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):

@@ -29,3 +29,29 @@ async def test_a_job_runs_end_to_end_on_postgresql_and_survives_a_restart(postgr
         assert [j.id for j in jobs] == [second.id, job.id]
         [host] = await asyncio.to_thread(c.api.hosts)
         assert host.name == "host-pg"
+
+
+async def test_an_agent_s_reason_with_a_nul_is_stored_on_postgresql(postgres_url: str) -> None:
+    """PostgreSQL's text refuses NUL; a reason is the agent's text (a registry's, a tool's message), and
+    the sync that carries it, which the agent sends again and again, must not fail for it."""
+    from shared.wire import AllocationStatus, SyncRequest
+
+    async with cluster(database=postgres_url) as c:
+        c.start_agent("host-pg", "1xL4")
+        job = await c.submit("commands: ['sleep 300']\nresources: {gpu: 1}")
+        running = await c.wait_for(job.id, "running")
+        await c.stop_agent("host-pg")
+        assert running.allocation_id is not None
+        coord = c.coordinator.coordinator
+        [host] = coord.store.list_hosts()
+        report = SyncRequest(
+            agent_version="x",
+            inventory_generation=host.generation,
+            allocations=[
+                AllocationStatus(id=running.allocation_id, state="failed", exit_code=1, reason="bad\x00image")
+            ],
+            desired_index=0,
+        )
+        await coord.sync(host.id, report)
+        failed = await c.wait_for(job.id, "failed")
+        assert failed.reason == "bad\ufffdimage"

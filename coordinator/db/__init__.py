@@ -10,6 +10,7 @@ connection as `Connection`, which sqlite3's and the PostgreSQL adapter both are.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -124,3 +125,21 @@ def redacted(url: str) -> str:
     if not sep or not at or ":" not in credentials:
         return url
     return f"{scheme}://{credentials.split(':', 1)[0]}:***@{place}"
+
+
+def scrubbed(message: str, url: str) -> str:
+    """`message` (a driver's error about `url`) with the URL redacted and its password nowhere: libpq quotes a
+    malformed URL back whole, or the word of it that did not parse, which may be the password."""
+    message = message.replace(url, redacted(url))
+    for secret in sorted(_passwords(url), key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
+def _passwords(url: str) -> set[str]:
+    """The URL's passwords (before the host, and `password=` parameters), as written and as decoded."""
+    found = re.findall(r"[?&]password=([^&]*)", url)
+    credentials, at, _ = url.partition("://")[2].rpartition("@")
+    if at and ":" in credentials:
+        found.append(credentials.split(":", 1)[1])
+    return {form for raw in found for form in (raw, urllib.parse.unquote(raw)) if form}

@@ -22,14 +22,21 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.abc import Buffer
 from psycopg.adapt import Dumper
+from psycopg.types.string import StrDumperUnknown
 
-from coordinator.db import BadDatabase, Connection, redacted
+from coordinator.db import BadDatabase, Connection, redacted, scrubbed
 from coordinator.db.dialect import postgres_ddl, postgres_sql
 
 WRITE_LOCK = 0x67707563_746C0001  # pg_advisory_xact_lock: one writer at a time ("gpuctl" 1)
 MIGRATE_LOCK = 0x67707563_746C0002  # pg_advisory_lock: one coordinator migrates at a time
 CONNECT_TIMEOUT_S = 10
+# The server ends a session idle this long inside a transaction, releasing its write lock: a coordinator cut
+# off from the database (or paused) mid-transaction would otherwise stop every other coordinator's writes
+# until the server notices the dead connection (TCP's keepalive: hours). The store's transactions are
+# milliseconds of Python between statements; a scheduling pass's, at the largest fleets, well under this.
+IDLE_IN_TRANSACTION_TIMEOUT_S = 60
 
 
 class Row:
@@ -76,6 +83,15 @@ class _Float8(Dumper):
         return repr(obj).encode()
 
 
+class _TextWithoutNul(StrDumperUnknown):
+    """PostgreSQL's text cannot hold a NUL character, which SQLite's stores; a reason is the agent's text
+    (a registry's or a tool's message) and may carry one, and its refused write failed the agent's every
+    sync after it. A NUL is stored as U+FFFD, the replacement character."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", "\ufffd"))
+
+
 class PostgresConnection:
     """psycopg's connection running the store's SQL (`?` marks), as sqlite3's `execute` does.
 
@@ -114,9 +130,13 @@ def connect(url: str) -> psycopg.Connection[Any]:
         )
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = scrubbed(reason, url)
         raise BadDatabase(f"database: cannot connect to {redacted(url)}: {reason}") from None
     conn.adapters.register_dumper(bool, _IntBool)
     conn.adapters.register_dumper(float, _Float8)
+    conn.adapters.register_dumper(str, _TextWithoutNul)
+    timeout_ms = int(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)
+    conn.execute(f"SET idle_in_transaction_session_timeout = {timeout_ms}")
     return conn
 
 
