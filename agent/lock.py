@@ -1,45 +1,18 @@
-"""One agent per state dir: two agents on one journal would each remove the other's allocations.
-
-The agent holds an exclusive `flock` on `<state_dir>/agent.lock` for its whole life, with its pid written in
-the file. The kernel drops the lock when the process ends, however it ends, so a stale file never blocks a
-restart. The descriptor is close-on-exec: jobs, whose supervisors outlive the agent, never inherit it. It is
-open read-only (flock needs no more; the pid is written through a second, short-lived descriptor), so the
-lock never keeps the state dir's file system from being remounted read-only, a fault the agent must live
-through.
-"""
+"""One agent per state dir (shared/state_lock.py): two agents on one journal would each remove the other's
+allocations."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from shared import state_lock
+from shared.state_lock import StateDirBusy
+
 LOCK_FILE = "agent.lock"
+__all__ = ["LOCK_FILE", "StateDirBusy", "hold_state_dir"]
 
 
-class StateDirBusy(OSError):
-    """Another live agent holds the state dir; the message names its pid and says what to do."""
-
-
-@contextlib.contextmanager
-def hold_state_dir(state_dir: Path) -> Iterator[None]:
-    """Hold the state dir's lock while in the block. Raises StateDirBusy at once if another process (or
-    another holder in this one) has it. Not reentrant."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise StateDirBusy(
-                f"another gpuctl-agent (pid {holder}) is using {state_dir}; stop it first"
-            ) from None
-        with open(path, "w") as f:  # ours now: no other agent reads or writes it
-            f.write(f"{os.getpid()}\n")
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+def hold_state_dir(state_dir: Path) -> AbstractContextManager[None]:
+    """Hold the agent's state dir while in the block; StateDirBusy at once if another agent has it."""
+    return state_lock.hold_state_dir(state_dir, LOCK_FILE, "gpuctl-agent")

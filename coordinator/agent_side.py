@@ -22,7 +22,7 @@ from coordinator.health import held_after_report
 from coordinator.host_ops import NotFound
 from coordinator.host_problems import INVENTORY, HostProblems
 from coordinator.links import Links
-from coordinator.logstore import LogStore
+from coordinator.logstore import Logs
 from coordinator.metrics import Meters
 from coordinator.node_order import node_spec, waits_for
 from coordinator.notify import Relay
@@ -54,7 +54,7 @@ class AgentSide:
     arrays: ArrayStore
     settings: Settings
     accounts: Accounts
-    logs: LogStore
+    logs: Logs
     secrets: Secrets
     problems: HostProblems
     links: Links

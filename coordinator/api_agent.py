@@ -63,7 +63,7 @@ async def agent_logs(request: web.Request) -> web.Response:
     try:
         acked = coord.append_log(request[HOST_ID], request.match_info["alloc_id"], offset, data)
     except OSError as exc:  # a full disk: the agent keeps the bytes in its spool and tries again later
-        message = f"coordinator disk {coord.logs.root}: cannot store log bytes: {exc.strerror}"
+        message = f"coordinator disk {coord.state_dir}: cannot store log bytes: {exc.strerror}"
         raise HTTPError(507, message) from None
     return json_response(LogAck(acked=acked))
 
@@ -73,9 +73,16 @@ async def agent_files(request: web.Request) -> web.StreamResponse:
     only the specs of allocations carry, and hosts run every project's work anyway."""
     files = request.app[COORDINATOR].files
     archive_id = request.match_info["archive_id"]
-    if not files.has(archive_id):
+    size = files.size(archive_id)
+    if size is None:
         raise HTTPError(404, f"no files archive {archive_id[:64]!r}")
-    return web.FileResponse(files.path(archive_id), headers={"Content-Type": "application/gzip"})
+    response = web.StreamResponse(headers={"Content-Type": "application/gzip"})
+    response.content_length = size
+    await response.prepare(request)
+    async for data in files.chunks(archive_id):
+        await response.write(data)
+    await response.write_eof()
+    return response
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,4 +1,6 @@
-"""Job file archives (`files:`), stored by content: the id of an archive is the sha256 of its bytes.
+"""Job file archives (`files:`), stored by content: the id of an archive is the sha256 of its bytes. Files
+under the state dir (the SQLite default), or rows of a chunk table when the store is PostgreSQL
+(coordinator/pg_files.py).
 
 `put` is idempotent (the same bytes give the same id, stored once) and safe concurrently (each upload
 writes a temporary file of its own, fsynced, then renamed into place). The coordinator never unpacks an
@@ -13,14 +15,34 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
+from typing import Protocol
 
 ARCHIVE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+READ_BYTES = 1024 * 1024  # an archive is sent to an agent in pieces this size
 
 
 class TooLarge(ValueError):
     pass
+
+
+class Archives(Protocol):
+    """What the coordinator needs of an archive store; both backends answer alike."""
+
+    def has(self, archive_id: str) -> bool: ...
+
+    def size(self, archive_id: str) -> int | None: ...
+
+    def chunks(self, archive_id: str) -> AsyncIterator[bytes]: ...
+
+    def prune(self, keep: set[str], older_than: float) -> list[str]: ...
+
+    async def put(
+        self, chunks: AsyncIterable[bytes], max_bytes: int, admit: Callable[[str, int], None] | None = None
+    ) -> str: ...
+
+    def close(self) -> None: ...
 
 
 class FileStore:
@@ -39,6 +61,19 @@ class FileStore:
             return self.path(archive_id).is_file()
         except ValueError:
             return False
+
+    def size(self, archive_id: str) -> int | None:
+        """The archive's size in bytes; None if there is no such archive."""
+        try:
+            return self.path(archive_id).stat().st_size
+        except (ValueError, FileNotFoundError):
+            return None
+
+    async def chunks(self, archive_id: str) -> AsyncIterator[bytes]:
+        """The archive's bytes in order, read off the event loop."""
+        with await asyncio.to_thread(open, self.path(archive_id), "rb") as f:
+            while data := await asyncio.to_thread(f.read, READ_BYTES):
+                yield data
 
     def prune(self, keep: set[str], older_than: float) -> list[str]:
         """Delete archives not in `keep` whose files are older than `older_than` (a timestamp), and upload
@@ -84,3 +119,6 @@ class FileStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
+
+    def close(self) -> None:
+        """Nothing is held open between calls."""

@@ -10,10 +10,12 @@ from pathlib import Path
 import click
 import yaml
 
+from coordinator.backup import BackupError, backup, restore
 from coordinator.cluster_keys import KeyMismatch
-from coordinator.db import BadDatabase, redacted
+from coordinator.db import SQLITE_PREFIX, BadDatabase, redacted
 from coordinator.disk_settings import LIMIT_SETTINGS, limit_settings
 from coordinator.lease_settings import LEASE_SETTINGS, duration_setting, lease_settings
+from coordinator.migrate_to import MigrateError, migrate_to
 from coordinator.pki import ensure_pki
 from coordinator.readings import READINGS_SETTINGS, readings_settings
 from coordinator.secrets import ensure_key
@@ -26,6 +28,7 @@ from shared import gc_settings, tls
 from shared.constants import DEFAULT_PORT
 from shared.coordinators import parse_coordinators
 from shared.sdnotify import notify
+from shared.state_lock import StateDirBusy
 
 DEFAULT_CONFIG = Path("/etc/gpuctl/coordinator.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/gpuctl-coordinator")
@@ -218,18 +221,74 @@ def run(
         asyncio.run(serve())
     except KeyboardInterrupt:
         pass
-    except (BadDatabase, KeyMismatch) as exc:
+    except (BadDatabase, KeyMismatch, StateDirBusy) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _sqlite_file(config: ServerConfig) -> Path:
+    """The SQLite file that `backup` and `restore` copy; PostgreSQL has its own tools."""
+    if isinstance(config.store_at, Path):
+        return config.store_at
+    if config.store_at.startswith(SQLITE_PREFIX):
+        return Path(config.store_at[len(SQLITE_PREFIX) :])
+    raise click.ClickException(
+        "database: backup and restore copy SQLite's state; back up PostgreSQL with pg_dump and pg_restore "
+        "(README: Backup and restore)"
+    )
+
+
+@main.command(name="backup")
+@click.argument("file", type=click.Path(path_type=Path))
+@_config
+@_state_dir
+@_database_option
+def backup_command(file: Path, config_path: Path, state_dir: Path | None, database: str | None) -> None:
+    """Copy the state (database, logs, file archives, keys) into FILE, a tar.gz, while the coordinator runs."""
+    config = _load(config_path, state_dir, None, None, database)
+    try:
+        summary = backup(config.state_dir, file, _sqlite_file(config))
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"backed up {config.state_dir} to {file}: schema version {summary.schema_version}, "
+        f"{summary.files} files, {summary.size_bytes / 2**20:.1f} MiB"
+    )
+
+
+@main.command(name="restore")
+@click.argument("file", type=click.Path(path_type=Path))
+@_config
+@_state_dir
+@_database_option
+@click.option("--force", is_flag=True, help="Replace what the state dir holds.")
+def restore_command(
+    file: Path, config_path: Path, state_dir: Path | None, database: str | None, force: bool
+) -> None:
+    """Put a backup made by `backup` into the state dir of a stopped coordinator."""
+    config = _load(config_path, state_dir, None, None, database)
+    try:
+        summary = restore(file, config.state_dir, force, _sqlite_file(config))
+    except (BackupError, StateDirBusy) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"restored {file} into {config.state_dir}: schema version {summary.schema_version}, "
+        f"{summary.files} files; start the coordinator there"
+    )
 
 
 @main.command()
 @_config
 @_state_dir
 @_database_option
-def migrate(config_path: Path, state_dir: Path | None, database: str | None) -> None:
+@click.option("--to", "to_url", help="Copy this SQLite state into an empty PostgreSQL (postgresql://...).")
+def migrate(config_path: Path, state_dir: Path | None, database: str | None, to_url: str | None) -> None:
     """Bring the database's schema to this release's version (`run` does too, at start); prints it.
-    Refuses a schema newer than this release's."""
+    Refuses a schema newer than this release's. With --to: copy the stopped coordinator's whole state
+    (jobs, logs, archives) into an empty PostgreSQL database, for coordinators to run from."""
     config = _load(config_path, state_dir, None, None, database)
+    if to_url is not None:
+        _migrate_to(config, to_url)
+        return
     if not config.database:
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = _open_store(config)
@@ -239,3 +298,15 @@ def migrate(config_path: Path, state_dir: Path | None, database: str | None) -> 
         )
     finally:
         store.close()
+
+
+def _migrate_to(config: ServerConfig, to_url: str) -> None:
+    try:
+        copied = migrate_to(config.state_dir, config.store_at, to_url)
+    except (MigrateError, BadDatabase, StateDirBusy) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"copied {copied.rows} rows of {copied.tables} tables, {copied.log_bytes} log bytes and "
+        f"{copied.archives} file archives into {redacted(to_url)}; set `database: {redacted(to_url)}` "
+        "in coordinator.yaml and start the coordinators"
+    )

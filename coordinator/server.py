@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
@@ -16,20 +17,21 @@ from coordinator.accounts import hash_secret
 from coordinator.api_metrics import SCRAPE_TOKEN, ensure_scrape_token
 from coordinator.app import make_app
 from coordinator.conn_guard import ConnectionGuard, GuardedSite, raise_fd_limit
-from coordinator.filestore import FileStore
+from coordinator.content import open_content
 from coordinator.http import LIMITS
 from coordinator.limits import ConnectionLimits
-from coordinator.logstore import LogStore
 from coordinator.pki import PkiPaths, default_server_names, ensure_pki
 from coordinator.replication import join_replicas
 from coordinator.service import Coordinator, Settings
 from coordinator.store import Store
 from shared import tls
 from shared.aio import cancel_and_wait
+from shared.state_lock import hold_state_dir
 from shared.states import JobState
 
 log = logging.getLogger("gpuctl.coordinator")
 
+LOCK_FILE = "coordinator.lock"  # held while a coordinator runs on the state dir: `restore` waits for none
 HOUSEKEEPING_INTERVAL_S = 5.0
 PRUNE_EVERY_BEATS = 60  # file archives: every 5 minutes
 RESYNC_LOOP_SHARE = 0.005  # of the event loop's time, at most, for the beat's full re-sync (`Resync`)
@@ -61,6 +63,7 @@ class RunningCoordinator:
     pki: PkiPaths
     port: int
     background: list[asyncio.Task[None]]  # housekeeping; with other replicas, leadership and notifications
+    held: contextlib.ExitStack  # the state dir's lock
 
     @property
     def url(self) -> str:
@@ -74,21 +77,30 @@ class RunningCoordinator:
         await self.runner.cleanup()
         await save_last_seen(self.coordinator)
         await self.coordinator.accounting.save()
+        self.coordinator.logs.close()
+        self.coordinator.files.close()
         self.coordinator.store.close()
+        self.held.close()
 
 
 async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
-    """Open (or create) the state, then listen with TLS. Port 0 picks a free port."""
+    """Hold the state dir, open (or create) the state, then listen with TLS. Port 0 picks a free port.
+    Raises StateDirBusy at once while another coordinator runs on the state dir."""
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its database holds jobs' secrets
+    held = contextlib.ExitStack()
+    held.enter_context(hold_state_dir(config.state_dir, LOCK_FILE, "gpuctl-coordinator"))
+    try:
+        return await _start(config, held)
+    except BaseException:
+        held.close()
+        raise
+
+
+async def _start(config: ServerConfig, held: contextlib.ExitStack) -> RunningCoordinator:
     pki = ensure_pki(config.state_dir, list(config.server_names) or default_server_names())
     store = Store(config.store_at)
-    coordinator = Coordinator(
-        store,
-        LogStore(config.state_dir / "logs"),
-        pki.ca(),
-        config.settings,
-        files=FileStore(config.state_dir / "files"),
-    )
+    logs, files = open_content(config.state_dir, store.database_url)
+    coordinator = Coordinator(store, logs, pki.ca(), config.settings, files=files, state_dir=config.state_dir)
     # before serving: a replica starts as a follower, with keys checked against the others'
     replication = join_replicas(coordinator, config.state_dir)
     guard = ConnectionGuard(config.limits)
@@ -119,7 +131,7 @@ async def start_coordinator(config: ServerConfig) -> RunningCoordinator:
     background = [asyncio.create_task(_housekeeping(coordinator), name="coordinator-housekeeping")]
     if replication is not None:
         background += replication.start(coordinator, port)
-    return RunningCoordinator(coordinator, runner, pki, port, background)
+    return RunningCoordinator(coordinator, runner, pki, port, background, held)
 
 
 async def _housekeeping(coordinator: Coordinator) -> None:

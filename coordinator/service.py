@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from pathlib import Path
 
 import msgspec
 
@@ -20,14 +21,14 @@ from coordinator.array_ops import ArrayOps
 from coordinator.array_store import ArrayStore
 from coordinator.attempts import NEVER_STARTED, attempt_views, held_reason, stop_attempt
 from coordinator.disk import DiskGuard
-from coordinator.filestore import FileStore
+from coordinator.filestore import Archives, FileStore
 from coordinator.group_commit import GroupCommit
 from coordinator.host_ops import Ambiguous, Busy, HostOps, NotFound
 from coordinator.host_problems import HostProblems
 from coordinator.leader import AlwaysLeader, Leadership
 from coordinator.links import Links
 from coordinator.live_schedule import LiveSchedule
-from coordinator.logstore import LogStore
+from coordinator.logstore import Logs, LogStore
 from coordinator.lost import LostHosts
 from coordinator.metrics import Meters, StateCollector
 from coordinator.notify import InProcess, Relay
@@ -62,24 +63,31 @@ class Coordinator(Preempting, Scheduling, HostOps, LostHosts, AgentSide, Schedul
     def __init__(
         self,
         store: Store,
-        logs: LogStore,
+        logs: Logs,
         ca: tls.KeyPair,
         settings: Settings | None = None,
         *,
-        files: FileStore | None = None,
+        files: Archives | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        """`state_dir`: where the secrets key lives and whose disk is watched; by default the folder of a
+        file log store, whose archives then go beside its logs."""
+        if state_dir is None:
+            assert isinstance(logs, LogStore), "a log store in the database needs the state dir named"
+            state_dir = logs.root.parent
         self.store = store
         self.arrays = ArrayStore(store)
         self.schedules = ScheduleStore(store)
         self.ca = ca  # signs agent certificates (enrollment, renewal)
         self.accounts = Accounts(store)
         self.logs = logs
-        self.files = files or FileStore(logs.root.parent / "files")  # job archives, beside the logs
+        self.state_dir = state_dir
+        self.files = files or FileStore(state_dir / "files")
         self.settings = settings or Settings()
         s = self.settings
-        self.disk = DiskGuard(logs.root.parent, s.disk_floor_bytes, s.disk_floor_percent, s.disk_usage)
+        self.disk = DiskGuard(state_dir, s.disk_floor_bytes, s.disk_floor_percent, s.disk_usage)
         self.quota = UploadQuota(store, s.upload_quota_bytes)
-        self.secrets = Secrets(store, ensure_key(logs.root.parent))  # the key stays beside, not in, the db
+        self.secrets = Secrets(store, ensure_key(state_dir))  # the key stays beside, not in, the db
         self.host_waiters = Waiters()  # key: host id
         self.log_waiters = Waiters()  # key: job id
         self.last_seen: dict[str, float] = {}  # by host id: its agent's latest request

@@ -54,6 +54,14 @@ def _bin_dir() -> Path | None:
     return Path(initdb).resolve().parent if initdb else None
 
 
+def client_tool(name: str) -> Path:
+    """A client program of the tests' server's version (`pg_dump`, `pg_restore`)."""
+    bin_dir = _bin_dir()
+    if bin_dir is None or not (bin_dir / name).exists():
+        part_missing(f"PostgreSQL's {name} is missing: scripts/test installs Debian's postgresql")
+    return bin_dir / name
+
+
 def _as_server_user() -> tuple[list[str], str]:
     """The command prefix that runs as the server's owner, and that owner's name."""
     if os.geteuid() != 0:

@@ -6,28 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 
-from coordinator.logstore import LogStore
+from coordinator.logstore import Logs
 from tests.harness import cluster
 
 
-def test_a_resent_chunk_is_stored_once(tmp_path: Path) -> None:
-    store = LogStore(tmp_path)
-    assert store.append("a-1", 0, b"hello ") == 6
-    assert store.append("a-1", 0, b"hello ") == 6  # the answer was lost; the agent sends it again
-    assert store.append("a-1", 3, b"lo world") == 11  # overlaps: only the new bytes land
-    assert store.append("a-1", 6, b"world") == 11
-    assert store.read("a-1", 0, 100) == b"hello world"
+def test_a_resent_chunk_is_stored_once(log_store: Logs) -> None:
+    assert log_store.append("a-1", 0, b"hello ") == 6
+    assert log_store.append("a-1", 0, b"hello ") == 6  # the answer was lost; the agent sends it again
+    assert log_store.append("a-1", 3, b"lo world") == 11  # overlaps: only the new bytes land
+    assert log_store.append("a-1", 6, b"world") == 11
+    assert log_store.read("a-1", 0, 100) == b"hello world"
 
 
-def test_a_chunk_past_a_gap_is_refused_with_where_to_resume(tmp_path: Path) -> None:
-    store = LogStore(tmp_path)
-    store.append("a-1", 0, b"0123")
-    assert store.append("a-1", 10, b"later") == 4  # bytes 4..9 never came: store nothing, say 4
-    assert store.read("a-1", 0, 100) == b"0123"
-    assert store.append("a-1", 4, b"456789later") == 15
-    assert store.read("a-1", 0, 100) == b"0123456789later"
+def test_a_chunk_past_a_gap_is_refused_with_where_to_resume(log_store: Logs) -> None:
+    log_store.append("a-1", 0, b"0123")
+    assert log_store.append("a-1", 10, b"later") == 4  # bytes 4..9 never came: store nothing, say 4
+    assert log_store.read("a-1", 0, 100) == b"0123"
+    assert log_store.append("a-1", 4, b"456789later") == 15
+    assert log_store.read("a-1", 0, 100) == b"0123456789later"
 
 
 SLOW = """
@@ -37,8 +34,8 @@ commands:
 """
 
 
-async def test_a_restarted_agent_resumes_from_the_acknowledged_offset() -> None:
-    async with cluster() as c:
+async def test_a_restarted_agent_resumes_from_the_acknowledged_offset(coordinator_database: str) -> None:
+    async with cluster(database=coordinator_database) as c:
         coord = c.coordinator.coordinator
         posts: list[tuple[int, int]] = []  # (offset, size) of every chunk the coordinator receives
         append_log = coord.append_log
@@ -65,8 +62,10 @@ async def test_a_restarted_agent_resumes_from_the_acknowledged_offset() -> None:
         assert posts[before][0] == acked, (acked, posts[before:])
 
 
-async def test_megabytes_of_binary_output_with_partial_lines_arrive_byte_for_byte() -> None:
-    async with cluster() as c:
+async def test_megabytes_of_binary_output_with_partial_lines_arrive_byte_for_byte(
+    coordinator_database: str,
+) -> None:
+    async with cluster(database=coordinator_database) as c:
         payload = os.urandom(3 * 1024 * 1024 + 12345) + b"no newline at the end"
         source = c.root / "payload.bin"
         source.write_bytes(payload)

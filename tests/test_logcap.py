@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from agent import logcap
-from coordinator.logstore import LogStore
+from coordinator.logstore import Logs
 from tests.harness import FAST, cluster
 
 CAP = 4096
@@ -52,14 +52,13 @@ def test_an_ended_log_over_the_cap_keeps_head_and_tail_around_a_marker(tmp_path:
         )
 
 
-def test_the_coordinator_stores_nothing_past_the_cap(tmp_path: Path) -> None:
-    store = LogStore(tmp_path)
-    assert store.append("a-1", 0, b"x" * 3000, cap=CAP) == 3000
-    assert store.append("a-1", 3000, b"y" * 3000, cap=CAP) == CAP  # cut at the cap
-    assert store.append("a-1", CAP, b"z" * 100, cap=CAP) == CAP + 100  # acknowledged, dropped
-    assert store.append("a-1", 0, b"x" * 3000, cap=CAP) == CAP  # idempotent by offset
-    assert store.size("a-1") == CAP
-    assert store.read("a-1", 0, 10 * CAP) == b"x" * 3000 + b"y" * (CAP - 3000)
+def test_the_coordinator_stores_nothing_past_the_cap(log_store: Logs) -> None:
+    assert log_store.append("a-1", 0, b"x" * 3000, cap=CAP) == 3000
+    assert log_store.append("a-1", 3000, b"y" * 3000, cap=CAP) == CAP  # cut at the cap
+    assert log_store.append("a-1", CAP, b"z" * 100, cap=CAP) == CAP + 100  # acknowledged, dropped
+    assert log_store.append("a-1", 0, b"x" * 3000, cap=CAP) == CAP  # idempotent by offset
+    assert log_store.size("a-1") == CAP
+    assert log_store.read("a-1", 0, 10 * CAP) == b"x" * 3000 + b"y" * (CAP - 3000)
 
 
 async def test_a_job_that_writes_past_the_cap_keeps_its_first_and_last_lines() -> None:
