@@ -54,12 +54,14 @@ def test_jobs_submitted_through_one_replica_run_and_log_through_the_other(cluste
     leader, follower = _two_replicas(c)
     _agents(c, leader, follower, [follower], [leader])  # each certificate accepted where it was not signed
     through_leader, through_follower = c.api(leader), c.api(follower)
-    shipped_to = {"ha1": through_follower, "ha2": through_leader}  # where each agent's logs go
+    # each agent ships its logs to one replica (ha1 to the follower, ha2 to the leader); they are read
+    # through the other, as the logs are in the database both share
+    read_through = {"ha1": through_leader, "ha2": through_follower}
     ids = {c.submit(through_follower, f"f{i}", LINES): f"f{i}" for i in range(3)}  # placed by the leader
     ids |= {c.submit(through_leader, f"l{i}", LINES): f"l{i}" for i in range(3)}
     until(lambda: all(through_leader.job(i).status == "done" for i in ids), 120, "the jobs to end")
     for job_id, name in ids.items():
-        log = c.full_log(shipped_to[through_leader.job(job_id).host or ""], job_id).decode()
+        log = c.full_log(read_through[through_leader.job(job_id).host or ""], job_id).decode()
         assert log.splitlines() == [f"{name} line {n}" for n in range(1, LINES + 1)]
         assert c.starts(name) == 1
     assert "leading the scheduler" not in c.log(follower)
