@@ -81,10 +81,17 @@ def _job_cells(job: JobUsage) -> list[str]:
 
 
 def _readings(utilization_pct: float | None, peak_memory_mib: int | None) -> list[str]:
-    from shared.units import format_mib
-
     utilization = "-" if utilization_pct is None else f"{utilization_pct:.0f}%"
-    return [utilization, "-" if peak_memory_mib is None else format_mib(peak_memory_mib)]
+    return [utilization, "-" if peak_memory_mib is None else _peak(peak_memory_mib)]
+
+
+def _peak(mib: int) -> str:
+    """Peak memory within the column's six characters, in format_mib's units: a reading is rarely a whole
+    number of GB (68562 MiB was `68562MB`, cut to `68562~`), so 67.0GB, 141GB, 1.5TB."""
+    gib = mib / 1024
+    if gib < 99.95:
+        return f"{gib:.1f}GB"
+    return f"{gib:.0f}GB" if gib < 999.5 else f"{gib / 1024:.1f}TB"
 
 
 def _row(columns: tuple[tuple[str, int, str], ...], cells: list[str]) -> str:

@@ -283,7 +283,7 @@ def test_the_tables_fit_80_columns() -> None:
         attempts=3,
         gpu_hours=999.99,
         utilization_pct=None,
-        peak_memory_mib=81920,
+        peak_memory_mib=68562,  # a reading's peak, not a whole number of GB
     )
     report = UsageReport(
         since=0.0,
@@ -297,7 +297,7 @@ def test_the_tables_fit_80_columns() -> None:
     assert "~" not in printed[0] + printed[4]  # the headers whole
     assert printed[3].split()[:2] == ["TOTAL", "123456"]  # the total has no user
     assert printed[1].split() == ["xxxxxxxxxxxxxxx~", "xxxxxxxxxxxxxxx~", "123456", "99999", "100%", "1.5TB"]
-    assert printed[-1].split()[5:] == ["3d2h", "1024", "999.99", "-", "80GB"]
+    assert printed[-1].split()[5:] == ["3d2h", "1024", "999.99", "-", "67.0GB"]
 
 
 async def test_a_real_agents_finished_job_has_its_gpu_hours() -> None:
