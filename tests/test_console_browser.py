@@ -107,7 +107,8 @@ async def test_log_in_follow_a_log_stop_the_job_and_see_an_unhealthy_gpu(browser
             lambda: f"GPU {gpu}:" in text("#gpu-charts figcaption"),
             "the job's GPU chart",
         )
-        assert len(browser.find_elements(By.CSS_SELECTOR, "#gpu-charts svg polyline")) >= 1
+        lines = browser.find_elements(By.CSS_SELECTOR, "#gpu-charts svg polyline.util")
+        assert lines and all(len(line.get_attribute("points").split()) >= 2 for line in lines)  # drawn
         await asyncio.to_thread(screenshot, browser, shots, "job")
 
         await asyncio.to_thread(click, ".actions button")

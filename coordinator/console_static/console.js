@@ -138,8 +138,8 @@ function chart(series) {
   const first = samples[0].at;
   const span = Math.max(samples[samples.length - 1].at - first, 1);
   const x = (s) => ((s.at - first) / span) * width;
-  svg.append(polyline(samples, x, (r) => r.utilization_pct, height, "util"));
-  svg.append(polyline(samples, x, memoryPct, height, "mem"));
+  svg.append(polyline(samples, x, (r) => r.utilization_pct, width, height, "util"));
+  svg.append(polyline(samples, x, memoryPct, width, height, "mem"));
   const caption = document.createElement("figcaption");
   const last = samples[samples.length - 1].reading;
   caption.textContent = `${series.host} · GPU ${series.gpu}: ${describe(last)}`;
@@ -153,12 +153,17 @@ function line(x1, y1, x2, y2, cls) {
   return el;
 }
 
-function polyline(samples, x, value, height, cls) {
+function polyline(samples, x, value, width, height, cls) {
   const points = [];
+  let y = null;
   for (const s of samples) {
     const v = value(s.reading);
-    if (v != null) points.push(`${x(s).toFixed(1)},${(height - (Math.min(v, 100) / 100) * height).toFixed(1)}`);
+    if (v == null) continue;
+    y = (height - (Math.min(v, 100) / 100) * height).toFixed(1);
+    points.push(`${x(s).toFixed(1)},${y}`);
   }
+  // one reading so far (a job's first ten seconds) is a point, which a polyline does not draw: hold it across
+  if (points.length === 1) points.push(`${width},${y}`);
   const el = document.createElementNS(SVG, "polyline");
   el.setAttribute("points", points.join(" "));
   el.setAttribute("class", cls);
