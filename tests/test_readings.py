@@ -101,7 +101,8 @@ async def test_top_shows_each_host_on_one_line(tmp_path: Path) -> None:
     async with cluster(READ_OFTEN) as c:
         c.start_agent("host-a", "4xH100:80GB")
         c.start_agent("host-b", "2xA100:40GB")
-        job = await c.submit(TRAIN)
+        # on host-a's H100s: two GPUs alone would fit host-b's two A100s better, once that host has joined
+        job = await c.submit(TRAIN.replace("gpu: 2", "gpu: H100:2"))
         await c.wait_for(job.id, "running")
         await fleet_readings(c, lambda found: {s.host for s in found} == {"host-a", "host-b"})
 
