@@ -24,8 +24,7 @@ from agent.executor import Executor
 from agent.fence import fence_reason
 from agent.files import FilePrep
 from agent.health import HEALTH_INTERVAL_S, OpenWatch, health_loop, open_watch, watch_for
-from agent.health_nvidia import NvmlWatch
-from agent.health_watch import Watch
+from agent.health_watch import Reads, Watch
 from agent.identity import JoinError, check_not_expired, finish_pending_pair, join, renew_loop
 from agent.lock import hold_state_dir
 from agent.peer_address import internal_ip
@@ -301,7 +300,7 @@ async def _device_loops(
     watch = await open_watch(opener) if opener is not None else None
     if watch is not None:
         tg.create_task(health_loop(watch, state, health_interval_s), name="health")
-    reader = device_reader(inventory, watch if isinstance(watch, NvmlWatch) else None)
+    reader = device_reader(inventory, watch if isinstance(watch, Reads) else None)
     if reader is not None:
         tg.create_task(readings_loop(reader, state, executor.busy_gpus), name="readings")
     return watch

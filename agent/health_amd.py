@@ -14,11 +14,13 @@ amdsmi never says a device recovered from a reset, so an event mark lasts for th
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from agent.detect.amd import _import_amdsmi, _int
+from agent.detect.metrics import amd_reading
 from agent.health_watch import ECC_UNCORRECTED_LIMIT, WatchUnavailable
-from shared.wire import GpuHealth
+from shared.wire import GpuHealth, GpuMetrics
 
 log = logging.getLogger("gpuctl.agent")
 
@@ -36,11 +38,13 @@ PASSING_STATUSES = frozenset({8, 9, 11, 30})  # TIMEOUT, RETRY, INTERRUPT, BUSY:
 
 
 class AmdSmiWatch:
-    """amdsmi started, with an event reader per device; `check` reads the marks now. Blocking calls: run them
-    in a worker thread. Not safe concurrently with itself."""
+    """amdsmi started, with an event reader per device; `check` reads the marks now, `read` the devices'
+    readings (agent/readings.py) over the same session. Blocking calls: run them in a worker thread. Safe from
+    several threads: one lock serializes them."""
 
     def __init__(self, amdsmi: Any) -> None:
         self.amdsmi = amdsmi
+        self.lock = threading.Lock()
         amdsmi.amdsmi_init()
         try:
             self.handles = list(amdsmi.amdsmi_get_processor_handles())
@@ -74,12 +78,18 @@ class AmdSmiWatch:
     def check(self) -> tuple[GpuHealth, ...]:
         """Every unhealthy device now, by index: reset events seen so far, lost devices, ECC errors past the
         limit."""
-        self._read_events()
-        marks = dict(self.events)
-        for index, handle in enumerate(self.handles):
-            if index not in marks and (reason := self._device_problem(index, handle)):
-                marks[index] = GpuHealth(index=index, reason=reason)
+        with self.lock:
+            self._read_events()
+            marks = dict(self.events)
+            for index, handle in enumerate(self.handles):
+                if index not in marks and (reason := self._device_problem(index, handle)):
+                    marks[index] = GpuHealth(index=index, reason=reason)
         return tuple(marks[i] for i in sorted(marks))
+
+    def read(self) -> tuple[GpuMetrics, ...]:
+        """Every device's reading now (a value amdsmi cannot give is None)."""
+        with self.lock:
+            return tuple(amd_reading(self.amdsmi, i, h) for i, h in enumerate(self.handles))
 
     def _read_events(self) -> None:
         """Every event waiting. One reader reads every device's: amdsmi polls all that were set up."""
@@ -122,6 +132,11 @@ class AmdSmiWatch:
         return False
 
     def close(self) -> None:
+        """Release amdsmi, once a read or check in flight in a worker thread has finished."""
+        with self.lock:
+            self._release()
+
+    def _release(self) -> None:
         for reader in self.readers:
             try:
                 reader.stop()

@@ -7,9 +7,9 @@ they happened. The loop in agent/health.py opens one, checks it every few second
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from shared.wire import GpuHealth
+from shared.wire import GpuHealth, GpuMetrics
 
 # Uncorrectable ECC errors since the driver loaded that mark a device, for every vendor: one is a retired page
 # or row the hardware dealt with; ten mean memory that keeps failing (README, GPU health).
@@ -30,3 +30,12 @@ class Watch(Protocol):
     def close(self) -> None:
         """Release the library; never raises."""
         ...
+
+
+@runtime_checkable
+class Reads(Protocol):
+    """A watch that also reads its devices (agent/readings.py), over the session it holds open: the library
+    is started once, not for every reading beside a watch that holds it, and a reading carries what the watch
+    saw (NVIDIA's XIDs). Safe from several threads."""
+
+    def read(self) -> tuple[GpuMetrics, ...]: ...

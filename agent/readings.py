@@ -2,9 +2,9 @@
 in a worker thread and keep the latest for the next sync (agent/sync.py), which sends it once. Readings never
 make a request of their own, so they arrive at most one long poll late, stamped with their age.
 
-Which reader: NVIDIA through the NVML session that health watches (agent/health.py: one event set, so a
-reading carries the XIDs health saw), AMD through amdsmi, Gaudi through hl-smi, and made-up numbers for a
-simulated host (agent/detect/simulate.py), busy where a job runs.
+Which reader: NVIDIA and AMD through the session that health watches (agent/health.py: the library started
+once; NVML's one event set, so a reading carries the XIDs health saw), Gaudi through hl-smi, and made-up numbers
+for a simulated host (agent/detect/simulate.py), busy where a job runs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import msgspec
 from agent.detect.gaudi import read_gaudi_metrics
 from agent.detect.metrics import read_amd_metrics
 from agent.detect.simulate import simulated_readings
-from agent.health_nvidia import NvmlWatch
+from agent.health_watch import Reads
 from agent.state import SharedState
 from shared.wire import MAX_READINGS_AGE_S, GpuMetrics, Inventory
 
@@ -33,9 +33,9 @@ MIN_INTERVAL_S = (
 Reader = Callable[[Collection[int]], tuple[GpuMetrics, ...]]
 
 
-def device_reader(inventory: Inventory, watch: NvmlWatch | None) -> Reader | None:
-    """How this host's devices are read; None when there is nothing to read (no accelerator, or NVML that
-    failed to start: agent/health.py said so)."""
+def device_reader(inventory: Inventory, watch: Reads | None) -> Reader | None:
+    """How this host's devices are read: through the health watch that holds the vendor's library open when
+    it can read (NVML, amdsmi), else the vendor's one-shot reading; None when there is nothing to read."""
     if inventory.simulated and watch is None:
         gpus = inventory.gpus
         return lambda busy: simulated_readings(gpus, busy, time.time())

@@ -5,6 +5,7 @@ real coordinator and agent: the mark idles the device's block and `gpuctl hosts`
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from agent.health_watch import ECC_UNCORRECTED_LIMIT
 from agent.state import SharedState
 from shared.wire import GpuHealth
 from tests.fakes import fake_amdsmi, fake_hl_smi, fixture_inventory, load
-from tests.harness import cluster
+from tests.harness import FAST, cluster
 from tests.test_arrays import cli
 from tests.test_gpu_health import SLEEPER, wait_host, wait_reason
 
@@ -132,6 +133,24 @@ async def test_an_unhealthy_device_idles_its_block_and_hosts_says_why(
         assert f"h1: 1 GPU unhealthy: {reason}" in " ".join(out.split())
         whole = await c.submit(SLEEPER.format(name="whole", gpus=8))
         assert await wait_reason(c, whole.id, f"h1: GPU 3 unhealthy: {reason}") == "pending"
+
+
+async def test_amd_readings_go_through_the_session_the_health_watch_holds(tmp_path: Path) -> None:
+    """amdsmi is started once for health and readings: a one-shot reading beside the watch would start and
+    shut it down every interval under the watch's event readers."""
+    inventory = fixture_inventory(tmp_path, "amdsmi", "mi300x_8", hostname="h1")
+    amdsmi = fake_amdsmi(load("amdsmi", "mi300x_8"))
+    async with cluster(replace(FAST, metrics_interval_s=0.1)) as c:
+        config = c.agent_config("h1", None)
+        c.agents["h1"] = asyncio.create_task(
+            run_agent(config, inventory, redetect=lambda: inventory, health_interval_s=0.05, amdsmi=amdsmi)
+        )
+        async with asyncio.timeout(60):
+            while True:
+                if any(r.host == "h1" and r.gpus == 8 for r in await asyncio.to_thread(c.api.fleet_readings)):
+                    break
+                await asyncio.sleep(0.05)
+        assert (amdsmi.calls.count("init"), amdsmi.calls.count("shutdown")) == (1, 0)
 
 
 def test_the_watch_follows_the_vendor_of_the_real_devices(tmp_path: Path) -> None:

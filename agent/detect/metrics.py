@@ -103,7 +103,7 @@ def read_amd_metrics(amdsmi: Any = None) -> tuple[GpuMetrics, ...]:
         return ()
     try:
         handles = amdsmi.amdsmi_get_processor_handles()
-        return tuple(_amd_reading(amdsmi, i, h) for i, h in enumerate(handles))
+        return tuple(amd_reading(amdsmi, i, h) for i, h in enumerate(handles))
     except amdsmi.AmdSmiException:
         return ()
     finally:
@@ -113,7 +113,7 @@ def read_amd_metrics(amdsmi: Any = None) -> tuple[GpuMetrics, ...]:
             pass
 
 
-def _amd_reading(amdsmi: Any, index: int, handle: Any) -> GpuMetrics:
+def amd_reading(amdsmi: Any, index: int, handle: Any) -> GpuMetrics:
     def read(query: Callable[[], Any]) -> float | None:
         try:
             value = query()
